@@ -1,0 +1,223 @@
+"""The ``graphpress`` command: inspect, optimize, passes, demo.
+
+Exit codes: 0 success; 2 bad input (missing/corrupt model, unknown pass or option, bad
+value, unwritable output, failed ``--verify``), with one line on stderr. ``--debug``
+shows the traceback. The input model is never modified and outputs are written whole
+or not at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from graphpress.errors import GraphpressError
+
+__all__ = ["main"]
+
+
+def _add_inspect(sub):
+    p = sub.add_parser("inspect", help="ops, params, bytes, MACs, inputs/outputs of a model")
+    p.add_argument("model", help="path of an .onnx file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.set_defaults(func=cmd_inspect)
+
+
+def _add_optimize(sub):
+    p = sub.add_parser("optimize", help="run passes on a model and write the result as ONNX")
+    p.add_argument("model", help="path of an .onnx file")
+    p.add_argument("-o", "--output", required=True, help="output .onnx path (written atomically)")
+    p.add_argument("--passes", required=True, help="SPEC: name[:key=value[;key=value]],name... e.g. 'cleanup'")
+    p.add_argument("--verify", action="store_true", help="check every pass numerically with ONNX Runtime; fail (exit 2) on a mismatch")
+    p.add_argument("--report", help="write the report JSON here")
+    p.add_argument("--inputs", help=".npz of sample inputs (keys = input names) for --verify; default: random from declared shapes")
+    p.add_argument("--dump-ir", metavar="DIR", help="save the model after every pass into DIR")
+    p.add_argument("--external-data", action="store_true", help="store weights in OUT.data beside the .onnx")
+    p.set_defaults(func=cmd_optimize)
+
+
+def _add_passes(sub):
+    p = sub.add_parser("passes", help="list the registered passes and their options")
+    p.set_defaults(func=cmd_passes)
+
+
+def _add_demo(sub):
+    p = sub.add_parser("demo", help="the main job on a built-in model (no arguments, no network)")
+    p.add_argument("--output-dir", help="keep the exported and optimized models here")
+    p.add_argument("--epochs", type=int, default=8, help="training epochs on digits (default 8)")
+    p.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="graphpress", description="Graph-level compiler passes for model compression.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_inspect, _add_optimize, _add_passes, _add_demo):
+        add(sub)
+    return parser
+
+
+def _version() -> str:
+    from graphpress import __version__
+
+    return f"graphpress {__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.debug else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except GraphpressError as e:
+        if args.debug:
+            raise
+        print(f"graphpress: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("graphpress: interrupted", file=sys.stderr)
+        return 130
+
+
+# ------------------------------------------------------------------------------ inspect
+
+
+def cmd_inspect(args) -> int:
+    from graphpress.ir import load, summarize
+
+    summary = summarize(load(args.model))
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    t = Table(title=f"{args.model}", show_header=False)
+    t.add_row("opset", str(summary.opset))
+    t.add_row("nodes", f"{summary.nodes:,}")
+    t.add_row("params", f"{summary.params:,}")
+    t.add_row("weight bytes", _bytes(summary.bytes))
+    t.add_row("MACs (per sample)", f"{summary.macs:,}" + (f"  ({len(summary.unknown_macs)} nodes of unknown shape)" if summary.unknown_macs else ""))
+    for kind, macs in summary.macs_by_kind.items():
+        t.add_row(f"  {kind}", f"{macs:,}")
+    for io in summary.inputs:
+        t.add_row("input", f"{io['name']}: {io['dtype']} {io['shape']}")
+    for io in summary.outputs:
+        t.add_row("output", f"{io['name']}: {io['dtype']} {io['shape']}")
+    console.print(t)
+    ops = Table(title="ops")
+    ops.add_column("op")
+    ops.add_column("count", justify="right")
+    for op, count in summary.ops.items():
+        ops.add_row(op, str(count))
+    console.print(ops)
+    return 0
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+# ------------------------------------------------------------------------------ optimize
+
+
+def cmd_optimize(args) -> int:
+    from graphpress.ir import load, save, summarize
+    from graphpress.ir.io import check_writable
+    from graphpress.ir.numeric import load_inputs, make_inputs
+    from graphpress.passes import DumpInstrument, InvariantInstrument, NumericInstrument, PassManager, build_passes
+    from graphpress.passes.report import build_report, write_json_atomic
+
+    passes = build_passes(args.passes)
+    input_path = Path(args.model)
+    out = check_writable(args.output, "output", input_path)
+    if args.report:
+        check_writable(args.report, "report", input_path)
+    model = load(input_path)
+    before = summarize(model)
+    instruments = [InvariantInstrument()]
+    numeric_inst = None
+    if args.verify:
+        if args.inputs:
+            feeds, source = load_inputs(args.inputs, model), str(args.inputs)
+        else:
+            feeds, source = make_inputs(model, seed=0), "generated from declared shapes (seed 0)"
+        numeric_inst = NumericInstrument(feeds, source)
+        instruments.append(numeric_inst)
+    elif args.inputs:
+        raise GraphpressError("--inputs is only used with --verify; add --verify")
+    if args.dump_ir:
+        instruments.append(DumpInstrument(args.dump_ir))
+    result = PassManager(passes, instruments).run(model)
+    after = summarize(model)
+    save(model, out, external_data=True if args.external_data else None)
+    if args.report:
+        report = build_report(
+            result, before, after, numeric_inst.final if numeric_inst else None, model=str(input_path), spec=args.passes
+        )
+        write_json_atomic(report, args.report)
+    _print_optimize_summary(before, after, result, numeric_inst.final if numeric_inst else None, out)
+    return 0
+
+
+def _print_optimize_summary(before, after, result, verification, out) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=False)
+    t = Table(title=f"wrote {out}")
+    for col in ("pass", "modified", "seconds", "stats"):
+        t.add_column(col)
+    for rec in result.records:
+        stats = ", ".join(f"{k}={v}" for k, v in rec.stats.items() if v not in (0, False) or k == "fixpoint_reached")
+        t.add_row(rec.name, "yes" if rec.modified else "no", f"{rec.seconds:.3f}", stats)
+    console.print(t)
+    s = Table()
+    for col in ("", "nodes", "params", "bytes", "MACs"):
+        s.add_column(col, justify="right")
+    for label, m in (("before", before), ("after", after)):
+        s.add_row(label, f"{m.nodes:,}", f"{m.params:,}", _bytes(m.bytes), f"{m.macs:,}")
+    console.print(s)
+    if verification is not None:
+        console.print(
+            f"verification ({verification.inputs_source}): max_abs_diff={verification.max_abs_diff:.3g} "
+            f"cosine={verification.min_cosine:.8f} -> {'PASS' if verification.passed else 'FAIL'}"
+        )
+
+
+# ------------------------------------------------------------------------------ passes
+
+
+def cmd_passes(args) -> int:
+    import dataclasses
+
+    from graphpress.passes import all_passes
+    from graphpress.passes.base import describe_option
+
+    for name, cls in all_passes().items():
+        opts = ", ".join(describe_option(f) for f in dataclasses.fields(cls.Options)) or "no options"
+        print(f"{name:20s} [{cls.family}] {cls.description}  ({opts})")
+    return 0
+
+
+# ------------------------------------------------------------------------------ demo
+
+
+def cmd_demo(args) -> int:
+    from graphpress.demo import run_demo
+
+    run_demo(output_dir=args.output_dir, epochs=args.epochs)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

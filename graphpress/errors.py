@@ -1,0 +1,45 @@
+"""Errors graphpress raises on purpose.
+
+Every user-facing error is a :class:`GraphpressError`: its message is one line that
+names the file, the pass, the option or the node, and says what to do. The CLI
+prints it and exits with code 2; anything else is a bug and shows a traceback.
+"""
+
+from __future__ import annotations
+
+
+class GraphpressError(Exception):
+    """A user error: bad input, bad option, a failed check. One line, actionable."""
+
+
+class ModelLoadError(GraphpressError):
+    """The model file or object cannot be read as a model."""
+
+
+class SpecError(GraphpressError):
+    """A pass SPEC names an unknown pass/option or gives a bad value."""
+
+
+class InvariantError(GraphpressError):
+    """The IR breaks a structural invariant (see :func:`graphpress.ir.verify`).
+
+    Attributes:
+        violations: every violation found, one string each.
+    """
+
+    def __init__(self, violations: list[str], where: str = "model"):
+        self.violations = list(violations)
+        head = f"{where}: {len(self.violations)} IR invariant violation(s): "
+        super().__init__(head + "; ".join(self.violations[:10]) + (" ..." if len(self.violations) > 10 else ""))
+
+
+class NumericMismatchError(GraphpressError):
+    """A transformed model's outputs differ from the reference beyond tolerance.
+
+    Attributes:
+        report: the :class:`graphpress.ir.numeric.NumericReport` that failed.
+    """
+
+    def __init__(self, message: str, report=None):
+        self.report = report
+        super().__init__(message)

@@ -1,0 +1,34 @@
+"""Passes, the pass manager, its instruments, the registry and SPEC parsing."""
+
+from graphpress.passes.base import Pass, PassResult, option
+from graphpress.passes.manager import (
+    DumpInstrument,
+    Instrument,
+    InvariantInstrument,
+    NumericInstrument,
+    PassManager,
+    PassRecord,
+    RunResult,
+    TimingInstrument,
+)
+from graphpress.passes.registry import all_passes, get, register
+from graphpress.passes.spec import build_passes, parse_spec
+
+__all__ = [
+    "DumpInstrument",
+    "Instrument",
+    "InvariantInstrument",
+    "NumericInstrument",
+    "Pass",
+    "PassManager",
+    "PassRecord",
+    "PassResult",
+    "RunResult",
+    "TimingInstrument",
+    "all_passes",
+    "build_passes",
+    "get",
+    "option",
+    "parse_spec",
+    "register",
+]

@@ -1,0 +1,285 @@
+"""Cleanup passes, wrapped from onnx-ir and onnxscript into the graphpress contract.
+
+=====================  ==========================================================  ========
+registry name          what it does (implementation)                               family
+=====================  ==========================================================  ========
+``dce``                remove nodes, functions and opsets nothing uses              exact
+                       (onnx-ir ``RemoveUnused{Nodes,Functions,Opsets}Pass``)
+``eliminate_identity`` drop ``Identity`` and no-op ops: ``x+0``, ``x-0``, ``x*1``,   exact
+                       ``x/1``, inference ``Dropout``, ``Cast`` to the same type,
+                       identity ``Transpose``/``Expand``, all-zero Conv/Gemm
+                       biases (onnx-ir
+                       ``IdentityEliminationPass`` + onnxscript no-op rules)
+``fold_constants``     evaluate nodes whose inputs are all constant (onnxscript    cleanup
+                       ``FoldConstantsPass``), lift ``Constant`` nodes to
+                       initializers
+``cse``                merge nodes with equal op, attributes and inputs            exact
+                       (onnx-ir ``CommonSubexpressionEliminationPass``)
+``topo_sort``          sort nodes topologically (onnx-ir ``TopologicalSortPass``)  exact
+``simplify_shapes``    collapse Reshape/Reshape, Unsqueeze/Unsqueeze, no-op        exact
+                       Slices, materialize Reshape shapes, Cast of
+                       ConstantOfShape, Expand before broadcasting binary ops
+                       (onnxscript rules)
+``cleanup``            all of the above in a bounded fixpoint loop, then sort      cleanup
+=====================  ==========================================================  ========
+
+Constant folding evaluates float math once, ahead of time, with the reference
+evaluator; results can differ from run-time math in the last bit, hence the ``cleanup``
+tolerance family rather than ``exact``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from typing import Any
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
+from onnxscript.optimizer import _constant_folding
+from onnxscript.rewriter import pattern
+from onnxscript.rewriter.rules.common import _basic_rules, _no_op
+from onnxscript.rewriter.rules.common import (
+    cast_constant_of_shape_rule,
+    cast_constant_of_shape_without_value_rule,
+    collapse_slice2_rule,
+    collapse_slice_rule,
+    expand_before_binary_op_rules,
+    materialize_reshape_shape_rule,
+    no_op_cast_rule,
+    no_op_expand_rule,
+    no_op_transpose_rule,
+    remove_optional_bias_from_conv_rule,
+    remove_optional_bias_from_conv_transpose_rule,
+    remove_optional_bias_from_gemm_rule,
+    reshape_reshape_rule,
+    squeeze_reshape_1d_rule,
+    unsqueeze_unsqueeze_rule,
+)
+
+from graphpress.passes.base import Pass, PassResult, graph_counts, option
+from graphpress.passes.registry import register
+
+__all__ = [
+    "Cleanup",
+    "CommonSubexpressionElimination",
+    "DeadCodeElimination",
+    "EliminateIdentity",
+    "FoldConstants",
+    "SimplifyShapes",
+    "TopologicalSort",
+]
+
+#: No-op rules: the node computes its input unchanged (or an all-zero bias adds nothing).
+NO_OP_RULES: list[pattern.RewriteRule] = [
+    *_no_op.rules.rules,
+    no_op_cast_rule,
+    no_op_transpose_rule,
+    no_op_expand_rule,
+    remove_optional_bias_from_conv_rule,
+    remove_optional_bias_from_conv_transpose_rule,
+    remove_optional_bias_from_gemm_rule,
+]
+
+#: Shape-op simplification rules.
+SHAPE_RULES: list[pattern.RewriteRule] = [
+    reshape_reshape_rule,
+    unsqueeze_unsqueeze_rule,
+    squeeze_reshape_1d_rule,
+    collapse_slice_rule,
+    collapse_slice2_rule,
+    materialize_reshape_shape_rule,
+    cast_constant_of_shape_rule,
+    cast_constant_of_shape_without_value_rule,
+    *expand_before_binary_op_rules.rules,
+]
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str):
+    """Silence a library's per-node warnings (e.g. constant folding declining a node)."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _removed(before: tuple[int, int], model: ir.Model) -> dict[str, int]:
+    nodes, inits = graph_counts(model)
+    return {"nodes_removed": before[0] - nodes, "initializers_removed": before[1] - inits}
+
+
+@register
+class DeadCodeElimination(Pass):
+    """Remove nodes whose outputs nothing uses, and unused functions and opset imports."""
+
+    name = "dce"
+    family = "exact"
+    description = "remove unused nodes, functions and opsets"
+
+    def call(self, model: ir.Model) -> PassResult:
+        before = graph_counts(model)
+        modified = False
+        for p in (
+            common_passes.RemoveUnusedNodesPass(),
+            common_passes.RemoveUnusedFunctionsPass(),
+            common_passes.RemoveUnusedOpsetsPass(),
+        ):
+            modified |= p(model).modified
+        stats = _removed(before, model)
+        return PassResult(model, modified, {"nodes_removed": stats["nodes_removed"], "initializers_removed": stats["initializers_removed"]})
+
+
+def _apply_rules(model: ir.Model, rules: list[pattern.RewriteRule]) -> int:
+    return pattern.RewriteRuleSet(rules).apply_to_model(model)
+
+
+@register
+class EliminateIdentity(Pass):
+    """Remove Identity nodes and ops that compute their input unchanged."""
+
+    name = "eliminate_identity"
+    family = "exact"
+    description = "remove Identity and no-op nodes (x+0, x*1, same-type Cast, ...)"
+
+    def call(self, model: ir.Model) -> PassResult:
+        before = graph_counts(model)
+        modified = common_passes.IdentityEliminationPass()(model).modified
+        rewrites = _apply_rules(model, NO_OP_RULES)
+        if rewrites:
+            common_passes.RemoveUnusedNodesPass()(model)
+        stats = _removed(before, model)
+        return PassResult(model, modified or rewrites > 0, {"nodes_removed": stats["nodes_removed"], "no_op_rewrites": rewrites})
+
+
+@register
+class FoldConstants(Pass):
+    """Evaluate nodes whose inputs are all constants and store the results as initializers."""
+
+    name = "fold_constants"
+    family = "cleanup"
+    description = "evaluate constant subgraphs ahead of time"
+
+    @dataclasses.dataclass
+    class Options:
+        input_size_limit: int = option(
+            _constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
+            help="do not fold nodes with an input of more elements than this",
+            min=0,
+        )
+        output_size_limit: int = option(
+            _constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT,
+            help="do not fold nodes whose output has more elements than this",
+            min=0,
+        )
+
+    def call(self, model: ir.Model) -> PassResult:
+        before = graph_counts(model)
+        folder = _constant_folding.FoldConstantsPass(
+            shape_inference=True,
+            input_size_limit=self.options.input_size_limit,
+            output_size_limit=self.options.output_size_limit,
+        )
+        with _quiet("onnxscript"):
+            modified = folder(model).modified
+        lifted = common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model).modified
+        if modified:
+            common_passes.RemoveUnusedNodesPass()(model)
+        nodes, inits = graph_counts(model)
+        return PassResult(
+            model,
+            modified or lifted,
+            {"nodes_removed": before[0] - nodes, "initializers_added": inits - before[1]},
+        )
+
+
+@register
+class CommonSubexpressionElimination(Pass):
+    """Merge nodes that compute the same op on the same inputs with the same attributes."""
+
+    name = "cse"
+    family = "exact"
+    description = "merge identical computations"
+
+    @dataclasses.dataclass
+    class Options:
+        size_limit: int = option(10, help="compare constant tensors up to this many elements", min=0)
+
+    def call(self, model: ir.Model) -> PassResult:
+        before = graph_counts(model)
+        modified = common_passes.CommonSubexpressionEliminationPass(size_limit=self.options.size_limit)(model).modified
+        return PassResult(model, modified, {"nodes_removed": before[0] - graph_counts(model)[0]})
+
+
+@register
+class TopologicalSort(Pass):
+    """Sort the nodes of every graph topologically (stable)."""
+
+    name = "topo_sort"
+    family = "exact"
+    description = "sort nodes topologically"
+
+    def call(self, model: ir.Model) -> PassResult:
+        order = [id(n) for g in model.graphs() for n in g]
+        common_passes.TopologicalSortPass()(model)
+        moved = sum(a != b for a, b in zip(order, (id(n) for g in model.graphs() for n in g)))
+        return PassResult(model, moved > 0, {"nodes_moved": moved})
+
+
+@register
+class SimplifyShapes(Pass):
+    """Collapse chains of shape ops and drop shape ops that change nothing."""
+
+    name = "simplify_shapes"
+    family = "exact"
+    description = "collapse Reshape/Unsqueeze chains, no-op Slices and Expands"
+
+    def call(self, model: ir.Model) -> PassResult:
+        before = graph_counts(model)
+        rewrites = _apply_rules(model, SHAPE_RULES)
+        if rewrites:
+            common_passes.RemoveUnusedNodesPass()(model)
+        return PassResult(model, rewrites > 0, {"rewrites": rewrites, "nodes_removed": before[0] - graph_counts(model)[0]})
+
+
+@register
+class Cleanup(Pass):
+    """Constant folding, shape simplification, no-op removal, CSE and DCE to a fixpoint, then a sort."""
+
+    name = "cleanup"
+    family = "cleanup"
+    description = "fold_constants, simplify_shapes, eliminate_identity, cse, dce to a fixpoint; topo_sort"
+
+    @dataclasses.dataclass
+    class Options:
+        max_iterations: int = option(8, help="bound on fixpoint rounds", min=1, max=100)
+
+    def call(self, model: ir.Model) -> PassResult:
+        from graphpress.passes.manager import PassManager
+
+        before = graph_counts(model)
+        loop = PassManager(
+            [FoldConstants(), SimplifyShapes(), EliminateIdentity(), CommonSubexpressionElimination(), DeadCodeElimination()],
+            fixpoint=True,
+            max_iterations=self.options.max_iterations,
+        ).run(model)
+        sort = TopologicalSort()(model)
+        stats: dict[str, Any] = {}
+        for rec in loop.records:
+            for key, value in rec.stats.items():
+                stats[f"{rec.name}.{key}"] = stats.get(f"{rec.name}.{key}", 0) + value
+        nodes, inits = graph_counts(model)
+        stats.update(
+            {
+                "nodes_removed": before[0] - nodes,
+                "initializers_delta": inits - before[1],
+                "iterations": loop.iterations,
+                "fixpoint_reached": bool(loop.fixpoint_reached),
+                "nodes_moved": sort.stats["nodes_moved"],
+            }
+        )
+        return PassResult(model, loop.modified or sort.modified, stats)
