@@ -266,7 +266,7 @@ def save(
     Args:
         model: the model to write. It is not changed.
         path: destination ``.onnx`` path. Must differ from the model's own source file.
-        external_data: ``True`` puts every initializer over 1 KiB into ``<name>.data`` beside
+        external_data: ``True`` puts every initializer over 256 bytes into ``<name>.data`` beside
             the file; ``None`` (default) does so only when the weights exceed
             ``external_threshold_bytes`` (protobuf cannot hold more than 2 GiB).
         external_threshold_bytes: weight size above which ``external_data=None`` switches to
@@ -291,7 +291,7 @@ def save(
     try:
         if external_data:
             # onnx-ir writes the data file atomically itself; the .onnx follows by rename.
-            ir.save(model, tmp, external_data=data_name, size_threshold_bytes=1024)
+            ir.save(model, tmp, external_data=data_name, size_threshold_bytes=256)
             proto = onnx.load(tmp, load_external_data=False)
         else:
             proto = ir.serde.serialize_model(model)

@@ -148,8 +148,9 @@ class EliminateIdentity(Pass):
 
     def call(self, model: ir.Model) -> PassResult:
         before = graph_counts(model)
-        modified = common_passes.IdentityEliminationPass()(model).modified
+        # The no-op rules rewrite into Identity nodes, which the onnx-ir pass then removes.
         rewrites = _apply_rules(model, NO_OP_RULES)
+        modified = common_passes.IdentityEliminationPass()(model).modified
         if rewrites:
             common_passes.RemoveUnusedNodesPass()(model)
         stats = _removed(before, model)

@@ -23,11 +23,10 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from graphpress.errors import GraphpressError, NumericMismatchError
+from graphpress.errors import GraphpressError, InvariantError, NumericMismatchError
 from graphpress.ir import numeric
 from graphpress.ir.io import save, to_proto
 from graphpress.ir.verify import check
-from graphpress.errors import InvariantError
 from graphpress.passes.base import Pass, PassResult
 
 __all__ = [

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+
 from graphpress.errors import SpecError
 from graphpress.passes.base import Pass
 
@@ -22,12 +25,41 @@ def register(cls: type[Pass]) -> type[Pass]:
 
 
 def get(name: str) -> type[Pass]:
-    """The pass class registered as ``name``; a :class:`SpecError` listing the valid names otherwise."""
+    """The pass class registered as ``name``; a :class:`SpecError` listing the valid names otherwise.
+
+    A dotted name loads a user's pass by import path: ``mypkg.mymodule`` (the module
+    registers exactly one pass, or exposes one as ``PASS``) or ``mypkg.mymodule.MyPass``.
+    """
     _load_builtin()
-    try:
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        raise SpecError(f"unknown pass '{name}'; valid passes: {', '.join(sorted(_REGISTRY))}") from None
+    if "." in name or importlib.util.find_spec(name) is not None:
+        return _import_pass(name)
+    raise SpecError(f"unknown pass '{name}'; valid passes: {', '.join(sorted(_REGISTRY))} (or a dotted import path)")
+
+
+def _import_pass(path: str) -> type[Pass]:
+    try:
+        module = importlib.import_module(path)
+    except ImportError:
+        module_name, _, attr = path.rpartition(".")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise SpecError(f"pass '{path}': cannot import module '{module_name}' ({e}); check PYTHONPATH") from None
+        cls = getattr(module, attr, None)
+        if not (isinstance(cls, type) and issubclass(cls, Pass)):
+            raise SpecError(f"pass '{path}': '{attr}' in module '{module_name}' is not a graphpress Pass subclass")
+        return cls
+    cls = getattr(module, "PASS", None)
+    if isinstance(cls, type) and issubclass(cls, Pass):
+        return cls
+    found = [c for c in _REGISTRY.values() if c.__module__ == module.__name__]
+    if len(found) != 1:
+        raise SpecError(
+            f"pass '{path}': module registers {len(found)} passes; name one as '{path}.ClassName' or set PASS in the module"
+        )
+    return found[0]
 
 
 def all_passes() -> dict[str, type[Pass]]:

@@ -1,0 +1,134 @@
+"""Each cleanup pass on a graph built to need it; results checked structurally and numerically."""
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper
+
+import graphpress as gp
+from graphpress.ir import numeric
+from graphpress.passes import NumericInstrument, PassManager, build_passes
+from tests.conftest import make_model, tensor
+
+X = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])
+Y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+
+
+def _run(proto, spec):
+    """Run ``spec`` with numeric verification; return (model, result)."""
+    model = gp.load(proto)
+    inst = NumericInstrument(numeric.make_inputs(model, seed=1))
+    result = PassManager(build_passes(spec), [inst]).run(model)
+    assert inst.final.passed
+    gp.verify(model)
+    return model, result
+
+
+def _ops(model):
+    return [n.op_type for n in model.graph]
+
+
+def test_dce_removes_dead_nodes():
+    proto = make_model(
+        [helper.make_node("Relu", ["x"], ["y"]), helper.make_node("Sigmoid", ["x"], ["dead"]), helper.make_node("Tanh", ["dead"], ["dead2"])],
+        [X],
+        [Y],
+    )
+    model, result = _run(proto, "dce")
+    assert _ops(model) == ["Relu"]
+    assert result.records[0].stats["nodes_removed"] == 2
+
+
+def test_eliminate_identity_and_no_ops():
+    proto = make_model(
+        [
+            helper.make_node("Identity", ["x"], ["a"]),
+            helper.make_node("Add", ["a", "zero"], ["b"]),
+            helper.make_node("Mul", ["b", "one"], ["c"]),
+            helper.make_node("Relu", ["c"], ["d"]),
+            helper.make_node("Cast", ["x"], ["e"], to=TensorProto.FLOAT),
+            helper.make_node("Add", ["d", "e"], ["y"]),
+        ],
+        [X],
+        [Y],
+        [tensor("zero", np.float32(0.0)), tensor("one", np.float32(1.0))],
+    )
+    model, result = _run(proto, "eliminate_identity")
+    assert _ops(model) == ["Relu", "Add"]
+    assert result.records[0].stats["nodes_removed"] == 4
+
+
+def test_fold_constants():
+    proto = make_model(
+        [
+            helper.make_node("Add", ["c1", "c2"], ["c3"]),
+            helper.make_node("Mul", ["c3", "c2"], ["c4"]),
+            helper.make_node("Add", ["x", "c4"], ["y"]),
+        ],
+        [X],
+        [Y],
+        [tensor("c1", np.arange(6, dtype=np.float32)), tensor("c2", np.full(6, 2.0, np.float32))],
+    )
+    model, result = _run(proto, "fold_constants")
+    assert _ops(model) == ["Add"]
+    folded = next(iter(model.graph)).inputs[1].const_value.numpy()
+    np.testing.assert_array_equal(folded, (np.arange(6) + 2.0) * 2.0)
+    assert result.records[0].stats["nodes_removed"] == 2
+
+
+def test_cse_merges_identical_nodes():
+    proto = make_model(
+        [
+            helper.make_node("Relu", ["x"], ["a"]),
+            helper.make_node("Relu", ["x"], ["b"]),
+            helper.make_node("Add", ["a", "b"], ["y"]),
+        ],
+        [X],
+        [Y],
+    )
+    model, _ = _run(proto, "cse")
+    assert _ops(model) == ["Relu", "Add"]
+    add = list(model.graph)[1]
+    assert add.inputs[0] is add.inputs[1]
+
+
+def test_topo_sort_orders_nodes():
+    import onnx_ir as ir
+
+    proto = make_model([helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Neg", ["a"], ["y"])], [X], [Y])
+    model = gp.load(proto)
+    relu = next(iter(model.graph))
+    model.graph.remove(relu, safe=False)
+    model.graph.append(relu)
+    assert gp.ir.check(model)
+    result = PassManager(build_passes("topo_sort")).run(model)
+    assert result.records[0].modified and _ops(model) == ["Relu", "Neg"]
+    assert gp.ir.check(model) == []
+
+
+def test_simplify_shapes_collapses_reshapes():
+    proto = make_model(
+        [
+            helper.make_node("Reshape", ["x", "s1"], ["a"]),
+            helper.make_node("Reshape", ["a", "s2"], ["b"]),
+            helper.make_node("Unsqueeze", ["b", "ax0"], ["c"]),
+            helper.make_node("Unsqueeze", ["c", "ax0"], ["y"]),
+        ],
+        [X],
+        [Y],
+        [
+            tensor("s1", np.array([3, 4], np.int64)),
+            tensor("s2", np.array([12], np.int64)),
+            tensor("ax0", np.array([0], np.int64)),
+        ],
+    )
+    model, result = _run(proto, "simplify_shapes")
+    assert [op for op in _ops(model) if op != "Constant"] == ["Reshape", "Unsqueeze"]
+    assert result.records[0].stats["rewrites"] == 2
+
+
+def test_cleanup_reaches_fixpoint_and_second_run_is_unmodified(mlp_proto):
+    model = gp.load(mlp_proto)
+    first = PassManager(build_passes("cleanup")).run(model)
+    assert first.records[0].modified and first.records[0].stats["fixpoint_reached"] is True
+    second = PassManager(build_passes("cleanup")).run(model)
+    assert not second.records[0].modified, "modified must be exact: nothing left to clean"

@@ -1,0 +1,107 @@
+import json
+
+import numpy as np
+import pytest
+
+import graphpress as gp
+from graphpress.errors import GraphpressError, InvariantError, NumericMismatchError
+from graphpress.ir import numeric
+from graphpress.passes import (
+    DumpInstrument,
+    InvariantInstrument,
+    NumericInstrument,
+    Pass,
+    PassManager,
+    PassResult,
+    build_passes,
+)
+from graphpress.passes.report import build_report, write_json_atomic
+
+
+def test_records_every_pass_with_timing_and_stats(mlp_proto):
+    model = gp.load(mlp_proto)
+    result = PassManager(build_passes("eliminate_identity,cse,topo_sort")).run(model)
+    assert [r.name for r in result.records] == ["eliminate_identity", "cse", "topo_sort"]
+    ident, cse, sort = result.records
+    assert ident.modified and ident.stats["nodes_removed"] == 1
+    assert not cse.modified and cse.stats == {"nodes_removed": 0}
+    assert not sort.modified
+    assert all(r.seconds > 0 for r in result.records)
+    assert result.modified
+
+
+def test_numeric_instrument_catches_wrong_pass_and_names_it(mlp_proto):
+    import scale_weight_pass  # tests/plugins
+
+    model = gp.load(mlp_proto)
+    inst = NumericInstrument(numeric.make_inputs(model))
+    with pytest.raises(NumericMismatchError) as info:
+        PassManager([scale_weight_pass.ScaleWeight()], [inst]).run(model)
+    msg = str(info.value)
+    assert "pass 'test_scale_weight'" in msg and "'exact' tolerance" in msg
+    assert "first diverging node 'mm1' (MatMul)" in msg
+
+
+def test_numeric_instrument_passes_and_reports_final(mlp_proto):
+    model = gp.load(mlp_proto)
+    inst = NumericInstrument(numeric.make_inputs(model), "generated")
+    result = PassManager(build_passes("cleanup"), [inst]).run(model)
+    assert result.records[0].verification["passed"]
+    assert inst.final.passed and inst.final.family == "cleanup"
+
+
+def test_invariant_instrument_names_the_pass(mlp_proto):
+    import break_ir_pass
+
+    model = gp.load(mlp_proto)
+    with pytest.raises(InvariantError, match="after pass 'test_break_ir'.*relu1"):
+        PassManager([break_ir_pass.BreakIR()], [InvariantInstrument()]).run(model)
+
+
+class CountDown(Pass):
+    """Modifies the model on its first ``n`` calls (to test fixpoint bounds)."""
+
+    name = "test_countdown"
+
+    def __init__(self, n):
+        super().__init__()
+        self.n = n
+
+    def call(self, model):
+        self.n -= 1
+        return PassResult(model, self.n >= 0, {"left": max(self.n, 0)})
+
+
+def test_fixpoint_stops_when_nothing_changes(mlp_proto):
+    result = PassManager([CountDown(2)], fixpoint=True, max_iterations=10).run(gp.load(mlp_proto))
+    assert result.iterations == 3 and result.fixpoint_reached is True
+    assert [r.modified for r in result.records] == [True, True, False]
+
+
+def test_fixpoint_bound_is_reported_not_silent(mlp_proto):
+    result = PassManager([CountDown(50)], fixpoint=True, max_iterations=4).run(gp.load(mlp_proto))
+    assert result.iterations == 4 and result.fixpoint_reached is False
+
+
+def test_dump_instrument_writes_each_stage(tmp_path, mlp_proto):
+    PassManager(build_passes("eliminate_identity,dce"), [DumpInstrument(tmp_path / "dump")]).run(gp.load(mlp_proto))
+    assert sorted(p.name for p in (tmp_path / "dump").iterdir()) == [
+        "00_input.onnx",
+        "01_eliminate_identity.onnx",
+        "02_dce.onnx",
+    ]
+    assert len(list(gp.load(tmp_path / "dump" / "01_eliminate_identity.onnx").graph)) == 4
+
+
+def test_report_json_contract(tmp_path, mlp_proto):
+    model = gp.load(mlp_proto)
+    before = gp.summarize(model)
+    inst = NumericInstrument(numeric.make_inputs(model))
+    result = PassManager(build_passes("cleanup"), [inst]).run(model)
+    report = build_report(result, before, gp.summarize(model), inst.final, spec="cleanup")
+    write_json_atomic(report, tmp_path / "r.json")
+    data = json.loads((tmp_path / "r.json").read_text())
+    assert set(data["passes"][0]) >= {"name", "seconds", "modified", "stats"}
+    assert set(data["before"]) == set(data["after"]) == {"params", "bytes", "macs", "nodes"}
+    assert data["before"]["nodes"] == 5 and data["after"]["nodes"] == 4
+    assert {"max_abs_diff", "cosine"} <= set(data["verification"])

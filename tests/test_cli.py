@@ -1,0 +1,170 @@
+"""The CLI contract: exit 0 on success; exit 2 with one line on stderr for bad input; the input
+file is never modified and no output file exists after a failure."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from graphpress.cli import main
+
+PLUGINS = str(Path(__file__).parent / "plugins")
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _fail(capsys, argv, inputs, outputs, message):
+    """Run the CLI expecting exit 2, the message on one stderr line, inputs untouched, no outputs."""
+    before = {p: _digest(p) for p in inputs if p.exists()}
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("graphpress: error: ")
+    assert message in lines[0], lines[0]
+    for p, digest in before.items():
+        assert _digest(p) == digest, f"{p} was modified"
+    for p in outputs:
+        assert not p.exists(), f"{p} should not exist"
+    leftovers = [p for p in outputs[0].parent.glob(".*.tmp")] if outputs else []
+    assert not leftovers
+    return lines[0]
+
+
+def test_inspect_table_and_json(capsys, mlp_path):
+    assert main(["inspect", str(mlp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "MatMul" in out and "params" in out
+    assert main(["inspect", str(mlp_path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["nodes"] == 5 and data["params"] == 8 * 16 + 16 + 16 * 4
+    assert data["macs"] == 8 * 16 + 16 * 4
+
+
+def test_optimize_writes_model_and_report(capsys, tmp_path, mlp_path):
+    out, rep = tmp_path / "out.onnx", tmp_path / "r.json"
+    digest = _digest(mlp_path)
+    code = main(["optimize", str(mlp_path), "-o", str(out), "--passes", "cleanup", "--verify", "--report", str(rep)])
+    assert code == 0, capsys.readouterr().err
+    assert _digest(mlp_path) == digest
+    report = json.loads(rep.read_text())
+    assert report["before"]["nodes"] == 5 and report["after"]["nodes"] == 4
+    assert report["verification"]["performed"] and report["verification"]["passed"]
+    assert report["passes"][0]["name"] == "cleanup" and report["passes"][0]["modified"]
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"x": np.ones((1, 8), np.float32)})[0].shape == (1, 4)
+
+
+def test_optimize_with_inputs_npz(capsys, tmp_path, mlp_path):
+    npz = tmp_path / "x.npz"
+    np.savez(npz, x=np.full((1, 8), 0.5, np.float32))
+    rep = tmp_path / "r.json"
+    argv = ["optimize", str(mlp_path), "-o", str(tmp_path / "o.onnx"), "--passes", "cleanup", "--verify", "--inputs", str(npz), "--report", str(rep)]
+    assert main(argv) == 0
+    assert json.loads(rep.read_text())["verification"]["inputs"] == str(npz)
+
+
+def test_missing_file(capsys, tmp_path):
+    out = tmp_path / "o.onnx"
+    _fail(capsys, ["optimize", str(tmp_path / "nope.onnx"), "-o", str(out), "--passes", "cleanup"], [], [out], "nope.onnx: no such file")
+
+
+def test_not_onnx(capsys, tmp_path):
+    bad = tmp_path / "notes.onnx"
+    bad.write_text("hello, I am a text file\n" * 20)
+    out = tmp_path / "o.onnx"
+    _fail(capsys, ["optimize", str(bad), "-o", str(out), "--passes", "cleanup"], [bad], [out], "not an ONNX model")
+
+
+def test_truncated_protobuf(capsys, tmp_path, mlp_path):
+    cut = tmp_path / "cut.onnx"
+    data = mlp_path.read_bytes()
+    cut.write_bytes(data[: len(data) - 37])
+    out = tmp_path / "o.onnx"
+    _fail(capsys, ["optimize", str(cut), "-o", str(out), "--passes", "cleanup"], [cut], [out], "cut.onnx")
+
+
+def test_unknown_pass(capsys, tmp_path, mlp_path):
+    out = tmp_path / "o.onnx"
+    line = _fail(capsys, ["optimize", str(mlp_path), "-o", str(out), "--passes", "cleanup,frobnicate"], [mlp_path], [out], "unknown pass 'frobnicate'")
+    assert "valid passes: cleanup" in line
+
+
+def test_unknown_option(capsys, tmp_path, mlp_path):
+    out = tmp_path / "o.onnx"
+    line = _fail(capsys, ["optimize", str(mlp_path), "-o", str(out), "--passes", "cleanup:speed=11"], [mlp_path], [out], "pass 'cleanup' has no option 'speed'")
+    assert "valid options: max_iterations" in line
+
+
+def test_bad_option_value(capsys, tmp_path, mlp_path):
+    out = tmp_path / "o.onnx"
+    _fail(capsys, ["optimize", str(mlp_path), "-o", str(out), "--passes", "cleanup:max_iterations=lots"], [mlp_path], [out], "'lots' is not a int")
+    _fail(capsys, ["optimize", str(mlp_path), "-o", str(out), "--passes", "cleanup:max_iterations=-1"], [mlp_path], [out], "below the minimum 1")
+
+
+def test_unwritable_output(capsys, tmp_path, mlp_path):
+    out = tmp_path / "missing-dir" / "o.onnx"
+    _fail(capsys, ["optimize", str(mlp_path), "-o", str(out), "--passes", "cleanup"], [mlp_path], [out], "does not exist")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write into read-only directories")
+def test_read_only_output_dir(capsys, tmp_path, mlp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        _fail(capsys, ["optimize", str(mlp_path), "-o", str(ro / "o.onnx"), "--passes", "cleanup"], [mlp_path], [ro / "o.onnx"], "not writable")
+    finally:
+        ro.chmod(0o700)
+
+
+def test_output_over_input_is_refused(capsys, mlp_path):
+    _fail(capsys, ["optimize", str(mlp_path), "-o", str(mlp_path), "--passes", "cleanup"], [mlp_path], [], "is the input model")
+
+
+def test_verify_failure(capsys, tmp_path, mlp_path, monkeypatch):
+    monkeypatch.syspath_prepend(PLUGINS)
+    out, rep = tmp_path / "o.onnx", tmp_path / "r.json"
+    line = _fail(
+        capsys,
+        ["optimize", str(mlp_path), "-o", str(out), "--passes", "cleanup,scale_weight_pass", "--verify", "--report", str(rep)],
+        [mlp_path],
+        [out, rep],
+        "pass 'test_scale_weight' changed the outputs",
+    )
+    assert "first diverging node 'mm1' (MatMul)" in line
+
+
+def test_debug_shows_traceback(tmp_path):
+    with pytest.raises(Exception, match="no such file"):
+        main(["--debug", "inspect", str(tmp_path / "nope.onnx")])
+
+
+def test_console_script_entry_point(tmp_path, mlp_path):
+    exe = Path(sys.executable).parent / "graphpress"
+    proc = subprocess.run([str(exe), "inspect", str(tmp_path / "missing.onnx")], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().endswith("missing.onnx: no such file; give the path of an .onnx model")
+    assert "Traceback" not in proc.stderr
+    proc = subprocess.run([str(exe), "passes"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "cleanup" in proc.stdout
+
+
+@pytest.mark.slow
+def test_demo_runs_and_is_verified(tmp_path):
+    from graphpress.demo import run_demo
+
+    result = run_demo(output_dir=str(tmp_path), epochs=3)
+    assert result["verification"]["passed"]
+    assert result["after"]["nodes"] < result["before"]["nodes"]
+    assert result["accuracy_after"] == result["accuracy_before"] > 0.8
+    assert (tmp_path / "digits_cnn.optimized.onnx").exists()
