@@ -262,8 +262,7 @@ def benchmark_model(name: str, src: Path, workdir: Path, repeat: int) -> ModelRe
     result = ModelResult(name, count_nodes(src))
     for tool, fn in TOOLS.items():
         dst = workdir / f"{src.stem}.{tool}.onnx"
-        with console.status(f"{name}: {tool} x{repeat}"):
-            runs = time_runs(fn, src, dst, repeat)
+        runs = time_runs(fn, src, dst, repeat)  # no spinner: its refresh thread would share the GIL
         diff, ok = compare(reference, run_ort(dst, feeds))
         result.tools[tool] = ToolResult(statistics.median(runs), runs, count_nodes(dst), diff, ok)
         console.log(f"{name}: {tool} {statistics.median(runs):.3f}s (runs {', '.join(f'{t:.3f}' for t in runs)})")

@@ -6,7 +6,8 @@ MACs (multiply-accumulates) are counted per node from inferred shapes:
 * ``ConvTranspose``: ``N * C_in * prod(in_spatial) * (C_out / group) * prod(kernel)``
 * ``Gemm``: ``M * N * K``
 * ``MatMul``: ``prod(batch) * M * N * K``; a MatMul whose two inputs are both activations
-  (no constant operand) is tagged ``attention`` (``Q @ K^T``, ``P @ V``).
+  (neither is a weight nor computed from weights only) is tagged ``attention``
+  (``Q @ K^T``, ``P @ V``).
 
 Symbolic dimensions (``batch``, ``seq``) count as 1: MACs are per sample, for the
 shapes the model declares. A node whose shapes are unknown counts 0 and is listed in
@@ -60,6 +61,18 @@ def _tensor_of(value: ir.Value) -> ir.TensorProtocol | None:
     return None
 
 
+def _is_constant(value: ir.Value | None, depth: int = 8) -> bool:
+    """True if ``value`` is a weight or computed from weights only (e.g. ``Transpose(W)``)."""
+    if value is None:
+        return False
+    if _tensor_of(value) is not None:
+        return True
+    node = value.producer()
+    if node is None or depth == 0 or not node.inputs:
+        return False
+    return all(_is_constant(v, depth - 1) for v in node.inputs if v is not None)
+
+
 def _dims(value: ir.Value | None) -> list[int] | None:
     if value is None or value.shape is None:
         return None
@@ -97,7 +110,7 @@ def node_macs(node: ir.Node) -> tuple[int | None, str]:
         return m * n * k, "gemm"
     if op == "MatMul":
         a, b = _dims(node.inputs[0]), _dims(node.inputs[1])
-        kind = "matmul" if (_tensor_of(node.inputs[0]) is not None or _tensor_of(node.inputs[1]) is not None) else "attention"
+        kind = "matmul" if (_is_constant(node.inputs[0]) or _is_constant(node.inputs[1])) else "attention"
         if a is None or b is None:
             return None, kind
         if len(a) == 1:

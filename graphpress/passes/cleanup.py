@@ -272,7 +272,8 @@ class Cleanup(Pass):
         stats: dict[str, Any] = {}
         for rec in loop.records:
             for key, value in rec.stats.items():
-                stats[f"{rec.name}.{key}"] = stats.get(f"{rec.name}.{key}", 0) + value
+                if isinstance(value, (int, float)):
+                    stats[f"{rec.name}.{key}"] = stats.get(f"{rec.name}.{key}", 0) + value
         nodes, inits = graph_counts(model)
         stats.update(
             {

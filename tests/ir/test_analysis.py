@@ -59,3 +59,13 @@ def test_constant_node_tensors_count_as_weights():
 
 def test_brief_has_report_keys(mlp_proto):
     assert set(gp.summarize(gp.load(mlp_proto)).brief()) == {"params", "bytes", "macs", "nodes"}
+
+
+def test_matmul_on_transposed_weight_is_not_attention():
+    proto = make_model(
+        [helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]), helper.make_node("MatMul", ["x", "wt"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [tensor("w", np.zeros((5, 4), np.float32))],
+    )
+    assert gp.summarize(gp.load(proto)).macs_by_kind == {"matmul": 3 * 4 * 5}

@@ -105,3 +105,10 @@ def test_report_json_contract(tmp_path, mlp_proto):
     assert set(data["before"]) == set(data["after"]) == {"params", "bytes", "macs", "nodes"}
     assert data["before"]["nodes"] == 5 and data["after"]["nodes"] == 4
     assert {"max_abs_diff", "cosine"} <= set(data["verification"])
+
+
+def test_fixpoint_skips_passes_on_an_unchanged_model(mlp_proto):
+    result = PassManager([CountDown(1), CountDown(0)], fixpoint=True).run(gp.load(mlp_proto))
+    assert [(r.iteration, r.modified) for r in result.records] == [(1, True), (1, False), (2, False), (2, False)]
+    assert result.records[-1].stats == {"skipped": "unchanged since last run"}
+    assert "skipped" not in result.records[2].stats, "a pass that changed the model last time runs again"
