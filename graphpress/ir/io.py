@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import onnx
 import onnx_ir as ir
 
+from graphpress._heap import frozen_heap
 from graphpress.errors import GraphpressError, ModelLoadError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -132,7 +133,8 @@ def _from_proto(proto: onnx.ModelProto, where: str, opset: int, base_dir: str | 
     if current is not None and current < opset:
         proto = _convert_opset(proto, where, opset, base_dir)
     try:
-        model = ir.serde.deserialize_model(proto)
+        with frozen_heap():
+            model = ir.serde.deserialize_model(proto)
     except Exception as e:
         raise ModelLoadError(f"{where}: the ONNX model is malformed ({_first_line(e)})") from e
     if base_dir is not None:
@@ -285,6 +287,12 @@ def save(
         weight_bytes = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
         external_data = weight_bytes > external_threshold_bytes
 
+    with frozen_heap():
+        _write_atomic(model, dest, parent, external_data)
+    return dest
+
+
+def _write_atomic(model: ir.Model, dest: Path, parent: Path, external_data: bool) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
     os.close(fd)
     data_name = dest.name + ".data"
@@ -303,7 +311,6 @@ def save(
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    return dest
 
 
 def check_writable(path: str | os.PathLike, what: str = "output", input_path: Path | None = None) -> Path:

@@ -13,9 +13,7 @@ records, modified or not.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,6 +24,7 @@ import onnx
 import onnx_ir as ir
 
 from graphpress.errors import GraphpressError, InvariantError, NumericMismatchError
+from graphpress._heap import frozen_heap
 from graphpress.ir import numeric
 from graphpress.ir.io import save, to_proto
 from graphpress.ir.verify import check
@@ -234,7 +233,7 @@ class PassManager:
         it after a run that changed nothing (a deterministic pass would change nothing
         again); such a round is recorded with ``stats={"skipped": "unchanged since last run"}``.
         """
-        with _frozen_heap():
+        with frozen_heap():
             return self._run(model)
 
     def _run(self, model: ir.Model) -> RunResult:
@@ -281,21 +280,3 @@ class PassManager:
         for inst in self.instruments:
             inst.run_end(model)
         return RunResult(model, any_modified, records, iterations, fixpoint_reached)
-
-
-@contextlib.contextmanager
-def _frozen_heap():
-    """Keep the garbage collector from re-scanning the (large, long-lived) graph on every collection.
-
-    ``gc.freeze`` moves every object alive now to a permanent generation; objects the passes
-    create are still collected as usual. On a 20k-node graph this removes ~10% of cleanup time
-    spent in collections whose cost grows with the heap.
-    """
-    if gc.isenabled():
-        gc.freeze()
-        try:
-            yield
-        finally:
-            gc.unfreeze()
-    else:
-        yield
