@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install clean arm-env
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+
+# aarch64 cross toolchain + qemu-user (apt), an aarch64 Python sysroot and the aarch64 TVM
+# runtime wheel, so tests can run aarch64 artifacts under qemu (scripts/arm-env.sh).
+arm-env: $(STAMP)
+	PIP=$(BIN)/pip bash scripts/arm-env.sh .arm-env
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/passes.py

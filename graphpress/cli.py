@@ -39,6 +39,32 @@ def _add_optimize(sub):
     p.set_defaults(func=cmd_optimize)
 
 
+def _add_compile(sub):
+    p = sub.add_parser("compile", help="compile a model with TVM for x86, aarch64 or cuda")
+    p.add_argument("model", help="path of an .onnx file")
+    p.add_argument("--target", required=True, help="x86, aarch64, cuda[:sm_XX] or a TVM target JSON dict")
+    p.add_argument("-o", "--output", required=True, help="artifact directory (model.so + graphpress.json), written whole")
+    p.add_argument("--passes", help="SPEC of passes to run before compiling, e.g. 'cleanup'")
+    p.add_argument("--tune-trials", type=int, default=0, help="MetaSchedule trials in total (CPU); 0: use tuning databases only")
+    p.add_argument("--max-trials-per-task", type=int, help="per-kernel trial cap (default: tune-trials / kernels)")
+    p.add_argument("--database", help="tuning database directory (default: ~/.cache/graphpress/tvm-tuning/<target>)")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=DxDx...", help="static shape for an input with symbolic dims (repeatable)")
+    p.add_argument("--inputs", help=".npz of sample inputs for the check against ONNX Runtime (host targets)")
+    p.add_argument("--report", help="write the build report JSON here")
+    p.set_defaults(func=cmd_compile)
+
+
+def _add_run(sub):
+    p = sub.add_parser("run", help="run a compiled artifact on this machine")
+    p.add_argument("artifact", help="artifact directory from graphpress compile")
+    p.add_argument("--inputs", help=".npz of inputs (keys = input names); default: random from the artifact's shapes")
+    p.add_argument("--output", help="write the outputs to this .npz")
+    p.add_argument("--bench", action="store_true", help="measure latency (median of --repeat runs after warm-up)")
+    p.add_argument("--repeat", type=int, default=50, help="runs for --bench (default 50)")
+    p.add_argument("--threads", type=int, help="TVM CPU threads (default: all cores)")
+    p.set_defaults(func=cmd_run)
+
+
 def _add_passes(sub):
     p = sub.add_parser("passes", help="list the registered passes and their options")
     p.set_defaults(func=cmd_passes)
@@ -56,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_inspect, _add_optimize, _add_passes, _add_demo):
+    for add in (_add_inspect, _add_optimize, _add_compile, _add_run, _add_passes, _add_demo):
         add(sub)
     return parser
 
@@ -192,6 +218,111 @@ def _print_optimize_summary(before, after, result, verification, out) -> None:
             f"verification ({verification.inputs_source}): max_abs_diff={verification.max_abs_diff:.3g} "
             f"cosine={verification.min_cosine:.8f} -> {'PASS' if verification.passed else 'FAIL'}"
         )
+
+
+# ------------------------------------------------------------------------------ compile / run
+
+
+def _parse_shapes(items: list[str]) -> dict[str, list[int]]:
+    shapes = {}
+    for item in items:
+        name, eq, dims = item.partition("=")
+        try:
+            if not eq or not name:
+                raise ValueError
+            shapes[name] = [int(d) for d in dims.lower().split("x")]
+        except ValueError:
+            raise GraphpressError(f"--input-shape '{item}': expected NAME=DxDx..., e.g. input=1x3x224x224") from None
+    return shapes
+
+
+def cmd_compile(args) -> int:
+    from graphpress.backends.tvm.build import compile_model
+    from graphpress.backends.tvm.targets import resolve_target
+    from graphpress.ir import load
+    from graphpress.ir.numeric import compare_outputs, load_inputs, run
+    from graphpress.passes import InvariantInstrument, PassManager, build_passes
+    from graphpress.passes.report import write_json_atomic
+
+    spec = resolve_target(args.target)
+    shapes = _parse_shapes(args.input_shape)
+    passes = build_passes(args.passes) if args.passes else []
+    out = Path(args.output)
+    if not (out.parent if str(out.parent) else Path(".")).is_dir():
+        raise GraphpressError(f"{out}: cannot write the artifact, directory {out.parent} does not exist")
+    if args.report:
+        from graphpress.ir.io import check_writable
+
+        check_writable(args.report, "report")
+    model = load(args.model)
+    pass_records = []
+    if passes:
+        pass_records = [r.to_dict() for r in PassManager(passes, [InvariantInstrument()]).run(model).records]
+    compiled = compile_model(
+        model, spec, input_shapes=shapes, tune_trials=args.tune_trials, max_trials_per_task=args.max_trials_per_task, database=args.database
+    )
+    check = None
+    if spec.is_host:
+        feeds = load_inputs(args.inputs, model) if args.inputs else _random_feeds(compiled.meta["inputs"])
+        ref = run(model, feeds)
+        got = dict(zip(ref, compiled(**feeds)))
+        check = compare_outputs(ref, got, "backend", args.inputs or "generated from the artifact's shapes (seed 0)")
+        compiled.meta["build"]["check_vs_onnxruntime"] = {"passed": check.passed, "max_abs_diff": check.max_abs_diff, "cosine": check.min_cosine}
+        if not check.passed:
+            raise GraphpressError(f"target {spec.name}: compiled code differs from ONNX Runtime: {check.describe_failure()}; artifact not written")
+    compiled.save(out)
+    build = compiled.meta["build"]
+    if args.report:
+        write_json_atomic({"target": spec.config, "passes": pass_records, "build": build, "inputs": compiled.meta["inputs"]}, args.report)
+    unscheduled = build.get("unscheduled_kernels") or []
+    print(f"wrote {out} for {spec.name} {spec.to_json()}")
+    if spec.is_cpu:
+        print(f"kernels: {build.get('kernels')}, scheduled from tuning databases: {build.get('scheduled_kernels')}, unscheduled: {len(unscheduled)}")
+        if unscheduled:
+            print(f"warning: {len(unscheduled)} kernel(s) have no tuned schedule and run as TVM's default loop nests "
+                  f"(slow); tune with --tune-trials N", file=sys.stderr)
+    if check is not None:
+        print(f"check vs ONNX Runtime: max_abs_diff={check.max_abs_diff:.3g} cosine={check.min_cosine:.8f} -> PASS")
+    return 0
+
+
+def _random_feeds(inputs: list[dict]) -> dict:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for spec in inputs:
+        dtype = np.dtype(spec["dtype"])
+        if dtype.kind == "f":
+            feeds[spec["name"]] = rng.standard_normal(spec["shape"]).astype(dtype)
+        else:
+            feeds[spec["name"]] = rng.integers(0, 2, size=spec["shape"]).astype(dtype)
+    return feeds
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+
+    from graphpress.backends.tvm.runtime import load
+
+    model = load(args.artifact, num_threads=args.threads)
+    if args.inputs:
+        try:
+            with np.load(args.inputs) as data:
+                feeds = {k: data[k] for k in data.files}
+        except OSError as e:
+            raise GraphpressError(f"{args.inputs}: cannot read the .npz ({e})") from e
+    else:
+        feeds = _random_feeds(model.meta["inputs"])
+    outputs = model.run_named(**feeds)
+    for name, value in outputs.items():
+        print(f"{name}: {value.dtype} {list(value.shape)} mean={float(value.mean()):.6g} std={float(value.std()):.6g}")
+    if args.output:
+        np.savez(args.output, **outputs)
+    if args.bench:
+        stats = model.benchmark(**feeds, repeat=args.repeat)
+        print(f"latency: median {stats['median_ms']:.3f} ms, mean {stats['mean_ms']:.3f} ms, min {stats['min_ms']:.3f} ms over {stats['repeat']} runs")
+    return 0
 
 
 # ------------------------------------------------------------------------------ passes

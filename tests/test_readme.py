@@ -20,6 +20,7 @@ def _blocks(kind: str) -> list[str]:
 
 def test_readme_examples_run(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GRAPHPRESS_CACHE", str(tmp_path / "cache"))
     python_blocks = _blocks("python")
     assert len(python_blocks) >= 2
     namespace: dict = {"__name__": "readme"}

@@ -70,3 +70,4 @@ def all_passes() -> dict[str, type[Pass]]:
 def _load_builtin() -> None:
     # Importing the modules registers their passes.
     import graphpress.passes.cleanup  # noqa: F401
+    import graphpress.passes.fold_batchnorm  # noqa: F401

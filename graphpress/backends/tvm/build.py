@@ -1,0 +1,209 @@
+"""Compile an IR model with TVM for a target: lowering, scheduling, tuning, building.
+
+CPU (``llvm``) targets:
+
+0. On a copy of the model, :data:`PREPARE_SPEC` (cleanup, BatchNorm folding) — all targets.
+1. ``DecomposeOpsForInference`` + the zero pipeline (legalize to TIR, fuse, fold).
+2. If ``tune_trials > 0``: MetaSchedule tunes every kernel (``max_trials_per_task``
+   defaults to ``tune_trials / number of tasks``, so no task is skipped) and appends the
+   records to the tuning database.
+3. Schedules from the tuning databases are applied (:func:`database_dirs`: the user's
+   cache, then the ones shipped with graphpress). A second compile of the same model thus
+   takes seconds.
+4. ``tvm.compile``. Kernels left without a schedule are listed in the build report
+   (``unscheduled_kernels``), never silently.
+
+CUDA targets use TVM's default CUDA pipeline, which schedules every kernel with dlight's
+GPU rules (Matmul, GEMV, Reduction, GeneralReduction, Fallback); ``nvcc`` compiles them
+ahead of time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx_ir as ir
+
+import graphpress
+from graphpress.backends.tvm.lower import bind_input_shapes, to_relax
+from graphpress.backends.tvm.runtime import CompiledModel
+from graphpress.backends.tvm.targets import TargetSpec, resolve_target
+from graphpress.errors import GraphpressError
+
+__all__ = ["compile_model", "database_dirs", "user_database_dir"]
+
+SHIPPED_DATABASES = Path(__file__).parent / "databases"
+#: Seconds a tuning candidate may take to build / to run before it is discarded.
+BUILD_TIMEOUT_S = 120
+RUN_TIMEOUT_S = 60
+
+
+def _target_key(spec: TargetSpec) -> str:
+    """A folder name for tuning records: records only transfer between identical targets."""
+    digest = hashlib.sha1(spec.to_json().encode()).hexdigest()[:10]
+    parts = [spec.config.get("kind"), spec.config.get("mcpu") or spec.config.get("arch") or "generic", f"{spec.config.get('num-cores', 'any')}c", digest]
+    return "-".join(str(p) for p in parts)
+
+
+def user_database_dir(spec: TargetSpec) -> Path:
+    """Where tuning records for ``spec`` are written (``$GRAPHPRESS_CACHE`` or ``~/.cache/graphpress``)."""
+    root = Path(os.environ.get("GRAPHPRESS_CACHE", Path.home() / ".cache" / "graphpress"))
+    return root / "tvm-tuning" / _target_key(spec)
+
+
+def database_dirs(spec: TargetSpec, database: str | os.PathLike | None = None) -> list[Path]:
+    """Tuning databases consulted for ``spec``, first match wins: ``database`` (or the user's cache), then shipped."""
+    dirs = [Path(database) if database else user_database_dir(spec)]
+    shipped = SHIPPED_DATABASES / _target_key(spec)
+    if shipped.is_dir() and shipped.resolve() != dirs[0].resolve():
+        dirs.append(shipped)
+    return dirs
+
+
+def _open_database(directory: Path):
+    from tvm.s_tir import meta_schedule as ms
+
+    directory.mkdir(parents=True, exist_ok=True)
+    return ms.database.JSONDatabase(
+        path_workload=str(directory / "database_workload.json"),
+        path_tuning_record=str(directory / "database_tuning_record.json"),
+        allow_missing=True,
+    )
+
+
+def _kernels(mod) -> tuple[list[str], list[str]]:
+    """(scheduled, unscheduled) PrimFunc names of a module."""
+    import tvm
+
+    scheduled, unscheduled = [], []
+    for gv, func in mod.functions.items():
+        if isinstance(func, tvm.tirx.PrimFunc):
+            attrs = func.attrs or {}
+            (scheduled if attrs.get("tirx.is_scheduled", False) else unscheduled).append(gv.name_hint)
+    return scheduled, unscheduled
+
+
+def _schedule_cpu(mod, spec: TargetSpec, tune_trials: int, max_trials_per_task: int | None, database: str | os.PathLike | None):
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    target = spec.tvm_target()
+    stats: dict[str, Any] = {}
+    dirs = database_dirs(spec, database)
+    with target:
+        mod = tvm.transform.Sequential(
+            [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(), relax.get_pipeline("zero")]
+        )(mod)
+        _, tasks = _kernels(mod)
+        stats["kernels"] = len(tasks)
+        if tune_trials > 0:
+            per_task = max_trials_per_task or max(1, tune_trials // max(1, len(tasks)))
+            start = time.perf_counter()
+            ms.relax_integration.tune_relax(
+                mod,
+                params={},
+                target=target,
+                work_dir=str(dirs[0]),
+                max_trials_global=tune_trials,
+                max_trials_per_task=per_task,
+                num_trials_per_iter=min(64, per_task),
+                # LLVM builds of AVX-512 candidates can exceed MetaSchedule's default 30 s on 2 cores
+                builder=ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S),
+                runner=ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S),
+                database=_open_database(dirs[0]),
+            )
+            stats.update({"tune_trials": tune_trials, "max_trials_per_task": per_task, "tuning_seconds": round(time.perf_counter() - start, 1)})
+        databases = [_open_database(d) for d in dirs]
+        db = databases[0] if len(databases) == 1 else ms.database.OrderedUnionDatabase(*databases)
+        with db:
+            mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+    scheduled, unscheduled = _kernels(mod)
+    stats.update({"scheduled_kernels": len(scheduled), "unscheduled_kernels": unscheduled, "databases": [str(d) for d in dirs]})
+    return mod, stats
+
+
+#: Graph passes run (on a copy) before lowering: TVM folds neither constants through shape ops
+#: nor BatchNorm into conv weights.
+PREPARE_SPEC = "cleanup,fold_batchnorm,cleanup"
+
+
+def prepare_for_lowering(model: ir.Model) -> tuple[ir.Model, dict[str, Any]]:
+    """A copy of ``model`` with :data:`PREPARE_SPEC` applied (invariants checked); the input is not changed."""
+    from graphpress.ir.io import to_proto
+    from graphpress.passes import InvariantInstrument, PassManager, build_passes
+
+    copy = ir.serde.deserialize_model(to_proto(model))
+    result = PassManager(build_passes(PREPARE_SPEC), [InvariantInstrument()]).run(copy)
+    return copy, {"spec": PREPARE_SPEC, "folded_bn": result.stats().get("folded_bn", 0)}
+
+
+def compile_model(
+    model: ir.Model,
+    target: str | dict[str, Any] | TargetSpec = "x86",
+    *,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    tune_trials: int = 0,
+    max_trials_per_task: int | None = None,
+    database: str | os.PathLike | None = None,
+) -> CompiledModel:
+    """Compile ``model`` with TVM.
+
+    Args:
+        model: the (optimized) model; not changed.
+        target: ``x86``, ``aarch64``, ``cuda``, a TVM target dict or JSON string.
+        input_shapes: static shapes for inputs with symbolic dims (others default to 1).
+        tune_trials: MetaSchedule trials in total (CPU targets); 0 applies existing records only.
+        max_trials_per_task: per-kernel cap (default ``tune_trials // kernels``).
+        database: tuning database directory (default: the user cache for this target).
+
+    Returns:
+        A :class:`CompiledModel` (callable here for host targets; ``save`` it for others).
+    """
+    import tvm
+
+    spec = target if isinstance(target, TargetSpec) else resolve_target(target)
+    if tune_trials < 0:
+        raise GraphpressError(f"--tune-trials must be >= 0, got {tune_trials}")
+    if tune_trials and not spec.is_cpu:
+        raise GraphpressError(f"target {spec.name}: --tune-trials applies to CPU targets; CUDA uses dlight schedules")
+    shapes = bind_input_shapes(model, input_shapes)
+    t0 = time.perf_counter()
+    prepared, prep_stats = prepare_for_lowering(model)
+    mod = to_relax(prepared, shapes, spec.name)
+    report: dict[str, Any] = {"prepare": prep_stats, "import_seconds": round(time.perf_counter() - t0, 3)}
+    if spec.is_cpu:
+        mod, stats = _schedule_cpu(mod, spec, tune_trials, max_trials_per_task, database)
+        report.update(stats)
+    t1 = time.perf_counter()
+    try:
+        executable = tvm.compile(mod, target=spec.tvm_target())
+    except Exception as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise GraphpressError(f"target {spec.name}: TVM build failed ({(lines[-1] if lines else type(e).__name__)[:300]})") from e
+    report["build_seconds"] = round(time.perf_counter() - t1, 3)
+    meta = {
+        "graphpress_version": graphpress.__version__,
+        "tvm_version": tvm.__version__,
+        "target_name": spec.name,
+        "target": spec.config,
+        "cross_compiler": spec.cross_compiler,
+        "inputs": [{"name": n, **s} for n, s in shapes.items()],
+        "outputs": _outputs(model, shapes),
+        "build": report,
+    }
+    return CompiledModel(executable, meta)
+
+
+def _outputs(model: ir.Model, shapes: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    outs = []
+    for value in model.graph.outputs:
+        shape = None if value.shape is None else [d if isinstance(d, int) else str(d) for d in value.shape]
+        outs.append({"name": value.name, "dtype": value.dtype.numpy().name if value.dtype else None, "shape": shape})
+    return outs

@@ -1,0 +1,64 @@
+"""Run an aarch64 artifact under ``qemu-aarch64`` with the sysroot that ``make arm-env`` builds.
+
+``make arm-env`` (``scripts/arm-env.sh``) installs the cross toolchain and qemu-user from
+Debian, unpacks a Python 3.11 aarch64 sysroot from Debian arm64 packages and installs the
+aarch64 ``apache-tvm`` wheel and numpy into ``.arm-env/site``. :func:`run_aarch64` then runs
+:mod:`graphpress.backends.tvm.run_artifact` with the aarch64 Python under qemu.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from graphpress.errors import GraphpressError
+
+__all__ = ["DEFAULT_ARM_ENV", "arm_env_ready", "run_aarch64"]
+
+DEFAULT_ARM_ENV = Path(os.environ.get("GRAPHPRESS_ARM_ENV", Path(__file__).resolve().parents[3] / ".arm-env"))
+
+
+def arm_env_ready(env_dir: str | os.PathLike = DEFAULT_ARM_ENV) -> bool:
+    """True when qemu-aarch64 and a complete arm env (``make arm-env``) are present."""
+    env = Path(env_dir)
+    return shutil.which("qemu-aarch64") is not None and (env / ".ready").is_file()
+
+
+def run_aarch64(
+    artifact: str | os.PathLike,
+    feeds: Mapping[str, np.ndarray],
+    *,
+    env_dir: str | os.PathLike = DEFAULT_ARM_ENV,
+    timeout_s: float = 600,
+) -> dict[str, np.ndarray]:
+    """Run an aarch64 artifact on ``feeds`` under qemu and return its outputs by name."""
+    env = Path(env_dir)
+    if not arm_env_ready(env):
+        raise GraphpressError(f"{env}: no aarch64 environment; run 'make arm-env' first (needs apt and PyPI)")
+    sysroot = env / "sysroot"
+    python = sysroot / "usr" / "bin" / "python3.11"
+    runner = Path(__file__).with_name("run_artifact.py")
+    with tempfile.TemporaryDirectory(prefix="graphpress-qemu-") as tmp:
+        inputs, outputs = Path(tmp) / "in.npz", Path(tmp) / "out.npz"
+        np.savez(inputs, **dict(feeds))
+        cmd = ["qemu-aarch64", "-L", str(sysroot), str(python), str(runner), str(artifact), str(inputs), str(outputs)]
+        proc_env = {
+            "PYTHONPATH": str(env / "site"),
+            "PYTHONHOME": str(sysroot / "usr"),
+            "PYTHONNOUSERSITE": "1",
+            "HOME": tmp,
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "TVM_NUM_THREADS": "2",
+        }
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=proc_env, timeout=timeout_s)
+        if proc.returncode != 0:
+            tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise GraphpressError(f"{artifact}: running under qemu-aarch64 failed ({tail[:300]})")
+        with np.load(outputs) as data:
+            return {k: data[k] for k in data.files}

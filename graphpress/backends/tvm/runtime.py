@@ -1,0 +1,228 @@
+"""Run, save and load compiled TVM artifacts.
+
+An artifact is a directory written whole (a temporary directory renamed into place):
+
+* ``model.so``: the shared library (``Executable.export_library``), for the target's
+  architecture (an aarch64 artifact is linked with ``aarch64-linux-gnu-g++``);
+* ``graphpress.json``: input/output names, shapes and dtypes, the target dict, the
+  graphpress and TVM versions, and the build report.
+
+:func:`load` restores a :class:`CompiledModel` from such a directory on the machine it was
+built for. This module imports only TVM's runtime API, so an aarch64 board (or qemu) with
+the ``apache-tvm`` wheel and numpy can run it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ARTIFACT_LIB", "ARTIFACT_META", "CompiledModel", "load", "set_num_threads"]
+
+ARTIFACT_LIB = "model.so"
+ARTIFACT_META = "graphpress.json"
+
+
+def set_num_threads(n: int) -> None:
+    """Size TVM's CPU thread pool (affects every model in this process)."""
+    import tvm
+
+    tvm.get_global_func("runtime.config_threadpool")(1, int(n))  # 1: big cores, no pinning preference
+
+
+class CompiledModel:
+    """A compiled model, callable on numpy arrays or torch tensors.
+
+    Call it positionally (graph input order) or by input name; it returns a list of numpy
+    arrays in graph output order (:meth:`run_named` returns a dict).
+
+    Attributes:
+        meta: the metadata written to ``graphpress.json``.
+    """
+
+    def __init__(self, executable: Any, meta: dict[str, Any], *, device: str | None = None, library: Any = None):
+        import tvm
+
+        self.meta = meta
+        self._executable = executable
+        kind = meta["target"]["kind"]
+        self.device = tvm.cuda(0) if (device or kind) == "cuda" else tvm.cpu(0)
+        self._vm = None
+        self._library = library
+
+    # -- running -----------------------------------------------------------------------
+
+    @property
+    def vm(self):
+        if self._vm is None:
+            from tvm import relax
+
+            self._vm = relax.VirtualMachine(self._library if self._library is not None else self._executable, self.device)
+        return self._vm
+
+    @property
+    def input_names(self) -> list[str]:
+        return [i["name"] for i in self.meta["inputs"]]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o["name"] for o in self.meta["outputs"]]
+
+    def _arrays(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[np.ndarray]:
+        names = self.input_names
+        if args and kwargs:
+            raise _error("give inputs either positionally or by name, not both")
+        if kwargs:
+            missing = [n for n in names if n not in kwargs]
+            if missing:
+                raise _error(f"missing input(s) {', '.join(missing)}; inputs: {', '.join(names)}")
+            args = [kwargs[n] for n in names]
+        if len(args) != len(names):
+            raise _error(f"expected {len(names)} input(s) ({', '.join(names)}), got {len(args)}")
+        arrays = []
+        for spec, value in zip(self.meta["inputs"], args):
+            if hasattr(value, "detach"):  # torch tensor
+                value = value.detach().cpu().numpy()
+            arr = np.ascontiguousarray(value, dtype=spec["dtype"])
+            if list(arr.shape) != list(spec["shape"]):
+                raise _error(
+                    f"input '{spec['name']}' has shape {list(arr.shape)}; this artifact was built for {spec['shape']} "
+                    "(recompile with --input-shape to change it)"
+                )
+            arrays.append(arr)
+        return arrays
+
+    def __call__(self, *args: Any, **kwargs: Any) -> list[np.ndarray]:
+        import tvm
+
+        inputs = [tvm.runtime.tensor(a, self.device) for a in self._arrays(args, kwargs)]
+        out = self.vm["main"](*inputs)
+        return _flatten(out)
+
+    def run_named(self, *args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self(*args, **kwargs)))
+
+    def benchmark(self, *args: Any, repeat: int = 50, warmup: int = 5, **kwargs: Any) -> dict[str, float]:
+        """Median/mean/min latency in milliseconds of ``repeat`` runs after ``warmup`` runs."""
+        import tvm
+
+        inputs = [tvm.runtime.tensor(a, self.device) for a in self._arrays(args, kwargs)]
+        fn = self.vm["main"]
+        for _ in range(warmup):
+            fn(*inputs)
+        self.device.sync()
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            fn(*inputs)
+            self.device.sync()
+            times.append((time.perf_counter() - start) * 1e3)
+        return {"median_ms": float(np.median(times)), "mean_ms": float(np.mean(times)), "min_ms": float(np.min(times)), "repeat": repeat}
+
+    # -- saving ------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the artifact directory (library + ``graphpress.json``) whole, or not at all."""
+        if self._executable is None:
+            raise _error("this model was loaded from an artifact; copy that directory instead of saving it again")
+        dest = Path(path)
+        parent = dest.parent if str(dest.parent) else Path(".")
+        if not parent.is_dir():
+            raise _error(f"{dest}: cannot write the artifact, directory {parent} does not exist")
+        if dest.exists() and not (dest / ARTIFACT_META).is_file():
+            raise _error(f"{dest}: exists and is not a graphpress artifact; choose another -o path")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=parent))
+        try:
+            kwargs = {}
+            cxx = self.meta.get("cross_compiler")
+            if cxx:
+                from tvm.support import cc
+
+                kwargs["fcompile"] = cc.cross_compiler(cxx)
+            with quiet_native_stderr():
+                self._executable.export_library(str(tmp / ARTIFACT_LIB), **kwargs)
+            (tmp / ARTIFACT_META).write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.replace(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return dest
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Hold back what native code writes to fd 2 (TVM logs a 'Scope Saving/Loaded' warning per
+    function when a library is exported or loaded); replay it if the block raises."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (e.g. captured by a test harness)
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace")[-4000:])
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _error(message: str) -> Exception:
+    """A GraphpressError, or a RuntimeError where graphpress itself is not importable
+    (this module also runs standalone on an aarch64 machine with only TVM and numpy)."""
+    try:
+        from graphpress.errors import GraphpressError
+    except ImportError:  # pragma: no cover - standalone runner
+        return RuntimeError(message)
+    return GraphpressError(message)
+
+
+def _flatten(out: Any) -> list[np.ndarray]:
+    if hasattr(out, "numpy"):
+        return [out.numpy()]
+    result: list[np.ndarray] = []
+    for item in out:
+        result.extend(_flatten(item))
+    return result
+
+
+def load(path: str | os.PathLike, *, num_threads: int | None = None) -> CompiledModel:
+    """Load an artifact directory written by :meth:`CompiledModel.save`.
+
+    Args:
+        path: the artifact directory.
+        num_threads: size of TVM's CPU thread pool (default: TVM's, all cores).
+    """
+    import tvm
+
+    root = Path(path)
+    meta_path = root / ARTIFACT_META
+    if not meta_path.is_file() or not (root / ARTIFACT_LIB).is_file():
+        raise _error(f"{root}: not a graphpress artifact (expected {ARTIFACT_LIB} and {ARTIFACT_META}); build one with graphpress compile")
+    meta = json.loads(meta_path.read_text())
+    try:
+        with quiet_native_stderr():
+            library = tvm.runtime.load_module(str(root / ARTIFACT_LIB))
+    except Exception as e:
+        raise _error(f"{root / ARTIFACT_LIB}: cannot load ({str(e).strip().splitlines()[-1][:200]}); was it built for this machine? target: {json.dumps(meta['target'])}") from e
+    if num_threads:
+        set_num_threads(num_threads)
+    return CompiledModel(None, meta, library=library)

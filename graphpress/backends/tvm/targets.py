@@ -1,0 +1,160 @@
+"""TVM targets: names (``x86``, ``aarch64``, ``cuda``) or a TVM target dict given as JSON.
+
+* ``x86``: the host CPU, detected from ``/proc/cpuinfo``: ``mcpu`` is the newest LLVM CPU
+  whose features the host has (``sapphirerapids`` with AMX+VNNI+AVX-512, ``cascadelake``
+  with AVX-512 VNNI, ``skylake-avx512``, ``haswell`` with AVX2/FMA, else ``x86-64``), and
+  ``num-cores`` is the number of cores this process may use. Without ``mcpu`` LLVM emits
+  no AVX-512 and MetaSchedule adds no VNNI rules.
+* ``aarch64``: ``{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon",
+  "+dotprod"]}`` (ARMv8.2-A dot product: ``sdot``/``udot``), linked with Debian's
+  ``aarch64-linux-gnu-g++``.
+* ``cuda``: ``{"kind": "cuda", "arch": "sm_XX"}``; XX from ``nvidia-smi`` when a GPU is
+  present, else ``sm_90`` (Hopper), overridable with ``cuda:sm_80`` style names.
+* Anything starting with ``{``: a TVM target dict; TVM's own message comes back in one line
+  if it rejects it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+from typing import Any
+
+from graphpress.errors import GraphpressError
+
+__all__ = ["TargetSpec", "detect_x86_mcpu", "resolve_target"]
+
+#: Cross compiler the aarch64 artifacts are linked with.
+AARCH64_CXX = "aarch64-linux-gnu-g++"
+DEFAULT_CUDA_ARCH = "sm_90"
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetSpec:
+    """A resolved target.
+
+    Attributes:
+        name: ``x86``, ``aarch64``, ``cuda`` or ``custom``.
+        config: the TVM target dict.
+        cross_compiler: the C++ compiler that links the shared library (None: host default).
+    """
+
+    name: str
+    config: dict[str, Any]
+    cross_compiler: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.config["kind"]
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.kind == "llvm"
+
+    @property
+    def is_host(self) -> bool:
+        """True when the artifact runs on this machine (x86 host or a host-like custom llvm)."""
+        return self.is_cpu and ("mtriple" not in self.config or str(self.config["mtriple"]).startswith("x86_64"))
+
+    def tvm_target(self):
+        import tvm
+
+        try:
+            return tvm.target.Target(self.config)
+        except Exception as e:  # TVM rejects the dict: its message in one line
+            raise GraphpressError(f"target {json.dumps(self.config)}: TVM rejects it ({_one_line(e)})") from e
+
+    def to_json(self) -> str:
+        return json.dumps(self.config, sort_keys=True)
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def detect_x86_mcpu(flags: set[str] | None = None) -> str:
+    """The LLVM ``mcpu`` matching the host's x86 features."""
+    flags = _cpu_flags() if flags is None else flags
+    if {"amx_int8", "avx512_vnni", "avx512f"} <= flags:
+        return "sapphirerapids"
+    if {"avx512_vnni", "avx512f"} <= flags:
+        return "cascadelake"
+    if {"avx512f", "avx512bw"} <= flags:
+        return "skylake-avx512"
+    if {"avx2", "fma"} <= flags:
+        return "haswell"
+    return "x86-64"
+
+
+def _num_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def _cuda_arch() -> str:
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        try:
+            out = subprocess.run([smi, "--query-gpu=compute_cap", "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
+            cap = out.stdout.strip().splitlines()[0].strip()
+            if out.returncode == 0 and cap:
+                return "sm_" + cap.replace(".", "")
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            pass
+    return DEFAULT_CUDA_ARCH
+
+
+def resolve_target(target: str | dict[str, Any]) -> TargetSpec:
+    """Resolve a target name or JSON dict into a :class:`TargetSpec`.
+
+    Raises:
+        GraphpressError: unknown name, malformed JSON, or a dict TVM rejects.
+    """
+    if isinstance(target, dict):
+        spec = TargetSpec("custom", dict(target), _cross_for(target))
+        spec.tvm_target()
+        return spec
+    text = target.strip()
+    if text.startswith("{"):
+        try:
+            config = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise GraphpressError(f"--target: not valid JSON ({e.msg} at column {e.colno}); give x86, aarch64, cuda or a TVM target dict") from e
+        if not isinstance(config, dict) or "kind" not in config:
+            raise GraphpressError("--target: a TVM target dict needs a 'kind', e.g. {\"kind\": \"llvm\", \"mcpu\": \"skylake-avx512\"}")
+        return resolve_target(config)
+    name, _, arg = text.partition(":")
+    if name == "x86":
+        return TargetSpec("x86", {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": arg or detect_x86_mcpu(), "num-cores": _num_cores()})
+    if name == "aarch64":
+        return TargetSpec(
+            "aarch64",
+            {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"], **({"mcpu": arg} if arg else {})},
+            AARCH64_CXX,
+        )
+    if name == "cuda":
+        return TargetSpec("cuda", {"kind": "cuda", "arch": arg or _cuda_arch()})
+    raise GraphpressError(f"--target: unknown target '{target}'; give x86, aarch64, cuda (or cuda:sm_80) or a TVM target JSON dict")
+
+
+def _cross_for(config: dict[str, Any]) -> str | None:
+    triple = str(config.get("mtriple", ""))
+    return AARCH64_CXX if triple.startswith("aarch64") else None
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    # TVM errors end with the useful line
+    return (lines[-1] if lines else type(e).__name__)[:300]
