@@ -61,7 +61,31 @@ def main() -> None:
         )
         summary[name] = {"kernels": kernels, "seconds": round(time.perf_counter() - start, 1), **compiled.meta["build"]}
         print(json.dumps({name: summary[name]}, default=str))
+    prune(db)
     print(json.dumps(summary, indent=2, default=str))
+
+
+def prune(directory) -> None:
+    """Keep only the best record per workload (what ApplyDatabase uses): a smaller shipped file."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from tvm.s_tir import meta_schedule as ms
+
+    directory = Path(directory)
+    full = ms.database.JSONDatabase(
+        path_workload=str(directory / "database_workload.json"),
+        path_tuning_record=str(directory / "database_tuning_record.json"),
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        pruned = ms.database.JSONDatabase(
+            path_workload=f"{tmp}/database_workload.json", path_tuning_record=f"{tmp}/database_tuning_record.json"
+        )
+        full.dump_pruned(pruned)
+        for name in ("database_workload.json", "database_tuning_record.json"):
+            shutil.copyfile(f"{tmp}/{name}", directory / name)
+    shutil.rmtree(directory / "logs", ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -132,3 +132,29 @@ def test_cleanup_reaches_fixpoint_and_second_run_is_unmodified(mlp_proto):
     assert first.records[0].modified and first.records[0].stats["fixpoint_reached"] is True
     second = PassManager(build_passes("cleanup")).run(model)
     assert not second.records[0].modified, "modified must be exact: nothing left to clean"
+
+
+def test_fold_batchnorm_into_conv_is_numerically_equal():
+    """W' = W * gamma/std, B' = (B - mean) * gamma/std + beta; checked under the fusion tolerance."""
+    rng = np.random.default_rng(0)
+    c = 4
+    proto = make_model(
+        [
+            helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["y"], epsilon=1e-3),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+        [Y],
+        [
+            tensor("w", rng.standard_normal((c, 3, 3, 3)).astype(np.float32)),
+            tensor("b", rng.standard_normal(c).astype(np.float32)),
+            tensor("gamma", rng.uniform(0.5, 1.5, c).astype(np.float32)),
+            tensor("beta", rng.standard_normal(c).astype(np.float32)),
+            tensor("mean", rng.standard_normal(c).astype(np.float32)),
+            tensor("var", rng.uniform(0.5, 1.5, c).astype(np.float32)),
+        ],
+    )
+    model, result = _run(proto, "fold_batchnorm")
+    assert _ops(model) == ["Conv"]
+    assert result.records[0].stats["folded_bn"] == 1
+    assert result.records[0].verification["family"] == "fusion"

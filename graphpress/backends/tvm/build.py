@@ -57,12 +57,13 @@ def user_database_dir(spec: TargetSpec) -> Path:
     return root / "tvm-tuning" / _target_key(spec)
 
 
-def database_dirs(spec: TargetSpec, database: str | os.PathLike | None = None) -> list[Path]:
-    """Tuning databases consulted for ``spec``, first match wins: ``database`` (or the user's cache), then shipped."""
+def database_dirs(spec: TargetSpec, database: str | os.PathLike | None = None, *, shipped: bool = True) -> list[Path]:
+    """Tuning databases consulted for ``spec``, first match wins: ``database`` (or the user's
+    cache), then the one shipped with graphpress unless ``shipped=False``."""
     dirs = [Path(database) if database else user_database_dir(spec)]
-    shipped = SHIPPED_DATABASES / _target_key(spec)
-    if shipped.is_dir() and shipped.resolve() != dirs[0].resolve():
-        dirs.append(shipped)
+    packaged = SHIPPED_DATABASES / _target_key(spec)
+    if shipped and packaged.is_dir() and packaged.resolve() != dirs[0].resolve():
+        dirs.append(packaged)
     return dirs
 
 
@@ -89,14 +90,14 @@ def _kernels(mod) -> tuple[list[str], list[str]]:
     return scheduled, unscheduled
 
 
-def _schedule_cpu(mod, spec: TargetSpec, tune_trials: int, max_trials_per_task: int | None, database: str | os.PathLike | None):
+def _schedule_cpu(mod, spec: TargetSpec, tune_trials: int, max_trials_per_task: int | None, database: str | os.PathLike | None, shipped: bool):
     import tvm
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
     target = spec.tvm_target()
     stats: dict[str, Any] = {}
-    dirs = database_dirs(spec, database)
+    dirs = database_dirs(spec, database, shipped=shipped)
     with target:
         mod = tvm.transform.Sequential(
             [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(), relax.get_pipeline("zero")]
@@ -152,6 +153,7 @@ def compile_model(
     tune_trials: int = 0,
     max_trials_per_task: int | None = None,
     database: str | os.PathLike | None = None,
+    shipped_databases: bool = True,
 ) -> CompiledModel:
     """Compile ``model`` with TVM.
 
@@ -162,6 +164,7 @@ def compile_model(
         tune_trials: MetaSchedule trials in total (CPU targets); 0 applies existing records only.
         max_trials_per_task: per-kernel cap (default ``tune_trials // kernels``).
         database: tuning database directory (default: the user cache for this target).
+        shipped_databases: also apply the databases shipped with graphpress.
 
     Returns:
         A :class:`CompiledModel` (callable here for host targets; ``save`` it for others).
@@ -179,7 +182,7 @@ def compile_model(
     mod = to_relax(prepared, shapes, spec.name)
     report: dict[str, Any] = {"prepare": prep_stats, "import_seconds": round(time.perf_counter() - t0, 3)}
     if spec.is_cpu:
-        mod, stats = _schedule_cpu(mod, spec, tune_trials, max_trials_per_task, database)
+        mod, stats = _schedule_cpu(mod, spec, tune_trials, max_trials_per_task, database, shipped_databases)
         report.update(stats)
     t1 = time.perf_counter()
     try:

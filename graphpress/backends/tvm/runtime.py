@@ -34,7 +34,11 @@ ARTIFACT_META = "graphpress.json"
 
 
 def set_num_threads(n: int) -> None:
-    """Size TVM's CPU thread pool (affects every model in this process)."""
+    """Size TVM's CPU thread pool (affects every model in this process).
+
+    Known TVM 0.27 issue: after this call, MetaSchedule tuning databases no longer apply to
+    compiles in the same process. Compile first, or set ``TVM_NUM_THREADS`` before TVM starts.
+    """
     import tvm
 
     tvm.get_global_func("runtime.config_threadpool")(1, int(n))  # 1: big cores, no pinning preference
