@@ -240,7 +240,7 @@ def cmd_compile(args) -> int:
     from graphpress.backends.tvm.build import compile_model
     from graphpress.backends.tvm.targets import resolve_target
     from graphpress.ir import load
-    from graphpress.ir.numeric import compare_outputs, load_inputs, run
+    from graphpress.ir.numeric import compare_outputs, load_inputs, random_inputs, run
     from graphpress.passes import InvariantInstrument, PassManager, build_passes
     from graphpress.passes.report import write_json_atomic
 
@@ -263,7 +263,7 @@ def cmd_compile(args) -> int:
     )
     check = None
     if spec.is_host:
-        feeds = load_inputs(args.inputs, model) if args.inputs else _random_feeds(compiled.meta["inputs"])
+        feeds = load_inputs(args.inputs, model) if args.inputs else random_inputs(compiled.meta["inputs"])
         ref = run(model, feeds)
         got = dict(zip(ref, compiled(**feeds)))
         check = compare_outputs(ref, got, "backend", args.inputs or "generated from the artifact's shapes (seed 0)")
@@ -286,24 +286,11 @@ def cmd_compile(args) -> int:
     return 0
 
 
-def _random_feeds(inputs: list[dict]) -> dict:
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for spec in inputs:
-        dtype = np.dtype(spec["dtype"])
-        if dtype.kind == "f":
-            feeds[spec["name"]] = rng.standard_normal(spec["shape"]).astype(dtype)
-        else:
-            feeds[spec["name"]] = rng.integers(0, 2, size=spec["shape"]).astype(dtype)
-    return feeds
-
-
 def cmd_run(args) -> int:
     import numpy as np
 
     from graphpress.backends.tvm.runtime import load
+    from graphpress.ir.numeric import random_inputs
 
     model = load(args.artifact, num_threads=args.threads)
     if args.inputs:
@@ -313,7 +300,7 @@ def cmd_run(args) -> int:
         except OSError as e:
             raise GraphpressError(f"{args.inputs}: cannot read the .npz ({e})") from e
     else:
-        feeds = _random_feeds(model.meta["inputs"])
+        feeds = random_inputs(model.meta["inputs"])
     outputs = model.run_named(**feeds)
     for name, value in outputs.items():
         print(f"{name}: {value.dtype} {list(value.shape)} mean={float(value.mean()):.6g} std={float(value.std()):.6g}")

@@ -37,6 +37,7 @@ __all__ = [
     "first_divergence",
     "load_inputs",
     "make_inputs",
+    "random_inputs",
     "run",
     "tolerance_for",
 ]
@@ -206,9 +207,8 @@ def make_inputs(
     from ``dim_values`` (by name) or 1. Give real data with :func:`load_inputs` when the
     model's behaviour depends on it.
     """
-    rng = np.random.default_rng(seed)
     dim_values = dict(dim_values or {})
-    feeds: dict[str, np.ndarray] = {}
+    specs = []
     initializer_names = set(model.graph.initializers)
     for value in model.graph.inputs:
         if value.name in initializer_names:
@@ -218,7 +218,16 @@ def make_inputs(
                 f"input '{value.name}' has no declared shape; give sample inputs with --inputs X.npz"
             )
         shape = [d if isinstance(d, int) else dim_values.get(str(d), 1) for d in value.shape]
-        dtype = _np_dtype(value.dtype)
+        specs.append({"name": value.name, "shape": shape, "dtype": _np_dtype(value.dtype).name})
+    return random_inputs(specs, seed=seed)
+
+
+def random_inputs(specs: list[Mapping[str, Any]], *, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random arrays for ``[{"name", "shape", "dtype"}]`` (the rules of :func:`make_inputs`)."""
+    rng = np.random.default_rng(seed)
+    feeds: dict[str, np.ndarray] = {}
+    for spec in specs:
+        dtype, shape = np.dtype(spec["dtype"]), list(spec["shape"])
         if dtype.kind == "f":
             arr = rng.standard_normal(shape).astype(dtype)
         elif dtype.kind in "iu":
@@ -226,10 +235,8 @@ def make_inputs(
         elif dtype.kind == "b":
             arr = rng.integers(0, 2, size=shape).astype(bool)
         else:
-            raise GraphpressError(
-                f"input '{value.name}' has dtype {dtype}; give sample inputs with --inputs X.npz"
-            )
-        feeds[value.name] = arr
+            raise GraphpressError(f"input '{spec['name']}' has dtype {dtype}; give sample inputs with --inputs X.npz")
+        feeds[spec["name"]] = arr
     return feeds
 
 
