@@ -173,7 +173,7 @@ def main() -> None:
         md.append("| " + " | ".join(cells) + " |")
     console.print(table)
     print("\n".join(md))
-    print(f"ORT GFLOP/s: " + ", ".join(f"{r['model']} {r['gflops']['ort']:.0f}" for r in rows))
+    print("ORT GFLOP/s: " + ", ".join(f"{r['model']} {r['gflops']['ort']:.0f}" for r in rows))
     print("compile seconds: " + ", ".join(f"{r['model']} {r['compile_s']['tvm']:.1f}" for r in rows))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

@@ -5,7 +5,6 @@ trained digits CNN, all-MiniLM-L6-v2 with its real weights; exported with torch'
 exporter (through graphpress.load) and with the legacy TorchScript exporter.
 """
 
-import io
 import json
 
 import numpy as np
@@ -16,7 +15,6 @@ import torch
 
 import graphpress as gp
 from graphpress.cli import main
-from graphpress.ir import numeric
 from graphpress.models import mobilenet_v2, resnet18
 from graphpress.passes import InvariantInstrument, NumericInstrument, PassManager, build_passes
 

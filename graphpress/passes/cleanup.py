@@ -39,7 +39,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.optimizer import _constant_folding
 from onnxscript.rewriter import pattern
-from onnxscript.rewriter.rules.common import _basic_rules, _no_op
+from onnxscript.rewriter.rules.common import _no_op
 from onnxscript.rewriter.rules.common import (
     cast_constant_of_shape_rule,
     cast_constant_of_shape_without_value_rule,

@@ -6,7 +6,6 @@ import json
 import time
 
 import numpy as np
-import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper

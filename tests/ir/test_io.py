@@ -1,4 +1,3 @@
-import os
 
 import numpy as np
 import onnx
@@ -13,7 +12,7 @@ import graphpress as gp
 from graphpress.errors import GraphpressError, ModelLoadError
 from graphpress.ir import io as gio
 from graphpress.ir.numeric import run
-from tests.conftest import make_model, tensor
+from tests.conftest import make_model
 
 
 def _ort(path_or_bytes, feeds):

@@ -1,7 +1,6 @@
 """Each cleanup pass on a graph built to need it; results checked structurally and numerically."""
 
 import numpy as np
-import pytest
 from onnx import TensorProto, helper
 
 import graphpress as gp
@@ -92,7 +91,6 @@ def test_cse_merges_identical_nodes():
 
 
 def test_topo_sort_orders_nodes():
-    import onnx_ir as ir
 
     proto = make_model([helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Neg", ["a"], ["y"])], [X], [Y])
     model = gp.load(proto)

@@ -1,10 +1,9 @@
 import json
 
-import numpy as np
 import pytest
 
 import graphpress as gp
-from graphpress.errors import GraphpressError, InvariantError, NumericMismatchError
+from graphpress.errors import InvariantError, NumericMismatchError
 from graphpress.ir import numeric
 from graphpress.passes import (
     DumpInstrument,
