@@ -39,11 +39,12 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.optimizer import _constant_folding
 from onnxscript.rewriter import pattern
-from onnxscript.rewriter.rules.common import _no_op
 from onnxscript.rewriter.rules.common import (
     cast_constant_of_shape_rule,
     cast_constant_of_shape_without_value_rule,
     collapse_slice2_rule,
+    dropout_inference_rule,
+    dropout_zero_rule,
     collapse_slice_rule,
     expand_before_binary_op_rules,
     materialize_reshape_shape_rule,
@@ -60,6 +61,7 @@ from onnxscript.rewriter.rules.common import (
 
 from graphpress.passes.base import Pass, PassResult, graph_counts, option
 from graphpress.passes.registry import register
+from graphpress.passes.rewrite import Rule
 
 __all__ = [
     "Cleanup",
@@ -71,9 +73,44 @@ __all__ = [
     "TopologicalSort",
 ]
 
+def _exact_no_op(op_type: str, neutral: float, commutative: bool):
+    """``x op c -> x`` when the constant ``c`` is *exactly* ``neutral`` and cannot broadcast ``x``.
+
+    onnxscript's ``add_0``/``mul_by_1`` rules compare with an absolute tolerance of 1e-8, so they
+    remove ``var + 1e-12`` (BERT's LayerNorm epsilon); these rules compare exactly.
+    """
+
+    def target(op, x, c):
+        return getattr(op, op_type)(x, c)
+
+    def check(context, x, c, **_) -> str | None:
+        value = c.const_value
+        if value is None:
+            return f"the {op_type} operand is not a constant"
+        arr = value.numpy()
+        if arr.size != 1 or arr.reshape(-1)[0] != neutral:
+            return f"the {op_type} operand is not exactly {neutral}"
+        if x.dtype != c.dtype:
+            return f"{op_type} operand types differ"
+        if arr.ndim > 0 and (x.shape is None or len(x.shape) < arr.ndim):
+            return f"the {op_type} operand of rank {arr.ndim} may broadcast the input to a higher rank"
+        return None
+
+    def replacement(op, x, **_):
+        return op.Identity(x)
+
+    rule = Rule(f"no_op_{op_type.lower()}", target, replacement, check, qdq_safe=True)
+    return rule.commute() if commutative else [rule]
+
+
 #: No-op rules: the node computes its input unchanged (or an all-zero bias adds nothing).
 NO_OP_RULES: list[pattern.RewriteRule] = [
-    *_no_op.rules.rules,
+    *_exact_no_op("Add", 0.0, True),
+    *_exact_no_op("Sub", 0.0, False),
+    *_exact_no_op("Mul", 1.0, True),
+    *_exact_no_op("Div", 1.0, False),
+    dropout_zero_rule,
+    dropout_inference_rule,
     no_op_cast_rule,
     no_op_transpose_rule,
     no_op_expand_rule,

@@ -71,3 +71,4 @@ def _load_builtin() -> None:
     # Importing the modules registers their passes.
     import graphpress.passes.cleanup  # noqa: F401
     import graphpress.passes.fold_batchnorm  # noqa: F401
+    import graphpress.passes.fusion  # noqa: F401
