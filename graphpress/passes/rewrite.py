@@ -39,7 +39,8 @@ import onnx_ir as ir
 from onnxscript.rewriter import RULE_NAME_TAG, pattern
 from onnxscript.rewriter._basics import MatchingTracer, MatchResult, MatchStatus
 
-from graphpress.passes.base import Pass, PassResult, option
+from graphpress.errors import GraphpressError
+from graphpress.passes.base import Pass, PassResult, graph_counts, option
 from graphpress.passes.registry import register
 
 __all__ = ["PROVENANCE_KEY", "QDQ_OPS", "Rule", "RewritePass", "explain", "qdq_reason", "rule_pass"]
@@ -49,6 +50,11 @@ PROVENANCE_KEY = "graphpress.rule"
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 
 _RULE_NAMES: dict[str, Rule] = {}
+
+#: Rewrites left in the current round of a :class:`RewritePass` (``None`` outside one). onnxscript
+#: visits the nodes a rewrite inserts in the same sweep, so two rules that undo each other would
+#: loop forever inside one ``apply_to_model``; the budget turns that into an error.
+_round_budget: list[int] | None = None
 
 
 def qdq_reason(nodes: Sequence[ir.Node]) -> str | None:
@@ -150,8 +156,19 @@ class Rule(pattern.RewriteRule):
         delta = super().try_rewrite(model, graph_or_function, node, verbose=verbose, tracer=tracer)
         if delta is not None and tracer is None:
             self.root.applied += 1
+            if _round_budget is not None:
+                _round_budget[0] -= 1
+                if _round_budget[0] < 0:
+                    raise GraphpressError(
+                        f"rewrite rules do not converge: rule '{self.name}' has rewritten {self.root.applied} times in one "
+                        "sweep; two rules probably undo each other"
+                    )
             for new in delta.new_nodes:
                 new.metadata_props[PROVENANCE_KEY] = self.name
+            # onnxscript joins its rule-name tag of the matched nodes into the new ones ("a, b");
+            # along a chain of rewrites that string doubles each time. Ours is authoritative.
+            for old in delta.match.nodes:
+                old.metadata_props.pop(RULE_NAME_TAG, None)
         return delta
 
     def commute(self) -> list[Rule]:
@@ -235,11 +252,16 @@ class RewritePass(Pass):
         for rule in rules:
             rule.applied = 0
         rule_set = pattern.RewriteRuleSet(rules, commute=self.commute)
+        global _round_budget
         total = 0
         rounds = 0
         converged = False
         for rounds in range(1, self.options.max_iterations + 1):
-            applied = rule_set.apply_to_model(model)
+            _round_budget = [64 + 16 * graph_counts(model)[0]]
+            try:
+                applied = rule_set.apply_to_model(model)
+            finally:
+                _round_budget = None
             total += applied
             if applied == 0:
                 converged = True

@@ -125,7 +125,14 @@ def _schedule_cpu(mod, spec: TargetSpec, tune_trials: int, max_trials_per_task: 
         with db:
             mod = relax.transform.MetaScheduleApplyDatabase()(mod)
     scheduled, unscheduled = _kernels(mod)
-    stats.update({"scheduled_kernels": len(scheduled), "unscheduled_kernels": unscheduled, "databases": [str(d) for d in dirs]})
+    stats.update(
+        {
+            "scheduled_kernels": len(scheduled),
+            "unscheduled_kernels": unscheduled,
+            "kernel_names": sorted(scheduled + unscheduled),
+            "databases": [str(d) for d in dirs],
+        }
+    )
     return mod, stats
 
 
@@ -134,14 +141,23 @@ def _schedule_cpu(mod, spec: TargetSpec, tune_trials: int, max_trials_per_task: 
 PREPARE_SPEC = "cleanup,fold_batchnorm,cleanup"
 
 
-def prepare_for_lowering(model: ir.Model) -> tuple[ir.Model, dict[str, Any]]:
-    """A copy of ``model`` with :data:`PREPARE_SPEC` applied (invariants checked); the input is not changed."""
+def prepare_for_lowering(model: ir.Model, spec: str = PREPARE_SPEC) -> tuple[ir.Model, dict[str, Any]]:
+    """A copy of ``model`` with model-local functions inlined (TVM's importer has no functions; the
+    ``fuse`` pass writes attention as one) and ``spec`` applied (invariants checked); the input is
+    not changed."""
+    import onnx_ir.passes.common as common_passes
+
     from graphpress.ir.io import to_proto
     from graphpress.passes import InvariantInstrument, PassManager, build_passes
 
     copy = ir.serde.deserialize_model(to_proto(model))
-    result = PassManager(build_passes(PREPARE_SPEC), [InvariantInstrument()]).run(copy)
-    return copy, {"spec": PREPARE_SPEC, "folded_bn": result.stats().get("folded_bn", 0)}
+    inlined = len(copy.functions)
+    if inlined:
+        common_passes.InlinePass()(copy)
+        common_passes.RemoveUnusedFunctionsPass()(copy)
+    result = PassManager(build_passes(spec), [InvariantInstrument()]).run(copy) if spec else None
+    stats = result.stats() if result is not None else {}
+    return copy, {"spec": spec, "folded_bn": stats.get("folded_bn", 0), "inlined_functions": inlined}
 
 
 def compile_model(
@@ -153,6 +169,7 @@ def compile_model(
     max_trials_per_task: int | None = None,
     database: str | os.PathLike | None = None,
     shipped_databases: bool = True,
+    prepare: str = PREPARE_SPEC,
 ) -> CompiledModel:
     """Compile ``model`` with TVM.
 
@@ -164,6 +181,8 @@ def compile_model(
         max_trials_per_task: per-kernel cap (default ``tune_trials // kernels``).
         database: tuning database directory (default: the user cache for this target).
         shipped_databases: also apply the databases shipped with graphpress.
+        prepare: the pass SPEC run on a copy before lowering ("" runs none; the benchmarks
+            compile unfused graphs that way).
 
     Returns:
         A :class:`CompiledModel` (callable here for host targets; ``save`` it for others).
@@ -177,7 +196,7 @@ def compile_model(
         raise GraphpressError(f"target {spec.name}: --tune-trials applies to CPU targets; CUDA uses dlight schedules")
     shapes = bind_input_shapes(model, input_shapes)
     t0 = time.perf_counter()
-    prepared, prep_stats = prepare_for_lowering(model)
+    prepared, prep_stats = prepare_for_lowering(model, prepare)
     mod = to_relax(prepared, shapes, spec.name)
     report: dict[str, Any] = {"prepare": prep_stats, "import_seconds": round(time.perf_counter() - t0, 3)}
     if spec.is_cpu:

@@ -74,23 +74,31 @@ def _pad_pool_check(pool_type: str):
             return f"{pool_type} '{pool.name}' has ceil_mode=1; the output size could change"
         if len(pool.outputs) > 1:
             return f"{pool_type} '{pool.name}' also outputs indices"
-        if pool_type == "AveragePool" and not pool.attributes.get_int("count_include_pad", 0):
-            own = pool.attributes.get_ints("pads", [])
-            if any(own):
-                return f"AveragePool '{pool.name}' has its own pads with count_include_pad=0; merged pads would be counted differently"
+        own = list(pool.attributes.get_ints("pads", [0] * (2 * (rank - 2))))
+        if pool_type == "AveragePool" and not pool.attributes.get_int("count_include_pad", 0) and any(own):
+            return f"AveragePool '{pool.name}' has its own pads with count_include_pad=0; merged pads would be counted differently"
+        kernel = list(pool.attributes.get_ints("kernel_shape", []))
+        merged = _merge_pads(own, p)
+        if len(kernel) != rank - 2 or any(m >= kernel[i % len(kernel)] for i, m in enumerate(merged)):
+            return f"merged pads {merged} would not be smaller than {pool_type} '{pool.name}' kernel {kernel}, which ONNX requires"
         return None
 
     return check
+
+
+def _merge_pads(own: list[int], p: np.ndarray) -> list[int]:
+    """Pool pads ``[begins..., ends...]`` plus a Pad's spatial pads (``[all begins..., all ends...]``)."""
+    rank = len(p) // 2
+    spatial = rank - 2
+    return [int(own[i] + p[2 + i]) for i in range(spatial)] + [int(own[spatial + i] + p[rank + 2 + i]) for i in range(spatial)]
 
 
 def _pad_pool_rewrite(pool_type: str):
     def rewrite(op, x, pads, pad_out, pool_out):
         pool = pool_out.producer()
         p = pads.const_value.numpy().astype(np.int64)
-        rank = len(p) // 2
-        spatial = rank - 2
-        own = list(pool.attributes.get_ints("pads", [0] * (2 * spatial)))
-        merged = [int(own[i] + p[2 + i]) for i in range(spatial)] + [int(own[spatial + i] + p[rank + 2 + i]) for i in range(spatial)]
+        own = list(pool.attributes.get_ints("pads", [0] * (len(p) - 4)))
+        merged = _merge_pads(own, p)
         attrs = {k: v for k, v in pool.attributes.items() if k != "pads"}
         extra = {"count_include_pad": 1} if pool_type == "AveragePool" else {}
         attrs = {k: v for k, v in attrs.items() if k not in extra}
