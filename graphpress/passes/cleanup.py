@@ -35,6 +35,7 @@ import dataclasses
 import logging
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript.optimizer import _constant_folding
@@ -90,7 +91,7 @@ def _exact_no_op(op_type: str, neutral: float, commutative: bool):
         arr = value.numpy()
         if arr.size != 1 or arr.reshape(-1)[0] != neutral:
             return f"the {op_type} operand is not exactly {neutral}"
-        if x.dtype != c.dtype:
+        if x.dtype is not None and x.dtype != c.dtype:
             return f"{op_type} operand types differ"
         if arr.ndim > 0 and (x.shape is None or len(x.shape) < arr.ndim):
             return f"the {op_type} operand of rank {arr.ndim} may broadcast the input to a higher rank"
@@ -194,6 +195,20 @@ class EliminateIdentity(Pass):
         return PassResult(model, modified or rewrites > 0, {"nodes_removed": stats["nodes_removed"], "no_op_rewrites": rewrites})
 
 
+#: onnxscript never folds ConstantOfShape (to keep models small); shape-sized ones (the
+#: ``Where(Equal(shape, -1), ConstantOfShape(...), shape)`` of torch's legacy ``expand``) must
+#: fold, or the shape arithmetic after them stays in the graph (and TVM cannot import it).
+SMALL_CONSTANT_OF_SHAPE = 64
+
+
+def _fold_small_constant_of_shape(node: ir.Node) -> bool | None:
+    if node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx") and node.inputs and node.inputs[0] is not None:
+        shape = node.inputs[0].const_value
+        if shape is not None and int(np.prod(shape.numpy())) <= SMALL_CONSTANT_OF_SHAPE:
+            return True
+    return None
+
+
 @register
 class FoldConstants(Pass):
     """Evaluate nodes whose inputs are all constants and store the results as initializers."""
@@ -221,6 +236,7 @@ class FoldConstants(Pass):
             shape_inference=True,
             input_size_limit=self.options.input_size_limit,
             output_size_limit=self.options.output_size_limit,
+            should_fold=_fold_small_constant_of_shape,
         )
         with _quiet("onnxscript"):
             modified = folder(model).modified

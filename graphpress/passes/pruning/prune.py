@@ -1,0 +1,326 @@
+"""The ``prune`` pass: score channels, choose per group or globally, slice the parameters.
+
+Importance of a channel (aggregated over every parameter slice of its group):
+
+* ``l1`` / ``l2``: the L1 / L2 norm of the producer rows and consumer columns it owns;
+* ``bn_scale``: ``|gamma|`` of the BatchNorm/InstanceNorm on the channel (network slimming);
+  groups without a norm fall back to ``l1``;
+* ``activation``: mean ``|activation|`` of the source outputs over calibration inputs;
+* ``apoz``: 1 - the average percentage of zeros of the source outputs (after a ReLU, a
+  channel that is almost always 0 scores low);
+* ``random``: a seeded baseline.
+
+``ratio`` removes that fraction of every group (``global=true``: one threshold over all groups
+after scaling each group's scores by its mean), never below ``min_channels`` and keeping a
+multiple of ``round_to`` channels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from graphpress.errors import SpecError
+from graphpress.ir.analysis import infer_shapes
+from graphpress.passes.base import Pass, PassResult, option
+from graphpress.passes.pruning.groups import DependencyGraph, Group
+from graphpress.passes.registry import register
+
+__all__ = ["Prune", "PrunePlan", "apply_plan", "masked_reference", "plan_pruning"]
+
+IMPORTANCE = ("l1", "l2", "bn_scale", "activation", "apoz", "random")
+
+
+@dataclasses.dataclass
+class PrunePlan:
+    """Which channels (union-find roots of :attr:`graph`) are removed, and per-group statistics."""
+
+    graph: DependencyGraph
+    pruned: set[int]
+    groups: list[dict[str, Any]]
+
+    @property
+    def channels_removed(self) -> int:
+        return len(self.pruned)
+
+    def keep_mask(self, ids: np.ndarray) -> np.ndarray:
+        find = self.graph.uf.find
+        return np.array([find(int(i)) not in self.pruned for i in ids], dtype=bool)
+
+
+def _matches(sources: list[str], patterns: list[str]) -> bool:
+    return any(p in s for s in sources for p in patterns)
+
+
+def _scores(dg: DependencyGraph, importance: str, feeds: dict[str, np.ndarray] | None, seed: int) -> dict[int, float]:
+    find = dg.uf.find
+    scores: dict[int, float] = defaultdict(float)
+    inits = dg.model.graph.initializers
+    if importance == "random":
+        rng = np.random.default_rng(seed)
+        for root in sorted({find(i) for i in range(len(dg.uf.parent))}):
+            scores[root] = float(rng.random())
+        return scores
+    if importance in ("activation", "apoz"):
+        from graphpress.ir.numeric import make_inputs, run
+
+        feeds = feeds or make_inputs(dg.model, seed=seed)
+        names = [v.name for v, _, _ in dg.source_values if not v.is_graph_output()]
+        values = run(dg.model, feeds, outputs=names) if names else {}
+        for value, axis, ids in dg.source_values:
+            arr = values.get(value.name)
+            if arr is None:
+                continue
+            moved = np.moveaxis(arr, axis, 0).reshape(arr.shape[axis], -1)
+            per = np.abs(moved).mean(axis=1) if importance == "activation" else 1.0 - (moved <= 0).mean(axis=1)
+            for i, s in zip(ids.tolist(), per.tolist()):
+                scores[find(i)] += s
+        return scores
+    roles = ("scale",) if importance == "bn_scale" else ("producer", "consumer")
+    seen: set[tuple[str, int, str]] = set()
+    for p in dg.params:
+        if p.role not in roles or (p.name, p.axis, p.role) in seen:
+            continue
+        seen.add((p.name, p.axis, p.role))
+        arr = inits[p.name].const_value.numpy()
+        moved = np.moveaxis(arr, p.axis, 0).reshape(arr.shape[p.axis], -1).astype(np.float64)
+        per = np.abs(moved).sum(axis=1) if importance in ("l1", "bn_scale") else (moved**2).sum(axis=1)
+        for i, s in zip(p.ids.tolist(), per.tolist()):
+            scores[find(i)] += s
+    if importance == "l2":
+        scores = defaultdict(float, {k: math.sqrt(v) for k, v in scores.items()})
+    return scores
+
+
+def _keep_count(n: int, prune_wanted: int, min_channels: int, round_to: int) -> int:
+    keep = max(n - prune_wanted, min_channels, 1)
+    if round_to > 1:
+        keep = min(n, int(math.ceil(keep / round_to) * round_to))
+    return min(keep, n)
+
+
+def plan_pruning(
+    model: ir.Model,
+    *,
+    ratio: float,
+    importance: str = "l1",
+    global_ranking: bool = False,
+    min_channels: int = 1,
+    round_to: int = 1,
+    include: list[str] | None = None,
+    exclude: list[str] | None = None,
+    protect: list[str] | None = None,
+    feeds: dict[str, np.ndarray] | None = None,
+    seed: int = 0,
+) -> PrunePlan:
+    """Analyse ``model`` (shapes are inferred in place) and choose the channels to remove."""
+    if importance not in IMPORTANCE:
+        raise SpecError(f"importance '{importance}' is not one of {', '.join(IMPORTANCE)}")
+    infer_shapes(model)
+    dg = DependencyGraph(model, protect=frozenset(protect or []))
+    scores = _scores(dg, importance, feeds, seed)
+    if importance == "bn_scale":
+        fallback = _scores(dg, "l1", feeds, seed)
+    rows: list[dict[str, Any]] = []
+    eligible: list[Group] = []
+    for group in dg.groups:
+        row = {"group": group.index, "sources": group.sources, "channels": group.size, "kept": group.size, "pruned": 0}
+        if group.refused:
+            row["refused"] = group.refused[0] + (f" (+{len(group.refused) - 1} more)" if len(group.refused) > 1 else "")
+        elif include and not _matches(group.sources, include):
+            row["skipped"] = "not included"
+        elif exclude and _matches(group.sources, exclude):
+            row["skipped"] = "excluded"
+        elif group.size <= min_channels:
+            row["skipped"] = f"{group.size} channels <= min_channels"
+        else:
+            eligible.append(group)
+        rows.append(row)
+    group_scores: dict[int, np.ndarray] = {}
+    for group in eligible:
+        s = np.array([scores.get(c, 0.0) for c in group.channels])
+        if importance == "bn_scale" and not any((p.role == "scale") for p in group.params):
+            s = np.array([fallback.get(c, 0.0) for c in group.channels])
+        group_scores[group.index] = s
+    pruned: set[int] = set()
+    threshold = None
+    if global_ranking and eligible:
+        normalized = np.concatenate([s / (s.mean() if s.mean() > 0 else 1.0) for s in group_scores.values()])
+        threshold = float(np.quantile(normalized, ratio)) if ratio > 0 else -np.inf
+    for group in eligible:
+        s = group_scores[group.index]
+        n = group.size
+        if threshold is not None:
+            norm = s / (s.mean() if s.mean() > 0 else 1.0)
+            wanted = int((norm < threshold).sum())
+        else:
+            wanted = int(math.floor(ratio * n + 1e-9))
+        keep = _keep_count(n, wanted, min_channels, round_to)
+        order = np.argsort(s, kind="stable")
+        drop = [group.channels[i] for i in order[: n - keep]]
+        pruned.update(drop)
+        rows[group.index].update({"kept": keep, "pruned": n - keep})
+    return PrunePlan(dg, pruned, rows)
+
+
+def apply_plan(model: ir.Model, plan: PrunePlan) -> dict[str, Any]:
+    """Slice every parameter of the plan's groups in ``model`` (the model the plan was made on).
+
+    Returns per-layer parameter counts before/after and ``r_p`` (the parameter-reduction rate).
+    """
+    graph = model.graph
+    layers_before = _layer_params(model)
+    slices: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
+    for p in plan.graph.params:
+        slices[p.name].setdefault(p.axis, plan.keep_mask(p.ids))
+    for name, by_axis in slices.items():
+        if all(mask.all() for mask in by_axis.values()):
+            continue
+        value = graph.initializers[name]
+        arr = value.const_value.numpy()
+        for axis, mask in by_axis.items():
+            arr = np.compress(mask, arr, axis=axis)
+        value.const_value = ir.tensor(np.ascontiguousarray(arr), name=name)
+        value.shape = ir.Shape(arr.shape)
+    for node, axis, ids, repeat in plan.graph.reshape_fixups:
+        shape_value = node.inputs[1]
+        if shape_value is None or shape_value.const_value is None:
+            continue
+        target = shape_value.const_value.numpy().copy()
+        if target[axis] > 0:
+            target[axis] = int(plan.keep_mask(ids).sum()) * repeat
+            new = ir.Value(name=f"{shape_value.name}_pruned", const_value=ir.tensor(target))
+            new.shape = ir.Shape(target.shape)
+            new.type = ir.TensorType(ir.DataType.INT64)
+            graph.register_initializer(new)
+            node.replace_input_with(1, new)
+    _reinfer(model)
+    layers = {}
+    after = _layer_params(model)
+    for name, before in layers_before.items():
+        now = after.get(name, before)
+        layers[name] = {"params_before": before, "params_after": now, "r_p": round(1 - now / before, 4) if before else 0.0}
+    return layers
+
+
+def _layer_params(model: ir.Model) -> dict[str, int]:
+    out = {}
+    for node in model.graph:
+        if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            n = sum(int(np.prod(v.const_value.shape)) for v in node.inputs if v is not None and v.const_value is not None)
+            if n:
+                out[node.name] = n
+    return out
+
+
+def _reinfer(model: ir.Model) -> None:
+    graph = model.graph
+    keep = {id(v) for v in graph.inputs} | {id(v) for v in graph.outputs} | {id(v) for v in graph.initializers.values()}
+    for node in graph:
+        for out in node.outputs:
+            if id(out) not in keep:
+                out.shape = None
+    infer_shapes(model)
+
+
+def masked_reference(model: ir.Model, plan: PrunePlan) -> ir.Model:
+    """A copy of ``model`` where every removed channel's consumer weights are zero.
+
+    The removed channels then influence nothing downstream, which is exactly what deleting them
+    does: the pruned model must compute the same outputs (within fp32 rounding).
+    """
+    from graphpress.ir.io import to_proto
+
+    copy = ir.serde.deserialize_model(to_proto(model))
+    for p in plan.graph.params:
+        if p.role != "consumer":
+            continue
+        mask = plan.keep_mask(p.ids)
+        if mask.all():
+            continue
+        value = copy.graph.initializers[p.name]
+        arr = value.const_value.numpy().copy()
+        index = [slice(None)] * arr.ndim
+        index[p.axis] = ~mask
+        arr[tuple(index)] = 0
+        value.const_value = ir.tensor(arr, name=p.name)
+    return copy
+
+
+@register
+class Prune(Pass):
+    """Structured pruning of channels/filters/neurons by dependency group (see the module docstring)."""
+
+    name = "prune"
+    family = "pruning"
+    description = "remove channels, filters and FFN neurons by dependency group (or mask: unstructured, N:M)"
+
+    @dataclasses.dataclass
+    class Options:
+        ratio: float = option(0.5, help="fraction of each group's channels (or of weights, for masks) to remove", min=0.0, max=0.99)
+        mode: str = option("structured", help="structured: remove channels; unstructured/nm: mask weights", choices=("structured", "unstructured", "nm"))
+        importance: str = option("l1", help="channel score", choices=IMPORTANCE)
+        global_: bool = option(False, help="one threshold across groups instead of the same ratio per group")
+        min_channels: int = option(1, help="never keep fewer channels in a group", min=1)
+        round_to: int = option(1, help="keep a multiple of this many channels (e.g. 8 or 16 for SIMD)", min=1)
+        include: str = option("", help="only groups whose source node names contain one of these ('|'-separated)")
+        exclude: str = option("", help="skip groups whose source node names contain one of these ('|'-separated)")
+        protect: str = option("", help="node names whose output channels are kept ('|'-separated)")
+        n: int = option(2, help="N of N:M sparsity (mode=nm)", min=1)
+        m: int = option(4, help="M of N:M sparsity (mode=nm)", min=2)
+        scope: str = option("layer", help="unstructured sparsity per layer or global", choices=("layer", "global"))
+        seed: int = option(0, help="seed for random importance and calibration inputs", min=0)
+
+    def __init__(self, **options: Any) -> None:
+        if "global" in options:
+            options["global_"] = options.pop("global")
+        super().__init__(**options)
+        if self.options.mode == "nm" and self.options.n >= self.options.m:
+            raise SpecError(f"pass 'prune': n={self.options.n} must be smaller than m={self.options.m}")
+        self.feeds: dict[str, np.ndarray] | None = None
+
+    def call(self, model: ir.Model) -> PassResult:
+        o = self.options
+        if o.mode != "structured":
+            from graphpress.passes.pruning.sparsity import apply_sparsity
+
+            stats = apply_sparsity(model, mode=o.mode, ratio=o.ratio, n=o.n, m=o.m, scope=o.scope, exclude=_split(o.exclude))
+            return PassResult(model, stats["weights_zeroed"] > 0, stats)
+        plan = plan_pruning(
+            model,
+            ratio=o.ratio,
+            importance=o.importance,
+            global_ranking=o.global_,
+            min_channels=o.min_channels,
+            round_to=o.round_to,
+            include=_split(o.include),
+            exclude=_split(o.exclude),
+            protect=_split(o.protect),
+            feeds=self.feeds,
+            seed=o.seed,
+        )
+        params_before = sum(v.const_value.size for v in model.graph.initializers.values() if v.const_value is not None)
+        layers = apply_plan(model, plan) if plan.pruned else {}
+        params_after = sum(v.const_value.size for v in model.graph.initializers.values() if v.const_value is not None)
+        refused = {", ".join(r["sources"][:3]): r["refused"] for r in plan.groups if "refused" in r}
+        stats = {
+            "groups": len(plan.groups),
+            "groups_pruned": sum(1 for r in plan.groups if r["pruned"]),
+            "groups_refused": len(refused),
+            "channels_removed": plan.channels_removed,
+            "params_before": int(params_before),
+            "params_after": int(params_after),
+            "r_p": round(1 - params_after / params_before, 4) if params_before else 0.0,
+            "refused": refused,
+            "layers": {k: v for k, v in layers.items() if v["r_p"] > 0},
+        }
+        return PassResult(model, plan.channels_removed > 0, stats)
+
+
+def _split(text: str) -> list[str]:
+    return [t for t in text.split("|") if t]

@@ -1,0 +1,86 @@
+"""Fused graphs on the TVM backend: one kernel per activation-epilogue group, and the fused
+attention function node compiles and matches ONNX Runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import graphpress as gp
+from graphpress.backends import tvm as gtvm
+from graphpress.ir.numeric import make_inputs, run
+from graphpress.passes import InvariantInstrument, PassManager, build_passes
+from graphpress.passes.fusion import GROUP_KEY, SDPA_OP
+
+ATOL, RTOL = 1e-5, 1e-4
+
+
+@pytest.fixture(autouse=True)
+def _private_tuning_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPHPRESS_CACHE", str(tmp_path / "cache"))
+
+
+class _Epilogues(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.c1, self.b1 = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8)
+        self.c2, self.b2 = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8), torch.nn.BatchNorm2d(8)
+        self.c3 = torch.nn.Conv2d(8, 4, 1)
+        self.fc = torch.nn.Linear(4 * 8 * 8, 6)
+
+    def forward(self, x):
+        x = torch.relu(self.b1(self.c1(x)))
+        x = torch.nn.functional.relu6(self.b2(self.c2(x)))
+        x = torch.nn.functional.hardswish(self.c3(x))
+        return torch.sigmoid(self.fc(x.flatten(1)))
+
+
+def test_each_epilogue_group_is_one_tvm_kernel():
+    model = gp.load(_Epilogues().eval(), torch.randn(1, 3, 8, 8))
+    result = PassManager(build_passes("cleanup,fuse,cleanup"), [InvariantInstrument()]).run(model)
+    groups: dict[str, list[str]] = {}
+    for node in model.graph:
+        if GROUP_KEY in node.metadata_props:
+            groups.setdefault(node.metadata_props[GROUP_KEY], []).append(node.op_type)
+    assert sorted(map(tuple, groups.values())) == sorted([("Conv", "Relu"), ("Conv", "Clip"), ("Conv", "HardSwish"), ("Gemm", "Sigmoid")])
+    assert result.stats()["epilogue_groups"] == 4
+
+    compiled = gtvm.compile_model(model, "x86", shipped_databases=False)
+    kernels = compiled.meta["build"]["kernel_names"]
+    conv_kernels = [k for k in kernels if "conv2d" in k]
+    # one kernel per conv group, each with its activation (TVM names fused kernels after their ops)
+    assert len(conv_kernels) == 3, kernels
+    assert sum("relu" in k for k in conv_kernels) == 1 and sum("clip" in k for k in conv_kernels) >= 1
+    # no activation left as a kernel of its own
+    assert not [k for k in kernels if "conv2d" not in k and "matmul" not in k and any(a in k for a in ("relu", "clip", "sigmoid"))], kernels
+    feeds = make_inputs(model, seed=0)
+    np.testing.assert_allclose(compiled(*feeds.values())[0], next(iter(run(model, feeds).values())), rtol=RTOL, atol=ATOL)
+
+
+class _Attention(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.qkv = torch.nn.Linear(16, 48)
+
+    def forward(self, x, mask):
+        q, k, v = self.qkv(x).reshape(1, 6, 3, 2, 8).permute(2, 0, 3, 1, 4)
+        scores = (q @ k.transpose(-1, -2)) * 0.35 + mask
+        return torch.softmax(scores, dim=-1) @ v
+
+
+def test_fused_attention_compiles_and_matches_ort():
+    x, mask = torch.randn(1, 6, 16), torch.zeros(1, 1, 1, 6)
+    mask[..., -2:] = -1e4
+    model = gp.load(_Attention().eval(), (x, mask))
+    PassManager(build_passes("cleanup,fuse"), [InvariantInstrument()]).run(model)
+    assert [n.op_type for n in model.graph].count(SDPA_OP) == 1
+    compiled = gtvm.compile_model(model, "x86", shipped_databases=False)
+    assert compiled.meta["build"]["prepare"]["inlined_functions"] == 1
+    feeds = {"x": x.numpy(), "mask": mask.numpy()}
+    feeds = dict(zip([i.name for i in model.graph.inputs], feeds.values()))
+    ref = next(iter(run(model, feeds).values()))
+    np.testing.assert_allclose(compiled(*feeds.values())[0], ref, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(ref, _Attention().eval()(x, mask).detach().numpy(), rtol=1e-5, atol=1e-6)
