@@ -72,3 +72,4 @@ def _load_builtin() -> None:
     import graphpress.passes.cleanup  # noqa: F401
     import graphpress.passes.fold_batchnorm  # noqa: F401
     import graphpress.passes.fusion  # noqa: F401
+    import graphpress.passes.pruning  # noqa: F401

@@ -96,6 +96,36 @@ def _dims(value: ir.Value | None) -> list[int | None] | None:
     return [d if isinstance(d, int) else None for d in value.shape]
 
 
+def _reshape_runs(din: list[int], dout: list[int]) -> list[tuple[list[int], list[int]]] | None:
+    """Pair minimal runs of input and output axes with equal element counts (row-major reshape)."""
+    pairs = []
+    i = j = 0
+    while i < len(din) or j < len(dout):
+        ins, outs = [], []
+        pi = pj = 1
+        if i < len(din):
+            pi *= din[i]
+            ins.append(i)
+            i += 1
+        if j < len(dout):
+            pj *= dout[j]
+            outs.append(j)
+            j += 1
+        while pi != pj:
+            if pi < pj and i < len(din):
+                pi *= din[i]
+                ins.append(i)
+                i += 1
+            elif pj < pi and j < len(dout):
+                pj *= dout[j]
+                outs.append(j)
+                j += 1
+            else:
+                return None
+        pairs.append((ins, outs))
+    return pairs
+
+
 class DependencyGraph:
     """The channel groups of a model (shapes must be inferred; see :func:`graphpress.ir.infer_shapes`).
 
@@ -113,6 +143,7 @@ class DependencyGraph:
         self.block_source: list[str] = []  # per fresh block: the source node name
         self.block_of: list[int] = []  # per id: its block
         self.reshape_fixups: list[tuple[ir.Node, int, np.ndarray, int]] = []  # (reshape, out axis, ids, repeat)
+        self.group_fixups: list[tuple[ir.Node, np.ndarray]] = []  # depthwise convs: group = kept channels
         self.protect = protect
         self.source_values: list[tuple[ir.Value, int, np.ndarray]] = []  # producer outputs: (value, axis, ids)
         graph = model.graph
@@ -304,6 +335,7 @@ class DependencyGraph:
                 self._freeze(ids, f"depthwise {node.op_type} '{node.name}' input channels are not prunable")
             self._param(w, 0, ids, "channelwise")
             self._param(b, 0, ids, "channelwise")
+            self.group_fixups.append((node, ids))
             self._set(node.outputs[0], 1, ids)
             return None
         if group > 1:
@@ -467,48 +499,63 @@ class DependencyGraph:
     def _op_Reshape(self, node: ir.Node) -> None:
         x, out = node.inputs[0], node.outputs[0]
         din, dout = _dims(x), _dims(out)
-        if not self.ids.get(x):
+        src = self.ids.get(x, {})
+        if not src:
             return None
         if din is None or dout is None or None in din or None in dout:
             return self._unknown(node, f"Reshape '{node.name}' has dynamic shapes")
-        # match runs of input axes to single output axes (merges only)
-        runs, i, j = [], 0, 0
-        while i < len(din) and j < len(dout):
-            start, prod = i, din[i]
-            i += 1
-            while prod < dout[j] and i < len(din):
-                prod *= din[i]
-                i += 1
-            if prod != dout[j]:
-                return self._unknown(node, f"Reshape '{node.name}' splits a tracked axis")
-            runs.append((start, i))
-            j += 1
-        while i < len(din) and din[i] == 1:
-            runs[-1] = (runs[-1][0], i + 1)
-            i += 1
-        if i != len(din) or j != len(dout):
-            return self._unknown(node, f"Reshape '{node.name}' splits a tracked axis")
-        self._collapse(node, din, runs)
+        pairs = _reshape_runs(din, dout)
+        if pairs is None:
+            return self._unknown(node, f"Reshape '{node.name}' reorders elements across tracked axes")
+        for ins, outs in pairs:
+            tracked = [a for a in ins if a in src]
+            if not tracked:
+                continue
+            big_out = [k for k in outs if dout[k] != 1]
+            if len(ins) == 1 and len(big_out) <= 1:
+                if big_out:
+                    self._set(out, big_out[0], src[ins[0]])
+                    self.reshape_fixups.append((node, big_out[0], src[ins[0]], 1))
+            elif len(ins) == 1:
+                # one tracked axis split into blocks (e.g. hidden -> heads x head_dim): a block is one
+                # channel, pruned whole (head pruning); the inner axes are not tracked
+                ids, k = src[ins[0]], big_out[0]
+                inner = len(ids) // dout[k]
+                for h in range(dout[k]):
+                    block = ids[h * inner : (h + 1) * inner]
+                    for other in block[1:].tolist():
+                        self.uf.union(int(block[0]), other)
+                reps = ids[::inner]
+                self._set(out, k, reps)
+                self.reshape_fixups.append((node, k, reps, 1))
+            elif len(big_out) <= 1 and big_out:
+                self._collapse_run(node, din, ins, big_out[0], src)
+            else:
+                for a in tracked:
+                    self._freeze(src[a], f"Reshape '{node.name}' regroups several axes with a tracked one")
         return None
 
-    def _collapse(self, node: ir.Node, dims: list[int], runs: list[tuple[int, int]]) -> None:
+    def _collapse(self, node: ir.Node, dims: list[int | None], runs: list[tuple[int, int]]) -> None:
         """Output axis ``k`` is the row-major merge of input axes ``runs[k]``."""
         src = self.ids.get(node.inputs[0], {})
         for k, (start, stop) in enumerate(runs):
-            tracked = [a for a in range(start, stop) if a in src]
-            if not tracked:
-                continue
-            if len(tracked) > 1 or None in dims[start:stop]:
-                for a in tracked:
-                    self._freeze(src[a], f"{node.op_type} '{node.name}' merges several tracked axes")
-                continue
-            a = tracked[0]
-            inner = int(np.prod(dims[a + 1 : stop], dtype=np.int64))
-            outer = int(np.prod(dims[start:a], dtype=np.int64))
-            ids = np.tile(np.repeat(src[a], inner), outer)
-            self._set(node.outputs[0], k, ids)
-            if node.op_type == "Reshape":
-                self.reshape_fixups.append((node, k, src[a], inner * outer))
+            self._collapse_run(node, dims, range(start, stop), k, src)
+
+    def _collapse_run(self, node: ir.Node, dims: list[int | None], ins: range, k: int, src: dict[int, np.ndarray]) -> None:
+        tracked = [a for a in ins if a in src]
+        if not tracked:
+            return
+        if len(tracked) > 1 or None in [dims[a] for a in ins]:
+            for a in tracked:
+                self._freeze(src[a], f"{node.op_type} '{node.name}' merges several tracked axes")
+            return
+        a = tracked[0]
+        inner = int(np.prod([dims[b] for b in ins if b > a], dtype=np.int64))
+        outer = int(np.prod([dims[b] for b in ins if b < a], dtype=np.int64))
+        ids = np.tile(np.repeat(src[a], inner), outer)
+        self._set(node.outputs[0], k, ids)
+        if node.op_type == "Reshape":
+            self.reshape_fixups.append((node, k, src[a], inner * outer))
 
     # ------------------------------------------------------------------ groups
 

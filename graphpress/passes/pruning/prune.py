@@ -187,6 +187,8 @@ def apply_plan(model: ir.Model, plan: PrunePlan) -> dict[str, Any]:
             arr = np.compress(mask, arr, axis=axis)
         value.const_value = ir.tensor(np.ascontiguousarray(arr), name=name)
         value.shape = ir.Shape(arr.shape)
+    for node, ids in plan.graph.group_fixups:
+        node.attributes["group"] = ir.AttrInt64("group", int(plan.keep_mask(ids).sum()))
     for node, axis, ids, repeat in plan.graph.reshape_fixups:
         shape_value = node.inputs[1]
         if shape_value is None or shape_value.const_value is None:
