@@ -188,7 +188,13 @@ def cmd_optimize(args) -> int:
     save(model, out, external_data=True if args.external_data else None)
     if args.report:
         report = build_report(
-            result, before, after, numeric_inst.final if numeric_inst else None, model=str(input_path), spec=args.passes
+            result,
+            before,
+            after,
+            numeric_inst.final if numeric_inst else None,
+            model=str(input_path),
+            spec=args.passes,
+            rebased_by=numeric_inst.rebased_by if numeric_inst else None,
         )
         write_json_atomic(report, args.report)
     _print_optimize_summary(before, after, result, numeric_inst.final if numeric_inst else None, out)

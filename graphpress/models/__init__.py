@@ -10,5 +10,10 @@ from graphpress.models.cnn import DigitsCNN, train_digits_cnn
 from graphpress.models.minilm import MiniLMEncoder, load_minilm
 from graphpress.models.mobilenet import mobilenet_v2
 from graphpress.models.resnet import resnet18, resnet50
+from graphpress.models.zoo import TinyDenseNet, TinyUNet, vgg11
 
-__all__ = ["DigitsCNN", "MiniLMEncoder", "load_minilm", "mobilenet_v2", "resnet18", "resnet50", "train_digits_cnn"]
+__all__ = [
+    "TinyDenseNet",
+    "TinyUNet",
+    "vgg11",
+    "DigitsCNN", "MiniLMEncoder", "load_minilm", "mobilenet_v2", "resnet18", "resnet50", "train_digits_cnn"]

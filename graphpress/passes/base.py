@@ -27,9 +27,15 @@ __all__ = ["Pass", "PassResult", "graph_counts", "option"]
 
 @dataclasses.dataclass
 class PassResult(ir.passes.PassResult):
-    """onnx-ir's ``PassResult`` plus ``stats``: counts of what the pass changed."""
+    """onnx-ir's ``PassResult`` plus ``stats`` (counts of what the pass changed) and ``reference``.
+
+    ``reference``: for passes that change the function on purpose (pruning), the model the
+    output must match numerically instead of the model the pass received (for pruning: the
+    zero-masked model). Later passes and the end-to-end check are then measured against it.
+    """
 
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
+    reference: ir.Model | None = dataclasses.field(default=None, repr=False)
 
 
 def option(default: Any, *, help: str, min: float | None = None, max: float | None = None, choices: tuple | None = None) -> Any:

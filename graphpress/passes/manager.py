@@ -147,8 +147,11 @@ class NumericInstrument(Instrument):
         self.locate = locate
         self.final: numeric.NumericReport | None = None
         self._families: list[str] = []
+        #: passes whose ``PassResult.reference`` replaced the baseline (e.g. ``prune``: the masked model)
+        self.rebased_by: list[str] = []
 
     def run_start(self, model):
+        self.rebased_by = []
         self._input_outputs = numeric.run(model, self.feeds)
         self._prev_outputs = self._input_outputs
         self._families = ["exact"]
@@ -162,8 +165,14 @@ class NumericInstrument(Instrument):
         family = pass_.family
         self._families.append(family)
         outputs = numeric.run(model, self.feeds)
+        reference = getattr(result, "reference", None)
+        if reference is not None:
+            # the pass changed the function on purpose: its reference is the new baseline
+            self._prev_outputs = numeric.run(reference, self.feeds)
+            self._input_outputs = self._prev_outputs
+            self.rebased_by.append(record.name)
         report = numeric.compare_outputs(self._prev_outputs, outputs, family, self.inputs_source)
-        if not report.passed and self._snapshot is not None:
+        if not report.passed and self._snapshot is not None and reference is None:
             report.first_divergence = numeric.first_divergence(self._snapshot, model, self.feeds, family=family)
         record.verification = {"passed": report.passed, "max_abs_diff": report.max_abs_diff, "cosine": report.min_cosine, "family": family}
         if not report.passed:

@@ -31,6 +31,7 @@ def build_report(
     *,
     model: str | None = None,
     spec: str | None = None,
+    rebased_by: list[str] | None = None,
 ) -> dict[str, Any]:
     """Assemble the report dict of one ``optimize`` run."""
     report: dict[str, Any] = {
@@ -46,6 +47,9 @@ def build_report(
     }
     if verification is not None:
         report["verification"]["performed"] = True
+        # passes that change the function on purpose (pruning) are checked against their own
+        # reference (the zero-masked model), which then is the baseline of the end-to-end check
+        report["verification"]["baseline"] = f"reference of pass '{rebased_by[-1]}'" if rebased_by else "input model"
     return report
 
 

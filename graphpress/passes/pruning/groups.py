@@ -167,6 +167,21 @@ class DependencyGraph:
 
     # ------------------------------------------------------------------ helpers
 
+    @staticmethod
+    def label(node: ir.Node) -> str:
+        """A readable name of a layer: its weight's name without ``.weight`` (torch parameter names survive export)."""
+        w = node.inputs[1] if len(node.inputs) > 1 else None
+        if w is not None and w.is_initializer() and w.name and "." in w.name:
+            return w.name.removesuffix(".weight")
+        # torch's exporter transposes Linear weights (the folded result gets a generated name);
+        # the bias Add that follows keeps the parameter name
+        for use in node.outputs[0].uses() if node.outputs else ():
+            if use.node.op_type == "Add":
+                for v in use.node.inputs:
+                    if v is not None and v.is_initializer() and v.name and v.name.endswith(".bias"):
+                        return v.name.removesuffix(".bias")
+        return node.name or (w.name if w is not None and w.name else node.op_type)
+
     def _fresh(self, n: int, source: str) -> np.ndarray:
         ids = self.uf.fresh(n)
         self.block_source.append(source)
@@ -345,11 +360,11 @@ class DependencyGraph:
             self._set(node.outputs[0], 1, ids)
             return None
         self._conv_input(node, w, 0 if transpose else 1)
-        ids = self._fresh(out_channels, node.name)
+        ids = self._fresh(out_channels, self.label(node))
         self._param(w, 1 if transpose else 0, ids, "producer")
         self._param(b, 0, ids, "channelwise")
         self.source_values.append((node.outputs[0], 1, ids))
-        if node.name in self.protect:
+        if node.name in self.protect or self.label(node) in self.protect:
             self._freeze(ids, f"'{node.name}' is protected")
         self._set(node.outputs[0], 1, ids)
         return None
@@ -369,7 +384,7 @@ class DependencyGraph:
             if axis != rank - 1:
                 self._set(node.outputs[0], axis, ids)
         n = w.const_value.shape[n_axis]
-        ids = self._fresh(n, node.name)
+        ids = self._fresh(n, self.label(node))
         self._param(w, n_axis, ids, "producer")
         self.source_values.append((node.outputs[0], rank - 1, ids))
         if bias is not None:
@@ -378,7 +393,7 @@ class DependencyGraph:
                 self._param(bias, len(bshape) - 1, ids, "channelwise")
             elif bshape is None or (len(bshape) and max(bshape) > 1):
                 self._freeze(ids, f"{node.op_type} '{node.name}' bias is not a per-output constant")
-        if node.name in self.protect:
+        if node.name in self.protect or self.label(node) in self.protect:
             self._freeze(ids, f"'{node.name}' is protected")
         self._set(node.outputs[0], rank - 1, ids)
         return None

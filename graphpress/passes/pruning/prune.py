@@ -2,7 +2,8 @@
 
 Importance of a channel (aggregated over every parameter slice of its group):
 
-* ``l1`` / ``l2``: the L1 / L2 norm of the producer rows and consumer columns it owns;
+* ``l1`` / ``l2``: the L1 / L2 norm of the producer rows it owns (all producers of the group:
+  residual branches add up; a head sums its Q/K/V columns);
 * ``bn_scale``: ``|gamma|`` of the BatchNorm/InstanceNorm on the channel (network slimming);
   groups without a norm fall back to ``l1``;
 * ``activation``: mean ``|activation|`` of the source outputs over calibration inputs;
@@ -81,7 +82,8 @@ def _scores(dg: DependencyGraph, importance: str, feeds: dict[str, np.ndarray] |
             for i, s in zip(ids.tolist(), per.tolist()):
                 scores[find(i)] += s
         return scores
-    roles = ("scale",) if importance == "bn_scale" else ("producer", "consumer")
+    # filter norms (Li et al. 2017): the producer rows only; a dead filter is dead whatever reads it
+    roles = ("scale",) if importance == "bn_scale" else ("producer",)
     seen: set[tuple[str, int, str]] = set()
     for p in dg.params:
         if p.role not in roles or (p.name, p.axis, p.role) in seen:
@@ -216,7 +218,7 @@ def _layer_params(model: ir.Model) -> dict[str, int]:
         if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
             n = sum(int(np.prod(v.const_value.shape)) for v in node.inputs if v is not None and v.const_value is not None)
             if n:
-                out[node.name] = n
+                out[DependencyGraph.label(node)] = n
     return out
 
 
@@ -292,7 +294,11 @@ class Prune(Pass):
             from graphpress.passes.pruning.sparsity import apply_sparsity
 
             stats = apply_sparsity(model, mode=o.mode, ratio=o.ratio, n=o.n, m=o.m, scope=o.scope, exclude=_split(o.exclude))
-            return PassResult(model, stats["weights_zeroed"] > 0, stats)
+            # masks change the function and have no exact reference but themselves: measure them
+            # with an accuracy metric (benchmarks/pruning.py, plan_progressive)
+            stats["verified_against"] = "the masked model itself"
+            reference = ir.serde.deserialize_model(ir.serde.serialize_model(model)) if stats["weights_zeroed"] else None
+            return PassResult(model, stats["weights_zeroed"] > 0, stats, reference=reference)
         plan = plan_pruning(
             model,
             ratio=o.ratio,
@@ -307,6 +313,7 @@ class Prune(Pass):
             seed=o.seed,
         )
         params_before = sum(v.const_value.size for v in model.graph.initializers.values() if v.const_value is not None)
+        reference = masked_reference(model, plan) if plan.pruned else None
         layers = apply_plan(model, plan) if plan.pruned else {}
         params_after = sum(v.const_value.size for v in model.graph.initializers.values() if v.const_value is not None)
         refused = {", ".join(r["sources"][:3]): r["refused"] for r in plan.groups if "refused" in r}
@@ -321,7 +328,7 @@ class Prune(Pass):
             "refused": refused,
             "layers": {k: v for k, v in layers.items() if v["r_p"] > 0},
         }
-        return PassResult(model, plan.channels_removed > 0, stats)
+        return PassResult(model, plan.channels_removed > 0, stats, reference=reference)
 
 
 def _split(text: str) -> list[str]:

@@ -1,0 +1,327 @@
+"""Structured pruning: every coverage model at 50% becomes a valid, smaller graph that keeps its
+output shapes and matches its zero-masked reference (fp32 atol 1e-5 / rtol 1e-4); each kind of
+dependency is checked on a graph built to need it; mask modes keep shapes and hit their sparsity."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+import graphpress as gp
+from graphpress.cli import main
+from graphpress.ir import numeric
+from graphpress.models import TinyDenseNet, TinyUNet, mobilenet_v2, resnet18, resnet50, vgg11
+from graphpress.passes import InvariantInstrument, NumericInstrument, PassManager, build_passes
+from graphpress.passes.pruning import apply_plan, masked_reference, plan_pruning
+from graphpress.passes.pruning.sparsity import nm_mask
+from tests.conftest import make_model, tensor
+
+ATOL, RTOL = 1e-5, 1e-4
+F = TensorProto.FLOAT
+RNG = np.random.default_rng(0)
+
+
+def _vi(name, shape):
+    return helper.make_tensor_value_info(name, F, shape)
+
+
+def _r(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def prune_and_check(model, feeds=None, **options):
+    """Plan, build the masked reference, apply; check validity, shapes and equality. Returns (plan, layers)."""
+    feeds = feeds or numeric.make_inputs(model, seed=0)
+    shapes = {k: v.shape for k, v in numeric.run(model, feeds).items()}
+    params_before = sum(v.const_value.size for v in model.graph.initializers.values())
+    plan = plan_pruning(model, **options)
+    reference = masked_reference(model, plan)
+    layers = apply_plan(model, plan)
+    gp.verify(model)
+    got, want = numeric.run(model, feeds), numeric.run(reference, feeds)
+    assert {k: v.shape for k, v in got.items()} == shapes
+    for name in want:
+        assert got[name].shape == want[name].shape
+        np.testing.assert_allclose(got[name], want[name], atol=ATOL, rtol=RTOL)
+    if plan.pruned:
+        assert sum(v.const_value.size for v in model.graph.initializers.values()) < params_before
+    return plan, layers
+
+
+COVERAGE = {
+    "resnet18": (lambda: resnet18(num_classes=10), 64),
+    "resnet50": (lambda: resnet50(num_classes=10), 64),
+    "mobilenet_v2": (lambda: mobilenet_v2(num_classes=10), 64),
+    "vgg11": (lambda: vgg11(), 32),
+    "densenet": (lambda: TinyDenseNet(), 32),
+    "unet": (lambda: TinyUNet(), 32),
+}
+
+
+def _cleaned(factory, size):
+    torch.manual_seed(0)
+    model = gp.load(factory().eval(), torch.randn(1, 3, size, size))
+    PassManager(build_passes("cleanup")).run(model)
+    return model
+
+
+@pytest.mark.parametrize("name", list(COVERAGE))
+def test_coverage_models_prune_half_and_match_masked_reference(name):
+    model = _cleaned(*COVERAGE[name])
+    plan, layers = prune_and_check(model, ratio=0.5)
+    pruned = [g for g in plan.groups if g["pruned"]]
+    refused = [g for g in plan.groups if "refused" in g]
+    assert pruned and all(g["kept"] + g["pruned"] == g["channels"] for g in plan.groups)
+    assert all("output layers are protected" in g["refused"] for g in refused), refused  # only the classifier
+    assert any(v["r_p"] >= 0.5 for v in layers.values())
+
+
+def test_residual_groups_prune_all_branches_identically():
+    model = _cleaned(lambda: resnet18(num_classes=10), 32)
+    plan, _ = prune_and_check(model, ratio=0.5)
+    stage1 = next(g for g in plan.groups if "layer1.0.conv2" in g["sources"])
+    # the stem conv and every block output of stage 1 share one channel space
+    assert {"conv1", "layer1.0.conv2", "layer1.1.conv2"} <= set(stage1["sources"])
+    inits = model.graph.initializers
+    kept = stage1["kept"]
+    assert inits["conv1.weight"].const_value.shape[0] == kept
+    assert inits["layer1.0.conv2.weight"].const_value.shape[0] == kept
+    assert inits["layer1.1.conv1.weight"].const_value.shape[1] == kept
+    assert inits["bn1.weight"].const_value.shape[0] == kept
+
+
+def test_depthwise_conv_follows_its_input_and_updates_group():
+    model = _cleaned(lambda: mobilenet_v2(num_classes=10), 32)
+    prune_and_check(model, ratio=0.5)
+    for node in model.graph:
+        if node.op_type == "Conv" and node.attributes.get_int("group", 1) > 1:
+            assert node.attributes.get_int("group") == node.inputs[1].const_value.shape[0]
+
+
+@pytest.fixture(scope="module")
+def minilm_model():
+    from graphpress.models.minilm import load_minilm, tokenize
+
+    toks = tokenize(["structured pruning of a sentence transformer"], seq_len=32)
+    model = gp.load(load_minilm().eval(), tuple(toks.values()))
+    PassManager(build_passes("cleanup")).run(model)
+    feeds = {i.name: v.numpy() for i, v in zip(model.graph.inputs, toks.values())}
+    return model, feeds
+
+
+def test_minilm_heads_and_ffn_neurons(minilm_model):
+    model, feeds = minilm_model
+    plan, layers = prune_and_check(model, feeds, ratio=0.5)
+    inits = model.graph.initializers
+    q, o = "bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.0.attention.output.dense"
+    # whole heads: 6 of 12 heads of 32 dims kept in Q/K/V columns and in the output projection's rows
+    head_group = next(g for g in plan.groups if q in g["sources"])
+    assert head_group["channels"] == 12 and head_group["kept"] == 6
+    assert {q, q.replace("query", "key"), q.replace("query", "value")} <= set(head_group["sources"])
+    assert layers[q]["params_after"] == 384 * 192
+    assert layers[o]["params_after"] == 192 * 384
+    reshapes = [n.inputs[1].const_value.numpy().tolist() for n in model.graph if n.op_type == "Reshape" and n.inputs[1].const_value is not None]
+    assert reshapes and not [r for r in reshapes if 12 in r or 384 * 4 in r]  # no head count or old width left
+    ffn = next(g for g in plan.groups if "bert.encoder.layer.0.intermediate.dense" in g["sources"])
+    assert ffn["channels"] == 1536 and ffn["kept"] == 768
+    # the residual stream feeds LayerNorm: refused, with the reason
+    assert any("layer_norm" in g.get("refused", "") or "LayerNormalization" in g.get("refused", "") for g in plan.groups)
+
+
+def _plan_of(nodes, inputs, inits, outputs=("y",)):
+    model = gp.load(make_model(nodes, inputs, [_vi(o, None) for o in outputs], inits))
+    return model, plan_pruning(model, ratio=0.5)
+
+
+def test_concat_consumer_is_sliced_at_channel_offsets():
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], name="ca"),
+        helper.make_node("Conv", ["x", "wb"], ["b"], name="cb"),
+        helper.make_node("Concat", ["a", "b"], ["c"], axis=1),
+        helper.make_node("Conv", ["c", "wc"], ["y"], name="cc"),
+    ]
+    model = gp.load(make_model(nodes, [_vi("x", [1, 3, 6, 6])], [_vi("y", None)], [tensor("wa", _r(4, 3, 1, 1)), tensor("wb", _r(6, 3, 1, 1)), tensor("wc", _r(5, 10, 1, 1))]))
+    plan, _ = prune_and_check(model, ratio=0.5)
+    assert sorted((g["channels"], g["kept"]) for g in plan.groups if g["pruned"]) == [(4, 2), (6, 3)]
+    assert model.graph.initializers["wc"].const_value.shape == (5, 5, 1, 1)
+
+
+def test_flatten_into_gemm_slices_channel_by_spatial_blocks():
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Flatten", ["r"], ["f"]),
+        helper.make_node("Gemm", ["f", "g"], ["y"], name="fc", transB=1),
+    ]
+    model = gp.load(make_model(nodes, [_vi("x", [1, 2, 4, 4])], [_vi("y", None)], [tensor("w", _r(8, 2, 3, 3)), tensor("g", _r(5, 8 * 2 * 2))]))
+    prune_and_check(model, ratio=0.5)
+    assert model.graph.initializers["g"].const_value.shape == (5, 4 * 2 * 2)
+
+
+def test_transpose_moves_the_channel_axis():
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+        helper.make_node("Transpose", ["h"], ["t"], perm=[0, 2, 1]),
+        helper.make_node("Relu", ["t"], ["r"]),
+        helper.make_node("Transpose", ["r"], ["t2"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["t2", "w2"], ["y"], name="fc2"),
+    ]
+    model = gp.load(make_model(nodes, [_vi("x", [2, 3, 6])], [_vi("y", None)], [tensor("w1", _r(6, 8)), tensor("w2", _r(8, 4))]))
+    prune_and_check(model, ratio=0.5)
+    assert model.graph.initializers["w2"].const_value.shape == (4, 4)
+
+
+@pytest.mark.parametrize(
+    "nodes,inits,reason",
+    [
+        (
+            [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), helper.make_node("Conv", ["c", "g"], ["y"], name="grouped", group=2)],
+            [tensor("w", _r(8, 4, 1, 1)), tensor("g", _r(6, 4, 1, 1))],
+            "grouped Conv 'grouped' (group=2)",
+        ),
+        (
+            [
+                helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+                helper.make_node("Split", ["c", "sizes"], ["s1", "s2"], axis=1),
+                helper.make_node("Add", ["s1", "s2"], ["y"]),
+            ],
+            [tensor("w", _r(8, 4, 1, 1)), tensor("sizes", np.array([4, 4], np.int64))],
+            "Split",
+        ),
+        (
+            [
+                helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+                helper.make_node("Softmax", ["c"], ["s"], axis=1),
+                helper.make_node("Conv", ["s", "w2"], ["y"], name="conv2"),
+            ],
+            [tensor("w", _r(8, 4, 1, 1)), tensor("w2", _r(3, 8, 1, 1))],
+            "Softmax",
+        ),
+        (
+            [
+                helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+                helper.make_node("Shape", ["c"], ["shape"]),
+                helper.make_node("Reshape", ["c", "shape"], ["y"]),
+            ],
+            [tensor("w", _r(8, 4, 1, 1))],
+            "reaches graph output",
+        ),
+    ],
+    ids=["grouped_conv", "split", "softmax_over_channels", "graph_output"],
+)
+def test_unsafe_uses_refuse_the_group_with_a_reason(nodes, inits, reason):
+    model, plan = _plan_of(nodes, [_vi("x", [1, 4, 5, 5])], inits)
+    conv_group = next(g for g in plan.groups if "conv" in g["sources"])
+    assert conv_group["pruned"] == 0 and reason in conv_group["refused"]
+
+
+def test_layer_norm_and_instance_norm():
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("InstanceNormalization", ["c", "s", "b"], ["n"]),
+        helper.make_node("Conv", ["n", "w2"], ["d"], name="conv2"),
+        helper.make_node("LayerNormalization", ["d", "ls", "lb"], ["y"], axis=1),
+    ]
+    inits = [tensor("w", _r(8, 4, 1, 1)), tensor("s", _r(8)), tensor("b", _r(8)), tensor("w2", _r(6, 8, 1, 1)), tensor("ls", _r(6, 5, 5)), tensor("lb", _r(6, 5, 5))]
+    model = gp.load(make_model(nodes, [_vi("x", [1, 4, 5, 5])], [_vi("y", None)], inits))
+    plan, _ = prune_and_check(model, ratio=0.5)
+    assert model.graph.initializers["s"].const_value.shape == (4,)
+    assert "LayerNormalization" in next(g for g in plan.groups if "conv2" in g["sources"])["refused"]
+
+
+@pytest.mark.parametrize("importance", ["l1", "l2", "bn_scale", "activation", "apoz", "random"])
+def test_importance_criteria(importance):
+    model = _cleaned(lambda: resnet18(num_classes=10), 32)
+    plan, _ = prune_and_check(model, ratio=0.3, importance=importance)
+    assert plan.channels_removed > 0
+
+
+def test_importance_picks_the_weak_channels():
+    w = _r(8, 4, 1, 1)
+    w[[1, 5]] *= 1e-3  # two almost-dead filters
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), helper.make_node("Conv", ["c", "w2"], ["y"], name="conv2")]
+    model = gp.load(make_model(nodes, [_vi("x", [1, 4, 5, 5])], [_vi("y", None)], [tensor("w", w), tensor("w2", _r(3, 8, 1, 1))]))
+    plan_pruning(model, ratio=0.25)
+    plan = plan_pruning(model, ratio=0.25)
+    apply_plan(model, plan)
+    np.testing.assert_array_equal(model.graph.initializers["w"].const_value.numpy(), np.delete(w, [1, 5], axis=0))
+
+
+def test_round_to_min_channels_include_exclude_and_global():
+    model = _cleaned(lambda: resnet18(num_classes=10), 32)
+    plan = plan_pruning(model, ratio=0.7, round_to=16)
+    assert all(g["kept"] % 16 == 0 or g["kept"] == g["channels"] for g in plan.groups)
+    plan = plan_pruning(model, ratio=0.9, min_channels=40)
+    assert all(g["kept"] >= 40 or g["pruned"] == 0 for g in plan.groups)
+    plan = plan_pruning(model, ratio=0.5, include=["layer4"])
+    assert {s for g in plan.groups if g["pruned"] for s in g["sources"]} <= {s for g in plan.groups for s in g["sources"] if "layer4" in s} | {
+        s for g in plan.groups if g["pruned"] for s in g["sources"] if any("layer4" in t for t in g["sources"])
+    }
+    plan = plan_pruning(model, ratio=0.5, exclude=["layer"])
+    assert all(not any("layer" in s for s in g["sources"]) for g in plan.groups if g["pruned"])
+    plan = plan_pruning(model, ratio=0.5, global_ranking=True)
+    ratios = [g["pruned"] / g["channels"] for g in plan.groups if g["pruned"]]
+    assert len(set(ratios)) > 1  # one threshold, different ratio per group
+    total = sum(g["channels"] for g in plan.groups if "refused" not in g)
+    assert abs(plan.channels_removed / total - 0.5) < 0.1
+
+
+def test_pass_through_manager_is_checked_against_masked_reference(tmp_path):
+    model = _cleaned(lambda: resnet18(num_classes=10), 32)
+    inst = NumericInstrument(numeric.make_inputs(model, seed=0))
+    result = PassManager(build_passes("prune:ratio=0.5;round_to=8,fuse,cleanup"), [InvariantInstrument(), inst]).run(model)
+    record = result.records[0]
+    assert record.verification["passed"] and inst.rebased_by == ["prune"] and inst.final.passed
+    assert record.stats["r_p"] > 0.5 and record.stats["layers"]["layer1.0.conv1"]["r_p"] == 0.75
+
+
+def test_cli_prune_with_report(tmp_path, capsys):
+    src = tmp_path / "r18.onnx"
+    gp.save(_cleaned(lambda: resnet18(num_classes=10), 32), src)
+    out, report = tmp_path / "r18.pruned.onnx", tmp_path / "report.json"
+    assert main(["optimize", str(src), "-o", str(out), "--passes", "prune:ratio=0.5;global=true", "--verify", "--report", str(report)]) == 0, capsys.readouterr().err
+    data = json.loads(report.read_text())
+    stats = data["passes"][0]["stats"]
+    assert data["verification"]["passed"] and data["verification"]["baseline"] == "reference of pass 'prune'"
+    assert stats["layers"] and all(0 < v["r_p"] < 1 for v in stats["layers"].values())
+    assert data["after"]["params"] < data["before"]["params"]
+    assert main(["optimize", str(src), "-o", str(out), "--passes", "prune:mode=nm;n=4;m=4"]) == 2
+    assert "n=4 must be smaller than m=4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_unstructured_sparsity(scope):
+    model = _cleaned(lambda: resnet18(num_classes=10), 32)
+    result = PassManager(build_passes(f"prune:mode=unstructured;ratio=0.6;scope={scope}")).run(model)
+    stats = result.records[0].stats
+    assert abs(stats["sparsity"] - 0.6) < 0.01 and stats["compressed_bytes"] < stats["dense_bytes"]
+    if scope == "layer":
+        assert all(abs(v["sparsity"] - 0.6) < 0.01 for v in stats["layers"].values())
+    numeric.run(model, numeric.make_inputs(model, seed=0))
+
+
+def test_nm_sparsity_pattern():
+    arr = _r(6, 8, 3, 3)
+    keep = nm_mask(arr, 1, 2, 4)
+    blocks = np.moveaxis(keep, 1, -1).reshape(-1, 4)
+    assert (blocks.sum(axis=1) == 2).all()
+    mags = np.moveaxis(np.abs(arr), 1, -1).reshape(-1, 4)
+    assert (np.where(blocks, mags, np.inf).min(axis=1) >= np.where(blocks, -np.inf, mags).max(axis=1)).all()
+    model = _cleaned(lambda: resnet18(num_classes=10), 32)
+    stats = PassManager(build_passes("prune:mode=nm;n=2;m=4")).run(model).records[0].stats
+    assert abs(stats["sparsity"] - 0.5) < 0.01
+
+
+def test_pruned_model_compiles_with_tvm_and_matches_ort(tmp_path, monkeypatch):
+    from graphpress.backends import tvm as gtvm
+
+    monkeypatch.setenv("GRAPHPRESS_CACHE", str(tmp_path / "cache"))
+    model = _cleaned(lambda: resnet18(num_classes=10), 32)
+    prune_and_check(model, ratio=0.5)
+    compiled = gtvm.compile_model(model, "x86", shipped_databases=False)
+    feeds = numeric.make_inputs(model, seed=1)
+    np.testing.assert_allclose(compiled(*feeds.values())[0], next(iter(numeric.run(model, feeds).values())), atol=ATOL, rtol=RTOL)
