@@ -325,3 +325,70 @@ def test_pruned_model_compiles_with_tvm_and_matches_ort(tmp_path, monkeypatch):
     compiled = gtvm.compile_model(model, "x86", shipped_databases=False)
     feeds = numeric.make_inputs(model, seed=1)
     np.testing.assert_allclose(compiled(*feeds.values())[0], next(iter(numeric.run(model, feeds).values())), atol=ATOL, rtol=RTOL)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "densenet", "unet"])
+def test_plan_applies_to_the_torch_module(name):
+    from graphpress.passes.pruning import apply_plan_to_module
+
+    factory, size = COVERAGE[name]
+    torch.manual_seed(0)
+    module = factory().eval()
+    x = torch.randn(1, 3, size, size)
+    model = gp.load(module, x)
+    PassManager(build_passes("cleanup")).run(model)
+    plan = plan_pruning(model, ratio=0.5)
+    changed = apply_plan_to_module(module, plan)
+    apply_plan(model, plan)
+    assert changed and all(new < old for old, new in changed.values() for old, new in [(int(np.prod(old)), int(np.prod(new)))])
+    with torch.no_grad():
+        got = module(x).numpy()
+    want = next(iter(numeric.run(model, {model.graph.inputs[0].name: x.numpy()}).values()))
+    np.testing.assert_allclose(got, want, atol=ATOL, rtol=RTOL)
+    # still a trainable module
+    loss = module(x).square().mean()
+    loss.backward()
+
+
+def test_minilm_plan_applies_to_the_torch_module(minilm_model):
+    from graphpress.models.minilm import load_minilm, tokenize
+    from graphpress.passes.pruning import apply_plan_to_module
+
+    module = load_minilm().eval()
+    toks = tokenize(["heads and neurons leave the torch module too"], seq_len=16)
+    model = gp.load(module, tuple(toks.values()))
+    PassManager(build_passes("cleanup")).run(model)
+    plan = plan_pruning(model, ratio=0.5)
+    apply_plan_to_module(module, plan)
+    apply_plan(model, plan)
+    attention = module.get_submodule("bert.encoder.layer.0.attention.self")
+    assert attention.num_attention_heads == 6 and attention.query.out_features == 192
+    with torch.no_grad():
+        got = module(*toks.values()).numpy()
+    want = next(iter(numeric.run(model, {i.name: v.numpy() for i, v in zip(model.graph.inputs, toks.values())}).values()))
+    np.testing.assert_allclose(got, want, atol=ATOL, rtol=RTOL)
+
+
+def test_progressive_pruning_stops_at_the_metric_tolerance(digits_cnn):
+    from graphpress.models.cnn import accuracy
+    from graphpress.passes.pruning import prune_progressive
+
+    module, data = digits_cnn
+    model = gp.load(module, torch.from_numpy(data.x_test[:2]), dynamic_batch=True)
+    PassManager(build_passes("cleanup")).run(model)
+    name = model.graph.inputs[0].name
+
+    def metric(m):
+        return accuracy(next(iter(numeric.run(m, {name: data.x_test}).values())), data.y_test)
+
+    ratio, history = prune_progressive(model, metric, tolerance=0.03)
+    baseline = history[0]["metric"]
+    chosen = next(h for h in history if h["ratio"] == ratio)
+    assert chosen["metric"] >= baseline - 0.03
+    assert history[-1]["ratio"] == ratio or history[-1]["metric"] < baseline - 0.03  # stopped at the first failure
+    assert metric(model) == pytest.approx(chosen["metric"])
+    # the CLI form uses the output cosine of the pass's own model
+    m2 = gp.load(module, torch.from_numpy(data.x_test[:2]), dynamic_batch=True)
+    stats = PassManager(build_passes("cleanup,prune:ratio=0.9;tolerance=0.01")).run(m2).records[1].stats
+    assert 0 <= stats["progressive"]["chosen_ratio"] <= 0.9
+    assert all(h["metric"] >= 0.99 for h in stats["progressive"]["history"] if 0 < h["ratio"] <= stats["progressive"]["chosen_ratio"])

@@ -9,6 +9,27 @@ zero (:func:`masked_reference`); the pruned model must equal it within the ``pru
 """
 
 from graphpress.passes.pruning.groups import DependencyGraph, Group, ParamSlice
-from graphpress.passes.pruning.prune import Prune, PrunePlan, apply_plan, masked_reference, plan_pruning
+from graphpress.passes.pruning.prune import (
+    Prune,
+    PrunePlan,
+    apply_plan,
+    masked_reference,
+    output_similarity,
+    plan_pruning,
+    prune_progressive,
+)
+from graphpress.passes.pruning.torch_apply import apply_plan_to_module
 
-__all__ = ["DependencyGraph", "Group", "ParamSlice", "Prune", "PrunePlan", "apply_plan", "masked_reference", "plan_pruning"]
+__all__ = [
+    "DependencyGraph",
+    "Group",
+    "ParamSlice",
+    "Prune",
+    "PrunePlan",
+    "apply_plan",
+    "apply_plan_to_module",
+    "masked_reference",
+    "output_similarity",
+    "plan_pruning",
+    "prune_progressive",
+]

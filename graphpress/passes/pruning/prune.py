@@ -32,7 +32,7 @@ from graphpress.passes.base import Pass, PassResult, option
 from graphpress.passes.pruning.groups import DependencyGraph, Group
 from graphpress.passes.registry import register
 
-__all__ = ["Prune", "PrunePlan", "apply_plan", "masked_reference", "plan_pruning"]
+__all__ = ["Prune", "PrunePlan", "apply_plan", "masked_reference", "output_similarity", "plan_pruning", "prune_progressive"]
 
 IMPORTANCE = ("l1", "l2", "bn_scale", "activation", "apoz", "random")
 
@@ -256,6 +256,58 @@ def masked_reference(model: ir.Model, plan: PrunePlan) -> ir.Model:
     return copy
 
 
+def output_similarity(reference: ir.Model, feeds: dict[str, np.ndarray]):
+    """The default metric: the lowest cosine similarity between ``reference``'s outputs and a candidate's."""
+    from graphpress.ir.numeric import run
+
+    want = run(reference, feeds)
+
+    def metric(model: ir.Model) -> float:
+        got = run(model, feeds)
+        cos = []
+        for name, ref in want.items():
+            a, b = ref.ravel().astype(np.float64), got[name].ravel().astype(np.float64)
+            denom = np.linalg.norm(a) * np.linalg.norm(b)
+            cos.append(float(a @ b / denom) if denom else float(np.array_equal(a, b)))
+        return min(cos)
+
+    return metric
+
+
+def prune_progressive(
+    model: ir.Model, metric, *, tolerance: float, max_ratio: float = 0.9, step: float = 0.1, **options: Any
+) -> tuple[float, list[dict[str, float]]]:
+    """Prune ``model`` in place at the largest ratio (``step``, ``2*step``, ... ``max_ratio``) whose
+    ``metric(model)`` (higher is better, e.g. held-out accuracy) stays within ``tolerance`` of the
+    unpruned model's; stops at the first ratio that falls outside.
+
+    Returns the chosen ratio (0.0: nothing passed, the model is unchanged) and the history
+    ``[{"ratio", "metric", "params"}]``.
+    """
+    from graphpress.ir.io import to_proto
+
+    baseline = metric(model)
+    history = [{"ratio": 0.0, "metric": baseline, "params": _params(model)}]
+    best = 0.0
+    ratios = [round(step * k, 6) for k in range(1, int(max_ratio / step + 1e-9) + 1)]
+    for ratio in ratios:
+        candidate = ir.serde.deserialize_model(to_proto(model))
+        plan = plan_pruning(candidate, ratio=ratio, **options)
+        apply_plan(candidate, plan)
+        value = metric(candidate)
+        history.append({"ratio": ratio, "metric": value, "params": _params(candidate)})
+        if value < baseline - tolerance:
+            break
+        best = ratio
+    if best > 0:
+        apply_plan(model, plan_pruning(model, ratio=best, **options))
+    return best, history
+
+
+def _params(model: ir.Model) -> int:
+    return int(sum(v.const_value.size for v in model.graph.initializers.values() if v.const_value is not None))
+
+
 @register
 class Prune(Pass):
     """Structured pruning of channels/filters/neurons by dependency group (see the module docstring)."""
@@ -278,6 +330,9 @@ class Prune(Pass):
         n: int = option(2, help="N of N:M sparsity (mode=nm)", min=1)
         m: int = option(4, help="M of N:M sparsity (mode=nm)", min=2)
         scope: str = option("layer", help="unstructured sparsity per layer or global", choices=("layer", "global"))
+        tolerance: float = option(
+            0.0, help="> 0: progressive: the largest ratio (in steps of 0.1 up to ratio) whose output cosine drops at most this", min=0.0, max=1.0
+        )
         seed: int = option(0, help="seed for random importance and calibration inputs", min=0)
 
     def __init__(self, **options: Any) -> None:
@@ -299,9 +354,22 @@ class Prune(Pass):
             stats["verified_against"] = "the masked model itself"
             reference = ir.serde.deserialize_model(ir.serde.serialize_model(model)) if stats["weights_zeroed"] else None
             return PassResult(model, stats["weights_zeroed"] > 0, stats, reference=reference)
+        ratio = o.ratio
+        history = None
+        if o.tolerance > 0:
+            from graphpress.ir.io import to_proto
+            from graphpress.ir.numeric import make_inputs
+
+            probe = ir.serde.deserialize_model(to_proto(model))
+            metric = output_similarity(probe, self.feeds or make_inputs(probe, seed=o.seed))
+            ratio, history = prune_progressive(
+                probe, metric, tolerance=o.tolerance, max_ratio=o.ratio, importance=o.importance, global_ranking=o.global_,
+                min_channels=o.min_channels, round_to=o.round_to, include=_split(o.include), exclude=_split(o.exclude),
+                protect=_split(o.protect), seed=o.seed,
+            )  # fmt: skip
         plan = plan_pruning(
             model,
-            ratio=o.ratio,
+            ratio=ratio,
             importance=o.importance,
             global_ranking=o.global_,
             min_channels=o.min_channels,
@@ -328,6 +396,8 @@ class Prune(Pass):
             "refused": refused,
             "layers": {k: v for k, v in layers.items() if v["r_p"] > 0},
         }
+        if history is not None:
+            stats["progressive"] = {"chosen_ratio": ratio, "metric": "min output cosine", "history": history}
         return PassResult(model, plan.channels_removed > 0, stats, reference=reference)
 
 
