@@ -208,15 +208,39 @@ def test_transpose_moves_the_channel_axis():
                 helper.make_node("Reshape", ["c", "shape"], ["y"]),
             ],
             [tensor("w", _r(8, 4, 1, 1))],
+            "shape arithmetic",
+        ),
+        (
+            [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), helper.make_node("Relu", ["c"], ["y"])],
+            [tensor("w", _r(8, 4, 1, 1))],
             "reaches graph output",
         ),
     ],
-    ids=["grouped_conv", "split", "softmax_over_channels", "graph_output"],
+    ids=["grouped_conv", "split", "softmax_over_channels", "shape_arithmetic", "graph_output"],
 )
 def test_unsafe_uses_refuse_the_group_with_a_reason(nodes, inits, reason):
     model, plan = _plan_of(nodes, [_vi("x", [1, 4, 5, 5])], inits)
     conv_group = next(g for g in plan.groups if "conv" in g["sources"])
     assert conv_group["pruned"] == 0 and reason in conv_group["refused"]
+
+
+@pytest.mark.parametrize("op", ["Mul", "Sub"])
+def test_elementwise_merges_of_branches(op):
+    """x * gate(x) (squeeze-excitation) and x - f(x): both operands' channels are one space."""
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+        helper.make_node("Conv", ["p", "w_se"], ["g0"], name="se"),
+        helper.make_node("Sigmoid", ["g0"], ["g"]),
+        helper.make_node(op, ["c", "g"], ["m"]),
+        helper.make_node("Conv", ["m", "w2"], ["y"], name="out"),
+    ]
+    inits = [tensor("w", _r(8, 4, 1, 1)), tensor("w_se", _r(8, 8, 1, 1)), tensor("w2", _r(3, 8, 1, 1))]
+    model = gp.load(make_model(nodes, [_vi("x", [1, 4, 5, 5])], [_vi("y", None)], inits))
+    plan, _ = prune_and_check(model, ratio=0.5)
+    merged = next(g for g in plan.groups if "conv" in g["sources"])
+    assert {"conv", "se"} <= set(merged["sources"]) and merged["kept"] == 4
+    assert model.graph.initializers["w_se"].const_value.shape == (4, 4, 1, 1)
 
 
 def test_layer_norm_and_instance_norm():

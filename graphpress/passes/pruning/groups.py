@@ -249,7 +249,7 @@ class DependencyGraph:
         if op in REDUCE:
             return self._reduce(node)
         if op in ("Shape", "Size"):
-            return None  # reads the shape only; fixed by the Reshape handling below
+            return self._unknown(node, f"its shape is read by {op} '{node.name}' (shape arithmetic)")
         return self._unknown(node)
 
     def _elementwise(self, node: ir.Node) -> None:
