@@ -73,3 +73,4 @@ def _load_builtin() -> None:
     import graphpress.passes.fold_batchnorm  # noqa: F401
     import graphpress.passes.fusion  # noqa: F401
     import graphpress.passes.pruning  # noqa: F401
+    import graphpress.passes.quantization  # noqa: F401

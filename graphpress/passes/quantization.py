@@ -1,0 +1,307 @@
+"""The ``quantize`` pass: standard QDQ quantization, calibrated, with an accuracy budget.
+
+Modes:
+
+* ``static``: activations calibrated on sample inputs and weights quantized, written as
+  QuantizeLinear/DequantizeLinear pairs (QDQ) around Conv/ConvTranspose/Gemm/MatMul (and the
+  ops ONNX Runtime's quantizer passes through in the quantized domain). Insertion and
+  calibration (``minmax``, ``percentile``, ``entropy``) are ONNX Runtime's quantization tool,
+  run on a serialized copy; graphpress adds the scheme choice, the per-layer report and the
+  accuracy control.
+* ``dynamic``: int8 weights, activations quantized at run time (DynamicQuantizeLinear +
+  MatMulInteger/ConvInteger): the usual choice for transformer MatMuls.
+* ``weight_only``: per-output-channel symmetric int8 weights behind a DequantizeLinear; the
+  compute stays float (smaller files, same speed).
+* ``fp16``: float16 weights and compute, float32 inputs/outputs.
+
+Scheme (``scheme=auto``): uint8 activations (asymmetric) × int8 weights (symmetric,
+per output channel), "U8S8", the fast recipe of ONNX Runtime's x86 and ARM kernels; S8S8 is
+what its default recipe uses and is slower than fp32 on this project's machine. ``reduce_range``
+(7-bit weights) is used only on x86 CPUs without VNNI, where u8×s8 products can saturate.
+
+Accuracy control (``tolerance > 0``): quantize everything, score each quantized layer by its
+SQNR (signal-to-quantization-noise ratio of its output, in dB), and move the worst layer back to
+fp32 until the metric (lowest output cosine to the fp32 model by default; any callable from
+Python) is within ``tolerance``. The stats list each layer's decision, SQNR and MSE.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnx_ir.passes.common  # noqa: F401  (ir.passes.common)
+
+from graphpress.errors import GraphpressError
+from graphpress.ir.io import MAX_IR_VERSION, to_proto
+from graphpress.passes.base import Pass, PassResult, option
+from graphpress.passes.registry import register
+
+__all__ = ["Quantize", "layer_errors", "quantize_model"]
+
+QUANTIZABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _x86_has_vnni() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader over a list of feeds."""
+
+    def __init__(self, feeds: list[Mapping[str, np.ndarray]]):
+        self._it = iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self):  # pragma: no cover - ORT calls it only for some methods
+        pass
+
+
+def _replace_contents(model: ir.Model, proto: onnx.ModelProto) -> None:
+    proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
+    new = ir.serde.deserialize_model(proto)
+    model.graph = new.graph
+    for key in list(model.functions):
+        if key not in new.functions:
+            del model.functions[key]
+    for key, fn in new.functions.items():
+        model.functions[key] = fn
+    # ORT's float16 converter appends its input Casts at the end of the node list
+    ir.passes.common.TopologicalSortPass()(model)
+
+
+def quantize_model(
+    model: ir.Model,
+    *,
+    mode: str = "static",
+    calibration: list[Mapping[str, np.ndarray]] | None = None,
+    method: str = "minmax",
+    per_channel: bool = True,
+    scheme: str = "auto",
+    ops: Iterable[str] = QUANTIZABLE,
+    exclude: Iterable[str] = (),
+    percentile: float = 99.999,
+) -> dict[str, Any]:
+    """Quantize ``model`` in place (see the module docstring); returns what was done."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    ops = list(ops)
+    exclude = list(exclude)
+    if scheme == "auto":
+        scheme = "u8s8"
+    act_type = QuantType.QUInt8 if scheme == "u8s8" else QuantType.QInt8
+    reduce_range = scheme == "u8s8" and not _x86_has_vnni()
+    proto = to_proto(model)
+    info: dict[str, Any] = {"mode": mode, "scheme": scheme, "per_channel": per_channel, "reduce_range": reduce_range}
+    if mode == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        _replace_contents(model, convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=True))
+        return info
+    if mode == "weight_only":
+        info["weights"] = _weight_only(model, ops, exclude)
+        return info
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = os.path.join(tmp, "in.onnx"), os.path.join(tmp, "out.onnx")
+        onnx.save(proto, src)
+        if mode == "dynamic":
+            quantize_dynamic(
+                src, dst, op_types_to_quantize=[o for o in ops if o in ("MatMul", "Gemm", "Conv")], per_channel=per_channel,
+                reduce_range=reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+            )  # fmt: skip
+        elif mode == "static":
+            if not calibration:
+                raise GraphpressError("quantize: static mode needs calibration inputs (an .npz, a Python iterable, or generated)")
+            methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}
+            quantize_static(
+                src, dst, _Reader(calibration), quant_format=QuantFormat.QDQ, op_types_to_quantize=ops, per_channel=per_channel,
+                reduce_range=reduce_range, activation_type=act_type, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                calibrate_method=methods[method],
+                extra_options={"ActivationSymmetric": scheme == "s8s8", "WeightSymmetric": True, "CalibPercentile": percentile},
+            )  # fmt: skip
+        else:
+            raise GraphpressError(f"quantize: unknown mode '{mode}'")
+        out = onnx.load(dst)
+    _replace_contents(model, out)
+    return info
+
+
+def _weight_only(model: ir.Model, ops: list[str], exclude: list[str]) -> int:
+    """int8 per-output-channel symmetric weights + DequantizeLinear for MatMul/Gemm/Conv/Gather constants."""
+    graph = model.graph
+    count = 0
+    for node in list(graph):
+        if node.op_type not in (*ops, "Gather") or any(e in node.name for e in exclude):
+            continue
+        index = 0 if node.op_type == "Gather" else 1
+        if len(node.inputs) <= index or node.inputs[index] is None:
+            continue
+        w = node.inputs[index]
+        if w.const_value is None or not w.is_initializer() or w.const_value.dtype != ir.DataType.FLOAT or len(w.const_value.shape) < 2:
+            continue
+        arr = w.const_value.numpy()
+        axis = {"MatMul": arr.ndim - 1, "Gemm": 0 if node.attributes.get_int("transB", 0) else 1, "Gather": 0}.get(node.op_type, 0)
+        moved = np.moveaxis(arr, axis, 0).reshape(arr.shape[axis], -1)
+        scale = (np.abs(moved).max(axis=1) / 127.0).astype(np.float32)
+        scale[scale == 0] = 1.0
+        shape = [1] * arr.ndim
+        shape[axis] = -1
+        q = np.clip(np.round(arr / scale.reshape(shape)), -127, 127).astype(np.int8)
+        qv = ir.Value(name=f"{w.name}_int8", const_value=ir.tensor(q))
+        sv = ir.Value(name=f"{w.name}_scale", const_value=ir.tensor(scale))
+        for v in (qv, sv):
+            v.shape = ir.Shape(v.const_value.shape)
+            v.type = ir.TensorType(v.const_value.dtype)
+            graph.register_initializer(v)
+        dq = ir.node("DequantizeLinear", [qv, sv], attributes={"axis": axis}, name=f"{w.name}_dq")
+        dq.outputs[0].name = f"{w.name}_dequantized"
+        dq.outputs[0].shape = w.shape
+        dq.outputs[0].type = w.type
+        graph.insert_before(node, dq)
+        node.replace_input_with(index, dq.outputs[0])
+        count += 1
+    for name in [n for n, v in graph.initializers.items() if not v.uses() and not v.is_graph_output()]:
+        graph.initializers.pop(name)
+    return count
+
+
+def layer_errors(reference: ir.Model | onnx.ModelProto, quantized: ir.Model | onnx.ModelProto, names: list[str], feeds: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """SQNR (dB) and MSE of the named intermediate values of ``quantized`` against ``reference``."""
+    from graphpress.ir.numeric import run
+
+    want = run(reference, feeds, outputs=names)
+    got = run(quantized, feeds, outputs=names)
+    out = {}
+    for name in names:
+        a, b = want[name].astype(np.float64), got[name].astype(np.float64)
+        noise = float(((a - b) ** 2).mean())
+        signal = float((a**2).mean())
+        out[name] = {"sqnr_db": round(10 * np.log10(signal / noise), 2) if noise > 0 else float("inf"), "mse": noise}
+    return out
+
+
+def _quantized_layers(model: ir.Model, ops: Iterable[str]) -> list[ir.Node]:
+    """Nodes of ``ops`` whose inputs come from DequantizeLinear (QDQ) or that are integer ops."""
+    out = []
+    for node in model.graph:
+        if node.op_type in ("MatMulInteger", "ConvInteger"):
+            out.append(node)
+        elif node.op_type in ops and any(v is not None and v.producer() is not None and v.producer().op_type == "DequantizeLinear" for v in node.inputs):
+            out.append(node)
+    return out
+
+
+def output_cosine(reference: ir.Model, feeds: Mapping[str, np.ndarray]) -> Callable[[ir.Model], float]:
+    from graphpress.passes.pruning.prune import output_similarity
+
+    return output_similarity(reference, dict(feeds))
+
+
+@register
+class Quantize(Pass):
+    """Quantize to standard QDQ (static), dynamic int8, weight-only int8 or fp16; see the module docstring."""
+
+    name = "quantize"
+    family = "quantization"
+    description = "QDQ int8 (static, calibrated), dynamic int8, weight-only int8 or fp16, with an accuracy budget"
+
+    @dataclasses.dataclass
+    class Options:
+        mode: str = option("static", help="what to quantize", choices=("static", "dynamic", "weight_only", "fp16"))
+        scheme: str = option("auto", help="activation x weight types (auto: u8s8)", choices=("auto", "u8s8", "s8s8"))
+        per_channel: bool = option(True, help="per-output-channel weight scales")
+        method: str = option("minmax", help="activation calibration", choices=("minmax", "percentile", "entropy"))
+        samples: int = option(8, help="generated calibration samples when no inputs are given", min=1)
+        ops: str = option("Conv|ConvTranspose|Gemm|MatMul", help="op types to quantize ('|'-separated)")
+        exclude: str = option("", help="node names to keep in fp32 ('|'-separated)")
+        tolerance: float = option(0.0, help="> 0: fall back the least accurate layers to fp32 until the output cosine drops at most this", min=0.0, max=1.0)
+        max_fallback: int = option(16, help="most layers the accuracy control moves back to fp32", min=0)
+        seed: int = option(0, help="seed of generated calibration inputs", min=0)
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        #: calibration inputs (list of feeds); the CLI sets them from --inputs, otherwise generated
+        self.calibration: list[Mapping[str, np.ndarray]] | None = None
+        #: accuracy metric (higher is better); default: lowest output cosine to the fp32 model
+        self.metric: Callable[[ir.Model], float] | None = None
+
+    def call(self, model: ir.Model) -> PassResult:
+        from graphpress.ir.numeric import make_inputs
+
+        o = self.options
+        ops = [t for t in o.ops.split("|") if t]
+        exclude = [t for t in o.exclude.split("|") if t]
+        calibration = self.calibration
+        generated = calibration is None
+        if generated and o.mode == "static":
+            calibration = [make_inputs(model, seed=o.seed + i) for i in range(o.samples)]
+        fp32 = ir.serde.deserialize_model(to_proto(model))
+        probe_feeds = dict(calibration[0]) if calibration else make_inputs(model, seed=o.seed)
+        metric = self.metric or output_cosine(fp32, probe_feeds)
+        baseline = metric(fp32)
+
+        def attempt(excluded: list[str]) -> tuple[ir.Model, dict[str, Any]]:
+            candidate = ir.serde.deserialize_model(to_proto(fp32))
+            info = quantize_model(candidate, mode=o.mode, calibration=calibration, method=o.method, per_channel=o.per_channel, scheme=o.scheme, ops=ops, exclude=excluded)
+            return candidate, info
+
+        excluded = list(exclude)
+        candidate, info = attempt(excluded)
+        value = metric(candidate)
+        decisions: dict[str, dict[str, Any]] = {}
+        layers = _quantized_layers(candidate, ops)
+        outputs = [n.outputs[0].name for n in layers if n.outputs and n.outputs[0].name in _value_names(fp32)]
+        errors = layer_errors(fp32, candidate, outputs, probe_feeds) if outputs and o.mode in ("static", "dynamic") else {}
+        fallback = 0
+        while o.tolerance > 0 and value < baseline - o.tolerance and fallback < o.max_fallback:
+            ranked = sorted((e["sqnr_db"], name) for name, e in errors.items() if _producer_name(candidate, name) not in excluded)
+            if not ranked:
+                break
+            worst = _producer_name(candidate, ranked[0][1])
+            excluded.append(worst)
+            decisions[worst] = {"decision": "fp32", "reason": f"lowest SQNR ({ranked[0][0]} dB) while the metric was {value:.5f}"}
+            fallback += 1
+            candidate, info = attempt(excluded)
+            value = metric(candidate)
+        for name, e in errors.items():
+            node = _producer_name(fp32, name)
+            decisions.setdefault(node, {"decision": "int8" if node not in excluded else "fp32"})
+            decisions[node].update(e)
+        _replace_contents(model, to_proto(candidate))
+        stats = {
+            **info,
+            "calibration": ("generated from input specs (demo only)" if generated else "given") if o.mode == "static" else None,
+            "metric_fp32": baseline,
+            "metric": value,
+            "fallback_layers": fallback,
+            "quantized_nodes": len(_quantized_layers(candidate, ops)),
+            "layers": decisions,
+        }
+        if o.tolerance > 0 and value < baseline - o.tolerance:
+            stats["budget_met"] = False
+        return PassResult(model, True, stats)
+
+
+def _value_names(model: ir.Model) -> set[str]:
+    return {out.name for node in model.graph for out in node.outputs}
+
+
+def _producer_name(model: ir.Model, value_name: str) -> str:
+    for node in model.graph:
+        for out in node.outputs:
+            if out.name == value_name:
+                return node.name
+    return value_name

@@ -1,0 +1,111 @@
+"""The quantize pass: QDQ static (calibrated) on a CNN trained in the test, dynamic on MiniLM,
+weight-only, fp16, accuracy control, and ONNX Runtime running every model it emits."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import graphpress as gp
+from graphpress.cli import main
+from graphpress.ir import numeric
+from graphpress.models.cnn import accuracy
+from graphpress.passes import InvariantInstrument, NumericInstrument, PassManager, build_passes
+
+
+def _cnn(digits_cnn):
+    module, data = digits_cnn
+    model = gp.load(module, torch.from_numpy(data.x_test[:2]), dynamic_batch=True)
+    PassManager(build_passes("cleanup,fuse,cleanup")).run(model)
+    return model, data
+
+
+def _accuracy(model, data):
+    return accuracy(next(iter(numeric.run(model, {model.graph.inputs[0].name: data.x_test}).values())), data.y_test)
+
+
+def _quantize(model, spec, calibration=None, metric=None):
+    passes = build_passes(spec)
+    passes[0].calibration = calibration
+    passes[0].metric = metric
+    return PassManager(passes, [InvariantInstrument()]).run(model).records[0].stats
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])
+def test_static_qdq_keeps_digits_accuracy(digits_cnn, method):
+    model, data = _cnn(digits_cnn)
+    before = _accuracy(model, data)
+    name = model.graph.inputs[0].name
+    calibration = [{name: data.x_train[i : i + 32]} for i in range(0, 256, 32)]
+    stats = _quantize(model, f"quantize:mode=static;method={method}", calibration)
+    ops = [n.op_type for n in model.graph]
+    assert ops.count("QuantizeLinear") >= 4 and ops.count("DequantizeLinear") >= 6
+    assert stats["scheme"] == "u8s8" and stats["calibration"] == "given"
+    conv_layers = [v for v in stats["layers"].values() if v["decision"] == "int8"]
+    assert len(conv_layers) >= 3 and all(v["sqnr_db"] > 15 for v in conv_layers)
+    # the activations are uint8, the weights int8 per channel
+    q_types = {n.inputs[2].const_value.dtype for n in model.graph if n.op_type == "QuantizeLinear"}
+    assert q_types == {ir_dtype("UINT8")}
+    w_types = {n.inputs[0].const_value.dtype for n in model.graph if n.op_type == "DequantizeLinear" and n.inputs[0].const_value is not None}
+    assert ir_dtype("INT8") in w_types
+    after = _accuracy(model, data)  # ORT runs the QDQ model
+    assert after >= before - 0.005, (before, after)
+
+
+def ir_dtype(name):
+    import onnx_ir as ir
+
+    return getattr(ir.DataType, name)
+
+
+def test_accuracy_control_falls_back_the_worst_layers(digits_cnn):
+    model, data = _cnn(digits_cnn)
+    name = model.graph.inputs[0].name
+    calibration = [{name: data.x_train[i : i + 16]} for i in range(0, 64, 16)]
+    stats = _quantize(model, "quantize:mode=static;tolerance=0.00001;max_fallback=2", calibration)
+    fallen = {k: v for k, v in stats["layers"].items() if v["decision"] == "fp32"}
+    assert stats["fallback_layers"] == len(fallen) >= 1
+    assert all("lowest SQNR" in v["reason"] for v in fallen.values())
+    _accuracy(model, data)
+
+
+def test_weight_only_and_fp16_run_in_ort(digits_cnn):
+    model, data = _cnn(digits_cnn)
+    fp32_bytes = sum(v.const_value.nbytes for v in model.graph.initializers.values())
+    before = _accuracy(model, data)
+    stats = _quantize(model, "quantize:mode=weight_only")
+    assert stats["weights"] >= 4
+    int8_bytes = sum(v.const_value.nbytes for v in model.graph.initializers.values())
+    assert int8_bytes < fp32_bytes / 3
+    assert abs(_accuracy(model, data) - before) <= 0.005
+    model, data = _cnn(digits_cnn)
+    _quantize(model, "quantize:mode=fp16")
+    assert abs(_accuracy(model, data) - before) <= 0.005
+
+
+def test_dynamic_matmuls_keep_minilm_embeddings():
+    from graphpress.models.minilm import load_minilm, tokenize
+
+    sentences = ["The quick brown fox.", "Quantization makes models smaller.", "Return the sum of a list.", "Open a file for reading."]
+    toks = tokenize(sentences, seq_len=32)
+    model = gp.load(load_minilm().eval(), tuple(toks.values()))
+    PassManager(build_passes("cleanup")).run(model)
+    feeds = {i.name: v.numpy() for i, v in zip(model.graph.inputs, toks.values())}
+    ref = next(iter(numeric.run(model, feeds).values()))
+    stats = _quantize(model, "quantize:mode=dynamic;ops=MatMul")
+    assert stats["quantized_nodes"] >= 36
+    got = next(iter(numeric.run(model, feeds).values()))
+    cos = (ref * got).sum(1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+    assert cos.min() >= 0.99, cos
+
+
+def test_cli_quantize_with_verify_and_report(tmp_path, cnn_onnx, capsys):
+    out, report = tmp_path / "q.onnx", tmp_path / "q.json"
+    assert main(["optimize", str(cnn_onnx), "-o", str(out), "--passes", "cleanup,fuse,quantize", "--verify", "--report", str(report)]) == 0, capsys.readouterr().err
+    data = json.loads(report.read_text())
+    q = next(p for p in data["passes"] if p["name"] == "quantize")
+    assert q["verification"]["passed"] and q["stats"]["calibration"].startswith("generated")
+    assert data["verification"]["cosine"] >= 0.99
