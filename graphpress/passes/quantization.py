@@ -91,14 +91,14 @@ def quantize_model(
     method: str = "minmax",
     per_channel: bool = True,
     scheme: str = "auto",
-    ops: Iterable[str] = QUANTIZABLE,
+    ops: Iterable[str] | None = None,
     exclude: Iterable[str] = (),
     percentile: float = 99.999,
 ) -> dict[str, Any]:
     """Quantize ``model`` in place (see the module docstring); returns what was done."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    ops = list(ops)
+    ops = list(ops) if ops is not None else None
     exclude = list(exclude)
     if scheme == "auto":
         scheme = "u8s8"
@@ -112,14 +112,14 @@ def quantize_model(
         _replace_contents(model, convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=True))
         return info
     if mode == "weight_only":
-        info["weights"] = _weight_only(model, ops, exclude)
+        info["weights"] = _weight_only(model, ops or list(QUANTIZABLE), exclude)
         return info
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "in.onnx"), os.path.join(tmp, "out.onnx")
         onnx.save(proto, src)
         if mode == "dynamic":
             quantize_dynamic(
-                src, dst, op_types_to_quantize=[o for o in ops if o in ("MatMul", "Gemm", "Conv")], per_channel=per_channel,
+                src, dst, op_types_to_quantize=[o for o in (ops or ["MatMul", "Gemm"]) if o in ("MatMul", "Gemm", "Conv")], per_channel=per_channel,
                 reduce_range=reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
             )  # fmt: skip
         elif mode == "static":
@@ -178,18 +178,40 @@ def _weight_only(model: ir.Model, ops: list[str], exclude: list[str]) -> int:
     return count
 
 
-def layer_errors(reference: ir.Model | onnx.ModelProto, quantized: ir.Model | onnx.ModelProto, names: list[str], feeds: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """SQNR (dB) and MSE of the named intermediate values of ``quantized`` against ``reference``."""
+def layer_errors(reference: ir.Model, quantized: ir.Model, names: list[str], feeds: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """SQNR (dB) and MSE of the named values of ``quantized`` against the same-named values of ``reference``.
+
+    ONNX Runtime's quantizer drops a Relu/Clip after a quantized layer (the quantization range
+    clamps instead) and gives the layer the activation's output name; the activation is then
+    applied to the quantized value before comparing. Values that do not correspond are skipped.
+    """
     from graphpress.ir.numeric import run
 
-    want = run(reference, feeds, outputs=names)
-    got = run(quantized, feeds, outputs=names)
-    out = {}
+    ref_producers = {out.name: node for node in reference.graph for out in node.outputs}
+    q_producers = {out.name: node for node in quantized.graph for out in node.outputs}
+    pairs: dict[str, Callable[[np.ndarray], np.ndarray]] = {}
     for name in names:
-        a, b = want[name].astype(np.float64), got[name].astype(np.float64)
+        r, q = ref_producers.get(name), q_producers.get(name)
+        if r is None or q is None:
+            continue
+        if r.op_type == q.op_type:
+            pairs[name] = lambda x: x
+        elif r.op_type == "Relu":
+            pairs[name] = lambda x: np.maximum(x, 0)
+        elif r.op_type == "Clip":
+            lo = r.inputs[1].const_value.numpy() if len(r.inputs) > 1 and r.inputs[1] is not None and r.inputs[1].const_value is not None else -np.inf
+            hi = r.inputs[2].const_value.numpy() if len(r.inputs) > 2 and r.inputs[2] is not None and r.inputs[2].const_value is not None else np.inf
+            pairs[name] = lambda x, lo=lo, hi=hi: np.clip(x, lo, hi)
+    if not pairs:
+        return {}
+    want = run(reference, feeds, outputs=list(pairs))
+    got = run(quantized, feeds, outputs=list(pairs))
+    out = {}
+    for name, activation in pairs.items():
+        a, b = want[name].astype(np.float64), activation(got[name]).astype(np.float64)
         noise = float(((a - b) ** 2).mean())
         signal = float((a**2).mean())
-        out[name] = {"sqnr_db": round(10 * np.log10(signal / noise), 2) if noise > 0 else float("inf"), "mse": noise}
+        out[name] = {"sqnr_db": round(float(10 * np.log10(signal / noise)), 2) if noise > 0 else float("inf"), "mse": noise}
     return out
 
 
@@ -225,7 +247,9 @@ class Quantize(Pass):
         per_channel: bool = option(True, help="per-output-channel weight scales")
         method: str = option("minmax", help="activation calibration", choices=("minmax", "percentile", "entropy"))
         samples: int = option(8, help="generated calibration samples when no inputs are given", min=1)
-        ops: str = option("Conv|ConvTranspose|Gemm|MatMul", help="op types to quantize ('|'-separated)")
+        ops: str = option(
+            "auto", help="op types to quantize ('|'-separated); auto: static: every op ORT's quantizer supports, dynamic: MatMul|Gemm"
+        )
         exclude: str = option("", help="node names to keep in fp32 ('|'-separated)")
         tolerance: float = option(0.0, help="> 0: fall back the least accurate layers to fp32 until the output cosine drops at most this", min=0.0, max=1.0)
         max_fallback: int = option(16, help="most layers the accuracy control moves back to fp32", min=0)
@@ -242,7 +266,7 @@ class Quantize(Pass):
         from graphpress.ir.numeric import make_inputs
 
         o = self.options
-        ops = [t for t in o.ops.split("|") if t]
+        ops = [t for t in o.ops.split("|") if t] if o.ops != "auto" else None
         exclude = [t for t in o.exclude.split("|") if t]
         calibration = self.calibration
         generated = calibration is None
@@ -262,7 +286,7 @@ class Quantize(Pass):
         candidate, info = attempt(excluded)
         value = metric(candidate)
         decisions: dict[str, dict[str, Any]] = {}
-        layers = _quantized_layers(candidate, ops)
+        layers = _quantized_layers(candidate, ops or QUANTIZABLE)
         outputs = [n.outputs[0].name for n in layers if n.outputs and n.outputs[0].name in _value_names(fp32)]
         errors = layer_errors(fp32, candidate, outputs, probe_feeds) if outputs and o.mode in ("static", "dynamic") else {}
         fallback = 0
@@ -287,7 +311,7 @@ class Quantize(Pass):
             "metric_fp32": baseline,
             "metric": value,
             "fallback_layers": fallback,
-            "quantized_nodes": len(_quantized_layers(candidate, ops)),
+            "quantized_nodes": len(_quantized_layers(candidate, ops or QUANTIZABLE)),
             "layers": decisions,
         }
         if o.tolerance > 0 and value < baseline - o.tolerance:
