@@ -172,15 +172,24 @@ def cmd_optimize(args) -> int:
     before = summarize(model)
     instruments = [InvariantInstrument()]
     numeric_inst = None
+    given = load_inputs(args.inputs, model) if args.inputs else None
+    # passes that need sample data (quantize: calibration; prune: activation importance) get --inputs
+    users = [p for p in passes if hasattr(p, "calibration") or hasattr(p, "feeds")]
+    if given is not None:
+        for p in users:
+            if hasattr(p, "calibration"):
+                p.calibration = [given]
+            if hasattr(p, "feeds"):
+                p.feeds = given
     if args.verify:
-        if args.inputs:
-            feeds, source = load_inputs(args.inputs, model), str(args.inputs)
+        if given is not None:
+            feeds, source = given, str(args.inputs)
         else:
             feeds, source = make_inputs(model, seed=0), "generated from declared shapes (seed 0)"
         numeric_inst = NumericInstrument(feeds, source)
         instruments.append(numeric_inst)
-    elif args.inputs:
-        raise GraphpressError("--inputs is only used with --verify; add --verify")
+    elif args.inputs and not users:
+        raise GraphpressError("--inputs is used by --verify and by passes that need sample data (quantize, prune); add --verify")
     if args.dump_ir:
         instruments.append(DumpInstrument(args.dump_ir))
     result = PassManager(passes, instruments).run(model)

@@ -109,3 +109,16 @@ def test_cli_quantize_with_verify_and_report(tmp_path, cnn_onnx, capsys):
     q = next(p for p in data["passes"] if p["name"] == "quantize")
     assert q["verification"]["passed"] and q["stats"]["calibration"].startswith("generated")
     assert data["verification"]["cosine"] >= 0.99
+
+
+def test_cli_calibrates_on_given_inputs(tmp_path, cnn_onnx, digits_cnn, capsys):
+    _, data = digits_cnn
+    model = gp.load(cnn_onnx)
+    npz = tmp_path / "calib.npz"
+    np.savez(npz, **{model.graph.inputs[0].name: data.x_train[:64]})
+    out, report = tmp_path / "q.onnx", tmp_path / "q.json"
+    assert main(["optimize", str(cnn_onnx), "-o", str(out), "--passes", "cleanup,fuse,quantize:method=percentile", "--inputs", str(npz), "--report", str(report)]) == 0, capsys.readouterr().err
+    stats = next(p for p in json.loads(report.read_text())["passes"] if p["name"] == "quantize")["stats"]
+    assert stats["calibration"] == "given"
+    assert main(["optimize", str(cnn_onnx), "-o", str(out), "--passes", "cleanup", "--inputs", str(npz)]) == 2
+    assert "add --verify" in capsys.readouterr().err
