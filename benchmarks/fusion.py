@@ -43,7 +43,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 os.environ.setdefault("TVM_NUM_THREADS", "2")
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -55,6 +54,7 @@ import onnxslim
 import torch
 
 import graphpress as gp
+from _timing import blocked
 from graphpress.ir.io import MAX_IR_VERSION
 from graphpress.ir.numeric import run as ort_reference
 from graphpress.passes import PassManager, build_passes
@@ -116,26 +116,6 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _blocked(fns: dict, repeat: int) -> dict[str, float]:
-    """Median ms per engine: runs in blocks (A B C D, then D C B A, ``repeat/2`` calls each).
-
-    ORT's spinning intra-op threads (its best setting) take the cores from whatever runs next,
-    so one-call-each interleaving would charge each session for its neighbour's spinning.
-    """
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    half = max(1, repeat // 2)
-    for order in (list(fns), list(fns)[::-1]):
-        for key in order:
-            fn = fns[key]
-            for _ in range(2):
-                fn()
-            for _ in range(half):
-                start = time.perf_counter()
-                fn()
-                times[key].append((time.perf_counter() - start) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def bench_model(name: str, factory, repeat: int, tvm_repeat: int, workdir: Path) -> dict:
     from graphpress.backends import tvm as gtvm
 
@@ -159,7 +139,7 @@ def bench_model(name: str, factory, repeat: int, tvm_repeat: int, workdir: Path)
         row["max_abs_diff"][tool] = max(float(np.abs(g - r).max()) for g, r in zip(got, reference.values()))
         paths[tool] = out
     sessions = {tool: _session(path) for tool, path in paths.items()}
-    row["ort_ms"] = _blocked({tool: (lambda s=s: s.run(outputs, feeds)) for tool, s in sessions.items()}, repeat)
+    row["ort_ms"] = blocked({tool: (lambda s=s: s.run(outputs, feeds)) for tool, s in sessions.items()}, repeat)
 
     # TVM: the exported graph after `cleanup` (what TVM needs to import it; nothing fused) vs the
     # fused graph, no tuning databases on either side
@@ -176,8 +156,8 @@ def bench_model(name: str, factory, repeat: int, tvm_repeat: int, workdir: Path)
         "graphpress": f"{fused_db.meta['build']['scheduled_kernels']}/{fused_db.meta['build']['kernels']}",
     }
     row["tvm_max_abs_diff"] = float(np.abs(fused(*ordered)[0] - next(iter(reference.values()))).max())
-    row["tvm_ms"] = _blocked({"exported": lambda: unfused(*ordered), "graphpress": lambda: fused(*ordered)}, tvm_repeat)
-    row["tvm_db_ms"] = _blocked({"exported": lambda: unfused_db(*ordered), "graphpress": lambda: fused_db(*ordered)}, repeat)
+    row["tvm_ms"] = blocked({"exported": lambda: unfused(*ordered), "graphpress": lambda: fused(*ordered)}, tvm_repeat)
+    row["tvm_db_ms"] = blocked({"exported": lambda: unfused_db(*ordered), "graphpress": lambda: fused_db(*ordered)}, repeat)
     print(json.dumps({k: row[k] for k in ("model", "nodes", "ort_ms", "tvm_ms", "max_abs_diff")}), flush=True)
     return row
 

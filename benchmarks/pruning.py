@@ -29,16 +29,14 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 os.environ.setdefault("TVM_NUM_THREADS", "2")
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 import torch
 
 import graphpress as gp
+from _timing import blocked
 from graphpress.ir.io import to_proto
 from graphpress.passes import PassManager, build_passes
 from graphpress.passes.pruning import apply_plan, apply_plan_to_module, plan_pruning
@@ -69,20 +67,6 @@ def _models() -> dict:
     }
 
 
-def _blocked(fns: dict, repeat: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    half = max(1, repeat // 2)
-    for order in (list(fns), list(fns)[::-1]):
-        for key in order:
-            for _ in range(2):
-                fns[key]()
-            for _ in range(half):
-                start = time.perf_counter()
-                fns[key]()
-                times[key].append((time.perf_counter() - start) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
 def _ort(model, path: Path):
     gp.save(model, path)
     opts = ort.SessionOptions()
@@ -108,14 +92,14 @@ def bench_model(name, factory, ratios, repeat, tvm_repeat, use_tvm, workdir: Pat
         variants[f"{int(ratio * 100)}%"] = model
         plans[f"{int(ratio * 100)}%"] = plan
     sessions = {k: _ort(m, workdir / f"{name}-{k[:-1]}.onnx") for k, m in variants.items()}
-    ort_ms = _blocked({k: (lambda s=s: s.run(None, feeds)) for k, s in sessions.items()}, repeat)
+    ort_ms = blocked({k: (lambda s=s: s.run(None, feeds)) for k, s in sessions.items()}, repeat)
     tvm_ms = {}
     if use_tvm:
         from graphpress.backends import tvm as gtvm
 
         compiled = {k: gtvm.compile_model(m, "x86", shipped_databases=False, database=workdir / "empty-db") for k, m in variants.items()}
         ordered = [feeds[i["name"]] for i in compiled["0%"].meta["inputs"]]
-        tvm_ms = _blocked({k: (lambda c=c: c(*ordered)) for k, c in compiled.items()}, tvm_repeat)
+        tvm_ms = blocked({k: (lambda c=c: c(*ordered)) for k, c in compiled.items()}, tvm_repeat)
     rows = []
     base_summary = gp.summarize(base)
     for key, model in variants.items():
@@ -147,7 +131,7 @@ def ir_copy(model):
 
 def digits_part(ratios, finetune_epochs: int) -> list[dict]:
     from graphpress.ir.numeric import run
-    from graphpress.models.cnn import accuracy, train_digits_cnn
+    from graphpress.models.cnn import accuracy, fit, train_digits_cnn
 
     module, data = train_digits_cnn(epochs=8)
     x_test = torch.from_numpy(data.x_test)
@@ -163,28 +147,13 @@ def digits_part(ratios, finetune_epochs: int) -> list[dict]:
         # the same plan on the torch module, then a short fine-tune
         pruned_module, _ = train_digits_cnn(epochs=8)
         apply_plan_to_module(pruned_module, plan)
-        _finetune(pruned_module, data, finetune_epochs)
+        fit(pruned_module, data, finetune_epochs, lr=1e-3, seed=1)
         with torch.no_grad():
             tuned = accuracy(pruned_module(x_test).numpy(), data.y_test)
         row = {"ratio": f"{int(ratio * 100)}%", "params": gp.summarize(model).params, "accuracy": acc, "finetuned_accuracy": tuned}
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
-
-
-def _finetune(module, data, epochs: int) -> None:
-    opt = torch.optim.Adam(module.parameters(), lr=1e-3)
-    x, y = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
-    gen = torch.Generator().manual_seed(1)
-    module.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), 64):
-            idx = perm[i : i + 64]
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(module(x[idx]), y[idx]).backward()
-            opt.step()
-    module.eval()
 
 
 def main() -> None:

@@ -26,18 +26,16 @@ import argparse
 import inspect
 import json
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
 import graphpress as gp
+from _timing import blocked
 from graphpress.ir.io import to_proto
 from graphpress.passes import PassManager, build_passes
 
@@ -58,20 +56,6 @@ def _session(path: Path) -> ort.InferenceSession:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def _blocked(fns: dict, repeat: int) -> dict[str, float]:
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    half = max(1, repeat // 2)
-    for order in (list(fns), list(fns)[::-1]):
-        for key in order:
-            for _ in range(2):
-                fns[key]()
-            for _ in range(half):
-                start = time.perf_counter()
-                fns[key]()
-                times[key].append((time.perf_counter() - start) * 1e3)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _graphpress(model, spec: str, calibration=None):
@@ -212,7 +196,7 @@ def speed(workdir: Path, repeat: int) -> list[dict]:
                 paths[label] = dst
         sessions = {k: _session(p) for k, p in paths.items()}
         ref = sessions["ORT fp32"].run(None, feeds)[0]
-        ms = _blocked({k: (lambda s=s: s.run(None, feeds)) for k, s in sessions.items()}, repeat)
+        ms = blocked({k: (lambda s=s: s.run(None, feeds)) for k, s in sessions.items()}, repeat)
         for key, sess in sessions.items():
             out = sess.run(None, feeds)[0]
             cos = float((out.ravel() @ ref.ravel()) / np.linalg.norm(out) / np.linalg.norm(ref))

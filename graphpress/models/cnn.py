@@ -59,7 +59,13 @@ def train_digits_cnn(epochs: int = 8, seed: int = 0, width: int = 32) -> tuple[D
     torch.manual_seed(seed)
     data = digits_data(seed)
     model = DigitsCNN(width)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    fit(model, data, epochs, lr=3e-3, seed=seed)
+    return model, data
+
+
+def fit(model: nn.Module, data: DigitsData, epochs: int, *, lr: float = 3e-3, seed: int = 0) -> nn.Module:
+    """Train (or fine-tune) ``model`` on the digits training split with Adam, batches of 64."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     x = torch.from_numpy(data.x_train)
     y = torch.from_numpy(data.y_train)
     gen = torch.Generator().manual_seed(seed)
@@ -73,7 +79,7 @@ def train_digits_cnn(epochs: int = 8, seed: int = 0, width: int = 32) -> tuple[D
             loss.backward()
             opt.step()
     model.eval()
-    return model, data
+    return model
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -116,7 +116,6 @@ def minilm_model():
 def test_minilm_heads_and_ffn_neurons(minilm_model):
     model, feeds = minilm_model
     plan, layers = prune_and_check(model, feeds, ratio=0.5)
-    inits = model.graph.initializers
     q, o = "bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.0.attention.output.dense"
     # whole heads: 6 of 12 heads of 32 dims kept in Q/K/V columns and in the output projection's rows
     head_group = next(g for g in plan.groups if q in g["sources"])

@@ -13,7 +13,7 @@ import graphpress as gp
 from graphpress.cli import main
 from graphpress.ir import numeric
 from graphpress.models.cnn import accuracy
-from graphpress.passes import InvariantInstrument, NumericInstrument, PassManager, build_passes
+from graphpress.passes import InvariantInstrument, PassManager, build_passes
 
 
 def _cnn(digits_cnn):

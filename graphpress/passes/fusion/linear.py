@@ -18,7 +18,6 @@ Transpose/Reshape chains, Pad folded into Conv and pooling pads.
 from __future__ import annotations
 
 import numpy as np
-import onnx_ir as ir
 from onnxscript.rewriter.rules.common import (
     fuse_pad_into_conv_rule,
     matmul_add_to_gemm_rule,
