@@ -1,0 +1,163 @@
+"""int8 kernels for x86 with AVX-512 VNNI: the building block of the int8 TVM path (issue #6).
+
+TVM 0.27 ships a ``dot_16x4_vnni`` tensor intrinsic whose implementation no longer matches
+LLVM 22's ``llvm.x86.avx512.vpdpbusd.512`` signature (the last two operands are now
+``<64 x i8>``), so MetaSchedule's VNNI candidates fail to build and the slow code is kept
+silently. :func:`register_vnni_intrinsic` registers a replacement (``dot_16x4_vnni_fixed``)
+that reinterprets the operands; :func:`vnni_space` is a MetaSchedule search space that tiles
+with it first. The weight must be packed so that a 16 x 4 block is contiguous
+(:func:`pack_dense_weight`: ``[N, K] -> [N/16, K/4, 16, 4]``), otherwise nothing tensorizes.
+
+:func:`tune_int8_dense` builds ``C[M, N] = A[M, K] (uint8) x B[N, K]^T (int8) -> int32``,
+tunes it and reports how many 512-bit ``vpdpbusd`` instructions the assembly contains
+(tensorization failures are only warnings in TVM, so the count is the proof).
+
+Lowering QDQ graphs onto these kernels (packing, requantization, fusion with bias and
+activation, the per-node "slower than fp32 stays fp32" guard) is not built yet.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["VNNI_INTRIN", "pack_dense_weight", "register_vnni_intrinsic", "tune_int8_dense", "vnni_space", "zmm_vpdpbusd_count"]
+
+VNNI_INTRIN = "dot_16x4_vnni_fixed"
+_registered = False
+
+
+def register_vnni_intrinsic() -> str:
+    """Register the fixed u8 x s8 -> s32 16x4 VNNI intrinsic once; returns its name."""
+    global _registered
+    if _registered:
+        return VNNI_INTRIN
+    from tvm.s_tir import TensorIntrin
+    from tvm.s_tir.tensor_intrin.x86 import dot_product_16x4_u8i8i32_desc
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def vnni_impl(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16), dtype="uint8x64")
+            b = B.vload([0, 0], dtype="int8x64")
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), C.vload([0], dtype="int32x16"), a, b, dtype="int32x16"
+            )
+
+    try:
+        TensorIntrin.register(VNNI_INTRIN, dot_product_16x4_u8i8i32_desc, vnni_impl)
+    except Exception as e:  # already registered in this process by someone else
+        if "already" not in str(e).lower():
+            raise
+    _registered = True
+    return VNNI_INTRIN
+
+
+def vnni_space():
+    """MetaSchedule space: multi-level tiling with the fixed VNNI intrinsic, then vectorize/unroll."""
+    from tvm.s_tir import meta_schedule as ms
+
+    register_vnni_intrinsic()
+    rules = [
+        ms.schedule_rule.MultiLevelTilingWithIntrin(
+            VNNI_INTRIN,
+            structure="SSRSRS",
+            tile_binds=None,
+            max_innermost_factor=64,
+            vector_load_lens=None,
+            reuse_read=None,
+            reuse_write=ms.schedule_rule.ReuseType(req="may", levels=[1, 2], scope="global"),
+        ),
+        ms.schedule_rule.ParallelizeVectorizeUnroll(max_jobs_per_core=16, max_vectorize_extent=64, unroll_max_steps=[0, 16, 64, 512], unroll_explicit=True),
+    ]
+    postprocs = [
+        ms.postproc.DisallowDynamicLoop(),
+        ms.postproc.RewriteParallelVectorizeUnroll(),
+        ms.postproc.RewriteReductionBlock(),
+        ms.postproc.RewriteTensorize(vectorize_init_loop=True),
+    ]
+    return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=postprocs, mutator_probs={ms.mutator.MutateTileSize(): 0.9, ms.mutator.MutateUnroll(): 0.1})
+
+
+def pack_dense_weight(weight: np.ndarray) -> np.ndarray:
+    """``[N, K]`` int8 -> ``[N/16, K/4, 16, 4]`` (N % 16 == 0, K % 4 == 0)."""
+    n, k = weight.shape
+    if n % 16 or k % 4:
+        raise ValueError(f"dense weight {weight.shape}: N must be a multiple of 16 and K of 4 for VNNI packing")
+    return np.ascontiguousarray(weight.reshape(n // 16, 16, k // 4, 4).transpose(0, 2, 1, 3))
+
+
+def _dense_module(m: int, n: int, k: int):
+    import tvm
+    from tvm import te
+
+    a = te.placeholder((m, k), "uint8", name="A")
+    b = te.placeholder((n // 16, k // 4, 16, 4), "int8", name="B")
+    r = te.reduce_axis((0, k), name="k")
+    c = te.compute((m, n), lambda i, j: te.sum(a[i, r].astype("int32") * b[j // 16, r // 4, j % 16, r % 4].astype("int32"), axis=r), name="C")
+    return tvm.IRModule({"main": te.create_prim_func([a, b, c])})
+
+
+def zmm_vpdpbusd_count(asm: str) -> int:
+    """512-bit VNNI dot products in an assembly listing (LLVM emits a few xmm ones on its own)."""
+    return len(re.findall(r"vpdpbusd\s+[^\n]*zmm", asm))
+
+
+def tune_int8_dense(m: int, n: int, k: int, *, trials: int, work_dir: str | Path, target: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Tune and build the packed u8 x s8 dense; returns the callable, the assembly count and timings."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    from graphpress.backends.tvm.targets import resolve_target
+
+    spec = resolve_target(target or "x86")
+    tvm_target = spec.tvm_target()
+    mod = _dense_module(m, n, k)
+    start = time.perf_counter()
+    database = ms.tune_tir(
+        mod,
+        tvm_target,
+        str(work_dir),
+        max_trials_global=trials,
+        num_trials_per_iter=min(8, trials),
+        space=vnni_space(),
+        builder=ms.builder.LocalBuilder(timeout_sec=120),
+        runner=ms.runner.LocalRunner(timeout_sec=60),
+    )
+    sch = ms.tir_integration.compile_tir(database, mod, tvm_target)
+    tuning_s = time.perf_counter() - start
+    if sch is None:
+        raise RuntimeError(f"int8 dense {m}x{n}x{k}: no valid candidate in {trials} trials")
+    lib = tvm.compile(sch.mod, target=tvm_target)
+    asm = lib.mod.inspect_source("asm")
+    return {"kernel": lib, "zmm_vpdpbusd": zmm_vpdpbusd_count(asm), "tuning_seconds": round(tuning_s, 1), "shape": (m, n, k)}
+
+
+def run_int8_dense(kernel, a: np.ndarray, packed_b: np.ndarray, repeat: int = 0) -> tuple[np.ndarray, float | None]:
+    """Run a kernel from :func:`tune_int8_dense`; with ``repeat`` also the median milliseconds."""
+    import tvm
+
+    dev = tvm.cpu()
+    m, n = a.shape[0], packed_b.shape[0] * 16
+    ta, tb, tc = tvm.runtime.tensor(a, dev), tvm.runtime.tensor(packed_b, dev), tvm.runtime.tensor(np.zeros((m, n), "int32"), dev)
+    kernel(ta, tb, tc)
+    ms_ = None
+    if repeat:
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            kernel(ta, tb, tc)
+            times.append((time.perf_counter() - t0) * 1e3)
+        ms_ = float(np.median(times))
+    return tc.numpy(), ms_
