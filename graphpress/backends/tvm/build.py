@@ -104,6 +104,9 @@ def _schedule_cpu(mod, spec: TargetSpec, tune_trials: int, max_trials_per_task: 
         _, tasks = _kernels(mod)
         stats["kernels"] = len(tasks)
         if tune_trials > 0:
+            from graphpress.backends.tvm.int8 import drop_unnamed_tuning_log_handlers
+
+            drop_unnamed_tuning_log_handlers()
             per_task = max_trials_per_task or max(1, tune_trials // max(1, len(tasks)))
             start = time.perf_counter()
             ms.relax_integration.tune_relax(

@@ -114,6 +114,18 @@ def zmm_vpdpbusd_count(asm: str) -> int:
     return len(re.findall(r"vpdpbusd\s+[^\n]*zmm", asm))
 
 
+def drop_unnamed_tuning_log_handlers() -> None:
+    """MetaSchedule (TVM 0.27) re-lists the handlers of its global logger by name when it sets up
+    a tuning run; a handler without a name (left by an earlier run in the same process) makes
+    that crash with ``'NoneType' object has no attribute 'format'``."""
+    import logging
+
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    for handler in list(logger.handlers):
+        if handler.get_name() is None:
+            logger.removeHandler(handler)
+
+
 def tune_int8_dense(m: int, n: int, k: int, *, trials: int, work_dir: str | Path, target: dict[str, Any] | None = None) -> dict[str, Any]:
     """Tune and build the packed u8 x s8 dense; returns the callable, the assembly count and timings."""
     import tvm
@@ -124,6 +136,7 @@ def tune_int8_dense(m: int, n: int, k: int, *, trials: int, work_dir: str | Path
     spec = resolve_target(target or "x86")
     tvm_target = spec.tvm_target()
     mod = _dense_module(m, n, k)
+    drop_unnamed_tuning_log_handlers()
     start = time.perf_counter()
     database = ms.tune_tir(
         mod,
