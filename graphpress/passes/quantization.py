@@ -143,6 +143,7 @@ def _weight_only(model: ir.Model, ops: list[str], exclude: list[str]) -> int:
     """int8 per-output-channel symmetric weights + DequantizeLinear for MatMul/Gemm/Conv/Gather constants."""
     graph = model.graph
     count = 0
+    done: dict[str, ir.Value] = {}  # weight name -> its DequantizeLinear output (shared weights)
     for node in list(graph):
         if node.op_type not in (*ops, "Gather") or any(e in node.name for e in exclude):
             continue
@@ -150,6 +151,9 @@ def _weight_only(model: ir.Model, ops: list[str], exclude: list[str]) -> int:
         if len(node.inputs) <= index or node.inputs[index] is None:
             continue
         w = node.inputs[index]
+        if w.name in done:
+            node.replace_input_with(index, done[w.name])
+            continue
         if w.const_value is None or not w.is_initializer() or w.const_value.dtype != ir.DataType.FLOAT or len(w.const_value.shape) < 2:
             continue
         arr = w.const_value.numpy()
@@ -172,6 +176,7 @@ def _weight_only(model: ir.Model, ops: list[str], exclude: list[str]) -> int:
         dq.outputs[0].type = w.type
         graph.insert_before(node, dq)
         node.replace_input_with(index, dq.outputs[0])
+        done[w.name] = dq.outputs[0]
         count += 1
     for name in [n for n, v in graph.initializers.items() if not v.uses() and not v.is_graph_output()]:
         graph.initializers.pop(name)

@@ -122,3 +122,24 @@ def test_cli_calibrates_on_given_inputs(tmp_path, cnn_onnx, digits_cnn, capsys):
     assert stats["calibration"] == "given"
     assert main(["optimize", str(cnn_onnx), "-o", str(out), "--passes", "cleanup", "--inputs", str(npz)]) == 2
     assert "add --verify" in capsys.readouterr().err
+
+
+def test_weight_only_shared_weight_is_quantized_once():
+    from onnx import TensorProto, helper
+
+    from tests.conftest import make_model, tensor
+
+    w = np.random.default_rng(0).standard_normal((8, 8)).astype(np.float32)
+    proto = make_model(
+        [helper.make_node("MatMul", ["x", "w"], ["h"], name="a"), helper.make_node("MatMul", ["h", "w"], ["y"], name="b")],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [tensor("w", w)],
+    )
+    model = gp.load(proto)
+    feeds = numeric.make_inputs(model, seed=0)
+    ref = numeric.run(model, feeds)["y"]
+    stats = _quantize(model, "quantize:mode=weight_only")
+    assert stats["weights"] == 1 and [n.op_type for n in model.graph].count("DequantizeLinear") == 1
+    got = numeric.run(model, feeds)["y"]
+    assert np.abs(got - ref).max() <= 0.02 * np.abs(ref).max()

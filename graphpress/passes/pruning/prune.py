@@ -198,7 +198,10 @@ def apply_plan(model: ir.Model, plan: PrunePlan) -> dict[str, Any]:
         target = shape_value.const_value.numpy().copy()
         if target[axis] > 0:
             target[axis] = int(plan.keep_mask(ids).sum()) * repeat
-            new = ir.Value(name=f"{shape_value.name}_pruned", const_value=ir.tensor(target))
+            name = f"{shape_value.name}_pruned"
+            while name in graph.initializers:  # the same shape constant may feed several Reshapes
+                name += "_"
+            new = ir.Value(name=name, const_value=ir.tensor(target))
             new.shape = ir.Shape(target.shape)
             new.type = ir.TensorType(ir.DataType.INT64)
             graph.register_initializer(new)
