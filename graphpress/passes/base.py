@@ -66,7 +66,8 @@ def describe_option(field: dataclasses.Field) -> str:
         limits = " one of " + "|".join(map(str, meta["choices"]))
     elif meta.get("min") is not None or meta.get("max") is not None:
         limits = f" in [{meta.get('min', '-inf')}, {meta.get('max', 'inf')}]"
-    return f"{field.name} ({t.__name__}{limits}, default {field.default})"
+    # a trailing underscore only avoids a Python keyword (``global_``): SPECs write ``global``
+    return f"{field.name.rstrip('_')} ({t.__name__}{limits}, default {field.default})"
 
 
 def convert_option(pass_name: str, field: dataclasses.Field, raw: Any) -> Any:
@@ -133,6 +134,7 @@ class Pass(ir.passes.InPlacePass):
     def __init__(self, **options: Any) -> None:
         super().__init__()
         fields = {f.name: f for f in dataclasses.fields(self.Options)}
+        options = {(f"{k}_" if k not in fields and f"{k}_" in fields else k): v for k, v in options.items()}
         unknown = [k for k in options if k not in fields]
         if unknown:
             valid = ", ".join(describe_option(f) for f in fields.values()) or "none"
