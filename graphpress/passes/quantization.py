@@ -31,7 +31,6 @@ import dataclasses
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,6 +41,7 @@ import onnx_ir.passes.common  # noqa: F401  (ir.passes.common)
 from graphpress.errors import GraphpressError
 from graphpress.ir.io import MAX_IR_VERSION, to_proto
 from graphpress.passes.base import Pass, PassResult, option
+from graphpress.passes.pruning.prune import output_similarity
 from graphpress.passes.registry import register
 
 __all__ = ["Quantize", "layer_errors", "quantize_model"]
@@ -50,11 +50,10 @@ QUANTIZABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def _x86_has_vnni() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True
-    return "avx512_vnni" in flags or "avx_vnni" in flags
+    from graphpress.backends.tvm.targets import _cpu_flags
+
+    flags = _cpu_flags()
+    return not flags or bool({"avx512_vnni", "avx_vnni"} & flags)
 
 
 class _Reader:
@@ -231,12 +230,6 @@ def _quantized_layers(model: ir.Model, ops: Iterable[str]) -> list[ir.Node]:
     return out
 
 
-def output_cosine(reference: ir.Model, feeds: Mapping[str, np.ndarray]) -> Callable[[ir.Model], float]:
-    from graphpress.passes.pruning.prune import output_similarity
-
-    return output_similarity(reference, dict(feeds))
-
-
 @register
 class Quantize(Pass):
     """Quantize to standard QDQ (static), dynamic int8, weight-only int8 or fp16; see the module docstring."""
@@ -279,7 +272,7 @@ class Quantize(Pass):
             calibration = [make_inputs(model, seed=o.seed + i) for i in range(o.samples)]
         fp32 = ir.serde.deserialize_model(to_proto(model))
         probe_feeds = dict(calibration[0]) if calibration else make_inputs(model, seed=o.seed)
-        metric = self.metric or output_cosine(fp32, probe_feeds)
+        metric = self.metric or output_similarity(fp32, probe_feeds)
         baseline = metric(fp32)
 
         def attempt(excluded: list[str]) -> tuple[ir.Model, dict[str, Any]]:
@@ -296,17 +289,19 @@ class Quantize(Pass):
         errors = layer_errors(fp32, candidate, outputs, probe_feeds) if outputs and o.mode in ("static", "dynamic") else {}
         fallback = 0
         while o.tolerance > 0 and value < baseline - o.tolerance and fallback < o.max_fallback:
-            ranked = sorted((e["sqnr_db"], name) for name, e in errors.items() if _producer_name(candidate, name) not in excluded)
+            producers = _producer_names(candidate)
+            ranked = sorted((e["sqnr_db"], name) for name, e in errors.items() if producers.get(name, name) not in excluded)
             if not ranked:
                 break
-            worst = _producer_name(candidate, ranked[0][1])
+            worst = producers.get(ranked[0][1], ranked[0][1])
             excluded.append(worst)
             decisions[worst] = {"decision": "fp32", "reason": f"lowest SQNR ({ranked[0][0]} dB) while the metric was {value:.5f}"}
             fallback += 1
             candidate, info = attempt(excluded)
             value = metric(candidate)
+        fp32_producers = _producer_names(fp32)
         for name, e in errors.items():
-            node = _producer_name(fp32, name)
+            node = fp32_producers.get(name, name)
             decisions.setdefault(node, {"decision": "int8" if node not in excluded else "fp32"})
             decisions[node].update(e)
         _replace_contents(model, to_proto(candidate))
@@ -328,9 +323,6 @@ def _value_names(model: ir.Model) -> set[str]:
     return {out.name for node in model.graph for out in node.outputs}
 
 
-def _producer_name(model: ir.Model, value_name: str) -> str:
-    for node in model.graph:
-        for out in node.outputs:
-            if out.name == value_name:
-                return node.name
-    return value_name
+def _producer_names(model: ir.Model) -> dict[str, str]:
+    """Value name -> name of the node producing it."""
+    return {out.name: node.name for node in model.graph for out in node.outputs}

@@ -339,8 +339,6 @@ class Prune(Pass):
         seed: int = option(0, help="seed for random importance and calibration inputs", min=0)
 
     def __init__(self, **options: Any) -> None:
-        if "global" in options:
-            options["global_"] = options.pop("global")
         super().__init__(**options)
         if self.options.mode == "nm" and self.options.n >= self.options.m:
             raise SpecError(f"pass 'prune': n={self.options.n} must be smaller than m={self.options.m}")
