@@ -92,6 +92,15 @@ TOLERANCES: dict[str, dict[str, Tolerance]] = {
         "bfloat16": Tolerance(2e-2, 2e-2, 0.99),
         "int": _EXACT,
     },
+    # weight sharing (k-means codebooks, near-duplicate merges): lossy like quantization,
+    # judged by the outputs' direction
+    "sharing": {
+        "float64": Tolerance(math.inf, math.inf, 0.99),
+        "float32": Tolerance(math.inf, math.inf, 0.99),
+        "float16": Tolerance(math.inf, math.inf, 0.99),
+        "bfloat16": Tolerance(math.inf, math.inf, 0.98),
+        "int": Tolerance(math.inf, math.inf, 0.0),
+    },
     "quantization": {
         "float64": Tolerance(math.inf, math.inf, 0.99),
         "float32": Tolerance(math.inf, math.inf, 0.99),

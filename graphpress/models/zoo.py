@@ -85,3 +85,33 @@ class TinyUNet(nn.Module):
         y = self.u2(torch.cat([self.up2(b), s2], 1))
         y = self.u1(torch.cat([self.up1(y), s1], 1))
         return self.head(y)
+
+
+class TinyGPT(nn.Module):
+    """A small GPT-style decoder whose LM head is tied to the token embedding (``lm_head.weight is
+    wte.weight``). Input: token ids ``[N, T]`` (int64); output: logits ``[N, T, vocab]``.
+
+    The legacy ONNX exporter writes the tied matrix twice (once for the Gather, once transposed
+    for the MatMul): the case ``dedup``'s layout-equivalent merging exists for.
+    """
+
+    def __init__(self, vocab: int = 512, dim: int = 64, layers: int = 2, heads: int = 4, context: int = 32):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, dim)
+        self.wpe = nn.Embedding(context, dim)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim * 4, dropout=0.0, batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        for param in self.blocks.parameters():  # the layers start as copies of one: make them differ
+            if param.dim() > 1:
+                nn.init.normal_(param, std=0.05)
+        self.ln_f = nn.LayerNorm(dim)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+        self.lm_head.weight = self.wte.weight
+        self.register_buffer("causal", torch.triu(torch.full((context, context), float("-inf")), 1), persistent=False)
+
+    def forward(self, ids):
+        t = ids.shape[1]
+        pos = torch.arange(t, device=ids.device)
+        x = self.wte(ids) + self.wpe(pos)
+        x = self.blocks(x, mask=self.causal[:t, :t])
+        return self.lm_head(self.ln_f(x))

@@ -202,6 +202,8 @@ SMALL_CONSTANT_OF_SHAPE = 64
 
 
 def _fold_small_constant_of_shape(node: ir.Node) -> bool | None:
+    if "graphpress.share" in node.metadata_props:
+        return False  # weight-sharing lookups stay: folding them would undo the compression
     if node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx") and node.inputs and node.inputs[0] is not None:
         shape = node.inputs[0].const_value
         if shape is not None and int(np.prod(shape.numpy())) <= SMALL_CONSTANT_OF_SHAPE:

@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 #: Order of tolerance families from strictest to loosest (a pipeline is judged by its loosest pass).
-FAMILY_ORDER = ("exact", "cleanup", "fusion", "pruning", "quantization")
+FAMILY_ORDER = ("exact", "cleanup", "fusion", "pruning", "sharing", "quantization")
 
 
 @dataclasses.dataclass
@@ -56,9 +56,13 @@ class PassRecord:
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
     iteration: int = 0
     verification: dict[str, Any] | None = None
+    #: bytes of all initializers after the pass (the model's size as it would be stored)
+    weight_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = {"name": self.name, "seconds": round(self.seconds, 6), "modified": self.modified, "stats": self.stats, "options": self.options}
+        if self.weight_bytes is not None:
+            d["weight_bytes"] = self.weight_bytes
         if self.iteration:
             d["iteration"] = self.iteration
         if self.verification is not None:
@@ -210,6 +214,10 @@ class DumpInstrument(Instrument):
         save(model, self.directory / f"{self.count:02d}_{record.name}.onnx")
 
 
+def _weight_bytes(model: ir.Model) -> int:
+    return sum(v.const_value.nbytes for g in model.graphs() for v in g.initializers.values() if v.const_value is not None)
+
+
 class PassManager:
     """Run passes in order with instruments.
 
@@ -268,6 +276,7 @@ class PassManager:
                 result = pass_(model)
                 record.modified = bool(result.modified)
                 record.stats = dict(getattr(result, "stats", {}) or {})
+                record.weight_bytes = _weight_bytes(model)
                 for inst in self.instruments:
                     inst.after_pass(pass_, model, result, record)
                 records.append(record)

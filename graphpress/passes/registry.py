@@ -70,7 +70,9 @@ def all_passes() -> dict[str, type[Pass]]:
 def _load_builtin() -> None:
     # Importing the modules registers their passes.
     import graphpress.passes.cleanup  # noqa: F401
+    import graphpress.passes.dedup  # noqa: F401
     import graphpress.passes.fold_batchnorm  # noqa: F401
     import graphpress.passes.fusion  # noqa: F401
     import graphpress.passes.pruning  # noqa: F401
     import graphpress.passes.quantization  # noqa: F401
+    import graphpress.passes.share  # noqa: F401

@@ -153,14 +153,19 @@ def prepare_for_lowering(model: ir.Model, spec: str = PREPARE_SPEC) -> tuple[ir.
     from graphpress.ir.io import to_proto
     from graphpress.passes import InvariantInstrument, PassManager, build_passes
 
+    from graphpress.passes.share import TAG, Unshare
+
     copy = ir.serde.deserialize_model(to_proto(model))
     inlined = len(copy.functions)
     if inlined:
         common_passes.InlinePass()(copy)
         common_passes.RemoveUnusedFunctionsPass()(copy)
+    # weight-sharing lookups (codebook[indices]) become dense weights again: the dense kernels
+    # are what TVM schedules, and a lookup per inference only adds work (benchmarks/compression.py)
+    unshared = Unshare()(copy).stats["folded_lookups"] if any(TAG in n.metadata_props for n in copy.graph) else 0
     result = PassManager(build_passes(spec), [InvariantInstrument()]).run(copy) if spec else None
     stats = result.stats() if result is not None else {}
-    return copy, {"spec": spec, "folded_bn": stats.get("folded_bn", 0), "inlined_functions": inlined}
+    return copy, {"spec": spec, "folded_bn": stats.get("folded_bn", 0), "inlined_functions": inlined, "unshared_lookups": unshared}
 
 
 def compile_model(
