@@ -11,7 +11,7 @@ stored. The report says how many bytes each codec ended up holding.
 Because the segments are a partition of the original bytes, unpacking is bit-exact by
 construction; both commands check the SHA-256 of the whole model and refuse on a mismatch.
 
-File layout: ``b"GPPACK\\x01"``, a little-endian u32 header length, the header (JSON:
+File layout: ``b"GPPACK\\x01"``, a little-endian u32 header length, the header (zlib-compressed JSON:
 ``size``, ``sha256``, ``segments: [{kind, length, codec, shuffle, stored}]``), then the
 compressed segments in order.
 """
@@ -41,14 +41,17 @@ MAGIC = b"GPPACK\x01"
 #: tensors smaller than this stay in the protobuf segments
 MIN_TENSOR_BYTES = 256
 
+#: raw LZMA2 streams (no xz container: its ~60 bytes per stream add up over many tensors)
+_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9}]
+
 _COMPRESS = {
-    "lzma": lambda b: lzma.compress(b, preset=9),
+    "lzma": lambda b: lzma.compress(b, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS),
     "bz2": lambda b: bz2.compress(b, 9),
     "zlib": lambda b: zlib.compress(b, 9),
     "huffman": huffman.encode,
     "store": lambda b: b,
 }
-_DECOMPRESS = {"lzma": lzma.decompress, "bz2": bz2.decompress, "zlib": zlib.decompress, "huffman": huffman.decode, "store": lambda b: b}
+_DECOMPRESS = {"lzma": lambda b: lzma.decompress(b, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS), "bz2": bz2.decompress, "zlib": zlib.decompress, "huffman": huffman.decode, "store": lambda b: b}
 
 
 @dataclasses.dataclass
@@ -158,10 +161,22 @@ def _best(chunk: bytes, itemsize: int) -> tuple[str, int, bytes]:
 
 
 def pack_bytes(data: bytes, where: str = "model") -> tuple[bytes, PackReport]:
-    """Pack the bytes of an ``.onnx`` file; returns the packed bytes and the sizes."""
+    """Pack the bytes of an ``.onnx`` file; returns the packed bytes and the sizes.
+
+    Two layouts are built and the smaller is kept: per-segment codecs, and the whole file as
+    one stream (small models, where per-stream overheads outweigh per-tensor codecs)."""
+    split = _pack(data, where, _segments(data, where))
+    whole = _pack(data, where, [])
+    packed, report = min(split, whole, key=lambda r: len(r[0]))
+    if unpack_bytes(packed, where) != data:  # pragma: no cover - a partition cannot lose bytes
+        raise GraphpressError(f"{where}: packing did not round-trip; please report this model")
+    return packed, report
+
+
+def _pack(data: bytes, where: str, tensors: list[tuple[int, int, int]]) -> tuple[bytes, PackReport]:
     parts: list[tuple[str, bytes, int]] = []  # (kind, bytes, itemsize)
     cursor = 0
-    for pos, length, itemsize in _segments(data, where):
+    for pos, length, itemsize in tensors:
         if pos > cursor:
             parts.append(("proto", data[cursor:pos], 1))
         parts.append(("tensor", data[pos : pos + length], itemsize))
@@ -188,13 +203,14 @@ def pack_bytes(data: bytes, where: str = "model") -> tuple[bytes, PackReport]:
         by_codec[codec] = by_codec.get(codec, 0) + len(blob)
         tensor_bytes += len(chunk)
         huff += huffman_bytes(chunk)
-    header = json.dumps(
-        {"format": 1, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "proto": header_proto, "segments": segments},
-        separators=(",", ":"),
-    ).encode()
+    header = zlib.compress(
+        json.dumps(
+            {"format": 1, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(), "proto": header_proto, "segments": segments},
+            separators=(",", ":"),
+        ).encode(),
+        9,
+    )
     packed = MAGIC + struct.pack("<I", len(header)) + header + b"".join(blobs)
-    if unpack_bytes(packed, where) != data:  # pragma: no cover - a partition cannot lose bytes
-        raise GraphpressError(f"{where}: packing did not round-trip; please report this model")
     report = PackReport(len(data), len(packed), sum(1 for p in parts if p[0] == "tensor"), tensor_bytes, by_codec, huff)
     return packed, report
 
@@ -206,7 +222,7 @@ def unpack_bytes(packed: bytes, where: str = "packed file") -> bytes:
     (hlen,) = struct.unpack_from("<I", packed, len(MAGIC))
     start = len(MAGIC) + 4
     try:
-        header = json.loads(packed[start : start + hlen])
+        header = json.loads(zlib.decompress(packed[start : start + hlen]))
         cursor = start + hlen
         proto_info = header["proto"]
         proto_stream = _DECOMPRESS[proto_info["codec"]](packed[cursor : cursor + proto_info["stored"]])
