@@ -106,7 +106,7 @@ def test_cli_errors(capsys, digits_cnn, tmp_path, cnn_onnx):
     assert not (tmp_path / "x.onnx").exists()
     # pack of a model with external data, and of a missing file
     model = gp.load(cnn_onnx)
-    ext = gp.save(model, tmp_path / "ext" / "m.onnx", external_data=True)
+    ext = gp.save(model, tmp_path / "ext.onnx", external_data=True)
     assert main(["pack", str(ext), "-o", str(tmp_path / "e.gpk")]) == 2
     assert "external data" in capsys.readouterr().err
     assert main(["pack", str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "e.gpk")]) == 2
