@@ -23,7 +23,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import tempfile
@@ -35,6 +34,7 @@ import torch
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
 import graphpress as gp
+import _text
 from _timing import blocked
 from graphpress.ir.io import to_proto
 from graphpress.passes import PassManager, build_passes
@@ -97,32 +97,10 @@ def digits(workdir: Path) -> dict:
     return results
 
 
-def _sentences(n: int) -> list[str]:
-    import collections
-    import functools
-    import itertools
-    import json as json_mod
-    import pathlib
-    import re
-    import statistics as stats_mod
-    import string
-    import textwrap
-
-    out: list[str] = []
-    for mod in (str, list, dict, os, os.path, re, json_mod, collections, itertools, functools, pathlib, stats_mod, string, textwrap, inspect, tempfile):
-        for _, obj in sorted(vars(mod).items()) if hasattr(mod, "__dict__") else []:
-            doc = inspect.getdoc(obj) if callable(obj) else None
-            if doc:
-                line = doc.strip().splitlines()[0]
-                if 25 <= len(line) <= 200 and line not in out:
-                    out.append(line)
-    return out[:n]
-
-
 def minilm_accuracy(workdir: Path, n: int) -> dict:
     from graphpress.models.minilm import load_minilm, tokenize
 
-    sentences = _sentences(n)
+    sentences = _text.sentences(n)
     module = load_minilm().eval()
     toks = tokenize(sentences[:2], seq_len=64)
     model = gp.load(module, tuple(toks.values()), dynamic_batch=True)
@@ -136,25 +114,11 @@ def minilm_accuracy(workdir: Path, n: int) -> dict:
     embed = {}
     for key, path in (("fp32", src), ("graphpress dynamic (MatMul)", ours), ("ORT quantize_dynamic (default)", ort_dyn)):
         sess = _session(path)
-        chunks = []
-        for i in range(0, len(sentences), 32):
-            t = tokenize(sentences[i : i + 32], seq_len=64)
-            chunks.append(sess.run(None, dict(zip(names, [v.numpy() for v in t.values()])))[0])
-        e = np.concatenate(chunks)
-        embed[key] = e / np.linalg.norm(e, axis=1, keepdims=True)
-
-    def neighbours(e):
-        sim = e @ e.T
-        np.fill_diagonal(sim, -np.inf)
-        return sim.argmax(1)
-
-    ref_nn = neighbours(embed["fp32"])
+        embed[key] = _text.embed(lambda feeds, s=sess: s.run(None, feeds)[0], names, sentences)
     results = {"sentences": len(sentences)}
     for key, e in embed.items():
-        if key == "fp32":
-            continue
-        cos = (e * embed["fp32"]).sum(1)
-        results[key] = {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()), "nn_agreement": float((neighbours(e) == ref_nn).mean())}
+        if key != "fp32":
+            results[key] = _text.agreement(e, embed["fp32"])
     print(json.dumps({"minilm": results}), flush=True)
     return results
 

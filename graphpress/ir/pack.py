@@ -42,7 +42,7 @@ MAGIC = b"GPPACK\x01"
 MIN_TENSOR_BYTES = 256
 
 #: raw LZMA2 streams (no xz container: its ~60 bytes per stream add up over many tensors)
-_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9}]
+_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 6}]
 
 _COMPRESS = {
     "lzma": lambda b: lzma.compress(b, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS),
@@ -145,17 +145,45 @@ def _unshuffle(b: bytes, itemsize: int) -> bytes:
     return np.frombuffer(b, dtype=np.uint8).reshape(itemsize, -1).T.tobytes()
 
 
-def _best(chunk: bytes, itemsize: int) -> tuple[str, int, bytes]:
-    options = []
-    variants = [(0, chunk)]
+#: files up to this size also try the whole file as one stream
+WHOLE_FILE_MAX = 16 << 20
+#: tensors larger than this choose their codec on a sample of :data:`SAMPLE_BYTES`, then compress once
+SAMPLE_OVER = 1 << 20
+SAMPLE_BYTES = 256 << 10
+
+
+def _candidates(chunk: bytes, itemsize: int) -> list[tuple[str, int]]:
+    """(codec, shuffle) pairs worth trying on ``chunk``."""
+    out = [(codec, 0) for codec in ("lzma", "bz2", "zlib", "huffman")]
     if itemsize > 1 and len(chunk) % itemsize == 0:
-        variants.append((itemsize, _shuffle(chunk, itemsize)))
-    for shuffle, raw in variants:
-        for codec in ("lzma", "bz2", "zlib"):
-            options.append((codec, shuffle, _COMPRESS[codec](raw)))
-        # Huffman only where its size (computed without coding) can win
-        if huffman_bytes(raw) + 12 + len(raw) // huffman.BLOCK * 8 < min(len(o[2]) for o in options):
-            options.append(("huffman", shuffle, huffman.encode(raw)))
+        out += [(codec, itemsize) for codec in ("lzma", "bz2", "zlib", "huffman")]
+    return out
+
+
+def _encode(chunk: bytes, codec: str, shuffle: int) -> bytes:
+    return _COMPRESS[codec](_shuffle(chunk, shuffle) if shuffle else chunk)
+
+
+def _best(chunk: bytes, itemsize: int) -> tuple[str, int, bytes]:
+    """The smallest (codec, shuffle, encoded bytes) for ``chunk``; "store" when nothing helps.
+
+    Large chunks pick their codec on a sample from the middle, then are compressed once.
+    """
+    pairs = _candidates(chunk, itemsize)
+    if len(chunk) > SAMPLE_OVER:
+        step = max(itemsize, 1)
+        mid = (len(chunk) // 2 - SAMPLE_BYTES // 2) // step * step
+        sample = chunk[mid : mid + SAMPLE_BYTES]
+        codec, shuffle = min(pairs, key=lambda p: len(_encode(sample, *p)) if p[0] != "huffman" else huffman_bytes(_shuffle(sample, p[1]) if p[1] else sample))
+        pairs = [(codec, shuffle)]
+    options = []
+    for codec, shuffle in pairs:
+        if codec == "huffman":
+            raw = _shuffle(chunk, shuffle) if shuffle else chunk
+            # Huffman only where its size (computed without coding) can win
+            if options and huffman_bytes(raw) + 12 + len(raw) // huffman.BLOCK * 8 >= min(len(o[2]) for o in options):
+                continue
+        options.append((codec, shuffle, _encode(chunk, codec, shuffle)))
     options.append(("store", 0, chunk))
     return min(options, key=lambda o: len(o[2]))
 
@@ -163,11 +191,13 @@ def _best(chunk: bytes, itemsize: int) -> tuple[str, int, bytes]:
 def pack_bytes(data: bytes, where: str = "model") -> tuple[bytes, PackReport]:
     """Pack the bytes of an ``.onnx`` file; returns the packed bytes and the sizes.
 
-    Two layouts are built and the smaller is kept: per-segment codecs, and the whole file as
-    one stream (small models, where per-stream overheads outweigh per-tensor codecs)."""
+    Two layouts are built and the smaller is kept: per-segment codecs, and (files up to
+    :data:`WHOLE_FILE_MAX`) the whole file as one stream, for small models where per-stream
+    overheads outweigh per-tensor codecs."""
     split = _pack(data, where, _segments(data, where))
-    whole = _pack(data, where, [])
-    packed, report = min(split, whole, key=lambda r: len(r[0]))
+    layouts = [split, _pack(data, where, [])] if len(data) <= WHOLE_FILE_MAX else [split]
+    packed, report = min(layouts, key=lambda r: len(r[0]))
+    report.huffman_bytes = split[1].huffman_bytes  # the per-tensor comparison, whichever layout won
     if unpack_bytes(packed, where) != data:  # pragma: no cover - a partition cannot lose bytes
         raise GraphpressError(f"{where}: packing did not round-trip; please report this model")
     return packed, report

@@ -178,6 +178,8 @@ def compile_model(
     database: str | os.PathLike | None = None,
     shipped_databases: bool = True,
     prepare: str = PREPARE_SPEC,
+    int8: str = "auto",
+    int8_guard: bool = True,
 ) -> CompiledModel:
     """Compile ``model`` with TVM.
 
@@ -191,6 +193,11 @@ def compile_model(
         shipped_databases: also apply the databases shipped with graphpress.
         prepare: the pass SPEC run on a copy before lowering ("" runs none; the benchmarks
             compile unfused graphs that way).
+        int8: ``auto`` (x86 targets with AVX-512 VNNI on a host that has it), ``on`` or ``off``:
+            lower quantized dense layers (static QDQ MatMul/Gemm, MatMulInteger) onto VNNI
+            kernels (:mod:`graphpress.backends.tvm.quantized`).
+        int8_guard: time each int8 kernel against the fp32 kernel of the same layer first and
+            keep the layer in fp32 when int8 is not faster.
 
     Returns:
         A :class:`CompiledModel` (callable here for host targets; ``save`` it for others).
@@ -202,11 +209,33 @@ def compile_model(
         raise GraphpressError(f"--tune-trials must be >= 0, got {tune_trials}")
     if tune_trials and not spec.is_cpu:
         raise GraphpressError(f"target {spec.name}: --tune-trials applies to CPU targets; CUDA uses dlight schedules")
+    if int8 not in ("auto", "on", "off"):
+        raise GraphpressError(f"int8 must be auto, on or off, got '{int8}'")
     shapes = bind_input_shapes(model, input_shapes)
     t0 = time.perf_counter()
     prepared, prep_stats = prepare_for_lowering(model, prepare)
-    mod = to_relax(prepared, shapes, spec.name)
-    report: dict[str, Any] = {"prepare": prep_stats, "import_seconds": round(time.perf_counter() - t0, 3)}
+    report: dict[str, Any] = {"prepare": prep_stats}
+    vnni = _wants_int8(prepared, spec, int8)
+    if vnni:
+        from graphpress.backends.tvm.quantized import plan_int8, qdq_to_integer, vnni_converters
+
+        t_int8 = time.perf_counter()
+        bound_shapes = bind_input_shapes(prepared, input_shapes)
+        _set_input_shapes(prepared, bound_shapes)
+        rewrite = qdq_to_integer(prepared)
+
+        def schedule_fp32(mod):
+            return _schedule_cpu(mod, spec, 0, None, database, shipped_databases)
+
+        plan = plan_int8(prepared, spec, schedule_fp32, guard=int8_guard)
+        plan["qdq_rewritten"] = len(rewrite["rewritten"])
+        plan["seconds"] = round(time.perf_counter() - t_int8, 2)
+        report["int8"] = plan
+        with vnni_converters():
+            mod = to_relax(prepared, shapes, spec.name)
+    else:
+        mod = to_relax(prepared, shapes, spec.name)
+    report["import_seconds"] = round(time.perf_counter() - t0, 3)
     if spec.is_cpu:
         mod, stats = _schedule_cpu(mod, spec, tune_trials, max_trials_per_task, database, shipped_databases)
         report.update(stats)
@@ -217,6 +246,11 @@ def compile_model(
         lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
         raise GraphpressError(f"target {spec.name}: TVM build failed ({(lines[-1] if lines else type(e).__name__)[:300]})") from e
     report["build_seconds"] = round(time.perf_counter() - t1, 3)
+    if vnni and report["int8"]["lowered"]:
+        from graphpress.backends.tvm.int8 import zmm_vpdpbusd_count
+
+        # tensorization failures are only warnings in TVM: count the instructions instead
+        report["int8"]["zmm_vpdpbusd"] = zmm_vpdpbusd_count(executable.mod.imports[0].inspect_source("asm"))
     meta = {
         "graphpress_version": graphpress.__version__,
         "tvm_version": tvm.__version__,
@@ -228,6 +262,31 @@ def compile_model(
         "build": report,
     }
     return CompiledModel(executable, meta)
+
+
+def _wants_int8(model: ir.Model, spec: TargetSpec, mode: str) -> bool:
+    from graphpress.backends.tvm.targets import has_vnni
+
+    if mode == "off":
+        return False
+    quantized = any(n.op_type in ("MatMulInteger", "DequantizeLinear") for n in model.graph)
+    if mode == "on" and not has_vnni(spec):
+        raise GraphpressError(f"target {spec.name}: int8=on needs an x86 target with AVX-512 VNNI on a host that has it; use int8=off")
+    return quantized and has_vnni(spec)
+
+
+def _set_input_shapes(model: ir.Model, shapes: Mapping[str, Mapping[str, Any]]) -> None:
+    """Give the inputs their static shapes and infer the rest (the int8 plan needs M of every layer)."""
+    import onnx_ir.passes.common as common_passes
+
+    for value in model.graph.inputs:
+        if value.name in shapes:
+            value.shape = ir.Shape(shapes[value.name]["shape"])
+    for node in model.graph:  # forget symbolic shapes: inference re-derives them from the inputs
+        for out in node.outputs:
+            if not out.is_graph_output():
+                out.shape = None
+    common_passes.ShapeInferencePass()(model)
 
 
 def _outputs(model: ir.Model, shapes: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -36,9 +36,25 @@ def register_vnni_intrinsic() -> str:
     global _registered
     if _registered:
         return VNNI_INTRIN
+    # not tvm.s_tir.tensor_intrin.x86: importing that package parses every target's intrinsics
+    # (CUDA, ARM, Hexagon, ...) in TVMScript first, about a minute on 2 cores
     from tvm.s_tir import TensorIntrin
-    from tvm.s_tir.tensor_intrin.x86 import dot_product_16x4_u8i8i32_desc
     from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def dot_product_16x4_u8i8i32_desc(
+        A: T.Buffer((4,), "uint8", offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
     def vnni_impl(

@@ -25,7 +25,11 @@ from typing import Any
 
 from graphpress.errors import GraphpressError
 
-__all__ = ["TargetSpec", "detect_x86_mcpu", "resolve_target"]
+__all__ = ["TargetSpec", "detect_x86_mcpu", "has_vnni", "resolve_target"]
+
+#: LLVM x86 CPUs with AVX-512 VNNI (u8 x s8 -> s32 dot products on 512-bit registers)
+VNNI_MCPUS = {"cascadelake", "cooperlake", "icelake-client", "icelake-server", "tigerlake", "sapphirerapids",
+              "emeraldrapids", "graniterapids", "znver4", "znver5"}  # fmt: skip
 
 #: Cross compiler the aarch64 artifacts are linked with.
 AARCH64_CXX = "aarch64-linux-gnu-g++"
@@ -69,6 +73,16 @@ class TargetSpec:
 
     def to_json(self) -> str:
         return json.dumps(self.config, sort_keys=True)
+
+
+def has_vnni(spec: TargetSpec) -> bool:
+    """True when ``spec`` is an x86 CPU target whose code may use AVX-512 VNNI, and this host
+    has it too (the int8 kernels are timed here before they are chosen)."""
+    if not spec.is_host:
+        return False
+    mattr = [str(a) for a in spec.config.get("mattr", [])]
+    target_ok = spec.config.get("mcpu") in VNNI_MCPUS or "+avx512vnni" in mattr
+    return target_ok and {"avx512_vnni", "avx512f"} <= _cpu_flags()
 
 
 def _cpu_flags() -> set[str]:

@@ -1,0 +1,57 @@
+"""Real sentences and embedding comparisons for the MiniLM benchmarks."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import tempfile
+from collections.abc import Callable
+
+import numpy as np
+
+
+def sentences(n: int) -> list[str]:
+    """Up to ``n`` distinct first lines (25-200 characters) of docstrings of Python's standard library."""
+    import collections
+    import functools
+    import itertools
+    import json as json_mod
+    import pathlib
+    import re
+    import statistics as stats_mod
+    import string
+    import textwrap
+
+    out: list[str] = []
+    for mod in (str, list, dict, os, os.path, re, json_mod, collections, itertools, functools, pathlib, stats_mod, string, textwrap, inspect, tempfile):
+        for _, obj in sorted(vars(mod).items()) if hasattr(mod, "__dict__") else []:
+            doc = inspect.getdoc(obj) if callable(obj) else None
+            if doc:
+                line = doc.strip().splitlines()[0]
+                if 25 <= len(line) <= 200 and line not in out:
+                    out.append(line)
+    return out[:n]
+
+
+def embed(run: Callable[[dict], np.ndarray], names: list[str], texts: list[str], seq_len: int = 64, batch: int = 32) -> np.ndarray:
+    """L2-normalized embeddings of ``texts``; ``run(feeds)`` returns the model's first output."""
+    from graphpress.models.minilm import tokenize
+
+    chunks = []
+    for i in range(0, len(texts), batch):
+        t = tokenize(texts[i : i + batch], seq_len=seq_len)
+        chunks.append(run(dict(zip(names, [v.numpy() for v in t.values()]))))
+    e = np.concatenate(chunks)
+    return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
+def agreement(e: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """Mean/min cosine of ``e`` to ``ref`` (row by row) and nearest-neighbour agreement."""
+
+    def neighbours(x):
+        sim = x @ x.T
+        np.fill_diagonal(sim, -np.inf)
+        return sim.argmax(1)
+
+    cos = (e * ref).sum(1)
+    return {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min()), "nn_agreement": float((neighbours(e) == neighbours(ref)).mean())}

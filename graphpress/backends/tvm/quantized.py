@@ -1,0 +1,428 @@
+"""Integer lowering of quantized dense layers for TVM on x86 with AVX-512 VNNI.
+
+TVM's ONNX importer computes QDQ graphs in float and lowers ``MatMulInteger`` to an int32 x
+int32 matmul that no schedule tensorizes. This module makes dense layers real u8 x s8 -> s32
+VNNI code, in three steps:
+
+1. :func:`qdq_to_integer` (ONNX level, on the backend's private copy): a static QDQ dense
+   layer ``DQ(xq) -> MatMul/Gemm(DQ(Wq int8, per-channel, zero point 0)) [+ bias]`` becomes
+   ``MatMulInteger(xq, Wq, zx) -> Cast -> Mul(sx*sw) [-> Add(bias)]``. Exact in integers;
+   ONNX Runtime runs both forms, so the rewrite is checked there.
+2. The per-node guard (:func:`plan_int8`): for every ``MatMulInteger`` with a constant int8
+   weight, the VNNI kernel and the fp32 kernel that node would otherwise get (same shapes,
+   same tuning databases) are compiled and timed on this machine. A node whose int8 kernel is
+   not faster is rewritten to float (``MatMul`` on the dequantized weight) and the report says
+   so: nothing ships in int8 that is slower than fp32.
+3. :func:`vnni_converters` replaces the importer's ``MatMulInteger`` converter for the chosen
+   nodes: the weight is packed at compile time to ``[N/16, K/4, 16, 4]`` (N padded to 16),
+   the kernel is a scheduled TIR function (rows x 4 blocks of 16 columns per micro-tile, the
+   fixed ``dot_16x4_vnni`` intrinsic on the innermost 16 x 4), and the activation zero point
+   is applied afterwards with the weight's column sums: ``Σ(a - za)·w = Σ a·w - za·Σ w``.
+   int8 activations are moved to uint8 (``a + 128``, ``za + 128``), which VNNI needs.
+
+Integer results equal ONNX Runtime's ``MatMulInteger`` bit for bit (tested). Convolutions are
+not lowered yet: TVM still computes a QDQ Conv in float.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from graphpress.backends.tvm.int8 import VNNI_INTRIN, register_vnni_intrinsic
+
+__all__ = ["Int8Decision", "plan_int8", "qdq_to_integer", "vnni_converters", "vnni_dense_kernel"]
+
+#: attribute set on MatMulInteger nodes (in the backend's copy only) that get the VNNI kernel
+VNNI_ATTR = "_graphpress_vnni"
+
+
+# ----------------------------------------------------------------------------- 1. QDQ -> integer
+
+
+def _const(value: ir.Value | None) -> np.ndarray | None:
+    if value is None or value.const_value is None:
+        return None
+    return value.const_value.numpy()
+
+
+def _producer(value: ir.Value | None, op: str) -> ir.Node | None:
+    node = value.producer() if value is not None else None
+    return node if node is not None and node.op_type == op and node.domain in ("", "ai.onnx") else None
+
+
+def _dense_match(node: ir.Node) -> dict[str, Any] | str:
+    """The pieces of a static QDQ dense layer at ``node``, or why it is not one."""
+    if node.op_type == "Gemm":
+        a = {k: v.value for k, v in node.attributes.items()}
+        if a.get("transA", 0) or a.get("alpha", 1.0) != 1.0 or a.get("beta", 1.0) != 1.0:
+            return "Gemm with transA/alpha/beta"
+        trans_b = bool(a.get("transB", 0))
+    elif node.op_type == "MatMul":
+        trans_b = False
+    else:
+        return "not a dense op"
+    dqx = _producer(node.inputs[0], "DequantizeLinear")
+    dqw = _producer(node.inputs[1], "DequantizeLinear")
+    if dqx is None or dqw is None:
+        return "inputs are not DequantizeLinear"
+    sx, zx = _const(dqx.inputs[1]), _const(dqx.inputs[2]) if len(dqx.inputs) > 2 else np.array(0, np.uint8)
+    if sx is None or zx is None or sx.size != 1 or zx.size != 1:
+        return "activation scale/zero point not constant per-tensor"
+    wq, sw = _const(dqw.inputs[0]), _const(dqw.inputs[1])
+    zw = _const(dqw.inputs[2]) if len(dqw.inputs) > 2 and dqw.inputs[2] is not None else np.zeros(1, np.int8)
+    if wq is None or sw is None or zw is None or wq.dtype != np.int8 or wq.ndim != 2 or np.any(zw != 0):
+        return "weight is not constant symmetric int8"
+    w_kn = wq.T if trans_b else wq
+    n = w_kn.shape[1]
+    if sw.size not in (1, n):
+        return "weight scale is neither per-tensor nor per output channel"
+    if sw.size == n and sw.size > 1:
+        axis = dqw.attributes["axis"].value if "axis" in dqw.attributes else 1
+        if axis % 2 != (0 if trans_b else 1):
+            return "weight scale axis is not the output channel"
+    bias = None
+    if node.op_type == "Gemm" and len(node.inputs) > 2 and node.inputs[2] is not None:
+        dqb = _producer(node.inputs[2], "DequantizeLinear")
+        if dqb is not None:
+            bq, sb = _const(dqb.inputs[0]), _const(dqb.inputs[1])
+            if bq is None or sb is None:
+                return "bias is not constant"
+            bias = (bq.astype(np.float64) * sb.astype(np.float64)).astype(np.float32)
+        else:
+            bias = _const(node.inputs[2])
+            if bias is None:
+                return "bias is not constant"
+    return {"xq": dqx.inputs[0], "zx": dqx.inputs[2] if len(dqx.inputs) > 2 else None, "w": np.ascontiguousarray(w_kn),
+            "scale": (sx.astype(np.float64) * sw.astype(np.float64).reshape(-1)).astype(np.float32), "bias": bias}  # fmt: skip
+
+
+def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    base, i = name, 0
+    while name in graph.initializers:
+        i += 1
+        name = f"{base}_{i}"
+    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
+    value.shape = ir.Shape(list(array.shape))
+    value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
+    graph.initializers.add(value)
+    return value
+
+
+def _replace(old: ir.Value, new: ir.Value) -> None:
+    """Every use of ``old`` (graph outputs included, keeping their names) reads ``new``."""
+    new.shape, new.type = old.shape, old.type
+    name = old.name
+    was_output = old.is_graph_output()
+    old.replace_all_uses_with(new, replace_graph_outputs=True)
+    if was_output:
+        old.name = f"{name}__replaced"
+        new.name = name
+
+
+def qdq_to_integer(model: ir.Model) -> dict[str, Any]:
+    """Rewrite static QDQ MatMul/Gemm layers of ``model`` (in place) into MatMulInteger form."""
+    import onnx_ir.passes.common as common_passes
+
+    graph = model.graph
+    rewritten, skipped = [], {}
+    for node in list(graph):
+        if node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx"):
+            continue
+        m = _dense_match(node)
+        if isinstance(m, str):
+            skipped[node.name] = m
+            continue
+        base = node.name or node.outputs[0].name
+        w = _initializer(graph, f"{base}.int8_weight", m["w"])
+        inputs = [m["xq"], w] + ([m["zx"]] if m["zx"] is not None else [])
+        mmi = ir.node("MatMulInteger", inputs, name=f"{base}/matmul_integer")
+        cast = ir.node("Cast", [mmi.outputs[0]], attributes={"to": ir.DataType.FLOAT}, name=f"{base}/cast")
+        mul = ir.node("Mul", [cast.outputs[0], _initializer(graph, f"{base}.int8_scale", m["scale"])], name=f"{base}/rescale")
+        new = [mmi, cast, mul]
+        if m["bias"] is not None:
+            new.append(ir.node("Add", [mul.outputs[0], _initializer(graph, f"{base}.bias", m["bias"])], name=f"{base}/bias"))
+        graph.insert_before(node, new)
+        _replace(node.outputs[0], new[-1].outputs[0])
+        graph.remove(node, safe=True)
+        rewritten.append(base)
+    common_passes.RemoveUnusedNodesPass()(model)
+    return {"rewritten": rewritten, "skipped": skipped}
+
+
+# ----------------------------------------------------------------------------- 3. the kernel
+
+_KERNELS: dict[tuple[int, int, int], Any] = {}
+
+
+def _largest_divisor(n: int, options: tuple[int, ...]) -> int:
+    return next(d for d in options if n % d == 0)
+
+
+def vnni_dense_kernel(m: int, n: int, k: int):
+    """Scheduled TIR ``C[m, n] (int32) = A[m, k] (uint8) · B^T`` with ``B`` packed ``[n/16, k/4, 16, 4]`` (int8)."""
+    key = (m, n, k)
+    if key in _KERNELS:
+        return _KERNELS[key]
+    import tvm
+    from tvm import te
+
+    register_vnni_intrinsic()
+    a = te.placeholder((m, k), "uint8", name="A")
+    b = te.placeholder((n // 16, k // 4, 16, 4), "int8", name="B")
+    r = te.reduce_axis((0, k), name="k")
+    c = te.compute((m, n), lambda i, j: te.sum(a[i, r].astype("int32") * b[j // 16, r // 4, j % 16, r % 4].astype("int32"), axis=r), name="C")
+    func = te.create_prim_func([a, b, c])
+    sch = tvm.s_tir.Schedule(func)
+    block = sch.get_sblock("C")
+    i, j, kk = sch.get_loops(block)
+    rows = _largest_divisor(m, (4, 3, 2, 1))
+    cols = _largest_divisor(n // 16, (4, 2, 1))
+    io, ii = sch.split(i, [None, rows])
+    jo, ji = sch.split(j, [None, 16])
+    joo, joi = sch.split(jo, [None, cols])
+    ko, ki = sch.split(kk, [None, 4])
+    sch.reorder(io, joo, ko, ii, joi, ji, ki)
+    sch.parallel(sch.fuse(io, joo))
+    sch.unroll(ii)
+    sch.unroll(joi)
+    sch.decompose_reduction(block, ko)
+    sch.tensorize(ji, VNNI_INTRIN)
+    name = f"graphpress_vnni_dense_{m}x{n}x{k}"
+    scheduled = sch.mod["main"].with_attr({"tirx.is_scheduled": True, "op_pattern": 8, "global_symbol": name})
+    _KERNELS[key] = scheduled
+    return scheduled
+
+
+def _pack(w_kn: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """int8 ``[K, N]`` -> (packed ``[Np/16, K/4, 16, 4]``, column sums ``[Np]`` int32, Np)."""
+    k, n = w_kn.shape
+    npad = -(-n // 16) * 16
+    w = np.zeros((k, npad), np.int8)
+    w[:, :n] = w_kn
+    packed = np.ascontiguousarray(w.T.reshape(npad // 16, 16, k // 4, 4).transpose(0, 2, 1, 3))
+    return packed, w.astype(np.int32).sum(0), npad
+
+
+def _emit_vnni_matmul(bb, a, w_kn: np.ndarray, za):
+    """Relax for ``MatMulInteger(a, w, za)`` on the VNNI kernel (``a``: [..., K] uint8/int8)."""
+    from tvm import relax
+
+    shape = [int(d) for d in a.ty.shape]
+    k, n = w_kn.shape
+    m = int(np.prod(shape[:-1]))
+    packed, colsum, npad = _pack(w_kn)
+    a2 = relax.op.reshape(a, (m, k))
+    if _dtype(a.ty) == "int8":  # VNNI multiplies uint8 by int8: shift a and its zero point by 128
+        a2 = relax.op.astype(relax.op.add(relax.op.astype(a2, "int32"), relax.const(128, "int32")), "uint8")
+        za = relax.const(128, "int32") if za is None else relax.op.add(relax.op.astype(za, "int32"), relax.const(128, "int32"))
+    func = vnni_dense_kernel(m, npad, k)
+    kernel = bb.add_func(func, str(func.attrs["global_symbol"]))
+    acc = bb.emit(relax.call_tir(kernel, [bb.emit(a2), relax.const(packed)], relax.TensorType((m, npad), "int32")))
+    if za is not None:
+        acc = relax.op.subtract(acc, relax.op.multiply(relax.op.astype(relax.op.reshape(za, ()), "int32"), relax.const(colsum)))
+    if npad != n:
+        acc = relax.op.strided_slice(acc, axes=[1], begin=[0], end=[n])
+    return relax.op.reshape(acc, [*shape[:-1], n])
+
+
+def _dtype(ty) -> str:
+    return str(ty.dtype.dtype)
+
+
+def _vnni_ready(a_ty, w: np.ndarray | None, zb) -> str | None:
+    """Why a MatMulInteger cannot take the VNNI kernel, or None."""
+    if w is None or w.dtype != np.int8 or w.ndim != 2:
+        return "weight is not a constant 2-D int8 tensor"
+    if zb is not None and np.any(zb != 0):
+        return "weight zero point is not 0"
+    if _dtype(a_ty) not in ("uint8", "int8"):
+        return f"activation dtype {_dtype(a_ty)}"
+    if a_ty.shape is None or any(not hasattr(d, "value") for d in a_ty.shape):
+        return "dynamic activation shape"
+    if w.shape[0] % 4:
+        return f"K={w.shape[0]} is not a multiple of 4"
+    return None
+
+
+@contextlib.contextmanager
+def vnni_converters():
+    """Within the block, TVM's ONNX importer lowers MatMulInteger nodes marked with
+    :data:`VNNI_ATTR` onto the VNNI kernel (others keep the importer's converter)."""
+    import tvm
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    original_map = onnx_frontend._get_convert_map
+    base = original_map()["MatMulInteger"]
+
+    class VnniMatMulInteger(base):
+        @classmethod
+        def _impl_v10(cls, bb, inputs, attr, params):
+            if attr.get(VNNI_ATTR):
+                a, b = inputs[0], inputs[1]
+                za = inputs[2] if len(inputs) > 2 else None
+                zb = inputs[3] if len(inputs) > 3 else None
+                w = b.value.numpy() if isinstance(b, tvm.ir.GenericConst) else None
+                zb_np = zb.value.numpy() if isinstance(zb, tvm.ir.GenericConst) else (None if zb is None else np.array([1]))
+                if _vnni_ready(bb.normalize(a).ty, w, zb_np) is None:
+                    return _emit_vnni_matmul(bb, bb.normalize(a), w, za)
+            return base._impl_v10(bb, inputs, attr, params)
+
+    def patched():
+        table = original_map()
+        table["MatMulInteger"] = VnniMatMulInteger
+        return table
+
+    onnx_frontend._get_convert_map = patched
+    try:
+        yield
+    finally:
+        onnx_frontend._get_convert_map = original_map
+
+
+# ----------------------------------------------------------------------------- 2. the guard
+
+
+@dataclasses.dataclass
+class Int8Decision:
+    """What the guard decided for one MatMulInteger node."""
+
+    node: str
+    shape: tuple[int, int, int]  # M, N, K
+    int8_ms: float | None
+    fp32_ms: float | None
+    lowered: bool
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _time(executable, args: list, repeat: int) -> float:
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    dev_args = [tvm.runtime.tensor(x, tvm.cpu()) for x in args]
+    vm["main"](*dev_args)
+    evaluator = vm.time_evaluator("main", tvm.cpu(), number=max(1, repeat // 5), repeat=5)
+    return float(np.median(evaluator(*dev_args).results)) * 1e3
+
+
+def _kernel_pair_ms(m: int, n: int, k: int, a_dtype: str, spec, schedule_fp32, repeat: int) -> tuple[float, float]:
+    """(int8 ms, fp32 ms) of one dense layer compiled both ways for ``spec``."""
+    import tvm
+    from tvm import relax
+
+    rng = np.random.default_rng(0)
+    w = rng.integers(-127, 128, (k, n), dtype=np.int8)
+    target = spec.tvm_target()
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((m, k), a_dtype))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(_emit_vnni_matmul(bb, x, w, relax.const(3, a_dtype)))
+        bb.emit_func_output(out)
+    with target:
+        int8_mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(), relax.get_pipeline("zero")])(bb.get())
+    int8_exe = tvm.compile(int8_mod, target=target)
+    xq = rng.integers(0, 128, (m, k)).astype(a_dtype)
+    int8_ms = _time(int8_exe, [xq], repeat)
+
+    bb = relax.BlockBuilder()
+    xf = relax.Var("x", relax.TensorType((m, k), "float32"))
+    with bb.function("main", [xf]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.matmul(xf, relax.const(w.astype(np.float32))))
+        bb.emit_func_output(out)
+    fp32_mod, _ = schedule_fp32(bb.get())
+    fp32_exe = tvm.compile(fp32_mod, target=target)
+    fp32_ms = _time(fp32_exe, [rng.standard_normal((m, k)).astype(np.float32)], repeat)
+    return int8_ms, fp32_ms
+
+
+def _to_float(graph: ir.Graph, node: ir.Node, w: np.ndarray) -> None:
+    """Replace ``MatMulInteger(a, W, za)`` by float compute with the same integer result."""
+    base = node.name or node.outputs[0].name
+    a = node.inputs[0]
+    cast_a = ir.node("Cast", [a], attributes={"to": ir.DataType.FLOAT}, name=f"{base}/fp32_a")
+    new = [cast_a]
+    x = cast_a.outputs[0]
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        cast_z = ir.node("Cast", [node.inputs[2]], attributes={"to": ir.DataType.FLOAT}, name=f"{base}/fp32_za")
+        sub = ir.node("Sub", [x, cast_z.outputs[0]], name=f"{base}/fp32_sub")
+        new += [cast_z, sub]
+        x = sub.outputs[0]
+    mm = ir.node("MatMul", [x, _initializer(graph, f"{base}.fp32_weight", w.astype(np.float32))], name=f"{base}/fp32_matmul")
+    # the accumulator is an integer: round, not truncate, back to int32
+    rnd = ir.node("Round", [mm.outputs[0]], name=f"{base}/fp32_round")
+    back = ir.node("Cast", [rnd.outputs[0]], attributes={"to": ir.DataType.INT32}, name=f"{base}/fp32_int32")
+    new += [mm, rnd, back]
+    graph.insert_before(node, new)
+    _replace(node.outputs[0], back.outputs[0])
+    graph.remove(node, safe=True)
+
+
+def plan_int8(model: ir.Model, spec, schedule_fp32, *, guard: bool = True, repeat: int = 50) -> dict[str, Any]:
+    """Mark the MatMulInteger nodes of ``model`` (in place) that take the VNNI kernel.
+
+    With ``guard``, each distinct (M, N, K, dtype) is timed both ways first (``schedule_fp32``
+    applies the fp32 build's schedules to a Relax module); nodes whose int8 kernel is not faster
+    are rewritten to float compute. Returns the report: decisions per node.
+    """
+    graph = model.graph
+    decisions: list[Int8Decision] = []
+    timings: dict[tuple, tuple[float, float]] = {}
+    for node in list(graph):
+        if node.op_type != "MatMulInteger" or node.domain not in ("", "ai.onnx"):
+            continue
+        a, b = node.inputs[0], node.inputs[1]
+        w = _const(b)
+        zb = _const(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else None
+        name = node.name or node.outputs[0].name
+        shape = [d if isinstance(d, int) else None for d in (a.shape or [])]
+        reason = None
+        if w is None or w.dtype != np.int8 or w.ndim != 2:
+            reason = "weight is not a constant 2-D int8 tensor"
+        elif zb is not None and np.any(zb != 0):
+            reason = "weight zero point is not 0"
+        elif a.dtype not in (ir.DataType.UINT8, ir.DataType.INT8):
+            reason = "activation is not uint8/int8"
+        elif not shape or None in shape:
+            reason = "activation shape is not static"
+        elif w.shape[0] % 4:
+            reason = f"K={w.shape[0]} is not a multiple of 4"
+        if reason is not None:
+            decisions.append(Int8Decision(name, (0, 0, 0), None, None, False, reason))
+            continue
+        k, n = w.shape
+        m = int(np.prod(shape[:-1]))
+        dtype = "uint8" if a.dtype == ir.DataType.UINT8 else "int8"
+        key = (m, n, k, dtype)
+        int8_ms = fp32_ms = None
+        lowered = True
+        why = "VNNI kernel (guard off)"
+        if guard:
+            if key not in timings:
+                timings[key] = _kernel_pair_ms(m, -(-n // 16) * 16, k, dtype, spec, schedule_fp32, repeat)
+            int8_ms, fp32_ms = timings[key]
+            lowered = int8_ms < fp32_ms
+            why = f"int8 {int8_ms:.4f} ms {'<' if lowered else '>='} fp32 {fp32_ms:.4f} ms"
+        if lowered:
+            node.attributes[VNNI_ATTR] = ir.AttrInt64(VNNI_ATTR, 1)
+        else:
+            _to_float(graph, node, w)
+            why += ": kept in fp32"
+        decisions.append(Int8Decision(name, (m, n, k), int8_ms, fp32_ms, lowered, why))
+    return {
+        "lowered": sum(d.lowered for d in decisions),
+        "kept_fp32": sum(1 for d in decisions if not d.lowered),
+        "guard": guard,
+        "nodes": [d.to_dict() for d in decisions],
+    }
+

@@ -1,0 +1,138 @@
+"""Quantized dense layers on TVM's VNNI kernels: bit-exact integer results against ONNX Runtime,
+QDQ graphs within one LSB, the per-node fp32 guard, and real 512-bit vpdpbusd in the code."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+import graphpress as gp
+from graphpress.backends.tvm import compile_model
+from graphpress.backends.tvm import quantized as q
+from graphpress.backends.tvm.targets import has_vnni, resolve_target
+from graphpress.errors import GraphpressError
+from graphpress.ir.io import to_proto
+from graphpress.passes import PassManager, build_passes
+from tests.conftest import make_model, tensor
+
+pytestmark = pytest.mark.skipif(not has_vnni(resolve_target("x86")), reason="needs an x86 host with AVX-512 VNNI")
+
+
+def _ort(model: ir.Model, feeds: dict) -> list[np.ndarray]:
+    sess = ort.InferenceSession(to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def _matmul_integer_model(a_shape, n: int, a_dtype=np.uint8, zero_point=7) -> ir.Model:
+    k = a_shape[-1]
+    rng = np.random.default_rng(0)
+    w = rng.integers(-128, 128, (k, n), dtype=np.int8)
+    elem = TensorProto.UINT8 if a_dtype == np.uint8 else TensorProto.INT8
+    proto = make_model(
+        [helper.make_node("MatMulInteger", ["a", "W", "za"], ["y"], name="mmi")],
+        [helper.make_tensor_value_info("a", elem, list(a_shape))],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [*a_shape[:-1], n])],
+        [tensor("W", w), tensor("za", np.array(zero_point, dtype=a_dtype))],
+    )
+    return gp.load(proto)
+
+
+@pytest.mark.parametrize(
+    "a_shape,n,a_dtype",
+    [((4, 64), 48, np.uint8), ((2, 5, 64), 40, np.uint8), ((3, 128), 16, np.int8)],
+)
+def test_matmul_integer_equals_ort_bit_for_bit(a_shape, n, a_dtype):
+    model = _matmul_integer_model(a_shape, n, a_dtype)
+    rng = np.random.default_rng(1)
+    info = np.iinfo(a_dtype)
+    a = rng.integers(info.min, info.max + 1, a_shape).astype(a_dtype)
+    compiled = compile_model(model, "x86", int8="on", int8_guard=False)
+    report = compiled.meta["build"]["int8"]
+    assert report["lowered"] == 1 and report["zmm_vpdpbusd"] > 0
+    got = compiled.run_named(a=a)["y"]
+    np.testing.assert_array_equal(got, _ort(model, {"a": a})[0])
+
+
+def test_guard_times_both_kernels_and_decides_by_them():
+    model = _matmul_integer_model((64, 256), 256)
+    compiled = compile_model(model, "x86", int8="on")
+    (node,) = compiled.meta["build"]["int8"]["nodes"]
+    assert node["int8_ms"] > 0 and node["fp32_ms"] > 0
+    assert node["lowered"] == (node["int8_ms"] < node["fp32_ms"])
+    a = np.random.default_rng(2).integers(0, 256, (64, 256)).astype(np.uint8)
+    np.testing.assert_array_equal(compiled.run_named(a=a)["y"], _ort(model, {"a": a})[0])
+
+
+def test_a_layer_whose_int8_kernel_is_slower_stays_fp32(monkeypatch):
+    """The fallback path: the guard says int8 loses, the node is computed in float, same integers."""
+    monkeypatch.setattr(q, "_kernel_pair_ms", lambda *args, **kw: (2.0, 1.0))  # int8 2 ms, fp32 1 ms
+    model = _matmul_integer_model((8, 64), 32)
+    compiled = compile_model(model, "x86", int8="on")
+    report = compiled.meta["build"]["int8"]
+    assert report["lowered"] == 0 and report["kept_fp32"] == 1
+    assert "kept in fp32" in report["nodes"][0]["reason"]
+    a = np.random.default_rng(3).integers(0, 256, (8, 64)).astype(np.uint8)
+    np.testing.assert_array_equal(compiled.run_named(a=a)["y"], _ort(model, {"a": a})[0])
+
+
+def _digits_mlp_qdq():
+    from graphpress.models.cnn import digits_data, fit
+
+    data = digits_data()
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    fit(module, data, epochs=3)
+    model = gp.load(module.eval(), torch.from_numpy(data.x_test[:1]))
+    name = model.graph.inputs[0].name
+    passes = build_passes("cleanup,fuse,quantize:mode=static")
+    passes[-1].calibration = [{name: data.x_train[i : i + 1]} for i in range(32)]
+    PassManager(passes).run(model)
+    return model, data, name
+
+
+def _output_scale(model: ir.Model) -> float:
+    dq = model.graph.outputs[0].producer()
+    assert dq.op_type == "DequantizeLinear"
+    return float(dq.inputs[1].const_value.numpy())
+
+
+def test_static_qdq_mlp_agrees_with_ort_within_one_lsb():
+    model, data, name = _digits_mlp_qdq()
+    # the ONNX-level rewrite alone, checked in ORT
+    rewritten = ir.serde.deserialize_model(to_proto(model))
+    stats = q.qdq_to_integer(rewritten)
+    assert len(stats["rewritten"]) == 2
+    assert [n.op_type for n in rewritten.graph].count("MatMulInteger") == 2
+    scale = _output_scale(model)
+    x = data.x_test[:1]
+    want = _ort(model, {name: x})[0]
+    np.testing.assert_allclose(_ort(rewritten, {name: x})[0], want, atol=1.01 * scale, rtol=0)
+
+    compiled = compile_model(model, "x86", int8="on", int8_guard=False)
+    report = compiled.meta["build"]["int8"]
+    assert report["qdq_rewritten"] == 2 and report["lowered"] == 2 and report["zmm_vpdpbusd"] > 0
+    lsb = []
+    for i in range(64):
+        x = data.x_test[i : i + 1]
+        got = compiled.run_named(**{name: x})
+        lsb.append(np.abs(next(iter(got.values())) - _ort(model, {name: x})[0]) / scale)
+    lsb = np.concatenate(lsb).ravel()
+    assert lsb.max() <= 1.01  # at most one step of the output scale
+    assert (lsb < 0.01).mean() >= 0.95  # and almost always the same value
+
+
+def test_int8_option_errors():
+    model = _matmul_integer_model((4, 64), 48)
+    with pytest.raises(GraphpressError, match="int8 must be"):
+        compile_model(model, "x86", int8="maybe")
+    with pytest.raises(GraphpressError, match="VNNI"):
+        compile_model(model, "aarch64", int8="on")
+    # off: the importer's own (int32) lowering, same integers, no VNNI report
+    compiled = compile_model(model, "x86", int8="off")
+    assert "int8" not in compiled.meta["build"]
+    a = np.random.default_rng(4).integers(0, 256, (4, 64)).astype(np.uint8)
+    np.testing.assert_array_equal(compiled.run_named(a=a)["y"], _ort(model, {"a": a})[0])
