@@ -186,8 +186,10 @@ def vnni_dense_kernel(m: int, n: int, k: int):
     jo, ji = sch.split(j, [None, 16])
     joo, joi = sch.split(jo, [None, cols])
     ko, ki = sch.split(kk, [None, 4])
-    sch.reorder(io, joo, ko, ii, joi, ji, ki)
-    sch.parallel(sch.fuse(io, joo))
+    # column panels outermost (parallel): a panel of B (cols x 16 x K bytes) stays in L1 while
+    # every row block passes over it; 91.8 vs 121 us with rows outermost at 128x512x512
+    sch.reorder(joo, io, ko, ii, joi, ji, ki)
+    sch.parallel(joo if n // 16 // cols >= 2 else sch.fuse(joo, io))
     sch.unroll(ii)
     sch.unroll(joi)
     sch.decompose_reduction(block, ko)
