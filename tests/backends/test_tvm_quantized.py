@@ -136,3 +136,26 @@ def test_int8_option_errors():
     assert "int8" not in compiled.meta["build"]
     a = np.random.default_rng(4).integers(0, 256, (4, 64)).astype(np.uint8)
     np.testing.assert_array_equal(compiled.run_named(a=a)["y"], _ort(model, {"a": a})[0])
+
+
+def test_qdq_convs_without_int8_kernels_run_as_fp32(digits_cnn):
+    """The digits CNN quantized static: its Gemms go to VNNI, its convs (no integer conv kernel
+    yet) run in fp32 on the dequantized weights, and the report names them."""
+    module, data = digits_cnn
+    model = gp.load(module, torch.from_numpy(data.x_test[:1]))
+    name = model.graph.inputs[0].name
+    PassManager(build_passes("cleanup,fuse")).run(model)
+    fp32 = ir.serde.deserialize_model(to_proto(model))
+    passes = build_passes("quantize:mode=static")
+    passes[0].calibration = [{name: data.x_train[i : i + 1]} for i in range(32)]
+    PassManager(passes).run(model)
+    compiled = compile_model(model, "x86")
+    report = compiled.meta["build"]["int8"]
+    assert report["qdq_rewritten"] == 2 and report["lowered"] + report["kept_fp32"] == 2
+    assert sum("conv" in layer.lower() for layer in report["fp32_layers"]) == 3
+    for node in report["nodes"]:
+        assert node["lowered"] == (node["int8_ms"] < node["fp32_ms"])
+    x = data.x_test[:1]
+    got = next(iter(compiled.run_named(**{name: x}).values())).ravel()
+    for ref in (_ort(model, {name: x})[0].ravel(), _ort(fp32, {name: x})[0].ravel()):
+        assert got @ ref / np.linalg.norm(got) / np.linalg.norm(ref) > 0.999

@@ -154,6 +154,40 @@ def qdq_to_integer(model: ir.Model) -> dict[str, Any]:
     return {"rewritten": rewritten, "skipped": skipped}
 
 
+def fold_weight_dequantize(model: ir.Model) -> dict[str, Any]:
+    """Fold every constant ``DequantizeLinear`` (weights of layers with no integer kernel here,
+    such as convolutions) into a float initializer holding the quantized values (in place).
+
+    TVM then runs those layers as fp32 kernels on the same weights ONNX Runtime dequantizes;
+    the activation Quantize/Dequantize pairs stay (they clip to the calibrated range, which is
+    part of the quantized model's function)."""
+    import onnx_ir.passes.common as common_passes
+
+    graph = model.graph
+    layers: set[str] = set()
+    for node in list(graph):
+        if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
+            continue
+        xq, scale = _const(node.inputs[0]), _const(node.inputs[1])
+        has_zp = len(node.inputs) > 2 and node.inputs[2] is not None
+        zp = _const(node.inputs[2]) if has_zp else None
+        if xq is None or scale is None or (has_zp and zp is None):
+            continue
+        zp = np.zeros((), xq.dtype) if zp is None else zp
+        scale = scale.astype(np.float32)
+        if scale.ndim == 1 and scale.size > 1:
+            axis = node.attributes["axis"].value if "axis" in node.attributes else 1
+            shape = [1] * xq.ndim
+            shape[axis % xq.ndim] = scale.size
+            scale, zp = scale.reshape(shape), zp.reshape(shape)
+        value = ((xq.astype(np.int64) - zp.astype(np.int64)).astype(np.float32) * scale).astype(np.float32)
+        layers.update(u.node.name or u.node.op_type for u in node.outputs[0].uses())
+        _replace(node.outputs[0], _initializer(graph, f"{node.name or node.inputs[0].name}.fp32", value))
+        graph.remove(node, safe=True)
+    common_passes.RemoveUnusedNodesPass()(model)
+    return {"fp32_layers": sorted(layers)}
+
+
 # ----------------------------------------------------------------------------- 3. the kernel
 
 _KERNELS: dict[tuple[int, int, int], Any] = {}
