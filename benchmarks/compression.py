@@ -210,7 +210,7 @@ def main() -> None:
                 f"| {r['variant']} | {r['mean_cosine']:.4f} | {r['min_cosine']:.4f} | {r['nn_agreement']:.3f} | "
                 f"{r['onnx_bytes'] / 1e6:.1f} | {r['packed_bytes'] / 1e6:.1f} | {base / r['packed_bytes']:.2f} |"
             )
-        print("\n| MiniLM seq 128, batch 1 | ms |\n| --- | ---: |")
+        print("\n| MiniLM seq 64, batch 1 | ms |\n| --- | ---: |")
         for k, v in text["ms"].items():
             print(f"| {k} | {v:.2f} |")
     if args.json:

@@ -123,7 +123,7 @@ def minilm_accuracy(workdir: Path, n: int) -> dict:
     return results
 
 
-def speed(workdir: Path, repeat: int) -> list[dict]:
+def speed(workdir: Path, repeat: int, tvm: bool = True) -> list[dict]:
     from graphpress.ir.numeric import make_inputs
     from graphpress.models import mobilenet_v2, resnet18
     from graphpress.models.minilm import load_minilm, tokenize
@@ -160,12 +160,31 @@ def speed(workdir: Path, repeat: int) -> list[dict]:
                 paths[label] = dst
         sessions = {k: _session(p) for k, p in paths.items()}
         ref = sessions["ORT fp32"].run(None, feeds)[0]
-        ms = blocked({k: (lambda s=s: s.run(None, feeds)) for k, s in sessions.items()}, repeat)
-        for key, sess in sessions.items():
-            out = sess.run(None, feeds)[0]
+        runs = {k: (lambda s=s: s.run(None, feeds)[0]) for k, s in sessions.items()}
+        extra = {}
+        if tvm:
+            from graphpress.backends.tvm import compile_model
+
+            ours = gp.load(paths["graphpress dynamic MatMul" if name == "minilm" else "graphpress static QDQ"])
+            for key, m in (("graphpress-tvm fp32", model), ("graphpress-tvm int8", ours)):
+                compiled = compile_model(m, "x86")
+                runs[key] = lambda c=compiled: next(iter(c.run_named(**feeds).values()))
+                build = compiled.meta["build"]
+                extra[key] = {"unscheduled_kernels": len(build.get("unscheduled_kernels", []))}
+                if "int8" in build:
+                    i8 = build["int8"]
+                    extra[key].update({k: i8[k] for k in ("lowered", "kept_fp32", "zmm_vpdpbusd") if k in i8})
+                    extra[key]["fp32_layers"] = len(i8.get("fp32_layers", []))
+                    # agreement with ORT running the same quantized model
+                    ort_q = sessions["graphpress dynamic MatMul" if name == "minilm" else "graphpress static QDQ"].run(None, feeds)[0]
+                    extra[key]["max_abs_diff_vs_ort_same_model"] = float(np.abs(runs[key]() - ort_q).max())
+        ms = blocked(runs, repeat)
+        for key, fn in runs.items():
+            out = fn()
             cos = float((out.ravel() @ ref.ravel()) / np.linalg.norm(out) / np.linalg.norm(ref))
-            size = os.path.getsize(paths[key])
-            rows.append({"model": name, "variant": key, "ms": ms[key], "vs_fp32": ms["ORT fp32"] / ms[key], "cosine_to_fp32": cos, "mb": size / 1e6})
+            size = os.path.getsize(paths[key]) if key in paths else None
+            rows.append({"model": name, "variant": key, "ms": ms[key], "vs_fp32": ms["ORT fp32"] / ms[key], "cosine_to_fp32": cos,
+                         "mb": size / 1e6 if size else None, **extra.get(key, {})})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -175,13 +194,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--sentences", type=int, default=300)
     parser.add_argument("--json")
+    parser.add_argument("--no-tvm", action="store_true", help="ONNX Runtime rows only")
+    parser.add_argument("--speed-only", action="store_true", help="skip the accuracy runs")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        acc = digits(work)
-        text = minilm_accuracy(work, args.sentences)
-        rows = speed(work, args.repeat)
+        acc = {} if args.speed_only else digits(work)
+        text = {"sentences": 0} if args.speed_only else minilm_accuracy(work, args.sentences)
+        rows = speed(work, args.repeat, tvm=not args.no_tvm)
     print("\n| digits CNN | top-1 |\n| --- | ---: |")
     for k, v in acc.items():
         print(f"| {k} | {v:.4f} |")
@@ -189,9 +210,11 @@ def main() -> None:
     for k, v in text.items():
         if k != "sentences":
             print(f"| {k} | {v['mean_cosine']:.4f} | {v['min_cosine']:.4f} | {v['nn_agreement']:.3f} |")
-    print("\n| model | variant | ORT ms | speed-up vs fp32 | cosine to fp32 | file MB |\n| --- | --- | ---: | ---: | ---: | ---: |")
+    print("\n| model | variant | ms | speed-up vs ORT fp32 | cosine to fp32 | file MB | TVM int8 notes |\n| --- | --- | ---: | ---: | ---: | ---: | --- |")
     for r in rows:
-        print(f"| {r['model']} | {r['variant']} | {r['ms']:.2f} | {r['vs_fp32']:.2f}x | {r['cosine_to_fp32']:.4f} | {r['mb']:.1f} |")
+        mb = f"{r['mb']:.1f}" if r.get("mb") else ""
+        notes = ", ".join(f"{k}={r[k]}" for k in ("lowered", "kept_fp32", "fp32_layers", "zmm_vpdpbusd", "unscheduled_kernels", "max_abs_diff_vs_ort_same_model") if k in r)
+        print(f"| {r['model']} | {r['variant']} | {r['ms']:.2f} | {r['vs_fp32']:.2f}x | {r['cosine_to_fp32']:.4f} | {mb} | {notes} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"digits": acc, "minilm": text, "speed": rows}, indent=2))
 
