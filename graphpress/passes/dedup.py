@@ -16,6 +16,10 @@ Three kinds of duplicates, in this order:
    sample inputs (the model's outputs keep a cosine ≥ ``min_cosine`` to the outputs before
    the pass); a merge that fails the check is undone and listed with its reason.
 
+The numeric check judges a run by what it did: identical merges must not change a bit
+(``exact``); layout merges hold the same values but ONNX Runtime runs a computed weight with
+other kernels (``cleanup`` tolerance); near merges change values (``sharing``).
+
 Graph inputs and graph outputs are never merged. A duplicate in a subgraph is replaced by
 the outer-scope copy; two copies in sibling subgraphs (If branches) are merged into one
 lifted to their closest common enclosing graph.

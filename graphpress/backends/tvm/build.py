@@ -217,7 +217,7 @@ def compile_model(
     report: dict[str, Any] = {"prepare": prep_stats}
     vnni = _wants_int8(prepared, spec, int8)
     if vnni:
-        from graphpress.backends.tvm.quantized import fold_weight_dequantize, plan_int8, qdq_to_integer, vnni_converters
+        from graphpress.backends.tvm.quantized import bypass_float_qdq, fold_weight_dequantize, plan_int8, qdq_to_integer, vnni_converters
 
         t_int8 = time.perf_counter()
         bound_shapes = bind_input_shapes(prepared, input_shapes)
@@ -232,7 +232,11 @@ def compile_model(
         # QDQ layers without an integer kernel here (convolutions) get fp32 kernels on their
         # dequantized weights
         plan["fp32_layers"] = fold_weight_dequantize(prepared)["fp32_layers"]
-        plan["fp32_reason"] = "no integer kernel for these ops on this target yet: fp32 kernels on the dequantized weights"
+        plan["fp32_bypassed_qdq"] = bypass_float_qdq(prepared)
+        plan["fp32_reason"] = (
+            "no integer kernel for these ops on this target yet: fp32 kernels on the dequantized weights, "
+            "without the activation quantize/dequantize between them"
+        )
         plan["seconds"] = round(time.perf_counter() - t_int8, 2)
         report["int8"] = plan
         with vnni_converters():

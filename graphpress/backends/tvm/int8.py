@@ -12,8 +12,9 @@ with it first. The weight must be packed so that a 16 x 4 block is contiguous
 tunes it and reports how many 512-bit ``vpdpbusd`` instructions the assembly contains
 (tensorization failures are only warnings in TVM, so the count is the proof).
 
-Lowering QDQ graphs onto these kernels (packing, requantization, fusion with bias and
-activation, the per-node "slower than fp32 stays fp32" guard) is not built yet.
+Whole models use a hand-scheduled variant of the same packed kernel (no tuning needed) through
+:mod:`graphpress.backends.tvm.quantized`, which also does the QDQ rewrite and the per-node
+"slower than fp32 stays fp32" guard.
 """
 
 from __future__ import annotations

@@ -188,6 +188,38 @@ def fold_weight_dequantize(model: ir.Model) -> dict[str, Any]:
     return {"fp32_layers": sorted(layers)}
 
 
+def bypass_float_qdq(model: ir.Model) -> int:
+    """Drop the activation ``QuantizeLinear -> DequantizeLinear`` pairs whose result only feeds
+    float layers (in place); returns how many. Where the pair's range starts at 0 (a ReLU the
+    quantizer folded into it), a Relu takes its place; the calibrated upper clip is dropped, as
+    in the fp32 model. Those layers run as fp32 kernels anyway, and the
+    extra rounding ops would stop TVM from fusing and scheduling them as it does the fp32 model
+    (ResNet-18: 24 unscheduled kernels, 1.85 s instead of 84 ms). Pairs feeding an integer
+    kernel read the QuantizeLinear directly and stay; pairs at graph outputs stay."""
+    import onnx_ir.passes.common as common_passes
+
+    bypassed = 0
+    for node in list(model.graph):
+        if node.op_type != "DequantizeLinear" or node.outputs[0].is_graph_output():
+            continue
+        q = _producer(node.inputs[0], "QuantizeLinear")
+        zp = _const(q.inputs[2]) if q is not None and len(q.inputs) > 2 and q.inputs[2] is not None else None
+        if q is None or zp is None or zp.size != 1:
+            continue
+        x = q.inputs[0]
+        if int(zp) == np.iinfo(zp.dtype).min:
+            # the quantizer removed a Relu here: the range [0, max] did its work; put it back
+            relu = ir.node("Relu", [x], name=f"{node.name or x.name}/relu")
+            model.graph.insert_before(node, relu)
+            relu.outputs[0].shape, relu.outputs[0].type = x.shape, x.type
+            x = relu.outputs[0]
+        node.outputs[0].replace_all_uses_with(x)
+        model.graph.remove(node, safe=True)
+        bypassed += 1
+    common_passes.RemoveUnusedNodesPass()(model)
+    return bypassed
+
+
 # ----------------------------------------------------------------------------- 3. the kernel
 
 _KERNELS: dict[tuple[int, int, int], Any] = {}
