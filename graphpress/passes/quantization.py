@@ -10,8 +10,10 @@ Modes:
   accuracy control.
 * ``dynamic``: int8 weights, activations quantized at run time (DynamicQuantizeLinear +
   MatMulInteger/ConvInteger): the usual choice for transformer MatMuls.
-* ``weight_only``: per-output-channel symmetric int8 weights behind a DequantizeLinear; the
-  compute stays float (smaller files, same speed).
+* ``weight_only``: per-output-channel symmetric int8 weights behind a DequantizeLinear, or
+  (``bits=4``) block-wise symmetric int4 weights (``block_size`` per scale along the reduction
+  axis, opset 21 ``DequantizeLinear``) for MatMul/Gemm/Gather; the compute stays float
+  (smaller files, same speed).
 * ``fp16``: float16 weights and compute, float32 inputs/outputs.
 
 Scheme (``scheme=auto``): uint8 activations (asymmetric) × int8 weights (symmetric,
@@ -93,6 +95,8 @@ def quantize_model(
     ops: Iterable[str] | None = None,
     exclude: Iterable[str] = (),
     percentile: float = 99.999,
+    bits: int = 8,
+    block_size: int = 32,
 ) -> dict[str, Any]:
     """Quantize ``model`` in place (see the module docstring); returns what was done."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -111,7 +115,10 @@ def quantize_model(
         _replace_contents(model, convert_float_to_float16(proto, keep_io_types=True, disable_shape_infer=True))
         return info
     if mode == "weight_only":
-        info["weights"] = _weight_only(model, ops or list(QUANTIZABLE), exclude)
+        if bits == 4:
+            info.update(_weight_only_int4(model, ops or ["MatMul", "Gemm", "Gather"], exclude, block_size))
+        else:
+            info["weights"] = _weight_only(model, ops or list(QUANTIZABLE), exclude)
         return info
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "in.onnx"), os.path.join(tmp, "out.onnx")
@@ -182,6 +189,81 @@ def _weight_only(model: ir.Model, ops: list[str], exclude: list[str]) -> int:
     return count
 
 
+def _reduction_axis(node: ir.Node, rank: int) -> int | None:
+    """The axis of a 2-D weight that the op sums over (int4 blocks run along it)."""
+    if node.op_type == "MatMul":
+        return rank - 2
+    if node.op_type == "Gemm":
+        return 1 if node.attributes.get_int("transB", 0) else 0
+    if node.op_type == "Gather":
+        return 1 if node.attributes.get_int("axis", 0) == 0 and rank == 2 else None
+    return None
+
+
+def _weight_only_int4(model: ir.Model, ops: list[str], exclude: list[str], block_size: int) -> dict[str, Any]:
+    """Block-wise symmetric int4 weights (one fp32 scale per ``block_size`` weights along the
+    reduction axis) behind an opset-21 ``DequantizeLinear(block_size=...)``; the model is moved
+    to opset 21 (ONNX Runtime runs it)."""
+    import ml_dtypes
+
+    if model.opset_imports.get("", 0) < 21:
+        from onnx import version_converter
+
+        try:
+            converted = version_converter.convert_version(to_proto(model), 21)
+        except Exception as e:  # noqa: BLE001 - the converter raises several types
+            raise GraphpressError(f"quantize: int4 weights need opset 21 and the model does not convert ({str(e).splitlines()[0]})") from None
+        _replace_contents(model, converted)
+        model.opset_imports[""] = 21
+    graph = model.graph
+    done: dict[str, ir.Value] = {}
+    count = skipped = 0
+    bytes_before = bytes_after = 0
+    for node in list(graph):
+        if node.op_type not in ops or node.op_type not in ("MatMul", "Gemm", "Gather") or any(e and e in node.name for e in exclude):
+            continue
+        index = 0 if node.op_type == "Gather" else 1
+        if len(node.inputs) <= index or node.inputs[index] is None:
+            continue
+        w = node.inputs[index]
+        if w.name in done:
+            node.replace_input_with(index, done[w.name])
+            continue
+        if w.const_value is None or not w.is_initializer() or w.const_value.dtype != ir.DataType.FLOAT or len(w.const_value.shape) != 2:
+            continue
+        arr = w.const_value.numpy()
+        axis = _reduction_axis(node, arr.ndim)
+        if axis is None or arr.shape[axis] % block_size:
+            skipped += 1
+            continue
+        moved = np.moveaxis(arr, axis, 0)  # [K, rest]
+        blocks = moved.reshape(-1, block_size, moved.shape[1])
+        scale = (np.abs(blocks).max(axis=1) / 7.0).astype(np.float32)  # [K/B, rest]
+        scale[scale == 0] = 1.0
+        q = np.clip(np.round(blocks / scale[:, None, :]), -8, 7).reshape(moved.shape)
+        q = np.moveaxis(q, 0, axis).astype(ml_dtypes.int4)
+        scale = np.moveaxis(scale, 0, axis)
+        qv = ir.Value(name=f"{w.name}_int4", const_value=ir.tensor(q, name=f"{w.name}_int4"))
+        sv = ir.Value(name=f"{w.name}_scale", const_value=ir.tensor(np.ascontiguousarray(scale), name=f"{w.name}_scale"))
+        for v in (qv, sv):
+            v.shape = ir.Shape(v.const_value.shape)
+            v.type = ir.TensorType(v.const_value.dtype)
+            graph.register_initializer(v)
+        dq = ir.node("DequantizeLinear", [qv, sv], attributes={"axis": axis, "block_size": block_size}, name=f"{w.name}_dq")
+        dq.outputs[0].name = f"{w.name}_dequantized"
+        dq.outputs[0].shape, dq.outputs[0].type = w.shape, w.type
+        graph.insert_before(node, dq)
+        node.replace_input_with(index, dq.outputs[0])
+        done[w.name] = dq.outputs[0]
+        count += 1
+        bytes_before += arr.nbytes
+        bytes_after += (q.size + 1) // 2 + scale.nbytes
+    for name in [n for n, v in graph.initializers.items() if not v.uses() and not v.is_graph_output()]:
+        graph.initializers.pop(name)
+    return {"weights": count, "bits": 4, "block_size": block_size, "skipped_not_divisible": skipped,
+            "weight_bytes_before": bytes_before, "weight_bytes_after": bytes_after}  # fmt: skip
+
+
 def layer_errors(reference: ir.Model, quantized: ir.Model, names: list[str], feeds: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
     """SQNR (dB) and MSE of the named values of ``quantized`` against the same-named values of ``reference``.
 
@@ -241,6 +323,8 @@ class Quantize(Pass):
     @dataclasses.dataclass
     class Options:
         mode: str = option("static", help="what to quantize", choices=("static", "dynamic", "weight_only", "fp16"))
+        bits: int = option(8, help="weight_only: 8 (per channel) or 4 (block-wise, opset 21)", choices=(4, 8))
+        block_size: int = option(32, help="weight_only bits=4: weights per scale along the reduction axis", min=16)
         scheme: str = option("auto", help="activation x weight types (auto: u8s8)", choices=("auto", "u8s8", "s8s8"))
         per_channel: bool = option(True, help="per-output-channel weight scales")
         method: str = option("minmax", help="activation calibration", choices=("minmax", "percentile", "entropy"))
@@ -277,7 +361,10 @@ class Quantize(Pass):
 
         def attempt(excluded: list[str]) -> tuple[ir.Model, dict[str, Any]]:
             candidate = ir.serde.deserialize_model(to_proto(fp32))
-            info = quantize_model(candidate, mode=o.mode, calibration=calibration, method=o.method, per_channel=o.per_channel, scheme=o.scheme, ops=ops, exclude=excluded)
+            info = quantize_model(
+                candidate, mode=o.mode, calibration=calibration, method=o.method, per_channel=o.per_channel, scheme=o.scheme, ops=ops,
+                exclude=excluded, bits=o.bits, block_size=o.block_size,
+            )  # fmt: skip
             return candidate, info
 
         excluded = list(exclude)

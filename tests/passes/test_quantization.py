@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 import torch
 
 import graphpress as gp
 from graphpress.cli import main
 from graphpress.ir import numeric
+from graphpress.ir.io import to_proto
+from graphpress.ir.numeric import run
 from graphpress.models.cnn import accuracy
 from graphpress.passes import InvariantInstrument, PassManager, build_passes
 
@@ -143,3 +146,31 @@ def test_weight_only_shared_weight_is_quantized_once():
     assert stats["weights"] == 1 and [n.op_type for n in model.graph].count("DequantizeLinear") == 1
     got = numeric.run(model, feeds)["y"]
     assert np.abs(got - ref).max() <= 0.02 * np.abs(ref).max()
+
+
+def test_weight_only_int4_block_wise_runs_in_ort():
+    """int4 weights, one scale per 32 along the reduction axis, opset-21 DequantizeLinear."""
+    import onnxruntime as ort
+
+    import onnx
+
+    from tests.passes.test_dedup import _tiny_gpt_legacy
+
+    data, ids = _tiny_gpt_legacy()
+    ids = torch.from_numpy(ids)
+    model = gp.load(onnx.load_from_string(data))
+    PassManager(build_passes("cleanup")).run(model)
+    fp32 = ir.serde.deserialize_model(to_proto(model))
+    record = PassManager(build_passes("quantize:mode=weight_only;bits=4")).run(model).records[0]
+    stats = record.stats
+    assert stats["bits"] == 4 and stats["weights"] >= 5
+    # 4 bits + an fp32 scale per 32 weights = 5 bits per weight
+    assert stats["weight_bytes_before"] / stats["weight_bytes_after"] == pytest.approx(32 / 5, rel=0.01)
+    assert model.opset_imports[""] == 21
+    dqs = [n for n in model.graph if n.op_type == "DequantizeLinear"]
+    assert dqs and all(n.attributes["block_size"].value == 32 and n.inputs[0].dtype == ir.DataType.INT4 for n in dqs)
+    sess = ort.InferenceSession(to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {model.graph.inputs[0].name: ids.numpy()})[0].ravel()
+    want = run(fp32, {fp32.graph.inputs[0].name: ids.numpy()})
+    want = next(iter(want.values())).ravel()
+    assert got @ want / np.linalg.norm(got) / np.linalg.norm(want) > 0.99
