@@ -277,7 +277,7 @@ def _wants_int8(model: ir.Model, spec: TargetSpec, mode: str) -> bool:
 
     if mode == "off":
         return False
-    quantized = any(n.op_type in ("MatMulInteger", "DequantizeLinear") for n in model.graph)
+    quantized = any(n.op_type in ("MatMulInteger", "ConvInteger", "DequantizeLinear") for n in model.graph)
     if mode == "on" and not has_vnni(spec):
         raise GraphpressError(f"target {spec.name}: int8=on needs an x86 target with AVX-512 VNNI on a host that has it; use int8=off")
     return quantized and has_vnni(spec)

@@ -101,6 +101,44 @@ def _dense_match(node: ir.Node) -> dict[str, Any] | str:
             "scale": (sx.astype(np.float64) * sw.astype(np.float64).reshape(-1)).astype(np.float32), "bias": bias}  # fmt: skip
 
 
+def _conv_match(node: ir.Node) -> dict[str, Any] | str:
+    """The pieces of a static QDQ 2-D convolution (group 1, uint8 activations) at ``node``."""
+    a = {k: v.value for k, v in node.attributes.items()}
+    if a.get("group", 1) != 1:
+        return "grouped/depthwise convolution"
+    if a.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+        return "auto_pad"
+    dqx = _producer(node.inputs[0], "DequantizeLinear")
+    dqw = _producer(node.inputs[1], "DequantizeLinear")
+    if dqx is None or dqw is None:
+        return "inputs are not DequantizeLinear"
+    sx = _const(dqx.inputs[1])
+    zx = _const(dqx.inputs[2]) if len(dqx.inputs) > 2 and dqx.inputs[2] is not None else None
+    if sx is None or zx is None or sx.size != 1 or zx.dtype != np.uint8:
+        return "activation is not constant per-tensor uint8"
+    wq, sw = _const(dqw.inputs[0]), _const(dqw.inputs[1])
+    zw = _const(dqw.inputs[2]) if len(dqw.inputs) > 2 and dqw.inputs[2] is not None else np.zeros(1, np.int8)
+    if wq is None or sw is None or wq.dtype != np.int8 or wq.ndim != 4 or np.any(zw != 0):
+        return "weight is not constant symmetric int8 (2-D conv)"
+    oc = wq.shape[0]
+    if sw.size not in (1, oc):
+        return "weight scale is neither per-tensor nor per output channel"
+    bias = None
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        dqb = _producer(node.inputs[2], "DequantizeLinear")
+        if dqb is not None:
+            bq, sb = _const(dqb.inputs[0]), _const(dqb.inputs[1])
+            bias = None if bq is None or sb is None else (bq.astype(np.float64) * sb.astype(np.float64)).astype(np.float32)
+        else:
+            bias = _const(node.inputs[2])
+        if bias is None:
+            return "bias is not constant"
+    scale = (sx.astype(np.float64) * np.broadcast_to(sw.astype(np.float64).reshape(-1), (oc,))).astype(np.float32)
+    return {"xq": dqx.inputs[0], "zx": dqx.inputs[2], "w": wq, "scale": scale.reshape(1, oc, 1, 1),
+            "bias": None if bias is None else bias.reshape(1, oc, 1, 1),
+            "attrs": {k: a[k] for k in ("pads", "strides", "dilations") if k in a}}  # fmt: skip
+
+
 def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     base, i = name, 0
     while name in graph.initializers:
@@ -125,22 +163,26 @@ def _replace(old: ir.Value, new: ir.Value) -> None:
 
 
 def qdq_to_integer(model: ir.Model) -> dict[str, Any]:
-    """Rewrite static QDQ MatMul/Gemm layers of ``model`` (in place) into MatMulInteger form."""
+    """Rewrite static QDQ MatMul/Gemm layers of ``model`` (in place) into MatMulInteger form and
+    group-1 2-D convolutions with uint8 activations into ConvInteger form (+ Cast, rescale, bias)."""
     import onnx_ir.passes.common as common_passes
 
     graph = model.graph
     rewritten, skipped = [], {}
     for node in list(graph):
-        if node.op_type not in ("MatMul", "Gemm") or node.domain not in ("", "ai.onnx"):
+        if node.op_type not in ("MatMul", "Gemm", "Conv") or node.domain not in ("", "ai.onnx"):
             continue
-        m = _dense_match(node)
+        m = _conv_match(node) if node.op_type == "Conv" else _dense_match(node)
         if isinstance(m, str):
             skipped[node.name] = m
             continue
         base = node.name or node.outputs[0].name
         w = _initializer(graph, f"{base}.int8_weight", m["w"])
         inputs = [m["xq"], w] + ([m["zx"]] if m["zx"] is not None else [])
-        mmi = ir.node("MatMulInteger", inputs, name=f"{base}/matmul_integer")
+        if node.op_type == "Conv":
+            mmi = ir.node("ConvInteger", inputs, attributes=m["attrs"] or None, name=f"{base}/conv_integer")
+        else:
+            mmi = ir.node("MatMulInteger", inputs, name=f"{base}/matmul_integer")
         cast = ir.node("Cast", [mmi.outputs[0]], attributes={"to": ir.DataType.FLOAT}, name=f"{base}/cast")
         mul = ir.node("Mul", [cast.outputs[0], _initializer(graph, f"{base}.int8_scale", m["scale"])], name=f"{base}/rescale")
         new = [mmi, cast, mul]
@@ -298,6 +340,69 @@ def _emit_vnni_matmul(bb, a, w_kn: np.ndarray, za):
     return relax.op.reshape(acc, [*shape[:-1], n])
 
 
+def _conv_geometry(x_shape, w_shape, attrs) -> dict[str, Any]:
+    n, c, h, w = (int(d) for d in x_shape)
+    oc, _, kh, kw = (int(d) for d in w_shape)
+    pads = [int(p) for p in attrs.get("pads", (0, 0, 0, 0))]
+    sh, sw = (int(v) for v in attrs.get("strides", (1, 1)))
+    dh, dw = (int(v) for v in attrs.get("dilations", (1, 1)))
+    oh = (h + pads[0] + pads[2] - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + pads[1] + pads[3] - dw * (kw - 1) - 1) // sw + 1
+    m, k = n * oh * ow, c * kh * kw
+    return {"n": n, "c": c, "h": h, "w": w, "oc": oc, "kh": kh, "kw": kw, "pads": pads, "strides": (sh, sw), "dilations": (dh, dw),
+            "oh": oh, "ow": ow, "m": m, "k": k, "mpad": -(-m // 4) * 4, "kpad": -(-k // 4) * 4}  # fmt: skip
+
+
+def im2col_kernel(g: dict[str, Any], zero_point: int):
+    """Scheduled TIR: uint8 ``X[N, C, H, W]`` -> ``col[Mpad, Kpad]`` (rows: output pixels, columns:
+    (c, kh, kw)); padding and the extra rows/columns hold the zero point, so they add nothing."""
+    import tvm
+    from tvm import te
+
+    key = ("im2col", tuple(sorted((k, str(v)) for k, v in g.items())), zero_point)
+    if key in _KERNELS:
+        return _KERNELS[key]
+    x = te.placeholder((g["n"], g["c"], g["h"], g["w"]), "uint8", name="X")
+    ohw, khw = g["oh"] * g["ow"], g["kh"] * g["kw"]
+    (sh, sw), (dh, dw), (pt, pl) = g["strides"], g["dilations"], g["pads"][:2]
+
+    def col(m, kk):
+        b, r = m // ohw, m % ohw
+        ci, r2 = kk // khw, kk % khw
+        iy = (r // g["ow"]) * sh - pt + (r2 // g["kw"]) * dh
+        ix = (r % g["ow"]) * sw - pl + (r2 % g["kw"]) * dw
+        inside = te.all(m < g["m"], kk < g["k"], iy >= 0, iy < g["h"], ix >= 0, ix < g["w"])
+        return te.if_then_else(inside, x[b, ci, iy, ix], tvm.tirx.const(zero_point, "uint8"))
+
+    out = te.compute((g["mpad"], g["kpad"]), col, name="col")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([x, out]))
+    i, _ = sch.get_loops(sch.get_sblock("col"))
+    sch.parallel(i)
+    name = f"graphpress_im2col_{len(_KERNELS)}"
+    func = sch.mod["main"].with_attr({"tirx.is_scheduled": True, "op_pattern": 8, "global_symbol": name})
+    _KERNELS[key] = func
+    return func
+
+
+def _emit_vnni_conv(bb, x, w_oihw: np.ndarray, zero_point: int, attrs):
+    """Relax for ``ConvInteger(x, w, zx)`` (uint8 NCHW ``x``, group 1): im2col, then the VNNI dense."""
+    from tvm import relax
+
+    g = _conv_geometry(x.ty.shape, w_oihw.shape, attrs)
+    w_kn = np.zeros((g["kpad"], g["oc"]), np.int8)
+    w_kn[: g["k"]] = w_oihw.reshape(g["oc"], g["k"]).T
+    packed, colsum, npad = _pack(w_kn)
+    im2col = im2col_kernel(g, zero_point)
+    col = bb.emit(relax.call_tir(bb.add_func(im2col, str(im2col.attrs["global_symbol"])), [x], relax.TensorType((g["mpad"], g["kpad"]), "uint8")))
+    dense = vnni_dense_kernel(g["mpad"], npad, g["kpad"])
+    acc = bb.emit(relax.call_tir(bb.add_func(dense, str(dense.attrs["global_symbol"])), [col, relax.const(packed)], relax.TensorType((g["mpad"], npad), "int32")))
+    if zero_point:
+        acc = relax.op.subtract(acc, relax.const((colsum * zero_point).astype(np.int32)))
+    acc = relax.op.strided_slice(acc, axes=[0, 1], begin=[0, 0], end=[g["m"], g["oc"]])
+    acc = relax.op.reshape(acc, (g["n"], g["oh"], g["ow"], g["oc"]))
+    return relax.op.permute_dims(acc, [0, 3, 1, 2])
+
+
 def _dtype(ty) -> str:
     return str(ty.dtype.dtype)
 
@@ -340,9 +445,29 @@ def vnni_converters():
                     return _emit_vnni_matmul(bb, bb.normalize(a), w, za)
             return base._impl_v10(bb, inputs, attr, params)
 
+    class VnniConvInteger(base):
+        @classmethod
+        def _impl_v10(cls, bb, inputs, attr, params):
+            from tvm import relax
+
+            x, w = bb.normalize(inputs[0]), inputs[1]
+            zx = inputs[2] if len(inputs) > 2 else None
+            w_np = w.value.numpy() if isinstance(w, tvm.ir.GenericConst) else None
+            zx_np = zx.value.numpy() if isinstance(zx, tvm.ir.GenericConst) else (np.zeros((), np.uint8) if zx is None else None)
+            if attr.get(VNNI_ATTR) and w_np is not None and zx_np is not None and _dtype(x.ty) == "uint8":
+                return _emit_vnni_conv(bb, x, w_np, int(zx_np.reshape(-1)[0]), attr)
+            # generic (slow) integer convolution; the int8 plan never leaves a node here
+            xi = relax.op.astype(x, "int32")
+            if zx is not None:
+                xi = relax.op.subtract(xi, relax.op.astype(zx, "int32"))
+            pads = attr.get("pads", (0, 0, 0, 0))
+            return relax.op.nn.conv2d(xi, relax.op.astype(w, "int32"), strides=attr.get("strides", (1, 1)), padding=pads,
+                                      dilation=attr.get("dilations", (1, 1)), out_dtype="int32")  # fmt: skip
+
     def patched():
         table = original_map()
         table["MatMulInteger"] = VnniMatMulInteger
+        table["ConvInteger"] = VnniConvInteger
         return table
 
     onnx_frontend._get_convert_map = patched
@@ -414,6 +539,59 @@ def _kernel_pair_ms(m: int, n: int, k: int, a_dtype: str, spec, schedule_fp32, r
     return int8_ms, fp32_ms
 
 
+def _conv_pair_ms(x_shape, w_shape, attrs: dict, zero_point: int, spec, schedule_fp32, repeat: int) -> tuple[float, float]:
+    """(int8 ms, fp32 ms) of one convolution compiled both ways for ``spec``."""
+    import tvm
+    from tvm import relax
+
+    rng = np.random.default_rng(0)
+    w = rng.integers(-127, 128, w_shape, dtype=np.int8)
+    target = spec.tvm_target()
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(tuple(x_shape), "uint8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(_emit_vnni_conv(bb, x, w, zero_point, attrs))
+        bb.emit_func_output(out)
+    with target:
+        int8_mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(), relax.get_pipeline("zero")])(bb.get())
+    int8_ms = _time(tvm.compile(int8_mod, target=target), [rng.integers(0, 256, x_shape).astype(np.uint8)], repeat)
+
+    bb = relax.BlockBuilder()
+    xf = relax.Var("x", relax.TensorType(tuple(x_shape), "float32"))
+    pads = [int(p) for p in attrs.get("pads", (0, 0, 0, 0))]
+    with bb.function("main", [xf]):
+        with bb.dataflow():
+            conv = relax.op.nn.conv2d(xf, relax.const(w.astype(np.float32)), strides=tuple(attrs.get("strides", (1, 1))),
+                                      padding=(pads[0], pads[1], pads[2], pads[3]), dilation=tuple(attrs.get("dilations", (1, 1))))  # fmt: skip
+            out = bb.emit_output(conv)
+        bb.emit_func_output(out)
+    fp32_mod, _ = schedule_fp32(bb.get())
+    fp32_ms = _time(tvm.compile(fp32_mod, target=target), [rng.standard_normal(x_shape).astype(np.float32)], repeat)
+    return int8_ms, fp32_ms
+
+
+def _conv_to_float(graph: ir.Graph, node: ir.Node, w: np.ndarray) -> None:
+    """Replace ``ConvInteger(x, W, zx)`` by a float convolution with the same integer result."""
+    base = node.name or node.outputs[0].name
+    cast_a = ir.node("Cast", [node.inputs[0]], attributes={"to": ir.DataType.FLOAT}, name=f"{base}/fp32_x")
+    new = [cast_a]
+    x = cast_a.outputs[0]
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        cast_z = ir.node("Cast", [node.inputs[2]], attributes={"to": ir.DataType.FLOAT}, name=f"{base}/fp32_zx")
+        sub = ir.node("Sub", [x, cast_z.outputs[0]], name=f"{base}/fp32_sub")
+        new += [cast_z, sub]
+        x = sub.outputs[0]
+    attrs = {k: v.value for k, v in node.attributes.items() if k != VNNI_ATTR}
+    conv = ir.node("Conv", [x, _initializer(graph, f"{base}.fp32_weight", w.astype(np.float32))], attributes=attrs or None, name=f"{base}/fp32_conv")
+    rnd = ir.node("Round", [conv.outputs[0]], name=f"{base}/fp32_round")
+    back = ir.node("Cast", [rnd.outputs[0]], attributes={"to": ir.DataType.INT32}, name=f"{base}/fp32_int32")
+    new += [conv, rnd, back]
+    graph.insert_before(node, new)
+    _replace(node.outputs[0], back.outputs[0])
+    graph.remove(node, safe=True)
+
+
 def _to_float(graph: ir.Graph, node: ir.Node, w: np.ndarray) -> None:
     """Replace ``MatMulInteger(a, W, za)`` by float compute with the same integer result."""
     base = node.name or node.outputs[0].name
@@ -436,6 +614,40 @@ def _to_float(graph: ir.Graph, node: ir.Node, w: np.ndarray) -> None:
     graph.remove(node, safe=True)
 
 
+def _plan_conv(graph: ir.Graph, node: ir.Node, spec, schedule_fp32, guard: bool, repeat: int, timings: dict) -> Int8Decision:
+    x, w = node.inputs[0], _const(node.inputs[1])
+    zx = _const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else np.zeros((), np.uint8)
+    name = node.name or node.outputs[0].name
+    shape = [d if isinstance(d, int) else None for d in (x.shape or [])]
+    attrs = {k: tuple(v.value) for k, v in node.attributes.items() if k in ("pads", "strides", "dilations")}
+    reason = None
+    if w is None or w.dtype != np.int8 or w.ndim != 4 or zx is None or zx.dtype != np.uint8:
+        reason = "weight or zero point is not constant int8/uint8"
+    elif len(shape) != 4 or None in shape:
+        reason = "activation shape is not static 4-D"
+    if reason is not None:
+        if w is not None:
+            _conv_to_float(graph, node, w)
+        return Int8Decision(name, (0, 0, 0), None, None, False, reason + ": kept in fp32")
+    g = _conv_geometry(shape, w.shape, attrs)
+    mnk = (g["m"], g["oc"], g["k"])
+    int8_ms = fp32_ms = None
+    lowered, why = True, "im2col + VNNI kernel (guard off)"
+    if guard:
+        key = ("conv", tuple(shape), w.shape, tuple(sorted(attrs.items())))
+        if key not in timings:
+            timings[key] = _conv_pair_ms(shape, w.shape, attrs, int(zx.reshape(-1)[0]), spec, schedule_fp32, repeat)
+        int8_ms, fp32_ms = timings[key]
+        lowered = int8_ms < fp32_ms
+        why = f"int8 {int8_ms:.4f} ms {'<' if lowered else '>='} fp32 {fp32_ms:.4f} ms"
+    if lowered:
+        node.attributes[VNNI_ATTR] = ir.AttrInt64(VNNI_ATTR, 1)
+    else:
+        _conv_to_float(graph, node, w)
+        why += ": kept in fp32"
+    return Int8Decision(name, mnk, int8_ms, fp32_ms, lowered, why)
+
+
 def plan_int8(model: ir.Model, spec, schedule_fp32, *, guard: bool = True, repeat: int = 50) -> dict[str, Any]:
     """Mark the MatMulInteger nodes of ``model`` (in place) that take the VNNI kernel.
 
@@ -447,6 +659,9 @@ def plan_int8(model: ir.Model, spec, schedule_fp32, *, guard: bool = True, repea
     decisions: list[Int8Decision] = []
     timings: dict[tuple, tuple[float, float]] = {}
     for node in list(graph):
+        if node.op_type == "ConvInteger" and node.domain in ("", "ai.onnx"):
+            decisions.append(_plan_conv(graph, node, spec, schedule_fp32, guard, repeat, timings))
+            continue
         if node.op_type != "MatMulInteger" or node.domain not in ("", "ai.onnx"):
             continue
         a, b = node.inputs[0], node.inputs[1]
