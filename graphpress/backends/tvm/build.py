@@ -127,6 +127,8 @@ def _schedule_cpu(mod, spec: TargetSpec, tune_trials: int, max_trials_per_task: 
         db = databases[0] if len(databases) == 1 else ms.database.OrderedUnionDatabase(*databases)
         with db:
             mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+    mod, injective = schedule_injective(mod)
+    stats["injective_scheduled"] = injective
     scheduled, unscheduled = _kernels(mod)
     stats.update(
         {
@@ -137,6 +139,59 @@ def _schedule_cpu(mod, spec: TargetSpec, tune_trials: int, max_trials_per_task: 
         }
     )
     return mod, stats
+
+
+def _is_spatial(sch, block) -> bool:
+    return all(iv.iter_type == 0 for iv in sch.get(block).iter_vars)  # 0: data parallel
+
+
+def schedule_injective(mod) -> tuple[Any, int]:
+    """Schedule every unscheduled kernel made only of elementwise/data-movement blocks (what the
+    tuning databases hold no record for: requantization epilogues, layout changes): producers
+    inlined, the output loops fused, split in chunks of 16 and run in parallel, the chunks
+    vectorized where the access pattern allows. Returns the module and how many were scheduled.
+    TVM's own CPU rules (dlight) cover only GEMV and reductions."""
+    import tvm
+
+    count = 0
+    for gv, func in list(mod.functions.items()):
+        if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs or {}).get("tirx.is_scheduled", False):
+            continue
+        try:
+            sch = tvm.s_tir.Schedule(func)
+            root = sch.get_sblock("root") if _has_root(sch) else None
+            blocks = sch.get_child_blocks(root) if root is not None else []
+            if not blocks or not all(_is_spatial(sch, b) for b in blocks):
+                continue
+            for block in blocks[:-1]:
+                try:
+                    sch.compute_inline(block)
+                except Exception:  # noqa: BLE001 - not inlinable: keep it as its own loop nest
+                    pass
+            for block in sch.get_child_blocks(root):
+                loops = sch.get_loops(block)
+                if not loops:
+                    continue
+                fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+                outer, inner = sch.split(fused, [None, 16])
+                sch.parallel(outer)
+                try:
+                    sch.vectorize(inner)
+                except Exception:  # noqa: BLE001 - gathers, conditions: scalar inner loop
+                    pass
+            mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+            count += 1
+        except Exception:  # noqa: BLE001 - leave the kernel to TVM's default (listed as unscheduled)
+            continue
+    return mod, count
+
+
+def _has_root(sch) -> bool:
+    try:
+        sch.get_sblock("root")
+        return True
+    except Exception:  # noqa: BLE001
+        return False
 
 
 #: Graph passes run (on a copy) before lowering: TVM folds neither constants through shape ops

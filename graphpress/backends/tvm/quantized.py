@@ -348,14 +348,18 @@ def _conv_geometry(x_shape, w_shape, attrs) -> dict[str, Any]:
     dh, dw = (int(v) for v in attrs.get("dilations", (1, 1)))
     oh = (h + pads[0] + pads[2] - dh * (kh - 1) - 1) // sh + 1
     ow = (w + pads[1] + pads[3] - dw * (kw - 1) - 1) // sw + 1
-    m, k = n * oh * ow, c * kh * kw
+    cp = c  # input channels padded so that a row of the unfolded input is a multiple of 4 bytes
+    while (cp * kh * kw) % 4:
+        cp += 1
     return {"n": n, "c": c, "h": h, "w": w, "oc": oc, "kh": kh, "kw": kw, "pads": pads, "strides": (sh, sw), "dilations": (dh, dw),
-            "oh": oh, "ow": ow, "m": m, "k": k, "mpad": -(-m // 4) * 4, "kpad": -(-k // 4) * 4}  # fmt: skip
+            "oh": oh, "ow": ow, "m": n * oh * ow, "k": c * kh * kw, "cp": cp, "kp": cp * kh * kw}  # fmt: skip
 
 
 def im2col_kernel(g: dict[str, Any], zero_point: int):
-    """Scheduled TIR: uint8 ``X[N, C, H, W]`` -> ``col[Mpad, Kpad]`` (rows: output pixels, columns:
-    (c, kh, kw)); padding and the extra rows/columns hold the zero point, so they add nothing."""
+    """Scheduled TIR: uint8 ``X[N, C, H, W]`` -> ``col[N, OH, OW, Cp, KH, KW]``, which is the
+    unfolded input ``[N*OH*OW, Cp*KH*KW]`` in memory. Padding (spatial, and channels up to ``Cp``)
+    holds the zero point, so it adds nothing. Nested loops rather than one flat index keep the
+    address arithmetic to additions: 0.38 ms instead of 4.5 ms for a 64x56x56 3x3 layer."""
     import tvm
     from tvm import te
 
@@ -363,21 +367,18 @@ def im2col_kernel(g: dict[str, Any], zero_point: int):
     if key in _KERNELS:
         return _KERNELS[key]
     x = te.placeholder((g["n"], g["c"], g["h"], g["w"]), "uint8", name="X")
-    ohw, khw = g["oh"] * g["ow"], g["kh"] * g["kw"]
     (sh, sw), (dh, dw), (pt, pl) = g["strides"], g["dilations"], g["pads"][:2]
 
-    def col(m, kk):
-        b, r = m // ohw, m % ohw
-        ci, r2 = kk // khw, kk % khw
-        iy = (r // g["ow"]) * sh - pt + (r2 // g["kw"]) * dh
-        ix = (r % g["ow"]) * sw - pl + (r2 % g["kw"]) * dw
-        inside = te.all(m < g["m"], kk < g["k"], iy >= 0, iy < g["h"], ix >= 0, ix < g["w"])
+    def col(b, y, xx, ci, ky, kx):
+        iy, ix = y * sh - pt + ky * dh, xx * sw - pl + kx * dw
+        inside = te.all(ci < g["c"], iy >= 0, iy < g["h"], ix >= 0, ix < g["w"])
         return te.if_then_else(inside, x[b, ci, iy, ix], tvm.tirx.const(zero_point, "uint8"))
 
-    out = te.compute((g["mpad"], g["kpad"]), col, name="col")
+    out = te.compute((g["n"], g["oh"], g["ow"], g["cp"], g["kh"], g["kw"]), col, name="col")
     sch = tvm.s_tir.Schedule(te.create_prim_func([x, out]))
-    i, _ = sch.get_loops(sch.get_sblock("col"))
-    sch.parallel(i)
+    loops = sch.get_loops(sch.get_sblock("col"))
+    sch.parallel(sch.fuse(*loops[:3]))
+    sch.unroll(loops[5])
     name = f"graphpress_im2col_{len(_KERNELS)}"
     func = sch.mod["main"].with_attr({"tirx.is_scheduled": True, "op_pattern": 8, "global_symbol": name})
     _KERNELS[key] = func
@@ -389,16 +390,19 @@ def _emit_vnni_conv(bb, x, w_oihw: np.ndarray, zero_point: int, attrs):
     from tvm import relax
 
     g = _conv_geometry(x.ty.shape, w_oihw.shape, attrs)
-    w_kn = np.zeros((g["kpad"], g["oc"]), np.int8)
-    w_kn[: g["k"]] = w_oihw.reshape(g["oc"], g["k"]).T
-    packed, colsum, npad = _pack(w_kn)
+    w_padded = np.zeros((g["oc"], g["cp"], g["kh"], g["kw"]), np.int8)
+    w_padded[:, : g["c"]] = w_oihw
+    packed, colsum, npad = _pack(np.ascontiguousarray(w_padded.reshape(g["oc"], g["kp"]).T))
     im2col = im2col_kernel(g, zero_point)
-    col = bb.emit(relax.call_tir(bb.add_func(im2col, str(im2col.attrs["global_symbol"])), [x], relax.TensorType((g["mpad"], g["kpad"]), "uint8")))
-    dense = vnni_dense_kernel(g["mpad"], npad, g["kpad"])
-    acc = bb.emit(relax.call_tir(bb.add_func(dense, str(dense.attrs["global_symbol"])), [col, relax.const(packed)], relax.TensorType((g["mpad"], npad), "int32")))
+    col_ty = relax.TensorType((g["n"], g["oh"], g["ow"], g["cp"], g["kh"], g["kw"]), "uint8")
+    col = bb.emit(relax.call_tir(bb.add_func(im2col, str(im2col.attrs["global_symbol"])), [x], col_ty))
+    col = bb.emit(relax.op.reshape(col, (g["m"], g["kp"])))
+    dense = vnni_dense_kernel(g["m"], npad, g["kp"])
+    acc = bb.emit(relax.call_tir(bb.add_func(dense, str(dense.attrs["global_symbol"])), [col, relax.const(packed)], relax.TensorType((g["m"], npad), "int32")))
     if zero_point:
         acc = relax.op.subtract(acc, relax.const((colsum * zero_point).astype(np.int32)))
-    acc = relax.op.strided_slice(acc, axes=[0, 1], begin=[0, 0], end=[g["m"], g["oc"]])
+    if npad != g["oc"]:
+        acc = relax.op.strided_slice(acc, axes=[1], begin=[0], end=[g["oc"]])
     acc = relax.op.reshape(acc, (g["n"], g["oh"], g["ow"], g["oc"]))
     return relax.op.permute_dims(acc, [0, 3, 1, 2])
 
@@ -506,6 +510,19 @@ def _time(executable, args: list, repeat: int) -> float:
     return float(np.median(evaluator(*dev_args).results)) * 1e3
 
 
+def _int8_pipeline(mod, target):
+    """What the model build does to the int8 path: the zero pipeline, then the schedules for the
+    elementwise epilogue kernels (so the guard times what would ship)."""
+    import tvm
+    from tvm import relax
+
+    from graphpress.backends.tvm.build import schedule_injective
+
+    with target:
+        mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(), relax.get_pipeline("zero")])(mod)
+    return schedule_injective(mod)[0]
+
+
 def _kernel_pair_ms(m: int, n: int, k: int, a_dtype: str, spec, schedule_fp32, repeat: int) -> tuple[float, float]:
     """(int8 ms, fp32 ms) of one dense layer compiled both ways for ``spec``."""
     import tvm
@@ -521,9 +538,7 @@ def _kernel_pair_ms(m: int, n: int, k: int, a_dtype: str, spec, schedule_fp32, r
         with bb.dataflow():
             out = bb.emit_output(_emit_vnni_matmul(bb, x, w, relax.const(3, a_dtype)))
         bb.emit_func_output(out)
-    with target:
-        int8_mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(), relax.get_pipeline("zero")])(bb.get())
-    int8_exe = tvm.compile(int8_mod, target=target)
+    int8_exe = tvm.compile(_int8_pipeline(bb.get(), target), target=target)
     xq = rng.integers(0, 128, (m, k)).astype(a_dtype)
     int8_ms = _time(int8_exe, [xq], repeat)
 
@@ -553,9 +568,7 @@ def _conv_pair_ms(x_shape, w_shape, attrs: dict, zero_point: int, spec, schedule
         with bb.dataflow():
             out = bb.emit_output(_emit_vnni_conv(bb, x, w, zero_point, attrs))
         bb.emit_func_output(out)
-    with target:
-        int8_mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(), relax.get_pipeline("zero")])(bb.get())
-    int8_ms = _time(tvm.compile(int8_mod, target=target), [rng.integers(0, 256, x_shape).astype(np.uint8)], repeat)
+    int8_ms = _time(tvm.compile(_int8_pipeline(bb.get(), target), target=target), [rng.integers(0, 256, x_shape).astype(np.uint8)], repeat)
 
     bb = relax.BlockBuilder()
     xf = relax.Var("x", relax.TensorType(tuple(x_shape), "float32"))
