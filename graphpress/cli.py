@@ -311,8 +311,9 @@ def cmd_compile(args) -> int:
     if spec.is_cpu:
         print(f"kernels: {build.get('kernels')}, scheduled from tuning databases: {build.get('scheduled_kernels')}, unscheduled: {len(unscheduled)}")
         if unscheduled:
-            print(f"warning: {len(unscheduled)} kernel(s) have no tuned schedule and run as TVM's default loop nests "
-                  f"(slow); tune with --tune-trials N", file=sys.stderr)
+            print(f"warning: {len(unscheduled)} kernel(s) have no tuned schedule ({build.get('generic_scheduled_kernels', 0)} of them "
+                  f"got graphpress's generic parallel schedule, the rest TVM's default loop nests: slow); tune with --tune-trials N",
+                  file=sys.stderr)
     if "int8" in build:
         i8 = build["int8"]
         print(f"int8: {i8['lowered']} dense layer(s) on VNNI kernels ({i8.get('zmm_vpdpbusd', 0)} zmm vpdpbusd), "

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx_ir as ir
 
 import graphpress
@@ -127,9 +128,10 @@ def _schedule_cpu(mod, spec: TargetSpec, tune_trials: int, max_trials_per_task: 
         db = databases[0] if len(databases) == 1 else ms.database.OrderedUnionDatabase(*databases)
         with db:
             mod = relax.transform.MetaScheduleApplyDatabase()(mod)
-    mod, injective = schedule_injective(mod)
-    stats["injective_scheduled"] = injective
+    # listed before the generic schedules below: those make untuned kernels less slow, not tuned
     scheduled, unscheduled = _kernels(mod)
+    mod, generic = schedule_injective(mod)
+    stats["generic_scheduled_kernels"] = generic
     stats.update(
         {
             "scheduled_kernels": len(scheduled),
@@ -161,7 +163,14 @@ def schedule_injective(mod) -> tuple[Any, int]:
             sch = tvm.s_tir.Schedule(func)
             root = sch.get_sblock("root") if _has_root(sch) else None
             blocks = sch.get_child_blocks(root) if root is not None else []
-            if not blocks or not all(_is_spatial(sch, b) for b in blocks):
+            if not blocks:
+                continue
+            if not all(_is_spatial(sch, b) for b in blocks):
+                # a reduction (depthwise conv, pooling, softmax) no database covers: at least
+                # spread its output loops over the cores
+                if _parallel_reduction(sch, blocks):
+                    mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+                    count += 1
                 continue
             for block in blocks[:-1]:
                 try:
@@ -184,6 +193,30 @@ def schedule_injective(mod) -> tuple[Any, int]:
         except Exception:  # noqa: BLE001 - leave the kernel to TVM's default (listed as unscheduled)
             continue
     return mod, count
+
+
+def _parallel_reduction(sch, blocks) -> bool:
+    """Inline elementwise producers/consumers of a single reduction block and run its leading
+    spatial loops in parallel; False when the kernel does not have that shape."""
+    reductions = [b for b in blocks if not _is_spatial(sch, b)]
+    if len(reductions) != 1:
+        return False
+    red = reductions[0]
+    for block in blocks:
+        if block.same_as(red):
+            continue
+        for inline in (sch.compute_inline, sch.reverse_compute_inline):
+            try:
+                inline(block)
+                break
+            except Exception:  # noqa: BLE001
+                continue
+    n_spatial = sum(1 for iv in sch.get(red).iter_vars if iv.iter_type == 0)
+    loops = sch.get_loops(red)[: max(1, n_spatial - 1)]
+    if not loops:
+        return False
+    sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
+    return True
 
 
 def _has_root(sch) -> bool:
@@ -299,21 +332,18 @@ def compile_model(
     else:
         mod = to_relax(prepared, shapes, spec.name)
     report["import_seconds"] = round(time.perf_counter() - t0, 3)
-    if spec.is_cpu:
-        mod, stats = _schedule_cpu(mod, spec, tune_trials, max_trials_per_task, database, shipped_databases)
-        report.update(stats)
-    t1 = time.perf_counter()
-    try:
-        executable = tvm.compile(mod, target=spec.tvm_target())
-    except Exception as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        raise GraphpressError(f"target {spec.name}: TVM build failed ({(lines[-1] if lines else type(e).__name__)[:300]})") from e
-    report["build_seconds"] = round(time.perf_counter() - t1, 3)
+    executable, stats = _build(mod, spec, tune_trials, max_trials_per_task, database, shipped_databases)
+    report.update(stats)
     if vnni and report["int8"]["lowered"]:
         from graphpress.backends.tvm.int8 import zmm_vpdpbusd_count
 
         # tensorization failures are only warnings in TVM: count the instructions instead
         report["int8"]["zmm_vpdpbusd"] = zmm_vpdpbusd_count(executable.mod.imports[0].inspect_source("asm"))
+        if int8_guard:
+            # the whole model, too: layers that stay fp32 compile differently around integer ones
+            # (MobileNetV2's depthwise convs lose their tuned fused kernels), so the all-fp32 build
+            # of the same model is timed against it and the faster one ships
+            executable, report = _model_guard(model, prepare, shapes, spec, executable, report, (tune_trials, max_trials_per_task, database, shipped_databases))
     meta = {
         "graphpress_version": graphpress.__version__,
         "tvm_version": tvm.__version__,
@@ -325,6 +355,55 @@ def compile_model(
         "build": report,
     }
     return CompiledModel(executable, meta)
+
+
+def _build(mod, spec: TargetSpec, tune_trials, max_trials_per_task, database, shipped_databases):
+    import tvm
+
+    stats: dict[str, Any] = {}
+    if spec.is_cpu:
+        mod, stats = _schedule_cpu(mod, spec, tune_trials, max_trials_per_task, database, shipped_databases)
+    t1 = time.perf_counter()
+    try:
+        executable = tvm.compile(mod, target=spec.tvm_target())
+    except Exception as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise GraphpressError(f"target {spec.name}: TVM build failed ({(lines[-1] if lines else type(e).__name__)[:300]})") from e
+    stats["build_seconds"] = round(time.perf_counter() - t1, 3)
+    return executable, stats
+
+
+def _model_ms(executable, shapes, repeat: int = 10) -> float:
+    import tvm
+    from tvm import relax
+
+    from graphpress.ir.numeric import random_inputs
+
+    feeds = random_inputs([{"name": n, **v} for n, v in shapes.items()])
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    args = [tvm.runtime.tensor(a, tvm.cpu()) for a in feeds.values()]
+    vm["main"](*args)
+    timer = vm.time_evaluator("main", tvm.cpu(), number=1, repeat=repeat)
+    return float(np.median(timer(*args).results)) * 1e3
+
+
+def _model_guard(model, prepare, shapes, spec, int8_exe, report, build_args):
+    """Time the int8 build against the all-fp32 build of the same model; keep the faster."""
+    from graphpress.backends.tvm.quantized import bypass_float_qdq, fold_weight_dequantize, plan_int8
+
+    fp32_copy, _ = prepare_for_lowering(model, prepare)
+    plan_int8(fp32_copy, spec, None, guard=False, force_fp32=True)
+    fold_weight_dequantize(fp32_copy)
+    bypass_float_qdq(fp32_copy)
+    fp32_exe, fp32_stats = _build(to_relax(fp32_copy, shapes, spec.name), spec, *build_args)
+    int8_ms, fp32_ms = _model_ms(int8_exe, shapes), _model_ms(fp32_exe, shapes)
+    report["int8"]["model_guard"] = {"int8_ms": round(int8_ms, 4), "fp32_ms": round(fp32_ms, 4), "chosen": "int8" if int8_ms < fp32_ms else "fp32"}
+    if int8_ms < fp32_ms:
+        return int8_exe, report
+    report["int8"]["model_guard"]["reason"] = "the int8 build of the whole model was not faster than its fp32 build: shipping fp32"
+    report["int8"]["lowered"] = 0
+    report.update(fp32_stats)
+    return fp32_exe, report
 
 
 def _wants_int8(model: ir.Model, spec: TargetSpec, mode: str) -> bool:

@@ -661,7 +661,7 @@ def _plan_conv(graph: ir.Graph, node: ir.Node, spec, schedule_fp32, guard: bool,
     return Int8Decision(name, mnk, int8_ms, fp32_ms, lowered, why)
 
 
-def plan_int8(model: ir.Model, spec, schedule_fp32, *, guard: bool = True, repeat: int = 50) -> dict[str, Any]:
+def plan_int8(model: ir.Model, spec, schedule_fp32, *, guard: bool = True, repeat: int = 50, force_fp32: bool = False) -> dict[str, Any]:
     """Mark the MatMulInteger nodes of ``model`` (in place) that take the VNNI kernel.
 
     With ``guard``, each distinct (M, N, K, dtype) is timed both ways first (``schedule_fp32``
@@ -672,6 +672,11 @@ def plan_int8(model: ir.Model, spec, schedule_fp32, *, guard: bool = True, repea
     decisions: list[Int8Decision] = []
     timings: dict[tuple, tuple[float, float]] = {}
     for node in list(graph):
+        if force_fp32 and node.op_type in ("ConvInteger", "MatMulInteger"):
+            w = _const(node.inputs[1])
+            if w is not None:
+                (_conv_to_float if node.op_type == "ConvInteger" else _to_float)(graph, node, w)
+            continue
         if node.op_type == "ConvInteger" and node.domain in ("", "ai.onnx"):
             decisions.append(_plan_conv(graph, node, spec, schedule_fp32, guard, repeat, timings))
             continue
