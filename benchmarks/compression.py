@@ -29,14 +29,14 @@ import os
 import tempfile
 from pathlib import Path
 
+import _text
 import numpy as np
 import onnxruntime as ort
 import torch
+from _timing import blocked
 from onnxruntime.quantization import quantize_dynamic
 
-import _text
 import graphpress as gp
-from _timing import blocked
 from graphpress.ir.io import to_proto
 from graphpress.ir.numeric import run
 from graphpress.ir.pack import pack_bytes

@@ -28,14 +28,20 @@ import os
 import tempfile
 from pathlib import Path
 
+import _text
 import numpy as np
 import onnxruntime as ort
 import torch
-from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+from _timing import blocked
+from onnxruntime.quantization import (
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quantize_dynamic,
+    quantize_static,
+)
 
 import graphpress as gp
-import _text
-from _timing import blocked
 from graphpress.ir.io import to_proto
 from graphpress.passes import PassManager, build_passes
 

@@ -96,8 +96,7 @@ def huffman_bytes(data: bytes) -> int:
 
 
 def _tensors(graph: onnx.GraphProto):
-    for t in graph.initializer:
-        yield t
+    yield from graph.initializer
     for node in graph.node:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.TENSOR:

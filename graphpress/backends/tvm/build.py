@@ -240,7 +240,6 @@ def prepare_for_lowering(model: ir.Model, spec: str = PREPARE_SPEC) -> tuple[ir.
 
     from graphpress.ir.io import to_proto
     from graphpress.passes import InvariantInstrument, PassManager, build_passes
-
     from graphpress.passes.share import TAG, Unshare
 
     copy = ir.serde.deserialize_model(to_proto(model))
@@ -305,7 +304,13 @@ def compile_model(
     report: dict[str, Any] = {"prepare": prep_stats}
     vnni = _wants_int8(prepared, spec, int8)
     if vnni:
-        from graphpress.backends.tvm.quantized import bypass_float_qdq, fold_weight_dequantize, plan_int8, qdq_to_integer, vnni_converters
+        from graphpress.backends.tvm.quantized import (
+            bypass_float_qdq,
+            fold_weight_dequantize,
+            plan_int8,
+            qdq_to_integer,
+            vnni_converters,
+        )
 
         t_int8 = time.perf_counter()
         bound_shapes = bind_input_shapes(prepared, input_shapes)
@@ -389,7 +394,11 @@ def _model_ms(executable, shapes, repeat: int = 10) -> float:
 
 def _model_guard(model, prepare, shapes, spec, int8_exe, report, build_args):
     """Time the int8 build against the all-fp32 build of the same model; keep the faster."""
-    from graphpress.backends.tvm.quantized import bypass_float_qdq, fold_weight_dequantize, plan_int8
+    from graphpress.backends.tvm.quantized import (
+        bypass_float_qdq,
+        fold_weight_dequantize,
+        plan_int8,
+    )
 
     fp32_copy, _ = prepare_for_lowering(model, prepare)
     plan_int8(fp32_copy, spec, None, guard=False, force_fp32=True)

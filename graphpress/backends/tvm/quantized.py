@@ -643,22 +643,30 @@ def _plan_conv(graph: ir.Graph, node: ir.Node, spec, schedule_fp32, guard: bool,
             _conv_to_float(graph, node, w)
         return Int8Decision(name, (0, 0, 0), None, None, False, reason + ": kept in fp32")
     g = _conv_geometry(shape, w.shape, attrs)
-    mnk = (g["m"], g["oc"], g["k"])
+    key = ("conv", tuple(shape), w.shape, tuple(sorted(attrs.items())))
+
+    def measure():
+        return _conv_pair_ms(shape, w.shape, attrs, int(zx.reshape(-1)[0]), spec, schedule_fp32, repeat)
+
+    return _decide(graph, node, w, (g["m"], g["oc"], g["k"]), "im2col + VNNI kernel", guard, timings, key, measure, _conv_to_float)
+
+
+def _decide(graph, node, w, mnk, kernel: str, guard: bool, timings: dict, key, measure, to_float) -> Int8Decision:
+    """Lower ``node`` to its integer kernel unless the guard measured it slower than fp32."""
     int8_ms = fp32_ms = None
-    lowered, why = True, "im2col + VNNI kernel (guard off)"
+    lowered, why = True, f"{kernel} (guard off)"
     if guard:
-        key = ("conv", tuple(shape), w.shape, tuple(sorted(attrs.items())))
         if key not in timings:
-            timings[key] = _conv_pair_ms(shape, w.shape, attrs, int(zx.reshape(-1)[0]), spec, schedule_fp32, repeat)
+            timings[key] = measure()
         int8_ms, fp32_ms = timings[key]
         lowered = int8_ms < fp32_ms
         why = f"int8 {int8_ms:.4f} ms {'<' if lowered else '>='} fp32 {fp32_ms:.4f} ms"
     if lowered:
         node.attributes[VNNI_ATTR] = ir.AttrInt64(VNNI_ATTR, 1)
     else:
-        _conv_to_float(graph, node, w)
+        to_float(graph, node, w)
         why += ": kept in fp32"
-    return Int8Decision(name, mnk, int8_ms, fp32_ms, lowered, why)
+    return Int8Decision(node.name or node.outputs[0].name, mnk, int8_ms, fp32_ms, lowered, why)
 
 
 def plan_int8(model: ir.Model, spec, schedule_fp32, *, guard: bool = True, repeat: int = 50, force_fp32: bool = False) -> dict[str, Any]:
@@ -705,21 +713,11 @@ def plan_int8(model: ir.Model, spec, schedule_fp32, *, guard: bool = True, repea
         m = int(np.prod(shape[:-1]))
         dtype = "uint8" if a.dtype == ir.DataType.UINT8 else "int8"
         key = (m, n, k, dtype)
-        int8_ms = fp32_ms = None
-        lowered = True
-        why = "VNNI kernel (guard off)"
-        if guard:
-            if key not in timings:
-                timings[key] = _kernel_pair_ms(m, -(-n // 16) * 16, k, dtype, spec, schedule_fp32, repeat)
-            int8_ms, fp32_ms = timings[key]
-            lowered = int8_ms < fp32_ms
-            why = f"int8 {int8_ms:.4f} ms {'<' if lowered else '>='} fp32 {fp32_ms:.4f} ms"
-        if lowered:
-            node.attributes[VNNI_ATTR] = ir.AttrInt64(VNNI_ATTR, 1)
-        else:
-            _to_float(graph, node, w)
-            why += ": kept in fp32"
-        decisions.append(Int8Decision(name, (m, n, k), int8_ms, fp32_ms, lowered, why))
+
+        def measure(m=m, n=n, k=k, dtype=dtype):
+            return _kernel_pair_ms(m, -(-n // 16) * 16, k, dtype, spec, schedule_fp32, repeat)
+
+        decisions.append(_decide(graph, node, w, (m, n, k), "VNNI kernel", guard, timings, key, measure, _to_float))
     return {
         "lowered": sum(d.lowered for d in decisions),
         "kept_fp32": sum(1 for d in decisions if not d.lowered),
