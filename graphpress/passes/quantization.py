@@ -46,7 +46,7 @@ from graphpress.passes.base import Pass, PassResult, option
 from graphpress.passes.pruning.prune import output_similarity
 from graphpress.passes.registry import register
 
-__all__ = ["Quantize", "layer_errors", "quantize_model"]
+__all__ = ["Quantize", "layer_errors", "mse_ranges", "quantize_model"]
 
 QUANTIZABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -131,18 +131,79 @@ def quantize_model(
         elif mode == "static":
             if not calibration:
                 raise GraphpressError("quantize: static mode needs calibration inputs (an .npz, a Python iterable, or generated)")
-            methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}
+            methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy,
+                       "mse": CalibrationMethod.MinMax}  # fmt: skip
+            extra = {"ActivationSymmetric": scheme == "s8s8", "WeightSymmetric": True, "CalibPercentile": percentile}
+            if method == "mse":
+                ranges = mse_ranges(model, calibration, symmetric=scheme == "s8s8")
+                extra["TensorQuantOverrides"] = {k: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}] for k, (lo, hi) in ranges.items()}
+                info["mse_clipped_tensors"] = ranges.clipped
             quantize_static(
                 src, dst, _Reader(calibration), quant_format=QuantFormat.QDQ, op_types_to_quantize=ops, per_channel=per_channel,
                 reduce_range=reduce_range, activation_type=act_type, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
-                calibrate_method=methods[method],
-                extra_options={"ActivationSymmetric": scheme == "s8s8", "WeightSymmetric": True, "CalibPercentile": percentile},
+                calibrate_method=methods[method], extra_options=extra,
             )  # fmt: skip
         else:
             raise GraphpressError(f"quantize: unknown mode '{mode}'")
         out = onnx.load(dst)
     _replace_contents(model, out)
     return info
+
+
+class _Ranges(dict):
+    """Activation name -> (rmin, rmax); ``clipped``: how many are narrower than min/max."""
+
+    clipped = 0
+
+
+def _quant_mse(x: np.ndarray, lo: float, hi: float, symmetric: bool) -> float:
+    if symmetric:
+        bound = max(abs(lo), abs(hi))
+        scale = bound / 127.0 if bound > 0 else 1.0
+        q = np.clip(np.round(x / scale), -127, 127)
+        return float(np.mean((q * scale - x) ** 2))
+    scale = (hi - lo) / 255.0 if hi > lo else 1.0
+    zp = np.clip(np.round(-lo / scale), 0, 255)
+    q = np.clip(np.round(x / scale) + zp, 0, 255)
+    return float(np.mean(((q - zp) * scale - x) ** 2))
+
+
+def mse_ranges(model: ir.Model, calibration: list[Mapping[str, np.ndarray]], *, symmetric: bool = False, samples: int = 200_000) -> _Ranges:
+    """Per activation tensor, the range that minimizes the quantization MSE over the calibration
+    data: the min/max range shrunk by a factor in [0.2, 1] (41 steps, 0 stays inside), searched on
+    up to ``samples`` values of each tensor. What ``method=mse`` gives ONNX Runtime's quantizer."""
+    import onnxruntime as ort
+
+    copy = ir.serde.deserialize_model(to_proto(model))
+    names = {v.name for v in copy.graph.outputs}
+    for node in copy.graph:
+        for out in node.outputs:
+            if out.dtype == ir.DataType.FLOAT and out.name not in names:
+                copy.graph.outputs.append(out)
+                names.add(out.name)
+    for value in copy.graph.inputs:
+        if value.dtype == ir.DataType.FLOAT and value.name not in names and value.name not in copy.graph.initializers:
+            copy.graph.outputs.append(value)
+    sess = ort.InferenceSession(to_proto(copy).SerializeToString(), providers=["CPUExecutionProvider"])
+    out_names = [o.name for o in sess.get_outputs()]
+    collected: dict[str, list[np.ndarray]] = {}
+    for feeds in calibration:
+        for name, arr in zip(out_names, sess.run(None, dict(feeds))):
+            if arr.dtype == np.float32 and arr.size:
+                collected.setdefault(name, []).append(arr.ravel())
+    rng = np.random.default_rng(0)
+    ranges = _Ranges()
+    for name, parts in collected.items():
+        x = np.concatenate(parts)
+        if x.size > samples:
+            x = rng.choice(x, samples, replace=False)
+        lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+        if hi == lo:
+            continue
+        best = min((_quant_mse(x, a * lo, a * hi, symmetric), a) for a in np.linspace(0.2, 1.0, 41))
+        ranges[name] = (best[1] * lo, best[1] * hi)
+        ranges.clipped += best[1] < 1.0
+    return ranges
 
 
 def _weight_only(model: ir.Model, ops: list[str], exclude: list[str]) -> int:
@@ -327,7 +388,7 @@ class Quantize(Pass):
         block_size: int = option(32, help="weight_only bits=4: weights per scale along the reduction axis", min=16)
         scheme: str = option("auto", help="activation x weight types (auto: u8s8)", choices=("auto", "u8s8", "s8s8"))
         per_channel: bool = option(True, help="per-output-channel weight scales")
-        method: str = option("minmax", help="activation calibration", choices=("minmax", "percentile", "entropy"))
+        method: str = option("minmax", help="activation calibration (mse: the range with the least quantization MSE)", choices=("minmax", "percentile", "entropy", "mse"))
         samples: int = option(8, help="generated calibration samples when no inputs are given", min=1)
         ops: str = option(
             "auto", help="op types to quantize ('|'-separated); auto: static: every op ORT's quantizer supports, dynamic: MatMul|Gemm"
