@@ -1,27 +1,28 @@
-"""Integer lowering of quantized dense layers for TVM on x86 with AVX-512 VNNI.
+"""Integer lowering of quantized dense layers and convolutions for TVM on x86 with AVX-512 VNNI.
 
-TVM's ONNX importer computes QDQ graphs in float and lowers ``MatMulInteger`` to an int32 x
-int32 matmul that no schedule tensorizes. This module makes dense layers real u8 x s8 -> s32
-VNNI code, in three steps:
+TVM's ONNX importer computes QDQ graphs in float, lowers ``MatMulInteger`` to an int32 x int32
+matmul that no schedule tensorizes, and has no ``ConvInteger``. This module makes them real
+u8 x s8 -> s32 VNNI code:
 
 1. :func:`qdq_to_integer` (ONNX level, on the backend's private copy): a static QDQ dense
    layer ``DQ(xq) -> MatMul/Gemm(DQ(Wq int8, per-channel, zero point 0)) [+ bias]`` becomes
-   ``MatMulInteger(xq, Wq, zx) -> Cast -> Mul(sx*sw) [-> Add(bias)]``. Exact in integers;
-   ONNX Runtime runs both forms, so the rewrite is checked there.
-2. The per-node guard (:func:`plan_int8`): for every ``MatMulInteger`` with a constant int8
-   weight, the VNNI kernel and the fp32 kernel that node would otherwise get (same shapes,
-   same tuning databases) are compiled and timed on this machine. A node whose int8 kernel is
-   not faster is rewritten to float (``MatMul`` on the dequantized weight) and the report says
-   so: nothing ships in int8 that is slower than fp32.
-3. :func:`vnni_converters` replaces the importer's ``MatMulInteger`` converter for the chosen
-   nodes: the weight is packed at compile time to ``[N/16, K/4, 16, 4]`` (N padded to 16),
-   the kernel is a scheduled TIR function (rows x 4 blocks of 16 columns per micro-tile, the
-   fixed ``dot_16x4_vnni`` intrinsic on the innermost 16 x 4), and the activation zero point
-   is applied afterwards with the weight's column sums: ``Σ(a - za)·w = Σ a·w - za·Σ w``.
-   int8 activations are moved to uint8 (``a + 128``, ``za + 128``), which VNNI needs.
+   ``MatMulInteger(xq, Wq, zx) -> Cast -> Mul(sx*sw) [-> Add(bias)]``, a group-1 QDQ Conv with
+   uint8 activations the same with ``ConvInteger``. Exact in integers.
+2. The per-node guard (:func:`plan_int8`): for every ``MatMulInteger``/``ConvInteger`` with a
+   constant int8 weight, the integer kernel and the fp32 kernel that node would otherwise get
+   (same shapes, same tuning databases) are compiled and timed on this machine. A node whose
+   int8 kernel is not faster is rewritten to float compute and the report says so.
+3. :func:`vnni_converters` replaces the importer's converters for the chosen nodes. Dense: the
+   weight is packed at compile time to ``[N/16, K/4, 16, 4]`` (N padded to 16), the kernel is a
+   scheduled TIR function (rows x 4 blocks of 16 columns per micro-tile, the fixed
+   ``dot_16x4_vnni`` intrinsic on the innermost 16 x 4), and the activation zero point is applied
+   afterwards with the weight's column sums: ``Σ(a - za)·w = Σ a·w - za·Σ w``; int8 activations
+   are moved to uint8 (``a + 128``, ``za + 128``), which VNNI needs. Convolution: an im2col
+   kernel (padding holds the zero point) feeds the same dense kernel, and a tiled kernel applies
+   the zero point while turning the NHWC result back to NCHW.
 
-Integer results equal ONNX Runtime's ``MatMulInteger`` bit for bit (tested). Convolutions are
-not lowered yet: TVM still computes a QDQ Conv in float.
+Integer results equal ONNX Runtime's ``MatMulInteger`` and a numpy ``ConvInteger`` bit for bit
+(tested). Depthwise and grouped convolutions have no integer kernel yet.
 """
 
 from __future__ import annotations
