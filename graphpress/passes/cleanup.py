@@ -211,6 +211,20 @@ def _fold_small_constant_of_shape(node: ir.Node) -> bool | None:
     return None
 
 
+def fold_nodes(model: ir.Model, select) -> int:
+    """Evaluate the nodes ``select(node)`` picks (all inputs constant; any size) with onnxscript's
+    folder (ONNX reference semantics), store the results as initializers and drop what became
+    unused. Returns how many picked nodes are left unfolded."""
+    folder = _constant_folding.FoldConstantsPass(
+        shape_inference=False, input_size_limit=2**62, output_size_limit=2**62, should_fold=lambda node: bool(select(node)) or False
+    )
+    with _quiet("onnxscript"):
+        folder(model)
+    common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+    common_passes.RemoveUnusedNodesPass()(model)
+    return sum(1 for g in model.graphs() for n in g if select(n))
+
+
 @register
 class FoldConstants(Pass):
     """Evaluate nodes whose inputs are all constants and store the results as initializers."""

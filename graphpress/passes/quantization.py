@@ -206,13 +206,16 @@ def mse_ranges(model: ir.Model, calibration: list[Mapping[str, np.ndarray]], *, 
     return ranges
 
 
-def _weight_only(model: ir.Model, ops: list[str], exclude: list[str]) -> int:
-    """int8 per-output-channel symmetric weights + DequantizeLinear for MatMul/Gemm/Conv/Gather constants."""
+def _quantize_weights(model: ir.Model, ops: list[str], exclude: list[str], quantize) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Put a ``DequantizeLinear`` in front of every float initializer weight of ``ops`` (input 1;
+    Gather: input 0). ``quantize(node, array)`` returns ``(q, scale, attributes)`` or None to
+    leave the weight alone. A weight used by several nodes is quantized once. Returns
+    ``(weight, q, scale)`` per quantized weight."""
     graph = model.graph
-    count = 0
     done: dict[str, ir.Value] = {}  # weight name -> its DequantizeLinear output (shared weights)
+    quantized = []
     for node in list(graph):
-        if node.op_type not in (*ops, "Gather") or any(e in node.name for e in exclude):
+        if node.op_type not in ops or any(e in node.name for e in exclude):
             continue
         index = 0 if node.op_type == "Gather" else 1
         if len(node.inputs) <= index or node.inputs[index] is None:
@@ -221,33 +224,47 @@ def _weight_only(model: ir.Model, ops: list[str], exclude: list[str]) -> int:
         if w.name in done:
             node.replace_input_with(index, done[w.name])
             continue
-        if w.const_value is None or not w.is_initializer() or w.const_value.dtype != ir.DataType.FLOAT or len(w.const_value.shape) < 2:
+        if w.const_value is None or not w.is_initializer() or w.const_value.dtype != ir.DataType.FLOAT:
             continue
         arr = w.const_value.numpy()
+        result = quantize(node, arr)
+        if result is None:
+            continue
+        q, scale, attributes = result
+        suffix = "int8" if q.dtype == np.int8 else "int4"
+        qv = ir.Value(name=f"{w.name}_{suffix}", const_value=ir.tensor(q, name=f"{w.name}_{suffix}"))
+        sv = ir.Value(name=f"{w.name}_scale", const_value=ir.tensor(np.ascontiguousarray(scale), name=f"{w.name}_scale"))
+        for v in (qv, sv):
+            v.shape = ir.Shape(v.const_value.shape)
+            v.type = ir.TensorType(v.const_value.dtype)
+            graph.register_initializer(v)
+        dq = ir.node("DequantizeLinear", [qv, sv], attributes=attributes, name=f"{w.name}_dq")
+        dq.outputs[0].name = f"{w.name}_dequantized"
+        dq.outputs[0].shape, dq.outputs[0].type = w.shape, w.type
+        graph.insert_before(node, dq)
+        node.replace_input_with(index, dq.outputs[0])
+        done[w.name] = dq.outputs[0]
+        quantized.append((arr, q, scale))
+    for name in [n for n, v in graph.initializers.items() if not v.uses() and not v.is_graph_output()]:
+        graph.initializers.pop(name)
+    return quantized
+
+
+def _weight_only(model: ir.Model, ops: list[str], exclude: list[str]) -> int:
+    """int8 per-output-channel symmetric weights + DequantizeLinear for MatMul/Gemm/Conv/Gather constants."""
+
+    def per_channel(node: ir.Node, arr: np.ndarray):
+        if arr.ndim < 2:
+            return None
         axis = {"MatMul": arr.ndim - 1, "Gemm": 0 if node.attributes.get_int("transB", 0) else 1, "Gather": 0}.get(node.op_type, 0)
         moved = np.moveaxis(arr, axis, 0).reshape(arr.shape[axis], -1)
         scale = (np.abs(moved).max(axis=1) / 127.0).astype(np.float32)
         scale[scale == 0] = 1.0
         shape = [1] * arr.ndim
         shape[axis] = -1
-        q = np.clip(np.round(arr / scale.reshape(shape)), -127, 127).astype(np.int8)
-        qv = ir.Value(name=f"{w.name}_int8", const_value=ir.tensor(q))
-        sv = ir.Value(name=f"{w.name}_scale", const_value=ir.tensor(scale))
-        for v in (qv, sv):
-            v.shape = ir.Shape(v.const_value.shape)
-            v.type = ir.TensorType(v.const_value.dtype)
-            graph.register_initializer(v)
-        dq = ir.node("DequantizeLinear", [qv, sv], attributes={"axis": axis}, name=f"{w.name}_dq")
-        dq.outputs[0].name = f"{w.name}_dequantized"
-        dq.outputs[0].shape = w.shape
-        dq.outputs[0].type = w.type
-        graph.insert_before(node, dq)
-        node.replace_input_with(index, dq.outputs[0])
-        done[w.name] = dq.outputs[0]
-        count += 1
-    for name in [n for n, v in graph.initializers.items() if not v.uses() and not v.is_graph_output()]:
-        graph.initializers.pop(name)
-    return count
+        return np.clip(np.round(arr / scale.reshape(shape)), -127, 127).astype(np.int8), scale, {"axis": axis}
+
+    return len(_quantize_weights(model, [*ops, "Gather"], exclude, per_channel))
 
 
 def _reduction_axis(node: ir.Node, rank: int) -> int | None:
@@ -276,53 +293,27 @@ def _weight_only_int4(model: ir.Model, ops: list[str], exclude: list[str], block
             raise GraphpressError(f"quantize: int4 weights need opset 21 and the model does not convert ({str(e).splitlines()[0]})") from None
         _replace_contents(model, converted)
         model.opset_imports[""] = 21
-    graph = model.graph
-    done: dict[str, ir.Value] = {}
-    count = skipped = 0
-    bytes_before = bytes_after = 0
-    for node in list(graph):
-        if node.op_type not in ops or node.op_type not in ("MatMul", "Gemm", "Gather") or any(e and e in node.name for e in exclude):
-            continue
-        index = 0 if node.op_type == "Gather" else 1
-        if len(node.inputs) <= index or node.inputs[index] is None:
-            continue
-        w = node.inputs[index]
-        if w.name in done:
-            node.replace_input_with(index, done[w.name])
-            continue
-        if w.const_value is None or not w.is_initializer() or w.const_value.dtype != ir.DataType.FLOAT or len(w.const_value.shape) != 2:
-            continue
-        arr = w.const_value.numpy()
+    skipped = 0
+
+    def block_wise(node: ir.Node, arr: np.ndarray):
+        nonlocal skipped
+        if arr.ndim != 2:
+            return None
         axis = _reduction_axis(node, arr.ndim)
         if axis is None or arr.shape[axis] % block_size:
             skipped += 1
-            continue
+            return None
         moved = np.moveaxis(arr, axis, 0)  # [K, rest]
         blocks = moved.reshape(-1, block_size, moved.shape[1])
         scale = (np.abs(blocks).max(axis=1) / 7.0).astype(np.float32)  # [K/B, rest]
         scale[scale == 0] = 1.0
         q = np.clip(np.round(blocks / scale[:, None, :]), -8, 7).reshape(moved.shape)
-        q = np.moveaxis(q, 0, axis).astype(ml_dtypes.int4)
-        scale = np.moveaxis(scale, 0, axis)
-        qv = ir.Value(name=f"{w.name}_int4", const_value=ir.tensor(q, name=f"{w.name}_int4"))
-        sv = ir.Value(name=f"{w.name}_scale", const_value=ir.tensor(np.ascontiguousarray(scale), name=f"{w.name}_scale"))
-        for v in (qv, sv):
-            v.shape = ir.Shape(v.const_value.shape)
-            v.type = ir.TensorType(v.const_value.dtype)
-            graph.register_initializer(v)
-        dq = ir.node("DequantizeLinear", [qv, sv], attributes={"axis": axis, "block_size": block_size}, name=f"{w.name}_dq")
-        dq.outputs[0].name = f"{w.name}_dequantized"
-        dq.outputs[0].shape, dq.outputs[0].type = w.shape, w.type
-        graph.insert_before(node, dq)
-        node.replace_input_with(index, dq.outputs[0])
-        done[w.name] = dq.outputs[0]
-        count += 1
-        bytes_before += arr.nbytes
-        bytes_after += (q.size + 1) // 2 + scale.nbytes
-    for name in [n for n, v in graph.initializers.items() if not v.uses() and not v.is_graph_output()]:
-        graph.initializers.pop(name)
-    return {"weights": count, "bits": 4, "block_size": block_size, "skipped_not_divisible": skipped,
-            "weight_bytes_before": bytes_before, "weight_bytes_after": bytes_after}  # fmt: skip
+        return np.moveaxis(q, 0, axis).astype(ml_dtypes.int4), np.moveaxis(scale, 0, axis), {"axis": axis, "block_size": block_size}
+
+    done = _quantize_weights(model, [o for o in ops if o in ("MatMul", "Gemm", "Gather")], exclude, block_wise)
+    return {"weights": len(done), "bits": 4, "block_size": block_size, "skipped_not_divisible": skipped,
+            "weight_bytes_before": sum(a.nbytes for a, _, _ in done),
+            "weight_bytes_after": sum((q.size + 1) // 2 + sc.nbytes for _, q, sc in done)}  # fmt: skip
 
 
 def layer_errors(reference: ir.Model, quantized: ir.Model, names: list[str], feeds: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:

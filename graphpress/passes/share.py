@@ -279,22 +279,12 @@ class Unshare(Pass):
     description = "fold weight-sharing lookups back to dense weights (what the TVM backend does by default)"
 
     def call(self, model: ir.Model) -> PassResult:
-        import onnx_ir.passes.common as common_passes
-        from onnxscript.optimizer import _constant_folding
+        from graphpress.passes.cleanup import fold_nodes
 
         tagged = sum(1 for g in model.graphs() for n in g if TAG in n.metadata_props)
         if not tagged:
             return PassResult(model, False, {"folded_lookups": 0})
-        folder = _constant_folding.FoldConstantsPass(
-            shape_inference=False,
-            input_size_limit=2**62,
-            output_size_limit=2**62,
-            should_fold=lambda node: TAG in node.metadata_props or False,
-        )
-        folder(model)
-        common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
-        common_passes.RemoveUnusedNodesPass()(model)
-        left = sum(1 for g in model.graphs() for n in g if TAG in n.metadata_props)
+        left = fold_nodes(model, lambda node: TAG in node.metadata_props)
         if left:
             raise GraphpressError(f"unshare: {left} weight-sharing nodes could not be folded (first in the graph has inputs that are not constants)")
         return PassResult(model, True, {"folded_lookups": tagged})

@@ -204,30 +204,13 @@ def fold_weight_dequantize(model: ir.Model) -> dict[str, Any]:
     TVM then runs those layers as fp32 kernels on the same weights ONNX Runtime dequantizes;
     the activation Quantize/Dequantize pairs stay (they clip to the calibrated range, which is
     part of the quantized model's function)."""
-    import onnx_ir.passes.common as common_passes
+    from graphpress.passes.cleanup import fold_nodes
 
-    graph = model.graph
-    layers: set[str] = set()
-    for node in list(graph):
-        if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
-            continue
-        xq, scale = _const(node.inputs[0]), _const(node.inputs[1])
-        has_zp = len(node.inputs) > 2 and node.inputs[2] is not None
-        zp = _const(node.inputs[2]) if has_zp else None
-        if xq is None or scale is None or (has_zp and zp is None):
-            continue
-        zp = np.zeros((), xq.dtype) if zp is None else zp
-        scale = scale.astype(np.float32)
-        if scale.ndim == 1 and scale.size > 1:
-            axis = node.attributes["axis"].value if "axis" in node.attributes else 1
-            shape = [1] * xq.ndim
-            shape[axis % xq.ndim] = scale.size
-            scale, zp = scale.reshape(shape), zp.reshape(shape)
-        value = ((xq.astype(np.int64) - zp.astype(np.int64)).astype(np.float32) * scale).astype(np.float32)
-        layers.update(u.node.name or u.node.op_type for u in node.outputs[0].uses())
-        _replace(node.outputs[0], _initializer(graph, f"{node.name or node.inputs[0].name}.fp32", value))
-        graph.remove(node, safe=True)
-    common_passes.RemoveUnusedNodesPass()(model)
+    def constant_dq(node: ir.Node) -> bool:
+        return node.op_type == "DequantizeLinear" and all(v is None or v.const_value is not None for v in node.inputs)
+
+    layers = {u.node.name or u.node.op_type for n in model.graph if constant_dq(n) for u in n.outputs[0].uses()}
+    fold_nodes(model, constant_dq)
     return {"fp32_layers": sorted(layers)}
 
 
@@ -615,8 +598,9 @@ def _conv_pair_ms(x_shape, w_shape, attrs: dict, zero_point: int, spec, schedule
     return int8_ms, fp32_ms
 
 
-def _conv_to_float(graph: ir.Graph, node: ir.Node, w: np.ndarray) -> None:
-    """Replace ``ConvInteger(x, W, zx)`` by a float convolution with the same integer result."""
+def _to_float(graph: ir.Graph, node: ir.Node, w: np.ndarray) -> None:
+    """Replace ``MatMulInteger``/``ConvInteger(x, W, zx)`` by float compute (MatMul/Conv on the
+    float weight) with the same integer result."""
     base = node.name or node.outputs[0].name
     cast_a = ir.node("Cast", [node.inputs[0]], attributes={"to": ir.DataType.FLOAT}, name=f"{base}/fp32_x")
     new = [cast_a]
@@ -626,33 +610,13 @@ def _conv_to_float(graph: ir.Graph, node: ir.Node, w: np.ndarray) -> None:
         sub = ir.node("Sub", [x, cast_z.outputs[0]], name=f"{base}/fp32_sub")
         new += [cast_z, sub]
         x = sub.outputs[0]
+    op = "Conv" if node.op_type == "ConvInteger" else "MatMul"
     attrs = {k: v.value for k, v in node.attributes.items() if k != VNNI_ATTR}
-    conv = ir.node("Conv", [x, _initializer(graph, f"{base}.fp32_weight", w.astype(np.float32))], attributes=attrs or None, name=f"{base}/fp32_conv")
-    rnd = ir.node("Round", [conv.outputs[0]], name=f"{base}/fp32_round")
-    back = ir.node("Cast", [rnd.outputs[0]], attributes={"to": ir.DataType.INT32}, name=f"{base}/fp32_int32")
-    new += [conv, rnd, back]
-    graph.insert_before(node, new)
-    _replace(node.outputs[0], back.outputs[0])
-    graph.remove(node, safe=True)
-
-
-def _to_float(graph: ir.Graph, node: ir.Node, w: np.ndarray) -> None:
-    """Replace ``MatMulInteger(a, W, za)`` by float compute with the same integer result."""
-    base = node.name or node.outputs[0].name
-    a = node.inputs[0]
-    cast_a = ir.node("Cast", [a], attributes={"to": ir.DataType.FLOAT}, name=f"{base}/fp32_a")
-    new = [cast_a]
-    x = cast_a.outputs[0]
-    if len(node.inputs) > 2 and node.inputs[2] is not None:
-        cast_z = ir.node("Cast", [node.inputs[2]], attributes={"to": ir.DataType.FLOAT}, name=f"{base}/fp32_za")
-        sub = ir.node("Sub", [x, cast_z.outputs[0]], name=f"{base}/fp32_sub")
-        new += [cast_z, sub]
-        x = sub.outputs[0]
-    mm = ir.node("MatMul", [x, _initializer(graph, f"{base}.fp32_weight", w.astype(np.float32))], name=f"{base}/fp32_matmul")
+    fp32 = ir.node(op, [x, _initializer(graph, f"{base}.fp32_weight", w.astype(np.float32))], attributes=attrs or None, name=f"{base}/fp32_{op.lower()}")
     # the accumulator is an integer: round, not truncate, back to int32
-    rnd = ir.node("Round", [mm.outputs[0]], name=f"{base}/fp32_round")
+    rnd = ir.node("Round", [fp32.outputs[0]], name=f"{base}/fp32_round")
     back = ir.node("Cast", [rnd.outputs[0]], attributes={"to": ir.DataType.INT32}, name=f"{base}/fp32_int32")
-    new += [mm, rnd, back]
+    new += [fp32, rnd, back]
     graph.insert_before(node, new)
     _replace(node.outputs[0], back.outputs[0])
     graph.remove(node, safe=True)
@@ -671,7 +635,7 @@ def _plan_conv(graph: ir.Graph, node: ir.Node, spec, schedule_fp32, guard: bool,
         reason = "activation shape is not static 4-D"
     if reason is not None:
         if w is not None:
-            _conv_to_float(graph, node, w)
+            _to_float(graph, node, w)
         return Int8Decision(name, (0, 0, 0), None, None, False, reason + ": kept in fp32")
     g = _conv_geometry(shape, w.shape, attrs)
     key = ("conv", tuple(shape), w.shape, tuple(sorted(attrs.items())))
@@ -679,10 +643,10 @@ def _plan_conv(graph: ir.Graph, node: ir.Node, spec, schedule_fp32, guard: bool,
     def measure():
         return _conv_pair_ms(shape, w.shape, attrs, int(zx.reshape(-1)[0]), spec, schedule_fp32, repeat)
 
-    return _decide(graph, node, w, (g["m"], g["oc"], g["k"]), "im2col + VNNI kernel", guard, timings, key, measure, _conv_to_float)
+    return _decide(graph, node, w, (g["m"], g["oc"], g["k"]), "im2col + VNNI kernel", guard, timings, key, measure)
 
 
-def _decide(graph, node, w, mnk, kernel: str, guard: bool, timings: dict, key, measure, to_float) -> Int8Decision:
+def _decide(graph, node, w, mnk, kernel: str, guard: bool, timings: dict, key, measure) -> Int8Decision:
     """Lower ``node`` to its integer kernel unless the guard measured it slower than fp32."""
     int8_ms = fp32_ms = None
     lowered, why = True, f"{kernel} (guard off)"
@@ -695,7 +659,7 @@ def _decide(graph, node, w, mnk, kernel: str, guard: bool, timings: dict, key, m
     if lowered:
         node.attributes[VNNI_ATTR] = ir.AttrInt64(VNNI_ATTR, 1)
     else:
-        to_float(graph, node, w)
+        _to_float(graph, node, w)
         why += ": kept in fp32"
     return Int8Decision(node.name or node.outputs[0].name, mnk, int8_ms, fp32_ms, lowered, why)
 
@@ -714,7 +678,7 @@ def plan_int8(model: ir.Model, spec, schedule_fp32, *, guard: bool = True, repea
         if force_fp32 and node.op_type in ("ConvInteger", "MatMulInteger"):
             w = _const(node.inputs[1])
             if w is not None:
-                (_conv_to_float if node.op_type == "ConvInteger" else _to_float)(graph, node, w)
+                _to_float(graph, node, w)
             continue
         if node.op_type == "ConvInteger" and node.domain in ("", "ai.onnx"):
             decisions.append(_plan_conv(graph, node, spec, schedule_fp32, guard, repeat, timings))
@@ -748,7 +712,7 @@ def plan_int8(model: ir.Model, spec, schedule_fp32, *, guard: bool = True, repea
         def measure(m=m, n=n, k=k, dtype=dtype):
             return _kernel_pair_ms(m, -(-n // 16) * 16, k, dtype, spec, schedule_fp32, repeat)
 
-        decisions.append(_decide(graph, node, w, (m, n, k), "VNNI kernel", guard, timings, key, measure, _to_float))
+        decisions.append(_decide(graph, node, w, (m, n, k), "VNNI kernel", guard, timings, key, measure))
     return {
         "lowered": sum(d.lowered for d in decisions),
         "kept_fp32": sum(1 for d in decisions if not d.lowered),
