@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 import graphpress as gp
 from graphpress.backends.tvm import compile_model
 from graphpress.backends.tvm import quantized as q
-from graphpress.backends.tvm.targets import has_vnni, resolve_target
+from graphpress.backends.tvm.targets import has_amx, has_vnni, resolve_target
 from graphpress.errors import GraphpressError
 from graphpress.ir.io import to_proto
 from graphpress.passes import PassManager, build_passes
@@ -55,6 +55,24 @@ def test_matmul_integer_equals_ort_bit_for_bit(a_shape, n, a_dtype):
     assert report["lowered"] == 1 and report["zmm_vpdpbusd"] > 0
     got = compiled.run_named(a=a)["y"]
     np.testing.assert_array_equal(got, _ort(model, {"a": a})[0])
+
+
+needs_amx = pytest.mark.skipif(not has_amx(resolve_target("x86")), reason="needs an x86 host with AMX-INT8")
+
+
+@needs_amx
+@pytest.mark.parametrize("a_shape,n,a_dtype", [((64, 128), 48, np.uint8), ((2, 16, 192), 80, np.int8)])
+def test_matmul_integer_on_amx_tiles_equals_ort_bit_for_bit(a_shape, n, a_dtype):
+    """Shapes that fill AMX tiles (M % 32, K % 64) take the tile kernel; N is padded to 32."""
+    model = _matmul_integer_model(a_shape, n, a_dtype)
+    rng = np.random.default_rng(2)
+    info = np.iinfo(a_dtype)
+    a = rng.integers(info.min, info.max + 1, a_shape).astype(a_dtype)
+    compiled = compile_model(model, "x86", int8="on", int8_guard=False)
+    report = compiled.meta["build"]["int8"]
+    assert report["amx"] and report["amx_tdpbusd"] >= 4, report
+    assert report["nodes"][0]["kernel"] == "AMX kernel"
+    np.testing.assert_array_equal(compiled.run_named(a=a)["y"], _ort(model, {"a": a})[0])
 
 
 def test_guard_times_both_kernels_and_decides_by_them():
@@ -165,27 +183,44 @@ def test_qdq_cnn_convs_and_gemms_run_on_vnni(digits_cnn):
     assert lsb.max() <= 1.01 and (lsb < 0.01).mean() >= 0.8, (lsb.max(), (lsb < 0.01).mean())
 
 
-def test_conv_integer_equals_a_reference_bit_for_bit():
-    """ConvInteger with padding, stride and a zero point: the im2col + VNNI path against numpy."""
+def _conv_reference(x, w, zx, pads, strides):
+    xp = np.pad(x.astype(np.int64) - zx, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    kh, kw = w.shape[2:]
+    oh, ow = (xp.shape[2] - kh) // strides[0] + 1, (xp.shape[3] - kw) // strides[1] + 1
+    want = np.zeros((1, w.shape[0], oh, ow), np.int64)
+    for i in range(oh):
+        for j in range(ow):
+            patch = xp[0, :, strides[0] * i : strides[0] * i + kh, strides[1] * j : strides[1] * j + kw]
+            want[0, :, i, j] = (w.astype(np.int64) * patch).sum(axis=(1, 2, 3))
+    return want
+
+
+@pytest.mark.parametrize(
+    "x_shape,w_shape,pads,strides,kernel",
+    [
+        ((1, 5, 9, 11), (20, 5, 3, 3), [1, 0, 1, 2], [2, 1], "VNNI"),  # 5 channels: AMX would pad K 13x
+        ((1, 64, 9, 7), (40, 64, 3, 3), [1, 1, 1, 1], [1, 1], "AMX"),  # 63 pixels: rows padded to 64
+        ((1, 48, 6, 6), (24, 48, 1, 1), [0, 0, 0, 0], [1, 1], "AMX"),  # pointwise, K padded 48 -> 64
+        ((1, 64, 7, 7), (32, 64, 1, 1), [0, 0, 0, 0], [2, 2], "AMX"),  # strided pointwise
+    ],
+)
+def test_conv_integer_equals_a_reference_bit_for_bit(x_shape, w_shape, pads, strides, kernel):
+    """ConvInteger with padding, stride and a zero point: the im2col + VNNI/AMX paths against numpy."""
+    if kernel == "AMX" and not has_amx(resolve_target("x86")):
+        pytest.skip("needs an x86 host with AMX-INT8")
     rng = np.random.default_rng(7)
-    x = rng.integers(0, 256, (1, 5, 9, 11), dtype=np.uint8)
-    w = rng.integers(-128, 128, (20, 5, 3, 3), dtype=np.int8)
+    x = rng.integers(0, 256, x_shape, dtype=np.uint8)
+    w = rng.integers(-128, 128, w_shape, dtype=np.int8)
     zx = 17
     proto = make_model(
-        [helper.make_node("ConvInteger", ["x", "W", "zx"], ["y"], pads=[1, 0, 1, 2], strides=[2, 1], name="ci")],
-        [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 5, 9, 11])],
+        [helper.make_node("ConvInteger", ["x", "W", "zx"], ["y"], pads=pads, strides=strides, name="ci")],
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, list(x_shape))],
         [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
         [tensor("W", w), tensor("zx", np.array(zx, np.uint8))],
     )
     model = gp.load(proto)
     compiled = compile_model(model, "x86", int8="on", int8_guard=False)
-    assert compiled.meta["build"]["int8"]["lowered"] == 1
-    got = compiled.run_named(x=x)["y"]
-    xp = np.pad(x.astype(np.int64) - zx, ((0, 0), (0, 0), (1, 1), (0, 2)))
-    oh, ow = (xp.shape[2] - 3) // 2 + 1, xp.shape[3] - 3 + 1
-    want = np.zeros((1, 20, oh, ow), np.int64)
-    for i in range(oh):
-        for j in range(ow):
-            patch = xp[0, :, 2 * i : 2 * i + 3, j : j + 3]
-            want[0, :, i, j] = (w.astype(np.int64) * patch).sum(axis=(1, 2, 3))
-    np.testing.assert_array_equal(got, want)
+    report = compiled.meta["build"]["int8"]
+    assert report["lowered"] == 1 and report["nodes"][0]["kernel"] == f"im2col + {kernel} kernel", report["nodes"]
+    assert (report["amx_tdpbusd"] > 0) == (kernel == "AMX")
+    np.testing.assert_array_equal(compiled.run_named(x=x)["y"], _conv_reference(x, w, zx, pads, strides))

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["VNNI_INTRIN", "pack_dense_weight", "register_vnni_intrinsic", "tune_int8_dense", "vnni_space", "zmm_vpdpbusd_count"]
+__all__ = ["VNNI_INTRIN", "pack_dense_weight", "register_vnni_intrinsic", "tune_int8_dense", "amx_tdpbusd_count", "vnni_space", "zmm_vpdpbusd_count"]
 
 VNNI_INTRIN = "dot_16x4_vnni_fixed"
 _registered = False
@@ -129,6 +129,11 @@ def _dense_module(m: int, n: int, k: int):
 def zmm_vpdpbusd_count(asm: str) -> int:
     """512-bit VNNI dot products in an assembly listing (LLVM emits a few xmm ones on its own)."""
     return len(re.findall(r"vpdpbusd\s+[^\n]*zmm", asm))
+
+
+def amx_tdpbusd_count(asm: str) -> int:
+    """AMX tile dot products (u8 x s8 -> s32) in an assembly listing."""
+    return len(re.findall(r"^\s*tdpbusd\s", asm, flags=re.MULTILINE))
 
 
 def drop_unnamed_tuning_log_handlers() -> None:

@@ -21,15 +21,19 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from typing import Any
 
 from graphpress.errors import GraphpressError
 
-__all__ = ["TargetSpec", "detect_x86_mcpu", "has_vnni", "resolve_target"]
+__all__ = ["TargetSpec", "detect_x86_mcpu", "has_amx", "has_vnni", "resolve_target"]
 
 #: LLVM x86 CPUs with AVX-512 VNNI (u8 x s8 -> s32 dot products on 512-bit registers)
 VNNI_MCPUS = {"cascadelake", "cooperlake", "icelake-client", "icelake-server", "tigerlake", "sapphirerapids",
               "emeraldrapids", "graniterapids", "znver4", "znver5"}  # fmt: skip
+
+#: LLVM x86 CPUs with AMX-INT8 tile matrix multiply (TDPBUSD on 16 x 64-byte tiles)
+AMX_MCPUS = {"sapphirerapids", "emeraldrapids", "graniterapids", "graniterapids-d", "diamondrapids"}
 
 #: Cross compiler the aarch64 artifacts are linked with.
 AARCH64_CXX = "aarch64-linux-gnu-g++"
@@ -83,6 +87,16 @@ def has_vnni(spec: TargetSpec) -> bool:
     mattr = [str(a) for a in spec.config.get("mattr", [])]
     target_ok = spec.config.get("mcpu") in VNNI_MCPUS or "+avx512vnni" in mattr
     return target_ok and {"avx512_vnni", "avx512f"} <= _cpu_flags()
+
+
+def has_amx(spec: TargetSpec) -> bool:
+    """True when ``spec`` may use AMX-INT8 tiles and this host has them (the kernels request the
+    tile state from Linux themselves: ``arch_prctl(ARCH_REQ_XCOMP_PERM)``)."""
+    if not has_vnni(spec) or not sys.platform.startswith("linux"):
+        return False
+    mattr = [str(a) for a in spec.config.get("mattr", [])]
+    target_ok = spec.config.get("mcpu") in AMX_MCPUS or "+amx-int8" in mattr
+    return target_ok and {"amx_tile", "amx_int8"} <= _cpu_flags()
 
 
 def _cpu_flags() -> set[str]:
