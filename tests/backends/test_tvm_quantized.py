@@ -70,7 +70,7 @@ def test_matmul_integer_on_amx_tiles_equals_ort_bit_for_bit(a_shape, n, a_dtype)
     a = rng.integers(info.min, info.max + 1, a_shape).astype(a_dtype)
     compiled = compile_model(model, "x86", int8="on", int8_guard=False)
     report = compiled.meta["build"]["int8"]
-    assert report["amx"] and report["amx_tdpbusd"] >= 4, report
+    assert report["amx"] and report["amx_tile_products"] >= 4, report
     assert report["nodes"][0]["kernel"] == "AMX kernel"
     np.testing.assert_array_equal(compiled.run_named(a=a)["y"], _ort(model, {"a": a})[0])
 
@@ -222,5 +222,5 @@ def test_conv_integer_equals_a_reference_bit_for_bit(x_shape, w_shape, pads, str
     compiled = compile_model(model, "x86", int8="on", int8_guard=False)
     report = compiled.meta["build"]["int8"]
     assert report["lowered"] == 1 and report["nodes"][0]["kernel"] == f"im2col + {kernel} kernel", report["nodes"]
-    assert (report["amx_tdpbusd"] > 0) == (kernel == "AMX")
+    assert (report["amx_tile_products"] > 0) == (kernel == "AMX")
     np.testing.assert_array_equal(compiled.run_named(x=x)["y"], _conv_reference(x, w, zx, pads, strides))

@@ -370,12 +370,12 @@ def compile_model(
     executable, stats = _build(mod, spec, tune_trials, max_trials_per_task, database, shipped_databases)
     report.update(stats)
     if vnni and report["int8"]["lowered"]:
-        from graphpress.backends.tvm.int8 import amx_tdpbusd_count, zmm_vpdpbusd_count
+        from graphpress.backends.tvm.int8 import amx_dot_product_count, zmm_vpdpbusd_count
 
         # tensorization failures are only warnings in TVM: count the instructions instead
         asm = executable.mod.imports[0].inspect_source("asm")
         report["int8"]["zmm_vpdpbusd"] = zmm_vpdpbusd_count(asm)
-        report["int8"]["amx_tdpbusd"] = amx_tdpbusd_count(asm)
+        report["int8"]["amx_tile_products"] = amx_dot_product_count(asm)
         if int8_guard:
             # the whole model, too: layers that stay fp32 compile differently around integer ones
             # (MobileNetV2's depthwise convs lose their tuned fused kernels), so the all-fp32 build

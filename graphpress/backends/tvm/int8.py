@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["VNNI_INTRIN", "pack_dense_weight", "register_vnni_intrinsic", "tune_int8_dense", "amx_tdpbusd_count", "vnni_space", "zmm_vpdpbusd_count"]
+__all__ = ["VNNI_INTRIN", "amx_dot_product_count", "pack_dense_weight", "register_vnni_intrinsic", "tune_int8_dense", "vnni_space", "zmm_vpdpbusd_count"]
 
 VNNI_INTRIN = "dot_16x4_vnni_fixed"
 _registered = False
@@ -131,8 +131,8 @@ def zmm_vpdpbusd_count(asm: str) -> int:
     return len(re.findall(r"vpdpbusd\s+[^\n]*zmm", asm))
 
 
-def amx_tdpbusd_count(asm: str) -> int:
-    """AMX tile dot products (u8 x s8 -> s32) in an assembly listing."""
+def amx_dot_product_count(asm: str) -> int:
+    """AMX int8 tile dot products (``tdpbusd``, u8 x s8 -> s32) in an assembly listing."""
     return len(re.findall(r"^\s*tdpbusd\s", asm, flags=re.MULTILINE))
 
 
