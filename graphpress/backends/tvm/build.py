@@ -226,29 +226,69 @@ def _parallel_rows(sch, block) -> None:
 
 
 def _parallel_reduction(sch, blocks) -> bool:
-    """Inline elementwise producers/consumers of a single reduction block and run its leading
-    spatial loops in parallel; False when the kernel does not have that shape."""
+    """Kernels with reductions no database covers (depthwise convs, pooling, softmax, layer norm,
+    dynamic-quantization ranges): elementwise producers inlined; then per row of the output
+    (all its loops but the last) in parallel, every block computed for that row, the last
+    spatial loop innermost and vectorized where its extent allows. False when the kernel does
+    not have that shape."""
     reductions = [b for b in blocks if not _is_spatial(sch, b)]
-    if len(reductions) != 1:
+    if not reductions:
         return False
-    red = reductions[0]
-    for block in blocks:
-        if block.same_as(red):
+    for block in blocks[:-1]:
+        # a producer read by two blocks (softmax's exp) stays: inlined, it would be computed twice
+        if any(block.same_as(r) for r in reductions) or len(sch.get_consumers(block)) > 1:
             continue
-        for inline in (sch.compute_inline, sch.reverse_compute_inline):
-            try:
-                inline(block)
-                break
-            except Exception:  # noqa: BLE001
-                continue
-    spatial = [iv for iv in sch.get(red).iter_vars if iv.iter_type == 0]
-    if all(hasattr(iv.dom.extent, "value") and int(iv.dom.extent) == 1 for iv in spatial):
-        return _vector_reduction(sch, red)
-    loops = sch.get_loops(red)[: max(1, len(spatial) - 1)]
-    if not loops:
+        try:
+            sch.compute_inline(block)
+        except Exception:  # noqa: BLE001 - not inlinable: computed per row below
+            pass
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    red = [b for b in blocks if not _is_spatial(sch, b)]
+    if len(red) == 1 and len(blocks) == 1:
+        spatial = [iv for iv in sch.get(red[0]).iter_vars if iv.iter_type == 0]
+        if all(hasattr(iv.dom.extent, "value") and int(iv.dom.extent) == 1 for iv in spatial):
+            return _vector_reduction(sch, red[0])
+    out = blocks[-1]
+    out_loops = sch.get_loops(out)
+    n_rows = len(out_loops) - 1 if _is_spatial(sch, out) else sum(1 for iv in sch.get(out).iter_vars if iv.iter_type == 0) - 1
+    if n_rows < 1:
         return False
-    sch.parallel(sch.fuse(*loops) if len(loops) > 1 else loops[0])
+    row = sch.fuse(*out_loops[:n_rows]) if n_rows > 1 else out_loops[0]
+    for block in reversed(blocks[:-1]):
+        sch.compute_at(block, row)
+    sch.parallel(row)
+    for block in sch.get_child_blocks(row):
+        _vectorize_last_spatial(sch, block, row)
     return True
+
+
+def _vectorize_last_spatial(sch, block, row) -> None:
+    """Move the block's last spatial loop under ``row`` innermost (inside its reduction loops) and
+    vectorize it. Blocks made by TE list spatial loops first, then reduction loops."""
+    try:
+        loops = sch.get_loops(block)
+        at = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(row)))
+        inner = loops[at + 1 :]
+        n_red = sum(1 for iv in sch.get(block).iter_vars if iv.iter_type != 0)
+        spatial, reduce_ = inner[: len(inner) - n_red], inner[len(inner) - n_red :]
+        if not spatial:
+            if reduce_:  # the init out of the loop, so that LLVM can vectorize the reduction
+                sch.decompose_reduction(block, reduce_[0])
+            return
+        last = spatial[-1]
+        extent = sch.get(last).extent
+        if not hasattr(extent, "value") or int(extent) < 8:
+            return
+        if reduce_:
+            sch.reorder(*reduce_, last)
+            sch.decompose_reduction(block, reduce_[0])
+        if int(extent) % 16 == 0:
+            _, lanes = sch.split(last, [None, 16])
+            sch.vectorize(lanes)
+        elif int(extent) <= 64:
+            sch.vectorize(last)
+    except Exception:  # noqa: BLE001 - keep the serial loop
+        return
 
 
 def _vector_reduction(sch, red) -> bool:
