@@ -99,13 +99,34 @@ def _schedule_cpu(mod, spec: TargetSpec, tune_trials: int, max_trials_per_task: 
     target = spec.tvm_target()
     stats: dict[str, Any] = {}
     dirs = database_dirs(spec, database, shipped=shipped)
-    with target:
+    databases = [_open_database(d) for d in dirs]
+    db = databases[0] if len(databases) == 1 else ms.database.OrderedUnionDatabase(*databases)
+
+    def lower(fast: bool):
         steps = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
-        if fast_math:
+        if fast:
             from graphpress.backends.tvm.fastmath import fast_math_legalization
 
             steps.append(relax.transform.LegalizeOps(customize_legalize_map=fast_math_legalization()))
-        mod = tvm.transform.Sequential([*steps, relax.get_pipeline("zero")])(mod)
+        return tvm.transform.Sequential([*steps, relax.get_pipeline("zero")])(mod)
+
+    def apply_database(lowered):
+        with db:
+            return relax.transform.MetaScheduleApplyDatabase()(lowered)
+
+    with target:
+        lowered = lower(False)
+        if fast_math:
+            # the polynomial forms change the kernels' structure: keep libm where the tuning
+            # databases hold schedules for the libm kernels and none for the fast ones
+            fast = lower(True)
+            plain_tuned, fast_tuned = (len(_kernels(apply_database(m))[0]) for m in (lowered, fast))
+            stats["fast_math"] = bool(tune_trials > 0 or fast_tuned >= plain_tuned)
+            if stats["fast_math"]:
+                lowered = fast
+            else:
+                stats["fast_math_reason"] = f"the tuning databases schedule {plain_tuned} of the libm kernels, {fast_tuned} of the fast ones"
+        mod = lowered
         _, tasks = _kernels(mod)
         stats["kernels"] = len(tasks)
         if tune_trials > 0:
@@ -128,10 +149,9 @@ def _schedule_cpu(mod, spec: TargetSpec, tune_trials: int, max_trials_per_task: 
                 database=_open_database(dirs[0]),
             )
             stats.update({"tune_trials": tune_trials, "max_trials_per_task": per_task, "tuning_seconds": round(time.perf_counter() - start, 1)})
-        databases = [_open_database(d) for d in dirs]
-        db = databases[0] if len(databases) == 1 else ms.database.OrderedUnionDatabase(*databases)
-        with db:
-            mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+            databases = [_open_database(d) for d in dirs]  # with the new records
+            db = databases[0] if len(databases) == 1 else ms.database.OrderedUnionDatabase(*databases)
+        mod = apply_database(mod)
     # listed before the generic schedules below: those make untuned kernels less slow, not tuned
     scheduled, unscheduled = _kernels(mod)
     mod, generic = schedule_injective(mod)
@@ -235,8 +255,12 @@ def _parallel_reduction(sch, blocks) -> bool:
     if not reductions:
         return False
     for block in blocks[:-1]:
-        # a producer read by two blocks (softmax's exp) stays: inlined, it would be computed twice
+        # a producer read by two blocks (softmax's exp) stays: inlined, it would be computed twice;
+        # so does what a reduction reads (a conv's padded input): inlined, its bounds checks would
+        # sit in the innermost loop and keep it scalar
         if any(block.same_as(r) for r in reductions) or len(sch.get_consumers(block)) > 1:
+            continue
+        if any(any(c.same_as(r) for r in reductions) for c in sch.get_consumers(block)):
             continue
         try:
             sch.compute_inline(block)
@@ -269,7 +293,8 @@ def _vectorize_last_spatial(sch, block, row) -> None:
         loops = sch.get_loops(block)
         at = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(row)))
         inner = loops[at + 1 :]
-        n_red = sum(1 for iv in sch.get(block).iter_vars if iv.iter_type != 0)
+        # unit reduction axes (a depthwise conv's one input channel) have no loop of their own
+        n_red = sum(1 for iv in sch.get(block).iter_vars if iv.iter_type != 0 and not (hasattr(iv.dom.extent, "value") and int(iv.dom.extent) == 1))
         spatial, reduce_ = inner[: len(inner) - n_red], inner[len(inner) - n_red :]
         if not spatial:
             if reduce_:  # the init out of the loop, so that LLVM can vectorize the reduction
@@ -375,7 +400,8 @@ def compile_model(
             keep the layer in fp32 when int8 is not faster.
         fast_math: CPU targets: ``erf``/``exp``/``tanh`` (and GELU, softmax) as polynomial vector
             code instead of one libm call per element (:mod:`graphpress.backends.tvm.fastmath`;
-            within a few float32 ulps).
+            within a few float32 ulps), unless the tuning databases schedule more of the libm
+            kernels than of the fast ones (the report's ``fast_math`` says which was used).
 
     Returns:
         A :class:`CompiledModel` (callable here for host targets; ``save`` it for others).
@@ -466,7 +492,6 @@ def _build(mod, spec: TargetSpec, tune_trials, max_trials_per_task, database, sh
     stats: dict[str, Any] = {}
     if spec.is_cpu:
         mod, stats = _schedule_cpu(mod, spec, tune_trials, max_trials_per_task, database, shipped_databases, fast_math)
-        stats["fast_math"] = fast_math
     t1 = time.perf_counter()
     try:
         executable = tvm.compile(mod, target=spec.tvm_target())
