@@ -92,6 +92,10 @@ def _kernels(mod) -> tuple[list[str], list[str]]:
 
 def _schedule_cpu(mod, spec: TargetSpec, tune_trials: int, max_trials_per_task: int | None, database: str | os.PathLike | None, shipped: bool,
                   fast_math: bool = True):  # fmt: skip
+    """Lower ``mod`` and apply the tuning databases (after tuning, with ``tune_trials``) and the
+    generic schedules. Returns ``(candidates, stats)``: one scheduled module, or two (fast math,
+    libm) when fast math would cost tuned schedules while it speeds up untuned libm kernels —
+    :func:`_build` then times both."""
     import tvm
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
@@ -99,8 +103,10 @@ def _schedule_cpu(mod, spec: TargetSpec, tune_trials: int, max_trials_per_task: 
     target = spec.tvm_target()
     stats: dict[str, Any] = {}
     dirs = database_dirs(spec, database, shipped=shipped)
-    databases = [_open_database(d) for d in dirs]
-    db = databases[0] if len(databases) == 1 else ms.database.OrderedUnionDatabase(*databases)
+
+    def union():
+        databases = [_open_database(d) for d in dirs]
+        return databases[0] if len(databases) == 1 else ms.database.OrderedUnionDatabase(*databases)
 
     def lower(fast: bool):
         steps = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
@@ -110,24 +116,32 @@ def _schedule_cpu(mod, spec: TargetSpec, tune_trials: int, max_trials_per_task: 
             steps.append(relax.transform.LegalizeOps(customize_legalize_map=fast_math_legalization()))
         return tvm.transform.Sequential([*steps, relax.get_pipeline("zero")])(mod)
 
+    db = union()
+
     def apply_database(lowered):
-        with db:
+        with target, db:
             return relax.transform.MetaScheduleApplyDatabase()(lowered)
 
     with target:
-        lowered = lower(False)
+        variants = {"libm": lower(False)}
         if fast_math:
-            # the polynomial forms change the kernels' structure: keep libm where the tuning
-            # databases hold schedules for the libm kernels and none for the fast ones
-            fast = lower(True)
-            plain_tuned, fast_tuned = (len(_kernels(apply_database(m))[0]) for m in (lowered, fast))
-            stats["fast_math"] = bool(tune_trials > 0 or fast_tuned >= plain_tuned)
-            if stats["fast_math"]:
-                lowered = fast
+            if not any(isinstance(f, tvm.tirx.PrimFunc) and _calls_libm(f) for f in variants["libm"].functions.values()):
+                stats["fast_math"] = "no libm math in this model"
+            elif tune_trials > 0:
+                variants = {"fast": lower(True)}  # tuned below, fast math included
             else:
-                stats["fast_math_reason"] = f"the tuning databases schedule {plain_tuned} of the libm kernels, {fast_tuned} of the fast ones"
-        mod = lowered
-        _, tasks = _kernels(mod)
+                # the polynomial forms change the kernels, so tuning records of libm kernels no
+                # longer apply to them: decide by the records, and by timing when they disagree
+                fast = lower(True)
+                plain_db, fast_db = _kernels(apply_database(variants["libm"])), _kernels(apply_database(fast))
+                lost = len(plain_db[0]) - len(fast_db[0])
+                untuned_libm = sum(1 for name in plain_db[1] if _calls_libm(_func_named(variants["libm"], name)))
+                if lost <= 0 or (untuned_libm and not spec.is_host):
+                    variants = {"fast": fast}
+                elif untuned_libm:
+                    variants["fast"] = fast
+                stats["fast_math_records"] = {"tuned_kernels_lost": lost, "untuned_libm_kernels": untuned_libm}
+        _, tasks = _kernels(next(iter(variants.values())))
         stats["kernels"] = len(tasks)
         if tune_trials > 0:
             from graphpress.backends.tvm.int8 import drop_unnamed_tuning_log_handlers
@@ -136,7 +150,7 @@ def _schedule_cpu(mod, spec: TargetSpec, tune_trials: int, max_trials_per_task: 
             per_task = max_trials_per_task or max(1, tune_trials // max(1, len(tasks)))
             start = time.perf_counter()
             ms.relax_integration.tune_relax(
-                mod,
+                next(iter(variants.values())),
                 params={},
                 target=target,
                 work_dir=str(dirs[0]),
@@ -149,22 +163,36 @@ def _schedule_cpu(mod, spec: TargetSpec, tune_trials: int, max_trials_per_task: 
                 database=_open_database(dirs[0]),
             )
             stats.update({"tune_trials": tune_trials, "max_trials_per_task": per_task, "tuning_seconds": round(time.perf_counter() - start, 1)})
-            databases = [_open_database(d) for d in dirs]  # with the new records
-            db = databases[0] if len(databases) == 1 else ms.database.OrderedUnionDatabase(*databases)
-        mod = apply_database(mod)
-    # listed before the generic schedules below: those make untuned kernels less slow, not tuned
-    scheduled, unscheduled = _kernels(mod)
-    mod, generic = schedule_injective(mod)
-    stats["generic_scheduled_kernels"] = generic
-    stats.update(
-        {
+            db = union()  # with the new records
+    candidates = {}
+    for name, lowered in variants.items():
+        scheduled_mod = apply_database(lowered)
+        # listed before the generic schedules below: those make untuned kernels less slow, not tuned
+        scheduled, unscheduled = _kernels(scheduled_mod)
+        scheduled_mod, generic = schedule_injective(scheduled_mod)
+        candidates[name] = (scheduled_mod, {
+            "generic_scheduled_kernels": generic,
             "scheduled_kernels": len(scheduled),
             "unscheduled_kernels": unscheduled,
             "kernel_names": sorted(scheduled + unscheduled),
-            "databases": [str(d) for d in dirs],
-        }
-    )
-    return mod, stats
+        })  # fmt: skip
+    stats["databases"] = [str(d) for d in dirs]
+    if "fast_math" not in stats:
+        stats["fast_math"] = "fast" in candidates if len(candidates) == 1 else "timed"
+    return candidates, stats
+
+
+def _func_named(mod, name: str):
+    return next(f for gv, f in mod.functions.items() if gv.name_hint == name)
+
+
+#: float math TVM lowers to one libm call per element on CPUs
+_LIBM_CALLS = ("T.erf(", "T.exp(", "T.tanh(")
+
+
+def _calls_libm(func) -> bool:
+    text = func.script()
+    return any(call in text for call in _LIBM_CALLS)
 
 
 def _is_spatial(sch, block) -> bool:
@@ -435,7 +463,8 @@ def compile_model(
         rewrite = qdq_to_integer(prepared)
 
         def schedule_fp32(mod):
-            return _schedule_cpu(mod, spec, 0, None, database, shipped_databases, fast_math)
+            candidates, stats = _schedule_cpu(mod, spec, 0, None, database, shipped_databases, fast_math)
+            return next(iter(candidates.values()))[0], stats
 
         from graphpress.backends.tvm.targets import has_amx
 
@@ -490,27 +519,50 @@ def _build(mod, spec: TargetSpec, tune_trials, max_trials_per_task, database, sh
     import tvm
 
     stats: dict[str, Any] = {}
+    candidates = {"": (mod, {})}
     if spec.is_cpu:
-        mod, stats = _schedule_cpu(mod, spec, tune_trials, max_trials_per_task, database, shipped_databases, fast_math)
+        candidates, stats = _schedule_cpu(mod, spec, tune_trials, max_trials_per_task, database, shipped_databases, fast_math)
     t1 = time.perf_counter()
-    try:
-        executable = tvm.compile(mod, target=spec.tvm_target())
-    except Exception as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        raise GraphpressError(f"target {spec.name}: TVM build failed ({(lines[-1] if lines else type(e).__name__)[:300]})") from e
+    built = {}
+    for name, (scheduled, kernel_stats) in candidates.items():
+        try:
+            built[name] = (tvm.compile(scheduled, target=spec.tvm_target()), kernel_stats)
+        except Exception as e:
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            raise GraphpressError(f"target {spec.name}: TVM build failed ({(lines[-1] if lines else type(e).__name__)[:300]})") from e
+    if len(built) > 1:  # fast math against libm, both built here: the faster ships
+        timings = {name: _vm_ms(exe, candidates[name][0]) for name, (exe, _) in built.items()}
+        choice = min(timings, key=timings.get)
+        stats["fast_math"] = choice == "fast"
+        stats["fast_math_ms"] = {name: round(ms_, 4) for name, ms_ in timings.items()}
+        built = {choice: built[choice]}
+    executable, kernel_stats = next(iter(built.values()))
+    stats.update(kernel_stats)
     stats["build_seconds"] = round(time.perf_counter() - t1, 3)
     return executable, stats
 
 
+def _vm_ms(executable, mod, repeat: int = 10) -> float:
+    """Median ms of ``main`` on random inputs of the shapes in its signature."""
+    from graphpress.ir.numeric import random_inputs
+
+    params = mod["main"].params
+    specs = [{"name": f"input{i}", "shape": [int(d) for d in p.ty.shape], "dtype": str(p.ty.dtype.dtype)} for i, p in enumerate(params)]
+    return _run_ms(executable, list(random_inputs(specs).values()), repeat)
+
+
 def _model_ms(executable, shapes, repeat: int = 10) -> float:
+    from graphpress.ir.numeric import random_inputs
+
+    return _run_ms(executable, list(random_inputs([{"name": n, **v} for n, v in shapes.items()]).values()), repeat)
+
+
+def _run_ms(executable, arrays, repeat: int) -> float:
     import tvm
     from tvm import relax
 
-    from graphpress.ir.numeric import random_inputs
-
-    feeds = random_inputs([{"name": n, **v} for n, v in shapes.items()])
     vm = relax.VirtualMachine(executable, tvm.cpu())
-    args = [tvm.runtime.tensor(a, tvm.cpu()) for a in feeds.values()]
+    args = [tvm.runtime.tensor(a, tvm.cpu()) for a in arrays]
     vm["main"](*args)
     timer = vm.time_evaluator("main", tvm.cpu(), number=1, repeat=repeat)
     return float(np.median(timer(*args).results)) * 1e3

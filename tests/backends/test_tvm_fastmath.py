@@ -1,0 +1,49 @@
+"""Fast math on CPU builds: erf/exp/tanh/GELU/softmax as polynomial vector code, within float32
+tolerance of ONNX Runtime, no libm calls left in the kernels, and the choice reported."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+
+import graphpress as gp
+from graphpress.backends.tvm import compile_model
+from graphpress.ir.io import to_proto
+from tests.conftest import make_model
+
+LIBM = re.compile(r"call\w*\s+\W?(erff|expf|tanhf|__erff|__expf)")
+
+
+def _model():
+    nodes = [
+        helper.make_node("Erf", ["x"], ["e"]),
+        helper.make_node("Exp", ["e"], ["ex"]),
+        helper.make_node("Tanh", ["x"], ["t"]),
+        helper.make_node("Add", ["ex", "t"], ["s"]),
+        helper.make_node("Softmax", ["s"], ["y"], axis=-1),
+    ]
+    return gp.load(
+        make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 256])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 256])])
+    )
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_fast_math_matches_ort_and_leaves_no_libm_calls(fast):
+    model = _model()
+    x = np.random.default_rng(0).normal(0, 3, (64, 256)).astype(np.float32)
+    want = ort.InferenceSession(to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    compiled = compile_model(model, "x86", fast_math=fast, shipped_databases=False)
+    np.testing.assert_allclose(compiled(x)[0], want, rtol=1e-5, atol=1e-7)
+    assert compiled.meta["build"]["fast_math"] is fast
+    asm = compiled._executable.mod.imports[0].inspect_source("asm")
+    assert (LIBM.search(asm) is None) == fast
+
+
+def test_a_model_without_libm_math_says_so():
+    nodes = [helper.make_node("Relu", ["x"], ["y"])]
+    model = gp.load(make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])]))
+    assert compile_model(model, "x86", shipped_databases=False).meta["build"]["fast_math"] == "no libm math in this model"
