@@ -126,7 +126,9 @@ def quantize_model(
         if mode == "dynamic":
             quantize_dynamic(
                 src, dst, op_types_to_quantize=[o for o in (ops or ["MatMul", "Gemm"]) if o in ("MatMul", "Gemm", "Conv")], per_channel=per_channel,
-                reduce_range=reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+                # ORT's dynamic quantizer splits a Gemm into "<name>_MatMul" + Add before it
+                # looks at the exclusions
+                reduce_range=reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=[*exclude, *(f"{n}_MatMul" for n in exclude)],
             )  # fmt: skip
         elif mode == "static":
             if not calibration:
@@ -321,7 +323,7 @@ def layer_errors(reference: ir.Model, quantized: ir.Model, names: list[str], fee
 
     ONNX Runtime's quantizer drops a Relu/Clip after a quantized layer (the quantization range
     clamps instead) and gives the layer the activation's output name; the activation is then
-    applied to the quantized value before comparing. Values that do not correspond are skipped.
+    applied to the quantized value before comparing. Names missing from either model are skipped.
     """
     from graphpress.ir.numeric import run
 
@@ -332,14 +334,14 @@ def layer_errors(reference: ir.Model, quantized: ir.Model, names: list[str], fee
         r, q = ref_producers.get(name), q_producers.get(name)
         if r is None or q is None:
             continue
-        if r.op_type == q.op_type:
-            pairs[name] = lambda x: x
-        elif r.op_type == "Relu":
+        if r.op_type == "Relu" and q.op_type != "Relu":
             pairs[name] = lambda x: np.maximum(x, 0)
-        elif r.op_type == "Clip":
+        elif r.op_type == "Clip" and q.op_type != "Clip":
             lo = r.inputs[1].const_value.numpy() if len(r.inputs) > 1 and r.inputs[1] is not None and r.inputs[1].const_value is not None else -np.inf
             hi = r.inputs[2].const_value.numpy() if len(r.inputs) > 2 and r.inputs[2] is not None and r.inputs[2].const_value is not None else np.inf
             pairs[name] = lambda x, lo=lo, hi=hi: np.clip(x, lo, hi)
+        else:  # the same value (a dynamic layer's rescale Mul ends in the MatMul's output name)
+            pairs[name] = lambda x: x
     if not pairs:
         return {}
     want = run(reference, feeds, outputs=list(pairs))
@@ -424,11 +426,13 @@ class Quantize(Pass):
         value = metric(candidate)
         decisions: dict[str, dict[str, Any]] = {}
         layers = _quantized_layers(candidate, ops or QUANTIZABLE)
-        outputs = [n.outputs[0].name for n in layers if n.outputs and n.outputs[0].name in _value_names(fp32)]
+        fp32_values = _value_names(fp32)
+        outputs = [name for name in (_layer_output(n, fp32_values) for n in layers) if name is not None]
         errors = layer_errors(fp32, candidate, outputs, probe_feeds) if outputs and o.mode in ("static", "dynamic") else {}
         fallback = 0
+        # a layer is named by the fp32 node that produced its output (what the quantizer excludes)
+        producers = _producer_names(fp32)
         while o.tolerance > 0 and value < baseline - o.tolerance and fallback < o.max_fallback:
-            producers = _producer_names(candidate)
             ranked = sorted((e["sqnr_db"], name) for name, e in errors.items() if producers.get(name, name) not in excluded)
             if not ranked:
                 break
@@ -456,6 +460,23 @@ class Quantize(Pass):
         if o.tolerance > 0 and value < baseline - o.tolerance:
             stats["budget_met"] = False
         return PassResult(model, True, stats)
+
+
+def _layer_output(node: ir.Node, names: set[str], steps: int = 3) -> str | None:
+    """The first value from ``node`` on that the fp32 model has too: the layer's own output
+    (QDQ), or past the Cast/Mul/Add rescale of a dynamic MatMulInteger, which ends in the
+    original output name."""
+    value = node.outputs[0] if node.outputs else None
+    for _ in range(steps + 1):
+        if value is None:
+            return None
+        if value.name in names:
+            return value.name
+        consumers = list(value.consumers())
+        if len(consumers) != 1 or consumers[0].op_type not in ("Cast", "Mul", "Add") or not consumers[0].outputs:
+            return None
+        value = consumers[0].outputs[0]
+    return None
 
 
 def _value_names(model: ir.Model) -> set[str]:

@@ -75,6 +75,23 @@ def test_accuracy_control_falls_back_the_worst_layers(digits_cnn):
     _accuracy(model, data)
 
 
+def test_accuracy_control_falls_back_dynamic_layers(digits_cnn):
+    """Dynamic mode: a layer's output is the rescale Mul after MatMulInteger; the accuracy control
+    must still rank it and exclude the fp32 node that made it."""
+    model, data = _cnn(digits_cnn)
+    fp32_gemms = {n.name for n in model.graph if n.op_type in ("Gemm", "MatMul")}
+    stats = _quantize(model, "quantize:mode=dynamic;tolerance=0.0000001;max_fallback=1")
+    fallen = {k for k, v in stats["layers"].items() if v["decision"] == "fp32"}
+    ranked = {k for k, v in stats["layers"].items() if "sqnr_db" in v}
+    assert stats["fallback_layers"] == 1 and len(fallen) == 1 and fallen <= fp32_gemms, stats["layers"]
+    assert ranked and ranked <= fp32_gemms
+    # kept in fp32 (ORT splits a Gemm into "<name>_MatMul" + Add)
+    (name,) = fallen
+    assert any(n.name in (name, f"{name}_MatMul") and n.op_type in ("Gemm", "MatMul") for n in model.graph)
+    assert not any(n.name.startswith(name) and n.op_type == "MatMulInteger" for n in model.graph)
+    _accuracy(model, data)
+
+
 def test_weight_only_and_fp16_run_in_ort(digits_cnn):
     model, data = _cnn(digits_cnn)
     fp32_bytes = sum(v.const_value.nbytes for v in model.graph.initializers.values())
