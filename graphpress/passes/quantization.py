@@ -355,6 +355,54 @@ def layer_errors(reference: ir.Model, quantized: ir.Model, names: list[str], fee
     return out
 
 
+def _fake_quant_activation(x: np.ndarray, symmetric: bool) -> np.ndarray:
+    """Per-tensor uint8 asymmetric (int8 symmetric) quantize-dequantize over ``x``'s own range."""
+    if symmetric:
+        scale = max(float(np.abs(x).max()), 1e-12) / 127
+        return np.clip(np.round(x / scale), -127, 127) * scale
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = max(hi - lo, 1e-12) / 255
+    zero = np.round(-lo / scale)
+    return (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
+
+
+def _fake_quant_weight(w: np.ndarray, per_channel: bool) -> np.ndarray:
+    """Symmetric int8 quantize-dequantize of a ``[K, N]`` weight, per output column or per tensor."""
+    scale = np.maximum(np.abs(w).max(axis=0, keepdims=True) if per_channel else np.abs(w).max(), 1e-12) / 127
+    return np.round(w / scale) * scale
+
+
+def local_errors(model: ir.Model, feeds: Mapping[str, np.ndarray], ops: Iterable[str], *, per_channel: bool = True, symmetric: bool = False) -> dict[str, float]:
+    """Each dense layer's own quantization error: SQNR (dB) of ``x @ W`` against its int8 version
+    (the activation over its range on ``feeds``, the weight per channel), computed on the fp32
+    model's own activations — what quantizing that layer alone costs. (The SQNR measured in the
+    quantized model compounds every earlier layer's error: it ranks deep layers worst.) MatMul and
+    Gemm with a constant 2-D weight; keyed by node name."""
+    from graphpress.ir.numeric import run
+
+    layers = {}
+    for node in model.graph:
+        if node.op_type not in ops or node.op_type not in ("MatMul", "Gemm") or len(node.inputs) < 2:
+            continue
+        w = node.inputs[1].const_value if node.inputs[1] is not None else None
+        if w is None or len(w.shape) != 2 or node.inputs[0] is None:
+            continue
+        w = w.numpy().astype(np.float64)
+        if node.op_type == "Gemm" and node.attributes.get_int("transB", 0):
+            w = w.T
+        layers[node.name] = (node.inputs[0].name, w)
+    if not layers:
+        return {}
+    acts = run(model, feeds, outputs=sorted({x for x, _ in layers.values()}))
+    out = {}
+    for name, (x_name, w) in layers.items():
+        x = acts[x_name].astype(np.float64)
+        y = x @ w
+        noise = float(((y - _fake_quant_activation(x, symmetric) @ _fake_quant_weight(w, per_channel)) ** 2).mean())
+        out[name] = round(float(10 * np.log10(float((y**2).mean()) / noise)), 2) if noise > 0 else float("inf")
+    return out
+
+
 def _quantized_layers(model: ir.Model, ops: Iterable[str]) -> list[ir.Node]:
     """Nodes of ``ops`` whose inputs come from DequantizeLinear (QDQ) or that are integer ops."""
     out = []
@@ -432,13 +480,23 @@ class Quantize(Pass):
         fallback = 0
         # a layer is named by the fp32 node that produced its output (what the quantizer excludes)
         producers = _producer_names(fp32)
+        # when every ranked layer is dense, by its own error (quantized alone); otherwise by the
+        # SQNR of its output in the quantized model
+        local = {}
+        if o.tolerance > 0 and value < baseline - o.tolerance and o.mode in ("static", "dynamic"):
+            local = local_errors(fp32, probe_feeds, ops or QUANTIZABLE, per_channel=o.per_channel, symmetric=o.scheme == "s8s8")
+            if not {producers.get(name, name) for name in errors} <= set(local):
+                local = {}
         while o.tolerance > 0 and value < baseline - o.tolerance and fallback < o.max_fallback:
-            ranked = sorted((e["sqnr_db"], name) for name, e in errors.items() if producers.get(name, name) not in excluded)
+            if local:
+                ranked = sorted((db, name, "own SQNR") for name, db in local.items() if name not in excluded)
+            else:
+                ranked = sorted((e["sqnr_db"], producers.get(name, name), "lowest SQNR") for name, e in errors.items() if producers.get(name, name) not in excluded)
             if not ranked:
                 break
-            worst = producers.get(ranked[0][1], ranked[0][1])
+            db, worst, kind = ranked[0]
             excluded.append(worst)
-            decisions[worst] = {"decision": "fp32", "reason": f"lowest SQNR ({ranked[0][0]} dB) while the metric was {value:.5f}"}
+            decisions[worst] = {"decision": "fp32", "reason": f"{kind} ({db} dB) while the metric was {value:.5f}"}
             fallback += 1
             candidate, info = attempt(excluded)
             value = metric(candidate)
@@ -447,6 +505,8 @@ class Quantize(Pass):
             node = fp32_producers.get(name, name)
             decisions.setdefault(node, {"decision": "int8" if node not in excluded else "fp32"})
             decisions[node].update(e)
+        for node, db in local.items():
+            decisions.setdefault(node, {"decision": "int8" if node not in excluded else "fp32"})["own_sqnr_db"] = db
         _replace_contents(model, to_proto(candidate))
         stats = {
             **info,

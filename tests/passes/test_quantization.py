@@ -85,6 +85,10 @@ def test_accuracy_control_falls_back_dynamic_layers(digits_cnn):
     ranked = {k for k, v in stats["layers"].items() if "sqnr_db" in v}
     assert stats["fallback_layers"] == 1 and len(fallen) == 1 and fallen <= fp32_gemms, stats["layers"]
     assert ranked and ranked <= fp32_gemms
+    # every quantized layer is dense: ranked by its own error, the weakest one goes first
+    own = {k: v["own_sqnr_db"] for k, v in stats["layers"].items()}
+    assert set(own) == fp32_gemms and fallen == {min(own, key=own.get)}
+    assert "own SQNR" in stats["layers"][next(iter(fallen))]["reason"]
     # kept in fp32 (ORT splits a Gemm into "<name>_MatMul" + Add)
     (name,) = fallen
     assert any(n.name in (name, f"{name}_MatMul") and n.op_type in ("Gemm", "MatMul") for n in model.graph)
