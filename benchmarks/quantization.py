@@ -109,21 +109,37 @@ def digits(workdir: Path) -> dict:
 def minilm_accuracy(workdir: Path, n: int) -> dict:
     from graphpress.models.minilm import load_minilm, tokenize
 
-    sentences = _text.sentences(n)
+    sentences = _text.sentences(n + 64)
+    sentences, held_out = sentences[:n], sentences[n:]  # the accuracy control's metric never sees the evaluation set
     module = load_minilm().eval()
     toks = tokenize(sentences[:2], seq_len=64)
     model = gp.load(module, tuple(toks.values()), dynamic_batch=True)
     PassManager(build_passes("cleanup")).run(model)
     src = gp.save(model, workdir / "minilm.onnx")
-    q, _ = _graphpress(model, "quantize:mode=dynamic;ops=MatMul")
-    ours = gp.save(q, workdir / "minilm-gp-dynamic.onnx")
-    ort_dyn = workdir / "minilm-ort-dynamic.onnx"
-    quantize_dynamic(str(src), str(ort_dyn))
     names = [i.name for i in model.graph.inputs]
-    embed = {}
-    for key, path in (("fp32", src), ("graphpress dynamic (MatMul)", ours), ("ORT quantize_dynamic (default)", ort_dyn)):
-        sess = _session(path)
-        embed[key] = _text.embed(lambda feeds, s=sess: s.run(None, feeds)[0], names, sentences)
+
+    def embed_with(m, texts):
+        sess = ort.InferenceSession(to_proto(m).SerializeToString(), providers=["CPUExecutionProvider"])
+        return _text.embed(lambda feeds: sess.run(None, feeds)[0], names, texts)
+
+    reference = embed_with(model, held_out)
+
+    def min_cosine(m) -> float:  # the accuracy control's metric: lowest cosine on held-out sentences
+        return float((embed_with(m, held_out) * reference).sum(1).min())
+
+    q, _ = _graphpress(model, "quantize:mode=dynamic;ops=MatMul")
+    paths = {"fp32": src, "graphpress dynamic (MatMul)": gp.save(q, workdir / "minilm-gp-dynamic.onnx")}
+    spec = "quantize:mode=dynamic;ops=MatMul;tolerance=0.004;max_fallback=16"
+    passes = build_passes(spec)
+    passes[0].metric = min_cosine
+    controlled = gp.load(src)
+    stats = PassManager(passes).run(controlled).records[0].stats
+    paths[f"graphpress dynamic (MatMul), accuracy control ({stats['fallback_layers']} layers fp32)"] = gp.save(controlled, workdir / "minilm-gp-controlled.onnx")
+    for key, kwargs in (("ORT quantize_dynamic (default)", {}), ("ORT quantize_dynamic MatMul-only", {"op_types_to_quantize": ["MatMul"]})):
+        dst = workdir / f"minilm-ort-{len(paths)}.onnx"
+        quantize_dynamic(str(src), str(dst), **kwargs)
+        paths[key] = dst
+    embed = {key: _text.embed(lambda feeds, s=_session(path): s.run(None, feeds)[0], names, sentences) for key, path in paths.items()}
     results = {"sentences": len(sentences)}
     for key, e in embed.items():
         if key != "fp32":

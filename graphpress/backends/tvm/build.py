@@ -466,11 +466,14 @@ def compile_model(
             candidates, stats = _schedule_cpu(mod, spec, 0, None, database, shipped_databases, fast_math)
             return next(iter(candidates.values()))[0], stats
 
-        from graphpress.backends.tvm.targets import has_amx
+        from graphpress.backends.tvm.targets import has_amx, has_dotprod
 
-        amx = has_amx(spec)
-        plan = plan_int8(prepared, spec, schedule_fp32, guard=int8_guard, amx=amx)
-        plan["amx"] = amx
+        isa = "sdot" if has_dotprod(spec) else "amx" if has_amx(spec) else "vnni"
+        # a cross-compiled target cannot be timed here: no guard, int8 only when asked for (int8=on)
+        plan = plan_int8(prepared, spec, schedule_fp32, guard=int8_guard and spec.is_host, isa=isa)
+        plan.update({"isa": isa, "amx": isa == "amx"})
+        if int8_guard and not spec.is_host:
+            plan["guard"] = "not run: a cross-compiled target cannot be timed on this host"
         plan["qdq_rewritten"] = len(rewrite["rewritten"])
         # QDQ layers without an integer kernel here (convolutions) get fp32 kernels on their
         # dequantized weights
@@ -482,7 +485,7 @@ def compile_model(
         )
         plan["seconds"] = round(time.perf_counter() - t_int8, 2)
         report["int8"] = plan
-        with vnni_converters(amx):
+        with vnni_converters(isa):
             mod = to_relax(prepared, shapes, spec.name)
     else:
         mod = to_relax(prepared, shapes, spec.name)
@@ -491,13 +494,16 @@ def compile_model(
     executable, stats = _build(mod, spec, *build_args)
     report.update(stats)
     if vnni and report["int8"]["lowered"]:
-        from graphpress.backends.tvm.int8 import amx_dot_product_count, zmm_vpdpbusd_count
+        from graphpress.backends.tvm.int8 import amx_dot_product_count, sdot_count, zmm_vpdpbusd_count
 
         # tensorization failures are only warnings in TVM: count the instructions instead
         asm = executable.mod.imports[0].inspect_source("asm")
-        report["int8"]["zmm_vpdpbusd"] = zmm_vpdpbusd_count(asm)
-        report["int8"]["amx_tile_products"] = amx_dot_product_count(asm)
-        if int8_guard:
+        if report["int8"]["isa"] == "sdot":
+            report["int8"]["sdot"] = sdot_count(asm)
+        else:
+            report["int8"]["zmm_vpdpbusd"] = zmm_vpdpbusd_count(asm)
+            report["int8"]["amx_tile_products"] = amx_dot_product_count(asm)
+        if int8_guard and spec.is_host:
             # the whole model, too: layers that stay fp32 compile differently around integer ones
             # (MobileNetV2's depthwise convs lose their tuned fused kernels), so the all-fp32 build
             # of the same model is timed against it and the faster one ships
@@ -592,14 +598,18 @@ def _model_guard(model, prepare, shapes, spec, int8_exe, report, build_args):
 
 
 def _wants_int8(model: ir.Model, spec: TargetSpec, mode: str) -> bool:
-    from graphpress.backends.tvm.targets import has_vnni
+    """int8 kernels for ``auto`` on x86 hosts with VNNI (where the guard can time them); ``on`` also
+    for aarch64 targets with the dot-product extension (cross-compiled: not timed)."""
+    from graphpress.backends.tvm.targets import has_dotprod, has_vnni
 
     if mode == "off":
         return False
     quantized = any(n.op_type in ("MatMulInteger", "ConvInteger", "DequantizeLinear") for n in model.graph)
-    if mode == "on" and not has_vnni(spec):
-        raise GraphpressError(f"target {spec.name}: int8=on needs an x86 target with AVX-512 VNNI on a host that has it; use int8=off")
-    return quantized and has_vnni(spec)
+    if mode == "on" and not (has_vnni(spec) or has_dotprod(spec)):
+        raise GraphpressError(
+            f"target {spec.name}: int8=on needs an x86 target with AVX-512 VNNI on a host that has it, or an aarch64 target with +dotprod; use int8=off"
+        )
+    return quantized and (has_vnni(spec) or (mode == "on" and has_dotprod(spec)))
 
 
 def _set_input_shapes(model: ir.Model, shapes: Mapping[str, Mapping[str, Any]]) -> None:

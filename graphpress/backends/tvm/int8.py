@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["VNNI_INTRIN", "amx_dot_product_count", "pack_dense_weight", "register_vnni_intrinsic", "tune_int8_dense", "vnni_space", "zmm_vpdpbusd_count"]
+__all__ = ["VNNI_INTRIN", "amx_dot_product_count", "sdot_count", "pack_dense_weight", "register_vnni_intrinsic", "tune_int8_dense", "vnni_space", "zmm_vpdpbusd_count"]
 
 VNNI_INTRIN = "dot_16x4_vnni_fixed"
 _registered = False
@@ -134,6 +134,11 @@ def zmm_vpdpbusd_count(asm: str) -> int:
 def amx_dot_product_count(asm: str) -> int:
     """AMX int8 tile dot products (``tdpbusd``, u8 x s8 -> s32) in an assembly listing."""
     return len(re.findall(r"^\s*tdpbusd\s", asm, flags=re.MULTILINE))
+
+
+def sdot_count(asm: str) -> int:
+    """aarch64 int8 dot products on 4 int32 lanes in an assembly listing."""
+    return len(re.findall(r"^\s*sdot\s+v\d+\.4s", asm, flags=re.MULTILINE))
 
 
 def drop_unnamed_tuning_log_handlers() -> None:

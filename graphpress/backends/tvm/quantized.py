@@ -1,8 +1,9 @@
-"""Integer lowering of quantized dense layers and convolutions for TVM on x86 with AVX-512 VNNI.
+"""Integer lowering of quantized dense layers and convolutions for TVM on x86 with AVX-512 VNNI
+and AMX.
 
 TVM's ONNX importer computes QDQ graphs in float, lowers ``MatMulInteger`` to an int32 x int32
 matmul that no schedule tensorizes, and has no ``ConvInteger``. This module makes them real
-u8 x s8 -> s32 VNNI code:
+u8 x s8 -> s32 code:
 
 1. :func:`qdq_to_integer` (ONNX level, on the backend's private copy): a static QDQ dense
    layer ``DQ(xq) -> MatMul/Gemm(DQ(Wq int8, per-channel, zero point 0)) [+ bias]`` becomes
@@ -13,16 +14,18 @@ u8 x s8 -> s32 VNNI code:
    (same shapes, same tuning databases) are compiled and timed on this machine. A node whose
    int8 kernel is not faster is rewritten to float compute and the report says so.
 3. :func:`vnni_converters` replaces the importer's converters for the chosen nodes. Dense: the
-   weight is packed at compile time to ``[N/16, K/4, 16, 4]`` (N padded to 16), the kernel is a
-   scheduled TIR function (rows x 4 blocks of 16 columns per micro-tile, the fixed
-   ``dot_16x4_vnni`` intrinsic on the innermost 16 x 4), and the activation zero point is applied
-   afterwards with the weight's column sums: ``Σ(a - za)·w = Σ a·w - za·Σ w``; int8 activations
-   are moved to uint8 (``a + 128``, ``za + 128``), which VNNI needs. Convolution: an im2col
-   kernel (padding holds the zero point) feeds the same dense kernel, and a tiled kernel applies
-   the zero point while turning the NHWC result back to NCHW.
+   weight is packed at compile time to ``[N/16, K/4, 16, 4]``; the kernel is AMX tiles
+   (:func:`amx_dense_kernel`, when the target and host have AMX-INT8 and the shape fills the
+   tiles) or VNNI (:func:`vnni_dense_kernel`: rows x 4 blocks of 16 columns per micro-tile, the
+   fixed ``dot_16x4_vnni`` intrinsic on the innermost 16 x 4). The activation zero point is
+   applied afterwards with the weight's column sums: ``Σ(a - za)·w = Σ a·w - za·Σ w``; int8
+   activations are moved to uint8 (``a + 128``, ``za + 128``), which both need. Convolution: a
+   padded NHWC copy of the input and an im2col kernel (padding holds the zero point) feed the
+   same dense kernels, and a tiled kernel applies the zero point while turning the NHWC result
+   back to NCHW.
 
 Integer results equal ONNX Runtime's ``MatMulInteger`` and a numpy ``ConvInteger`` bit for bit
-(tested). Depthwise and grouped convolutions have no integer kernel yet.
+(tested, both kernels). Depthwise and grouped convolutions have no integer kernel yet.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import onnx_ir as ir
 
 from graphpress.backends.tvm.int8 import VNNI_INTRIN, register_vnni_intrinsic
 
-__all__ = ["Int8Decision", "plan_int8", "qdq_to_integer", "vnni_converters", "vnni_dense_kernel"]
+__all__ = ["ISAS", "Int8Decision", "amx_dense_kernel", "plan_int8", "qdq_to_integer", "sdot_dense_kernel", "vnni_converters", "vnni_dense_kernel"]
 
 #: attribute set on MatMulInteger nodes (in the backend's copy only) that get the VNNI kernel
 VNNI_ATTR = "_graphpress_vnni"
@@ -364,14 +367,80 @@ def amx_dense_kernel(m: int, n: int, k: int):
     return func
 
 
-def _pack(w_kn: np.ndarray, multiple: int = 16) -> tuple[np.ndarray, np.ndarray, int]:
-    """int8 ``[K, N]`` -> (packed ``[Np/16, K/4, 16, 4]``, column sums ``[Np]`` int32, Np); N is
-    padded to ``multiple`` columns, K must be a multiple of 4 (zero rows may pad it)."""
+def sdot_dense_kernel(m: int, n: int, k: int):
+    """Scheduled TIR ``C[m, n] (int32) = A[m, k] (int8) · B^T`` for aarch64 with the dot-product
+    extension, ``B`` packed ``[n/4, k/4, 4, 4]`` (int8): rows x 4 blocks of 4 columns per
+    micro-tile, TVM's ``sdot`` intrinsic (``dot_4x4_i8i8s32_sdot``: 4 int32 lanes x 4 bytes of K
+    per NEON instruction) on the innermost 4 x 4."""
+    key = ("sdot", m, n, k)
+    if key in _KERNELS:
+        return _KERNELS[key]
+    import tvm
+    from tvm import te
+    from tvm.s_tir.tensor_intrin.arm_cpu import ARM_DOT_4x4_i8_SDOT_INTRIN
+
+    a = te.placeholder((m, k), "int8", name="A")
+    b = te.placeholder((n // 4, k // 4, 4, 4), "int8", name="B")
+    r = te.reduce_axis((0, k), name="k")
+    c = te.compute((m, n), lambda i, j: te.sum(a[i, r].astype("int32") * b[j // 4, r // 4, j % 4, r % 4].astype("int32"), axis=r), name="C")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([a, b, c]))
+    block = sch.get_sblock("C")
+    i, j, kk = sch.get_loops(block)
+    rows = _largest_divisor(m, (4, 3, 2, 1))
+    cols = _largest_divisor(n // 4, (4, 2, 1))
+    io, ii = sch.split(i, [None, rows])
+    jo, ji = sch.split(j, [None, 4])
+    joo, joi = sch.split(jo, [None, cols])
+    ko, ki = sch.split(kk, [None, 4])
+    sch.reorder(joo, io, ko, ii, joi, ji, ki)
+    sch.parallel(joo if n // 4 // cols >= 2 else sch.fuse(joo, io))
+    sch.unroll(ii)
+    sch.unroll(joi)
+    sch.decompose_reduction(block, ko)
+    sch.tensorize(ji, ARM_DOT_4x4_i8_SDOT_INTRIN)
+    func = sch.mod["main"].with_attr({"tirx.is_scheduled": True, "op_pattern": 8, "global_symbol": f"graphpress_sdot_dense_{m}x{n}x{k}"})
+    _KERNELS[key] = func
+    return func
+
+
+#: the integer kernels by instruction set: "vnni" (x86 AVX-512 VNNI), "amx" (AMX tiles where the
+#: shapes fill them, VNNI elsewhere), "sdot" (aarch64 dot product)
+ISAS = ("vnni", "amx", "sdot")
+
+
+def _lanes(isa: str) -> int:
+    """Output columns per packed weight block: 16 int32 lanes (x86 zmm), 4 (NEON)."""
+    return 4 if isa == "sdot" else 16
+
+
+def _dense(isa: str, m: int, n: int, k: int):
+    if isa == "amx":
+        return amx_dense_kernel(m, n, k)
+    return sdot_dense_kernel(m, n, k) if isa == "sdot" else vnni_dense_kernel(m, n, k)
+
+
+def _to_kernel_dtype(a, a_dtype: str, za, isa: str):
+    """The activation (and zero point) in the kernel's dtype: VNNI and AMX multiply uint8 by int8
+    (int8 activations move up by 128), sdot int8 by int8 (uint8 ones move down by 128)."""
+    from tvm import relax
+
+    want = "int8" if isa == "sdot" else "uint8"
+    if a_dtype == want:
+        return a, za
+    shift = 128 if want == "uint8" else -128
+    a = relax.op.astype(relax.op.add(relax.op.astype(a, "int32"), relax.const(shift, "int32")), want)
+    za = relax.const(shift, "int32") if za is None else relax.op.add(relax.op.astype(za, "int32"), relax.const(shift, "int32"))
+    return a, za
+
+
+def _pack(w_kn: np.ndarray, multiple: int = 16, lanes: int = 16) -> tuple[np.ndarray, np.ndarray, int]:
+    """int8 ``[K, N]`` -> (packed ``[Np/lanes, K/4, lanes, 4]``, column sums ``[Np]`` int32, Np); N
+    is padded to ``multiple`` columns, K must be a multiple of 4 (zero rows may pad it)."""
     k, n = w_kn.shape
     npad = -(-n // multiple) * multiple
     w = np.zeros((k, npad), np.int8)
     w[:, :n] = w_kn
-    packed = np.ascontiguousarray(w.T.reshape(npad // 16, 16, k // 4, 4).transpose(0, 2, 1, 3))
+    packed = np.ascontiguousarray(w.T.reshape(npad // lanes, lanes, k // 4, 4).transpose(0, 2, 1, 3))
     return packed, w.astype(np.int32).sum(0), npad
 
 
@@ -379,21 +448,19 @@ def _amx_fits(m: int, k: int) -> bool:
     return m % 32 == 0 and k % 64 == 0
 
 
-def _emit_vnni_matmul(bb, a, w_kn: np.ndarray, za, amx: bool = False):
-    """Relax for ``MatMulInteger(a, w, za)`` (``a``: [..., K] uint8/int8) on the AMX kernel when
-    ``amx`` and the shape fits its tiles, else on the VNNI kernel."""
+def _emit_vnni_matmul(bb, a, w_kn: np.ndarray, za, isa: str = "vnni"):
+    """Relax for ``MatMulInteger(a, w, za)`` (``a``: [..., K] uint8/int8) on the ``isa``'s kernel
+    (``amx``: AMX where the shape fills its tiles, VNNI otherwise)."""
     from tvm import relax
 
     shape = [int(d) for d in a.ty.shape]
     k, n = w_kn.shape
     m = int(np.prod(shape[:-1]))
-    amx = amx and _amx_fits(m, k)
-    packed, colsum, npad = _pack(w_kn, 32 if amx else 16)
-    a2 = relax.op.reshape(a, (m, k))
-    if _dtype(a.ty) == "int8":  # VNNI multiplies uint8 by int8: shift a and its zero point by 128
-        a2 = relax.op.astype(relax.op.add(relax.op.astype(a2, "int32"), relax.const(128, "int32")), "uint8")
-        za = relax.const(128, "int32") if za is None else relax.op.add(relax.op.astype(za, "int32"), relax.const(128, "int32"))
-    func = amx_dense_kernel(m, npad, k) if amx else vnni_dense_kernel(m, npad, k)
+    if isa == "amx" and not _amx_fits(m, k):
+        isa = "vnni"
+    packed, colsum, npad = _pack(w_kn, 32 if isa == "amx" else _lanes(isa), _lanes(isa))
+    a2, za = _to_kernel_dtype(relax.op.reshape(a, (m, k)), _dtype(a.ty), za, isa)
+    func = _dense(isa, m, npad, k)
     kernel = bb.add_func(func, str(func.attrs["global_symbol"]))
     acc = bb.emit(relax.call_tir(kernel, [bb.emit(a2), relax.const(packed)], relax.TensorType((m, npad), "int32")))
     if za is not None:
@@ -403,7 +470,7 @@ def _emit_vnni_matmul(bb, a, w_kn: np.ndarray, za, amx: bool = False):
     return relax.op.reshape(acc, [*shape[:-1], n])
 
 
-def _conv_geometry(x_shape, w_shape, attrs, amx: bool = False) -> dict[str, Any]:
+def _conv_geometry(x_shape, w_shape, attrs, isa: str = "vnni") -> dict[str, Any]:
     """Shapes of the unfolded convolution. ``Cp``: channels padded to whole 4-byte VNNI groups, or
     for AMX until a row of the unfolded input is whole 64-byte tiles (AMX is chosen only while that
     pads K by at most half, plus one tile: not for a 7x7 stem of 3 channels). ``Mp``: output
@@ -416,6 +483,7 @@ def _conv_geometry(x_shape, w_shape, attrs, amx: bool = False) -> dict[str, Any]
     oh = (h + pads[0] + pads[2] - dh * (kh - 1) - 1) // sh + 1
     ow = (w + pads[1] + pads[3] - dw * (kw - 1) - 1) // sw + 1
     cp = -(-c // 4) * 4
+    amx = isa == "amx"
     if amx:
         ca = cp
         while (kh * kw * ca) % 64:
@@ -426,7 +494,7 @@ def _conv_geometry(x_shape, w_shape, attrs, amx: bool = False) -> dict[str, Any]
     m = n * oh * ow
     return {"n": n, "c": c, "h": h, "w": w, "oc": oc, "kh": kh, "kw": kw, "pads": pads, "strides": (sh, sw), "dilations": (dh, dw),
             "oh": oh, "ow": ow, "m": m, "mp": -(-m // rows) * rows, "k": c * kh * kw, "cp": cp, "kp": cp * kh * kw,
-            "hp": h + pads[0] + pads[2], "wp": w + pads[1] + pads[3], "amx": amx}  # fmt: skip
+            "hp": h + pads[0] + pads[2], "wp": w + pads[1] + pads[3], "amx": amx, "isa": "amx" if amx else ("sdot" if isa == "sdot" else "vnni")}  # fmt: skip
 
 
 def _pointwise(g: dict[str, Any]) -> bool:
@@ -538,15 +606,15 @@ def to_nchw_kernel(g: dict[str, Any], npad: int):
     return func
 
 
-def _emit_vnni_conv(bb, x, w_oihw: np.ndarray, zero_point: int, attrs, amx: bool = False):
+def _emit_vnni_conv(bb, x, w_oihw: np.ndarray, zero_point: int, attrs, isa: str = "vnni"):
     """Relax for ``ConvInteger(x, w, zx)`` (uint8 NCHW ``x``, group 1): a padded NHWC copy, im2col
     (skipped for pointwise convolutions), the AMX or VNNI dense, the zero point and NCHW."""
     from tvm import relax
 
-    g = _conv_geometry(x.ty.shape, w_oihw.shape, attrs, amx)
+    g = _conv_geometry(x.ty.shape, w_oihw.shape, attrs, isa)
     w_padded = np.zeros((g["oc"], g["kh"], g["kw"], g["cp"]), np.int8)  # columns ordered ky, kx, channel
     w_padded[..., : g["c"]] = w_oihw.transpose(0, 2, 3, 1)
-    packed, colsum, npad = _pack(np.ascontiguousarray(w_padded.reshape(g["oc"], g["kp"]).T), 32 if g["amx"] else 16)
+    packed, colsum, npad = _pack(np.ascontiguousarray(w_padded.reshape(g["oc"], g["kp"]).T), 32 if g["amx"] else _lanes(g["isa"]), _lanes(g["isa"]))
 
     def call(func, args, shape, dtype):
         return bb.emit(relax.call_tir(bb.add_func(func, str(func.attrs["global_symbol"])), args, relax.TensorType(shape, dtype)))
@@ -557,10 +625,13 @@ def _emit_vnni_conv(bb, x, w_oihw: np.ndarray, zero_point: int, attrs, amx: bool
     else:
         xp = call(pad, [x], (g["n"], g["hp"], g["wp"], g["cp"]), "uint8")
         col = call(im2col_kernel(g), [xp], (g["mp"], g["kp"]), "uint8")
-    dense = amx_dense_kernel(g["mp"], npad, g["kp"]) if g["amx"] else vnni_dense_kernel(g["mp"], npad, g["kp"])
-    acc = call(dense, [col, relax.const(packed)], (g["mp"], npad), "int32")
+    corr = colsum * zero_point
+    if g["isa"] == "sdot":  # int8 x int8: the unfolded input moves down by 128, and its zero point
+        col = bb.emit(relax.op.astype(relax.op.subtract(relax.op.astype(col, "int32"), relax.const(128, "int32")), "int8"))
+        corr = colsum * (zero_point - 128)
+    acc = call(_dense(g["isa"], g["mp"], npad, g["kp"]), [col, relax.const(packed)], (g["mp"], npad), "int32")
     nchw = to_nchw_kernel(g, npad)
-    return relax.call_tir(bb.add_func(nchw, str(nchw.attrs["global_symbol"])), [acc, relax.const((colsum * zero_point).astype(np.int32))],
+    return relax.call_tir(bb.add_func(nchw, str(nchw.attrs["global_symbol"])), [acc, relax.const(corr.astype(np.int32))],
                           relax.TensorType((g["n"], g["oc"], g["oh"], g["ow"]), "int32"))  # fmt: skip
 
 
@@ -584,10 +655,10 @@ def _vnni_ready(a_ty, w: np.ndarray | None, zb) -> str | None:
 
 
 @contextlib.contextmanager
-def vnni_converters(amx: bool = False):
+def vnni_converters(isa: str = "vnni"):
     """Within the block, TVM's ONNX importer lowers MatMulInteger nodes marked with
-    :data:`VNNI_ATTR` onto the integer kernels, AMX ones where ``amx`` and the shapes fit its tiles
-    (others keep the importer's converter)."""
+    :data:`VNNI_ATTR` onto the integer kernels of ``isa`` (:data:`ISAS`; others keep the
+    importer's converter)."""
     import tvm
     from tvm.relax.frontend.onnx import onnx_frontend
 
@@ -604,7 +675,7 @@ def vnni_converters(amx: bool = False):
                 w = b.value.numpy() if isinstance(b, tvm.ir.GenericConst) else None
                 zb_np = zb.value.numpy() if isinstance(zb, tvm.ir.GenericConst) else (None if zb is None else np.array([1]))
                 if _vnni_ready(bb.normalize(a).ty, w, zb_np) is None:
-                    return _emit_vnni_matmul(bb, bb.normalize(a), w, za, amx)
+                    return _emit_vnni_matmul(bb, bb.normalize(a), w, za, isa)
             return base._impl_v10(bb, inputs, attr, params)
 
     class VnniConvInteger(base):
@@ -617,7 +688,7 @@ def vnni_converters(amx: bool = False):
             w_np = w.value.numpy() if isinstance(w, tvm.ir.GenericConst) else None
             zx_np = zx.value.numpy() if isinstance(zx, tvm.ir.GenericConst) else (np.zeros((), np.uint8) if zx is None else None)
             if attr.get(VNNI_ATTR) and w_np is not None and zx_np is not None and _dtype(x.ty) == "uint8":
-                return _emit_vnni_conv(bb, x, w_np, int(zx_np.reshape(-1)[0]), attr, amx)
+                return _emit_vnni_conv(bb, x, w_np, int(zx_np.reshape(-1)[0]), attr, isa)
             # generic (slow) integer convolution; the int8 plan never leaves a node here
             xi = relax.op.astype(x, "int32")
             if zx is not None:
@@ -682,7 +753,7 @@ def _int8_pipeline(mod, target):
     return schedule_injective(mod)[0]
 
 
-def _kernel_pair_ms(m: int, n: int, k: int, a_dtype: str, spec, schedule_fp32, repeat: int, amx: bool) -> tuple[float, float]:
+def _kernel_pair_ms(m: int, n: int, k: int, a_dtype: str, spec, schedule_fp32, repeat: int, isa: str) -> tuple[float, float]:
     """(int8 ms, fp32 ms) of one dense layer compiled both ways for ``spec``."""
     import tvm
     from tvm import relax
@@ -695,7 +766,7 @@ def _kernel_pair_ms(m: int, n: int, k: int, a_dtype: str, spec, schedule_fp32, r
     x = relax.Var("x", relax.TensorType((m, k), a_dtype))
     with bb.function("main", [x]):
         with bb.dataflow():
-            out = bb.emit_output(_emit_vnni_matmul(bb, x, w, relax.const(3, a_dtype), amx))
+            out = bb.emit_output(_emit_vnni_matmul(bb, x, w, relax.const(3, a_dtype), isa))
         bb.emit_func_output(out)
     int8_exe = tvm.compile(_int8_pipeline(bb.get(), target), target=target)
     xq = rng.integers(0, 128, (m, k)).astype(a_dtype)
@@ -713,7 +784,7 @@ def _kernel_pair_ms(m: int, n: int, k: int, a_dtype: str, spec, schedule_fp32, r
     return int8_ms, fp32_ms
 
 
-def _conv_pair_ms(x_shape, w_shape, attrs: dict, zero_point: int, spec, schedule_fp32, repeat: int, amx: bool) -> tuple[float, float]:
+def _conv_pair_ms(x_shape, w_shape, attrs: dict, zero_point: int, spec, schedule_fp32, repeat: int, isa: str) -> tuple[float, float]:
     """(int8 ms, fp32 ms) of one convolution compiled both ways for ``spec``."""
     import tvm
     from tvm import relax
@@ -725,7 +796,7 @@ def _conv_pair_ms(x_shape, w_shape, attrs: dict, zero_point: int, spec, schedule
     x = relax.Var("x", relax.TensorType(tuple(x_shape), "uint8"))
     with bb.function("main", [x]):
         with bb.dataflow():
-            out = bb.emit_output(_emit_vnni_conv(bb, x, w, zero_point, attrs, amx))
+            out = bb.emit_output(_emit_vnni_conv(bb, x, w, zero_point, attrs, isa))
         bb.emit_func_output(out)
     int8_ms = _time(tvm.compile(_int8_pipeline(bb.get(), target), target=target), [rng.integers(0, 256, x_shape).astype(np.uint8)], repeat)
 
@@ -767,7 +838,7 @@ def _to_float(graph: ir.Graph, node: ir.Node, w: np.ndarray) -> None:
     graph.remove(node, safe=True)
 
 
-def _plan_conv(graph: ir.Graph, node: ir.Node, spec, schedule_fp32, guard: bool, repeat: int, timings: dict, amx: bool) -> Int8Decision:
+def _plan_conv(graph: ir.Graph, node: ir.Node, spec, schedule_fp32, guard: bool, repeat: int, timings: dict, isa: str) -> Int8Decision:
     x, w = node.inputs[0], _const(node.inputs[1])
     zx = _const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else np.zeros((), np.uint8)
     name = node.name or node.outputs[0].name
@@ -786,9 +857,9 @@ def _plan_conv(graph: ir.Graph, node: ir.Node, spec, schedule_fp32, guard: bool,
     key = ("conv", tuple(shape), w.shape, tuple(sorted(attrs.items())))
 
     def measure():
-        return _conv_pair_ms(shape, w.shape, attrs, int(zx.reshape(-1)[0]), spec, schedule_fp32, repeat, amx)
+        return _conv_pair_ms(shape, w.shape, attrs, int(zx.reshape(-1)[0]), spec, schedule_fp32, repeat, isa)
 
-    kernel = "im2col + AMX kernel" if _conv_geometry(shape, w.shape, attrs, amx)["amx"] else "im2col + VNNI kernel"
+    kernel = f"im2col + {_conv_geometry(shape, w.shape, attrs, isa)['isa'].upper()} kernel"
     return _decide(graph, node, w, (g["m"], g["oc"], g["k"]), kernel, guard, timings, key, measure)
 
 
@@ -810,7 +881,7 @@ def _decide(graph, node, w, mnk, kernel: str, guard: bool, timings: dict, key, m
     return Int8Decision(node.name or node.outputs[0].name, mnk, int8_ms, fp32_ms, lowered, why, kernel if lowered else "")
 
 
-def plan_int8(model: ir.Model, spec, schedule_fp32, *, guard: bool = True, repeat: int = 50, force_fp32: bool = False, amx: bool = False) -> dict[str, Any]:
+def plan_int8(model: ir.Model, spec, schedule_fp32, *, guard: bool = True, repeat: int = 50, force_fp32: bool = False, isa: str = "vnni") -> dict[str, Any]:
     """Mark the MatMulInteger nodes of ``model`` (in place) that take the VNNI kernel.
 
     With ``guard``, each distinct (M, N, K, dtype) is timed both ways first (``schedule_fp32``
@@ -827,7 +898,7 @@ def plan_int8(model: ir.Model, spec, schedule_fp32, *, guard: bool = True, repea
                 _to_float(graph, node, w)
             continue
         if node.op_type == "ConvInteger" and node.domain in ("", "ai.onnx"):
-            decisions.append(_plan_conv(graph, node, spec, schedule_fp32, guard, repeat, timings, amx))
+            decisions.append(_plan_conv(graph, node, spec, schedule_fp32, guard, repeat, timings, isa))
             continue
         if node.op_type != "MatMulInteger" or node.domain not in ("", "ai.onnx"):
             continue
@@ -856,9 +927,9 @@ def plan_int8(model: ir.Model, spec, schedule_fp32, *, guard: bool = True, repea
         key = (m, n, k, dtype)
 
         def measure(m=m, n=n, k=k, dtype=dtype):
-            return _kernel_pair_ms(m, n, k, dtype, spec, schedule_fp32, repeat, amx)
+            return _kernel_pair_ms(m, n, k, dtype, spec, schedule_fp32, repeat, isa)
 
-        kernel = "AMX kernel" if amx and _amx_fits(m, k) else "VNNI kernel"
+        kernel = "AMX kernel" if isa == "amx" and _amx_fits(m, k) else f"{'SDOT' if isa == 'sdot' else 'VNNI'} kernel"
         decisions.append(_decide(graph, node, w, (m, n, k), kernel, guard, timings, key, measure))
     return {
         "lowered": sum(d.lowered for d in decisions),

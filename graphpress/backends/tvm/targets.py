@@ -26,7 +26,7 @@ from typing import Any
 
 from graphpress.errors import GraphpressError
 
-__all__ = ["TargetSpec", "detect_x86_mcpu", "has_amx", "has_vnni", "resolve_target"]
+__all__ = ["TargetSpec", "detect_x86_mcpu", "has_amx", "has_dotprod", "has_vnni", "resolve_target"]
 
 #: LLVM x86 CPUs with AVX-512 VNNI (u8 x s8 -> s32 dot products on 512-bit registers)
 VNNI_MCPUS = {"cascadelake", "cooperlake", "icelake-client", "icelake-server", "tigerlake", "sapphirerapids",
@@ -97,6 +97,12 @@ def has_amx(spec: TargetSpec) -> bool:
     mattr = [str(a) for a in spec.config.get("mattr", [])]
     target_ok = spec.config.get("mcpu") in AMX_MCPUS or "+amx-int8" in mattr
     return target_ok and {"amx_tile", "amx_int8"} <= _cpu_flags()
+
+
+def has_dotprod(spec: TargetSpec) -> bool:
+    """True when ``spec`` is an aarch64 CPU target with the dot-product extension (``sdot``)."""
+    mattr = [str(a) for a in spec.config.get("mattr", [])]
+    return spec.config.get("kind") == "llvm" and str(spec.config.get("mtriple", "")).startswith("aarch64") and "+dotprod" in mattr
 
 
 def _cpu_flags() -> set[str]:
