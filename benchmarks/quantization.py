@@ -9,11 +9,14 @@ Accuracy:
 * all-MiniLM-L6-v2 (real weights) on ``--sentences`` real sentences (first lines of docstrings of
   Python's standard library): mean cosine of the embeddings to fp32 and nearest-neighbour
   agreement (each sentence's most similar other sentence is the same), for graphpress
-  ``dynamic`` on MatMuls vs ORT ``quantize_dynamic`` default (all supported ops).
+  ``dynamic`` on MatMuls, the same with the accuracy control (its metric: the lowest cosine on 64
+  other sentences), ORT ``quantize_dynamic`` default (all supported ops) and MatMul-only.
 
-Speed (2 threads, batch 1, ``ORT_ENABLE_ALL``, median of ``--repeat``, blocked runs, spinning
-off because several sessions are alive): ResNet-18 and MobileNetV2 at 224² (random weights,
-calibrated on 8 random images: speed only) and MiniLM at seq 128.
+Speed (2 threads, batch 1, ``ORT_ENABLE_ALL``, median of ``--repeat``; every engine keeps its
+default thread spinning and runs in blocks with a pause between them): ResNet-18 and
+MobileNetV2 at 224² (random weights, calibrated on 8 random images: speed only) and MiniLM at
+seq 128; ORT fp32, ORT's default and best int8 recipes, ORT running graphpress's model, and
+graphpress-tvm fp32 and int8 (``--no-tvm`` skips those).
 
 Usage::
 
