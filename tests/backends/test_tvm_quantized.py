@@ -41,37 +41,31 @@ def _matmul_integer_model(a_shape, n: int, a_dtype=np.uint8, zero_point=7) -> ir
     return gp.load(proto)
 
 
+HAS_AMX = has_amx(resolve_target("x86"))
+
+
 @pytest.mark.parametrize(
-    "a_shape,n,a_dtype",
-    [((4, 64), 48, np.uint8), ((2, 5, 64), 40, np.uint8), ((3, 128), 16, np.int8)],
+    "a_shape,n,a_dtype,kernel",
+    [
+        ((4, 64), 48, np.uint8, "VNNI"),
+        ((2, 5, 64), 40, np.uint8, "VNNI"),
+        ((3, 128), 16, np.int8, "VNNI"),
+        # shapes that fill AMX tiles (M % 32, K % 64) take the tile kernel; N is padded to 32
+        ((64, 128), 48, np.uint8, "AMX"),
+        ((2, 16, 192), 80, np.int8, "AMX"),
+    ],
 )
-def test_matmul_integer_equals_ort_bit_for_bit(a_shape, n, a_dtype):
+def test_matmul_integer_equals_ort_bit_for_bit(a_shape, n, a_dtype, kernel):
+    if kernel == "AMX" and not HAS_AMX:
+        pytest.skip("needs an x86 host with AMX-INT8")
     model = _matmul_integer_model(a_shape, n, a_dtype)
     rng = np.random.default_rng(1)
     info = np.iinfo(a_dtype)
     a = rng.integers(info.min, info.max + 1, a_shape).astype(a_dtype)
     compiled = compile_model(model, "x86", int8="on", int8_guard=False)
     report = compiled.meta["build"]["int8"]
-    assert report["lowered"] == 1 and report["zmm_vpdpbusd"] > 0
-    got = compiled.run_named(a=a)["y"]
-    np.testing.assert_array_equal(got, _ort(model, {"a": a})[0])
-
-
-needs_amx = pytest.mark.skipif(not has_amx(resolve_target("x86")), reason="needs an x86 host with AMX-INT8")
-
-
-@needs_amx
-@pytest.mark.parametrize("a_shape,n,a_dtype", [((64, 128), 48, np.uint8), ((2, 16, 192), 80, np.int8)])
-def test_matmul_integer_on_amx_tiles_equals_ort_bit_for_bit(a_shape, n, a_dtype):
-    """Shapes that fill AMX tiles (M % 32, K % 64) take the tile kernel; N is padded to 32."""
-    model = _matmul_integer_model(a_shape, n, a_dtype)
-    rng = np.random.default_rng(2)
-    info = np.iinfo(a_dtype)
-    a = rng.integers(info.min, info.max + 1, a_shape).astype(a_dtype)
-    compiled = compile_model(model, "x86", int8="on", int8_guard=False)
-    report = compiled.meta["build"]["int8"]
-    assert report["amx"] and report["amx_tile_products"] >= 4, report
-    assert report["nodes"][0]["kernel"] == "AMX kernel"
+    assert report["lowered"] == 1 and report["nodes"][0]["kernel"] == f"{kernel} kernel", report["nodes"]
+    assert (report["amx_tile_products"] >= 4) if kernel == "AMX" else (report["zmm_vpdpbusd"] > 0 and report["amx_tile_products"] == 0)
     np.testing.assert_array_equal(compiled.run_named(a=a)["y"], _ort(model, {"a": a})[0])
 
 
@@ -206,7 +200,7 @@ def _conv_reference(x, w, zx, pads, strides):
 )
 def test_conv_integer_equals_a_reference_bit_for_bit(x_shape, w_shape, pads, strides, kernel):
     """ConvInteger with padding, stride and a zero point: the im2col + VNNI/AMX paths against numpy."""
-    if kernel == "AMX" and not has_amx(resolve_target("x86")):
+    if kernel == "AMX" and not HAS_AMX:
         pytest.skip("needs an x86 host with AMX-INT8")
     rng = np.random.default_rng(7)
     x = rng.integers(0, 256, x_shape, dtype=np.uint8)

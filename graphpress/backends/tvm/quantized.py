@@ -258,41 +258,57 @@ def _largest_divisor(n: int, options: tuple[int, ...]) -> int:
     return next(d for d in options if n % d == 0)
 
 
-def vnni_dense_kernel(m: int, n: int, k: int):
-    """Scheduled TIR ``C[m, n] (int32) = A[m, k] (uint8) · B^T`` with ``B`` packed ``[n/16, k/4, 16, 4]`` (int8)."""
-    key = (m, n, k)
+def _dot_dense_kernel(m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, prefix: str):
+    """Scheduled TIR ``C[m, n] (int32) = A[m, k] (a_dtype) · B^T`` with ``B`` int8 packed
+    ``[n/lanes, k/4, lanes, 4]`` and ``intrin`` (``lanes`` int32 outputs x 4 bytes of K) tensorizing
+    the innermost ``lanes x 4``: rows x 4 blocks of ``lanes`` columns per micro-tile."""
+    key = (prefix, m, n, k)
     if key in _KERNELS:
         return _KERNELS[key]
     import tvm
     from tvm import te
 
-    register_vnni_intrinsic()
-    a = te.placeholder((m, k), "uint8", name="A")
-    b = te.placeholder((n // 16, k // 4, 16, 4), "int8", name="B")
+    a = te.placeholder((m, k), a_dtype, name="A")
+    b = te.placeholder((n // lanes, k // 4, lanes, 4), "int8", name="B")
     r = te.reduce_axis((0, k), name="k")
-    c = te.compute((m, n), lambda i, j: te.sum(a[i, r].astype("int32") * b[j // 16, r // 4, j % 16, r % 4].astype("int32"), axis=r), name="C")
-    func = te.create_prim_func([a, b, c])
-    sch = tvm.s_tir.Schedule(func)
+    c = te.compute((m, n), lambda i, j: te.sum(a[i, r].astype("int32") * b[j // lanes, r // 4, j % lanes, r % 4].astype("int32"), axis=r), name="C")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([a, b, c]))
     block = sch.get_sblock("C")
     i, j, kk = sch.get_loops(block)
     rows = _largest_divisor(m, (4, 3, 2, 1))
-    cols = _largest_divisor(n // 16, (4, 2, 1))
+    cols = _largest_divisor(n // lanes, (4, 2, 1))
     io, ii = sch.split(i, [None, rows])
-    jo, ji = sch.split(j, [None, 16])
+    jo, ji = sch.split(j, [None, lanes])
     joo, joi = sch.split(jo, [None, cols])
     ko, ki = sch.split(kk, [None, 4])
-    # column panels outermost (parallel): a panel of B (cols x 16 x K bytes) stays in L1 while
-    # every row block passes over it; 91.8 vs 121 us with rows outermost at 128x512x512
+    # column panels outermost (parallel): a panel of B (cols x lanes x K bytes) stays in L1 while
+    # every row block passes over it; 91.8 vs 121 us with rows outermost at 128x512x512 (VNNI)
     sch.reorder(joo, io, ko, ii, joi, ji, ki)
-    sch.parallel(joo if n // 16 // cols >= 2 else sch.fuse(joo, io))
+    sch.parallel(joo if n // lanes // cols >= 2 else sch.fuse(joo, io))
     sch.unroll(ii)
     sch.unroll(joi)
     sch.decompose_reduction(block, ko)
-    sch.tensorize(ji, VNNI_INTRIN)
-    name = f"graphpress_vnni_dense_{m}x{n}x{k}"
-    scheduled = sch.mod["main"].with_attr({"tirx.is_scheduled": True, "op_pattern": 8, "global_symbol": name})
-    _KERNELS[key] = scheduled
-    return scheduled
+    sch.tensorize(ji, intrin)
+    func = sch.mod["main"].with_attr({"tirx.is_scheduled": True, "op_pattern": 8, "global_symbol": f"graphpress_{prefix}_dense_{m}x{n}x{k}"})
+    _KERNELS[key] = func
+    return func
+
+
+def vnni_dense_kernel(m: int, n: int, k: int):
+    """Scheduled TIR ``C[m, n] (int32) = A[m, k] (uint8) · B^T`` with ``B`` packed ``[n/16, k/4, 16, 4]``
+    (int8), the fixed VNNI intrinsic on the innermost 16 x 4."""
+    register_vnni_intrinsic()
+    return _dot_dense_kernel(m, n, k, "uint8", 16, VNNI_INTRIN, "vnni")
+
+
+def sdot_dense_kernel(m: int, n: int, k: int):
+    """Scheduled TIR ``C[m, n] (int32) = A[m, k] (int8) · B^T`` for aarch64 with the dot-product
+    extension, ``B`` packed ``[n/4, k/4, 4, 4]`` (int8), TVM's ``sdot`` intrinsic
+    (``dot_4x4_i8i8s32_sdot``: 4 int32 lanes x 4 bytes of K per NEON instruction) on the
+    innermost 4 x 4."""
+    from tvm.s_tir.tensor_intrin.arm_cpu import ARM_DOT_4x4_i8_SDOT_INTRIN
+
+    return _dot_dense_kernel(m, n, k, "int8", 4, ARM_DOT_4x4_i8_SDOT_INTRIN, "sdot")
 
 
 #: Linux x86-64: arch_prctl syscall number, its request for an extended state component, AMX tile data
@@ -363,42 +379,6 @@ def amx_dense_kernel(m: int, n: int, k: int):
             tile("tilerelease")
 
     func = main.with_attr({"tirx.is_scheduled": True, "op_pattern": 8, "global_symbol": f"graphpress_amx_dense_{m}x{n}x{k}"})
-    _KERNELS[key] = func
-    return func
-
-
-def sdot_dense_kernel(m: int, n: int, k: int):
-    """Scheduled TIR ``C[m, n] (int32) = A[m, k] (int8) · B^T`` for aarch64 with the dot-product
-    extension, ``B`` packed ``[n/4, k/4, 4, 4]`` (int8): rows x 4 blocks of 4 columns per
-    micro-tile, TVM's ``sdot`` intrinsic (``dot_4x4_i8i8s32_sdot``: 4 int32 lanes x 4 bytes of K
-    per NEON instruction) on the innermost 4 x 4."""
-    key = ("sdot", m, n, k)
-    if key in _KERNELS:
-        return _KERNELS[key]
-    import tvm
-    from tvm import te
-    from tvm.s_tir.tensor_intrin.arm_cpu import ARM_DOT_4x4_i8_SDOT_INTRIN
-
-    a = te.placeholder((m, k), "int8", name="A")
-    b = te.placeholder((n // 4, k // 4, 4, 4), "int8", name="B")
-    r = te.reduce_axis((0, k), name="k")
-    c = te.compute((m, n), lambda i, j: te.sum(a[i, r].astype("int32") * b[j // 4, r // 4, j % 4, r % 4].astype("int32"), axis=r), name="C")
-    sch = tvm.s_tir.Schedule(te.create_prim_func([a, b, c]))
-    block = sch.get_sblock("C")
-    i, j, kk = sch.get_loops(block)
-    rows = _largest_divisor(m, (4, 3, 2, 1))
-    cols = _largest_divisor(n // 4, (4, 2, 1))
-    io, ii = sch.split(i, [None, rows])
-    jo, ji = sch.split(j, [None, 4])
-    joo, joi = sch.split(jo, [None, cols])
-    ko, ki = sch.split(kk, [None, 4])
-    sch.reorder(joo, io, ko, ii, joi, ji, ki)
-    sch.parallel(joo if n // 4 // cols >= 2 else sch.fuse(joo, io))
-    sch.unroll(ii)
-    sch.unroll(joi)
-    sch.decompose_reduction(block, ko)
-    sch.tensorize(ji, ARM_DOT_4x4_i8_SDOT_INTRIN)
-    func = sch.mod["main"].with_attr({"tirx.is_scheduled": True, "op_pattern": 8, "global_symbol": f"graphpress_sdot_dense_{m}x{n}x{k}"})
     _KERNELS[key] = func
     return func
 
