@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+# pytest-xdist runs one worker per core: a TVM pool of one thread each keeps them from
+# oversubscribing the cores (set before graphpress.backends.tvm sizes it to every CPU)
+if "PYTEST_XDIST_WORKER" in os.environ:
+    os.environ.setdefault("TVM_NUM_THREADS", "1")
 
 import numpy as np
 import onnx

@@ -151,8 +151,9 @@ def test_int8_option_errors():
 
 
 def test_qdq_cnn_convs_and_gemms_run_on_vnni(digits_cnn):
-    """The digits CNN quantized static: its convs (im2col + the VNNI dense) and Gemms get integer
-    kernels, each chosen by the guard, and the outputs stay within one step of the output
+    """The digits CNN quantized static: its convs (im2col + the integer dense) and Gemms get integer
+    kernels where the guard measured them faster (which ones depends on this machine's load), and
+    the outputs, with every layer on its integer kernel too, stay within one step of the output
     scale of ONNX Runtime running the same QDQ model."""
     module, data = digits_cnn
     model = gp.load(module, torch.from_numpy(data.x_test[:1]))
@@ -161,20 +162,23 @@ def test_qdq_cnn_convs_and_gemms_run_on_vnni(digits_cnn):
     passes = build_passes("quantize:mode=static")
     passes[0].calibration = [{name: data.x_train[i : i + 1]} for i in range(32)]
     PassManager(passes).run(model)
-    compiled = compile_model(model, "x86")
-    report = compiled.meta["build"]["int8"]
+    guarded = compile_model(model, "x86")
+    report = guarded.meta["build"]["int8"]
     assert report["qdq_rewritten"] == 5  # 3 convs + 2 Gemms
-    assert report["lowered"] + report["kept_fp32"] == 5 and report["lowered"] >= 3
+    assert len(report["nodes"]) == 5
     for node in report["nodes"]:
         assert node["lowered"] == (node["int8_ms"] < node["fp32_ms"])
+    everything = compile_model(model, "x86", int8_guard=False)
+    assert everything.meta["build"]["int8"]["lowered"] == 5
     scale = _output_scale(model)
-    lsb = []
-    for i in range(32):
-        x = data.x_test[i : i + 1]
-        got = next(iter(compiled.run_named(**{name: x}).values()))
-        lsb.append(np.abs(got - _ort(model, {name: x})[0]).ravel() / scale)
-    lsb = np.concatenate(lsb)
-    assert lsb.max() <= 1.01 and (lsb < 0.01).mean() >= 0.8, (lsb.max(), (lsb < 0.01).mean())
+    for compiled in (guarded, everything):
+        lsb = []
+        for i in range(32):
+            x = data.x_test[i : i + 1]
+            got = next(iter(compiled.run_named(**{name: x}).values()))
+            lsb.append(np.abs(got - _ort(model, {name: x})[0]).ravel() / scale)
+        lsb = np.concatenate(lsb)
+        assert lsb.max() <= 1.01 and (lsb < 0.01).mean() >= 0.8, (lsb.max(), (lsb < 0.01).mean())
 
 
 def _conv_reference(x, w, zx, pads, strides):
