@@ -309,7 +309,9 @@ def cmd_compile(args) -> int:
     unscheduled = build.get("unscheduled_kernels") or []
     print(f"wrote {out} for {spec.name} {spec.to_json()}")
     if spec.is_cpu:
-        print(f"kernels: {build.get('kernels')}, scheduled from tuning databases: {build.get('scheduled_kernels')}, unscheduled: {len(unscheduled)}")
+        scheduled = build.get("scheduled_kernels", 0)
+        print(f"kernels: {scheduled + len(unscheduled)}, scheduled by the tuning databases or graphpress's integer kernels: {scheduled}, "
+              f"without a tuned schedule: {len(unscheduled)}")  # fmt: skip
         if unscheduled:
             print(f"warning: {len(unscheduled)} kernel(s) have no tuned schedule ({build.get('generic_scheduled_kernels', 0)} of them "
                   f"got graphpress's generic parallel schedule, the rest TVM's default loop nests: slow); tune with --tune-trials N",

@@ -1,5 +1,5 @@
-"""Quantized dense layers on TVM's VNNI kernels: bit-exact integer results against ONNX Runtime,
-QDQ graphs within one LSB, the per-node fp32 guard, and real 512-bit vpdpbusd in the code."""
+"""Quantized dense layers on TVM's VNNI and AMX kernels: bit-exact integer results against ONNX Runtime,
+QDQ graphs within one LSB, the per-node fp32 guard, and real vpdpbusd/tdpbusd in the code."""
 
 from __future__ import annotations
 
