@@ -1,4 +1,5 @@
-"""int8 kernels for x86 with AVX-512 VNNI: the building block of the int8 TVM path (issue #6).
+"""int8 dot-product intrinsics (x86 AVX-512 VNNI, aarch64 sdot): the building block of the int8
+TVM path (issue #6).
 
 TVM 0.27 ships a ``dot_16x4_vnni`` tensor intrinsic whose implementation no longer matches
 LLVM 22's ``llvm.x86.avx512.vpdpbusd.512`` signature (the last two operands are now
@@ -26,59 +27,69 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["VNNI_INTRIN", "amx_dot_product_count", "sdot_count", "pack_dense_weight", "register_vnni_intrinsic", "tune_int8_dense", "vnni_space", "zmm_vpdpbusd_count"]
+__all__ = ["SDOT_INTRIN", "VNNI_INTRIN", "amx_dot_product_count", "pack_dense_weight", "register_sdot_intrinsic", "register_vnni_intrinsic", "sdot_count",
+           "tune_int8_dense", "vnni_space", "zmm_vpdpbusd_count"]  # fmt: skip
 
 VNNI_INTRIN = "dot_16x4_vnni_fixed"
-_registered = False
+#: aarch64 int8 dot product (NEON ``sdot``): 4 int32 lanes x 4 bytes of K
+SDOT_INTRIN = "graphpress_dot_4x4_i8i8s32_sdot"
+_registered: set[str] = set()
 
 
-def register_vnni_intrinsic() -> str:
-    """Register the fixed u8 x s8 -> s32 16x4 VNNI intrinsic once; returns its name."""
-    global _registered
-    if _registered:
-        return VNNI_INTRIN
-    # not tvm.s_tir.tensor_intrin.x86: importing that package parses every target's intrinsics
-    # (CUDA, ARM, Hexagon, ...) in TVMScript first, about a minute on 2 cores
+def _register_dot_intrinsic(name: str, a_dtype: str, lanes: int, llvm_intrinsic: str) -> str:
+    """Register ``C[lanes] (int32) += A[4] (a_dtype) · B[lanes, 4] (int8)`` as one call of
+    ``llvm_intrinsic``, the four bytes of A broadcast to every lane; once per process.
+
+    Not via ``tvm.s_tir.tensor_intrin``: importing that package parses every target's intrinsics
+    (CUDA, ARM, Hexagon, ...) in TVMScript first, about 30 s on 2 cores."""
+    if name in _registered:
+        return name
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
+    width = 4 * lanes
+
     @T.prim_func(s_tir=True)
-    def dot_product_16x4_u8i8i32_desc(
-        A: T.Buffer((4,), "uint8", offset_factor=1),
-        B: T.Buffer((16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1),
-    ) -> None:
+    def desc(A: T.Buffer((4,), a_dtype, offset_factor=1), B: T.Buffer((lanes, 4), "int8", offset_factor=1), C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            for i in T.serial(0, 16):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            for i in T.serial(0, lanes):
                 for k in T.serial(0, 4):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
                         C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
-    def vnni_impl(
-        A: T.Buffer((4,), "uint8", offset_factor=1),
-        B: T.Buffer((16, 4), "int8", offset_factor=1),
-        C: T.Buffer((16,), "int32", offset_factor=1),
-    ) -> None:
+    def impl(A: T.Buffer((4,), a_dtype, offset_factor=1), B: T.Buffer((lanes, 4), "int8", offset_factor=1), C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
-            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16])
-            a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16), dtype="uint8x64")
-            b = B.vload([0, 0], dtype="int8x64")
-            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), C.vload([0], dtype="int32x16"), a, b, dtype="int32x16"
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], f"{a_dtype}x4"), dtype="int32"), lanes), dtype=f"{a_dtype}x{width}")
+            b = B.vload([0, 0], dtype=f"int8x{width}")
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(llvm_intrinsic), C.vload([0], dtype=f"int32x{lanes}"), a, b, dtype=f"int32x{lanes}"
             )
 
     try:
-        TensorIntrin.register(VNNI_INTRIN, dot_product_16x4_u8i8i32_desc, vnni_impl)
+        TensorIntrin.register(name, desc, impl)
     except Exception as e:  # already registered in this process by someone else
         if "already" not in str(e).lower():
             raise
-    _registered = True
-    return VNNI_INTRIN
+    _registered.add(name)
+    return name
+
+
+def register_vnni_intrinsic() -> str:
+    """Register the fixed u8 x s8 -> s32 16x4 VNNI intrinsic once; returns its name. LLVM 22's
+    ``vpdpbusd.512`` takes ``<64 x i8>`` operands, which TVM's own ``dot_16x4_vnni`` does not pass."""
+    return _register_dot_intrinsic(VNNI_INTRIN, "uint8", 16, "llvm.x86.avx512.vpdpbusd.512")
+
+
+def register_sdot_intrinsic() -> str:
+    """Register the s8 x s8 -> s32 4x4 aarch64 ``sdot`` intrinsic once; returns its name (the same
+    computation as TVM's ``dot_4x4_i8i8s32_sdot``)."""
+    return _register_dot_intrinsic(SDOT_INTRIN, "int8", 4, "llvm.aarch64.neon.sdot.v4i32.v16i8")
 
 
 def vnni_space():

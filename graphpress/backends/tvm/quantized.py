@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from graphpress.backends.tvm.int8 import VNNI_INTRIN, register_vnni_intrinsic
+from graphpress.backends.tvm.int8 import VNNI_INTRIN, register_sdot_intrinsic, register_vnni_intrinsic
 
 __all__ = ["ISAS", "Int8Decision", "amx_dense_kernel", "plan_int8", "qdq_to_integer", "sdot_dense_kernel", "vnni_converters", "vnni_dense_kernel"]
 
@@ -303,12 +303,10 @@ def vnni_dense_kernel(m: int, n: int, k: int):
 
 def sdot_dense_kernel(m: int, n: int, k: int):
     """Scheduled TIR ``C[m, n] (int32) = A[m, k] (int8) · B^T`` for aarch64 with the dot-product
-    extension, ``B`` packed ``[n/4, k/4, 4, 4]`` (int8), TVM's ``sdot`` intrinsic
-    (``dot_4x4_i8i8s32_sdot``: 4 int32 lanes x 4 bytes of K per NEON instruction) on the
+    extension, ``B`` packed ``[n/4, k/4, 4, 4]`` (int8), the ``sdot`` intrinsic (4 int32 lanes x
+    4 bytes of K per NEON instruction) on the
     innermost 4 x 4."""
-    from tvm.s_tir.tensor_intrin.arm_cpu import ARM_DOT_4x4_i8_SDOT_INTRIN
-
-    return _dot_dense_kernel(m, n, k, "int8", 4, ARM_DOT_4x4_i8_SDOT_INTRIN, "sdot")
+    return _dot_dense_kernel(m, n, k, "int8", 4, register_sdot_intrinsic(), "sdot")
 
 
 #: Linux x86-64: arch_prctl syscall number, its request for an extended state component, AMX tile data
