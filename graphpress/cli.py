@@ -9,9 +9,13 @@ or not at all.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from graphpress.errors import GraphpressError
@@ -33,9 +37,14 @@ def _add_optimize(sub):
     p.add_argument("--passes", required=True, help="SPEC: name[:key=value[;key=value]],name... e.g. 'cleanup'")
     p.add_argument("--verify", action="store_true", help="check every pass numerically with ONNX Runtime; fail (exit 2) on a mismatch")
     p.add_argument("--report", help="write the report JSON here")
-    p.add_argument("--inputs", help=".npz of sample inputs (keys = input names) for --verify; default: random from declared shapes")
+    p.add_argument("--inputs", help=".npz of sample inputs (keys = input names; a stack of N for a batch-1 model is N samples) "
+                   "for --verify and passes that need data; default: random from declared shapes")
+    p.add_argument("--min-cosine", type=_cosine, default=0.99,
+                   help="end-to-end budget of a lossy pipeline (prune, share, quantize): every output keeps at least this "
+                        "cosine against the input model (default 0.99)")
     p.add_argument("--dump-ir", metavar="DIR", help="save the model after every pass into DIR")
-    p.add_argument("--external-data", action="store_true", help="store weights in OUT.data beside the .onnx")
+    p.add_argument("--external-data", action="store_true",
+                   help="store weights in OUT.data beside the .onnx (default: one file below 2 GB, OUT.data above)")
     p.set_defaults(func=cmd_optimize)
 
 
@@ -45,8 +54,8 @@ def _add_compile(sub):
     p.add_argument("--target", required=True, help="x86, aarch64, cuda[:sm_XX] or a TVM target JSON dict")
     p.add_argument("-o", "--output", required=True, help="artifact directory (model.so + graphpress.json), written whole")
     p.add_argument("--passes", help="SPEC of passes to run before compiling, e.g. 'cleanup'")
-    p.add_argument("--tune-trials", type=int, default=0, help="MetaSchedule trials in total (CPU); 0: use tuning databases only")
-    p.add_argument("--max-trials-per-task", type=int, help="per-kernel trial cap (default: tune-trials / kernels)")
+    p.add_argument("--tune-trials", type=_at_least(0), default=0, help="MetaSchedule trials in total (CPU); 0: use tuning databases only")
+    p.add_argument("--max-trials-per-task", type=_at_least(1), help="per-kernel trial cap (default: tune-trials / kernels)")
     p.add_argument("--database", help="tuning database directory (default: ~/.cache/graphpress/tvm-tuning/<target>)")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=DxDx...", help="static shape for an input with symbolic dims (repeatable)")
     p.add_argument("--inputs", help=".npz of sample inputs for the check against ONNX Runtime (host targets)")
@@ -62,8 +71,8 @@ def _add_run(sub):
     p.add_argument("--inputs", help=".npz of inputs (keys = input names); default: random from the artifact's shapes")
     p.add_argument("--output", help="write the outputs to this .npz")
     p.add_argument("--bench", action="store_true", help="measure latency (median of --repeat runs after warm-up)")
-    p.add_argument("--repeat", type=int, default=50, help="runs for --bench (default 50)")
-    p.add_argument("--threads", type=int, help="TVM CPU threads (default: all cores)")
+    p.add_argument("--repeat", type=_at_least(1), default=50, help="runs for --bench (default 50)")
+    p.add_argument("--threads", type=_at_least(1), help="TVM CPU threads (default: all cores)")
     p.set_defaults(func=cmd_run)
 
 
@@ -87,15 +96,46 @@ def _add_passes(sub):
 def _add_demo(sub):
     p = sub.add_parser("demo", help="the main job on a built-in model (no arguments, no network)")
     p.add_argument("--output-dir", help="keep the exported and optimized models here")
-    p.add_argument("--epochs", type=int, default=8, help="training epochs on digits (default 8)")
+    p.add_argument("--epochs", type=_at_least(1), default=8, help="training epochs on digits (default 8)")
     p.set_defaults(func=cmd_demo)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's error contract: one line on stderr, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"graphpress: error: {self.prog}: {message}; see '{self.prog} --help'\n")
+
+
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _cosine(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"a cosine lies in [-1, 1], got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="graphpress", description="Graph-level compiler passes for model compression.")
+    parser = _Parser(prog="graphpress", description="Graph-level compiler passes for model compression.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for add in (_add_inspect, _add_optimize, _add_compile, _add_run, _add_pack, _add_passes, _add_demo):
         add(sub)
     return parser
@@ -107,20 +147,50 @@ def _version() -> str:
     return f"graphpress {__version__}"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised like Ctrl-C so that every cleanup runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _terminate_as_exception():
+    """Turn SIGTERM/SIGHUP into an exception for the duration of a command (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None]
+    previous = {sig: signal.signal(sig, _raise_terminated) for sig in sigs}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.debug else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return int(args.func(args) or 0)
+        with _terminate_as_exception():
+            return int(args.func(args) or 0)
     except GraphpressError as e:
         if args.debug:
             raise
-        print(f"graphpress: error: {e}", file=sys.stderr)
+        message = " ".join(str(e).split())  # one line, whatever a library put in it
+        print(f"graphpress: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("graphpress: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = e.signum if isinstance(e, Terminated) else signal.SIGINT
+        print(f"graphpress: interrupted ({signal.Signals(signum).name}); no partial file was left", file=sys.stderr)
+        return 128 + int(signum)
 
 
 # ------------------------------------------------------------------------------ inspect
@@ -173,7 +243,7 @@ def _bytes(n: int) -> str:
 def cmd_optimize(args) -> int:
     from graphpress.ir import load, save, summarize
     from graphpress.ir.io import check_writable
-    from graphpress.ir.numeric import load_inputs, make_inputs
+    from graphpress.ir.numeric import load_samples, make_inputs
     from graphpress.passes import DumpInstrument, InvariantInstrument, NumericInstrument, PassManager, build_passes
     from graphpress.passes.report import build_report, write_json_atomic
 
@@ -181,31 +251,32 @@ def cmd_optimize(args) -> int:
     input_path = Path(args.model)
     out = check_writable(args.output, "output", input_path)
     if args.report:
-        check_writable(args.report, "report", input_path)
-    model = load(input_path)
-    before = summarize(model)
+        report_path = check_writable(args.report, "report", input_path)
+        if report_path.resolve() == out.resolve():
+            raise GraphpressError(f"{args.report}: is also the output model; give the report another path")
     instruments = [InvariantInstrument()]
-    numeric_inst = None
-    given = load_inputs(args.inputs, model) if args.inputs else None
-    # passes that need sample data (quantize: calibration; prune: activation importance) get --inputs
-    users = [p for p in passes if hasattr(p, "calibration") or hasattr(p, "feeds")]
-    if given is not None:
-        for p in users:
-            if hasattr(p, "calibration"):
-                p.calibration = [given]
-            if hasattr(p, "feeds"):
-                p.feeds = given
-    if args.verify:
-        if given is not None:
-            feeds, source = given, str(args.inputs)
-        else:
-            feeds, source = make_inputs(model, seed=0), "generated from declared shapes (seed 0)"
-        numeric_inst = NumericInstrument(feeds, source)
-        instruments.append(numeric_inst)
-    elif args.inputs and not users:
-        raise GraphpressError("--inputs is used by --verify and by passes that need sample data (quantize, prune); add --verify")
     if args.dump_ir:
         instruments.append(DumpInstrument(args.dump_ir))
+    model = load(input_path)
+    before = summarize(model)
+    numeric_inst = None
+    samples = load_samples(args.inputs, model) if args.inputs else None
+    # passes that need sample data (quantize: calibration; prune, dedup: activations) get --inputs
+    users = [p for p in passes if hasattr(p, "calibration") or hasattr(p, "feeds")]
+    if samples is not None:
+        for p in users:
+            if hasattr(p, "calibration"):
+                p.calibration = samples
+            if hasattr(p, "feeds"):
+                p.feeds = samples[0]
+    if args.verify:
+        source = str(args.inputs) if samples is not None else "generated from declared shapes (seed 0)"
+        if samples is None:
+            samples = [make_inputs(model, seed=0)]
+        numeric_inst = NumericInstrument(samples, source, min_cosine=args.min_cosine, **_user_baseline(input_path, model, samples))
+        instruments.insert(1, numeric_inst)
+    elif args.inputs and not users:
+        raise GraphpressError("--inputs is used by --verify and by passes that need sample data (quantize, prune); add --verify")
     result = PassManager(passes, instruments).run(model)
     after = summarize(model)
     save(model, out, external_data=True if args.external_data else None)
@@ -218,13 +289,32 @@ def cmd_optimize(args) -> int:
             model=str(input_path),
             spec=args.passes,
             rebased_by=numeric_inst.rebased_by if numeric_inst else None,
+            vs_reference=numeric_inst.vs_reference if numeric_inst else None,
         )
         write_json_atomic(report, args.report)
-    _print_optimize_summary(before, after, result, numeric_inst.final if numeric_inst else None, out)
+    _print_optimize_summary(before, after, result, numeric_inst, out)
     return 0
 
 
-def _print_optimize_summary(before, after, result, verification, out) -> None:
+def _user_baseline(path: Path, model, samples) -> dict:
+    """What the end-to-end check compares with: ONNX Runtime on the file as the user gave it.
+
+    Only a model converted to the default opset on load differs from that file; its
+    conversion is then judged like a cleanup pass.
+    """
+    from graphpress.ir.io import CONVERTED_FROM_KEY
+    from graphpress.ir.numeric import check_runnable, run_samples
+
+    check_runnable(model, str(path))
+    if CONVERTED_FROM_KEY not in model.meta:
+        return {}
+    import onnx
+
+    original = onnx.load(str(path))  # with its external data, as ONNX Runtime reads it
+    return {"baseline_outputs": run_samples(original, samples, where=str(path)), "baseline_family": "cleanup"}
+
+
+def _print_optimize_summary(before, after, result, numeric_inst, out) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -242,11 +332,27 @@ def _print_optimize_summary(before, after, result, verification, out) -> None:
     for label, m in (("before", before), ("after", after)):
         s.add_row(label, f"{m.nodes:,}", f"{m.params:,}", _bytes(m.bytes), f"{m.macs:,}")
     console.print(s)
-    if verification is not None:
-        console.print(
-            f"verification ({verification.inputs_source}): max_abs_diff={verification.max_abs_diff:.3g} "
-            f"cosine={verification.min_cosine:.8f} -> {'PASS' if verification.passed else 'FAIL'}"
+    if numeric_inst is not None:
+        for line in verification_lines(numeric_inst):
+            print(line)
+
+
+def verification_lines(numeric_inst) -> list[str]:
+    """What the end-to-end check compared, in words: always against the model the user gave."""
+    final = numeric_inst.final
+    rule = f"budget cosine >= {numeric_inst.min_cosine:g}" if numeric_inst.lossy else f"'{final.family}' tolerance"
+    lines = [
+        f"verification vs the input model ({final.inputs_source}): max_abs_diff={final.max_abs_diff:.3g} "
+        f"cosine={final.min_cosine:.8f} ({rule}) -> {'PASS' if final.passed else 'FAIL'}"
+    ]
+    ref = numeric_inst.vs_reference
+    if ref is not None:
+        names = ", ".join(numeric_inst.rebased_by)
+        lines.append(
+            f"  the baseline moved on purpose ({names}): vs the masked reference max_abs_diff={ref.max_abs_diff:.3g} "
+            f"cosine={ref.min_cosine:.8f} ('{ref.family}' tolerance) -> {'PASS' if ref.passed else 'FAIL'}"
         )
+    return lines
 
 
 # ------------------------------------------------------------------------------ compile / run
@@ -265,25 +371,46 @@ def _parse_shapes(items: list[str]) -> dict[str, list[int]]:
     return shapes
 
 
+#: samples of --inputs the compiled code is checked on against ONNX Runtime
+CHECK_SAMPLES = 8
+
+
+def _check_artifact_path(path: str, input_path: Path) -> Path:
+    """Fail before compiling when the artifact directory cannot be written."""
+    from graphpress.backends.tvm.runtime import ARTIFACT_META
+
+    out = Path(path)
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise GraphpressError(f"{out}: cannot write the artifact, directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise GraphpressError(f"{out}: cannot write the artifact, directory {parent} is not writable")
+    if out.resolve() == input_path.resolve():
+        raise GraphpressError(f"{out}: is the input model; write the artifact to another path")
+    if out.exists() and not (out / ARTIFACT_META).is_file():
+        raise GraphpressError(f"{out}: exists and is not a graphpress artifact; choose another -o path")
+    return out
+
+
 def cmd_compile(args) -> int:
+    import numpy as np
+
     from graphpress.backends.tvm.build import compile_model
     from graphpress.backends.tvm.targets import resolve_target
     from graphpress.ir import load
-    from graphpress.ir.numeric import compare_outputs, load_inputs, random_inputs, run
+    from graphpress.ir.io import check_writable
+    from graphpress.ir.numeric import compare_outputs, load_samples, random_inputs, run_samples
     from graphpress.passes import InvariantInstrument, PassManager, build_passes
     from graphpress.passes.report import write_json_atomic
 
     spec = resolve_target(args.target)
     shapes = _parse_shapes(args.input_shape)
     passes = build_passes(args.passes) if args.passes else []
-    out = Path(args.output)
-    if not (out.parent if str(out.parent) else Path(".")).is_dir():
-        raise GraphpressError(f"{out}: cannot write the artifact, directory {out.parent} does not exist")
+    out = _check_artifact_path(args.output, Path(args.model))
     if args.report:
-        from graphpress.ir.io import check_writable
-
-        check_writable(args.report, "report")
+        check_writable(args.report, "report", Path(args.model))
     model = load(args.model)
+    samples = load_samples(args.inputs, model) if args.inputs else None
     pass_records = []
     if passes:
         pass_records = [r.to_dict() for r in PassManager(passes, [InvariantInstrument()]).run(model).records]
@@ -293,9 +420,10 @@ def cmd_compile(args) -> int:
     )  # fmt: skip
     check = None
     if spec.is_host:
-        feeds = load_inputs(args.inputs, model) if args.inputs else random_inputs(compiled.meta["inputs"])
-        ref = run(model, feeds)
-        got = dict(zip(ref, compiled(**feeds)))
+        samples = (samples or [random_inputs(compiled.meta["inputs"])])[:CHECK_SAMPLES]
+        ref = run_samples(model, samples, where=args.model)
+        runs = [compiled(**feeds) for feeds in samples]
+        got = {name: (np.stack([r[i] for r in runs]) if len(runs) > 1 else runs[0][i]) for i, name in enumerate(ref)}
         # integer kernels round where ONNX Runtime's do not (one step of a quantized output at most)
         family = "quantization" if compiled.meta["build"].get("int8", {}).get("lowered") else "backend"
         check = compare_outputs(ref, got, family, args.inputs or "generated from the artifact's shapes (seed 0)")
@@ -326,25 +454,25 @@ def cmd_compile(args) -> int:
 
 
 def cmd_run(args) -> int:
+    import io
+
     import numpy as np
 
     from graphpress.backends.tvm.runtime import load
-    from graphpress.ir.numeric import random_inputs
+    from graphpress.ir.atomic import write_bytes_atomic
+    from graphpress.ir.io import check_writable
+    from graphpress.ir.numeric import random_inputs, read_npz
 
+    output = check_writable(args.output, "outputs", Path(args.artifact)) if args.output else None
     model = load(args.artifact, num_threads=args.threads)
-    if args.inputs:
-        try:
-            with np.load(args.inputs) as data:
-                feeds = {k: data[k] for k in data.files}
-        except OSError as e:
-            raise GraphpressError(f"{args.inputs}: cannot read the .npz ({e})") from e
-    else:
-        feeds = random_inputs(model.meta["inputs"])
+    feeds = read_npz(args.inputs) if args.inputs else random_inputs(model.meta["inputs"])
     outputs = model.run_named(**feeds)
+    if output is not None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **outputs)
+        write_bytes_atomic(output, buffer.getbuffer())
     for name, value in outputs.items():
         print(f"{name}: {value.dtype} {list(value.shape)} mean={float(value.mean()):.6g} std={float(value.std()):.6g}")
-    if args.output:
-        np.savez(args.output, **outputs)
     if args.bench:
         stats = model.benchmark(**feeds, repeat=args.repeat)
         print(f"latency: median {stats['median_ms']:.3f} ms, mean {stats['mean_ms']:.3f} ms, min {stats['min_ms']:.3f} ms over {stats['repeat']} runs")

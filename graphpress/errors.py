@@ -43,3 +43,22 @@ class NumericMismatchError(GraphpressError):
     def __init__(self, message: str, report=None):
         self.report = report
         super().__init__(message)
+
+
+class PassFailedError(GraphpressError):
+    """A pass raised an exception that is not a :class:`GraphpressError` (a bug in the pass).
+
+    The original exception is ``__cause__`` (the CLI shows its traceback with ``--debug``).
+
+    Attributes:
+        pass_name: the pass's registry name.
+    """
+
+    def __init__(self, pass_name: str, pass_type: type, error: BaseException):
+        self.pass_name = pass_name
+        first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+        where = f"{pass_type.__module__}.{pass_type.__qualname__}"
+        super().__init__(
+            f"pass '{pass_name}' ({where}) raised {type(error).__name__}: {first}; it is a bug in that pass: "
+            "leave it out and report it (--debug shows the traceback)"
+        )

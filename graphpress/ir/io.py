@@ -2,7 +2,8 @@
 
 Sources :func:`load` accepts:
 
-* an ONNX file path (external data resolved lazily, relative to the file),
+* an ONNX file path (external data checked on load -- present, inside the model's
+  directory, long enough -- and read lazily, relative to the file),
 * raw ``bytes`` of a serialized ``ModelProto``, or a ``ModelProto``,
 * an ``onnx_ir.Model`` (returned as is),
 * a ``torch.nn.Module`` with example inputs: ``torch.export`` traces it to an FX graph,
@@ -15,9 +16,11 @@ Every model is brought to :data:`DEFAULT_OPSET` (ONNX opset 20, the one torch's 
 exporter writes and the first with ``Gelu``): older default-domain opsets are converted
 with ``onnx.version_converter``; newer ones are kept as they are.
 
-:func:`save` writes atomically (temporary file in the destination folder, then
-``os.replace``), never over the model's own source file, and stamps an IR version ONNX
-Runtime reads (``onnx`` 1.23 would otherwise write IR 14, which ORT 1.31 rejects).
+:func:`save` writes a self-contained model (one file below 2 GB, ``OUT`` + ``OUT.data``
+above it or on request -- never a reference to the input's files), whole or not at all
+(:mod:`graphpress.ir.atomic`), never over the model's own source or data files, and stamps
+an IR version ONNX Runtime reads (``onnx`` 1.23 would otherwise write IR 14, which ORT
+1.31 rejects).
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +36,8 @@ import onnx_ir as ir
 
 from graphpress._heap import frozen_heap
 from graphpress.errors import GraphpressError, ModelLoadError
+from graphpress.ir import atomic
+from graphpress.ir import external_data as external_data_mod
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx_graphsurgeon as gs
@@ -45,6 +49,8 @@ DEFAULT_OPSET = 20
 MAX_IR_VERSION = 10
 #: Metadata key recording where a model was loaded from (never written out).
 SOURCE_PATH_KEY = "graphpress.source_path"
+#: Metadata key: the default-domain opset the model had before it was converted on load.
+CONVERTED_FROM_KEY = "graphpress.converted_from_opset"
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -54,6 +60,7 @@ __all__ = [
     "load",
     "check_writable",
     "save",
+    "serialize",
     "to_graphsurgeon",
     "to_proto",
 ]
@@ -119,7 +126,7 @@ def _load_path(path: Path, opset: int) -> ir.Model:
             f"{path}: not an ONNX model or a truncated/corrupted file ({_first_line(e)}); "
             "re-export it or check the download"
         ) from e
-    model = _from_proto(proto, str(path), opset, base_dir=str(path.parent))
+    model = _from_proto(proto, str(path), opset, base_dir=str(path.absolute().parent))
     model.meta[SOURCE_PATH_KEY] = str(path.resolve())
     return model
 
@@ -129,36 +136,68 @@ def _from_proto(proto: onnx.ModelProto, where: str, opset: int, base_dir: str | 
         raise ModelLoadError(f"{where}: not an ONNX model (no graph with outputs); give an exported .onnx file")
     if not proto.opset_import:
         raise ModelLoadError(f"{where}: ONNX model has no opset_import; re-export it with a current exporter")
-    current = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-    if current is not None and current < opset:
-        proto = _convert_opset(proto, where, opset, base_dir)
-    try:
-        with frozen_heap():
-            model = ir.serde.deserialize_model(proto)
-    except Exception as e:
-        raise ModelLoadError(f"{where}: the ONNX model is malformed ({_first_line(e)})") from e
+    current = _default_opset(proto)
+    newest = onnx.defs.onnx_opset_version()
+    if current is not None and not 1 <= current <= newest:
+        raise ModelLoadError(
+            f"{where}: declares opset {current} of the default ONNX domain; this onnx knows opsets 1 to {newest}: "
+            f"re-export the model with an opset between {opset} and {newest}"
+        )
+    model = _deserialize(proto, where)
     if base_dir is not None:
         ir.external_data.set_base_dir(model.graph, base_dir)
+        external_data_mod.check_references(model, where)
+    _check_structure(model, where)
+    if current is not None and current < opset:
+        model = _convert_opset(model, where, opset, base_dir)
+        model.meta[CONVERTED_FROM_KEY] = current
     return model
 
 
-def _convert_opset(proto: onnx.ModelProto, where: str, opset: int, base_dir: str | None) -> onnx.ModelProto:
+def _check_structure(model: ir.Model, where: str) -> None:
+    """Sort a graph listed out of order; refuse cycles and broken references with one line."""
+    from graphpress.ir.verify import check, find_cycle
+
+    problems = check(model)
+    if any("not in topological order" in p for p in problems):
+        cycle = find_cycle(model)
+        if cycle:
+            raise ModelLoadError(
+                f"{where}: the graph has a cycle ({' -> '.join(cycle)}); ONNX graphs must be acyclic: re-export the model"
+            )
+        model.graph.sort()
+        problems = check(model)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise ModelLoadError(f"{where}: not a valid ONNX graph: {problems[0]}{more}; re-export the model")
+
+
+def _deserialize(proto: onnx.ModelProto, where: str) -> ir.Model:
+    try:
+        with frozen_heap():
+            return ir.serde.deserialize_model(proto)
+    except Exception as e:
+        raise ModelLoadError(f"{where}: the ONNX model is malformed ({_first_line(e)})") from e
+
+
+def _convert_opset(model: ir.Model, where: str, opset: int, base_dir: str | None) -> ir.Model:
     from onnx import version_converter
 
-    if base_dir is not None and _has_external_data(proto):
-        proto = onnx.ModelProto.FromString(proto.SerializeToString())
-        onnx.load_external_data_for_model(proto, base_dir)
+    # the converter may read initializers (e.g. a Reshape shape): give it the weights when they fit
+    fits = external_data_mod.weight_bytes(model) <= external_data_mod.INLINE_LIMIT_BYTES
+    with external_data_mod.inlined(model) if fits else contextlib.nullcontext():
+        proto = ir.serde.serialize_model(model)
     try:
-        return version_converter.convert_version(proto, opset)
+        converted = version_converter.convert_version(proto, opset)
     except Exception as e:
         raise ModelLoadError(
             f"{where}: cannot convert opset {_default_opset(proto)} to {opset} ({_first_line(e)}); "
             "re-export the model at opset >= 13"
         ) from e
-
-
-def _has_external_data(proto: onnx.ModelProto) -> bool:
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    model = _deserialize(converted, where)
+    if base_dir is not None and not fits:
+        ir.external_data.set_base_dir(model.graph, base_dir)
+    return model
 
 
 def _default_opset(proto: onnx.ModelProto) -> int | None:
@@ -261,56 +300,119 @@ def save(
     path: str | os.PathLike,
     *,
     external_data: bool | None = None,
-    external_threshold_bytes: int = 1 << 30,
+    size_threshold_bytes: int = 256,
 ) -> Path:
-    """Write ``model`` to ``path`` as ONNX, atomically.
+    """Write ``model`` to ``path`` as a self-contained ONNX model, whole or not at all.
+
+    The output never refers to the files the model was loaded from: weights that were
+    external data of the input are copied. Everything appears under its final name complete
+    or not at all, whatever interrupts the write (see :mod:`graphpress.ir.atomic`); an
+    earlier output at ``path`` stays loadable until the new one replaces it.
 
     Args:
         model: the model to write. It is not changed.
-        path: destination ``.onnx`` path. Must differ from the model's own source file.
-        external_data: ``True`` puts every initializer over 256 bytes into ``<name>.data`` beside
-            the file; ``None`` (default) does so only when the weights exceed
-            ``external_threshold_bytes`` (protobuf cannot hold more than 2 GiB).
-        external_threshold_bytes: weight size above which ``external_data=None`` switches to
-            external data.
+        path: destination ``.onnx`` path. Must differ from the model's own source file and
+            from any file its external data lives in.
+        external_data: ``True`` puts every initializer over ``size_threshold_bytes`` into
+            ``<path>.data`` beside the file; ``False`` writes one file; ``None`` (default)
+            writes one file unless the weights exceed :data:`~graphpress.ir.external_data.INLINE_LIMIT_BYTES`
+            (protobuf cannot hold more than 2 GiB).
+        size_threshold_bytes: with external data, smaller tensors stay in the ``.onnx``.
 
     Returns:
         The destination path.
 
     Raises:
-        GraphpressError: the destination cannot be written or is the input file.
+        GraphpressError: the destination cannot be written, is the input, or the model is
+            too large for one file and ``external_data=False``.
     """
+    if not isinstance(model, ir.Model):
+        raise GraphpressError(f"save takes an onnx_ir.Model, got a {type(model).__name__}; bring it into the IR with graphpress.load(...) first")
     source = model.meta.get(SOURCE_PATH_KEY)
     dest = check_writable(path, "output", Path(source) if source else None)
-    parent = dest.parent
+    data_path = dest.with_name(dest.name + ".data")
+    inputs = external_data_mod.referenced_files(model)
+    for p in (dest, data_path):
+        if os.path.realpath(p) in inputs:
+            raise GraphpressError(f"{p}: holds the input model's external data; write the output to another path")
     if external_data is None:
-        weight_bytes = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
-        external_data = weight_bytes > external_threshold_bytes
-
+        external_data = external_data_mod.weight_bytes(model) > external_data_mod.INLINE_LIMIT_BYTES
+    atomic.remove_stale_temps(dest)
+    atomic.remove_stale_temps(data_path)
     with frozen_heap():
-        _write_atomic(model, dest, parent, external_data)
+        if external_data:
+            _save_with_data(model, dest, data_path, size_threshold_bytes)
+        else:
+            _save_inline(model, dest, data_path)
     return dest
 
 
-def _write_atomic(model: ir.Model, dest: Path, parent: Path, external_data: bool) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
-    os.close(fd)
-    data_name = dest.name + ".data"
+def _serialize(model: ir.Model) -> onnx.ModelProto:
+    proto = ir.serde.serialize_model(model)
+    proto.ir_version = _ir_version_for(proto)
+    return proto
+
+
+def _to_bytes(proto: onnx.ModelProto, dest: Path) -> bytes:
     try:
-        if external_data:
-            # onnx-ir writes the data file atomically itself; the .onnx follows by rename.
-            ir.save(model, tmp, external_data=data_name, size_threshold_bytes=256)
-            proto = onnx.load(tmp, load_external_data=False)
-        else:
-            proto = ir.serde.serialize_model(model)
-        proto.ir_version = _ir_version_for(proto)
-        with open(tmp, "wb") as f:
-            f.write(proto.SerializeToString())
-        os.replace(tmp, dest)
-    except Exception:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        return proto.SerializeToString()
+    except ValueError as e:  # protobuf refuses messages over 2 GiB
+        raise GraphpressError(
+            f"{dest}: the model is too large for one ONNX file ({_first_line(e)}); save it with external data "
+            "(--external-data, or save(..., external_data=True))"
+        ) from None
+
+
+def serialize(model: ir.Model, where: str | os.PathLike = "model") -> bytes:
+    """The model as the bytes of one self-contained ``.onnx`` file (external data read in)."""
+    with frozen_heap(), external_data_mod.inlined(model):
+        return _to_bytes(_serialize(model), Path(where))
+
+
+def _save_inline(model: ir.Model, dest: Path, data_path: Path) -> None:
+    data = serialize(model, dest)
+    with atomic.AtomicFile(dest) as out:
+        atomic.write_all(out.fd, data)
+        out.commit()
+    # an earlier output at this path may have kept its weights there: nothing refers to it now
+    with contextlib.suppress(FileNotFoundError):
+        data_path.unlink()
+
+
+def _save_with_data(model: ir.Model, dest: Path, data_path: Path, size_threshold_bytes: int) -> None:
+    """Write ``dest`` + ``dest.data``; at every instant ``dest`` refers to a complete data file.
+
+    The new data file gets a hidden name first when an earlier data file exists at
+    ``data_path`` (the earlier ``dest`` may refer to it): the ``.onnx`` switches to the
+    hidden name, the data file takes its final name, and the ``.onnx`` switches again.
+    """
+    base_dir = str(dest.parent)
+    with atomic.AtomicFile(data_path) as data, atomic.AtomicFile(dest) as final, atomic.AtomicFile(dest) as staged:
+        layout = external_data_mod.write_data(model, data.fd, size_threshold_bytes=size_threshold_bytes)
+        data.sync()
+        with external_data_mod.externalized(layout, data_path.name, base_dir):
+            proto = _serialize(model)
+        atomic.write_all(final.fd, _to_bytes(proto, dest))
+        final.sync()
+        replacing = data_path.exists()
+        hidden = atomic.temp_path(data_path)
+        if replacing:
+            external_data_mod.relocate(proto, data_path.name, hidden.name)
+            atomic.write_all(staged.fd, _to_bytes(proto, dest))
+            staged.sync()
+        with atomic.deferred_signals():
+            if not replacing:
+                data.link(data_path)
+                final.link()
+            else:
+                data.link(hidden)
+                staged.link()  # dest -> hidden data; the earlier data file is unused now
+                data_path.unlink(missing_ok=True)
+                os.link(hidden, data_path)
+                final.link()  # dest -> data_path
+                hidden.unlink()
+            data.committed = final.committed = True
+            staged.committed = replacing
 
 
 def check_writable(path: str | os.PathLike, what: str = "output", input_path: Path | None = None) -> Path:

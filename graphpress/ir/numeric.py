@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -35,8 +35,13 @@ __all__ = [
     "compare_models",
     "compare_outputs",
     "first_divergence",
+    "as_samples",
+    "check_runnable",
     "load_inputs",
+    "load_samples",
     "make_inputs",
+    "read_npz",
+    "run_samples",
     "random_inputs",
     "run",
     "tolerance_for",
@@ -224,7 +229,7 @@ def make_inputs(
             continue
         if value.shape is None:
             raise GraphpressError(
-                f"input '{value.name}' has no declared shape; give sample inputs with --inputs X.npz"
+                f"input '{value.name}' has no declared shape; give sample inputs (an .npz with --inputs, or feeds in Python)"
             )
         shape = [d if isinstance(d, int) else dim_values.get(str(d), 1) for d in value.shape]
         specs.append({"name": value.name, "shape": shape, "dtype": _np_dtype(value.dtype).name})
@@ -244,41 +249,224 @@ def random_inputs(specs: list[Mapping[str, Any]], *, seed: int = 0) -> dict[str,
         elif dtype.kind == "b":
             arr = rng.integers(0, 2, size=shape).astype(bool)
         else:
-            raise GraphpressError(f"input '{spec['name']}' has dtype {dtype}; give sample inputs with --inputs X.npz")
+            raise GraphpressError(f"input '{spec['name']}' has dtype {dtype}, which graphpress cannot make up; give sample inputs (an .npz with --inputs, or feeds in Python)")
         feeds[spec["name"]] = arr
     return feeds
 
 
 def load_inputs(path: str | os.PathLike, model: ir.Model) -> dict[str, np.ndarray]:
-    """Read sample inputs from an ``.npz`` whose keys are the model's input names."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except FileNotFoundError as e:
-        raise GraphpressError(f"{path}: no such file; give an .npz of sample inputs") from e
-    except Exception as e:
-        raise GraphpressError(f"{path}: not a readable .npz file ({str(e).splitlines()[0][:120]})") from e
-    wanted = [v.name for v in model.graph.inputs if v.name not in model.graph.initializers]
+    """Read one set of sample inputs from an ``.npz`` whose keys are the model's input names.
+
+    The arrays are checked against the declared inputs like :func:`load_samples`; a stack
+    of samples for a static batch of 1 is refused here (use :func:`load_samples`).
+    """
+    samples = load_samples(path, model)
+    if len(samples) > 1:
+        raise GraphpressError(f"{path}: holds {len(samples)} samples for a model with a batch of 1; give one sample")
+    return samples[0]
+
+
+def load_samples(path: str | os.PathLike, model: ir.Model) -> list[dict[str, np.ndarray]]:
+    """Read sample inputs from an ``.npz`` (keys = the model's input names) as a list of feeds.
+
+    Each array must fit its declared input: same kind of dtype (a float64 array for a
+    float32 input is converted; integers only when every value fits), the same rank, and
+    the declared size on every static dimension. One exception makes the common case work:
+    when every input's declared first dimension is a static 1 and the arrays all have the
+    same first dimension N > 1, they are N samples, fed one at a time.
+
+    Raises:
+        GraphpressError: naming the file, the input, and the expected vs given shape/dtype.
+    """
+    arrays = read_npz(path)
+    specs = [v for v in model.graph.inputs if v.name not in model.graph.initializers]
+    wanted = [v.name for v in specs]
     missing = [n for n in wanted if n not in arrays]
     if missing:
         raise GraphpressError(
             f"{path}: missing input(s) {', '.join(missing)}; the .npz keys must be the model's input names: {', '.join(wanted)}"
         )
-    return {n: arrays[n] for n in wanted}
+    feeds = {v.name: _fit_dtype(path, v, arrays[v.name]) for v in specs}
+    stacked = _stack_size(specs, feeds)
+    for v in specs:
+        _check_shape(path, v, feeds[v.name], stacked)
+    if stacked:
+        return [{n: a[i : i + 1] for n, a in feeds.items()} for i in range(stacked)]
+    return [feeds]
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file (no pickles), or one line saying why not."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):
+                raise ValueError("a single .npy array, not an .npz archive of named arrays")
+            return {k: data[k] for k in data.files}
+    except FileNotFoundError as e:
+        raise GraphpressError(f"{path}: no such file; give an .npz of sample inputs") from e
+    except IsADirectoryError as e:
+        raise GraphpressError(f"{path}: is a directory; give an .npz of sample inputs") from e
+    except Exception as e:
+        text = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        raise GraphpressError(f"{path}: not a readable .npz file ({text}); save inputs with numpy.savez(path, name=array, ...)") from e
+
+
+def _declared(value: ir.Value) -> str:
+    dims = "?" if value.shape is None else "[" + ", ".join(str(d) for d in value.shape) + "]"
+    return f"{_np_dtype(value.dtype).name if value.dtype else '?'} {dims}"
+
+
+def _fit_dtype(path, value: ir.Value, arr: np.ndarray) -> np.ndarray:
+    if value.dtype is None:
+        return arr
+    want = _np_dtype(value.dtype)
+    if arr.dtype == want:
+        return arr
+    given = f"{arr.dtype} {list(arr.shape)}"
+    ok_kind = (arr.dtype.kind == "f" and want.kind == "f") or (arr.dtype.kind in "iub" and want.kind in "iu")
+    if ok_kind:
+        cast = arr.astype(want)
+        if want.kind == "f" or np.array_equal(cast.astype(arr.dtype), arr):
+            return cast
+    raise GraphpressError(f"{path}: input '{value.name}' expects {_declared(value)}, the .npz gives {given}; save it as {want}")
+
+
+def _stack_size(specs: list[ir.Value], feeds: Mapping[str, np.ndarray]) -> int:
+    """N when every input is declared with a static batch of 1 and given as N > 1 stacked samples."""
+    sizes = set()
+    for v in specs:
+        arr = feeds[v.name]
+        if v.shape is None or len(v.shape) == 0 or v.shape[0] != 1 or arr.ndim != len(v.shape) or arr.shape[0] <= 1:
+            return 0
+        sizes.add(arr.shape[0])
+    return sizes.pop() if len(sizes) == 1 else 0
+
+
+def _check_shape(path, value: ir.Value, arr: np.ndarray, stacked: int) -> None:
+    if value.shape is None:
+        return
+    given = f"{arr.dtype} {list(arr.shape)}"
+    bad = arr.ndim != len(value.shape)
+    for i, (dim, size) in enumerate(zip(value.shape, arr.shape)):
+        if isinstance(dim, int) and dim != size and not (i == 0 and stacked):
+            bad = True
+    if bad:
+        raise GraphpressError(f"{path}: input '{value.name}' expects {_declared(value)}, the .npz gives {given}; save arrays of that shape")
+
+
+def as_samples(feeds: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """One feed dict or a sequence of them, as a list of feed dicts."""
+    if isinstance(feeds, Mapping):
+        return [dict(feeds)]
+    samples = [dict(f) for f in feeds]
+    if not samples or not all(isinstance(f, Mapping) for f in feeds):
+        raise GraphpressError("sample inputs must be a dict of input name -> array, or a non-empty list of such dicts")
+    return samples
+
+
+def run_samples(
+    model: ir.Model | onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]], *, where: str = "model"
+) -> dict[str, np.ndarray]:
+    """Run ``model`` on every sample and join each output along a new first axis."""
+    if len(samples) == 1:
+        return run(model, samples[0], where=where)
+    session = _Session(model, (), where)
+    results = [session.run(feeds) for feeds in samples]
+    return {name: np.stack([r[name] for r in results]) for name in results[0]}
 
 
 # ---------------------------------------------------------------------------- running
 
 
-def _session(proto: onnx.ModelProto):
-    import onnxruntime as ort
+#: default-domain aliases and the domains ONNX Runtime's CPU provider implements
+_ORT_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "ai.onnx.training", "ai.onnx.preview.training", "com.ms.internal.nhwc"}
 
-    opts = ort.SessionOptions()
-    # Compare what our passes did, not what ORT's optimizer would do on top.
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = min(4, os.cpu_count() or 1)
-    return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+def check_runnable(model: ir.Model | onnx.ModelProto, where: str = "model") -> None:
+    """Refuse, before ONNX Runtime does in many lines, ops from domains it does not know.
+
+    Raises:
+        GraphpressError: naming the node, its op and domain.
+    """
+    proto = model if isinstance(model, onnx.ModelProto) else None
+    functions = {(f.domain, f.name) for f in proto.functions} if proto is not None else {(f.domain, f.name) for f in model.functions.values()}
+    nodes = proto.graph.node if proto is not None else model.graph.all_nodes()
+    for node in nodes:
+        if node.domain not in _ORT_DOMAINS and (node.domain, node.op_type) not in functions:
+            raise GraphpressError(
+                f"{where}: node '{node.name}' is op '{node.op_type}' of domain '{node.domain}', which ONNX Runtime does not "
+                "implement, so it cannot be checked numerically; leave out the numeric check (--verify) or give "
+                "ONNX Runtime the custom op library"
+            )
+
+
+def _ort_error(e: Exception, where: str) -> GraphpressError:
+    """One line from an ONNX Runtime failure (ORT's messages span lines and name C++ files)."""
+    import re
+
+    text = re.sub(r"\[ONNXRuntimeError\] : \d+ : \w+ : ", "", str(e)).strip()
+    text = re.sub(r"\s+", " ", text)
+    text = re.sub(r"\S+\.(cc|h):\d+ \S+ ", "", text)
+    return GraphpressError(f"{where}: ONNX Runtime cannot run it: {text[:300]}")
+
+
+class _Session:
+    """An ONNX Runtime session on a model, with its inputs checked before each run."""
+
+    def __init__(self, model: ir.Model | onnx.ModelProto, outputs: Sequence[str] = (), where: str = "model"):
+        import onnxruntime as ort
+
+        self.where = where
+        proto = _materialize(_proto_with_outputs(model, list(outputs)), model)
+        opts = ort.SessionOptions()
+        # Compare what our passes did, not what ORT's optimizer would do on top.
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.log_severity_level = 3
+        opts.intra_op_num_threads = min(4, os.cpu_count() or 1)
+        try:
+            self.session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            check_runnable(proto, where)
+            raise _ort_error(e, where) from e
+        self.outputs = list(outputs) if outputs else [o.name for o in self.session.get_outputs()]
+
+    def check_feeds(self, feeds: Mapping[str, np.ndarray]) -> None:
+        expected = self.session.get_inputs()
+        names = [i.name for i in expected]
+        missing = [n for n in names if n not in feeds]
+        if missing:
+            raise GraphpressError(f"{self.where}: no sample given for input(s) {', '.join(missing)}; inputs: {', '.join(names)}")
+        for spec in expected:
+            arr = np.asarray(feeds[spec.name])
+            want = _ORT_TYPES.get(spec.type)
+            dims = list(spec.shape)
+            wrong_dtype = want is not None and arr.dtype != want
+            wrong_shape = arr.ndim != len(dims) or any(isinstance(d, int) and d != n for d, n in zip(dims, arr.shape))
+            if wrong_dtype or wrong_shape:
+                shown = "[" + ", ".join(str(d) if isinstance(d, int) else str(d or "?") for d in dims) + "]"
+                raise GraphpressError(
+                    f"{self.where}: input '{spec.name}' expects {want or spec.type} {shown}, was given {arr.dtype} "
+                    f"{list(arr.shape)}; give sample inputs of that dtype and shape"
+                )
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.check_feeds(feeds)
+        names = {i.name for i in self.session.get_inputs()}
+        try:
+            values = self.session.run(self.outputs, {k: v for k, v in feeds.items() if k in names})
+        except Exception as e:
+            raise _ort_error(e, self.where) from e
+        return dict(zip(self.outputs, values))
+
+
+_ORT_TYPES = {
+    f"tensor({name})": np.dtype(dt)
+    for name, dt in {
+        "float": np.float32, "double": np.float64, "float16": np.float16, "int8": np.int8, "int16": np.int16,
+        "int32": np.int32, "int64": np.int64, "uint8": np.uint8, "uint16": np.uint16, "uint32": np.uint32,
+        "uint64": np.uint64, "bool": np.bool_,
+    }.items()
+}  # fmt: skip
 
 
 def _proto_with_outputs(model: ir.Model | onnx.ModelProto, extra: list[str]) -> onnx.ModelProto:
@@ -307,7 +495,11 @@ def _materialize(proto: onnx.ModelProto, model: ir.Model | onnx.ModelProto) -> o
 
 
 def run(
-    model: ir.Model | onnx.ModelProto, feeds: Mapping[str, np.ndarray], outputs: list[str] | None = None
+    model: ir.Model | onnx.ModelProto,
+    feeds: Mapping[str, np.ndarray],
+    outputs: list[str] | None = None,
+    *,
+    where: str = "model",
 ) -> dict[str, np.ndarray]:
     """Run ``model`` on ``feeds`` with ONNX Runtime (CPU, graph optimizations off).
 
@@ -315,22 +507,21 @@ def run(
         model: the model; it is serialized, not changed.
         feeds: input name → array.
         outputs: value names to return (graph outputs or intermediates); default: graph outputs.
+        where: what the model is, for error messages ("the input model", a file name).
 
     Returns:
         name → array, in the order asked for.
     """
-    proto = _materialize(_proto_with_outputs(model, list(outputs or [])), model)
-    sess = _session(proto)
-    names = list(outputs) if outputs else [o.name for o in sess.get_outputs()]
-    values = sess.run(names, dict(feeds))
-    return dict(zip(names, values))
+    return _Session(model, list(outputs or []), where).run(feeds)
 
 
 # ---------------------------------------------------------------------------- comparing
 
 
-def _diff(name: str, ref: np.ndarray, new: np.ndarray, family: str) -> OutputDiff:
+def _diff(name: str, ref: np.ndarray, new: np.ndarray, family: str, min_cosine: float | None = None) -> OutputDiff:
     tol = tolerance_for(family, ref.dtype)
+    if min_cosine is not None and math.isinf(tol.atol):
+        tol = dataclasses.replace(tol, min_cosine=min_cosine)
     if ref.shape != new.shape or ref.dtype != new.dtype:
         return OutputDiff(name, str(ref.dtype), list(ref.shape), math.inf, math.inf, -1.0, tol, False)
     r = ref.astype(np.float64).ravel()
@@ -351,14 +542,26 @@ def _diff(name: str, ref: np.ndarray, new: np.ndarray, family: str) -> OutputDif
         cosine = float(np.dot(np.nan_to_num(r), np.nan_to_num(n)) / (nr * nn))
     with np.errstate(invalid="ignore"):
         within = bool(np.all(diff <= tol.atol + tol.rtol * np.abs(np.nan_to_num(r)))) if diff.size else True
-    passed = cosine >= tol.min_cosine and (within or math.isinf(tol.atol))
+    # a finite atol bounds every element: outputs within it pass whatever their cosine (values
+    # near 0, e.g. a sigmoid map, have a meaningless direction); lossy families judge the cosine
+    passed = within if not math.isinf(tol.atol) else cosine >= tol.min_cosine
     return OutputDiff(name, str(ref.dtype), list(ref.shape), max_abs, max_rel, cosine, tol, bool(passed))
 
 
 def compare_outputs(
-    ref: Mapping[str, np.ndarray], new: Mapping[str, np.ndarray], family: str, inputs_source: str = "given"
+    ref: Mapping[str, np.ndarray],
+    new: Mapping[str, np.ndarray],
+    family: str,
+    inputs_source: str = "given",
+    *,
+    min_cosine: float | None = None,
 ) -> NumericReport:
-    """Compare two output dicts (matched by name, falling back to position)."""
+    """Compare two output dicts (matched by name, falling back to position).
+
+    Args:
+        min_cosine: for lossy families (no elementwise bound), the cosine every output must
+            keep instead of the family's default (an accuracy budget).
+    """
     names_new = list(new)
     diffs: list[OutputDiff] = []
     for i, (name, r) in enumerate(ref.items()):
@@ -370,7 +573,7 @@ def compare_outputs(
             tol = tolerance_for(family, r.dtype)
             diffs.append(OutputDiff(name, str(r.dtype), list(r.shape), math.inf, math.inf, -1.0, tol, False))
             continue
-        diffs.append(_diff(name, np.asarray(r), np.asarray(n), family))
+        diffs.append(_diff(name, np.asarray(r), np.asarray(n), family, min_cosine))
     return NumericReport(diffs, family, inputs_source)
 
 

@@ -34,6 +34,7 @@ import onnx
 
 from graphpress.errors import GraphpressError
 from graphpress.ir import huffman
+from graphpress.ir.atomic import write_bytes_atomic
 
 __all__ = ["PackReport", "huffman_bytes", "pack", "pack_bytes", "unpack", "unpack_bytes"]
 
@@ -106,6 +107,14 @@ def _tensors(graph: onnx.GraphProto):
             elif attr.type == onnx.AttributeProto.GRAPHS:
                 for g in attr.graphs:
                     yield from _tensors(g)
+
+
+def _has_external_data(data: bytes) -> bool:
+    try:
+        proto = onnx.load_from_string(data)
+    except Exception:  # noqa: BLE001 - reported by _segments with the file name
+        return False
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(proto.graph))
 
 
 def _segments(data: bytes, where: str) -> list[tuple[int, int, int]]:
@@ -280,27 +289,18 @@ def _read(path: str | Path, what: str) -> bytes:
     return p.read_bytes()
 
 
-def _write_atomic(dest: Path, data: bytes) -> None:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def pack(src: str | Path, dest: str | Path) -> PackReport:
     """Pack the ``.onnx`` file ``src`` into ``dest`` (written whole or not at all)."""
     from graphpress.ir.io import check_writable
 
     out = check_writable(dest, "output", Path(src))
-    packed, report = pack_bytes(_read(src, "model"), str(src))
-    _write_atomic(out, packed)
+    data = _read(src, "model")
+    if _has_external_data(data):  # pack the self-contained form (unpack gives one .onnx)
+        from graphpress.ir.io import load, serialize
+
+        data = serialize(load(src, opset=1), src)  # opset=1: keep the model's own opset
+    packed, report = pack_bytes(data, str(src))
+    write_bytes_atomic(out, packed)
     return report
 
 
@@ -310,5 +310,5 @@ def unpack(src: str | Path, dest: str | Path) -> int:
 
     out = check_writable(dest, "output", Path(src))
     data = unpack_bytes(_read(src, "pack file"), str(src))
-    _write_atomic(out, data)
+    write_bytes_atomic(out, data)
     return len(data)

@@ -21,7 +21,7 @@ import onnx_ir as ir
 
 from graphpress.errors import InvariantError
 
-__all__ = ["check", "verify"]
+__all__ = ["check", "find_cycle", "verify"]
 
 
 def verify(model: ir.Model, where: str = "model") -> None:
@@ -139,3 +139,35 @@ def _check_graph(graph: ir.Graph, visible: set[int], problems: list[str]) -> Non
 
 def _known(shape: ir.Shape) -> bool:
     return all(isinstance(d, int) for d in shape)
+
+
+def find_cycle(model: ir.Model) -> list[str] | None:
+    """Names of the nodes on one cycle of the main graph (first node repeated at the end), or None."""
+    nodes = list(model.graph)
+    users: dict[int, list[ir.Node]] = {}
+    for node in nodes:
+        for value in node.outputs:
+            users[id(node)] = users.get(id(node), []) + [use.node for use in value.uses() if use.node.graph is model.graph]
+    state: dict[int, int] = {}  # 1: on the current path, 2: done
+    for start in nodes:
+        if state.get(id(start)):
+            continue
+        path: list[ir.Node] = []
+        stack = [(start, iter(users.get(id(start), [])))]
+        state[id(start)] = 1
+        path.append(start)
+        while stack:
+            node, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                path.pop()
+                state[id(node)] = 2
+            elif state.get(id(child)) == 1:
+                loop = path[path.index(child) :] + [child]
+                return [n.name or n.op_type for n in loop]
+            elif not state.get(id(child)):
+                state[id(child)] = 1
+                path.append(child)
+                stack.append((child, iter(users.get(id(child), []))))
+    return None

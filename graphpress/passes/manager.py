@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from graphpress.errors import GraphpressError, InvariantError, NumericMismatchError
+from graphpress.errors import GraphpressError, InvariantError, NumericMismatchError, PassFailedError
 from graphpress._heap import frozen_heap
 from graphpress.ir import numeric
 from graphpress.ir.io import save, to_proto
@@ -43,6 +43,10 @@ __all__ = [
 
 #: Order of tolerance families from strictest to loosest (a pipeline is judged by its loosest pass).
 FAMILY_ORDER = ("exact", "cleanup", "fusion", "pruning", "sharing", "quantization")
+#: Families of passes that change the function on purpose: the end-to-end check is a budget.
+LOSSY_FAMILIES = ("pruning", "sharing", "quantization")
+#: The default end-to-end budget of a lossy pipeline: every output keeps this cosine.
+LOSSY_MIN_COSINE = 0.99
 
 
 @dataclasses.dataclass
@@ -127,7 +131,7 @@ class InvariantInstrument(Instrument):
     def after_pass(self, pass_, model, result, record):
         problems = check(model)
         if problems:
-            raise InvariantError(problems, f"after pass '{record.name}' (a bug in that pass; report it, and drop the pass from --passes meanwhile)")
+            raise InvariantError(problems, f"after pass '{record.name}' (a bug in that pass; report it, and leave the pass out meanwhile)")
 
 
 class NumericInstrument(Instrument):
@@ -135,30 +139,68 @@ class NumericInstrument(Instrument):
 
     Each pass is compared with the model it received, under the tolerance of the pass's
     family; on failure the first diverging node is located and a
-    :class:`NumericMismatchError` names the pass and the node. At the end the whole
-    pipeline is compared with the input model under the loosest family that ran
-    (``self.final``).
+    :class:`NumericMismatchError` names the pass and the node. A pass that changes the
+    function on purpose (``prune``) is compared with the reference it returns (its
+    zero-masked model), and later passes with that.
+
+    At the end, the verdict (``self.final``) is always against the model the user gave:
+    ``baseline_outputs`` when given (the CLI passes ONNX Runtime's outputs on the file as it
+    was, before any opset conversion), else the model the run started from. A lossless
+    pipeline is judged under the loosest family that ran; a lossy one (a pass moved the
+    baseline, or a pruning/sharing/quantization pass ran) by the cosine every output keeps,
+    at least ``min_cosine`` (the pipeline's accuracy budget, default 0.99).
+    ``self.vs_reference`` then compares with the last moved baseline (the masked reference).
 
     Args:
-        feeds: sample inputs (name → array).
+        feeds: sample inputs: one dict (name → array) or a list of them.
         inputs_source: where they came from, for the report.
         locate: find the first diverging node on failure.
+        baseline_outputs: the outputs of the model the user gave, on the same samples
+            (:func:`graphpress.ir.numeric.run_samples`).
+        min_cosine: the end-to-end budget of a lossy pipeline.
+        baseline_family: the tolerance family of what turned the user's model into the one
+            the run starts from ("cleanup" after an opset conversion on load; "exact" if none).
     """
 
-    def __init__(self, feeds: Mapping[str, np.ndarray], inputs_source: str = "given", *, locate: bool = True):
-        self.feeds = dict(feeds)
+    def __init__(
+        self,
+        feeds: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]],
+        inputs_source: str = "given",
+        *,
+        locate: bool = True,
+        baseline_outputs: Mapping[str, np.ndarray] | None = None,
+        min_cosine: float = LOSSY_MIN_COSINE,
+        baseline_family: str = "exact",
+    ):
+        self.samples = numeric.as_samples(feeds)
         self.inputs_source = inputs_source
         self.locate = locate
+        self.min_cosine = min_cosine
         self.final: numeric.NumericReport | None = None
+        self.vs_reference: numeric.NumericReport | None = None
+        self.baseline_family = baseline_family
         self._families: list[str] = []
+        self._since_rebase: list[str] = []
+        self._reference_outputs: dict[str, np.ndarray] | None = None
+        self._baseline = dict(baseline_outputs) if baseline_outputs is not None else None
         #: passes whose ``PassResult.reference`` replaced the baseline (e.g. ``prune``: the masked model)
         self.rebased_by: list[str] = []
 
+    @property
+    def feeds(self) -> dict[str, np.ndarray]:
+        """The first sample (what the first-divergence search runs)."""
+        return self.samples[0]
+
+    def _run(self, model, where: str) -> dict[str, np.ndarray]:
+        return numeric.run_samples(model, self.samples, where=where)
+
     def run_start(self, model):
         self.rebased_by = []
-        self._input_outputs = numeric.run(model, self.feeds)
-        self._prev_outputs = self._input_outputs
-        self._families = ["exact"]
+        self._input_outputs = self._baseline if self._baseline is not None else self._run(model, "the input model")
+        self._prev_outputs = self._run(model, "the input model") if self._baseline is not None else self._input_outputs
+        self._families = [self.baseline_family if self._baseline is not None else "exact"]
+        self._since_rebase = []
+        self._reference_outputs = None
 
     def before_pass(self, pass_, model, record):
         self._snapshot: onnx.ModelProto | None = to_proto(model) if self.locate else None
@@ -168,12 +210,13 @@ class NumericInstrument(Instrument):
             return
         family = pass_.family
         self._families.append(family)
-        outputs = numeric.run(model, self.feeds)
+        self._since_rebase.append(family)
+        outputs = self._run(model, f"the model after pass '{record.name}'")
         reference = getattr(result, "reference", None)
         if reference is not None:
             # the pass changed the function on purpose: its reference is the new baseline
-            self._prev_outputs = numeric.run(reference, self.feeds)
-            self._input_outputs = self._prev_outputs
+            self._prev_outputs = self._reference_outputs = self._run(reference, f"the reference of pass '{record.name}'")
+            self._since_rebase = [family]
             self.rebased_by.append(record.name)
         report = numeric.compare_outputs(self._prev_outputs, outputs, family, self.inputs_source)
         if not report.passed and self._snapshot is not None and reference is None:
@@ -182,18 +225,35 @@ class NumericInstrument(Instrument):
         if not report.passed:
             raise NumericMismatchError(
                 f"pass '{record.name}' changed the outputs beyond its '{family}' tolerance: "
-                f"{report.describe_failure()}; drop '{record.name}' from --passes and report the model",
+                f"{report.describe_failure()}; leave '{record.name}' out of the pipeline and report the model",
                 report,
             )
         self._prev_outputs = outputs
 
+    @property
+    def lossy(self) -> bool:
+        """Whether the pipeline changed the function on purpose (judged by a budget, not a tolerance)."""
+        return bool(self.rebased_by) or any(f in LOSSY_FAMILIES for f in self._families)
+
     def run_end(self, model):
         loosest = max(self._families, key=FAMILY_ORDER.index)
-        outputs = numeric.run(model, self.feeds) if len(self._families) > 1 else self._prev_outputs
-        self.final = numeric.compare_outputs(self._input_outputs, outputs, loosest, self.inputs_source)
+        outputs = self._prev_outputs
+        if self._reference_outputs is not None:
+            since = max(self._since_rebase, key=FAMILY_ORDER.index)
+            self.vs_reference = numeric.compare_outputs(self._reference_outputs, outputs, since, self.inputs_source)
+        # a lossy pipeline is judged by its budget: the cosine every output keeps
+        family = "quantization" if self.lossy else loosest
+        self.final = numeric.compare_outputs(
+            self._input_outputs, outputs, family, self.inputs_source, min_cosine=self.min_cosine if self.lossy else None
+        )
+        if self.lossy:
+            self.final.family = "budget"
         if not self.final.passed:
+            moved = f" (passes that change the function on purpose: {', '.join(self.rebased_by)})" if self.rebased_by else ""
+            budget = f"the budget cosine >= {self.min_cosine:g}" if self.lossy else f"the '{loosest}' tolerance"
             raise NumericMismatchError(
-                f"the pipeline changed the outputs beyond the '{loosest}' tolerance: {self.final.describe_failure()}",
+                f"the pipeline moved the outputs beyond {budget} against the input model{moved}: "
+                f"{self.final.describe_failure()}" + ("; compress less, or allow more with a lower min_cosine (--min-cosine)" if self.lossy else ""),
                 self.final,
             )
 
@@ -204,9 +264,15 @@ class DumpInstrument(Instrument):
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
         self.count = 0
+        if self.directory.exists() and not self.directory.is_dir():
+            raise GraphpressError(f"{self.directory}: is a file; give a directory for the IR dumps")
 
     def run_start(self, model):
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise GraphpressError(f"{self.directory}: cannot create the IR dump directory ({e.strerror}); give another directory") from e
+        self.count = 0
         save(model, self.directory / "00_input.onnx")
 
     def after_pass(self, pass_, model, result, record):
@@ -250,6 +316,9 @@ class PassManager:
         it after a run that changed nothing (a deterministic pass would change nothing
         again); such a round is recorded with ``stats={"skipped": "unchanged since last run"}``.
         """
+        if not isinstance(model, ir.Model):
+            what = "a path" if isinstance(model, (str, Path)) else f"a {type(model).__name__}"
+            raise GraphpressError(f"PassManager.run takes an onnx_ir.Model, got {what}; load it first with graphpress.load(...)")
         with frozen_heap():
             return self._run(model)
 
@@ -273,7 +342,12 @@ class PassManager:
                     continue
                 for inst in self.instruments:
                     inst.before_pass(pass_, model, record)
-                result = pass_(model)
+                try:
+                    result = pass_(model)
+                except GraphpressError:
+                    raise
+                except Exception as e:
+                    raise PassFailedError(record.name, type(pass_), e) from e
                 record.modified = bool(result.modified)
                 record.stats = dict(getattr(result, "stats", {}) or {})
                 record.weight_bytes = _weight_bytes(model)

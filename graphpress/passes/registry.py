@@ -38,15 +38,26 @@ def get(name: str) -> type[Pass]:
     raise SpecError(f"unknown pass '{name}'; valid passes: {', '.join(sorted(_REGISTRY))} (or a dotted import path)")
 
 
-def _import_pass(path: str) -> type[Pass]:
+def _import(path: str, name: str):
+    """Import ``name`` for the pass ``path``; None when the module itself does not exist."""
     try:
-        module = importlib.import_module(path)
-    except ImportError:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name and (name == e.name or name.startswith(e.name + ".")):
+            return None  # the module (or a package above it) does not exist
+        raise SpecError(f"pass '{path}': importing module '{name}' failed: {type(e).__name__}: {e}") from e
+    except Exception as e:  # the user's module raised while importing
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise SpecError(f"pass '{path}': importing module '{name}' failed: {type(e).__name__}: {first}") from e
+
+
+def _import_pass(path: str) -> type[Pass]:
+    module = _import(path, path)
+    if module is None:
         module_name, _, attr = path.rpartition(".")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as e:
-            raise SpecError(f"pass '{path}': cannot import module '{module_name}' ({e}); check PYTHONPATH") from None
+        module = _import(path, module_name) if module_name else None
+        if module is None:
+            raise SpecError(f"pass '{path}': no module '{module_name or path}' on the Python path; check the name and PYTHONPATH")
         cls = getattr(module, attr, None)
         if not (isinstance(cls, type) and issubclass(cls, Pass)):
             raise SpecError(f"pass '{path}': '{attr}' in module '{module_name}' is not a graphpress Pass subclass")

@@ -8,19 +8,19 @@ extra fields may be added, these stay.
 from __future__ import annotations
 
 import json
+import math
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import graphpress
 from graphpress.errors import GraphpressError
 from graphpress.ir.analysis import ModelSummary
+from graphpress.ir.atomic import write_bytes_atomic
 from graphpress.ir.io import check_writable
 from graphpress.ir.numeric import NumericReport
 from graphpress.passes.manager import RunResult
 
-__all__ = ["build_report", "write_json_atomic"]
+__all__ = ["build_report", "strict_json", "write_json_atomic"]
 
 
 def build_report(
@@ -32,8 +32,14 @@ def build_report(
     model: str | None = None,
     spec: str | None = None,
     rebased_by: list[str] | None = None,
+    vs_reference: NumericReport | None = None,
 ) -> dict[str, Any]:
-    """Assemble the report dict of one ``optimize`` run."""
+    """Assemble the report dict of one ``optimize`` run.
+
+    ``verification`` is always the end-to-end check against the input model; when a pass
+    moved the baseline on purpose (``prune``), ``verification.vs_reference`` compares with
+    that pass's masked reference and ``verification.baseline_moved_by`` names the passes.
+    """
     report: dict[str, Any] = {
         "graphpress_version": graphpress.__version__,
         "model": model,
@@ -47,33 +53,38 @@ def build_report(
     }
     if verification is not None:
         report["verification"]["performed"] = True
-        # passes that change the function on purpose (pruning) are checked against their own
-        # reference (the zero-masked model), which then is the baseline of the end-to-end check
-        report["verification"]["baseline"] = f"reference of pass '{rebased_by[-1]}'" if rebased_by else "input model"
+        report["verification"]["baseline"] = "input model"
+        report["verification"]["baseline_moved_by"] = list(rebased_by or [])
+        if vs_reference is not None:
+            report["verification"]["vs_reference"] = vs_reference.to_dict()
     return report
 
 
 def write_json_atomic(data: Any, path: str | os.PathLike) -> None:
-    """Write ``data`` as JSON to ``path`` via a temporary file and a rename."""
+    """Write ``data`` as strict JSON to ``path``, whole or not at all.
+
+    Non-finite floats (an infinite tolerance, a NaN difference) become the strings
+    ``"inf"``, ``"-inf"`` and ``"nan"``: JSON has no such numbers, and ``Infinity`` tokens
+    break strict parsers.
+    """
     dest = check_writable(path, "report")
-    parent = dest.parent
+    text = json.dumps(strict_json(data), indent=2, allow_nan=False) + "\n"
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=parent)
+        write_bytes_atomic(dest, text.encode())
     except OSError as e:
-        raise GraphpressError(f"{dest}: cannot write the report ({e.strerror})") from e
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=_jsonable)
-            f.write("\n")
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        raise GraphpressError(f"{dest}: cannot write the report ({e.strerror or e})") from e
 
 
-def _jsonable(obj: Any) -> Any:
-    if hasattr(obj, "item"):
-        return obj.item()
-    if isinstance(obj, float):
-        return str(obj)
+def strict_json(obj: Any) -> Any:
+    """``obj`` with numpy scalars as Python numbers and non-finite floats as strings."""
+    if isinstance(obj, dict):
+        return {str(k): strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
     return str(obj)

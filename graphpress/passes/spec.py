@@ -17,7 +17,7 @@ __all__ = ["build_passes", "parse_spec"]
 def parse_spec(spec: str) -> list[tuple[str, dict[str, str]]]:
     """Split a SPEC into ``[(pass name, {option: raw string})]`` without checking names."""
     if spec is None or not spec.strip():
-        raise SpecError("empty --passes SPEC; give e.g. 'cleanup' or 'cleanup,fuse'")
+        raise SpecError("empty pass SPEC; give e.g. 'cleanup' or 'cleanup,fuse'")
     items: list[tuple[str, dict[str, str]]] = []
     for part in spec.split(","):
         part = part.strip()

@@ -13,6 +13,7 @@ from onnx import TensorProto, helper
 
 import graphpress as gp
 from graphpress.cli import main
+from graphpress.errors import NumericMismatchError
 from graphpress.ir import numeric
 from graphpress.models import TinyDenseNet, TinyUNet, mobilenet_v2, resnet18, resnet50, vgg11
 from graphpress.passes import InvariantInstrument, NumericInstrument, PassManager, build_passes
@@ -295,21 +296,45 @@ def test_round_to_min_channels_include_exclude_and_global():
 
 def test_pass_through_manager_is_checked_against_masked_reference(tmp_path):
     model = _cleaned(lambda: resnet18(num_classes=10), 32)
-    inst = NumericInstrument(numeric.make_inputs(model, seed=0))
+    feeds = numeric.make_inputs(model, seed=0)
+    original = numeric.run(model, feeds)
+    # a random-weight ResNet pruned by half moves far from the input: the end-to-end verdict
+    # (always against the input model) needs a budget that allows it
+    inst = NumericInstrument(feeds, min_cosine=0.3)
     result = PassManager(build_passes("prune:ratio=0.5;round_to=8,fuse,cleanup"), [InvariantInstrument(), inst]).run(model)
     record = result.records[0]
     assert record.verification["passed"] and inst.rebased_by == ["prune"] and inst.final.passed
     assert record.stats["r_p"] > 0.5 and record.stats["layers"]["layer1.0.conv1"]["r_p"] == 0.75
+    # the verdict is against the input; the masked reference is reported beside it
+    (name,) = original
+    after = numeric.run(model, feeds)[name]
+    cos = float(np.dot(original[name].ravel(), after.ravel()) / np.linalg.norm(original[name]) / np.linalg.norm(after))
+    assert inst.final.min_cosine == pytest.approx(cos, abs=1e-6) and cos < 0.99
+    assert inst.vs_reference.passed and inst.vs_reference.min_cosine > 0.9999
+
+
+def test_pruning_beyond_the_budget_fails_against_the_input():
+    model = _cleaned(lambda: resnet18(num_classes=10), 32)
+    inst = NumericInstrument(numeric.make_inputs(model, seed=0))  # default budget: cosine >= 0.99
+    with pytest.raises(NumericMismatchError, match="budget cosine >= 0.99 against the input model .*prune"):
+        PassManager(build_passes("prune:ratio=0.5"), [inst]).run(model)
 
 
 def test_cli_prune_with_report(tmp_path, capsys):
     src = tmp_path / "r18.onnx"
     gp.save(_cleaned(lambda: resnet18(num_classes=10), 32), src)
     out, report = tmp_path / "r18.pruned.onnx", tmp_path / "report.json"
-    assert main(["optimize", str(src), "-o", str(out), "--passes", "prune:ratio=0.5;global=true", "--verify", "--report", str(report)]) == 0, capsys.readouterr().err
+    argv = ["optimize", str(src), "-o", str(out), "--passes", "prune:ratio=0.5;global=true", "--verify", "--report", str(report)]
+    assert main(argv) == 2 and not out.exists()
+    assert "beyond the budget cosine >= 0.99 against the input model" in capsys.readouterr().err
+    assert main([*argv, "--min-cosine", "0.3"]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "verification vs the input model" in printed and "vs the masked reference" in printed
     data = json.loads(report.read_text())
     stats = data["passes"][0]["stats"]
-    assert data["verification"]["passed"] and data["verification"]["baseline"] == "reference of pass 'prune'"
+    v = data["verification"]
+    assert v["passed"] and v["baseline"] == "input model" and v["baseline_moved_by"] == ["prune"]
+    assert v["cosine"] < 0.99 and v["vs_reference"]["passed"] and v["vs_reference"]["cosine"] > 0.9999
     assert stats["layers"] and all(0 < v["r_p"] < 1 for v in stats["layers"].values())
     assert data["after"]["params"] < data["before"]["params"]
     assert main(["optimize", str(src), "-o", str(out), "--passes", "prune:mode=nm;n=4;m=4"]) == 2

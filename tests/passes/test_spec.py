@@ -22,7 +22,7 @@ def test_build_converts_types():
 @pytest.mark.parametrize(
     "spec, message",
     [
-        ("", "empty --passes"),
+        ("", "empty pass SPEC"),
         ("cleanup,,dce", "empty pass name"),
         ("nosuchpass", "unknown pass 'nosuchpass'; valid passes: cleanup, cse, dce"),
         ("cleanup:foo=1", "pass 'cleanup' has no option 'foo'; valid options: max_iterations \\(int in \\[1, 100\\], default 8\\)"),
@@ -31,7 +31,7 @@ def test_build_converts_types():
         ("cleanup:max_iterations=1000", "above the maximum 100"),
         ("cleanup:max_iterations", "is not key=value"),
         ("cleanup:max_iterations=2;max_iterations=3", "given twice"),
-        ("no_such_module_xyz.Pass", "cannot import module 'no_such_module_xyz'"),
+        ("no_such_module_xyz.Pass", "no module 'no_such_module_xyz' on the Python path"),
     ],
 )
 def test_bad_specs(spec, message):

@@ -32,7 +32,7 @@ import onnx_ir as ir
 
 import graphpress
 from graphpress.backends.tvm.lower import bind_input_shapes, to_relax
-from graphpress.backends.tvm.runtime import CompiledModel
+from graphpress.backends.tvm.runtime import CompiledModel, require_compiler
 from graphpress.backends.tvm.targets import TargetSpec, resolve_target
 from graphpress.errors import GraphpressError
 
@@ -438,11 +438,13 @@ def compile_model(
 
     spec = target if isinstance(target, TargetSpec) else resolve_target(target)
     if tune_trials < 0:
-        raise GraphpressError(f"--tune-trials must be >= 0, got {tune_trials}")
+        raise GraphpressError(f"tune trials must be >= 0, got {tune_trials}")
     if tune_trials and not spec.is_cpu:
-        raise GraphpressError(f"target {spec.name}: --tune-trials applies to CPU targets; CUDA uses dlight schedules")
+        raise GraphpressError(f"target {spec.name}: tuning trials apply to CPU targets; CUDA uses dlight schedules")
     if int8 not in ("auto", "on", "off"):
         raise GraphpressError(f"int8 must be auto, on or off, got '{int8}'")
+    if spec.cross_compiler:
+        require_compiler(spec.cross_compiler)  # before minutes of compiling, not at save
     shapes = bind_input_shapes(model, input_shapes)
     t0 = time.perf_counter()
     prepared, prep_stats = prepare_for_lowering(model, prepare)

@@ -35,7 +35,7 @@ def bind_input_shapes(model: ir.Model, input_shapes: Mapping[str, Sequence[int]]
     names = [v.name for v in model.graph.inputs if v.name not in model.graph.initializers]
     unknown = [n for n in input_shapes if n not in names]
     if unknown:
-        raise GraphpressError(f"--input-shape names '{unknown[0]}', which is not an input; inputs: {', '.join(names)}")
+        raise GraphpressError(f"input shape given for '{unknown[0]}', which is not an input; inputs: {', '.join(names)}")
     bound: dict[str, dict[str, Any]] = {}
     for value in model.graph.inputs:
         if value.name in model.graph.initializers:
@@ -43,9 +43,9 @@ def bind_input_shapes(model: ir.Model, input_shapes: Mapping[str, Sequence[int]]
         if value.name in input_shapes:
             shape = [int(d) for d in input_shapes[value.name]]
             if value.shape is not None and len(shape) != len(value.shape):
-                raise GraphpressError(f"input '{value.name}' has rank {len(value.shape)}, --input-shape gives {len(shape)} dims")
+                raise GraphpressError(f"input '{value.name}' has rank {len(value.shape)}, but its given shape has {len(shape)} dims")
         elif value.shape is None:
-            raise GraphpressError(f"input '{value.name}' has no declared shape; give it with --input-shape {value.name}=1x3x224x224")
+            raise GraphpressError(f"input '{value.name}' has no declared shape; give it (--input-shape {value.name}=1x3x224x224, or input_shapes in Python)")
         else:
             shape = [d if isinstance(d, int) else 1 for d in value.shape]
         dtype = value.dtype.numpy().name if value.dtype is not None else "float32"

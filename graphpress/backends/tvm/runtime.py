@@ -97,7 +97,11 @@ class CompiledModel:
         for spec, value in zip(self.meta["inputs"], args):
             if hasattr(value, "detach"):  # torch tensor
                 value = value.detach().cpu().numpy()
-            arr = np.ascontiguousarray(value, dtype=spec["dtype"])
+            given = np.asarray(value)
+            want = np.dtype(spec["dtype"])
+            if given.dtype != want and not (given.dtype.kind == want.kind == "f" or (given.dtype.kind in "iub" and want.kind in "iu")):
+                raise _error(f"input '{spec['name']}' expects {want} {spec['shape']}, was given {given.dtype} {list(given.shape)}")
+            arr = np.ascontiguousarray(given, dtype=want)
             if list(arr.shape) != list(spec["shape"]):
                 raise _error(
                     f"input '{spec['name']}' has shape {list(arr.shape)}; this artifact was built for {spec['shape']} "
@@ -145,23 +149,23 @@ class CompiledModel:
             raise _error(f"{dest}: cannot write the artifact, directory {parent} does not exist")
         if dest.exists() and not (dest / ARTIFACT_META).is_file():
             raise _error(f"{dest}: exists and is not a graphpress artifact; choose another -o path")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=parent))
-        try:
-            kwargs = {}
-            cxx = self.meta.get("cross_compiler")
-            if cxx:
-                from tvm.support import cc
+        from graphpress.ir.atomic import atomic_directory, write_all
 
-                kwargs["fcompile"] = cc.cross_compiler(cxx)
+        kwargs = {}
+        cxx = self.meta.get("cross_compiler")
+        if cxx:
+            from tvm.support import cc
+
+            require_compiler(cxx)
+            kwargs["fcompile"] = cc.cross_compiler(cxx)
+        with atomic_directory(dest) as tmp:
             with quiet_native_stderr():
                 self._executable.export_library(str(tmp / ARTIFACT_LIB), **kwargs)
-            (tmp / ARTIFACT_META).write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
-            if dest.exists():
-                shutil.rmtree(dest)
-            os.replace(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            fd = os.open(tmp / ARTIFACT_META, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            try:
+                write_all(fd, (json.dumps(self.meta, indent=2, sort_keys=True) + "\n").encode())
+            finally:
+                os.close(fd)
         return dest
 
 
@@ -189,6 +193,13 @@ def quiet_native_stderr():
             os.close(saved)
 
 
+def require_compiler(cxx: str) -> None:
+    """Refuse, with what to install, when the C++ compiler that links an artifact is missing."""
+    if shutil.which(cxx) is None:
+        hint = "run 'make arm-env' or install Debian's g++-aarch64-linux-gnu" if "aarch64" in cxx else f"install {cxx}"
+        raise _error(f"the C++ cross compiler '{cxx}' that links this target's library is not installed; {hint}")
+
+
 def _error(message: str) -> Exception:
     """A GraphpressError, or a RuntimeError where graphpress itself is not importable
     (this module also runs standalone on an aarch64 machine with only TVM and numpy)."""
@@ -197,6 +208,24 @@ def _error(message: str) -> Exception:
     except ImportError:  # pragma: no cover - standalone runner
         return RuntimeError(message)
     return GraphpressError(message)
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise _error(f"{path}: damaged artifact metadata ({str(e).splitlines()[0][:120]}); compile the model again") from None
+    missing = [k for k in ("target", "inputs", "outputs") if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise _error(f"{path}: damaged artifact metadata (no {', '.join(missing)}); compile the model again")
+    try:
+        for io in meta["inputs"]:
+            io["name"], np.dtype(io["dtype"]), [int(d) for d in io["shape"]]
+        for io in meta["outputs"]:
+            io["name"]
+    except (KeyError, TypeError, ValueError):
+        raise _error(f"{path}: damaged artifact metadata (bad inputs/outputs entries); compile the model again") from None
+    return meta
 
 
 def _flatten(out: Any) -> list[np.ndarray]:
@@ -221,7 +250,9 @@ def load(path: str | os.PathLike, *, num_threads: int | None = None) -> Compiled
     meta_path = root / ARTIFACT_META
     if not meta_path.is_file() or not (root / ARTIFACT_LIB).is_file():
         raise _error(f"{root}: not a graphpress artifact (expected {ARTIFACT_LIB} and {ARTIFACT_META}); build one with graphpress compile")
-    meta = json.loads(meta_path.read_text())
+    meta = _read_meta(meta_path)
+    if num_threads is not None and num_threads < 1:
+        raise _error(f"threads must be >= 1, got {num_threads}")
     try:
         with quiet_native_stderr():
             library = tvm.runtime.load_module(str(root / ARTIFACT_LIB))

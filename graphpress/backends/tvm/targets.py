@@ -165,9 +165,9 @@ def resolve_target(target: str | dict[str, Any]) -> TargetSpec:
         try:
             config = json.loads(text)
         except json.JSONDecodeError as e:
-            raise GraphpressError(f"--target: not valid JSON ({e.msg} at column {e.colno}); give x86, aarch64, cuda or a TVM target dict") from e
+            raise GraphpressError(f"target: not valid JSON ({e.msg} at column {e.colno}); give x86, aarch64, cuda or a TVM target dict") from e
         if not isinstance(config, dict) or "kind" not in config:
-            raise GraphpressError("--target: a TVM target dict needs a 'kind', e.g. {\"kind\": \"llvm\", \"mcpu\": \"skylake-avx512\"}")
+            raise GraphpressError("target: a TVM target dict needs a 'kind', e.g. {\"kind\": \"llvm\", \"mcpu\": \"skylake-avx512\"}")
         return resolve_target(config)
     name, _, arg = text.partition(":")
     if name == "x86":
@@ -180,7 +180,7 @@ def resolve_target(target: str | dict[str, Any]) -> TargetSpec:
         )
     if name == "cuda":
         return TargetSpec("cuda", {"kind": "cuda", "arch": arg or _cuda_arch()})
-    raise GraphpressError(f"--target: unknown target '{target}'; give x86, aarch64, cuda (or cuda:sm_80) or a TVM target JSON dict")
+    raise GraphpressError(f"target: unknown target '{target}'; give x86, aarch64, cuda (or cuda:sm_80) or a TVM target JSON dict")
 
 
 def _cross_for(config: dict[str, Any]) -> str | None:

@@ -1,0 +1,190 @@
+"""Outputs appear whole or not at all: interrupted writes (kill -9, SIGINT, SIGTERM) leave the
+earlier output loadable and no temporary file; permissions follow the umask."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import graphpress as gp
+from graphpress.ir import atomic
+
+# A child that builds a model with ~48 MB of weights (version given on the command line),
+# says "ready", then saves it over OUT: the parent interrupts it at a random moment.
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    import numpy as np, onnx
+    from onnx import helper, TensorProto
+    import graphpress as gp
+    from graphpress.cli import _terminate_as_exception
+
+    out, version, external = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+    rng = np.random.default_rng(version)
+    inits = [onnx.numpy_helper.from_array(rng.standard_normal((1000, 1000)).astype(np.float32), f"W{i}") for i in range(12)]
+    nodes = [helper.make_node("MatMul", ["x" if i == 0 else f"h{i - 1}", f"W{i}"], [f"h{i}" if i < 11 else "y"]) for i in range(12)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1000])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 1000])], inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    proto.ir_version = 10
+    model = gp.load(proto)
+    with _terminate_as_exception():
+        print("ready", flush=True)
+        t = time.perf_counter()
+        try:
+            gp.save(model, out, external_data=external)
+        except KeyboardInterrupt:
+            sys.exit(130)
+        print(time.perf_counter() - t, flush=True)
+    """
+)
+
+
+def _state(out: Path) -> str | None:
+    """Which version the output holds ("A"/"B" by the first weight's seed), checking it loads whole."""
+    if not out.exists():
+        return None
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])  # loads .onnx + .data
+    proto = onnx.load(str(out))
+    w0 = onnx.numpy_helper.to_array(proto.graph.initializer[0])
+    for version in (0, 1):
+        if np.array_equal(w0, np.random.default_rng(version).standard_normal((1000, 1000)).astype(np.float32)):
+            assert sess.get_inputs()[0].name == "x"
+            w11 = onnx.numpy_helper.to_array(proto.graph.initializer[11])
+            rng = np.random.default_rng(version)
+            expected = [rng.standard_normal((1000, 1000)).astype(np.float32) for _ in range(12)][11]
+            assert np.array_equal(w11, expected), "first and last weight from different versions"
+            return str(version)
+    raise AssertionError("output holds neither version")
+
+
+def _spawn(out: Path, version: int, external: bool) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(out), str(version), "1" if external else "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+    return proc
+
+
+@pytest.mark.parametrize("external", [True, False], ids=["external-data", "one-file"])
+def test_interrupted_writes_leave_the_old_or_the_new_output_and_no_temp_file(tmp_path, external):
+    out = tmp_path / "out.onnx"
+    proc = _spawn(out, 0, external)
+    duration = float(proc.communicate(timeout=120)[0].strip())
+    assert _state(out) == "0"
+    rng = random.Random(0)
+    seen = {"kept": 0, "replaced": 0}
+    version = 0
+    for i in range(12):
+        sig = (signal.SIGKILL, signal.SIGINT, signal.SIGTERM)[i % 3]
+        new = 1 - version
+        proc = _spawn(out, new, external)
+        time.sleep(rng.uniform(0, duration * 1.3))
+        proc.send_signal(sig)
+        proc.communicate(timeout=120)
+        state = _state(out)
+        assert state in (str(version), str(new)), f"round {i}: {state}"
+        seen["replaced" if state == str(new) else "kept"] += 1
+        version = int(state)
+        names = sorted(p.name for p in tmp_path.iterdir())
+        assert names == (["out.onnx", "out.onnx.data"] if external else ["out.onnx"]), f"round {i} ({sig.name}): {names}"
+    assert seen["kept"] > 0  # some interruptions landed inside the write
+
+
+def test_stale_temp_of_a_dead_process_is_removed_by_the_next_write(tmp_path, mlp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    stale = tmp_path / f".out.onnx.{dead}.0123abcd.tmp"
+    stale.write_bytes(b"half a model")
+    live = tmp_path / f".out.onnx.{os.getpid()}.0123abcd.tmp"  # this process: still writing
+    live.write_bytes(b"x")
+    gp.save(gp.load(mlp_path), tmp_path / "out.onnx")
+    assert not stale.exists() and live.exists()
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_outputs_get_the_umask_permissions(tmp_path, mlp_path, mask):
+    old = os.umask(mask)
+    try:
+        out = gp.save(gp.load(mlp_path), tmp_path / "m.onnx", external_data=True)
+        report = tmp_path / "r.json"
+        from graphpress.passes.report import write_json_atomic
+
+        write_json_atomic({"a": 1}, report)
+        with atomic.atomic_directory(tmp_path / "artifact") as d:
+            (d / "f").write_text("x")
+    finally:
+        os.umask(old)
+    for p in (out, Path(str(out) + ".data"), report):
+        assert p.stat().st_mode & 0o777 == 0o666 & ~mask, p
+    assert (tmp_path / "artifact").stat().st_mode & 0o777 == 0o777 & ~mask
+
+
+def test_replacing_keeps_the_mode_of_an_existing_output(tmp_path, mlp_path):
+    out = tmp_path / "m.onnx"
+    gp.save(gp.load(mlp_path), out)
+    out.chmod(0o640)
+    gp.save(gp.load(mlp_path), out)
+    assert out.stat().st_mode & 0o777 == 0o640
+
+
+def test_atomic_directory_swaps_in_one_step_and_keeps_the_old_one_on_failure(tmp_path):
+    dest = tmp_path / "art"
+    with atomic.atomic_directory(dest) as d:
+        (d / "v").write_text("1")
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_directory(dest) as d:
+            (d / "v").write_text("2")
+            raise RuntimeError("compile failed")
+    assert (dest / "v").read_text() == "1"
+    with atomic.atomic_directory(dest) as d:
+        (d / "v").write_text("3")
+    assert (dest / "v").read_text() == "3"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+
+
+def test_deferred_signals_deliver_after_the_block():
+    got = []
+    old = signal.signal(signal.SIGUSR1, lambda *a: got.append("late"))
+    try:
+        # SIGINT is held: raised as KeyboardInterrupt only after the block
+        with pytest.raises(KeyboardInterrupt):
+            with atomic.deferred_signals():
+                signal.raise_signal(signal.SIGINT)
+                got.append("block finished")
+        assert got == ["block finished"]
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+
+
+def test_report_json_is_strict(tmp_path):
+    import json
+    import math
+
+    from graphpress.passes.report import write_json_atomic
+
+    path = tmp_path / "r.json"
+    write_json_atomic({"atol": math.inf, "neg": -math.inf, "nan": float("nan"), "x": np.float32(1.5), "n": [np.int64(3)]}, path)
+    text = path.read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard token {c}")) == {
+        "atol": "inf", "neg": "-inf", "nan": "nan", "x": 1.5, "n": [3],
+    }  # fmt: skip
+
+
+def test_write_bytes_atomic_content(tmp_path):
+    data = os.urandom(1 << 20)
+    atomic.write_bytes_atomic(tmp_path / "f.bin", data)
+    assert hashlib.sha256((tmp_path / "f.bin").read_bytes()).digest() == hashlib.sha256(data).digest()
