@@ -177,7 +177,10 @@ def _deserialize(proto: onnx.ModelProto, where: str) -> ir.Model:
         with frozen_heap():
             return ir.serde.deserialize_model(proto)
     except Exception as e:
-        raise ModelLoadError(f"{where}: the ONNX model is malformed ({_first_line(e)})") from e
+        root = e  # onnx-ir wraps the reason in "Error calling _deserialize_graph" errors
+        while root.__cause__ is not None:
+            root = root.__cause__
+        raise ModelLoadError(f"{where}: the ONNX model is malformed ({_first_line(root)}); re-export it") from e
 
 
 def _convert_opset(model: ir.Model, where: str, opset: int, base_dir: str | None) -> ir.Model:

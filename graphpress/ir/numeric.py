@@ -298,9 +298,10 @@ def load_samples(path: str | os.PathLike, model: ir.Model) -> list[dict[str, np.
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Every array of an ``.npz`` file (no pickles), or one line saying why not."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if not hasattr(data, "files"):
-                raise ValueError("a single .npy array, not an .npz archive of named arrays")
+        data = np.load(path, allow_pickle=False)
+        if not hasattr(data, "files"):
+            raise ValueError("a single .npy array, not an .npz archive of named arrays")
+        with data:
             return {k: data[k] for k in data.files}
     except FileNotFoundError as e:
         raise GraphpressError(f"{path}: no such file; give an .npz of sample inputs") from e
@@ -358,10 +359,11 @@ def as_samples(feeds: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarra
     """One feed dict or a sequence of them, as a list of feed dicts."""
     if isinstance(feeds, Mapping):
         return [dict(feeds)]
-    samples = [dict(f) for f in feeds]
-    if not samples or not all(isinstance(f, Mapping) for f in feeds):
-        raise GraphpressError("sample inputs must be a dict of input name -> array, or a non-empty list of such dicts")
-    return samples
+    if not isinstance(feeds, Sequence) or not feeds or not all(isinstance(f, Mapping) for f in feeds):
+        raise GraphpressError(
+            f"sample inputs must be a dict of input name -> array, or a non-empty list of such dicts; got a {type(feeds).__name__}"
+        )
+    return [dict(f) for f in feeds]
 
 
 def run_samples(
