@@ -5,7 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean arm-env
+FUZZ_VENV := .fuzz-venv
+N ?= 500
+SEED ?= 0
+JOBS ?= 2
+
+.PHONY: demo test bench install clean arm-env fuzz fuzz-env
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,8 +25,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/graphpress demo
 
-test: $(STAMP)
+test: $(STAMP) fuzz-env
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+
+# NNSmith (graph generator for the differential fuzzer) in its own virtualenv: it pins its own
+# dependencies and needs torch's legacy TorchScript exporter (fuzz/setup-venv.sh).
+fuzz-env:
+	bash fuzz/setup-venv.sh $(FUZZ_VENV)
+
+# Differential fuzzing: N NNSmith graphs from SEED, every pass family and the x86 compile
+# against ONNX Runtime on the generated graph (fuzz/differential.py); the tally is printed.
+fuzz: $(STAMP) fuzz-env
+	$(FUZZ_VENV)/bin/python fuzz/generate.py --out .fuzz-cache/graphs-$(SEED)-$(N) --count $(N) --seed $(SEED)
+	$(BIN)/python fuzz/differential.py .fuzz-cache/graphs-$(SEED)-$(N) --jobs $(JOBS) --json .fuzz-cache/results-$(SEED)-$(N).json
 
 # aarch64 cross toolchain + qemu-user (apt), an aarch64 Python sysroot and the aarch64 TVM
 # runtime wheel, so tests can run aarch64 artifacts under qemu (scripts/arm-env.sh).
@@ -32,4 +48,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/passes.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(FUZZ_VENV) .fuzz-cache .pytest_cache

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper
 
@@ -286,7 +287,7 @@ def _api_rows():
     from graphpress.backends.tvm import runtime
     from graphpress.backends.tvm.build import compile_model
     from graphpress.ir import numeric
-    from graphpress.passes import DumpInstrument, NumericInstrument, PassManager, build_passes
+    from graphpress.passes import DumpInstrument, InvariantInstrument, NumericInstrument, PassManager, build_passes
     from graphpress.passes.registry import get
 
     def model(d):
@@ -306,6 +307,7 @@ def _api_rows():
         ("save-over-input", lambda d, o: gp.save(model(d), d / "mlp.onnx"), "mlp.onnx: is the input model"),
         ("save-over-input-data", lambda d, o: gp.save(gp.load(d / "ext.onnx"), d / "ext.onnx.data"), "holds the input model's external data"),
         ("manager-given-a-path", lambda d, o: PassManager(build_passes("cleanup")).run(str(d / "mlp.onnx")), "PassManager.run takes an onnx_ir.Model, got a path"),
+        ("manager-cyclic-graph", lambda d, o: PassManager(build_passes("dce"), [InvariantInstrument()]).run(_cyclic()), "input model: the graph has a cycle (n1 -> n2 -> n1)"),
         ("manager-max-iterations", lambda d, o: PassManager([], max_iterations=0), "max_iterations must be >= 1"),
         ("numeric-wrong-shape", verified({"x": np.ones((1, 3), np.float32)}), "input 'x' expects float32 [1, 8], was given float32 [1, 3]"),
         ("numeric-wrong-dtype", verified({"x": np.ones((1, 8), np.float64)}), "input 'x' expects float32 [1, 8], was given float64 [1, 8]"),
@@ -326,6 +328,16 @@ def _api_rows():
         ("tvm-load-missing", lambda d, o: runtime.load(d / "nope"), "not a graphpress artifact"),
         ("tvm-load-threads", lambda d, o: runtime.load(d / "keyless_artifact", num_threads=0), "damaged artifact metadata"),
     ]
+
+
+def _cyclic():
+    """A graph built in code whose two nodes feed each other."""
+    x = ir.Value(name="x", type=ir.TensorType(ir.DataType.FLOAT), shape=ir.Shape([2]))
+    n1 = ir.Node("", "Relu", [x], name="n1")
+    n2 = ir.Node("", "Relu", [n1.outputs[0]], name="n2")
+    n1.replace_input_with(0, n2.outputs[0])
+    graph = ir.Graph([x], [n2.outputs[0]], nodes=[n1, n2], opset_imports={"": 20}, name="g")
+    return ir.Model(graph, ir_version=10)
 
 
 def _broken(model):

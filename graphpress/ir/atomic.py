@@ -31,7 +31,7 @@ import secrets
 import shutil
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -40,6 +40,7 @@ __all__ = [
     "atomic_directory",
     "deferred_signals",
     "remove_stale_temps",
+    "stale_temps",
     "temp_path",
     "umask",
     "write_all",
@@ -92,24 +93,28 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(dest: Path) -> list[Path]:
-    """Remove temporary files/directories for ``dest`` whose process no longer runs.
+def stale_temps(dest: Path) -> list[Path]:
+    """Temporary files/directories for ``dest`` whose process no longer runs."""
+    try:
+        entries = list(os.scandir(dest.parent))
+    except OSError:
+        return []
+    return [Path(e.path) for e in entries if (pid := _temp_owner(e.name, dest.name)) is not None and not _alive(pid)]
+
+
+def remove_stale_temps(dest: Path, keep: Iterable[Path] = ()) -> list[Path]:
+    """Remove :func:`stale_temps` of ``dest``, except those in ``keep`` (still referred to).
 
     Returns:
         The paths removed.
     """
+    keep = {Path(p).name for p in keep}
     removed = []
-    try:
-        entries = list(os.scandir(dest.parent))
-    except OSError:
-        return removed
-    for entry in entries:
-        pid = _temp_owner(entry.name, dest.name)
-        if pid is None or _alive(pid):
+    for path in stale_temps(dest):
+        if path.name in keep:
             continue
-        path = Path(entry.path)
         with contextlib.suppress(OSError):
-            if entry.is_dir(follow_symlinks=False):
+            if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
             else:
                 path.unlink()

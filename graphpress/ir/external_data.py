@@ -40,6 +40,7 @@ __all__ = [
     "externalized",
     "inlined",
     "relocate",
+    "tensor_protos",
     "weight_bytes",
     "write_data",
 ]
@@ -248,7 +249,8 @@ def externalized(layout: DataLayout, location: str, base_dir: str) -> Iterator[N
         yield
 
 
-def _tensor_protos(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+def tensor_protos(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    """Every TensorProto of ``graph``: initializers and attribute tensors, subgraphs included."""
     yield from graph.initializer
     for node in graph.node:
         for attr in node.attribute:
@@ -256,14 +258,14 @@ def _tensor_protos(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
                 yield attr.t
             yield from attr.tensors
             if attr.HasField("g"):
-                yield from _tensor_protos(attr.g)
+                yield from tensor_protos(attr.g)
             for g in attr.graphs:
-                yield from _tensor_protos(g)
+                yield from tensor_protos(g)
 
 
 def relocate(proto: onnx.ModelProto, old: str, new: str) -> None:
     """Point every external tensor of ``proto`` stored at ``old`` to ``new`` instead."""
-    for t in _tensor_protos(proto.graph):
+    for t in tensor_protos(proto.graph):
         if t.data_location != onnx.TensorProto.EXTERNAL:
             continue
         for entry in t.external_data:

@@ -340,14 +340,32 @@ def save(
             raise GraphpressError(f"{p}: holds the input model's external data; write the output to another path")
     if external_data is None:
         external_data = external_data_mod.weight_bytes(model) > external_data_mod.INLINE_LIMIT_BYTES
+    # a write killed while switching names leaves dest referring to a hidden data file: it is
+    # kept until dest is replaced
+    referenced = _referenced_temps(dest, data_path)
     atomic.remove_stale_temps(dest)
-    atomic.remove_stale_temps(data_path)
+    atomic.remove_stale_temps(data_path, keep=referenced)
     with frozen_heap():
         if external_data:
             _save_with_data(model, dest, data_path, size_threshold_bytes)
         else:
             _save_inline(model, dest, data_path)
+    for path in referenced:
+        path.unlink(missing_ok=True)
     return dest
+
+
+def _referenced_temps(dest: Path, data_path: Path) -> list[Path]:
+    """Stale temporary data files of ``data_path`` that the existing ``dest`` refers to."""
+    stale = atomic.stale_temps(data_path)
+    if not stale or not dest.is_file():
+        return []
+    try:
+        proto = onnx.load(str(dest), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not a model we can read: it refers to nothing
+        return []
+    locations = {e.value for t in external_data_mod.tensor_protos(proto.graph) for e in t.external_data if e.key == "location"}
+    return [p for p in stale if p.name in locations]
 
 
 def _serialize(model: ir.Model) -> onnx.ModelProto:
@@ -403,7 +421,9 @@ def _save_with_data(model: ir.Model, dest: Path, data_path: Path, size_threshold
             external_data_mod.relocate(proto, data_path.name, hidden.name)
             atomic.write_all(staged.fd, _to_bytes(proto, dest))
             staged.sync()
-        with atomic.deferred_signals():
+        # the earlier data file stays open meanwhile: dropping its name frees no blocks (which
+        # takes milliseconds for a large file) until the names are switched
+        with _held_open(data_path if replacing else None), atomic.deferred_signals():
             if not replacing:
                 data.link(data_path)
                 final.link()
@@ -416,6 +436,19 @@ def _save_with_data(model: ir.Model, dest: Path, data_path: Path, size_threshold
                 hidden.unlink()
             data.committed = final.committed = True
             staged.committed = replacing
+
+
+@contextlib.contextmanager
+def _held_open(path: Path | None):
+    fd = None
+    if path is not None:
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_RDONLY)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def check_writable(path: str | os.PathLike, what: str = "output", input_path: Path | None = None) -> Path:

@@ -35,6 +35,7 @@ import onnx
 from graphpress.errors import GraphpressError
 from graphpress.ir import huffman
 from graphpress.ir.atomic import write_bytes_atomic
+from graphpress.ir.external_data import tensor_protos
 
 __all__ = ["PackReport", "huffman_bytes", "pack", "pack_bytes", "unpack", "unpack_bytes"]
 
@@ -96,25 +97,12 @@ def huffman_bytes(data: bytes) -> int:
     return 256 + int((counts * length).sum() + 7) // 8
 
 
-def _tensors(graph: onnx.GraphProto):
-    yield from graph.initializer
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.TENSOR:
-                yield attr.t
-            elif attr.type == onnx.AttributeProto.GRAPH:
-                yield from _tensors(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _tensors(g)
-
-
 def _has_external_data(data: bytes) -> bool:
     try:
         proto = onnx.load_from_string(data)
     except Exception:  # noqa: BLE001 - reported by _segments with the file name
         return False
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in _tensors(proto.graph))
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensor_protos(proto.graph))
 
 
 def _segments(data: bytes, where: str) -> list[tuple[int, int, int]]:
@@ -126,7 +114,7 @@ def _segments(data: bytes, where: str) -> list[tuple[int, int, int]]:
     found: list[tuple[int, int, int]] = []
     claimed: list[tuple[int, int]] = []
     blobs = []
-    for t in _tensors(proto.graph):
+    for t in tensor_protos(proto.graph):
         if t.data_location == onnx.TensorProto.EXTERNAL:
             raise GraphpressError(f"{where}: weights are stored in external data files; save the model as one .onnx file first")
         if len(t.raw_data) >= MIN_TENSOR_BYTES:

@@ -26,8 +26,9 @@ import onnx_ir as ir
 from graphpress.errors import GraphpressError, InvariantError, NumericMismatchError, PassFailedError
 from graphpress._heap import frozen_heap
 from graphpress.ir import numeric
+from graphpress.ir.divergence import attribute_divergence
 from graphpress.ir.io import save, to_proto
-from graphpress.ir.verify import check
+from graphpress.ir.verify import check, find_cycle
 from graphpress.passes.base import Pass, PassResult
 
 __all__ = [
@@ -125,6 +126,9 @@ class InvariantInstrument(Instrument):
 
     def run_start(self, model):
         problems = check(model)
+        cycle = find_cycle(model) if any("not in topological order" in p for p in problems) else None
+        if cycle:
+            raise GraphpressError(f"input model: the graph has a cycle ({' -> '.join(cycle)}); ONNX graphs must be acyclic")
         if problems:
             raise InvariantError(problems, "input model")
 
@@ -160,6 +164,13 @@ class NumericInstrument(Instrument):
         min_cosine: the end-to-end budget of a lossy pipeline.
         baseline_family: the tolerance family of what turned the user's model into the one
             the run starts from ("cleanup" after an opset conversion on load; "exact" if none).
+        baseline_model: the model ``baseline_outputs`` came from (the file as it was), for
+            attributing a failed end-to-end check.
+
+    A lossless check that fails is attributed (:func:`graphpress.ir.divergence.attribute_divergence`):
+    when every difference is rounding within tolerance that an untouched node amplified
+    (``Sin`` of large values, ``Ceil``, a long float16 sum), it passes with those nodes named
+    in ``amplified_by``.
     """
 
     def __init__(
@@ -171,6 +182,7 @@ class NumericInstrument(Instrument):
         baseline_outputs: Mapping[str, np.ndarray] | None = None,
         min_cosine: float = LOSSY_MIN_COSINE,
         baseline_family: str = "exact",
+        baseline_model: onnx.ModelProto | None = None,
     ):
         self.samples = numeric.as_samples(feeds)
         self.inputs_source = inputs_source
@@ -179,10 +191,14 @@ class NumericInstrument(Instrument):
         self.final: numeric.NumericReport | None = None
         self.vs_reference: numeric.NumericReport | None = None
         self.baseline_family = baseline_family
+        #: the least precise float dtype the input model computes in (judges float outputs)
+        self.precision: str | None = None
         self._families: list[str] = []
         self._since_rebase: list[str] = []
         self._reference_outputs: dict[str, np.ndarray] | None = None
         self._baseline = dict(baseline_outputs) if baseline_outputs is not None else None
+        self._baseline_model = baseline_model
+        self._input_snapshot: onnx.ModelProto | None = None
         #: passes whose ``PassResult.reference`` replaced the baseline (e.g. ``prune``: the masked model)
         self.rebased_by: list[str] = []
 
@@ -198,9 +214,28 @@ class NumericInstrument(Instrument):
         self.rebased_by = []
         self._input_outputs = self._baseline if self._baseline is not None else self._run(model, "the input model")
         self._prev_outputs = self._run(model, "the input model") if self._baseline is not None else self._input_outputs
+        self.precision = numeric.lowest_float_precision(model)
         self._families = [self.baseline_family if self._baseline is not None else "exact"]
         self._since_rebase = []
         self._reference_outputs = None
+        self._input_snapshot = self._baseline_model if self._baseline_model is not None else (to_proto(model) if self.locate else None)
+
+    def _sample(self, outputs: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
+        return outputs if len(self.samples) == 1 else {k: v[i] for k, v in outputs.items()}
+
+    def _attribute(self, report, reference, candidate, ref_outputs, new_outputs, family: str) -> None:
+        """Accept a failed lossless check whose every difference is amplified rounding (``report.amplified_by``)."""
+        if reference is None or family in LOSSY_FAMILIES or family == "exact":
+            return
+        amplified: list[dict] = []
+        for i, feeds in enumerate(self.samples):
+            if numeric.compare_outputs(self._sample(ref_outputs, i), self._sample(new_outputs, i), family, precision=self.precision).passed:
+                continue
+            found = attribute_divergence(reference, candidate, feeds, family=family, precision=self.precision)
+            if not found.explained:
+                return
+            amplified += [a for a in found.amplified_by if a not in amplified]
+        report.amplified_by = amplified or None
 
     def before_pass(self, pass_, model, record):
         self._snapshot: onnx.ModelProto | None = to_proto(model) if self.locate else None
@@ -211,21 +246,36 @@ class NumericInstrument(Instrument):
         family = pass_.family
         self._families.append(family)
         self._since_rebase.append(family)
-        outputs = self._run(model, f"the model after pass '{record.name}'")
+        try:
+            outputs = self._run(model, f"the model after pass '{record.name}'")
+        except GraphpressError as e:  # the input ran: what the pass wrote does not
+            raise NumericMismatchError(
+                f"pass '{record.name}' produced a model ONNX Runtime cannot run ({e}); "
+                f"leave '{record.name}' out of the pipeline and report the model"
+            ) from e
         reference = getattr(result, "reference", None)
         if reference is not None:
             # the pass changed the function on purpose: its reference is the new baseline
             self._prev_outputs = self._reference_outputs = self._run(reference, f"the reference of pass '{record.name}'")
             self._since_rebase = [family]
             self.rebased_by.append(record.name)
-        report = numeric.compare_outputs(self._prev_outputs, outputs, family, self.inputs_source)
+        report = numeric.compare_outputs(self._prev_outputs, outputs, family, self.inputs_source, precision=self.precision)
+        if not report.passed and reference is None:
+            self._attribute(report, self._snapshot, model, self._prev_outputs, outputs, family)
         if not report.passed and self._snapshot is not None and reference is None:
-            report.first_divergence = numeric.first_divergence(self._snapshot, model, self.feeds, family=family)
+            report.first_divergence = numeric.first_divergence(self._snapshot, model, self.feeds, family=family, precision=self.precision)
         record.verification = {"passed": report.passed, "max_abs_diff": report.max_abs_diff, "cosine": report.min_cosine, "family": family}
+        if report.amplified_by:
+            record.verification["amplified_by"] = report.amplified_by
         if not report.passed:
+            advice = (
+                f"it lost more than its tolerance allows on these inputs: keep more of the model in float "
+                f"(the pass's exclude/tolerance options) or leave '{record.name}' out"
+                if family in LOSSY_FAMILIES
+                else f"leave '{record.name}' out of the pipeline and report the model"
+            )
             raise NumericMismatchError(
-                f"pass '{record.name}' changed the outputs beyond its '{family}' tolerance: "
-                f"{report.describe_failure()}; leave '{record.name}' out of the pipeline and report the model",
+                f"pass '{record.name}' changed the outputs beyond its '{family}' tolerance: {report.describe_failure()}; {advice}",
                 report,
             )
         self._prev_outputs = outputs
@@ -240,14 +290,17 @@ class NumericInstrument(Instrument):
         outputs = self._prev_outputs
         if self._reference_outputs is not None:
             since = max(self._since_rebase, key=FAMILY_ORDER.index)
-            self.vs_reference = numeric.compare_outputs(self._reference_outputs, outputs, since, self.inputs_source)
+            self.vs_reference = numeric.compare_outputs(self._reference_outputs, outputs, since, self.inputs_source, precision=self.precision)
         # a lossy pipeline is judged by its budget: the cosine every output keeps
         family = "quantization" if self.lossy else loosest
         self.final = numeric.compare_outputs(
-            self._input_outputs, outputs, family, self.inputs_source, min_cosine=self.min_cosine if self.lossy else None
-        )
+            self._input_outputs, outputs, family, self.inputs_source,
+            min_cosine=self.min_cosine if self.lossy else None, precision=self.precision,
+        )  # fmt: skip
         if self.lossy:
             self.final.family = "budget"
+        elif not self.final.passed and self._input_snapshot is not None:
+            self._attribute(self.final, self._input_snapshot, model, self._input_outputs, outputs, loosest)
         if not self.final.passed:
             moved = f" (passes that change the function on purpose: {', '.join(self.rebased_by)})" if self.rebased_by else ""
             budget = f"the budget cosine >= {self.min_cosine:g}" if self.lossy else f"the '{loosest}' tolerance"

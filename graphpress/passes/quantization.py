@@ -120,6 +120,12 @@ def quantize_model(
         else:
             info["weights"] = _weight_only(model, ops or list(QUANTIZABLE), exclude)
         return info
+    # ORT's quantizer handles float32 only: a node touching float16/float64/bfloat16 tensors
+    # would get float32 Q/DQ on them (an invalid graph) or stop the quantizer
+    other_float = _nodes_with_other_floats(proto)
+    if other_float:
+        info["kept_for_dtype"] = len(other_float)
+        exclude = [*exclude, *other_float]
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "in.onnx"), os.path.join(tmp, "out.onnx")
         onnx.save(proto, src)
@@ -150,6 +156,27 @@ def quantize_model(
         out = onnx.load(dst)
     _replace_contents(model, out)
     return info
+
+
+_OTHER_FLOATS = {onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+
+def _nodes_with_other_floats(proto: onnx.ModelProto) -> list[str]:
+    """Names of the nodes with a non-float32 floating-point input or output (unnamed ones get a name)."""
+    try:
+        typed = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
+    except Exception:  # noqa: BLE001 - inference is best effort; declared types still count
+        typed = proto
+    graph = typed.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.output, *graph.value_info)}
+    types.update({t.name: t.data_type for t in graph.initializer})
+    names = []
+    for i, (node, original) in enumerate(zip(graph.node, proto.graph.node)):
+        if any(types.get(v) in _OTHER_FLOATS for v in (*node.input, *node.output) if v):
+            if not original.name:
+                original.name = f"graphpress_unnamed_{i}"
+            names.append(original.name)
+    return names
 
 
 class _Ranges(dict):

@@ -121,12 +121,18 @@ class Rule(pattern.RewriteRule):
         _RULE_NAMES[name] = self
 
     @classmethod
-    def wrap(cls, rule: pattern.RewriteRule, name: str | None = None, *, qdq_safe: bool = False) -> Rule:
-        """Adopt an onnxscript rule (e.g. from ``onnxscript.rewriter.rules.common``) as a graphpress rule."""
+    def wrap(
+        cls, rule: pattern.RewriteRule, name: str | None = None, *, qdq_safe: bool = False, check: Callable[..., str | None] | None = None
+    ) -> Rule:
+        """Adopt an onnxscript rule (e.g. from ``onnxscript.rewriter.rules.common``) as a graphpress rule.
+
+        ``check`` adds a condition of ours to the rule's own (a reason to refuse, or ``None``).
+        """
         new = cls(
             name or rule.name or type(rule).__name__,
             rule._target_pattern,  # noqa: SLF001 - onnxscript keeps these private; pinned via onnxscript's API
             rule._replacement_pattern,  # noqa: SLF001
+            check,
             condition=rule._condition_function,  # noqa: SLF001
             qdq_safe=qdq_safe,
             remove_nodes=rule.remove_nodes,

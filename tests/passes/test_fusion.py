@@ -326,3 +326,27 @@ def test_fuse_pass_is_listed_with_options():
     cls = get("fuse")
     assert cls.family == "fusion"
     assert not cls(attention=False).options.attention
+
+
+def test_matmul_add_becomes_gemm_only_when_the_bias_broadcasts_to_m_n():
+    """Add broadcasts both ways, Gemm's C one way: a bias of rank 4 stays an Add (onnxscript's
+    rule fused it into a Gemm ONNX Runtime rejects; found by the fuzzer, NNSmith seed 492)."""
+    from onnx import TensorProto, helper
+
+    from graphpress.ir import numeric
+    from graphpress.passes import NumericInstrument, PassManager, build_passes
+    from tests.conftest import make_model
+
+    def model(bias_shape):
+        return gp.load(make_model(
+            [helper.make_node("MatMul", ["a", "b"], ["m"]), helper.make_node("Add", ["c", "m"], ["y"])],
+            [helper.make_tensor_value_info("a", TensorProto.FLOAT, [3, 2]), helper.make_tensor_value_info("b", TensorProto.FLOAT, [2, 5]),
+             helper.make_tensor_value_info("c", TensorProto.FLOAT, bias_shape)],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        ))  # fmt: skip
+
+    for shape, fused in (([4, 1, 3, 1], False), ([1, 5], True), ([5], True), ([3, 1], True), ([3, 5], True)):
+        m = model(shape)
+        feeds = numeric.make_inputs(m, seed=0)
+        PassManager(build_passes("fuse"), [NumericInstrument(feeds)]).run(m)
+        assert any(n.op_type == "Gemm" for n in m.graph) == fused, shape

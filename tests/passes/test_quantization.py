@@ -215,3 +215,36 @@ def test_mse_calibration_narrows_ranges_and_keeps_accuracy(digits_cnn):
     narrower = [k for k, v in scales(mse).items() if k in scales(minmax) and v < scales(minmax)[k] * 0.999]
     assert narrower  # the MSE ranges reached ONNX Runtime's quantizer
     assert _accuracy(mse, data) >= _accuracy(model, data) - 0.01
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_non_float32_layers_stay_float_and_the_model_runs(dtype, mode):
+    """ORT's quantizer handles float32 only: a float16 layer got float32 Q/DQ ORT rejects, a
+    float64 graph stopped the quantizer (found by the fuzzer, NNSmith seeds 13, 20). Such
+    layers are kept; float32 layers beside them are still quantized."""
+    from onnx import TensorProto, helper
+
+    from tests.conftest import make_model, tensor
+
+    rng = np.random.default_rng(0)
+    elem = {np.float16: TensorProto.FLOAT16, np.float64: TensorProto.DOUBLE}[dtype]
+    proto = make_model(
+        [
+            helper.make_node("MatMul", ["x", "W"], ["h"], name="mm_float32"),
+            helper.make_node("Relu", ["h"], ["y"], name="relu"),
+            helper.make_node("MatMul", ["z", "V"], ["o"], name="mm_other"),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32]), helper.make_tensor_value_info("z", elem, [4, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 16]), helper.make_tensor_value_info("o", elem, [4, 16])],
+        [tensor("W", rng.standard_normal((32, 16)).astype(np.float32)), tensor("V", rng.standard_normal((32, 16)).astype(dtype))],
+    )  # fmt: skip
+    model = gp.load(proto)
+    feeds = {"x": rng.standard_normal((4, 32)).astype(np.float32), "z": rng.standard_normal((4, 32)).astype(dtype)}
+    stats = _quantize(model, f"quantize:mode={mode}", calibration=[feeds])
+    assert stats["kept_for_dtype"] == 1
+    ops = {n.name: n.op_type for n in model.graph}
+    assert ops.get("mm_other") == "MatMul"  # untouched
+    assert any(op in ("QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger") for op in ops.values())
+    out = run(model, feeds)
+    np.testing.assert_array_equal(out["o"], run(gp.load(proto), feeds)["o"])

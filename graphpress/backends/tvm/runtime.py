@@ -101,7 +101,7 @@ class CompiledModel:
             want = np.dtype(spec["dtype"])
             if given.dtype != want and not (given.dtype.kind == want.kind == "f" or (given.dtype.kind in "iub" and want.kind in "iu")):
                 raise _error(f"input '{spec['name']}' expects {want} {spec['shape']}, was given {given.dtype} {list(given.shape)}")
-            arr = np.ascontiguousarray(given, dtype=want)
+            arr = np.asarray(given, dtype=want, order="C")  # ascontiguousarray would make 0-d arrays 1-d
             if list(arr.shape) != list(spec["shape"]):
                 raise _error(
                     f"input '{spec['name']}' has shape {list(arr.shape)}; this artifact was built for {spec['shape']} "

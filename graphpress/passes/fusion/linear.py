@@ -115,12 +115,36 @@ PAD_RULES: list[Rule] = [
     ),
 ]
 
+def _gemm_bias_check(trans_a: bool, trans_b: bool):
+    """Gemm's C must broadcast to ``[M, N]`` one way; Add broadcasts both ways.
+
+    onnxscript 0.7.2's MatMul+Add rules check only the ranks of A and B: ``Add(MatMul(a[1,1],
+    b[1,14]), c[47,1,37,1])`` became a Gemm ONNX Runtime rejects ("Invalid bias shape for
+    broadcast"; found by ``make fuzz``, NNSmith seed 492).
+    """
+
+    def check(context, input_a, input_b, input_c, **_) -> str | None:
+        shapes = [v.shape for v in (input_a, input_b, input_c)]
+        if any(s is None for s in shapes) or len(shapes[0]) != 2 or len(shapes[1]) != 2:
+            return "the shapes of A, B or C are not known"
+        a, b, c = shapes
+        out = [a[1] if trans_a else a[0], b[0] if trans_b else b[1]]
+        if len(c) > 2:
+            return f"C has rank {len(c)}; Gemm's bias has rank 2 at most"
+        for dim, target in zip(reversed(list(c)), reversed(out)):
+            if dim != 1 and dim != target:
+                return f"C's shape {list(c)} does not broadcast to the Gemm output [{out[0]}, {out[1]}]"
+        return None
+
+    return check
+
+
 LINEAR_RULES: list[Rule] = [
     Rule.wrap(transpose_transpose_rule, "transpose_transpose"),
     Rule.wrap(reshape_reshape_rule, "reshape_reshape"),
-    Rule.wrap(transpose_ab_matmul_add_to_gemm_rule, "transpose_ab_matmul_add_gemm"),
-    Rule.wrap(transpose_a_matmul_add_to_gemm_rule, "transpose_a_matmul_add_gemm"),
-    Rule.wrap(transpose_b_matmul_add_to_gemm_rule, "transpose_b_matmul_add_gemm"),
-    Rule.wrap(matmul_add_to_gemm_rule, "matmul_add_gemm"),
+    Rule.wrap(transpose_ab_matmul_add_to_gemm_rule, "transpose_ab_matmul_add_gemm", check=_gemm_bias_check(True, True)),
+    Rule.wrap(transpose_a_matmul_add_to_gemm_rule, "transpose_a_matmul_add_gemm", check=_gemm_bias_check(True, False)),
+    Rule.wrap(transpose_b_matmul_add_to_gemm_rule, "transpose_b_matmul_add_gemm", check=_gemm_bias_check(False, True)),
+    Rule.wrap(matmul_add_to_gemm_rule, "matmul_add_gemm", check=_gemm_bias_check(False, False)),
     *PAD_RULES,
 ]
