@@ -20,8 +20,12 @@ import differential  # noqa: E402
 #: 0-11: a plain sample; the rest found bugs:
 #: 13 float64 graph crashed the ORT quantizer; 14, 28: onnxscript's Expand rule raised a rank;
 #: 1, 3, 8: a 0-d input became 1-d in the compiled model's runner; 2, 22, 31: float64 outputs
-#: of float16/float32 math judged with float64's tolerance; 20, 29: float16 Q/DQ ORT rejects
-SEEDS = [*range(12), 13, 14, 20, 22, 28, 29, 31]
+#: of float16/float32 math judged with float64's tolerance; 20, 29: float16 Q/DQ ORT rejects;
+#: 76: two outputs of one value, one lost by identity elimination; 81: x/0 = inf in both, still
+#: "different"; 44, 158: float16 constants folded off by an ulp, then Ceil; 490: Sin of ~1500
+#: amplifies a reordered sum (attributed, accepted); 492: MatMul+Add -> Gemm with a bias Gemm
+#: cannot take; 674: dynamic MatMulInteger ORT refuses; 731: Conv of a constant in the quantizer
+SEEDS = [*range(12), 13, 14, 20, 22, 28, 29, 31, 44, 76, 81, 158, 490, 492, 674, 731]
 
 pytestmark = pytest.mark.slow
 

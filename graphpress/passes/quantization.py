@@ -29,6 +29,7 @@ Python) is within ``tolerance``. The stats list each layer's decision, SQNR and 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import tempfile
@@ -120,12 +121,11 @@ def quantize_model(
         else:
             info["weights"] = _weight_only(model, ops or list(QUANTIZABLE), exclude)
         return info
-    # ORT's quantizer handles float32 only: a node touching float16/float64/bfloat16 tensors
-    # would get float32 Q/DQ on them (an invalid graph) or stop the quantizer
-    other_float = _nodes_with_other_floats(proto)
-    if other_float:
-        info["kept_for_dtype"] = len(other_float)
-        exclude = [*exclude, *other_float]
+    # nodes ORT's quantizer (1.32) mishandles stay float (found by the fuzzer, see _unquantizable)
+    kept = _unquantizable(proto, mode)
+    if kept:
+        info["kept_float"] = dict(collections.Counter(kept.values()))
+        exclude = [*exclude, *kept]
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "in.onnx"), os.path.join(tmp, "out.onnx")
         onnx.save(proto, src)
@@ -161,8 +161,17 @@ def quantize_model(
 _OTHER_FLOATS = {onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 
-def _nodes_with_other_floats(proto: onnx.ModelProto) -> list[str]:
-    """Names of the nodes with a non-float32 floating-point input or output (unnamed ones get a name)."""
+def _unquantizable(proto: onnx.ModelProto, mode: str) -> dict[str, str]:
+    """Nodes ORT's quantizer (onnxruntime 1.32) mishandles, by name (unnamed ones get a name), with why:
+
+    * a float16/float64/bfloat16 input or output: the quantizer handles float32 only and writes
+      float32 Q/DQ on them, an invalid graph, or stops (NNSmith seeds 13, 20);
+    * a Conv/MatMul/Gemm whose data input is a constant: the quantizer takes it for a weight,
+      and a Conv bias then gets the wrong number of scales (seed 731); such nodes compute a
+      constant anyway;
+    * dynamic mode, a MatMul whose weight is not 2-D: the per-channel zero point of the
+      MatMulInteger it writes is a shape ORT's kernel refuses (seed 674).
+    """
     try:
         typed = onnx.shape_inference.infer_shapes(proto, strict_mode=False)
     except Exception:  # noqa: BLE001 - inference is best effort; declared types still count
@@ -170,13 +179,22 @@ def _nodes_with_other_floats(proto: onnx.ModelProto) -> list[str]:
     graph = typed.graph
     types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.output, *graph.value_info)}
     types.update({t.name: t.data_type for t in graph.initializer})
-    names = []
+    constants = {t.name: t for t in graph.initializer} | {o: n for n in graph.node if n.op_type == "Constant" for o in n.output}
+    kept = {}
     for i, (node, original) in enumerate(zip(graph.node, proto.graph.node)):
+        reason = None
         if any(types.get(v) in _OTHER_FLOATS for v in (*node.input, *node.output) if v):
+            reason = "non-float32 tensors"
+        elif node.op_type in ("Conv", "MatMul", "Gemm") and node.input and node.input[0] in constants:
+            reason = "constant data input"
+        elif mode == "dynamic" and node.op_type == "MatMul" and len(node.input) > 1 and isinstance(constants.get(node.input[1]), onnx.TensorProto) \
+                and len(constants[node.input[1]].dims) != 2:  # fmt: skip
+            reason = "weight not 2-D"
+        if reason:
             if not original.name:
                 original.name = f"graphpress_unnamed_{i}"
-            names.append(original.name)
-    return names
+            kept[original.name] = reason
+    return kept
 
 
 class _Ranges(dict):
@@ -496,9 +514,18 @@ class Quantize(Pass):
             )  # fmt: skip
             return candidate, info
 
+        def measure(candidate: ir.Model) -> float:
+            try:
+                return metric(candidate)
+            except GraphpressError as e:  # ORT's quantizer wrote something ORT cannot run
+                raise GraphpressError(
+                    f"pass 'quantize' produced a model ONNX Runtime cannot run ({e}); keep the node it names in float "
+                    "(quantize:exclude=NAME) and report the model"
+                ) from e
+
         excluded = list(exclude)
         candidate, info = attempt(excluded)
-        value = metric(candidate)
+        value = measure(candidate)
         decisions: dict[str, dict[str, Any]] = {}
         layers = _quantized_layers(candidate, ops or QUANTIZABLE)
         fp32_values = _value_names(fp32)
@@ -526,7 +553,7 @@ class Quantize(Pass):
             decisions[worst] = {"decision": "fp32", "reason": f"{kind} ({db} dB) while the metric was {value:.5f}"}
             fallback += 1
             candidate, info = attempt(excluded)
-            value = metric(candidate)
+            value = measure(candidate)
         fp32_producers = _producer_names(fp32)
         for name, e in errors.items():
             node = fp32_producers.get(name, name)

@@ -242,9 +242,41 @@ def test_non_float32_layers_stay_float_and_the_model_runs(dtype, mode):
     model = gp.load(proto)
     feeds = {"x": rng.standard_normal((4, 32)).astype(np.float32), "z": rng.standard_normal((4, 32)).astype(dtype)}
     stats = _quantize(model, f"quantize:mode={mode}", calibration=[feeds])
-    assert stats["kept_for_dtype"] == 1
+    assert stats["kept_float"] == {"non-float32 tensors": 1}
     ops = {n.name: n.op_type for n in model.graph}
     assert ops.get("mm_other") == "MatMul"  # untouched
     assert any(op in ("QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger") for op in ops.values())
     out = run(model, feeds)
     np.testing.assert_array_equal(out["o"], run(gp.load(proto), feeds)["o"])
+
+
+def test_layers_ort_quantizer_mishandles_stay_float():
+    """A Conv whose data input is a constant (the quantizer took it for a weight and gave the
+    bias 9 scales for 1 channel: NNSmith seed 731) and, in dynamic mode, a MatMul with a 3-D
+    weight (its MatMulInteger zero point is a shape ORT refuses: seed 674) stay float; the
+    float32 layers beside them are quantized and the model runs."""
+    from onnx import TensorProto, helper
+
+    from tests.conftest import make_model, tensor
+
+    rng = np.random.default_rng(0)
+    proto = make_model(
+        [
+            helper.make_node("Conv", ["c", "w", "b"], ["conv"], name="conv_of_constant"),
+            helper.make_node("MatMul", ["x", "W3"], ["mm3"], name="mm_3d"),
+            helper.make_node("MatMul", ["x2", "W"], ["mm"], name="mm_2d"),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [11, 1]), helper.make_tensor_value_info("x2", TensorProto.FLOAT, [4, 32])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("conv", "mm3", "mm")],
+        [tensor("c", rng.standard_normal((1, 9, 4)).astype(np.float32)), tensor("w", rng.standard_normal((1, 9, 3)).astype(np.float32)),
+         tensor("b", rng.standard_normal(1).astype(np.float32)), tensor("W3", rng.standard_normal((11, 1, 19)).astype(np.float32)),
+         tensor("W", rng.standard_normal((32, 16)).astype(np.float32))],
+    )  # fmt: skip
+    feeds = {"x": rng.standard_normal((11, 1)).astype(np.float32), "x2": rng.standard_normal((4, 32)).astype(np.float32)}
+    for mode, kept in (("static", {"constant data input": 1}), ("dynamic", {"constant data input": 1, "weight not 2-D": 1})):
+        model = gp.load(proto)
+        stats = _quantize(model, f"quantize:mode={mode}", calibration=[feeds])
+        assert stats["kept_float"] == kept, mode
+        assert {n.name: n.op_type for n in model.graph}.get("conv_of_constant") == "Conv"
+        out = run(model, feeds)
+        np.testing.assert_allclose(out["conv"], run(gp.load(proto), feeds)["conv"], rtol=1e-6)
