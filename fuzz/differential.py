@@ -37,7 +37,6 @@ import concurrent.futures
 import contextlib
 import io
 import json
-import math
 import multiprocessing
 import os
 import platform

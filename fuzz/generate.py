@@ -96,7 +96,6 @@ torch.onnx.export = _legacy_onnx_export
 if not hasattr(onnx, "_serialize"):
     onnx._serialize = lambda proto: proto.SerializeToString()  # type: ignore[attr-defined]
 
-import nnsmith  # noqa: E402
 import nnsmith.graph_gen as nn_graph_gen  # noqa: E402
 import nnsmith.materialize.torch.input_gen as nn_input_gen  # noqa: E402
 import nnsmith.materialize.torch.symbolnet as nn_symbolnet  # noqa: E402
@@ -257,8 +256,6 @@ def build_topset(model_cls, with_ort: bool) -> dict:
     on float64 passed upstream's test (as float32 Erf) yet its Erf(float64) has no ORT
     kernel in real graphs.
     """
-    from copy import deepcopy
-
     from nnsmith.abstract.op import Constant, Input, concretize_op
     from nnsmith.abstract.tensor import AbsTensor
     from nnsmith.narrow_spec import _make_single_op_irs
