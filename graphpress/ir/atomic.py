@@ -45,6 +45,7 @@ __all__ = [
     "umask",
     "write_all",
     "write_bytes_atomic",
+    "write_directory_atomic",
 ]
 
 #: Signals held back while names are switched (the CLI turns TERM and HUP into exceptions).
@@ -170,10 +171,12 @@ class AtomicFile:
 
     Args:
         dest: the final path.
+        mode: its permission bits (default: an existing file's, else 0o666 less the umask).
     """
 
-    def __init__(self, dest: Path):
+    def __init__(self, dest: Path, mode: int | None = None):
         self.dest = Path(dest)
+        self.mode = mode
         self._named: Path | None = None
         parent = self.dest.parent
         try:
@@ -232,7 +235,7 @@ class AtomicFile:
 
     def sync(self) -> None:
         """Flush to disk and set the permissions the final file will have."""
-        os.fchmod(self.file.fileno(), _mode_for(self.dest))
+        os.fchmod(self.file.fileno(), self.mode if self.mode is not None else _mode_for(self.dest))
         os.fsync(self.file.fileno())
 
     def commit(self) -> None:
@@ -248,7 +251,7 @@ class AtomicFile:
         if not self.file.closed:
             self.file.close()
         if not self.committed and self._named is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError), deferred_signals():
                 os.unlink(self._named)
             self._named = None
 
@@ -293,6 +296,34 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
+def write_directory_atomic(dest: str | os.PathLike, sources: Iterable[Path]) -> Path:
+    """Put copies of the files ``sources`` into a new directory that replaces ``dest`` in one step.
+
+    The copies are written first into anonymous files beside ``dest``; the hidden temporary
+    directory exists only for the few system calls that link them into it and swap it in, so
+    an interruption at any other moment leaves nothing in ``dest``'s directory. Build the
+    sources somewhere temporary (e.g. ``tempfile.TemporaryDirectory``).
+    """
+    dest = Path(dest)
+    files = []
+    try:
+        for source in sources:
+            mode = os.stat(source).st_mode & 0o777 & ~umask()
+            f = AtomicFile(dest.parent / source.name, mode=mode)
+            files.append(f)
+            with open(source, "rb") as src:
+                shutil.copyfileobj(src, f.file, 16 << 20)
+            f.sync()
+        with atomic_directory(dest) as tmp:
+            for f in files:
+                f.link(tmp / f.dest.name)
+                f.committed = True
+    finally:
+        for f in files:
+            f.discard()
+    return dest
+
+
 @contextlib.contextmanager
 def atomic_directory(dest: str | os.PathLike) -> Iterator[Path]:
     """Fill a temporary directory, then swap it into place at ``dest`` in one step.
@@ -317,5 +348,6 @@ def atomic_directory(dest: str | os.PathLike) -> Iterator[Path]:
                 os.rename(dest, aside)
                 os.rename(tmp, dest)
                 tmp = aside
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    finally:  # a signal must not cut the removal short (the old directory takes a while)
+        with deferred_signals():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -582,13 +582,14 @@ def _diff(
         max_abs = math.inf
     scale = float(np.max(np.abs(r[~np.isnan(r)]), initial=0.0)) if r.size else 0.0
     max_rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf)
-    nr, nn = np.linalg.norm(np.nan_to_num(r)), np.linalg.norm(np.nan_to_num(n))
-    if nr == 0 and nn == 0:
-        cosine = 1.0
-    elif nr == 0 or nn == 0:
-        cosine = 0.0
-    else:
-        cosine = float(np.dot(np.nan_to_num(r), np.nan_to_num(n)) / (nr * nn))
+    with np.errstate(over="ignore", invalid="ignore"):  # infinite outputs: the cosine is NaN, said as such
+        nr, nn = np.linalg.norm(np.nan_to_num(r)), np.linalg.norm(np.nan_to_num(n))
+        if nr == 0 and nn == 0:
+            cosine = 1.0
+        elif nr == 0 or nn == 0:
+            cosine = 0.0
+        else:
+            cosine = float(np.dot(np.nan_to_num(r), np.nan_to_num(n)) / (nr * nn))
     with np.errstate(invalid="ignore"):
         within = bool(np.all(diff <= tol.atol + tol.rtol * np.abs(np.nan_to_num(r)))) if diff.size else True
     # a finite atol bounds every element: outputs within it pass whatever their cosine (values

@@ -226,3 +226,59 @@ def test_a_write_killed_while_switching_names_is_tidied_by_the_next_write(tmp_pa
     gp.save(gp.load(mlp_path), tmp_path / "out.onnx", external_data=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.onnx", "out.onnx", "out.onnx.data"]
     np.testing.assert_array_equal(ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, x)[0], expected[0])
+
+
+DIR_CHILD = textwrap.dedent(
+    """
+    import os, sys, tempfile, time
+    from pathlib import Path
+    from graphpress.ir.atomic import write_directory_atomic
+    from graphpress.cli import _terminate_as_exception
+
+    dest, version = Path(sys.argv[1]), sys.argv[2]
+    with tempfile.TemporaryDirectory() as build:
+        lib, meta = Path(build) / "model.so", Path(build) / "graphpress.json"
+        lib.write_bytes(version.encode() * (40 << 20))
+        meta.write_text(version)
+        with _terminate_as_exception():
+            print("ready", flush=True)
+            t = time.perf_counter()
+            try:
+                write_directory_atomic(dest, [lib, meta])
+            except KeyboardInterrupt:
+                sys.exit(130)
+            print(time.perf_counter() - t, flush=True)
+    """
+)
+
+
+def test_interrupted_artifact_directories_leave_the_old_or_the_new_one(tmp_path):
+    """kill -9, SIGINT, SIGTERM while an artifact directory is written: the output directory
+    holds the old or the new artifact, complete, and nothing else."""
+    out = tmp_path / "out"
+    out.mkdir()
+    dest = out / "model.tvm"
+
+    def spawn(version):
+        proc = subprocess.Popen([sys.executable, "-c", DIR_CHILD, str(dest), version], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        return proc
+
+    duration = float(spawn("a").communicate(timeout=120)[0].strip())
+    rng = random.Random(1)
+    current = "a"
+    kept = 0
+    for i in range(9):
+        new = "b" if current == "a" else "a"
+        proc = spawn(new)
+        time.sleep(rng.uniform(0, duration * 1.3))
+        proc.send_signal((signal.SIGKILL, signal.SIGINT, signal.SIGTERM)[i % 3])
+        proc.communicate(timeout=120)
+        assert sorted(p.name for p in out.iterdir()) == ["model.tvm"], f"round {i}: {sorted(p.name for p in out.iterdir())}"
+        state = (dest / "graphpress.json").read_text()
+        assert state in (current, new) and (dest / "model.so").stat().st_size == 40 << 20
+        with open(dest / "model.so", "rb") as f:
+            assert f.read(1).decode() == state
+        kept += state == current
+        current = state
+    assert kept > 0

@@ -140,7 +140,9 @@ class CompiledModel:
     # -- saving ------------------------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the artifact directory (library + ``graphpress.json``) whole, or not at all."""
+        """Write the artifact directory (library + ``graphpress.json``) whole, or not at all
+        (:func:`graphpress.ir.atomic.write_directory_atomic`): an earlier artifact at ``path``
+        is replaced in one step."""
         if self._executable is None:
             raise _error("this model was loaded from an artifact; copy that directory instead of saving it again")
         dest = Path(path)
@@ -149,7 +151,7 @@ class CompiledModel:
             raise _error(f"{dest}: cannot write the artifact, directory {parent} does not exist")
         if dest.exists() and not (dest / ARTIFACT_META).is_file():
             raise _error(f"{dest}: exists and is not a graphpress artifact; choose another -o path")
-        from graphpress.ir.atomic import atomic_directory, write_all
+        from graphpress.ir.atomic import write_directory_atomic
 
         kwargs = {}
         cxx = self.meta.get("cross_compiler")
@@ -158,14 +160,14 @@ class CompiledModel:
 
             require_compiler(cxx)
             kwargs["fcompile"] = cc.cross_compiler(cxx)
-        with atomic_directory(dest) as tmp:
+        # linked in the system's temporary directory (the compiler needs names); the artifact
+        # directory is then assembled from anonymous copies and swapped in
+        with tempfile.TemporaryDirectory(prefix="graphpress-artifact-") as build:
+            lib, meta = Path(build) / ARTIFACT_LIB, Path(build) / ARTIFACT_META
             with quiet_native_stderr():
-                self._executable.export_library(str(tmp / ARTIFACT_LIB), **kwargs)
-            fd = os.open(tmp / ARTIFACT_META, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            try:
-                write_all(fd, (json.dumps(self.meta, indent=2, sort_keys=True) + "\n").encode())
-            finally:
-                os.close(fd)
+                self._executable.export_library(str(lib), **kwargs)
+            meta.write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
+            write_directory_atomic(dest, [lib, meta])
         return dest
 
 
