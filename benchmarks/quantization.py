@@ -51,6 +51,7 @@ from onnxruntime.quantization import (
 import graphpress as gp
 from graphpress.ir.io import to_proto
 from graphpress.passes import PassManager, build_passes
+from graphpress.passes.context import PassContext
 
 THREADS = 2
 
@@ -72,9 +73,7 @@ def _session(path: Path) -> ort.InferenceSession:
 
 def _graphpress(model, spec: str, calibration=None):
     copy = gp.load(to_proto(model))
-    passes = build_passes(spec)
-    passes[0].calibration = calibration
-    stats = PassManager(passes).run(copy).records[0].stats
+    stats = PassManager(build_passes(spec), context=PassContext(samples=calibration)).run(copy).records[0].stats
     return copy, stats
 
 
@@ -133,10 +132,8 @@ def minilm_accuracy(workdir: Path, n: int) -> dict:
     q, _ = _graphpress(model, "quantize:mode=dynamic;ops=MatMul")
     paths = {"fp32": src, "graphpress dynamic (MatMul)": gp.save(q, workdir / "minilm-gp-dynamic.onnx")}
     spec = "quantize:mode=dynamic;ops=MatMul;tolerance=0.004;max_fallback=16"
-    passes = build_passes(spec)
-    passes[0].metric = min_cosine
     controlled = gp.load(src)
-    stats = PassManager(passes).run(controlled).records[0].stats
+    stats = PassManager(build_passes(spec), context=PassContext(metric=min_cosine)).run(controlled).records[0].stats
     paths[f"graphpress dynamic (MatMul), accuracy control ({stats['fallback_layers']} layers fp32)"] = gp.save(controlled, workdir / "minilm-gp-controlled.onnx")
     for key, kwargs in (("ORT quantize_dynamic (default)", {}), ("ORT quantize_dynamic MatMul-only", {"op_types_to_quantize": ["MatMul"]})):
         dst = workdir / f"minilm-ort-{len(paths)}.onnx"

@@ -245,6 +245,7 @@ def cmd_optimize(args) -> int:
     from graphpress.ir.io import check_writable
     from graphpress.ir.numeric import load_samples, make_inputs
     from graphpress.passes import DumpInstrument, InvariantInstrument, NumericInstrument, PassManager, build_passes
+    from graphpress.passes.context import PassContext
     from graphpress.passes.report import build_report, write_json_atomic
 
     passes = build_passes(args.passes)
@@ -261,23 +262,16 @@ def cmd_optimize(args) -> int:
     before = summarize(model)
     numeric_inst = None
     samples = load_samples(args.inputs, model) if args.inputs else None
-    # passes that need sample data (quantize: calibration; prune, dedup: activations) get --inputs
-    users = [p for p in passes if hasattr(p, "calibration") or hasattr(p, "feeds")]
-    if samples is not None:
-        for p in users:
-            if hasattr(p, "calibration"):
-                p.calibration = samples
-            if hasattr(p, "feeds"):
-                p.feeds = samples[0]
+    # every pass gets the samples (quantize: calibration; prune, dedup: activations)
+    context = PassContext(samples=samples, samples_source=str(args.inputs) if samples else "generated")
     if args.verify:
         source = str(args.inputs) if samples is not None else "generated from declared shapes (seed 0)"
-        if samples is None:
-            samples = [make_inputs(model, seed=0)]
-        numeric_inst = NumericInstrument(samples, source, min_cosine=args.min_cosine, **_user_baseline(input_path, model, samples))
+        checked = samples if samples is not None else [make_inputs(model, seed=0)]
+        numeric_inst = NumericInstrument(checked, source, min_cosine=args.min_cosine, **_user_baseline(input_path, model, checked))
         instruments.insert(1, numeric_inst)
-    elif args.inputs and not users:
-        raise GraphpressError("--inputs is used by --verify and by passes that need sample data (quantize, prune); add --verify")
-    result = PassManager(passes, instruments).run(model)
+    elif args.inputs and not any(p.uses_samples for p in passes):
+        raise GraphpressError("--inputs is used by --verify and by passes that need sample data (quantize, prune, dedup); add --verify")
+    result = PassManager(passes, instruments, context=context).run(model)
     after = summarize(model)
     save(model, out, external_data=True if args.external_data else None)
     if args.report:
@@ -399,7 +393,8 @@ def cmd_compile(args) -> int:
     import numpy as np
 
     from graphpress.backends.tvm.build import compile_model
-    from graphpress.backends.tvm.targets import resolve_target
+    from graphpress.backends.tvm.targets import resolve_target, target_facts
+    from graphpress.passes.context import PassContext
     from graphpress.ir import load
     from graphpress.ir.io import check_writable
     from graphpress.ir.numeric import compare_outputs, load_samples, lowest_float_precision, random_inputs, run_samples
@@ -416,7 +411,8 @@ def cmd_compile(args) -> int:
     samples = load_samples(args.inputs, model) if args.inputs else None
     pass_records = []
     if passes:
-        pass_records = [r.to_dict() for r in PassManager(passes, [InvariantInstrument()]).run(model).records]
+        context = PassContext(samples=samples, samples_source=str(args.inputs) if samples else "generated", target=target_facts(spec))
+        pass_records = [r.to_dict() for r in PassManager(passes, [InvariantInstrument()], context=context).run(model).records]
     compiled = compile_model(
         model, spec, input_shapes=shapes, tune_trials=args.tune_trials, max_trials_per_task=args.max_trials_per_task, database=args.database,
         int8=args.int8,

@@ -561,6 +561,22 @@ def run(
     return _Session(model, list(outputs or []), where).run(feeds)
 
 
+def output_similarity(reference: ir.Model, feeds: Mapping[str, np.ndarray]):
+    """A metric (higher is better): the lowest cosine between ``reference``'s outputs and a candidate's on ``feeds``."""
+    want = run(reference, feeds)
+
+    def metric(model: ir.Model) -> float:
+        got = run(model, feeds)
+        cos = []
+        for name, ref in want.items():
+            a, b = ref.ravel().astype(np.float64), got[name].ravel().astype(np.float64)
+            denom = np.linalg.norm(a) * np.linalg.norm(b)
+            cos.append(float(a @ b / denom) if denom else float(np.array_equal(a, b)))
+        return min(cos)
+
+    return metric
+
+
 # ---------------------------------------------------------------------------- comparing
 
 

@@ -1,6 +1,7 @@
 """Passes, the pass manager, its instruments, the registry and SPEC parsing."""
 
 from graphpress.passes.base import Pass, PassResult, option
+from graphpress.passes.context import PassContext, TargetFacts
 from graphpress.passes.manager import (
     DumpInstrument,
     Instrument,
@@ -20,10 +21,12 @@ __all__ = [
     "InvariantInstrument",
     "NumericInstrument",
     "Pass",
+    "PassContext",
     "PassManager",
     "PassRecord",
     "PassResult",
     "RunResult",
+    "TargetFacts",
     "TimingInstrument",
     "all_passes",
     "build_passes",

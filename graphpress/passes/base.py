@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import onnx_ir as ir
 
 from graphpress.errors import SpecError
+from graphpress.passes.context import PassContext
 
 __all__ = ["Pass", "PassResult", "graph_counts", "option"]
 
@@ -32,10 +33,14 @@ class PassResult(ir.passes.PassResult):
     ``reference``: for passes that change the function on purpose (pruning), the model the
     output must match numerically instead of the model the pass received (for pruning: the
     zero-masked model). Later passes and the end-to-end check are then measured against it.
+    ``family``: the tolerance family of this run, if not the pass's class-level ``family``.
     """
 
     stats: dict[str, Any] = dataclasses.field(default_factory=dict)
     reference: ir.Model | None = dataclasses.field(default=None, repr=False)
+    #: the tolerance family this run is judged by, when it differs from the pass's own
+    #: (``dedup``: ``exact`` for identical merges, ``cleanup`` for layout merges)
+    family: str | None = None
 
 
 def option(default: Any, *, help: str, min: float | None = None, max: float | None = None, choices: tuple | None = None) -> Any:
@@ -126,6 +131,8 @@ class Pass(ir.passes.InPlacePass):
     name: ClassVar[str] = ""
     family: ClassVar[str] = "exact"
     description: ClassVar[str] = ""
+    #: the pass reads ``context.samples`` (calibration, activation statistics, accuracy checks)
+    uses_samples: ClassVar[bool] = False
 
     @dataclasses.dataclass
     class Options:
@@ -141,6 +148,8 @@ class Pass(ir.passes.InPlacePass):
             raise SpecError(f"pass '{self.name}' has no option '{unknown[0]}'; valid options: {valid}")
         converted = {k: convert_option(self.name, fields[k], v) for k, v in options.items()}
         self.options = self.Options(**converted)
+        #: what the pass needs beyond the model; the PassManager sets it for a run
+        self.context = PassContext()
 
     def option_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.options)

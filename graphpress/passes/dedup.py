@@ -140,6 +140,7 @@ class Dedup(Pass):
 
     name = "dedup"
     family = "exact"
+    uses_samples = True
     description = "one copy of every weight: bitwise, layout-equivalent and (opt-in) near duplicates"
 
     @dataclasses.dataclass
@@ -149,11 +150,6 @@ class Dedup(Pass):
         min_cosine: float = option(0.999, help="near merges must keep every output's cosine to the input model >= this", min=0.0, max=1.0)
         min_size: int = option(1, help="ignore initializers with fewer elements", min=1)
         seed: int = option(0, help="seed of generated sample inputs for the near-duplicate check", min=0)
-
-    def __init__(self, **options):
-        super().__init__(**options)
-        #: sample inputs for the near-duplicate check; the CLI sets them from --inputs
-        self.feeds: dict[str, np.ndarray] | None = None
 
     def call(self, model: ir.Model) -> PassResult:
         o = self.options
@@ -185,8 +181,8 @@ class Dedup(Pass):
         # a Transpose/Reshape holds the same values, but runtimes pick other kernels for computed
         # weights (ORT pre-packs only initializers), so sums may differ in the last bits; near
         # merges change values (within their own check) like weight sharing.
-        self.family = "sharing" if stats["near_merged"] else "cleanup" if stats["transposed"] or stats["reshaped"] else "exact"
-        return PassResult(model, modified, stats)
+        family = "sharing" if stats["near_merged"] else "cleanup" if stats["transposed"] or stats["reshaped"] else "exact"
+        return PassResult(model, modified, stats, family=family)
 
     # -------------------------------------------------------------------- exact
 
@@ -250,8 +246,7 @@ class Dedup(Pass):
     # -------------------------------------------------------------------- near
 
     def _merge_near(self, model: ir.Model, values: list[ir.Value], scopes: _Scopes, stats: dict) -> None:
-        from graphpress.ir.numeric import make_inputs
-        from graphpress.passes.pruning.prune import output_similarity
+        from graphpress.ir.numeric import output_similarity
 
         o = self.options
         pairs = []
@@ -270,7 +265,7 @@ class Dedup(Pass):
                         pairs.append((diff / scale, group[i], group[j]))
         if not pairs:
             return
-        metric = output_similarity(model, self.feeds or make_inputs(model, seed=o.seed))
+        metric = output_similarity(model, self.context.feeds(model, seed=o.seed))
         stats["near_refused"] = []
         for rel, keep, dup in sorted(pairs, key=lambda p: p[0]):
             if not (keep.name in keep.graph.initializers and dup.graph is not None and dup.name in dup.graph.initializers):

@@ -30,6 +30,7 @@ from graphpress.ir.divergence import attribute_divergence
 from graphpress.ir.io import save, to_proto
 from graphpress.ir.verify import check, find_cycle
 from graphpress.passes.base import Pass, PassResult
+from graphpress.passes.context import PassContext
 
 __all__ = [
     "DumpInstrument",
@@ -243,7 +244,7 @@ class NumericInstrument(Instrument):
     def after_pass(self, pass_, model, result, record):
         if not result.modified:
             return
-        family = pass_.family
+        family = getattr(result, "family", None) or pass_.family
         self._families.append(family)
         self._since_rebase.append(family)
         try:
@@ -345,6 +346,8 @@ class PassManager:
         instruments: hooks (a :class:`TimingInstrument` is always added first).
         fixpoint: repeat the whole list until no pass modifies the model.
         max_iterations: bound on fixpoint repetitions (>= 1).
+        context: sample inputs, metric and target facts every pass gets
+            (:class:`~graphpress.passes.context.PassContext`); ``None`` keeps each pass's own.
     """
 
     def __init__(
@@ -354,6 +357,7 @@ class PassManager:
         *,
         fixpoint: bool = False,
         max_iterations: int = 10,
+        context: PassContext | None = None,
     ):
         if max_iterations < 1:
             raise GraphpressError(f"max_iterations must be >= 1, got {max_iterations}")
@@ -361,6 +365,10 @@ class PassManager:
         self.instruments: list[Instrument] = [TimingInstrument(), *instruments]
         self.fixpoint = fixpoint
         self.max_iterations = max_iterations
+        self.context = context
+        if context is not None:
+            for pass_ in self.passes:
+                pass_.context = context
 
     def run(self, model: ir.Model) -> RunResult:
         """Run every pass on ``model`` (in place) and return what happened.

@@ -19,7 +19,8 @@ Modes:
 Scheme (``scheme=auto``): uint8 activations (asymmetric) × int8 weights (symmetric,
 per output channel), "U8S8", the fast recipe of ONNX Runtime's x86 and ARM kernels; S8S8 is
 what its default recipe uses and is slower than fp32 on this project's machine. ``reduce_range``
-(7-bit weights) is used only on x86 CPUs without VNNI, where u8×s8 products can saturate.
+(7-bit weights, where u8×s8 products can saturate) is used only when the pass context's target
+says it has no int8 dot product (x86 without VNNI); the host this runs on is never read.
 
 Accuracy control (``tolerance > 0``): quantize everything, score each quantized layer by its
 SQNR (signal-to-quantization-noise ratio of its output, in dB), and move the worst layer back to
@@ -42,21 +43,15 @@ import onnx_ir as ir
 import onnx_ir.passes.common  # noqa: F401  (ir.passes.common)
 
 from graphpress.errors import GraphpressError
+from graphpress.ir.numeric import output_similarity
 from graphpress.ir.io import MAX_IR_VERSION, to_proto
+from graphpress.passes.context import TargetFacts
 from graphpress.passes.base import Pass, PassResult, option
-from graphpress.passes.pruning.prune import output_similarity
 from graphpress.passes.registry import register
 
 __all__ = ["Quantize", "layer_errors", "mse_ranges", "quantize_model"]
 
 QUANTIZABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-
-def _x86_has_vnni() -> bool:
-    from graphpress.backends.tvm.targets import _cpu_flags
-
-    flags = _cpu_flags()
-    return not flags or bool({"avx512_vnni", "avx_vnni"} & flags)
 
 
 class _Reader:
@@ -98,8 +93,13 @@ def quantize_model(
     percentile: float = 99.999,
     bits: int = 8,
     block_size: int = 32,
+    target: TargetFacts | None = None,
 ) -> dict[str, Any]:
-    """Quantize ``model`` in place (see the module docstring); returns what was done."""
+    """Quantize ``model`` in place (see the module docstring); returns what was done.
+
+    ``target``: where the model will run; 7-bit weights (``reduce_range``) only when it says
+    it has no int8 dot product (never from the machine this runs on).
+    """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
     ops = list(ops) if ops is not None else None
@@ -107,7 +107,7 @@ def quantize_model(
     if scheme == "auto":
         scheme = "u8s8"
     act_type = QuantType.QUInt8 if scheme == "u8s8" else QuantType.QInt8
-    reduce_range = scheme == "u8s8" and not _x86_has_vnni()
+    reduce_range = scheme == "u8s8" and target is not None and target.int8_dot_product is False
     proto = to_proto(model)
     info: dict[str, Any] = {"mode": mode, "scheme": scheme, "per_channel": per_channel, "reduce_range": reduce_range}
     if mode == "fp16":
@@ -465,6 +465,7 @@ class Quantize(Pass):
 
     name = "quantize"
     family = "quantization"
+    uses_samples = True
     description = "QDQ int8 (static, calibrated), dynamic int8, weight-only int8 or fp16, with an accuracy budget"
 
     @dataclasses.dataclass
@@ -484,33 +485,22 @@ class Quantize(Pass):
         max_fallback: int = option(16, help="most layers the accuracy control moves back to fp32", min=0)
         seed: int = option(0, help="seed of generated calibration inputs", min=0)
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        #: calibration inputs (list of feeds); the CLI sets them from --inputs, otherwise generated
-        self.calibration: list[Mapping[str, np.ndarray]] | None = None
-        #: accuracy metric (higher is better); default: lowest output cosine to the fp32 model
-        self.metric: Callable[[ir.Model], float] | None = None
-
     def call(self, model: ir.Model) -> PassResult:
-        from graphpress.ir.numeric import make_inputs
-
         o = self.options
         ops = [t for t in o.ops.split("|") if t] if o.ops != "auto" else None
         exclude = [t for t in o.exclude.split("|") if t]
-        calibration = self.calibration
-        generated = calibration is None
-        if generated and o.mode == "static":
-            calibration = [make_inputs(model, seed=o.seed + i) for i in range(o.samples)]
+        ctx = self.context
+        calibration, generated = ctx.calibration(model, o.samples, seed=o.seed)
         fp32 = ir.serde.deserialize_model(to_proto(model))
-        probe_feeds = dict(calibration[0]) if calibration else make_inputs(model, seed=o.seed)
-        metric = self.metric or output_similarity(fp32, probe_feeds)
+        probe_feeds = ctx.feeds(model, seed=o.seed)
+        metric = ctx.metric or output_similarity(fp32, probe_feeds)
         baseline = metric(fp32)
 
         def attempt(excluded: list[str]) -> tuple[ir.Model, dict[str, Any]]:
             candidate = ir.serde.deserialize_model(to_proto(fp32))
             info = quantize_model(
                 candidate, mode=o.mode, calibration=calibration, method=o.method, per_channel=o.per_channel, scheme=o.scheme, ops=ops,
-                exclude=excluded, bits=o.bits, block_size=o.block_size,
+                exclude=excluded, bits=o.bits, block_size=o.block_size, target=ctx.target,
             )  # fmt: skip
             return candidate, info
 
@@ -561,7 +551,10 @@ class Quantize(Pass):
             decisions[node].update(e)
         for node, db in local.items():
             decisions.setdefault(node, {"decision": "int8" if node not in excluded else "fp32"})["own_sqnr_db"] = db
-        _replace_contents(model, to_proto(candidate))
+        after = to_proto(candidate)
+        # exact: ORT's quantizer may find nothing to quantize and hand the graph back as it was
+        modified = after.graph.SerializeToString() != to_proto(fp32).graph.SerializeToString()
+        _replace_contents(model, after)
         stats = {
             **info,
             "calibration": ("generated from input specs (demo only)" if generated else "given") if o.mode == "static" else None,
@@ -573,7 +566,7 @@ class Quantize(Pass):
         }
         if o.tolerance > 0 and value < baseline - o.tolerance:
             stats["budget_met"] = False
-        return PassResult(model, True, stats)
+        return PassResult(model, modified, stats)
 
 
 def _layer_output(node: ir.Node, names: set[str], steps: int = 3) -> str | None:

@@ -17,6 +17,7 @@ from graphpress.backends.tvm.targets import has_amx, has_vnni, resolve_target
 from graphpress.errors import GraphpressError
 from graphpress.ir.io import to_proto
 from graphpress.passes import PassManager, build_passes
+from graphpress.passes.context import PassContext
 from tests.conftest import make_model, tensor
 
 pytestmark = pytest.mark.skipif(not has_vnni(resolve_target("x86")), reason="needs an x86 host with AVX-512 VNNI")
@@ -100,9 +101,8 @@ def _digits_mlp_qdq():
     fit(module, data, epochs=3)
     model = gp.load(module.eval(), torch.from_numpy(data.x_test[:1]))
     name = model.graph.inputs[0].name
-    passes = build_passes("cleanup,fuse,quantize:mode=static")
-    passes[-1].calibration = [{name: data.x_train[i : i + 1]} for i in range(32)]
-    PassManager(passes).run(model)
+    context = PassContext(samples=[{name: data.x_train[i : i + 1]} for i in range(32)])
+    PassManager(build_passes("cleanup,fuse,quantize:mode=static"), context=context).run(model)
     return model, data, name
 
 
@@ -159,9 +159,8 @@ def test_qdq_cnn_convs_and_gemms_run_on_vnni(digits_cnn):
     model = gp.load(module, torch.from_numpy(data.x_test[:1]))
     name = model.graph.inputs[0].name
     PassManager(build_passes("cleanup,fuse")).run(model)
-    passes = build_passes("quantize:mode=static")
-    passes[0].calibration = [{name: data.x_train[i : i + 1]} for i in range(32)]
-    PassManager(passes).run(model)
+    context = PassContext(samples=[{name: data.x_train[i : i + 1]} for i in range(32)])
+    PassManager(build_passes("quantize:mode=static"), context=context).run(model)
     guarded = compile_model(model, "x86")
     report = guarded.meta["build"]["int8"]
     assert report["qdq_rewritten"] == 5  # 3 convs + 2 Gemms

@@ -111,3 +111,29 @@ def test_fixpoint_skips_passes_on_an_unchanged_model(mlp_proto):
     assert [(r.iteration, r.modified) for r in result.records] == [(1, True), (1, False), (2, False), (2, False)]
     assert result.records[-1].stats == {"skipped": "unchanged since last run"}
     assert "skipped" not in result.records[2].stats, "a pass that changed the model last time runs again"
+
+
+def test_every_pass_of_a_run_gets_the_context_and_target_facts_decide_reduce_range(mlp_proto):
+    """quantize takes its calibration samples and the target from the context: 7-bit weights
+    only for a target without an int8 dot product, whatever machine runs the pass."""
+    from graphpress.passes import PassContext, TargetFacts
+
+    samples = [numeric.make_inputs(gp.load(mlp_proto), seed=s) for s in range(4)]
+    stats = {}
+    for facts in (None, TargetFacts("x86", True), TargetFacts("x86", False)):
+        passes = build_passes("cleanup,quantize")
+        result = PassManager(passes, context=PassContext(samples=samples, target=facts)).run(gp.load(mlp_proto))
+        assert all(p.context.target is facts and len(p.context.samples) == 4 for p in passes)
+        stats[None if facts is None else facts.int8_dot_product] = result.records[1].stats
+    assert stats[None]["reduce_range"] is False and stats[True]["reduce_range"] is False and stats[False]["reduce_range"] is True
+    assert all(s["calibration"] == "given" for s in stats.values())
+
+
+def test_a_pass_result_may_name_the_family_it_is_judged_by(mlp_proto):
+    """dedup's layout merges are judged as cleanup (a computed weight may be summed in another
+    order), identical merges as exact; the result says which, the pass class is not changed."""
+    from graphpress.passes.dedup import Dedup
+
+    model = gp.load(mlp_proto)
+    result = Dedup()(model)
+    assert result.family == "exact" and Dedup.family == "exact"

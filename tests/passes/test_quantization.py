@@ -17,6 +17,7 @@ from graphpress.ir.io import to_proto
 from graphpress.ir.numeric import run
 from graphpress.models.cnn import accuracy
 from graphpress.passes import InvariantInstrument, PassManager, build_passes
+from graphpress.passes.context import PassContext
 
 
 def _cnn(digits_cnn):
@@ -31,10 +32,8 @@ def _accuracy(model, data):
 
 
 def _quantize(model, spec, calibration=None, metric=None):
-    passes = build_passes(spec)
-    passes[0].calibration = calibration
-    passes[0].metric = metric
-    return PassManager(passes, [InvariantInstrument()]).run(model).records[0].stats
+    context = PassContext(samples=calibration, metric=metric)
+    return PassManager(build_passes(spec), [InvariantInstrument()], context=context).run(model).records[0].stats
 
 
 @pytest.mark.parametrize("method", ["minmax", "percentile", "entropy"])

@@ -25,6 +25,7 @@ import sys
 from typing import Any
 
 from graphpress.errors import GraphpressError
+from graphpress.passes.context import TargetFacts
 
 __all__ = ["TargetSpec", "detect_x86_mcpu", "has_amx", "has_dotprod", "has_vnni", "resolve_target"]
 
@@ -103,6 +104,19 @@ def has_dotprod(spec: TargetSpec) -> bool:
     """True when ``spec`` is an aarch64 CPU target with the dot-product extension (``sdot``)."""
     mattr = [str(a) for a in spec.config.get("mattr", [])]
     return spec.config.get("kind") == "llvm" and str(spec.config.get("mtriple", "")).startswith("aarch64") and "+dotprod" in mattr
+
+
+def target_facts(spec: TargetSpec) -> TargetFacts:
+    """What passes may know about ``spec`` (:class:`~graphpress.passes.context.TargetFacts`),
+    from the target's declared CPU and features, never from this host."""
+    if not spec.is_cpu:
+        return TargetFacts(spec.name, None)
+    if str(spec.config.get("mtriple", "")).startswith("aarch64"):
+        return TargetFacts(spec.name, has_dotprod(spec))
+    mattr = [str(a) for a in spec.config.get("mattr", [])]
+    mcpu = spec.config.get("mcpu")
+    vnni = mcpu in VNNI_MCPUS or "+avx512vnni" in mattr or "+avxvnni" in mattr
+    return TargetFacts(spec.name, True if vnni else (False if mcpu else None))
 
 
 def _cpu_flags() -> set[str]:

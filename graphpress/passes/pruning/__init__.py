@@ -14,7 +14,6 @@ from graphpress.passes.pruning.prune import (
     PrunePlan,
     apply_plan,
     masked_reference,
-    output_similarity,
     plan_pruning,
     prune_progressive,
 )
@@ -29,7 +28,6 @@ __all__ = [
     "apply_plan",
     "apply_plan_to_module",
     "masked_reference",
-    "output_similarity",
     "plan_pruning",
     "prune_progressive",
 ]

@@ -28,11 +28,12 @@ import onnx_ir as ir
 
 from graphpress.errors import SpecError
 from graphpress.ir.analysis import infer_shapes
+from graphpress.ir.numeric import output_similarity
 from graphpress.passes.base import Pass, PassResult, option
 from graphpress.passes.pruning.groups import DependencyGraph, Group
 from graphpress.passes.registry import register
 
-__all__ = ["Prune", "PrunePlan", "apply_plan", "masked_reference", "output_similarity", "plan_pruning", "prune_progressive"]
+__all__ = ["Prune", "PrunePlan", "apply_plan", "masked_reference", "plan_pruning", "prune_progressive"]
 
 IMPORTANCE = ("l1", "l2", "bn_scale", "activation", "apoz", "random")
 
@@ -259,24 +260,6 @@ def masked_reference(model: ir.Model, plan: PrunePlan) -> ir.Model:
     return copy
 
 
-def output_similarity(reference: ir.Model, feeds: dict[str, np.ndarray]):
-    """The default metric: the lowest cosine similarity between ``reference``'s outputs and a candidate's."""
-    from graphpress.ir.numeric import run
-
-    want = run(reference, feeds)
-
-    def metric(model: ir.Model) -> float:
-        got = run(model, feeds)
-        cos = []
-        for name, ref in want.items():
-            a, b = ref.ravel().astype(np.float64), got[name].ravel().astype(np.float64)
-            denom = np.linalg.norm(a) * np.linalg.norm(b)
-            cos.append(float(a @ b / denom) if denom else float(np.array_equal(a, b)))
-        return min(cos)
-
-    return metric
-
-
 def prune_progressive(
     model: ir.Model, metric, *, tolerance: float, max_ratio: float = 0.9, step: float = 0.1, **options: Any
 ) -> tuple[float, list[dict[str, float]]]:
@@ -317,6 +300,7 @@ class Prune(Pass):
 
     name = "prune"
     family = "pruning"
+    uses_samples = True
     description = "remove channels, filters and FFN neurons by dependency group (or mask: unstructured, N:M)"
 
     @dataclasses.dataclass
@@ -342,7 +326,6 @@ class Prune(Pass):
         super().__init__(**options)
         if self.options.mode == "nm" and self.options.n >= self.options.m:
             raise SpecError(f"pass 'prune': n={self.options.n} must be smaller than m={self.options.m}")
-        self.feeds: dict[str, np.ndarray] | None = None
 
     def call(self, model: ir.Model) -> PassResult:
         o = self.options
@@ -359,10 +342,9 @@ class Prune(Pass):
         history = None
         if o.tolerance > 0:
             from graphpress.ir.io import to_proto
-            from graphpress.ir.numeric import make_inputs
 
             probe = ir.serde.deserialize_model(to_proto(model))
-            metric = output_similarity(probe, self.feeds or make_inputs(probe, seed=o.seed))
+            metric = output_similarity(probe, self.context.feeds(probe, seed=o.seed))
             ratio, history = prune_progressive(
                 probe, metric, tolerance=o.tolerance, max_ratio=o.ratio, importance=o.importance, global_ranking=o.global_,
                 min_channels=o.min_channels, round_to=o.round_to, include=_split(o.include), exclude=_split(o.exclude),
@@ -378,7 +360,7 @@ class Prune(Pass):
             include=_split(o.include),
             exclude=_split(o.exclude),
             protect=_split(o.protect),
-            feeds=self.feeds,
+            feeds=self.context.feeds(model, seed=o.seed) if self.context.samples else None,
             seed=o.seed,
         )
         params_before = sum(v.const_value.size for v in model.graph.initializers.values() if v.const_value is not None)
