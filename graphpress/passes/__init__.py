@@ -14,6 +14,7 @@ from graphpress.passes.manager import (
 )
 from graphpress.passes.registry import all_passes, get, register
 from graphpress.passes.spec import build_passes, parse_spec
+from graphpress.passes import builtin  # noqa: E402,F401  (last: registers the built-in passes)
 
 __all__ = [
     "DumpInstrument",

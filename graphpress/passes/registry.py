@@ -30,7 +30,6 @@ def get(name: str) -> type[Pass]:
     A dotted name loads a user's pass by import path: ``mypkg.mymodule`` (the module
     registers exactly one pass, or exposes one as ``PASS``) or ``mypkg.mymodule.MyPass``.
     """
-    _load_builtin()
     if name in _REGISTRY:
         return _REGISTRY[name]
     if "." in name or importlib.util.find_spec(name) is not None:
@@ -74,16 +73,5 @@ def _import_pass(path: str) -> type[Pass]:
 
 
 def all_passes() -> dict[str, type[Pass]]:
-    _load_builtin()
+    """Every registered pass by name (the built-ins register when ``graphpress.passes`` is imported)."""
     return dict(sorted(_REGISTRY.items()))
-
-
-def _load_builtin() -> None:
-    # Importing the modules registers their passes.
-    import graphpress.passes.cleanup  # noqa: F401
-    import graphpress.passes.dedup  # noqa: F401
-    import graphpress.passes.fold_batchnorm  # noqa: F401
-    import graphpress.passes.fusion  # noqa: F401
-    import graphpress.passes.pruning  # noqa: F401
-    import graphpress.passes.quantization  # noqa: F401
-    import graphpress.passes.share  # noqa: F401

@@ -724,7 +724,7 @@ def _int8_pipeline(mod, target):
     import tvm
     from tvm import relax
 
-    from graphpress.backends.tvm.build import schedule_injective
+    from graphpress.backends.tvm.schedules import schedule_injective
 
     with target:
         mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(), relax.get_pipeline("zero")])(mod)

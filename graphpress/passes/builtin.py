@@ -1,0 +1,10 @@
+"""The built-in passes: importing this module registers each of them (its module's ``@register``).
+
+The one list of built-in pass modules. ``graphpress.passes`` imports it last, so the registry
+(:mod:`graphpress.passes.registry`) knows every built-in pass without importing a pass module
+itself: the registry is a leaf the passes import, not the other way round.
+"""
+
+from graphpress.passes import cleanup, dedup, fold_batchnorm, fusion, pruning, quantization, share  # noqa: F401
+
+__all__: list[str] = []
