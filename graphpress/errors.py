@@ -7,6 +7,29 @@ prints it and exits with code 2; anything else is a bug and shows a traceback.
 
 from __future__ import annotations
 
+import re
+
+__all__ = [
+    "GraphpressError",
+    "InvariantError",
+    "ModelLoadError",
+    "NumericMismatchError",
+    "PassFailedError",
+    "SpecError",
+    "one_line",
+]
+
+
+def one_line(error: BaseException, limit: int = 200, *, last: bool = False) -> str:
+    """A library's error as one line for a graphpress message: colour codes stripped, the
+    first (or, for TVM, whose tracebacks end with the reason, the ``last``) non-empty line,
+    at most ``limit`` characters; the exception's type name when it has no text."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines:
+        return type(error).__name__
+    return (lines[-1] if last else lines[0])[:limit]
+
 
 class GraphpressError(Exception):
     """A user error: bad input, bad option, a failed check. One line, actionable."""
@@ -56,7 +79,7 @@ class PassFailedError(GraphpressError):
 
     def __init__(self, pass_name: str, pass_type: type, error: BaseException):
         self.pass_name = pass_name
-        first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+        first = one_line(error, 300)
         where = f"{pass_type.__module__}.{pass_type.__qualname__}"
         super().__init__(
             f"pass '{pass_name}' ({where}) raised {type(error).__name__}: {first}; it is a bug in that pass: "

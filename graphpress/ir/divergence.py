@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from graphpress.errors import one_line
 from graphpress.ir.io import to_proto
 from graphpress.ir.numeric import _diff, _materialize, compare_outputs, first_divergence, run
 
@@ -144,7 +145,7 @@ def attribute_divergence(
             cand_vals = run(cut, feeds, [o for o in cand_node.output if o])
             alone = _alone(node, cand_in, _constants(cut), ref)
         except Exception as e:  # noqa: BLE001 - a value ORT cannot expose, an op it cannot run alone
-            return Attribution(False, amplified, f"node '{node.name}' ({node.op_type}) cannot be run alone ({str(e).splitlines()[0][:120]})")
+            return Attribution(False, amplified, f"node '{node.name}' ({node.op_type}) cannot be run alone ({one_line(e, 120)})")
         for name in inputs:
             if not _diff(name, np.asarray(ref_in[name]), np.asarray(cand_in[name]), family, precision=precision).passed:
                 return Attribution(False, amplified, f"input '{name}' of node '{node.name}' differs beyond tolerance")

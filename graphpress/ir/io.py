@@ -35,7 +35,7 @@ import onnx
 import onnx_ir as ir
 
 from graphpress._heap import frozen_heap
-from graphpress.errors import GraphpressError, ModelLoadError
+from graphpress.errors import GraphpressError, ModelLoadError, one_line
 from graphpress.ir import atomic
 from graphpress.ir import external_data as external_data_mod
 
@@ -96,7 +96,7 @@ def load(
         try:
             proto = onnx.load_from_string(bytes(source))
         except Exception as e:  # protobuf DecodeError and friends
-            raise ModelLoadError(f"<bytes>: not an ONNX model ({_first_line(e)})") from e
+            raise ModelLoadError(f"<bytes>: not an ONNX model ({one_line(e)})") from e
         return _from_proto(proto, "<bytes>", opset)
     if isinstance(source, onnx.ModelProto):
         return _from_proto(source, "<ModelProto>", opset)
@@ -123,7 +123,7 @@ def _load_path(path: Path, opset: int) -> ir.Model:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:
         raise ModelLoadError(
-            f"{path}: not an ONNX model or a truncated/corrupted file ({_first_line(e)}); "
+            f"{path}: not an ONNX model or a truncated/corrupted file ({one_line(e)}); "
             "re-export it or check the download"
         ) from e
     model = _from_proto(proto, str(path), opset, base_dir=str(path.absolute().parent))
@@ -180,7 +180,7 @@ def _deserialize(proto: onnx.ModelProto, where: str) -> ir.Model:
         root = e  # onnx-ir wraps the reason in "Error calling _deserialize_graph" errors
         while root.__cause__ is not None:
             root = root.__cause__
-        raise ModelLoadError(f"{where}: the ONNX model is malformed ({_first_line(root)}); re-export it") from e
+        raise ModelLoadError(f"{where}: the ONNX model is malformed ({one_line(root)}); re-export it") from e
 
 
 def _convert_opset(model: ir.Model, where: str, opset: int, base_dir: str | None) -> ir.Model:
@@ -194,7 +194,7 @@ def _convert_opset(model: ir.Model, where: str, opset: int, base_dir: str | None
         converted = version_converter.convert_version(proto, opset)
     except Exception as e:
         raise ModelLoadError(
-            f"{where}: cannot convert opset {_default_opset(proto)} to {opset} ({_first_line(e)}); "
+            f"{where}: cannot convert opset {_default_opset(proto)} to {opset} ({one_line(e)}); "
             "re-export the model at opset >= 13"
         ) from e
     model = _deserialize(converted, where)
@@ -244,7 +244,7 @@ def from_torch(module: torch.nn.Module, example_inputs: Any, *, dynamic_batch: b
                 verbose=False,
             )
     except Exception as e:
-        raise ModelLoadError(f"{type(module).__name__}: torch.onnx.export failed ({_first_line(e)})") from e
+        raise ModelLoadError(f"{type(module).__name__}: torch.onnx.export failed ({one_line(e)})") from e
     finally:
         module.train(was_training)
     return program.model
@@ -379,7 +379,7 @@ def _to_bytes(proto: onnx.ModelProto, dest: Path) -> bytes:
         return proto.SerializeToString()
     except ValueError as e:  # protobuf refuses messages over 2 GiB
         raise GraphpressError(
-            f"{dest}: the model is too large for one ONNX file ({_first_line(e)}); save it with external data "
+            f"{dest}: the model is too large for one ONNX file ({one_line(e)}); save it with external data "
             "(--external-data, or save(..., external_data=True))"
         ) from None
 
@@ -489,9 +489,3 @@ def _is_torch_module(obj: Any) -> bool:
 def _is_graphsurgeon_graph(obj: Any) -> bool:
     return type(obj).__module__.startswith("onnx_graphsurgeon") and type(obj).__name__ == "Graph"
 
-
-def _first_line(e: BaseException) -> str:
-    import re
-
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip() or type(e).__name__
-    return text.splitlines()[0][:200]

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from graphpress.errors import GraphpressError
+from graphpress.errors import GraphpressError, one_line
 from graphpress.ir.io import to_proto
 
 __all__ = [
@@ -352,7 +352,7 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except IsADirectoryError as e:
         raise GraphpressError(f"{path}: is a directory; give an .npz of sample inputs") from e
     except Exception as e:
-        text = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        text = one_line(e, 120)
         raise GraphpressError(f"{path}: not a readable .npz file ({text}); save inputs with numpy.savez(path, name=array, ...)") from e
 
 

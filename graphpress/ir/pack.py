@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from graphpress.errors import GraphpressError
+from graphpress.errors import GraphpressError, one_line
 from graphpress.ir import huffman
 from graphpress.ir.atomic import write_bytes_atomic
 from graphpress.ir.external_data import tensor_protos
@@ -110,7 +110,7 @@ def _segments(data: bytes, where: str) -> list[tuple[int, int, int]]:
     try:
         proto = onnx.load_from_string(data)
     except Exception as e:  # noqa: BLE001 - protobuf raises several types
-        raise GraphpressError(f"{where}: not an ONNX model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise GraphpressError(f"{where}: not an ONNX model ({one_line(e)})") from None
     found: list[tuple[int, int, int]] = []
     claimed: list[tuple[int, int]] = []
     blobs = []

@@ -42,7 +42,7 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common  # noqa: F401  (ir.passes.common)
 
-from graphpress.errors import GraphpressError
+from graphpress.errors import GraphpressError, one_line
 from graphpress.ir.numeric import output_similarity
 from graphpress.ir.io import MAX_IR_VERSION, to_proto
 from graphpress.passes.context import TargetFacts
@@ -337,7 +337,7 @@ def _weight_only_int4(model: ir.Model, ops: list[str], exclude: list[str], block
         try:
             converted = version_converter.convert_version(to_proto(model), 21)
         except Exception as e:  # noqa: BLE001 - the converter raises several types
-            raise GraphpressError(f"quantize: int4 weights need opset 21 and the model does not convert ({str(e).splitlines()[0]})") from None
+            raise GraphpressError(f"quantize: int4 weights need opset 21 and the model does not convert ({one_line(e)})") from None
         _replace_contents(model, converted)
         model.opset_imports[""] = 21
     skipped = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-from graphpress.errors import SpecError
+from graphpress.errors import SpecError, one_line
 from graphpress.passes.base import Pass
 
 __all__ = ["all_passes", "get", "register"]
@@ -46,7 +46,7 @@ def _import(path: str, name: str):
             return None  # the module (or a package above it) does not exist
         raise SpecError(f"pass '{path}': importing module '{name}' failed: {type(e).__name__}: {e}") from e
     except Exception as e:  # the user's module raised while importing
-        first = str(e).splitlines()[0] if str(e) else ""
+        first = one_line(e)
         raise SpecError(f"pass '{path}': importing module '{name}' failed: {type(e).__name__}: {first}") from e
 
 

@@ -35,7 +35,7 @@ from graphpress.backends.tvm.lower import bind_input_shapes, to_relax
 from graphpress.backends.tvm.runtime import CompiledModel, require_compiler
 from graphpress.backends.tvm.schedules import schedule_injective
 from graphpress.backends.tvm.targets import TargetSpec, resolve_target
-from graphpress.errors import GraphpressError
+from graphpress.errors import GraphpressError, one_line
 
 __all__ = ["compile_model", "database_dirs", "user_database_dir"]
 
@@ -365,8 +365,7 @@ def _build(mod, spec: TargetSpec, tune_trials, max_trials_per_task, database, sh
         try:
             built[name] = (tvm.compile(scheduled, target=spec.tvm_target()), kernel_stats)
         except Exception as e:
-            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-            raise GraphpressError(f"target {spec.name}: TVM build failed ({(lines[-1] if lines else type(e).__name__)[:300]})") from e
+            raise GraphpressError(f"target {spec.name}: TVM build failed ({one_line(e, 300, last=True)})") from e
     if len(built) > 1:  # fast math against libm, both built here: the faster ships
         timings = {name: _vm_ms(exe, candidates[name][0]) for name, (exe, _) in built.items()}
         choice = min(timings, key=timings.get)

@@ -18,7 +18,7 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 
-from graphpress.errors import GraphpressError
+from graphpress.errors import GraphpressError, one_line
 from graphpress.ir.io import to_proto
 
 __all__ = ["bind_input_shapes", "to_relax", "unsupported_ops"]
@@ -94,5 +94,4 @@ def to_relax(model: ir.Model, shapes: Mapping[str, Mapping[str, Any]], target_na
             keep_params_in_input=False,
         )
     except Exception as e:
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        raise GraphpressError(f"target {target_name}: TVM's ONNX import failed ({(lines[-1] if lines else type(e).__name__)[:300]})") from e
+        raise GraphpressError(f"target {target_name}: TVM's ONNX import failed ({one_line(e, 300, last=True)})") from e

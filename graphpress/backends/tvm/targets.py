@@ -24,7 +24,7 @@ import subprocess
 import sys
 from typing import Any
 
-from graphpress.errors import GraphpressError
+from graphpress.errors import GraphpressError, one_line
 from graphpress.passes.context import TargetFacts
 
 __all__ = ["TargetSpec", "detect_x86_mcpu", "has_amx", "has_dotprod", "has_vnni", "resolve_target"]
@@ -74,7 +74,7 @@ class TargetSpec:
         try:
             return tvm.target.Target(self.config)
         except Exception as e:  # TVM rejects the dict: its message in one line
-            raise GraphpressError(f"target {json.dumps(self.config)}: TVM rejects it ({_one_line(e)})") from e
+            raise GraphpressError(f"target {json.dumps(self.config)}: TVM rejects it ({one_line(e, 300, last=True)})") from e
 
     def to_json(self) -> str:
         return json.dumps(self.config, sort_keys=True)
@@ -201,8 +201,3 @@ def _cross_for(config: dict[str, Any]) -> str | None:
     triple = str(config.get("mtriple", ""))
     return AARCH64_CXX if triple.startswith("aarch64") else None
 
-
-def _one_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    # TVM errors end with the useful line
-    return (lines[-1] if lines else type(e).__name__)[:300]
