@@ -274,9 +274,16 @@ def test_interrupted_artifact_directories_leave_the_old_or_the_new_one(tmp_path)
         new = "b" if current == "a" else "a"
         proc = spawn(new)
         time.sleep(rng.uniform(0, duration * 1.1))
-        proc.send_signal((signal.SIGKILL, signal.SIGINT, signal.SIGTERM)[i % 3])
+        sig = (signal.SIGKILL, signal.SIGINT, signal.SIGTERM)[i % 3]
+        proc.send_signal(sig)
         proc.communicate(timeout=120)
-        assert sorted(p.name for p in out.iterdir()) == ["model.tvm"], f"round {i}: {sorted(p.name for p in out.iterdir())}"
+        names = sorted(p.name for p in out.iterdir())
+        if sig == signal.SIGKILL and len(names) == 2 and names[0].startswith(".model.tvm."):
+            # kill -9 within the few system calls of the swap: a complete directory under a
+            # hidden name, which the next write removes (checked below)
+            assert (out / names[0]).is_dir()
+            names = names[1:]
+        assert names == ["model.tvm"], f"round {i}: {names}"
         state = (dest / "graphpress.json").read_text()
         assert state in (current, new) and (dest / "model.so").stat().st_size == 40 << 20
         with open(dest / "model.so", "rb") as f:
@@ -284,3 +291,6 @@ def test_interrupted_artifact_directories_leave_the_old_or_the_new_one(tmp_path)
         kept += state == current
         current = state
     assert kept > 0
+    proc = spawn("b" if current == "a" else "a")
+    proc.communicate(timeout=120)
+    assert sorted(p.name for p in out.iterdir()) == ["model.tvm"]
