@@ -47,7 +47,7 @@ from rich.table import Table
 
 import graphpress as gp
 from graphpress.backends import tvm as gtvm
-from graphpress.backends.tvm.build import database_dirs
+from graphpress.backends.tvm.tuning import database_dirs
 from graphpress.backends.tvm.targets import resolve_target
 from graphpress.passes import PassManager, build_passes
 

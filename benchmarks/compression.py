@@ -25,12 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import lzma
-import os
 import tempfile
 from pathlib import Path
 
 import _text
-import numpy as np
 import onnxruntime as ort
 import torch
 from _timing import blocked

@@ -20,7 +20,8 @@ import time
 import torch
 
 import graphpress as gp
-from graphpress.backends.tvm.build import SHIPPED_DATABASES, _target_key, compile_model
+from graphpress.backends.tvm.build import compile_model
+from graphpress.backends.tvm.tuning import SHIPPED_DATABASES, target_key
 from graphpress.backends.tvm.targets import resolve_target
 
 
@@ -47,7 +48,7 @@ def main() -> None:
     parser.add_argument("--target", default="x86")
     args = parser.parse_args()
     spec = resolve_target(args.target)
-    db = SHIPPED_DATABASES / _target_key(spec)
+    db = SHIPPED_DATABASES / target_key(spec)
     factories = benchmark_models()
     summary = {}
     for name in args.models.split(","):

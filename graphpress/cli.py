@@ -445,7 +445,8 @@ def cmd_compile(args) -> int:
                   file=sys.stderr)
     if "int8" in build:
         i8 = build["int8"]
-        print(f"int8: {i8['lowered']} layer(s) on integer kernels ({i8.get('amx_tile_products', 0)} AMX tile products, {i8.get('zmm_vpdpbusd', 0)} zmm vpdpbusd), "
+        counted = ", ".join(f"{n} {label}" for label, n in i8.get("instructions", {}).items())
+        print(f"int8 ({i8['isa']}): {i8['lowered']} layer(s) on integer kernels{f' ({counted})' if counted else ''}, "
               f"{i8['kept_fp32']} kept fp32 by the speed guard, {len(i8.get('fp32_layers', []))} QDQ layer(s) in fp32 (no integer kernel)")
     if check is not None:
         print(f"check vs ONNX Runtime: max_abs_diff={check.max_abs_diff:.3g} cosine={check.min_cosine:.8f} -> PASS")

@@ -26,6 +26,28 @@ OPSET = 20
 IR_VERSION = 10
 
 
+def _host_cpu() -> tuple[str, set[str]]:
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown CPU":
+                model = value.strip()
+            elif key.strip() in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    return model, flags
+
+
+def host_lacks(*flags: str) -> str:
+    """"" when this host's CPU has every one of ``flags`` (``/proc/cpuinfo`` names), else a skip
+    reason naming the ISA, the host and what it lacks."""
+    model, have = _host_cpu()
+    missing = [f for f in flags if f not in have]
+    return f"needs a CPU with {', '.join(flags)}; this host ({model}) lacks {', '.join(missing)}" if missing else ""
+
+
 def make_model(nodes, inputs, outputs, initializers=(), opset=OPSET, ir_version=IR_VERSION) -> onnx.ModelProto:
     """An ONNX model from helper-made pieces with an IR version ORT reads."""
     graph = helper.make_graph(nodes, "g", inputs, outputs, list(initializers))

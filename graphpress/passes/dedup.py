@@ -34,6 +34,7 @@ from collections import defaultdict
 import numpy as np
 import onnx_ir as ir
 
+from graphpress.ir.edit import add_initializer
 from graphpress.passes.base import Pass, PassResult, option
 from graphpress.passes.registry import register
 
@@ -121,13 +122,7 @@ def _layout_node(kind: str, keep: ir.Value, dup: ir.Value, graph: ir.Graph) -> t
         node = ir.node("Transpose", [keep], attributes={"perm": [1, 0]}, name=f"{name}/dedup_transpose")
         added = 0
     else:
-        shape = ir.Value(
-            name=f"{name}/dedup_shape",
-            const_value=ir.tensor(np.array(dup.const_value.shape.numpy(), dtype=np.int64), name=f"{name}/dedup_shape"),
-        )
-        shape.shape = ir.Shape([len(dup.const_value.shape)])
-        shape.type = ir.TensorType(ir.DataType.INT64)
-        graph.initializers.add(shape)
+        shape = add_initializer(graph, f"{name}/dedup_shape", np.array(dup.const_value.shape.numpy(), dtype=np.int64))
         node = ir.node("Reshape", [keep, shape], name=f"{name}/dedup_reshape")
         added = 8 * len(dup.const_value.shape)
     node.metadata_props["graphpress.dedup"] = kind

@@ -43,6 +43,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common  # noqa: F401  (ir.passes.common)
 
 from graphpress.errors import GraphpressError, one_line
+from graphpress.ir.edit import add_initializer
 from graphpress.ir.numeric import output_similarity
 from graphpress.ir.io import MAX_IR_VERSION, to_proto
 from graphpress.passes.context import TargetFacts
@@ -279,12 +280,8 @@ def _quantize_weights(model: ir.Model, ops: list[str], exclude: list[str], quant
             continue
         q, scale, attributes = result
         suffix = "int8" if q.dtype == np.int8 else "int4"
-        qv = ir.Value(name=f"{w.name}_{suffix}", const_value=ir.tensor(q, name=f"{w.name}_{suffix}"))
-        sv = ir.Value(name=f"{w.name}_scale", const_value=ir.tensor(np.ascontiguousarray(scale), name=f"{w.name}_scale"))
-        for v in (qv, sv):
-            v.shape = ir.Shape(v.const_value.shape)
-            v.type = ir.TensorType(v.const_value.dtype)
-            graph.register_initializer(v)
+        qv = add_initializer(graph, f"{w.name}_{suffix}", q)
+        sv = add_initializer(graph, f"{w.name}_scale", np.ascontiguousarray(scale))
         dq = ir.node("DequantizeLinear", [qv, sv], attributes=attributes, name=f"{w.name}_dq")
         dq.outputs[0].name = f"{w.name}_dequantized"
         dq.outputs[0].shape, dq.outputs[0].type = w.shape, w.type

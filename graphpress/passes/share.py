@@ -34,6 +34,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphpress.errors import GraphpressError
+from graphpress.ir.edit import add_initializer
 from graphpress.passes.base import Pass, PassResult, option
 from graphpress.passes.registry import register
 
@@ -106,14 +107,6 @@ def _entropy_bits(indices: np.ndarray, k: int) -> float:
     return float(-(p * np.log2(p)).sum())
 
 
-def _const(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, const_value=ir.tensor(array, name=name))
-    value.shape = ir.Shape(list(array.shape))
-    value.type = ir.TensorType(ir.DataType.from_numpy(array.dtype))
-    graph.initializers.add(value)
-    return value
-
-
 def _unpack_nodes(graph: ir.Graph, base: str, indices: np.ndarray, codebook: ir.Value, shape: tuple[int, ...]) -> tuple[list[ir.Node], ir.Value, int]:
     """Nodes computing ``codebook[indices].reshape(shape)`` from stored indices; returns
     (nodes, output value, bytes the stored indices take)."""
@@ -130,24 +123,24 @@ def _unpack_nodes(graph: ir.Graph, base: str, indices: np.ndarray, codebook: ir.
     if codebook.const_value.size <= 16:
         padded = np.concatenate([flat, np.zeros(n % 2, dtype=np.uint8)])
         packed = (padded[0::2] | (padded[1::2] << 4)).astype(np.uint8)  # low nibble first
-        stored = _const(graph, f"{base}.share_indices4", packed)
-        four = _const(graph, f"{base}.share_four", np.array(4, dtype=np.uint8))
-        mask = _const(graph, f"{base}.share_mask", np.array(15, dtype=np.uint8))
-        axis_last = _const(graph, f"{base}.share_axis", np.array([-1], dtype=np.int64))
+        stored = add_initializer(graph, f"{base}.share_indices4", packed)
+        four = add_initializer(graph, f"{base}.share_four", np.array(4, dtype=np.uint8))
+        mask = add_initializer(graph, f"{base}.share_mask", np.array(15, dtype=np.uint8))
+        axis_last = add_initializer(graph, f"{base}.share_axis", np.array([-1], dtype=np.int64))
         lo = add("Unsqueeze", [add("BitwiseAnd", [stored, mask]), axis_last])
         hi = add("Unsqueeze", [add("BitShift", [stored, four], direction="RIGHT"), axis_last])
         both = add("Concat", [lo, hi], axis=-1)  # [n/2, 2]: low, high
-        flat_shape = _const(graph, f"{base}.share_flat", np.array([-1], dtype=np.int64))
+        flat_shape = add_initializer(graph, f"{base}.share_flat", np.array([-1], dtype=np.int64))
         idx = add("Reshape", [both, flat_shape])
         if n % 2:
-            starts = _const(graph, f"{base}.share_start", np.array([0], dtype=np.int64))
-            ends = _const(graph, f"{base}.share_end", np.array([n], dtype=np.int64))
+            starts = add_initializer(graph, f"{base}.share_start", np.array([0], dtype=np.int64))
+            ends = add_initializer(graph, f"{base}.share_end", np.array([n], dtype=np.int64))
             idx = add("Slice", [idx, starts, ends])
         nbytes = packed.nbytes
     else:
-        idx = _const(graph, f"{base}.share_indices", flat)
+        idx = add_initializer(graph, f"{base}.share_indices", flat)
         nbytes = flat.nbytes
-    shape_v = _const(graph, f"{base}.share_shape", np.array(shape, dtype=np.int64))
+    shape_v = add_initializer(graph, f"{base}.share_shape", np.array(shape, dtype=np.int64))
     idx = add("Reshape", [add("Cast", [idx], to=ir.DataType.INT32), shape_v])
     out = add("Gather", [codebook, idx], axis=0)
     return nodes, out, nbytes
@@ -227,11 +220,11 @@ class Share(Pass):
             c, idx = fits[name]
             if o.scope == "global":
                 if shared_codebook is None:
-                    shared_codebook = _const(graph, "graphpress.share_codebook", c.astype(dtype))
+                    shared_codebook = add_initializer(graph, "graphpress.share_codebook", c.astype(dtype))
                     codebook_bytes += shared_codebook.const_value.nbytes
                 codebook = shared_codebook
             else:
-                codebook = _const(graph, f"{name}.share_codebook", c.astype(dtype))
+                codebook = add_initializer(graph, f"{name}.share_codebook", c.astype(dtype))
                 codebook_bytes += codebook.const_value.nbytes
             a = arrays[name]
             approx = codebook.const_value.numpy().astype(np.float64)[idx].reshape(a.shape)

@@ -1,32 +1,99 @@
-"""The int8 building block: a packed u8 x s8 -> s32 dense, tuned with the fixed VNNI intrinsic,
-is exact and really uses 512-bit vpdpbusd (tensorization failures are only warnings in TVM)."""
+"""The int8 building blocks: every ISA's dense kernel emits its instructions (checked on any
+host: the kernels are compiled, not run), and a packed u8 x s8 -> s32 dense tuned by MetaSchedule
+with the fixed VNNI intrinsic is exact and really uses 512-bit vpdpbusd (tensorization failures
+are only warnings in TVM)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from graphpress.backends.tvm.int8 import pack_dense_weight, run_int8_dense, tune_int8_dense
-from graphpress.backends.tvm.targets import detect_x86_mcpu
+from graphpress.backends.tvm.int8.emit import pack_weight
+from graphpress.backends.tvm.int8.isa import ISAS
+from graphpress.backends.tvm.int8.kernels_x86 import VNNI_INTRIN, register_vnni_intrinsic, zmm_vpdpbusd_count
+from graphpress.backends.tvm.targets import resolve_target
+from graphpress.backends.tvm.tuning import drop_unnamed_tuning_log_handlers
+from tests.conftest import host_lacks
 
-pytestmark = pytest.mark.skipif("avx512_vnni" not in open("/proc/cpuinfo").read(), reason="needs AVX-512 VNNI")
+#: a target for each ISA, compiled for on any host (nothing here runs the code)
+ISA_TARGETS = {
+    "vnni": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake"},
+    "amx": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "sapphirerapids"},
+    "sdot": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]},
+}
 
 
-def test_pack_dense_weight_layout():
-    w = np.arange(32 * 8, dtype=np.int8).reshape(32, 8)
-    p = pack_dense_weight(w)
-    assert p.shape == (2, 2, 16, 4)
-    assert p[1, 1, 3, 2] == w[16 + 3, 4 + 2]
-    with pytest.raises(ValueError, match="multiple of 16"):
-        pack_dense_weight(np.zeros((10, 8), np.int8))
+def test_pack_weight_layout():
+    """[K, N] int8 -> [N/16, K/4, 16, 4] blocks; N padded with zero columns, column sums of the padded matrix."""
+    w_kn = np.arange(8 * 20, dtype=np.int8).reshape(8, 20)
+    packed, colsum, npad = pack_weight(w_kn, 32, 16)
+    assert npad == 32 and packed.shape == (2, 2, 16, 4)
+    assert packed[1, 1, 3, 2] == w_kn[4 + 2, 16 + 3]
+    assert packed[1, 0, 4, 0] == 0  # column 20: padding
+    np.testing.assert_array_equal(colsum[:20], w_kn.astype(np.int32).sum(0))
+    assert not colsum[20:].any()
 
 
-def test_vnni_dense_is_exact_and_tensorized(tmp_path):
+@pytest.mark.parametrize("isa", ISAS, ids=lambda isa: isa.name)
+def test_every_isa_kernel_emits_its_instructions(isa):
+    """Each ISA's dense kernel, compiled for a target with that ISA: the instructions its record
+    counts are in the assembly (a record whose kernel or counter were wrong would count 0)."""
+    import tvm
+
+    m, n, k = 64, 64, 128
+    func = isa.dense(m, n, k)
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=resolve_target(ISA_TARGETS[isa.name]).tvm_target())
+    counts = isa.count(lib.inspect_source("asm") if hasattr(lib, "inspect_source") else lib.mod.inspect_source("asm"))
+    assert counts[isa.counters[0].key] > 0, counts
+
+
+def _dense_module(m: int, n: int, k: int):
+    import tvm
+    from tvm import te
+
+    a = te.placeholder((m, k), "uint8", name="A")
+    b = te.placeholder((n // 16, k // 4, 16, 4), "int8", name="B")
+    r = te.reduce_axis((0, k), name="k")
+    c = te.compute((m, n), lambda i, j: te.sum(a[i, r].astype("int32") * b[j // 16, r // 4, j % 16, r % 4].astype("int32"), axis=r), name="C")
+    return tvm.IRModule({"main": te.create_prim_func([a, b, c])})
+
+
+def _vnni_space():
+    """MetaSchedule space: multi-level tiling with the fixed VNNI intrinsic, then vectorize/unroll."""
+    from tvm.s_tir import meta_schedule as ms
+
+    register_vnni_intrinsic()
+    rules = [
+        ms.schedule_rule.MultiLevelTilingWithIntrin(
+            VNNI_INTRIN, structure="SSRSRS", tile_binds=None, max_innermost_factor=64, vector_load_lens=None, reuse_read=None,
+            reuse_write=ms.schedule_rule.ReuseType(req="may", levels=[1, 2], scope="global"),
+        ),
+        ms.schedule_rule.ParallelizeVectorizeUnroll(max_jobs_per_core=16, max_vectorize_extent=64, unroll_max_steps=[0, 16, 64, 512], unroll_explicit=True),
+    ]  # fmt: skip
+    postprocs = [ms.postproc.DisallowDynamicLoop(), ms.postproc.RewriteParallelVectorizeUnroll(), ms.postproc.RewriteReductionBlock(),
+                 ms.postproc.RewriteTensorize(vectorize_init_loop=True)]  # fmt: skip
+    return ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=postprocs, mutator_probs={ms.mutator.MutateTileSize(): 0.9, ms.mutator.MutateUnroll(): 0.1})
+
+
+@pytest.mark.skipif(bool(host_lacks("avx512_vnni", "avx512f")), reason=host_lacks("avx512_vnni", "avx512f"))
+def test_metaschedule_tunes_the_fixed_vnni_intrinsic_exactly(tmp_path):
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
     m, n, k = 32, 64, 128
-    result = tune_int8_dense(m, n, k, trials=8, work_dir=tmp_path, target={"kind": "llvm", "mcpu": detect_x86_mcpu(), "num-cores": 2})
-    assert result["zmm_vpdpbusd"] > 0
+    target = resolve_target("x86").tvm_target()
+    mod = _dense_module(m, n, k)
+    drop_unnamed_tuning_log_handlers()
+    database = ms.tune_tir(mod, target, str(tmp_path), max_trials_global=8, num_trials_per_iter=8, space=_vnni_space(),
+                           builder=ms.builder.LocalBuilder(timeout_sec=120), runner=ms.runner.LocalRunner(timeout_sec=60))  # fmt: skip
+    sch = ms.tir_integration.compile_tir(database, mod, target)
+    assert sch is not None, "no valid candidate in 8 trials"
+    lib = tvm.compile(sch.mod, target=target)
+    assert zmm_vpdpbusd_count(lib.mod.inspect_source("asm")) > 0
     rng = np.random.default_rng(0)
     a = rng.integers(0, 256, (m, k), dtype=np.uint8)
     b = rng.integers(-128, 128, (n, k), dtype=np.int8)
-    got, _ = run_int8_dense(result["kernel"], a, pack_dense_weight(b))
-    np.testing.assert_array_equal(got, a.astype(np.int32) @ b.astype(np.int32).T)
+    dev = tvm.cpu()
+    out = tvm.runtime.tensor(np.zeros((m, n), "int32"), dev)
+    lib(tvm.runtime.tensor(a, dev), tvm.runtime.tensor(pack_weight(b.T, 16, 16)[0], dev), out)
+    np.testing.assert_array_equal(out.numpy(), a.astype(np.int32) @ b.astype(np.int32).T)

@@ -12,15 +12,17 @@ from onnx import TensorProto, helper
 
 import graphpress as gp
 from graphpress.backends.tvm import compile_model
-from graphpress.backends.tvm import quantized as q
+from graphpress.backends.tvm.int8 import guard
+from graphpress.backends.tvm.int8.kernels_x86 import amx_dot_product_count, zmm_vpdpbusd_count
+from graphpress.backends.tvm.int8.qdq import qdq_to_integer
 from graphpress.backends.tvm.targets import has_amx, has_vnni, resolve_target
 from graphpress.errors import GraphpressError
 from graphpress.ir.io import to_proto
 from graphpress.passes import PassManager, build_passes
 from graphpress.passes.context import PassContext
-from tests.conftest import make_model, tensor
+from tests.conftest import host_lacks, make_model, tensor
 
-pytestmark = pytest.mark.skipif(not has_vnni(resolve_target("x86")), reason="needs an x86 host with AVX-512 VNNI")
+pytestmark = pytest.mark.skipif(not has_vnni(resolve_target("x86")), reason=host_lacks("avx512_vnni", "avx512f") or "the x86 target has no AVX-512 VNNI")
 
 
 def _ort(model: ir.Model, feeds: dict) -> list[np.ndarray]:
@@ -58,7 +60,7 @@ HAS_AMX = has_amx(resolve_target("x86"))
 )
 def test_matmul_integer_equals_ort_bit_for_bit(a_shape, n, a_dtype, kernel):
     if kernel == "AMX" and not HAS_AMX:
-        pytest.skip("needs an x86 host with AMX-INT8")
+        pytest.skip(host_lacks("amx_tile", "amx_int8") or "the x86 target has no AMX-INT8")
     model = _matmul_integer_model(a_shape, n, a_dtype)
     rng = np.random.default_rng(1)
     info = np.iinfo(a_dtype)
@@ -70,24 +72,39 @@ def test_matmul_integer_equals_ort_bit_for_bit(a_shape, n, a_dtype, kernel):
     np.testing.assert_array_equal(compiled.run_named(a=a)["y"], _ort(model, {"a": a})[0])
 
 
-def test_guard_times_both_kernels_and_decides_by_them():
+def _shipped_int8_instructions(compiled) -> int:
+    """Integer dot products in the library that ships: what the guard's decision really built."""
+    asm = compiled._executable.mod.imports[0].inspect_source("asm")
+    return zmm_vpdpbusd_count(asm) + amx_dot_product_count(asm)
+
+
+def test_guard_times_both_kernels_and_what_it_reports_is_what_ships():
     model = _matmul_integer_model((64, 256), 256)
     compiled = compile_model(model, "x86", int8="on")
-    (node,) = compiled.meta["build"]["int8"]["nodes"]
+    report = compiled.meta["build"]["int8"]
+    (node,) = report["nodes"]
     assert node["int8_ms"] > 0 and node["fp32_ms"] > 0
-    assert node["lowered"] == (node["int8_ms"] < node["fp32_ms"])
+    # the report's verdict (layer and whole model) matches the instructions in the shipped library
+    assert (report["lowered"] == 1) == (_shipped_int8_instructions(compiled) > 0), report
     a = np.random.default_rng(2).integers(0, 256, (64, 256)).astype(np.uint8)
     np.testing.assert_array_equal(compiled.run_named(a=a)["y"], _ort(model, {"a": a})[0])
 
 
-def test_a_layer_whose_int8_kernel_is_slower_stays_fp32(monkeypatch):
-    """The fallback path: the guard says int8 loses, the node is computed in float, same integers."""
-    monkeypatch.setattr(q, "_kernel_pair_ms", lambda *args, **kw: (2.0, 1.0))  # int8 2 ms, fp32 1 ms
+@pytest.mark.parametrize("int8_ms,fp32_ms", [(2.0, 1.0), (1.0, 1.0), (0.5, 1.0)])
+def test_the_guard_follows_its_measurements(monkeypatch, int8_ms, fp32_ms):
+    """Measurements injected: a layer whose int8 kernel is not faster is computed in float (no
+    integer instructions ship), a faster one on its kernel; the integers are ORT's either way."""
+    monkeypatch.setattr(guard, "_dense_pair_ms", lambda *args, **kw: (int8_ms, fp32_ms))
     model = _matmul_integer_model((8, 64), 32)
     compiled = compile_model(model, "x86", int8="on")
     report = compiled.meta["build"]["int8"]
-    assert report["lowered"] == 0 and report["kept_fp32"] == 1
-    assert "kept in fp32" in report["nodes"][0]["reason"]
+    faster = int8_ms < fp32_ms
+    assert (report["nodes"][0]["int8_ms"], report["nodes"][0]["fp32_ms"]) == (int8_ms, fp32_ms)
+    if faster:
+        assert report["nodes"][0]["lowered"] and "kept in fp32" not in report["nodes"][0]["reason"]
+    else:
+        assert report["lowered"] == 0 and report["kept_fp32"] == 1 and "kept in fp32" in report["nodes"][0]["reason"]
+        assert _shipped_int8_instructions(compiled) == 0
     a = np.random.default_rng(3).integers(0, 256, (8, 64)).astype(np.uint8)
     np.testing.assert_array_equal(compiled.run_named(a=a)["y"], _ort(model, {"a": a})[0])
 
@@ -116,7 +133,7 @@ def test_static_qdq_mlp_agrees_with_ort_within_one_lsb():
     model, data, name = _digits_mlp_qdq()
     # the ONNX-level rewrite alone, checked in ORT
     rewritten = ir.serde.deserialize_model(to_proto(model))
-    stats = q.qdq_to_integer(rewritten)
+    stats = qdq_to_integer(rewritten)
     assert len(stats["rewritten"]) == 2
     assert [n.op_type for n in rewritten.graph].count("MatMulInteger") == 2
     scale = _output_scale(model)
@@ -165,8 +182,8 @@ def test_qdq_cnn_convs_and_gemms_run_on_vnni(digits_cnn):
     report = guarded.meta["build"]["int8"]
     assert report["qdq_rewritten"] == 5  # 3 convs + 2 Gemms
     assert len(report["nodes"]) == 5
-    for node in report["nodes"]:
-        assert node["lowered"] == (node["int8_ms"] < node["fp32_ms"])
+    assert all(node["int8_ms"] > 0 and node["fp32_ms"] > 0 for node in report["nodes"])
+    assert (report["lowered"] > 0) == (_shipped_int8_instructions(guarded) > 0), report
     everything = compile_model(model, "x86", int8_guard=False)
     assert everything.meta["build"]["int8"]["lowered"] == 5
     scale = _output_scale(model)
@@ -204,7 +221,7 @@ def _conv_reference(x, w, zx, pads, strides):
 def test_conv_integer_equals_a_reference_bit_for_bit(x_shape, w_shape, pads, strides, kernel):
     """ConvInteger with padding, stride and a zero point: the im2col + VNNI/AMX paths against numpy."""
     if kernel == "AMX" and not HAS_AMX:
-        pytest.skip("needs an x86 host with AMX-INT8")
+        pytest.skip(host_lacks("amx_tile", "amx_int8") or "the x86 target has no AMX-INT8")
     rng = np.random.default_rng(7)
     x = rng.integers(0, 256, x_shape, dtype=np.uint8)
     w = rng.integers(-128, 128, w_shape, dtype=np.int8)

@@ -12,13 +12,15 @@ X = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 6])
 Y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
 
 
-def _run(proto, spec):
-    """Run ``spec`` with numeric verification; return (model, result)."""
+def _run(proto, spec, expected, rtol=1e-6, atol=1e-6):
+    """Run ``spec`` with numeric verification; the result's ``y`` must equal ``expected(x)``, the
+    graph's math written in numpy (not the input model run again). Return (model, result)."""
     model = gp.load(proto)
-    inst = NumericInstrument(numeric.make_inputs(model, seed=1))
+    feeds = numeric.make_inputs(model, seed=1)
+    inst = NumericInstrument(feeds)
     result = PassManager(build_passes(spec), [inst]).run(model)
-    assert inst.final.passed
     gp.verify(model)
+    np.testing.assert_allclose(numeric.run(model, feeds)["y"], expected(feeds["x"]), rtol=rtol, atol=atol)
     return model, result
 
 
@@ -32,7 +34,7 @@ def test_dce_removes_dead_nodes():
         [X],
         [Y],
     )
-    model, result = _run(proto, "dce")
+    model, result = _run(proto, "dce", lambda x: np.maximum(x, 0))
     assert _ops(model) == ["Relu"]
     assert result.records[0].stats["nodes_removed"] == 2
 
@@ -51,7 +53,7 @@ def test_eliminate_identity_and_no_ops():
         [Y],
         [tensor("zero", np.float32(0.0)), tensor("one", np.float32(1.0))],
     )
-    model, result = _run(proto, "eliminate_identity")
+    model, result = _run(proto, "eliminate_identity", lambda x: np.maximum(x, 0) + x)
     assert _ops(model) == ["Relu", "Add"]
     assert result.records[0].stats["nodes_removed"] == 4
 
@@ -67,7 +69,7 @@ def test_fold_constants():
         [Y],
         [tensor("c1", np.arange(6, dtype=np.float32)), tensor("c2", np.full(6, 2.0, np.float32))],
     )
-    model, result = _run(proto, "fold_constants")
+    model, result = _run(proto, "fold_constants", lambda x: x + (np.arange(6) + 2.0) * 2.0)
     assert _ops(model) == ["Add"]
     folded = next(iter(model.graph)).inputs[1].const_value.numpy()
     np.testing.assert_array_equal(folded, (np.arange(6) + 2.0) * 2.0)
@@ -84,7 +86,7 @@ def test_cse_merges_identical_nodes():
         [X],
         [Y],
     )
-    model, _ = _run(proto, "cse")
+    model, _ = _run(proto, "cse", lambda x: 2 * np.maximum(x, 0))
     assert _ops(model) == ["Relu", "Add"]
     add = list(model.graph)[1]
     assert add.inputs[0] is add.inputs[1]
@@ -119,7 +121,7 @@ def test_simplify_shapes_collapses_reshapes():
             tensor("ax0", np.array([0], np.int64)),
         ],
     )
-    model, result = _run(proto, "simplify_shapes")
+    model, result = _run(proto, "simplify_shapes", lambda x: x.reshape(1, 1, 12))
     assert [op for op in _ops(model) if op != "Constant"] == ["Reshape", "Unsqueeze"]
     assert result.records[0].stats["rewrites"] == 2
 
@@ -136,6 +138,12 @@ def test_fold_batchnorm_into_conv_is_numerically_equal():
     """W' = W * gamma/std, B' = (B - mean) * gamma/std + beta; checked under the fusion tolerance."""
     rng = np.random.default_rng(0)
     c = 4
+    w = rng.standard_normal((c, 3, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    gamma = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    beta = rng.standard_normal(c).astype(np.float32)
+    mean = rng.standard_normal(c).astype(np.float32)
+    var = rng.uniform(0.5, 1.5, c).astype(np.float32)
     proto = make_model(
         [
             helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
@@ -143,19 +151,22 @@ def test_fold_batchnorm_into_conv_is_numerically_equal():
         ],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
         [Y],
-        [
-            tensor("w", rng.standard_normal((c, 3, 3, 3)).astype(np.float32)),
-            tensor("b", rng.standard_normal(c).astype(np.float32)),
-            tensor("gamma", rng.uniform(0.5, 1.5, c).astype(np.float32)),
-            tensor("beta", rng.standard_normal(c).astype(np.float32)),
-            tensor("mean", rng.standard_normal(c).astype(np.float32)),
-            tensor("var", rng.uniform(0.5, 1.5, c).astype(np.float32)),
-        ],
+        [tensor("w", w), tensor("b", b), tensor("gamma", gamma), tensor("beta", beta), tensor("mean", mean), tensor("var", var)],
     )
-    model, result = _run(proto, "fold_batchnorm")
+    scale = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + 1e-3)
+
+    def conv_bn(x):  # 3x3 convolution, padding 1, then inference batch norm, in float64
+        windows = np.lib.stride_tricks.sliding_window_view(np.pad(x.astype(np.float64), [(0, 0), (0, 0), (1, 1), (1, 1)]), (3, 3), axis=(2, 3))
+        conv = np.einsum("nchwij,ocij->nohw", windows, w.astype(np.float64)) + b[:, None, None]
+        return (conv - mean[:, None, None]) * scale[:, None, None] + beta[:, None, None]
+
+    model, result = _run(proto, "fold_batchnorm", conv_bn, rtol=1e-4, atol=1e-5)  # the fusion tolerance
     assert _ops(model) == ["Conv"]
     assert result.records[0].stats["folded_bn"] == 1
     assert result.records[0].verification["family"] == "fusion"
+    conv = next(iter(model.graph))
+    np.testing.assert_allclose(conv.inputs[1].const_value.numpy(), w * scale[:, None, None, None], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(conv.inputs[2].const_value.numpy(), (b - mean) * scale + beta, rtol=1e-6, atol=1e-6)
 
 
 def test_expand_that_adds_dimensions_is_kept_before_a_binary_op():

@@ -11,7 +11,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 import torch
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 import graphpress as gp
 from graphpress.ir.numeric import make_inputs, run
@@ -20,12 +20,18 @@ from graphpress.passes.dedup import Dedup
 from tests.conftest import make_model, tensor
 
 
-def _run_checked(model: ir.Model, spec: str, feeds=None):
-    """Run ``spec`` with the numeric instrument (each pass within its family's tolerance)."""
+def _run_checked(model: ir.Model, spec: str, expected, feeds=None, rtol=1e-5, atol=1e-5):
+    """Run ``spec`` with the numeric instrument (each pass within its family's tolerance); the
+    result's outputs, in order, must match ``expected(feeds)``: what the model computes, from an
+    independent reference (numpy, or the torch module it came from), not the input model run again."""
     feeds = feeds if feeds is not None else make_inputs(model, seed=0)
     inst = NumericInstrument(feeds, "test")
     result = PassManager(build_passes(spec), [inst]).run(model)
-    assert inst.final.passed
+    got = list(run(model, feeds).values())
+    want = expected(feeds)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=rtol, atol=atol)
     return result.records[0].stats, inst.final
 
 
@@ -44,9 +50,15 @@ def test_identical_large_weights_of_two_branches_merge_bit_exactly():
         def forward(self, x):
             return torch.relu(self.a(x)) + self.b(x * 2)
 
-    model = gp.load(TwoBranches().eval(), torch.randn(1, 256))
+    module = TwoBranches().eval()
+    model = gp.load(module, torch.randn(1, 256))
     before = _initializer_names(model)
-    stats, final = _run_checked(model, "dedup")
+
+    def torch_forward(feeds):
+        with torch.no_grad():
+            return [module(torch.from_numpy(x)).numpy() for x in feeds.values()]
+
+    stats, final = _run_checked(model, "dedup", torch_forward)
     assert final.max_abs_diff == 0.0
     # 65,536-element weight and its bias: larger than onnxslim's / onnx-ir's default limits
     assert stats["merged"] == 2
@@ -152,13 +164,23 @@ def _if_model() -> onnx.ModelProto:
     )
 
 
+def _if_reference(feeds):
+    """Both branches compute x*M + S (from their own copies of M and S): the If's result whichever is taken."""
+    proto = _if_model()
+    m = numpy_helper.to_array(proto.graph.initializer[0])
+    branch = proto.graph.node[-1].attribute[0].g
+    m_copy, s = (numpy_helper.to_array(t) for t in branch.initializer)
+    np.testing.assert_array_equal(m_copy, m)
+    return [feeds["x"] * m + s]
+
+
 def test_subgraph_copies_use_the_outer_weight_and_siblings_share_a_lifted_one():
     model = gp.load(_if_model())
     assert len(_initializer_names(model)) == 6
     for sign in (1.0, -1.0):  # both branches taken
         feeds = {"x": np.full(2048, sign, dtype=np.float32)}
         copy = gp.load(_if_model())
-        stats, final = _run_checked(copy, "dedup", feeds)
+        stats, final = _run_checked(copy, "dedup", _if_reference, feeds, rtol=0, atol=0)
         assert final.max_abs_diff == 0.0
     assert stats["merged"] == 3
     # M once (main graph), S once, lifted to the main graph so both branches see it
@@ -169,12 +191,16 @@ def test_subgraph_copies_use_the_outer_weight_and_siblings_share_a_lifted_one():
     onnx.checker.check_model(proto, full_check=True)
 
 
-def _tiny_gpt_legacy() -> tuple[bytes, np.ndarray]:
+def _tiny_gpt() -> tuple[torch.nn.Module, torch.Tensor]:
     from graphpress.models.zoo import TinyGPT
 
     torch.manual_seed(0)
     module = TinyGPT().eval()
-    ids = torch.randint(0, 512, (1, 16))
+    return module, torch.randint(0, 512, (1, 16))
+
+
+def _tiny_gpt_legacy() -> tuple[bytes, np.ndarray]:
+    module, ids = _tiny_gpt()
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -184,8 +210,14 @@ def _tiny_gpt_legacy() -> tuple[bytes, np.ndarray]:
 
 def test_tied_embedding_of_a_legacy_export_is_stored_once(tmp_path):
     data, ids = _tiny_gpt_legacy()
+    module, _ = _tiny_gpt()  # the same weights (seed 0): torch's logits are the reference
     model = gp.load(onnx.load_from_string(data))
-    stats, final = _run_checked(model, "dedup", {"ids": ids})
+
+    def torch_forward(feeds):
+        with torch.no_grad():
+            return [module(torch.from_numpy(feeds["ids"])).numpy()]
+
+    stats, final = _run_checked(model, "dedup", torch_forward, {"ids": ids}, rtol=1e-4, atol=1e-4)
     assert final.max_abs_diff <= 1e-5
     assert stats["transposed"] == 1
     (merge,) = [m for m in stats["merges"] if m["kind"] == "transpose"]
@@ -207,7 +239,7 @@ def test_same_bytes_in_another_shape_become_a_reshape():
         [tensor("W", w), tensor("V", w.reshape(64, 32))],
     )
     model = gp.load(proto)
-    stats, final = _run_checked(model, "dedup")
+    stats, final = _run_checked(model, "dedup", lambda f: [f["x"] @ w, f["z"] @ w.reshape(64, 32)])
     assert final.max_abs_diff <= 1e-5  # same values; ORT runs a computed weight with another kernel
     assert stats["reshaped"] == 1 and stats["bytes_saved"] == w.nbytes - 16
     assert [n.op_type for n in model.graph].count("Reshape") == 1
@@ -229,7 +261,9 @@ def test_near_duplicates_are_opt_in_and_checked():
     assert not Dedup()(gp.load(_near_model(1e-4))).modified  # off by default
 
     model = gp.load(_near_model(1e-4))
-    stats, final = _run_checked(model, "dedup:near=0.001")
+    w = numpy_helper.to_array(_near_model(1e-4).graph.initializer[0]).astype(np.float64)
+    # V is replaced by W: x @ W @ W (x @ W @ V differs by ~1e-4 relative: more than allowed here)
+    stats, final = _run_checked(model, "dedup:near=0.001", lambda f: [f["x"] @ w @ w], rtol=1e-5, atol=1e-4)
     assert stats["near_merged"] == 1 and set(model.graph.initializers) == {"W"}
     assert final.min_cosine > 0.9999
 

@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 import graphpress as gp
 from graphpress.ir import numeric
 from graphpress.passes import InvariantInstrument, PassManager, build_passes
-from graphpress.passes.fusion import GROUP_KEY, SDPA_DOMAIN, SDPA_OP
+from graphpress.passes.fusion import SDPA_DOMAIN, SDPA_OP
 from graphpress.passes.rewrite import PROVENANCE_KEY
 from tests.conftest import make_model, tensor
 
@@ -312,10 +312,9 @@ def test_activation_epilogues_are_grouped():
     )
     model, stats = fuse(proto)
     assert ops(model) == ["Conv", "HardSwish", "Flatten", "Gemm", "Sigmoid"]
-    assert stats["epilogue_groups"] == 2
-    groups = [n.metadata_props.get(GROUP_KEY) for n in model.graph]
-    assert groups[0] == groups[1] and groups[3] == groups[4] and groups[0] != groups[3] and groups[2] is None
-    # grouping again changes nothing, and the pass says so
+    # the backends get no grouping tags: TVM fuses a linear op with its epilogue by itself
+    assert not any("graphpress.fusion_group" in n.metadata_props for n in model.graph)
+    # fusing again changes nothing, and the pass says so
     result = PassManager(build_passes("fuse")).run(model)
     assert not result.records[0].modified
 

@@ -1,6 +1,8 @@
 import json
 
+import numpy as np
 import pytest
+from onnx import numpy_helper
 
 import graphpress as gp
 from graphpress.errors import InvariantError, NumericMismatchError
@@ -41,12 +43,24 @@ def test_numeric_instrument_catches_wrong_pass_and_names_it(mlp_proto):
     assert "first diverging node 'mm1' (MatMul)" in msg
 
 
+def _mlp_numpy(proto, x):
+    """The MLP fixture's math, written out: relu(x @ W1 + b1) @ W2 (the Identity changes nothing)."""
+    w = {t.name: numpy_helper.to_array(t).astype(np.float64) for t in proto.graph.initializer}
+    return np.maximum(x @ w["W1"] + w["b1"], 0) @ w["W2"]
+
+
 def test_numeric_instrument_passes_and_reports_final(mlp_proto):
     model = gp.load(mlp_proto)
-    inst = NumericInstrument(numeric.make_inputs(model), "generated")
+    feeds = numeric.make_inputs(model)
+    inst = NumericInstrument(feeds, "generated")
     result = PassManager(build_passes("cleanup"), [inst]).run(model)
-    assert result.records[0].verification["passed"]
-    assert inst.final.passed and inst.final.family == "cleanup"
+    # what cleanup left computes the MLP (checked without the instrument) ...
+    assert [n.op_type for n in model.graph] == ["MatMul", "Add", "Relu", "MatMul"]
+    np.testing.assert_allclose(numeric.run(model, feeds)["y"], _mlp_numpy(mlp_proto, feeds["x"]), rtol=1e-5, atol=1e-5)
+    # ... and the instrument reports the difference there is: removing an Identity changes no bit
+    verification = result.records[0].verification
+    assert verification["family"] == "cleanup" and verification["max_abs_diff"] == 0.0 and verification["cosine"] == pytest.approx(1.0)
+    assert inst.final.family == "cleanup" and inst.final.max_abs_diff == 0.0 and [o.name for o in inst.final.outputs] == ["y"]
 
 
 def test_invariant_instrument_names_the_pass(mlp_proto):

@@ -7,7 +7,8 @@ import os
 # this process may run on, unless the user chose (TVM reads the variable when it runs a kernel).
 os.environ.setdefault("TVM_NUM_THREADS", str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
 
-from graphpress.backends.tvm.build import compile_model, database_dirs, user_database_dir
+from graphpress.backends.tvm.build import compile_model
+from graphpress.backends.tvm.tuning import database_dirs, user_database_dir
 from graphpress.backends.tvm.runtime import CompiledModel, load, set_num_threads
 from graphpress.backends.tvm.targets import TargetSpec, resolve_target
 

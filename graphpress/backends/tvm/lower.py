@@ -1,4 +1,8 @@
-"""Lower the IR to a TVM Relax module through ``tvm.relax.frontend.onnx``.
+"""Lower the IR to a TVM Relax module through ``tvm.relax.frontend.onnx``, and prepare it for that.
+
+:func:`prepare_for_lowering` works on a copy: model-local functions inlined, shared weights
+dense again, :data:`PREPARE_SPEC` applied (TVM folds neither constants through shape ops nor
+BatchNorm into conv weights).
 
 TVM's ONNX importer is used rather than a second lowering of our own: it covers the ONNX
 opset (opset 20 models included) and keeps the Relax module close to the graph. Shapes are
@@ -21,7 +25,7 @@ import onnx_ir as ir
 from graphpress.errors import GraphpressError, one_line
 from graphpress.ir.io import to_proto
 
-__all__ = ["bind_input_shapes", "to_relax", "unsupported_ops"]
+__all__ = ["PREPARE_SPEC", "bind_input_shapes", "output_specs", "prepare_for_lowering", "set_input_shapes", "to_relax", "unsupported_ops"]
 
 
 def bind_input_shapes(model: ir.Model, input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, dict[str, Any]]:
@@ -95,3 +99,52 @@ def to_relax(model: ir.Model, shapes: Mapping[str, Mapping[str, Any]], target_na
         )
     except Exception as e:
         raise GraphpressError(f"target {target_name}: TVM's ONNX import failed ({one_line(e, 300, last=True)})") from e
+
+
+#: Graph passes run (on a copy) before lowering: TVM folds neither constants through shape ops
+#: nor BatchNorm into conv weights.
+PREPARE_SPEC = "cleanup,fold_batchnorm,cleanup"
+
+
+def prepare_for_lowering(model: ir.Model, spec: str = PREPARE_SPEC) -> tuple[ir.Model, dict[str, Any]]:
+    """A copy of ``model`` with model-local functions inlined (TVM's importer has no functions; the
+    ``fuse`` pass writes attention as one) and ``spec`` applied (invariants checked); the input is
+    not changed."""
+    import onnx_ir.passes.common as common_passes
+
+    from graphpress.passes import InvariantInstrument, PassManager, build_passes
+    from graphpress.passes.share import TAG, Unshare
+
+    copy = ir.serde.deserialize_model(to_proto(model))
+    inlined = len(copy.functions)
+    if inlined:
+        common_passes.InlinePass()(copy)
+        common_passes.RemoveUnusedFunctionsPass()(copy)
+    # weight-sharing lookups (codebook[indices]) become dense weights again: the dense kernels
+    # are what TVM schedules, and a lookup per inference only adds work (benchmarks/compression.py)
+    unshared = Unshare()(copy).stats["folded_lookups"] if any(TAG in n.metadata_props for n in copy.graph) else 0
+    result = PassManager(build_passes(spec), [InvariantInstrument()]).run(copy) if spec else None
+    stats = result.stats() if result is not None else {}
+    return copy, {"spec": spec, "folded_bn": stats.get("folded_bn", 0), "inlined_functions": inlined, "unshared_lookups": unshared}
+
+
+def set_input_shapes(model: ir.Model, shapes: Mapping[str, Mapping[str, Any]]) -> None:
+    """Give the inputs their static shapes and infer the rest (the int8 plan needs M of every layer)."""
+    import onnx_ir.passes.common as common_passes
+
+    for value in model.graph.inputs:
+        if value.name in shapes:
+            value.shape = ir.Shape(shapes[value.name]["shape"])
+    for node in model.graph:  # forget symbolic shapes: inference re-derives them from the inputs
+        for out in node.outputs:
+            if not out.is_graph_output():
+                out.shape = None
+    common_passes.ShapeInferencePass()(model)
+
+
+def output_specs(model: ir.Model, shapes: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    outs = []
+    for value in model.graph.outputs:
+        shape = None if value.shape is None else [d if isinstance(d, int) else str(d) for d in value.shape]
+        outs.append({"name": value.name, "dtype": value.dtype.numpy().name if value.dtype else None, "shape": shape})
+    return outs

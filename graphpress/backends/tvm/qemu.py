@@ -19,14 +19,25 @@ import numpy as np
 
 from graphpress.errors import GraphpressError
 
-__all__ = ["DEFAULT_ARM_ENV", "arm_env_ready", "run_aarch64"]
-
-DEFAULT_ARM_ENV = Path(os.environ.get("GRAPHPRESS_ARM_ENV", Path(__file__).resolve().parents[3] / ".arm-env"))
+__all__ = ["arm_env_ready", "default_arm_env", "run_aarch64"]
 
 
-def arm_env_ready(env_dir: str | os.PathLike = DEFAULT_ARM_ENV) -> bool:
+def default_arm_env() -> Path:
+    """Where the arm env is: ``$GRAPHPRESS_ARM_ENV``, else the first complete ``.arm-env`` in the
+    working directory or in the source checkout graphpress runs from (``make arm-env`` builds it
+    there), else ``.arm-env`` in the working directory."""
+    if os.environ.get("GRAPHPRESS_ARM_ENV"):
+        return Path(os.environ["GRAPHPRESS_ARM_ENV"])
+    candidates = [Path.cwd() / ".arm-env"]
+    checkout = Path(__file__).resolve().parents[3]
+    if (checkout / "pyproject.toml").is_file():  # an editable install or a run from the sources
+        candidates.append(checkout / ".arm-env")
+    return next((c for c in candidates if (c / ".ready").is_file()), candidates[0])
+
+
+def arm_env_ready(env_dir: str | os.PathLike | None = None) -> bool:
     """True when qemu-aarch64 and a complete arm env (``make arm-env``) are present."""
-    env = Path(env_dir)
+    env = Path(env_dir) if env_dir is not None else default_arm_env()
     return shutil.which("qemu-aarch64") is not None and (env / ".ready").is_file()
 
 
@@ -34,11 +45,12 @@ def run_aarch64(
     artifact: str | os.PathLike,
     feeds: Mapping[str, np.ndarray],
     *,
-    env_dir: str | os.PathLike = DEFAULT_ARM_ENV,
+    env_dir: str | os.PathLike | None = None,
     timeout_s: float = 600,
 ) -> dict[str, np.ndarray]:
-    """Run an aarch64 artifact on ``feeds`` under qemu and return its outputs by name."""
-    env = Path(env_dir)
+    """Run an aarch64 artifact on ``feeds`` under qemu and return its outputs by name (with as many
+    TVM threads as this process: ``TVM_NUM_THREADS`` or the CPUs it may use)."""
+    env = Path(env_dir) if env_dir is not None else default_arm_env()
     if not arm_env_ready(env):
         raise GraphpressError(f"{env}: no aarch64 environment; run 'make arm-env' first (needs apt and PyPI)")
     sysroot = env / "sysroot"
@@ -54,7 +66,7 @@ def run_aarch64(
             "PYTHONNOUSERSITE": "1",
             "HOME": tmp,
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "TVM_NUM_THREADS": "2",
+            "TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS") or str(len(os.sched_getaffinity(0))),
         }
         proc = subprocess.run(cmd, capture_output=True, text=True, env=proc_env, timeout=timeout_s)
         if proc.returncode != 0:

@@ -20,14 +20,13 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["ARTIFACT_LIB", "ARTIFACT_META", "CompiledModel", "load", "set_num_threads"]
+__all__ = ["ARTIFACT_LIB", "ARTIFACT_META", "CompiledModel", "load", "set_num_threads", "time_main", "vm_timings"]
 
 ARTIFACT_LIB = "model.so"
 ARTIFACT_META = "graphpress.json"
@@ -128,13 +127,7 @@ class CompiledModel:
         fn = self.vm["main"]
         for _ in range(warmup):
             fn(*inputs)
-        self.device.sync()
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            fn(*inputs)
-            self.device.sync()
-            times.append((time.perf_counter() - start) * 1e3)
+        times = vm_timings(self.vm, self.device, inputs, number=1, repeat=repeat)
         return {"median_ms": float(np.median(times)), "mean_ms": float(np.mean(times)), "min_ms": float(np.min(times)), "repeat": repeat}
 
     # -- saving ------------------------------------------------------------------------
@@ -169,6 +162,27 @@ class CompiledModel:
             meta.write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
             write_directory_atomic(dest, [lib, meta])
         return dest
+
+
+def vm_timings(vm: Any, device: Any, args: Sequence[Any], *, number: int = 1, repeat: int = 10) -> list[float]:
+    """Milliseconds per call of ``vm["main"](*args)``, one figure per ``repeat`` (each the mean of
+    ``number`` calls), from TVM's own time evaluator (it synchronizes the device). The one timer
+    of the backend: builds, guards and :meth:`CompiledModel.benchmark` use it."""
+    evaluator = vm.time_evaluator("main", device, number=number, repeat=repeat)
+    return [t * 1e3 for t in evaluator(*args).results]
+
+
+def time_main(program: Any, arrays: Sequence[np.ndarray], *, number: int = 1, repeat: int = 10) -> float:
+    """Median milliseconds of ``main`` of a compiled Relax program (an executable or a loaded
+    library) on the CPU, after one call outside the timing."""
+    import tvm
+    from tvm import relax
+
+    device = tvm.cpu()
+    vm = relax.VirtualMachine(program, device)
+    args = [tvm.runtime.tensor(a, device) for a in arrays]
+    vm["main"](*args)
+    return float(np.median(vm_timings(vm, device, args, number=number, repeat=repeat)))
 
 
 @contextlib.contextmanager

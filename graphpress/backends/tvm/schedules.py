@@ -10,8 +10,8 @@ loop nest. :func:`schedule_injective` gives each such kernel a parallel, vectori
   innermost and vectorized (depthwise convs included); whole-tensor reductions use
   ``rfactor`` into vector lanes.
 
-Used by the fp32 builds (:mod:`graphpress.backends.tvm.build`) and by the int8 path
-(:mod:`graphpress.backends.tvm.quantized`), which is why it lives apart from both.
+Used by the fp32 builds (:mod:`graphpress.backends.tvm.tuning`) and by the int8 path
+(:mod:`graphpress.backends.tvm.int8`), which is why it lives apart from both.
 """
 
 from __future__ import annotations

@@ -9,8 +9,7 @@ module                     rules
                            Reshape/Reshape, Pad into Conv/AveragePool/MaxPool
 :mod:`.normalization`      decomposed LayerNormalization, GELU (erf and tanh forms)
 :mod:`.attention`          scaled dot-product attention → one function node
-:mod:`.epilogue`           HardSwish/Relu/Clip canonicalization, then linear op +
-                           activation grouping
+:mod:`.epilogue`           HardSwish/Relu/Clip canonicalization
 =========================  ===========================================================
 
 Every rule is a :class:`graphpress.passes.rewrite.Rule`: it refuses with a reason (see
@@ -27,7 +26,7 @@ import onnx_ir as ir
 from graphpress.passes.base import PassResult, option
 from graphpress.passes.fusion.affine import AFFINE_RULES, BATCHNORM_RULES
 from graphpress.passes.fusion.attention import ATTENTION_RULES, SDPA_DOMAIN, SDPA_OP
-from graphpress.passes.fusion.epilogue import EPILOGUE_RULES, GROUP_KEY, group_epilogues
+from graphpress.passes.fusion.epilogue import EPILOGUE_RULES
 from graphpress.passes.fusion.linear import LINEAR_RULES
 from graphpress.passes.fusion.normalization import NORMALIZATION_RULES
 from graphpress.passes.registry import register
@@ -39,7 +38,6 @@ __all__ = [
     "BATCHNORM_RULES",
     "EPILOGUE_RULES",
     "FUSION_RULES",
-    "GROUP_KEY",
     "LINEAR_RULES",
     "NORMALIZATION_RULES",
     "SDPA_DOMAIN",
@@ -52,23 +50,19 @@ FUSION_RULES = [*AFFINE_RULES, *LINEAR_RULES, *NORMALIZATION_RULES, *EPILOGUE_RU
 
 @register
 class Fuse(RewritePass):
-    """All fusion rules to a bounded fixpoint, then activation-epilogue grouping."""
+    """All fusion rules to a bounded fixpoint."""
 
     name = "fuse"
     family = "fusion"
-    description = "fold BN/affine ops, MatMul+Add->Gemm, LayerNorm, GELU, attention, Pad; group epilogues"
+    description = "fold BN/affine ops, MatMul+Add->Gemm, LayerNorm, GELU, attention, Pad, activation epilogues"
     rules = tuple(FUSION_RULES)
 
     @dataclasses.dataclass
     class Options:
         max_iterations: int = option(8, help="rounds of rule application before giving up on a fixpoint", min=1, max=1000)
         attention: bool = option(True, help="fuse scaled dot-product attention into one function node")
-        group_epilogues: bool = option(True, help="group linear ops with their activation for the backends")
 
     def call(self, model: ir.Model) -> PassResult:
         if not self.options.attention:
             self.rules = tuple(r for r in FUSION_RULES if r not in ATTENTION_RULES)
-        result = super().call(model)
-        groups = group_epilogues(model) if self.options.group_epilogues else 0
-        result.stats["epilogue_groups"] = groups
-        return PassResult(model, result.modified or groups > 0, result.stats)
+        return super().call(model)

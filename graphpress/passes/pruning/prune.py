@@ -28,6 +28,7 @@ import onnx_ir as ir
 
 from graphpress.errors import SpecError
 from graphpress.ir.analysis import infer_shapes
+from graphpress.ir.edit import add_initializer
 from graphpress.ir.numeric import output_similarity
 from graphpress.passes.base import Pass, PassResult, option
 from graphpress.passes.pruning.groups import DependencyGraph, Group
@@ -199,14 +200,8 @@ def apply_plan(model: ir.Model, plan: PrunePlan) -> dict[str, Any]:
         target = shape_value.const_value.numpy().copy()
         if target[axis] > 0:
             target[axis] = int(plan.keep_mask(ids).sum()) * repeat
-            name = f"{shape_value.name}_pruned"
-            while name in graph.initializers:  # the same shape constant may feed several Reshapes
-                name += "_"
-            new = ir.Value(name=name, const_value=ir.tensor(target))
-            new.shape = ir.Shape(target.shape)
-            new.type = ir.TensorType(ir.DataType.INT64)
-            graph.register_initializer(new)
-            node.replace_input_with(1, new)
+            # the same shape constant may feed several Reshapes: each gets its own
+            node.replace_input_with(1, add_initializer(graph, f"{shape_value.name}_pruned", target.astype(np.int64)))
     _reinfer(model)
     layers = {}
     after = _layer_params(model)

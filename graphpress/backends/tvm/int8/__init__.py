@@ -1,0 +1,66 @@
+"""The int8 path of the TVM backend: quantized layers as integer kernels.
+
+TVM's ONNX importer computes QDQ graphs in float and lowers ``MatMulInteger`` to an int32 x int32
+matmul no schedule tensorizes. On the backend's private copy of the model:
+
+1. :mod:`.qdq` rewrites static QDQ dense layers and group-1 convolutions into
+   ``MatMulInteger``/``ConvInteger`` form (exact in integers);
+2. :mod:`.guard` times each integer layer's kernel against the fp32 kernel it would otherwise
+   get and keeps the slower ones in float;
+3. the layers without an integer kernel get float weights and lose their activation
+   quantize/dequantize pairs (:func:`.qdq.fold_weight_dequantize`, :func:`.qdq.bypass_float_qdq`);
+4. while the model is imported, :func:`.emit.int8_converters` emits the kernels of the ISA
+   :func:`.isa.select_isa` chose from the target (:mod:`.kernels_x86`: AVX-512 VNNI, AMX;
+   :mod:`.kernels_arm`: sdot), convolutions through :mod:`.conv_layout`.
+
+:func:`plan` runs steps 1-3 and returns the report; :func:`to_fp32` is the same model with
+every layer in float, which the whole-model guard builds to compare.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import onnx_ir as ir
+
+from graphpress.backends.tvm.int8.emit import int8_converters
+from graphpress.backends.tvm.int8.guard import all_to_float, plan_int8
+from graphpress.backends.tvm.int8.isa import ISAS, Isa, select_isa
+from graphpress.backends.tvm.int8.qdq import bypass_float_qdq, fold_weight_dequantize, qdq_to_integer
+from graphpress.backends.tvm.targets import TargetSpec
+from graphpress.backends.tvm.tuning import Tuning
+
+__all__ = ["ISAS", "Isa", "int8_converters", "is_quantized", "plan", "select_isa", "to_fp32"]
+
+_FP32_REASON = "no integer kernel for these ops on this target yet: fp32 kernels on the dequantized weights, without the activation quantize/dequantize between them"
+
+
+def is_quantized(model: ir.Model) -> bool:
+    """True when ``model`` has layers the int8 path may take."""
+    return any(n.op_type in ("MatMulInteger", "ConvInteger", "DequantizeLinear") for n in model.graph)
+
+
+def plan(model: ir.Model, spec: TargetSpec, isa: Isa, tuning: Tuning, *, guard: bool) -> dict[str, Any]:
+    """Steps 1-3 on ``model`` (the backend's copy, its input shapes static; changed in place).
+    The guard runs only where the target runs on this host; returns the int8 report."""
+    start = time.perf_counter()
+    rewrite = qdq_to_integer(model)
+    report = plan_int8(model, spec, isa, tuning, guard=guard and spec.is_host)
+    report.update({"isa": isa.name, "amx": isa.name == "amx"})
+    if guard and not spec.is_host:
+        report["guard"] = "not run: a cross-compiled target cannot be timed on this host"
+    report["qdq_rewritten"] = len(rewrite["rewritten"])
+    report["fp32_layers"] = fold_weight_dequantize(model)["fp32_layers"]
+    report["fp32_bypassed_qdq"] = bypass_float_qdq(model)
+    report["fp32_reason"] = _FP32_REASON
+    report["seconds"] = round(time.perf_counter() - start, 2)
+    return report
+
+
+def to_fp32(model: ir.Model) -> None:
+    """Every quantized layer of ``model`` to float compute, as the int8 path would leave a layer
+    it keeps in fp32 (in place)."""
+    all_to_float(model)
+    fold_weight_dequantize(model)
+    bypass_float_qdq(model)

@@ -1,0 +1,186 @@
+"""Relax for the integer layers, and the importer converters that emit it.
+
+:func:`int8_converters` replaces TVM's ONNX converters for ``MatMulInteger`` and ``ConvInteger``
+while a model is imported: nodes the guard (:mod:`.guard`) marked with :data:`INT8_ATTR` become
+the chosen ISA's dense kernel. The weight is packed at compile time (:func:`pack_weight`); the
+activation zero point is applied afterwards with the weight's column sums,
+``Σ(a - za)·w = Σ a·w - za·Σ w``, and activations of the other 8-bit dtype than the
+instruction's move by 128 (their zero point with them). A convolution is a padded NHWC copy of
+its input, im2col and the same dense kernel, then the zero point and NCHW in one kernel
+(:mod:`.conv_layout`). Integer results equal ONNX Runtime's ``MatMulInteger`` and a numpy
+``ConvInteger`` bit for bit (tested).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+
+from graphpress.backends.tvm.int8.conv_layout import conv_geometry, im2col_kernel, nhwc_pad_kernel, pointwise, to_nchw_kernel
+from graphpress.backends.tvm.int8.isa import Isa
+
+__all__ = ["INT8_ATTR", "dense_unsupported", "emit_conv", "emit_matmul", "int8_converters", "pack_weight"]
+
+#: attribute set on MatMulInteger/ConvInteger nodes (in the backend's copy only) that get an integer kernel
+INT8_ATTR = "_graphpress_int8"
+
+
+def dense_unsupported(w: np.ndarray | None, zb: np.ndarray | None, a_dtype: str, shape: list[int | None] | None) -> str | None:
+    """Why a ``MatMulInteger`` (int8 weight ``w``, weight zero point ``zb``, activation dtype and
+    shape) cannot take an integer kernel, or None."""
+    if w is None or w.dtype != np.int8 or w.ndim != 2:
+        return "weight is not a constant 2-D int8 tensor"
+    if zb is not None and np.any(zb != 0):
+        return "weight zero point is not 0"
+    if a_dtype not in ("uint8", "int8"):
+        return "activation is not uint8/int8"
+    if not shape or None in shape:
+        return "activation shape is not static"
+    if w.shape[0] % 4:
+        return f"K={w.shape[0]} is not a multiple of 4"
+    return None
+
+
+def pack_weight(w_kn: np.ndarray, multiple: int, lanes: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """int8 ``[K, N]`` -> (packed ``[Np/lanes, K/4, lanes, 4]``, column sums ``[Np]`` int32, Np); N
+    is padded to ``multiple`` columns, K must be a multiple of 4 (zero rows may pad it)."""
+    k, n = w_kn.shape
+    npad = -(-n // multiple) * multiple
+    w = np.zeros((k, npad), np.int8)
+    w[:, :n] = w_kn
+    packed = np.ascontiguousarray(w.T.reshape(npad // lanes, lanes, k // 4, 4).transpose(0, 2, 1, 3))
+    return packed, w.astype(np.int32).sum(0), npad
+
+
+def _dtype(ty) -> str:
+    return str(ty.dtype.dtype)
+
+
+def _to_kernel_dtype(a, a_dtype: str, za, isa: Isa):
+    """The activation (and zero point) in the ISA's activation dtype (moved by 128)."""
+    from tvm import relax
+
+    if a_dtype == isa.activation:
+        return a, za
+    shift = 128 if isa.activation == "uint8" else -128
+    a = relax.op.astype(relax.op.add(relax.op.astype(a, "int32"), relax.const(shift, "int32")), isa.activation)
+    za = relax.const(shift, "int32") if za is None else relax.op.add(relax.op.astype(za, "int32"), relax.const(shift, "int32"))
+    return a, za
+
+
+def _call(bb, func, args, shape, dtype):
+    from tvm import relax
+
+    return bb.emit(relax.call_tir(bb.add_func(func, str(func.attrs["global_symbol"])), args, relax.TensorType(shape, dtype)))
+
+
+def emit_matmul(bb, a, w_kn: np.ndarray, za, isa: Isa):
+    """Relax for ``MatMulInteger(a, w, za)`` (``a``: [..., K] uint8/int8) on ``isa``'s kernel (its
+    fallback where the shape does not fill its tiles)."""
+    from tvm import relax
+
+    shape = [int(d) for d in a.ty.shape]
+    k, n = w_kn.shape
+    m = int(np.prod(shape[:-1]))
+    isa = isa.for_shape(m, k)
+    packed, colsum, npad = pack_weight(w_kn, isa.n_multiple, isa.lanes)
+    a2, za = _to_kernel_dtype(relax.op.reshape(a, (m, k)), _dtype(a.ty), za, isa)
+    acc = _call(bb, isa.dense(m, npad, k), [bb.emit(a2), relax.const(packed)], (m, npad), "int32")
+    if za is not None:
+        acc = relax.op.subtract(acc, relax.op.multiply(relax.op.astype(relax.op.reshape(za, ()), "int32"), relax.const(colsum)))
+    if npad != n:
+        acc = relax.op.strided_slice(acc, axes=[1], begin=[0], end=[n])
+    return relax.op.reshape(acc, [*shape[:-1], n])
+
+
+def emit_conv(bb, x, w_oihw: np.ndarray, zero_point: int, attrs, isa: Isa):
+    """Relax for ``ConvInteger(x, w, zx)`` (uint8 NCHW ``x``, group 1): a padded NHWC copy, im2col
+    (skipped for pointwise convolutions), the ISA's dense kernel, the zero point and NCHW."""
+    from tvm import relax
+
+    g = conv_geometry(x.ty.shape, w_oihw.shape, attrs, isa)
+    isa = g["isa"]
+    w_padded = np.zeros((g["oc"], g["kh"], g["kw"], g["cp"]), np.int8)  # columns ordered ky, kx, channel
+    w_padded[..., : g["c"]] = w_oihw.transpose(0, 2, 3, 1)
+    packed, colsum, npad = pack_weight(np.ascontiguousarray(w_padded.reshape(g["oc"], g["kp"]).T), isa.n_multiple, isa.lanes)
+    pad = nhwc_pad_kernel(g, zero_point)
+    if pointwise(g):
+        col = _call(bb, pad, [x], (g["mp"], g["kp"]), "uint8")
+    else:
+        xp = _call(bb, pad, [x], (g["n"], g["hp"], g["wp"], g["cp"]), "uint8")
+        col = _call(bb, im2col_kernel(g), [xp], (g["mp"], g["kp"]), "uint8")
+    corr = colsum * zero_point
+    if isa.activation == "int8":  # int8 x int8: the unfolded input moves down by 128, and its zero point
+        col = bb.emit(relax.op.astype(relax.op.subtract(relax.op.astype(col, "int32"), relax.const(128, "int32")), "int8"))
+        corr = colsum * (zero_point - 128)
+    acc = _call(bb, isa.dense(g["mp"], npad, g["kp"]), [col, relax.const(packed)], (g["mp"], npad), "int32")
+    nchw = to_nchw_kernel(g, npad)
+    return relax.call_tir(bb.add_func(nchw, str(nchw.attrs["global_symbol"])), [acc, relax.const(corr.astype(np.int32))],
+                          relax.TensorType((g["n"], g["oc"], g["oh"], g["ow"]), "int32"))  # fmt: skip
+
+
+def _static_shape(ty) -> list[int | None] | None:
+    if ty.shape is None:
+        return None
+    return [int(d.value) if hasattr(d, "value") else None for d in ty.shape]
+
+
+@contextlib.contextmanager
+def int8_converters(isa: Isa):
+    """Within the block, TVM's ONNX importer lowers ``MatMulInteger``/``ConvInteger`` nodes marked
+    with :data:`INT8_ATTR` onto ``isa``'s integer kernels (others keep the importer's lowering)."""
+    import tvm
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    original_map = onnx_frontend._get_convert_map
+    base = original_map()["MatMulInteger"]
+
+    def constant(value) -> np.ndarray | None:
+        return value.value.numpy() if isinstance(value, tvm.ir.GenericConst) else None
+
+    class Int8MatMulInteger(base):
+        @classmethod
+        def _impl_v10(cls, bb, inputs, attr, params):
+            if attr.get(INT8_ATTR):
+                a = bb.normalize(inputs[0])
+                za = inputs[2] if len(inputs) > 2 else None
+                zb = inputs[3] if len(inputs) > 3 else None
+                w = constant(inputs[1])
+                zb_np = None if zb is None else (constant(zb) if constant(zb) is not None else np.array([1]))
+                if dense_unsupported(w, zb_np, _dtype(a.ty), _static_shape(a.ty)) is None:
+                    return emit_matmul(bb, a, w, za, isa)
+            return base._impl_v10(bb, inputs, attr, params)
+
+    class Int8ConvInteger(onnx_frontend.OnnxOpConverter):
+        """TVM's importer has no ConvInteger: the ISA's kernel, or a generic (slow) int32 conv2d
+        (the int8 plan never leaves a node there)."""
+
+        @classmethod
+        def _impl_v10(cls, bb, inputs, attr, params):
+            from tvm import relax
+
+            x, w = bb.normalize(inputs[0]), inputs[1]
+            zx = inputs[2] if len(inputs) > 2 else None
+            w_np = constant(w)
+            zx_np = np.zeros((), np.uint8) if zx is None else constant(zx)
+            if attr.get(INT8_ATTR) and w_np is not None and zx_np is not None and _dtype(x.ty) == "uint8":
+                return emit_conv(bb, x, w_np, int(zx_np.reshape(-1)[0]), attr, isa)
+            xi = relax.op.astype(x, "int32")
+            if zx is not None:
+                xi = relax.op.subtract(xi, relax.op.astype(zx, "int32"))
+            pads = attr.get("pads", (0, 0, 0, 0))
+            return relax.op.nn.conv2d(xi, relax.op.astype(w, "int32"), strides=attr.get("strides", (1, 1)), padding=pads,
+                                      dilation=attr.get("dilations", (1, 1)), out_dtype="int32")  # fmt: skip
+
+    def patched():
+        table = original_map()
+        table["MatMulInteger"] = Int8MatMulInteger
+        table["ConvInteger"] = Int8ConvInteger
+        return table
+
+    onnx_frontend._get_convert_map = patched
+    try:
+        yield
+    finally:
+        onnx_frontend._get_convert_map = original_map

@@ -1,0 +1,233 @@
+"""Which integer layers get an integer kernel: the per-layer guard.
+
+For every ``MatMulInteger``/``ConvInteger`` with a constant int8 weight, the integer kernel and the
+fp32 kernel that layer would otherwise get (same shapes, the fp32 build's schedules and tuning
+databases) are compiled and timed on this machine. A layer whose integer kernel is not faster is
+rewritten to float compute with the same integer result, and the report says so. A layer no
+integer kernel takes (dynamic shapes, a weight zero point) says why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from graphpress.backends.tvm.int8.conv_layout import conv_geometry
+from graphpress.backends.tvm.int8.emit import INT8_ATTR, dense_unsupported, emit_conv, emit_matmul
+from graphpress.backends.tvm.int8.isa import Isa
+from graphpress.backends.tvm.int8.qdq import const
+from graphpress.backends.tvm.runtime import time_main
+from graphpress.backends.tvm.schedules import schedule_injective
+from graphpress.backends.tvm.tuning import Tuning, schedule_cpu
+from graphpress.ir.edit import add_initializer, replace_value
+
+__all__ = ["Int8Decision", "plan_int8", "to_float"]
+
+
+@dataclasses.dataclass
+class Int8Decision:
+    """What the guard decided for one MatMulInteger/ConvInteger node."""
+
+    node: str
+    shape: tuple[int, int, int]  # M, N, K
+    int8_ms: float | None
+    fp32_ms: float | None
+    lowered: bool
+    reason: str
+    kernel: str = ""  # the integer kernel a lowered node runs on
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _int8_pipeline(mod, target):
+    """What the model build does to the int8 path: the zero pipeline, then the schedules for the
+    elementwise epilogue kernels (so the guard times what would ship)."""
+    import tvm
+    from tvm import relax
+
+    with target:
+        mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(), relax.get_pipeline("zero")])(mod)
+    return schedule_injective(mod)[0]
+
+
+def _compile_pair(emit_int8, emit_fp32, x_int8: np.ndarray, x_fp32: np.ndarray, spec, tuning: Tuning, repeat: int) -> tuple[float, float]:
+    """(int8 ms, fp32 ms) of one layer built both ways for ``spec``: ``emit_*(bb, x)`` emit it."""
+    import tvm
+    from tvm import relax
+
+    target = spec.tvm_target()
+    timings = []
+    for emit, x_np, integer in ((emit_int8, x_int8, True), (emit_fp32, x_fp32, False)):
+        bb = relax.BlockBuilder()
+        x = relax.Var("x", relax.TensorType(x_np.shape, str(x_np.dtype)))
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                out = bb.emit_output(emit(bb, x))
+            bb.emit_func_output(out)
+        if integer:
+            mod = _int8_pipeline(bb.get(), target)
+        else:
+            candidates, _ = schedule_cpu(bb.get(), spec, dataclasses.replace(tuning, trials=0))
+            mod = next(iter(candidates.values()))[0]
+        timings.append(time_main(tvm.compile(mod, target=target), [x_np], number=max(1, repeat // 5), repeat=5))
+    return timings[0], timings[1]
+
+
+def _dense_pair_ms(m: int, n: int, k: int, a_dtype: str, spec, tuning: Tuning, repeat: int, isa: Isa) -> tuple[float, float]:
+    """(int8 ms, fp32 ms) of one dense layer compiled both ways for ``spec``."""
+    from tvm import relax
+
+    rng = np.random.default_rng(0)
+    w = rng.integers(-127, 128, (k, n), dtype=np.int8)
+    return _compile_pair(
+        lambda bb, x: emit_matmul(bb, x, w, relax.const(3, a_dtype), isa),
+        lambda bb, x: relax.op.matmul(x, relax.const(w.astype(np.float32))),
+        rng.integers(0, 128, (m, k)).astype(a_dtype), rng.standard_normal((m, k)).astype(np.float32), spec, tuning, repeat,
+    )  # fmt: skip
+
+
+def _conv_pair_ms(x_shape, w_shape, attrs: dict, zero_point: int, spec, tuning: Tuning, repeat: int, isa: Isa) -> tuple[float, float]:
+    """(int8 ms, fp32 ms) of one convolution compiled both ways for ``spec``."""
+    from tvm import relax
+
+    rng = np.random.default_rng(0)
+    w = rng.integers(-127, 128, w_shape, dtype=np.int8)
+    pads = [int(p) for p in attrs.get("pads", (0, 0, 0, 0))]
+
+    def fp32(bb, x):
+        return relax.op.nn.conv2d(x, relax.const(w.astype(np.float32)), strides=tuple(attrs.get("strides", (1, 1))),
+                                  padding=(pads[0], pads[1], pads[2], pads[3]), dilation=tuple(attrs.get("dilations", (1, 1))))  # fmt: skip
+
+    return _compile_pair(
+        lambda bb, x: emit_conv(bb, x, w, zero_point, attrs, isa), fp32,
+        rng.integers(0, 256, x_shape).astype(np.uint8), rng.standard_normal(x_shape).astype(np.float32), spec, tuning, repeat,
+    )  # fmt: skip
+
+
+def to_float(graph: ir.Graph, node: ir.Node, w: np.ndarray) -> None:
+    """Replace ``MatMulInteger``/``ConvInteger(x, W, zx)`` by float compute (MatMul/Conv on the
+    float weight) with the same integer result."""
+    base = node.name or node.outputs[0].name
+    cast_a = ir.node("Cast", [node.inputs[0]], attributes={"to": ir.DataType.FLOAT}, name=f"{base}/fp32_x")
+    new = [cast_a]
+    x = cast_a.outputs[0]
+    if len(node.inputs) > 2 and node.inputs[2] is not None:
+        cast_z = ir.node("Cast", [node.inputs[2]], attributes={"to": ir.DataType.FLOAT}, name=f"{base}/fp32_zx")
+        sub = ir.node("Sub", [x, cast_z.outputs[0]], name=f"{base}/fp32_sub")
+        new += [cast_z, sub]
+        x = sub.outputs[0]
+    op = "Conv" if node.op_type == "ConvInteger" else "MatMul"
+    attrs = {k: v.value for k, v in node.attributes.items() if k != INT8_ATTR}
+    fp32 = ir.node(op, [x, add_initializer(graph, f"{base}.fp32_weight", w.astype(np.float32))], attributes=attrs or None, name=f"{base}/fp32_{op.lower()}")
+    # the accumulator is an integer: round, not truncate, back to int32
+    rnd = ir.node("Round", [fp32.outputs[0]], name=f"{base}/fp32_round")
+    back = ir.node("Cast", [rnd.outputs[0]], attributes={"to": ir.DataType.INT32}, name=f"{base}/fp32_int32")
+    new += [fp32, rnd, back]
+    graph.insert_before(node, new)
+    replace_value(node.outputs[0], back.outputs[0])
+    graph.remove(node, safe=True)
+
+
+def _static(value: ir.Value) -> list[int | None]:
+    return [d if isinstance(d, int) else None for d in (value.shape or [])]
+
+
+@dataclasses.dataclass
+class _Planner:
+    graph: ir.Graph
+    spec: Any
+    isa: Isa
+    tuning: Tuning
+    guard: bool
+    repeat: int
+    timings: dict[tuple, tuple[float, float]] = dataclasses.field(default_factory=dict)
+
+    def decide(self, node: ir.Node, w: np.ndarray, mnk, kernel: str, key: tuple, measure) -> Int8Decision:
+        """Lower ``node`` to its integer kernel unless the guard measured it slower than fp32."""
+        int8_ms = fp32_ms = None
+        lowered, why = True, f"{kernel} (guard off)"
+        if self.guard:
+            if key not in self.timings:
+                self.timings[key] = measure()
+            int8_ms, fp32_ms = self.timings[key]
+            lowered = int8_ms < fp32_ms
+            why = f"int8 {int8_ms:.4f} ms {'<' if lowered else '>='} fp32 {fp32_ms:.4f} ms"
+        if lowered:
+            node.attributes[INT8_ATTR] = ir.AttrInt64(INT8_ATTR, 1)
+        else:
+            to_float(self.graph, node, w)
+            why += ": kept in fp32"
+        return Int8Decision(node.name or node.outputs[0].name, mnk, int8_ms, fp32_ms, lowered, why, kernel if lowered else "")
+
+    def conv(self, node: ir.Node) -> Int8Decision:
+        x, w = node.inputs[0], const(node.inputs[1])
+        zx = const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else np.zeros((), np.uint8)
+        shape = _static(x)
+        attrs = {k: tuple(v.value) for k, v in node.attributes.items() if k in ("pads", "strides", "dilations")}
+        reason = None
+        if w is None or w.dtype != np.int8 or w.ndim != 4 or zx is None or zx.dtype != np.uint8:
+            reason = "weight or zero point is not constant int8/uint8"
+        elif len(shape) != 4 or None in shape:
+            reason = "activation shape is not static 4-D"
+        if reason is not None:
+            if w is not None:
+                to_float(self.graph, node, w)
+            return Int8Decision(node.name or node.outputs[0].name, (0, 0, 0), None, None, False, reason + ": kept in fp32")
+        g = conv_geometry(shape, w.shape, attrs, self.isa)
+        zp = int(zx.reshape(-1)[0])
+
+        def measure():
+            return _conv_pair_ms(shape, w.shape, attrs, zp, self.spec, self.tuning, self.repeat, self.isa)
+
+        key = ("conv", tuple(shape), w.shape, tuple(sorted(attrs.items())))
+        return self.decide(node, w, (g["m"], g["oc"], g["k"]), f"im2col + {g['isa'].label} kernel", key, measure)
+
+    def dense(self, node: ir.Node) -> Int8Decision:
+        a, w = node.inputs[0], const(node.inputs[1])
+        zb = const(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else None
+        shape = _static(a)
+        a_dtype = {ir.DataType.UINT8: "uint8", ir.DataType.INT8: "int8"}.get(a.dtype, str(a.dtype))
+        reason = dense_unsupported(w, zb, a_dtype, shape)
+        if reason is not None:
+            return Int8Decision(node.name or node.outputs[0].name, (0, 0, 0), None, None, False, reason)
+        k, n = w.shape
+        m = int(np.prod(shape[:-1]))
+
+        def measure():
+            return _dense_pair_ms(m, n, k, a_dtype, self.spec, self.tuning, self.repeat, self.isa)
+
+        return self.decide(node, w, (m, n, k), f"{self.isa.for_shape(m, k).label} kernel", (m, n, k, a_dtype), measure)
+
+
+def plan_int8(model: ir.Model, spec, isa: Isa, tuning: Tuning | None = None, *, guard: bool = True, repeat: int = 50) -> dict[str, Any]:
+    """Mark the integer layers of ``model`` (in place) that take ``isa``'s kernels.
+
+    With ``guard``, each distinct layer shape is timed both ways first (the fp32 side with the fp32
+    build's schedules and the ``tuning`` databases); layers whose int8 kernel is not faster are
+    rewritten to float compute. Returns the report: decisions per node.
+    """
+    planner = _Planner(model.graph, spec, isa, tuning or Tuning(), guard, repeat)
+    decisions = []
+    for node in list(model.graph):
+        if node.domain in ("", "ai.onnx") and node.op_type in ("ConvInteger", "MatMulInteger"):
+            decisions.append(planner.conv(node) if node.op_type == "ConvInteger" else planner.dense(node))
+    return {
+        "lowered": sum(d.lowered for d in decisions),
+        "kept_fp32": sum(1 for d in decisions if not d.lowered),
+        "guard": guard,
+        "nodes": [d.to_dict() for d in decisions],
+    }
+
+
+def all_to_float(model: ir.Model) -> None:
+    """Every integer layer of ``model`` with a constant weight to float compute (in place): the
+    all-fp32 build the whole-model guard times against."""
+    for node in list(model.graph):
+        if node.op_type in ("ConvInteger", "MatMulInteger") and node.domain in ("", "ai.onnx"):
+            w = const(node.inputs[1])
+            if w is not None:
+                to_float(model.graph, node, w)

@@ -1,0 +1,127 @@
+"""The instruction set the int8 kernels use: one :class:`Isa` record per ISA, and
+:func:`select_isa`, which chooses one per build from the :class:`TargetSpec` (the declared target
+and, where kernels are timed here, this host), never anywhere else.
+
+Everything that differs between ISAs is a field of the record: the activation dtype the
+instruction multiplies int8 weights by, the packed weight block width, the tile shape (AMX) and
+the ISA to fall back to where a shape does not fill the tiles, the kernel builder, and the
+assembly counters that prove the instructions were emitted. Adding an ISA is a kernel builder in
+the ISA's kernel file plus a record in :data:`ISAS` (in order of preference).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from graphpress.backends.tvm.int8 import kernels_arm, kernels_x86
+from graphpress.backends.tvm.targets import TargetSpec, has_amx, has_dotprod, has_vnni
+from graphpress.errors import GraphpressError
+
+__all__ = ["AMX", "ISAS", "SDOT", "VNNI", "Counter", "Isa", "Tiles", "select_isa"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Counter:
+    """An instruction counted in a build's assembly: its report key, its name for people, the counter."""
+
+    key: str
+    label: str
+    count: Callable[[str], int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiles:
+    """What a tile ISA needs of a dense ``[M, K] x [K, N]``: ``M`` a multiple of ``rows``, ``K`` of
+    ``depth`` bytes, ``N`` padded to ``cols``."""
+
+    rows: int
+    cols: int
+    depth: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Isa:
+    """One instruction set for the int8 kernels.
+
+    Attributes:
+        name: the report's name (``vnni``, ``amx``, ``sdot``).
+        label: its name in kernel descriptions (``VNNI kernel``).
+        activation: the dtype the instruction multiplies the int8 weight by; activations of the
+            other 8-bit dtype move by 128 (and their zero point with them).
+        lanes: int32 sums per instruction: the width of a packed weight block ``[N/lanes, K/4, lanes, 4]``.
+        dense: builds the scheduled TIR ``C[m, n] (int32) = A[m, k] · B^T`` (``B`` packed).
+        counters: the instructions counted in the build's assembly, the ISA's own first.
+        available: whether a build for the target may use it (and, where the kernels are timed
+            before they are chosen, whether this host runs it).
+        timed: the per-layer guard can time its kernels on this host (``int8=auto`` picks only those).
+        tiles: the tile shapes of a tile ISA (None: any ``M``, ``K`` a multiple of 4).
+        fallback: the ISA used for shapes that do not fill the tiles.
+    """
+
+    name: str
+    label: str
+    activation: str
+    lanes: int
+    dense: Callable[[int, int, int], Any]
+    counters: tuple[Counter, ...]
+    available: Callable[[TargetSpec], bool]
+    timed: bool
+    tiles: Tiles | None = None
+    fallback: Isa | None = None
+
+    def __repr__(self) -> str:
+        return f"Isa({self.name})"
+
+    def fits(self, m: int, k: int) -> bool:
+        """True when a dense of ``M = m`` rows and depth ``k`` runs on this ISA's own kernel."""
+        return self.tiles is None or (m % self.tiles.rows == 0 and k % self.tiles.depth == 0)
+
+    def for_shape(self, m: int, k: int) -> Isa:
+        """This ISA, or its fallback where the shape does not fill the tiles."""
+        return self if self.fits(m, k) or self.fallback is None else self.fallback
+
+    @property
+    def n_multiple(self) -> int:
+        """Output columns are padded to a multiple of this."""
+        return self.tiles.cols if self.tiles else self.lanes
+
+    @property
+    def row_block(self) -> int:
+        """Rows (output pixels of a convolution) are padded to a multiple of this."""
+        return self.tiles.rows if self.tiles else 4
+
+    def count(self, asm: str) -> dict[str, int]:
+        """Each counted instruction's occurrences in an assembly listing, by report key."""
+        return {c.key: c.count(asm) for c in self.counters}
+
+
+_ZMM_VPDPBUSD = Counter("zmm_vpdpbusd", "zmm vpdpbusd", kernels_x86.zmm_vpdpbusd_count)
+_TDPBUSD = Counter("amx_tile_products", "AMX tile products", kernels_x86.amx_dot_product_count)
+
+# x86 builds count both: a VNNI build with tile products, or an AMX one without, is a finding
+VNNI = Isa("vnni", "VNNI", "uint8", 16, kernels_x86.vnni_dense_kernel, (_ZMM_VPDPBUSD, _TDPBUSD), has_vnni, timed=True)
+AMX = Isa("amx", "AMX", "uint8", 16, kernels_x86.amx_dense_kernel, (_TDPBUSD, _ZMM_VPDPBUSD), has_amx, timed=True, tiles=Tiles(32, 32, 64), fallback=VNNI)
+SDOT = Isa("sdot", "SDOT", "int8", 4, kernels_arm.sdot_dense_kernel, (Counter("sdot", "sdot", kernels_arm.sdot_count),), has_dotprod, timed=False)
+
+#: every ISA, in order of preference
+ISAS: tuple[Isa, ...] = (AMX, VNNI, SDOT)
+
+
+def select_isa(spec: TargetSpec, mode: str = "auto") -> Isa | None:
+    """The ISA of the int8 kernels in a build for ``spec``: ``auto`` takes the first available one
+    whose kernels can be timed here (a cross-compiled target cannot), ``on`` any available one,
+    ``off`` none.
+
+    Raises:
+        GraphpressError: ``on`` for a target no ISA serves.
+    """
+    if mode == "off":
+        return None
+    available = [isa for isa in ISAS if isa.available(spec)]
+    if mode == "on" and not available:
+        raise GraphpressError(
+            f"target {spec.name}: int8=on needs an x86 target with AVX-512 VNNI on a host that has it, or an aarch64 target with +dotprod; use int8=off"
+        )
+    return next((isa for isa in available if mode == "on" or isa.timed), None)

@@ -1,0 +1,212 @@
+"""MetaSchedule for CPU builds: tuning databases and their keys, tuning, and applying the records.
+
+A database is a folder of MetaSchedule JSON records keyed by :func:`target_key` (kind, mcpu or
+arch, core count and a digest of the whole target dict): records only transfer between
+identical targets. :func:`database_dirs` lists the ones a build consults, first match wins:
+the user's cache (``$GRAPHPRESS_CACHE`` or ``~/.cache/graphpress``) or a folder the user names,
+then the ones shipped with graphpress. :func:`schedule_cpu` lowers a Relax module, tunes it
+when asked, applies the records and gives the rest the generic schedules
+(:mod:`graphpress.backends.tvm.schedules`); with fast math it may return two candidates for the
+build to time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from graphpress.backends.tvm.schedules import schedule_injective
+from graphpress.backends.tvm.targets import TargetSpec
+
+__all__ = ["SHIPPED_DATABASES", "Tuning", "database_dirs", "kernel_names", "open_database", "schedule_cpu", "target_key", "user_database_dir"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tuning:
+    """How a CPU build is scheduled.
+
+    Attributes:
+        trials: MetaSchedule trials in total; 0 applies existing records only.
+        max_trials_per_task: per-kernel cap (default ``trials // kernels``).
+        database: the tuning database folder (default: the user cache for the target).
+        shipped: also apply the databases shipped with graphpress.
+        fast_math: ``erf``/``exp``/``tanh`` as polynomial vector code where it does not cost
+            tuned schedules (:mod:`graphpress.backends.tvm.fastmath`).
+    """
+
+    trials: int = 0
+    max_trials_per_task: int | None = None
+    database: str | os.PathLike | None = None
+    shipped: bool = True
+    fast_math: bool = True
+
+
+SHIPPED_DATABASES = Path(__file__).parent / "databases"
+#: Seconds a tuning candidate may take to build / to run before it is discarded.
+BUILD_TIMEOUT_S = 120
+RUN_TIMEOUT_S = 60
+
+
+def target_key(spec: TargetSpec) -> str:
+    """The folder name for tuning records: records only transfer between identical targets."""
+    digest = hashlib.sha1(spec.to_json().encode()).hexdigest()[:10]
+    parts = [spec.config.get("kind"), spec.config.get("mcpu") or spec.config.get("arch") or "generic", f"{spec.config.get('num-cores', 'any')}c", digest]
+    return "-".join(str(p) for p in parts)
+
+
+def user_database_dir(spec: TargetSpec) -> Path:
+    """Where tuning records for ``spec`` are written (``$GRAPHPRESS_CACHE`` or ``~/.cache/graphpress``)."""
+    root = Path(os.environ.get("GRAPHPRESS_CACHE", Path.home() / ".cache" / "graphpress"))
+    return root / "tvm-tuning" / target_key(spec)
+
+
+def database_dirs(spec: TargetSpec, database: str | os.PathLike | None = None, *, shipped: bool = True) -> list[Path]:
+    """Tuning databases consulted for ``spec``, first match wins: ``database`` (or the user's
+    cache), then the one shipped with graphpress unless ``shipped=False``."""
+    dirs = [Path(database) if database else user_database_dir(spec)]
+    packaged = SHIPPED_DATABASES / target_key(spec)
+    if shipped and packaged.is_dir() and packaged.resolve() != dirs[0].resolve():
+        dirs.append(packaged)
+    return dirs
+
+
+def open_database(directory: Path):
+    from tvm.s_tir import meta_schedule as ms
+
+    directory.mkdir(parents=True, exist_ok=True)
+    return ms.database.JSONDatabase(
+        path_workload=str(directory / "database_workload.json"),
+        path_tuning_record=str(directory / "database_tuning_record.json"),
+        allow_missing=True,
+    )
+
+
+def kernel_names(mod) -> tuple[list[str], list[str]]:
+    """(scheduled, unscheduled) PrimFunc names of a module."""
+    import tvm
+
+    scheduled, unscheduled = [], []
+    for gv, func in mod.functions.items():
+        if isinstance(func, tvm.tirx.PrimFunc):
+            attrs = func.attrs or {}
+            (scheduled if attrs.get("tirx.is_scheduled", False) else unscheduled).append(gv.name_hint)
+    return scheduled, unscheduled
+
+
+def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
+    """Lower ``mod`` and apply the tuning databases (after tuning, with ``tuning.trials``) and the
+    generic schedules. Returns ``(candidates, stats)``: one scheduled module, or two (fast math,
+    libm) when fast math would cost tuned schedules while it speeds up untuned libm kernels --
+    the build then times both."""
+    tune_trials, max_trials_per_task, fast_math = tuning.trials, tuning.max_trials_per_task, tuning.fast_math
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    target = spec.tvm_target()
+    stats: dict[str, Any] = {}
+    dirs = database_dirs(spec, tuning.database, shipped=tuning.shipped)
+
+    def union():
+        databases = [open_database(d) for d in dirs]
+        return databases[0] if len(databases) == 1 else ms.database.OrderedUnionDatabase(*databases)
+
+    def lower(fast: bool):
+        steps = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
+        if fast:
+            from graphpress.backends.tvm.fastmath import fast_math_legalization
+
+            steps.append(relax.transform.LegalizeOps(customize_legalize_map=fast_math_legalization()))
+        return tvm.transform.Sequential([*steps, relax.get_pipeline("zero")])(mod)
+
+    db = union()
+
+    def apply_database(lowered):
+        with target, db:
+            return relax.transform.MetaScheduleApplyDatabase()(lowered)
+
+    with target:
+        variants = {"libm": lower(False)}
+        if fast_math:
+            if not any(isinstance(f, tvm.tirx.PrimFunc) and _calls_libm(f) for f in variants["libm"].functions.values()):
+                stats["fast_math"] = "no libm math in this model"
+            elif tune_trials > 0:
+                variants = {"fast": lower(True)}  # tuned below, fast math included
+            else:
+                # the polynomial forms change the kernels, so tuning records of libm kernels no
+                # longer apply to them: decide by the records, and by timing when they disagree
+                fast = lower(True)
+                plain_db, fast_db = kernel_names(apply_database(variants["libm"])), kernel_names(apply_database(fast))
+                lost = len(plain_db[0]) - len(fast_db[0])
+                untuned_libm = sum(1 for name in plain_db[1] if _calls_libm(_func_named(variants["libm"], name)))
+                if lost <= 0 or (untuned_libm and not spec.is_host):
+                    variants = {"fast": fast}
+                elif untuned_libm:
+                    variants["fast"] = fast
+                stats["fast_math_records"] = {"tuned_kernels_lost": lost, "untuned_libm_kernels": untuned_libm}
+        _, tasks = kernel_names(next(iter(variants.values())))
+        stats["kernels"] = len(tasks)
+        if tune_trials > 0:
+            drop_unnamed_tuning_log_handlers()
+            per_task = max_trials_per_task or max(1, tune_trials // max(1, len(tasks)))
+            start = time.perf_counter()
+            ms.relax_integration.tune_relax(
+                next(iter(variants.values())),
+                params={},
+                target=target,
+                work_dir=str(dirs[0]),
+                max_trials_global=tune_trials,
+                max_trials_per_task=per_task,
+                num_trials_per_iter=min(64, per_task),
+                # LLVM builds of AVX-512 candidates can exceed MetaSchedule's default 30 s on 2 cores
+                builder=ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S),
+                runner=ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S),
+                database=open_database(dirs[0]),
+            )
+            stats.update({"tune_trials": tune_trials, "max_trials_per_task": per_task, "tuning_seconds": round(time.perf_counter() - start, 1)})
+            db = union()  # with the new records
+    candidates = {}
+    for name, lowered in variants.items():
+        scheduled_mod = apply_database(lowered)
+        # listed before the generic schedules below: those make untuned kernels less slow, not tuned
+        scheduled, unscheduled = kernel_names(scheduled_mod)
+        scheduled_mod, generic = schedule_injective(scheduled_mod)
+        candidates[name] = (scheduled_mod, {
+            "generic_scheduled_kernels": generic,
+            "scheduled_kernels": len(scheduled),
+            "unscheduled_kernels": unscheduled,
+            "kernel_names": sorted(scheduled + unscheduled),
+        })  # fmt: skip
+    stats["databases"] = [str(d) for d in dirs]
+    if "fast_math" not in stats:
+        stats["fast_math"] = "fast" in candidates if len(candidates) == 1 else "timed"
+    return candidates, stats
+
+
+def _func_named(mod, name: str):
+    return next(f for gv, f in mod.functions.items() if gv.name_hint == name)
+
+
+#: float math TVM lowers to one libm call per element on CPUs
+_LIBM_CALLS = ("T.erf(", "T.exp(", "T.tanh(")
+
+
+def _calls_libm(func) -> bool:
+    text = func.script()
+    return any(call in text for call in _LIBM_CALLS)
+
+
+def drop_unnamed_tuning_log_handlers() -> None:
+    """MetaSchedule (TVM 0.27) re-lists the handlers of its global logger by name when it sets up
+    a tuning run; a handler without a name (left by an earlier run in the same process) makes
+    that crash with ``'NoneType' object has no attribute 'format'``."""
+    import logging
+
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    for handler in list(logger.handlers):
+        if handler.get_name() is None:
+            logger.removeHandler(handler)
