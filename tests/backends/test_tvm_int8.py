@@ -43,7 +43,7 @@ def test_every_isa_kernel_emits_its_instructions(isa):
     m, n, k = 64, 64, 128
     func = isa.dense(m, n, k)
     lib = tvm.compile(tvm.IRModule({"main": func}), target=resolve_target(ISA_TARGETS[isa.name]).tvm_target())
-    counts = isa.count(lib.inspect_source("asm") if hasattr(lib, "inspect_source") else lib.mod.inspect_source("asm"))
+    counts = isa.count(lib.mod.inspect_source("asm"))
     assert counts[isa.counters[0].key] > 0, counts
 
 

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from graphpress.backends.tvm.fastmath import fast_math_legalization
 from graphpress.backends.tvm.schedules import schedule_injective
 from graphpress.backends.tvm.targets import TargetSpec
 
@@ -102,10 +103,11 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
     generic schedules. Returns ``(candidates, stats)``: one scheduled module, or two (fast math,
     libm) when fast math would cost tuned schedules while it speeds up untuned libm kernels --
     the build then times both."""
-    tune_trials, max_trials_per_task, fast_math = tuning.trials, tuning.max_trials_per_task, tuning.fast_math
     import tvm
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
+
+    tune_trials, max_trials_per_task, fast_math = tuning.trials, tuning.max_trials_per_task, tuning.fast_math
 
     target = spec.tvm_target()
     stats: dict[str, Any] = {}
@@ -118,8 +120,6 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
     def lower(fast: bool):
         steps = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
         if fast:
-            from graphpress.backends.tvm.fastmath import fast_math_legalization
-
             steps.append(relax.transform.LegalizeOps(customize_legalize_map=fast_math_legalization()))
         return tvm.transform.Sequential([*steps, relax.get_pipeline("zero")])(mod)
 
