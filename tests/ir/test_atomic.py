@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -174,8 +175,14 @@ def test_atomic_directory_swaps_in_one_step_and_keeps_the_old_one_on_failure(tmp
 
 
 def test_deferred_signals_deliver_after_the_block():
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be set from the main thread")
     got = []
     old = signal.signal(signal.SIGUSR1, lambda *a: got.append("late"))
+    # Python's own SIGINT handling, whatever the test worker had (a CI run once saw SIGINT
+    # swallowed there: the handler or the mask the worker inherited, not deferred_signals)
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    old_mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         # SIGINT is held: raised as KeyboardInterrupt only after the block
         with pytest.raises(KeyboardInterrupt):
@@ -184,6 +191,8 @@ def test_deferred_signals_deliver_after_the_block():
                 got.append("block finished")
         assert got == ["block finished"]
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGUSR1, old)
 
 
