@@ -38,7 +38,8 @@ def _add_optimize(sub):
     p.add_argument("--verify", action="store_true", help="check every pass numerically with ONNX Runtime; fail (exit 2) on a mismatch")
     p.add_argument("--report", help="write the report JSON here")
     p.add_argument("--inputs", help=".npz of sample inputs (keys = input names; a stack of N for a batch-1 model is N samples) "
-                   "for --verify and passes that need data; default: random from declared shapes")
+                   "for --verify and passes that need data (given to passes that need none, they turn --verify on); "
+                   "default: random from declared shapes")
     p.add_argument("--min-cosine", type=_cosine, default=0.99,
                    help="end-to-end budget of a lossy pipeline (prune, share, quantize): every output keeps at least this "
                         "cosine against the input model (default 0.99)")
@@ -264,13 +265,12 @@ def cmd_optimize(args) -> int:
     samples = load_samples(args.inputs, model) if args.inputs else None
     # every pass gets the samples (quantize: calibration; prune, dedup: activations)
     context = PassContext(samples=samples, samples_source=str(args.inputs) if samples else "generated")
-    if args.verify:
+    # inputs the user gives are used, never refused: by the passes that read samples, else by the check
+    if args.verify or (samples is not None and not any(p.uses_samples for p in passes)):
         source = str(args.inputs) if samples is not None else "generated from declared shapes (seed 0)"
         checked = samples if samples is not None else [make_inputs(model, seed=0)]
         numeric_inst = NumericInstrument(checked, source, min_cosine=args.min_cosine, **_user_baseline(input_path, model, checked))
         instruments.insert(1, numeric_inst)
-    elif args.inputs and not any(p.uses_samples for p in passes):
-        raise GraphpressError("--inputs is used by --verify and by passes that need sample data (quantize, prune, dedup); add --verify")
     result = PassManager(passes, instruments, context=context).run(model)
     after = summarize(model)
     save(model, out, external_data=True if args.external_data else None)
@@ -317,9 +317,12 @@ def _print_optimize_summary(before, after, result, numeric_inst, out) -> None:
     for col in ("pass", "modified", "seconds", "stats"):
         t.add_column(col)
     for rec in result.records:
-        stats = ", ".join(f"{k}={v}" for k, v in rec.stats.items() if v not in (0, False) or k == "fixpoint_reached")
+        stats = ", ".join(f"{k}={v}" for k, v in rec.stats.items() if k != "warnings" and (v not in (0, False) or k == "fixpoint_reached"))
         t.add_row(rec.name, "yes" if rec.modified else "no", f"{rec.seconds:.3f}", stats)
     console.print(t)
+    for rec in result.records:
+        for warning in rec.stats.get("warnings", ()):
+            print(f"warning: pass '{rec.name}': {warning}", file=sys.stderr)
     s = Table()
     for col in ("", "nodes", "params", "bytes", "MACs"):
         s.add_column(col, justify="right")

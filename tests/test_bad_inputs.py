@@ -213,7 +213,8 @@ CLI_ROWS = [
     Row("inputs-wrong-key", [*OPT, "cleanup", "--verify", "--inputs", "{d}/wrong_key.npz"], "wrong_key.npz: missing input(s) x"),
     Row("inputs-wrong-shape", [*OPT, "cleanup", "--verify", "--inputs", "{d}/wrong_shape.npz"], "wrong_shape.npz: input 'x' expects float32 [1, 8], the .npz gives float32 [1, 5]"),
     Row("inputs-wrong-dtype", [*OPT, "cleanup", "--verify", "--inputs", "{d}/wrong_dtype.npz"], "wrong_dtype.npz: input 'x' expects float32 [1, 8], the .npz gives int32 [1, 8]"),
-    Row("inputs-unused", [*OPT, "cleanup", "--inputs", "{d}/good.npz"], "--inputs is used by --verify"),
+    # inputs given without --verify to passes that read none are used for the check, so they are checked too
+    Row("inputs-implied-verify-wrong-shape", [*OPT, "cleanup", "--inputs", "{d}/wrong_shape.npz"], "wrong_shape.npz: input 'x' expects float32 [1, 8], the .npz gives float32 [1, 5]"),
     # -- command-line syntax
     Row("argparse-missing-output", ["optimize", M, "--passes", "cleanup"], "the following arguments are required: -o/--output"),
     Row("argparse-unknown-command", ["squeeze", M], "invalid choice: 'squeeze'"),

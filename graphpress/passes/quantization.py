@@ -563,7 +563,20 @@ class Quantize(Pass):
         }
         if o.tolerance > 0 and value < baseline - o.tolerance:
             stats["budget_met"] = False
+        if not stats["quantized_nodes"] and o.mode in ("static", "dynamic"):
+            stats["warnings"] = [_nothing_quantized(fp32, o.mode, ops or QUANTIZABLE)]
         return PassResult(model, modified, stats)
+
+
+def _nothing_quantized(model: ir.Model, mode: str, ops: Iterable[str]) -> str:
+    """Why a static/dynamic run quantized no layer, and what would."""
+    present = collections.Counter(n.op_type for n in model.graph if n.op_type in QUANTIZABLE and n.domain in ("", "ai.onnx"))
+    if not present:
+        return "quantized 0 nodes: the model has no Conv, ConvTranspose, Gemm or MatMul layer; weight sharing (share) compresses other weights"
+    found = ", ".join(f"{n} {op}" for op, n in sorted(present.items()))
+    if mode == "dynamic" and (present.get("Conv") or present.get("ConvTranspose")):
+        return f"quantized 0 nodes ({found}): mode=dynamic quantizes MatMul/Gemm layers with constant weights; convolutions quantize with mode=static"
+    return f"quantized 0 nodes ({found}, ops={'|'.join(ops)}): their weights are not constant float initializers, or ops=/exclude= leave none; mode=weight_only or fp16 may apply"
 
 
 def _layer_output(node: ir.Node, names: set[str], steps: int = 3) -> str | None:
