@@ -392,6 +392,26 @@ def _check_artifact_path(path: str, input_path: Path) -> Path:
     return out
 
 
+def _shapes_of_samples(model, samples, given: dict, where) -> dict:
+    """``given`` plus, for each input with symbolic dims that ``given`` leaves out, the shape of
+    its samples: the artifact is built for the inputs the user gave, not for dims bound to 1."""
+    bound = dict(given)
+    for value in model.graph.inputs:
+        if value.name in bound or value.name in model.graph.initializers or value.shape is None:
+            continue
+        if all(isinstance(d, int) for d in value.shape):
+            continue
+        seen = sorted({tuple(int(d) for d in sample[value.name].shape) for sample in samples if value.name in sample})
+        if len(seen) > 1:
+            raise GraphpressError(
+                f"{where}: input '{value.name}' has samples of {len(seen)} shapes ({', '.join('x'.join(map(str, s)) for s in seen[:3])}); "
+                "an artifact is built for one shape: give samples of one shape or --input-shape"
+            )
+        if seen:
+            bound[value.name] = list(seen[0])
+    return bound
+
+
 def cmd_compile(args) -> int:
     import numpy as np
 
@@ -412,6 +432,8 @@ def cmd_compile(args) -> int:
         check_writable(args.report, "report", Path(args.model))
     model = load(args.model)
     samples = load_samples(args.inputs, model) if args.inputs else None
+    if samples:
+        shapes = _shapes_of_samples(model, samples, shapes, args.inputs)
     pass_records = []
     if passes:
         context = PassContext(samples=samples, samples_source=str(args.inputs) if samples else "generated", target=target_facts(spec))
