@@ -308,3 +308,54 @@ def test_cli_compile_binds_symbolic_dims_to_the_inputs_given(tmp_path, capsys):
     assert {i["name"]: i["shape"] for i in meta["inputs"]} == {"x": [3, 8], "z": [3, 2]}
     got = gtvm.load(art).run_named(**feeds)["y"]
     np.testing.assert_allclose(got, np.concatenate([feeds["x"] @ numpy_helper.to_array(proto.graph.initializer[0]), feeds["z"]], axis=1), rtol=1e-5, atol=1e-5)
+
+
+def test_shape_arithmetic_is_folded_for_the_shapes_the_artifact_is_built_for():
+    """Reshape(x, Concat(-1, Cast(Shape(x) / 2)[1:])) on an input with a symbolic batch (the shape
+    arithmetic exporters write; TVM's importer needs the new shape as a constant and refused this
+    one: "Reshape requires the input new shape to be Shape"): the backend binds the input shapes
+    on its copy before folding, so it becomes one. Checked against numpy."""
+    def const(name, array):
+        return numpy_helper.from_array(np.asarray(array), name)
+
+    proto = make_model(
+        [
+            helper.make_node("Shape", ["x"], ["s"]),
+            helper.make_node("Cast", ["s"], ["sf"], to=TensorProto.FLOAT),
+            helper.make_node("Div", ["sf", "two"], ["half"]),
+            helper.make_node("Cast", ["half"], ["hi"], to=TensorProto.INT64),
+            helper.make_node("Slice", ["hi", "one", "two_i"], ["cols"]),
+            helper.make_node("Concat", ["minus1", "cols"], ["shape"], axis=0),
+            helper.make_node("Reshape", ["x", "shape"], ["y"]),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [const("two", np.float32(2)), const("one", np.array([1], np.int64)), const("two_i", np.array([2], np.int64)),
+         const("minus1", np.array([-1], np.int64))],  # fmt: skip
+    )
+    model = gp.load(proto)
+    compiled = gtvm.compile_model(model, "x86", input_shapes={"x": [3, 8]})
+    x = np.arange(24, dtype=np.float32).reshape(3, 8)
+    np.testing.assert_array_equal(compiled(x)[0], x.reshape(-1, 4))
+    assert [n.op_type for n in model.graph][0] == "Shape"  # the user's model is untouched
+
+
+def test_a_model_tvm_cannot_lower_for_its_bound_shapes_is_one_line_naming_them():
+    """A Conv1d without padding over a symbolic length bound to 1 has a negative output length:
+    TVM's lowering refuses; the error names the shapes the build used and how to give real ones."""
+    rng = np.random.default_rng(0)
+    proto = make_model(
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, "length"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, "out"])],
+        [numpy_helper.from_array(rng.standard_normal((4, 2, 3)).astype(np.float32), "w")],
+    )
+    model = gp.load(proto)
+    with pytest.raises(GraphpressError, match=r"TVM could not lower the model \(.*\); it was built for inputs x=1x2x1 .*--input-shape") as info:
+        gtvm.compile_model(model, "x86")
+    assert "\n" not in str(info.value)
+    x = rng.standard_normal((1, 2, 10)).astype(np.float32)
+    got = gtvm.compile_model(model, "x86", input_shapes={"x": [1, 2, 10]})(x)[0]
+    w = numpy_helper.to_array(proto.graph.initializer[0])
+    want = np.stack([sum(np.convolve(x[0, c], w[o, c][::-1], "valid") for c in range(2)) for o in range(4)])[None]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

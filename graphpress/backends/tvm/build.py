@@ -31,7 +31,7 @@ import onnx_ir as ir
 
 import graphpress
 from graphpress.backends.tvm import int8 as int8_path
-from graphpress.backends.tvm.lower import PREPARE_SPEC, bind_input_shapes, output_specs, prepare_for_lowering, set_input_shapes, to_relax
+from graphpress.backends.tvm.lower import PREPARE_SPEC, bind_input_shapes, output_specs, prepare_for_lowering, to_relax
 from graphpress.backends.tvm.runtime import CompiledModel, require_compiler, time_main
 from graphpress.backends.tvm.targets import TargetSpec, resolve_target
 from graphpress.backends.tvm.tuning import Tuning, schedule_cpu
@@ -96,18 +96,26 @@ def compile_model(
     shapes = bind_input_shapes(model, input_shapes)
     isa = int8_path.select_isa(spec, int8)
     t0 = time.perf_counter()
-    prepared, prep_stats = prepare_for_lowering(model, prepare)
+    prepared, prep_stats = prepare_for_lowering(model, prepare, shapes)
     report: dict[str, Any] = {"prepare": prep_stats}
     isa = isa if isa is not None and int8_path.is_quantized(prepared) else None
     if isa is not None:
-        set_input_shapes(prepared, bind_input_shapes(prepared, input_shapes))
         report["int8"] = int8_path.plan(prepared, spec, isa, tuning, guard=int8_guard)
         with int8_path.int8_converters(isa):
             mod = to_relax(prepared, shapes, spec.name)
     else:
         mod = to_relax(prepared, shapes, spec.name)
     report["import_seconds"] = round(time.perf_counter() - t0, 3)
-    executable, stats = _build(mod, spec, tuning)
+    try:
+        executable, stats = _build(mod, spec, tuning)
+    except GraphpressError:
+        raise
+    except Exception as e:  # TVM's lowering refused the module: say what it was built for
+        bound = ", ".join(f"{n}={'x'.join(map(str, s['shape'])) or 'scalar'}" for n, s in shapes.items())
+        raise GraphpressError(
+            f"target {spec.name}: TVM could not lower the model ({one_line(e, 200, last=True)}); it was built for inputs {bound} "
+            "(symbolic dims are 1 unless given): give the real shapes with --input-shape or --inputs"
+        ) from e
     report.update(stats)
     if isa is not None and report["int8"]["lowered"]:
         _count_instructions(report["int8"], isa, executable)
@@ -172,7 +180,7 @@ def _signature_inputs(mod) -> list:
 
 def _model_guard(model, prepare, shapes, spec, isa, int8_exe, report, tuning: Tuning):
     """Time the int8 build against the all-fp32 build of the same model; keep the faster."""
-    fp32_copy, _ = prepare_for_lowering(model, prepare)
+    fp32_copy, _ = prepare_for_lowering(model, prepare, shapes)
     int8_path.to_fp32(fp32_copy)
     fp32_exe, fp32_stats = _build(to_relax(fp32_copy, shapes, spec.name), spec, tuning)
     inputs = list(random_inputs([{"name": n, **v} for n, v in shapes.items()]).values())

@@ -106,10 +106,14 @@ def to_relax(model: ir.Model, shapes: Mapping[str, Mapping[str, Any]], target_na
 PREPARE_SPEC = "cleanup,fold_batchnorm,cleanup"
 
 
-def prepare_for_lowering(model: ir.Model, spec: str = PREPARE_SPEC) -> tuple[ir.Model, dict[str, Any]]:
+def prepare_for_lowering(
+    model: ir.Model, spec: str = PREPARE_SPEC, shapes: Mapping[str, Mapping[str, Any]] | None = None
+) -> tuple[ir.Model, dict[str, Any]]:
     """A copy of ``model`` with model-local functions inlined (TVM's importer has no functions; the
-    ``fuse`` pass writes attention as one) and ``spec`` applied (invariants checked); the input is
-    not changed."""
+    ``fuse`` pass writes attention as one), its inputs given the static ``shapes`` the artifact is
+    built for (so ``spec``'s folding turns shape arithmetic -- Shape, Gather, Concat into a
+    Reshape -- into constants TVM's importer needs), and ``spec`` applied (invariants checked);
+    the input is not changed."""
     import onnx_ir.passes.common as common_passes
 
     from graphpress.passes import InvariantInstrument, PassManager, build_passes
@@ -123,9 +127,15 @@ def prepare_for_lowering(model: ir.Model, spec: str = PREPARE_SPEC) -> tuple[ir.
     # weight-sharing lookups (codebook[indices]) become dense weights again: the dense kernels
     # are what TVM schedules, and a lookup per inference only adds work (benchmarks/compression.py)
     unshared = Unshare()(copy).stats["folded_lookups"] if any(TAG in n.metadata_props for n in copy.graph) else 0
+    info: dict[str, Any] = {"spec": spec, "inlined_functions": inlined, "unshared_lookups": unshared}
+    if shapes:
+        try:
+            set_input_shapes(copy, shapes)
+        except Exception as e:  # onnx's inference refuses the graph: lowering goes on with what it has
+            info["shape_inference"] = f"failed ({one_line(e, 200)})"
     result = PassManager(build_passes(spec), [InvariantInstrument()]).run(copy) if spec else None
     stats = result.stats() if result is not None else {}
-    return copy, {"spec": spec, "folded_bn": stats.get("folded_bn", 0), "inlined_functions": inlined, "unshared_lookups": unshared}
+    return copy, {**info, "folded_bn": stats.get("folded_bn", 0)}
 
 
 def set_input_shapes(model: ir.Model, shapes: Mapping[str, Mapping[str, Any]]) -> None:
