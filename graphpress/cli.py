@@ -27,6 +27,8 @@ def _add_inspect(sub):
     p = sub.add_parser("inspect", help="ops, params, bytes, MACs, inputs/outputs of a model")
     p.add_argument("model", help="path of an .onnx file")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=DxDx...",
+                   help="count shapes and MACs for this input shape (symbolic dims count as 1 otherwise); repeatable")
     p.set_defaults(func=cmd_inspect)
 
 
@@ -199,8 +201,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_inspect(args) -> int:
     from graphpress.ir import load, summarize
+    from graphpress.ir.analysis import with_input_shapes
 
-    summary = summarize(load(args.model))
+    summary = summarize(with_input_shapes(load(args.model), _parse_shapes(args.input_shape)))
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
         return 0
@@ -221,6 +224,8 @@ def cmd_inspect(args) -> int:
     for io in summary.outputs:
         t.add_row("output", f"{io['name']}: {io['dtype']} {io['shape']}")
     console.print(t)
+    if summary.symbolic_dims:
+        print(f"note: symbolic dims {', '.join(summary.symbolic_dims)} count as 1 in the MACs; give --input-shape NAME=DxDx... for real figures")
     ops = Table(title="ops")
     ops.add_column("op")
     ops.add_column("count", justify="right")

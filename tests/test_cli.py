@@ -9,11 +9,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from graphpress.cli import main
+from tests.conftest import make_model
 
 PLUGINS = str(Path(__file__).parent / "plugins")
 
@@ -172,3 +174,26 @@ def test_demo_runs_and_is_verified(tmp_path):
     assert result["after"]["nodes"] < result["before"]["nodes"]
     assert result["accuracy_after"] == result["accuracy_before"] > 0.8
     assert (tmp_path / "digits_cnn.optimized.onnx").exists()
+
+
+def test_inspect_counts_macs_for_the_input_shape_given(tmp_path, capsys):
+    """A Conv over symbolic height/width: without shapes the MACs count them as 1 and say so;
+    with --input-shape they are the real figure, computed here by hand."""
+    rng = np.random.default_rng(0)
+    proto = make_model(
+        [helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, "h", "w"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(rng.standard_normal((8, 3, 3, 3)).astype(np.float32), "w")],
+    )
+    src = tmp_path / "conv.onnx"
+    onnx.save(proto, src)
+    assert main(["inspect", str(src), "--json", "--input-shape", "x=1x3x32x32"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["macs"] == 32 * 32 * 8 * 3 * 3 * 3 and summary["symbolic_dims"] == []
+    assert main(["inspect", str(src)]) == 0
+    assert "note: symbolic dims batch, h, w count as 1 in the MACs" in capsys.readouterr().out
+    assert main(["inspect", str(src), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["symbolic_dims"] == ["batch", "h", "w"]
+    assert main(["inspect", str(src), "--input-shape", "y=1x3"]) == 2
+    assert "'y', which is not an input; inputs: x" in capsys.readouterr().err

@@ -10,8 +10,9 @@ MACs (multiply-accumulates) are counted per node from inferred shapes:
   (``Q @ K^T``, ``P @ V``).
 
 Symbolic dimensions (``batch``, ``seq``) count as 1: MACs are per sample, for the
-shapes the model declares. A node whose shapes are unknown counts 0 and is listed in
-``unknown_macs``.
+shapes the model declares, unless :func:`with_input_shapes` gave the inputs real shapes first
+(``inspect --input-shape``); the summary lists the symbolic dims it counted as 1. A node whose
+shapes are unknown counts 0 and is listed in ``unknown_macs``.
 """
 
 from __future__ import annotations
@@ -19,12 +20,15 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-__all__ = ["ModelSummary", "infer_shapes", "node_macs", "summarize", "weight_values"]
+from graphpress.errors import GraphpressError
+
+__all__ = ["ModelSummary", "infer_shapes", "node_macs", "summarize", "weight_values", "with_input_shapes"]
 
 
 def infer_shapes(model: ir.Model) -> ir.Model:
@@ -34,6 +38,29 @@ def infer_shapes(model: ir.Model) -> ir.Model:
     except Exception:
         # Shape inference is best effort for analyses (custom domains, huge models).
         pass
+    return model
+
+
+def with_input_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]]) -> ir.Model:
+    """Give the named graph inputs these static shapes (in place) and forget the shapes of the
+    values computed from them, so that shape inference derives them again.
+
+    Raises:
+        GraphpressError: a name that is no input, or a shape of another rank than declared.
+    """
+    inputs = {v.name: v for v in model.graph.inputs if v.name not in model.graph.initializers}
+    for name, shape in shapes.items():
+        if name not in inputs:
+            raise GraphpressError(f"input shape given for '{name}', which is not an input; inputs: {', '.join(inputs)}")
+        declared = inputs[name].shape
+        if declared is not None and len(declared) != len(shape):
+            raise GraphpressError(f"input '{name}' has rank {len(declared)}, but its given shape has {len(shape)} dims")
+        inputs[name].shape = ir.Shape([int(d) for d in shape])
+    if shapes:
+        for node in model.graph:
+            for out in node.outputs:
+                if not out.is_graph_output():
+                    out.shape = None
     return model
 
 
@@ -144,6 +171,7 @@ class ModelSummary:
         inputs / outputs: name, dtype and shape of each graph input/output.
         opset: default-domain opset.
         unknown_macs: names of MAC nodes whose shapes were unknown.
+        symbolic_dims: the symbolic input dims the MACs counted as 1.
     """
 
     nodes: int
@@ -156,6 +184,7 @@ class ModelSummary:
     outputs: list[dict[str, Any]]
     opset: int | None
     unknown_macs: list[str]
+    symbolic_dims: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -210,4 +239,5 @@ def summarize(model: ir.Model, *, shapes: bool = True) -> ModelSummary:
         outputs=[_io(v) for v in model.graph.outputs],
         opset=model.opset_imports.get(""),
         unknown_macs=unknown,
+        symbolic_dims=sorted({str(d) for v in model.graph.inputs if v.shape is not None for d in v.shape if not isinstance(d, int)}),
     )

@@ -23,6 +23,7 @@ import onnx
 import onnx_ir as ir
 
 from graphpress.errors import GraphpressError, one_line
+from graphpress.ir.analysis import with_input_shapes
 from graphpress.ir.io import to_proto
 
 __all__ = ["PREPARE_SPEC", "bind_input_shapes", "output_specs", "prepare_for_lowering", "set_input_shapes", "to_relax", "unsupported_ops"]
@@ -142,13 +143,7 @@ def set_input_shapes(model: ir.Model, shapes: Mapping[str, Mapping[str, Any]]) -
     """Give the inputs their static shapes and infer the rest (the int8 plan needs M of every layer)."""
     import onnx_ir.passes.common as common_passes
 
-    for value in model.graph.inputs:
-        if value.name in shapes:
-            value.shape = ir.Shape(shapes[value.name]["shape"])
-    for node in model.graph:  # forget symbolic shapes: inference re-derives them from the inputs
-        for out in node.outputs:
-            if not out.is_graph_output():
-                out.shape = None
+    with_input_shapes(model, {name: spec["shape"] for name, spec in shapes.items()})  # symbolic shapes forgotten
     common_passes.ShapeInferencePass()(model)
 
 
