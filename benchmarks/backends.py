@@ -24,6 +24,7 @@ Usage::
 
 from __future__ import annotations
 
+from _machine import banner
 import argparse
 import json
 import os
@@ -146,6 +147,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=int(os.environ["TVM_NUM_THREADS"]), help="threads for torch/ORT (TVM: set TVM_NUM_THREADS)")
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
+    print(banner(), flush=True)
     console = Console()
     factories = _models()
     rows = []

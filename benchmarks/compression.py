@@ -22,6 +22,7 @@ Usage::
 
 from __future__ import annotations
 
+from _machine import banner
 import argparse
 import json
 import lzma
@@ -178,6 +179,7 @@ def main() -> None:
     parser.add_argument("--no-minilm", action="store_true")
     parser.add_argument("--json")
     args = parser.parse_args()
+    print(banner(), flush=True)
     torch.set_num_threads(THREADS)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -33,6 +33,7 @@ Usage::
 
 from __future__ import annotations
 
+from _machine import banner
 import argparse
 import collections
 import contextlib
@@ -169,6 +170,7 @@ def main() -> None:
     parser.add_argument("--tvm-repeat", type=int, default=5)
     parser.add_argument("--json", help="write the rows here")
     args = parser.parse_args()
+    print(banner(), flush=True)
     factories = _models()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

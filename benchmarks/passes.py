@@ -44,6 +44,7 @@ Usage::
 
 from __future__ import annotations
 
+from _machine import banner
 import argparse
 import contextlib
 import gc
@@ -402,6 +403,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: synthetic 2k graph only, one run")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
     args = parser.parse_args(argv)
+    print(banner(), flush=True)
     repeat = 1 if args.quick else args.repeat
     if repeat < 1:
         parser.error("--repeat must be >= 1")

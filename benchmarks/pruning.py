@@ -22,6 +22,7 @@ Usage::
 
 from __future__ import annotations
 
+from _machine import banner
 import argparse
 import json
 import os
@@ -168,6 +169,7 @@ def main() -> None:
     parser.add_argument("--no-digits", action="store_true")
     parser.add_argument("--json")
     args = parser.parse_args()
+    print(banner(), flush=True)
     ratios = [float(r) for r in args.ratios.split(",")]
     torch.set_num_threads(THREADS)
     factories = _models()

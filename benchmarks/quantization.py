@@ -25,6 +25,7 @@ Usage::
 
 from __future__ import annotations
 
+from _machine import banner
 import argparse
 import json
 import os
@@ -222,6 +223,7 @@ def main() -> None:
     parser.add_argument("--no-tvm", action="store_true", help="ONNX Runtime rows only")
     parser.add_argument("--speed-only", action="store_true", help="skip the accuracy runs")
     args = parser.parse_args()
+    print(banner(), flush=True)
     torch.set_num_threads(THREADS)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

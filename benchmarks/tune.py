@@ -13,6 +13,7 @@ Usage::
 
 from __future__ import annotations
 
+from _machine import banner
 import argparse
 import json
 import time
@@ -47,6 +48,7 @@ def main() -> None:
     parser.add_argument("--models", default="resnet18,mobilenetv2,minilm")
     parser.add_argument("--target", default="x86")
     args = parser.parse_args()
+    print(banner(), flush=True)
     spec = resolve_target(args.target)
     db = SHIPPED_DATABASES / target_key(spec)
     factories = benchmark_models()
