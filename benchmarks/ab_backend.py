@@ -64,6 +64,7 @@ def compile_all(root: Path, side: str) -> None:
     import graphpress as gp
     from graphpress.backends.tvm import compile_model
 
+    (root / "art").mkdir(parents=True, exist_ok=True)
     out = {}
     for name in MODELS:
         for variant in ("fp32", "int8"):
@@ -103,7 +104,7 @@ def time_all(root: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", required=True, help="the old checkout (a git worktree)")
+    parser.add_argument("--before", help="the old checkout (a git worktree); required")
     parser.add_argument("--after", default=str(Path(__file__).resolve().parents[1]), help="the new checkout (default: this one)")
     parser.add_argument("--work", default="ab-work", help="models, artifacts and results go here")
     parser.add_argument("--phase", choices=("all", "compile"), default="all", help=argparse.SUPPRESS)
@@ -113,8 +114,11 @@ def main() -> None:
     if args.phase == "compile":
         compile_all(root, args.side)
         return
+    if not args.before:
+        parser.error("--before (the old checkout) is required")
     print(banner(), flush=True)
-    make(root)
+    if not all((root / "models" / f"{name}-{variant}.onnx").is_file() for name in MODELS for variant in ("fp32", "int8")):
+        make(root)
     for side, checkout in (("before", args.before), ("after", args.after)):
         env = {**os.environ, "PYTHONPATH": str(Path(checkout).resolve())}
         subprocess.run([sys.executable, __file__, "--phase", "compile", "--side", side, "--work", str(root)], env=env, check=True,
