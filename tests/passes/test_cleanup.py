@@ -234,3 +234,22 @@ def test_identity_from_an_outer_graph_stays_in_a_subgraph():
     assert [o.name for o in model.graph.outputs] == ["y", "z"]
     out = numeric.run(model, feeds)
     assert out["z"].tolist() == out["y"].tolist() == [0.0, 0.5, 2.0]
+
+
+def test_an_if_with_a_constant_condition_becomes_its_branch():
+    """If(c) with c a constant: cleanup inlines the branch c selects (TVM's importer and the
+    passes then see plain ops); the result is that branch's math, checked with numpy."""
+    then_g = helper.make_graph([helper.make_node("Relu", ["x"], ["t"])], "then", [], [helper.make_tensor_value_info("t", TensorProto.FLOAT, [4])])
+    else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [], [helper.make_tensor_value_info("e", TensorProto.FLOAT, [4])])
+    x = np.array([-2.0, -0.5, 0.5, 3.0], np.float32)
+    for cond, op, want in ((True, "Relu", np.maximum(x, 0)), (False, "Neg", -x)):
+        proto = make_model(
+            [helper.make_node("If", ["c"], ["y"], then_branch=then_g, else_branch=else_g)],
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])],
+            [tensor("c", np.array(cond))],
+        )
+        model = gp.load(proto)
+        PassManager(build_passes("cleanup")).run(model)
+        assert [n.op_type for n in model.graph] == [op]
+        np.testing.assert_array_equal(numeric.run(model, {"x": x})["y"], want)
