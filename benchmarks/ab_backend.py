@@ -25,31 +25,20 @@ from pathlib import Path
 
 import numpy as np
 from _machine import banner
+from _models import SPEED_MODELS, speed_model
 
-MODELS = ("resnet18", "mobilenetv2", "minilm")
+MODELS = SPEED_MODELS
 
 
 def make(root: Path) -> None:
-    import torch
-
     import graphpress as gp
     from graphpress.ir.numeric import make_inputs
-    from graphpress.models import mobilenet_v2, resnet18
-    from graphpress.models.minilm import load_minilm, tokenize
     from graphpress.passes import PassManager, build_passes
     from graphpress.passes.context import PassContext
 
     (root / "models").mkdir(parents=True, exist_ok=True)
     for name in MODELS:
-        if name == "minilm":
-            args = tuple(tokenize(["graphpress quantizes the matmuls of this sentence transformer"], seq_len=128).values())
-            module = load_minilm().eval()
-        else:
-            torch.manual_seed(0)
-            module = (resnet18 if name == "resnet18" else mobilenet_v2)().eval()
-            args = (torch.randn(1, 3, 224, 224),)
-        model = gp.load(module, args)
-        PassManager(build_passes("cleanup,fuse,cleanup" if name != "minilm" else "cleanup")).run(model)
+        model, args = speed_model(name)
         gp.save(model, root / "models" / f"{name}-fp32.onnx")
         np.savez(root / "models" / f"{name}.npz", **{i.name: a.numpy() for i, a in zip(model.graph.inputs, args)})
         if name == "minilm":

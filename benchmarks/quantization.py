@@ -26,6 +26,7 @@ Usage::
 from __future__ import annotations
 
 from _machine import banner
+from _models import SPEED_MODELS, speed_model
 import argparse
 import json
 import os
@@ -151,21 +152,10 @@ def minilm_accuracy(workdir: Path, n: int) -> dict:
 
 def speed(workdir: Path, repeat: int, tvm: bool = True) -> list[dict]:
     from graphpress.ir.numeric import make_inputs
-    from graphpress.models import mobilenet_v2, resnet18
-    from graphpress.models.minilm import load_minilm, tokenize
 
     rows = []
-    for name in ("resnet18", "mobilenetv2", "minilm"):
-        if name == "minilm":
-            toks = tokenize(["graphpress quantizes the matmuls of this sentence transformer"], seq_len=128)
-            args = tuple(toks.values())
-            module = load_minilm().eval()
-        else:
-            torch.manual_seed(0)
-            module = (resnet18 if name == "resnet18" else mobilenet_v2)().eval()
-            args = (torch.randn(1, 3, 224, 224),)
-        model = gp.load(module, args)
-        PassManager(build_passes("cleanup,fuse,cleanup" if name != "minilm" else "cleanup")).run(model)
+    for name in SPEED_MODELS:
+        model, args = speed_model(name)
         feeds = {i.name: a.numpy() for i, a in zip(model.graph.inputs, args)}
         src = gp.save(model, workdir / f"{name}.onnx")
         paths = {"ORT fp32": src}

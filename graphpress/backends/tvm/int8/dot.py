@@ -64,9 +64,10 @@ def dot_dense_kernel(m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: s
     """Scheduled TIR ``C[m, n] (int32) = A[m, k] (a_dtype) · B^T`` with ``B`` int8 packed
     ``[n/lanes, k/4, lanes, 4]`` and ``intrin`` (``lanes`` int32 outputs x 4 bytes of K) tensorizing
     the innermost ``lanes x 4``: rows x 4 blocks of ``lanes`` columns per micro-tile."""
-    key = (prefix, m, n, k)
-    if key in _KERNELS:
-        return _KERNELS[key]
+    return cached((prefix, m, n, k), lambda: _dot_dense(m, n, k, a_dtype, lanes, intrin, prefix))
+
+
+def _dot_dense(m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, prefix: str):
     import tvm
     from tvm import te
 
@@ -91,9 +92,7 @@ def dot_dense_kernel(m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: s
     sch.unroll(joi)
     sch.decompose_reduction(block, ko)
     sch.tensorize(ji, intrin)
-    func = sch.mod["main"].with_attr({"tirx.is_scheduled": True, "op_pattern": 8, "global_symbol": f"graphpress_{prefix}_dense_{m}x{n}x{k}"})
-    _KERNELS[key] = func
-    return func
+    return sch.mod["main"].with_attr({"tirx.is_scheduled": True, "op_pattern": 8, "global_symbol": f"graphpress_{prefix}_dense_{m}x{n}x{k}"})
 
 
 def cached(key: tuple, build) -> Any:
