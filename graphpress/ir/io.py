@@ -401,14 +401,24 @@ def _save_inline(model: ir.Model, dest: Path, data_path: Path) -> None:
 
 
 def _save_with_data(model: ir.Model, dest: Path, data_path: Path, size_threshold_bytes: int) -> None:
-    """Write ``dest`` + ``dest.data``; at every instant ``dest`` refers to a complete data file.
+    """Write ``dest`` + ``dest.data``; at every instant ``dest`` refers to a complete data file
+    that has exactly one name.
 
-    The new data file gets a hidden name first when an earlier data file exists at
-    ``data_path`` (the earlier ``dest`` may refer to it): the ``.onnx`` switches to the
-    hidden name, the data file takes its final name, and the ``.onnx`` switches again.
+    When an earlier data file exists at ``data_path`` (the earlier ``dest`` refers to it), a
+    copy of the new data bridges the switch: ``dest`` first refers to the copy under a hidden
+    name, the data file replaces the earlier one, ``dest`` switches to it and the copy goes.
+    The copy, not a second hard link, because ONNX's loader refuses an external data file
+    with more than one name (a "hardlink attack"), and a ``kill -9`` can land between any two
+    system calls. Replacing an output therefore writes its data twice (in the kernel, by
+    ``copy_file_range``, which shares the blocks on filesystems that can).
     """
     base_dir = str(dest.parent)
-    with atomic.AtomicFile(data_path) as data, atomic.AtomicFile(dest) as final, atomic.AtomicFile(dest) as staged:
+    with (
+        atomic.AtomicFile(data_path) as data,
+        atomic.AtomicFile(data_path) as bridge,
+        atomic.AtomicFile(dest) as final,
+        atomic.AtomicFile(dest) as staged,
+    ):
         layout = external_data_mod.write_data(model, data.fd, size_threshold_bytes=size_threshold_bytes)
         data.sync()
         with external_data_mod.externalized(layout, data_path.name, base_dir):
@@ -418,6 +428,8 @@ def _save_with_data(model: ir.Model, dest: Path, data_path: Path, size_threshold
         replacing = data_path.exists()
         hidden = atomic.temp_path(data_path)
         if replacing:
+            atomic.copy_file(data.fd, bridge.fd)
+            bridge.sync()
             external_data_mod.relocate(proto, data_path.name, hidden.name)
             atomic.write_all(staged.fd, _to_bytes(proto, dest))
             staged.sync()
@@ -428,14 +440,13 @@ def _save_with_data(model: ir.Model, dest: Path, data_path: Path, size_threshold
                 data.link(data_path)
                 final.link()
             else:
-                data.link(hidden)
-                staged.link()  # dest -> hidden data; the earlier data file is unused now
-                data_path.unlink(missing_ok=True)
-                os.link(hidden, data_path)
+                bridge.link(hidden)
+                staged.link()  # dest -> the hidden copy; the earlier data file is unused now
+                data.link(data_path)  # replaces the earlier data file in one rename
                 final.link()  # dest -> data_path
                 hidden.unlink()
             data.committed = final.committed = True
-            staged.committed = replacing
+            bridge.committed = staged.committed = replacing
 
 
 @contextlib.contextmanager
