@@ -376,10 +376,6 @@ def _parse_shapes(items: list[str]) -> dict[str, list[int]]:
     return shapes
 
 
-#: samples of --inputs the compiled code is checked on against ONNX Runtime
-CHECK_SAMPLES = 8
-
-
 def _check_artifact_path(path: str, input_path: Path) -> Path:
     """Fail before compiling when the artifact directory cannot be written."""
     from graphpress.backends.tvm.runtime import ARTIFACT_META
@@ -418,14 +414,12 @@ def _shapes_of_samples(model, samples, given: dict, where) -> dict:
 
 
 def cmd_compile(args) -> int:
-    import numpy as np
-
     from graphpress.backends.tvm.build import compile_model
     from graphpress.backends.tvm.targets import resolve_target, target_facts
     from graphpress.passes.context import PassContext
     from graphpress.ir import load
     from graphpress.ir.io import check_writable
-    from graphpress.ir.numeric import compare_outputs, load_samples, lowest_float_precision, random_inputs, run_samples
+    from graphpress.ir.numeric import load_samples
     from graphpress.passes import InvariantInstrument, PassManager, build_passes
     from graphpress.passes.report import write_json_atomic
 
@@ -443,22 +437,12 @@ def cmd_compile(args) -> int:
     if passes:
         context = PassContext(samples=samples, samples_source=str(args.inputs) if samples else "generated", target=target_facts(spec))
         pass_records = [r.to_dict() for r in PassManager(passes, [InvariantInstrument()], context=context).run(model).records]
+    # host targets: compile_model checks the code against ONNX Runtime on these samples and
+    # raises (naming the first diverging node) before anything is written
     compiled = compile_model(
         model, spec, input_shapes=shapes, tune_trials=args.tune_trials, max_trials_per_task=args.max_trials_per_task, database=args.database,
-        int8=args.int8,
+        int8=args.int8, samples=samples,
     )  # fmt: skip
-    check = None
-    if spec.is_host:
-        samples = (samples or [random_inputs(compiled.meta["inputs"])])[:CHECK_SAMPLES]
-        ref = run_samples(model, samples, where=args.model)
-        runs = [compiled(**feeds) for feeds in samples]
-        got = {name: (np.stack([r[i] for r in runs]) if len(runs) > 1 else runs[0][i]) for i, name in enumerate(ref)}
-        # integer kernels round where ONNX Runtime's do not (one step of a quantized output at most)
-        family = "quantization" if compiled.meta["build"].get("int8", {}).get("lowered") else "backend"
-        check = compare_outputs(ref, got, family, args.inputs or "generated from the artifact's shapes (seed 0)", precision=lowest_float_precision(model))
-        compiled.meta["build"]["check_vs_onnxruntime"] = {"passed": check.passed, "max_abs_diff": check.max_abs_diff, "cosine": check.min_cosine}
-        if not check.passed:
-            raise GraphpressError(f"target {spec.name}: compiled code differs from ONNX Runtime: {check.describe_failure()}; artifact not written")
     compiled.save(out)
     build = compiled.meta["build"]
     if args.report:
@@ -478,8 +462,9 @@ def cmd_compile(args) -> int:
         counted = ", ".join(f"{n} {label}" for label, n in i8.get("instructions", {}).items())
         print(f"int8 ({i8['isa']}): {i8['lowered']} layer(s) on integer kernels{f' ({counted})' if counted else ''}, "
               f"{i8['kept_fp32']} kept fp32 by the speed guard, {len(i8.get('fp32_layers', []))} QDQ layer(s) in fp32 (no integer kernel)")
+    check = build.get("check_vs_onnxruntime")
     if check is not None:
-        print(f"check vs ONNX Runtime: max_abs_diff={check.max_abs_diff:.3g} cosine={check.min_cosine:.8f} -> PASS")
+        print(f"check vs ONNX Runtime: max_abs_diff={check['max_abs_diff']:.3g} cosine={check['cosine']:.8f} -> PASS")
     return 0
 
 

@@ -22,6 +22,7 @@ ahead of time.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -36,9 +37,9 @@ from graphpress.backends.tvm.runtime import CompiledModel, require_compiler, tim
 from graphpress.backends.tvm.targets import TargetSpec, resolve_target
 from graphpress.backends.tvm.tuning import Tuning, schedule_cpu
 from graphpress.errors import GraphpressError, one_line
-from graphpress.ir.numeric import random_inputs
+from graphpress.ir.numeric import NumericReport, as_samples, compare_outputs, lowest_float_precision, random_inputs, run_samples
 
-__all__ = ["compile_model"]
+__all__ = ["CHECK_SAMPLES", "check_against_onnxruntime", "compile_model", "locate_divergence"]
 
 
 def compile_model(
@@ -54,6 +55,8 @@ def compile_model(
     int8: str = "auto",
     int8_guard: bool = True,
     fast_math: bool = True,
+    verify: bool = True,
+    samples: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
 ) -> CompiledModel:
     """Compile ``model`` with TVM.
 
@@ -77,9 +80,19 @@ def compile_model(
             code instead of one libm call per element (:mod:`graphpress.backends.tvm.fastmath`;
             within a few float32 ulps), unless the tuning databases schedule more of the libm
             kernels than of the fast ones (the report's ``fast_math`` says which was used).
+        verify: host targets: run the compiled code and ONNX Runtime on ``samples`` and raise a
+            :class:`GraphpressError` naming the first diverging node when they differ beyond the
+            backend's tolerance (:func:`check_against_onnxruntime`); the report's
+            ``check_vs_onnxruntime`` has the figures. Cross-compiled targets are not run here.
+        samples: inputs for that check (a dict of arrays, or a list of them; at most
+            :data:`CHECK_SAMPLES` are used); default: random inputs of the artifact's shapes.
 
     Returns:
         A :class:`CompiledModel` (callable here for host targets; ``save`` it for others).
+
+    Raises:
+        GraphpressError: a bad option, a model TVM cannot lower (the op and node named), or
+            compiled code that differs from ONNX Runtime.
     """
     import tvm
 
@@ -134,7 +147,84 @@ def compile_model(
         "outputs": output_specs(model, shapes),
         "build": report,
     }
-    return CompiledModel(executable, meta)
+    compiled = CompiledModel(executable, meta)
+    if verify and spec.is_host:
+        check = check_against_onnxruntime(compiled, model, samples)
+        report["check_vs_onnxruntime"] = {
+            "passed": check.passed, "max_abs_diff": check.max_abs_diff, "cosine": check.min_cosine, "inputs": check.inputs_source,
+        }  # fmt: skip
+        if not check.passed:
+            where = ""
+            if not (isa is not None and report["int8"]["lowered"]):
+                first = locate_divergence(prepared, shapes, spec, as_samples(samples)[0] if samples else None, tuning)
+                report["check_vs_onnxruntime"]["first_divergence"] = first
+                where = (f" from node '{first['node']}' ({first['op_type']}, value '{first['value']}': max_abs_diff={first['max_abs_diff']:.3g})"
+                         if first else " (no intermediate value of the prepared graph differs when exposed: the difference is in the fused kernels)")  # fmt: skip
+            raise GraphpressError(f"target {spec.name}: compiled code differs from ONNX Runtime{where}: {check.describe_failure()}")
+    return compiled
+
+
+#: how many samples the check against ONNX Runtime runs at most
+CHECK_SAMPLES = 8
+
+
+def check_against_onnxruntime(
+    compiled: CompiledModel, model: ir.Model, samples: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None
+) -> NumericReport:
+    """Run ``compiled`` and ONNX Runtime on ``model`` with the same inputs and compare the outputs.
+
+    Integer kernels round where ONNX Runtime's do not, so a build with int8 layers is judged
+    by the quantization family (one step of a quantized output); every other build by the
+    backend's tolerance, in the precision the model computes in.
+    """
+    import numpy as np
+
+    given = as_samples(samples)[:CHECK_SAMPLES] if samples else None
+    feeds = given or [random_inputs(compiled.meta["inputs"])]
+    ref = run_samples(model, feeds)
+    runs = [compiled(**f) for f in feeds]
+    got = {name: (np.stack([r[i] for r in runs]) if len(runs) > 1 else runs[0][i]) for i, name in enumerate(ref)}
+    family = "quantization" if compiled.meta["build"].get("int8", {}).get("lowered") else "backend"
+    source = f"{len(feeds)} sample(s) given" if given else "generated from the artifact's shapes (seed 0)"
+    return compare_outputs(ref, got, family, source, precision=lowest_float_precision(model))
+
+
+def locate_divergence(
+    prepared: ir.Model, shapes: Mapping[str, Mapping[str, Any]], spec: TargetSpec, feeds: Mapping[str, Any] | None, tuning: Tuning
+) -> dict[str, Any] | None:
+    """The first node of the prepared graph whose compiled output differs from ONNX Runtime's.
+
+    Builds the prepared graph once more with every intermediate tensor as an extra output (so
+    each is computed and kept) and compares them in graph order. Returns ``None`` when none
+    differs, or when that build fails.
+    """
+    from graphpress.ir.io import to_proto
+    from graphpress.ir.numeric import _diff, _ordered_value_names, _proto_with_outputs, run
+
+    names, producers = _ordered_value_names(prepared)
+    outputs = {o.name for o in prepared.graph.outputs}
+    extra = [n for n in names if n not in outputs][:LOCATE_VALUES]
+    feeds = dict(feeds) if feeds is not None else random_inputs([{"name": n, **s} for n, s in shapes.items()])
+    try:
+        exposed = ir.serde.deserialize_model(_proto_with_outputs(to_proto(prepared), extra))
+        ref = run(exposed, feeds)
+        executable, _ = _build(to_relax(exposed, shapes, spec.name), spec, dataclasses.replace(tuning, trials=0))
+        got = CompiledModel(executable, {"target": spec.config, "inputs": [{"name": n, **s} for n, s in shapes.items()]})(**feeds)
+    except Exception:  # diagnosis only: the failing check is reported either way
+        return None
+    precision = lowest_float_precision(prepared)
+    for name, value in zip(ref, got):
+        if name in outputs or name not in producers:
+            continue
+        d = _diff(name, ref[name], value, "backend", precision=precision)
+        if not d.passed:
+            node, op = producers[name]
+            return {"node": node, "op_type": op, "value": name, "max_abs_diff": d.max_abs_diff}
+    return None
+
+
+#: the intermediate values a divergence search exposes at most (each is one more output)
+LOCATE_VALUES = 512
 
 
 def _build(mod, spec: TargetSpec, tuning: Tuning):
