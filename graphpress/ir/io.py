@@ -12,9 +12,12 @@ Sources :func:`load` accepts:
   the graph mirrors the module, and graphpress's own passes do the optimizing,
 * an onnx-graphsurgeon ``Graph``.
 
-Every model is brought to :data:`DEFAULT_OPSET` (ONNX opset 20, the one torch's dynamo
-exporter writes and the first with ``Gelu``): older default-domain opsets are converted
-with ``onnx.version_converter``; newer ones are kept as they are.
+Loading changes nothing by itself: a model keeps its default-domain opset. A pass that needs
+a newer one declares it (``Pass.min_opset``) and the pass manager converts the model with
+:func:`upgrade_opset` (``onnx.version_converter``) just before that pass runs, inside the
+pass's numeric check; ``load(..., opset=N)`` converts older models on load instead.
+:data:`DEFAULT_OPSET` (20, what torch's dynamo exporter writes and the first opset with
+``Gelu``) is what the rewriting passes ask for.
 
 :func:`save` writes a self-contained model (one file below 2 GB, ``OUT`` + ``OUT.data``
 above it or on request -- never a reference to the input's files), whole or not at all
@@ -59,6 +62,7 @@ __all__ = [
     "from_torch",
     "load",
     "check_writable",
+    "upgrade_opset",
     "save",
     "serialize",
     "to_graphsurgeon",
@@ -71,7 +75,7 @@ def load(
     example_inputs: Any = None,
     *,
     dynamic_batch: bool = False,
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
 ) -> ir.Model:
     """Load a model from any supported source into an ``onnx_ir.Model``.
 
@@ -80,7 +84,8 @@ def load(
             ``onnx_ir.Model``, ``torch.nn.Module`` or ``onnx_graphsurgeon.Graph``.
         example_inputs: for a ``torch.nn.Module`` only: a tensor or a tuple of tensors.
         dynamic_batch: for a ``torch.nn.Module`` only: make dim 0 of every input symbolic.
-        opset: default-domain opset older models are converted to.
+        opset: convert models with an older default-domain opset to this one on load
+            (default: keep the model's opset; passes that need a newer one convert then).
 
     Returns:
         The model in onnx-ir form.
@@ -114,7 +119,7 @@ def load(
     )
 
 
-def _load_path(path: Path, opset: int) -> ir.Model:
+def _load_path(path: Path, opset: int | None) -> ir.Model:
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file; give the path of an .onnx model")
     if path.is_dir():
@@ -131,7 +136,7 @@ def _load_path(path: Path, opset: int) -> ir.Model:
     return model
 
 
-def _from_proto(proto: onnx.ModelProto, where: str, opset: int, base_dir: str | None = None) -> ir.Model:
+def _from_proto(proto: onnx.ModelProto, where: str, opset: int | None, base_dir: str | None = None) -> ir.Model:
     if not proto.HasField("graph") or (len(proto.graph.output) == 0 and len(proto.graph.node) == 0):
         raise ModelLoadError(f"{where}: not an ONNX model (no graph with outputs); give an exported .onnx file")
     if not proto.opset_import:
@@ -141,17 +146,58 @@ def _from_proto(proto: onnx.ModelProto, where: str, opset: int, base_dir: str | 
     if current is not None and not 1 <= current <= newest:
         raise ModelLoadError(
             f"{where}: declares opset {current} of the default ONNX domain; this onnx knows opsets 1 to {newest}: "
-            f"re-export the model with an opset between {opset} and {newest}"
+            f"re-export the model with an opset between {opset or DEFAULT_OPSET} and {newest}"
         )
-    model = _deserialize(proto, where)
+    model = _deserialize(_negative_dims_symbolic(proto), where)
     if base_dir is not None:
         ir.external_data.set_base_dir(model.graph, base_dir)
         external_data_mod.check_references(model, where)
     _check_structure(model, where)
-    if current is not None and current < opset:
+    if opset is not None and current is not None and current < opset:
         model = _convert_opset(model, where, opset, base_dir)
         model.meta[CONVERTED_FROM_KEY] = current
     return model
+
+
+def _negative_dims_symbolic(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``proto`` where negative dims (``-1``: Paddle's and some TF exporters' way to
+    say "any", not valid ONNX; ONNX Runtime reads them as symbolic) are symbolic dims named
+    ``<value>_dim<i>``; ``proto`` itself when it has none."""
+    def infos(p):
+        return (*p.graph.input, *p.graph.output, *p.graph.value_info)
+
+    if not any(d.HasField("dim_value") and d.dim_value < 0 for v in infos(proto) for d in v.type.tensor_type.shape.dim):
+        return proto
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    for v in infos(copy):
+        for i, d in enumerate(v.type.tensor_type.shape.dim):
+            if d.HasField("dim_value") and d.dim_value < 0:
+                d.dim_param = f"{v.name}_dim{i}"
+    return copy
+
+
+def upgrade_opset(model: ir.Model, opset: int, why: str = "") -> bool:
+    """Convert ``model`` in place to default-domain ``opset`` when it imports an older one.
+
+    Returns whether it converted. The model's metadata keeps the opset it had first
+    (:data:`CONVERTED_FROM_KEY`). A conversion ``onnx.version_converter`` refuses is a
+    :class:`ModelLoadError` naming ``why`` (the pass that needs the opset).
+    """
+    current = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+    if current is None or current >= opset:
+        return False
+    base_dir = next((v.const_value.base_dir for v in model.graph.initializers.values() if isinstance(v.const_value, ir.ExternalTensor)), None)
+    where = why or "model"
+    converted = _convert_opset(model, where, opset, base_dir)
+    first = model.meta.get(CONVERTED_FROM_KEY, current)
+    model.graph = converted.graph
+    for key in list(model.functions):
+        if key not in converted.functions:
+            del model.functions[key]
+    model.functions.update(converted.functions)
+    model.meta[CONVERTED_FROM_KEY] = first
+    return True
 
 
 def _check_structure(model: ir.Model, where: str) -> None:
@@ -268,7 +314,7 @@ def _quiet_torch_export():
                 lg.setLevel(level)
 
 
-def from_graphsurgeon(graph: gs.Graph, *, opset: int = DEFAULT_OPSET) -> ir.Model:
+def from_graphsurgeon(graph: gs.Graph, *, opset: int | None = None) -> ir.Model:
     """Convert an onnx-graphsurgeon ``Graph`` to onnx-ir."""
     import onnx_graphsurgeon as gs
 

@@ -588,6 +588,10 @@ def _diff(
         tol = dataclasses.replace(tol, min_cosine=min_cosine)
     if ref.shape != new.shape or ref.dtype != new.dtype:
         return OutputDiff(name, str(ref.dtype), list(ref.shape), math.inf, math.inf, -1.0, tol, False)
+    if ref.dtype.kind in "USO":  # strings (ONNX's string tensors): equal or not
+        equal = bool(np.array_equal(ref, new))
+        return OutputDiff(name, "string", list(ref.shape), 0.0 if equal else math.inf, 0.0 if equal else math.inf,
+                          1.0 if equal else 0.0, _EXACT, equal)  # fmt: skip
     r = ref.astype(np.float64).ravel()
     n = new.astype(np.float64).ravel()
     same = (r == n) | (np.isnan(r) & np.isnan(n))  # equal infinities and NaN where NaN agree
@@ -640,8 +644,16 @@ def compare_outputs(
         elif len(names_new) == len(ref) and names_new[i] not in ref:  # renamed in place
             n = new[names_new[i]]
         else:  # an output went missing
+            r = np.asarray(r) if not isinstance(r, (list, tuple)) else np.zeros(0)
             tol = tolerance_for(family, r.dtype)
             diffs.append(OutputDiff(name, str(r.dtype), list(r.shape), math.inf, math.inf, -1.0, tol, False))
+            continue
+        if isinstance(r, (list, tuple)) or isinstance(n, (list, tuple)):  # a sequence: element by element
+            if not isinstance(r, (list, tuple)) or not isinstance(n, (list, tuple)) or len(r) != len(n):
+                length = len(r) if isinstance(r, (list, tuple)) else -1
+                diffs.append(OutputDiff(f"{name} (sequence)", "sequence", [length], math.inf, math.inf, -1.0, _EXACT, False))
+                continue
+            diffs.extend(_diff(f"{name}[{j}]", np.asarray(a), np.asarray(b), family, min_cosine, precision) for j, (a, b) in enumerate(zip(r, n)))
             continue
         diffs.append(_diff(name, np.asarray(r), np.asarray(n), family, min_cosine, precision))
     for name in names_new[len(ref) :]:  # outputs the reference does not have

@@ -133,6 +133,14 @@ class Pass(ir.passes.InPlacePass):
     description: ClassVar[str] = ""
     #: the pass reads ``context.samples`` (calibration, activation statistics, accuracy checks)
     uses_samples: ClassVar[bool] = False
+    #: the default-domain opset the pass needs (0: any). The pass manager converts an older
+    #: model to it just before the pass runs (inside the pass's numeric check), never on load.
+    min_opset: ClassVar[int] = 0
+
+    def required_opset(self, model: ir.Model) -> int:
+        """The opset this run needs on ``model`` (default :attr:`min_opset`; a pass that only
+        sometimes writes newer ops says so here, e.g. only when the model has what it rewrites)."""
+        return self.min_opset
 
     @dataclasses.dataclass
     class Options:

@@ -27,7 +27,7 @@ from graphpress.errors import GraphpressError, InvariantError, NumericMismatchEr
 from graphpress._heap import frozen_heap
 from graphpress.ir import numeric
 from graphpress.ir.divergence import attribute_divergence
-from graphpress.ir.io import save, to_proto
+from graphpress.ir.io import save, to_proto, upgrade_opset
 from graphpress.ir.verify import check, find_cycle
 from graphpress.passes.base import Pass, PassResult
 from graphpress.passes.context import PassContext
@@ -403,6 +403,10 @@ class PassManager:
                     continue
                 for inst in self.instruments:
                     inst.before_pass(pass_, model, record)
+                # a pass that writes newer ops gets the model converted first, inside its check
+                converted_from, needed = _opset(model), pass_.required_opset(model)
+                if not needed or not upgrade_opset(model, needed, f"pass '{pass_.name}' (needs opset {needed})"):
+                    converted_from = None
                 try:
                     result = pass_(model)
                 except GraphpressError:
@@ -411,6 +415,9 @@ class PassManager:
                     raise PassFailedError(record.name, type(pass_), e) from e
                 record.modified = bool(result.modified)
                 record.stats = dict(getattr(result, "stats", {}) or {})
+                if converted_from is not None:
+                    record.stats["converted_opset"] = f"{converted_from} -> {needed}"
+                    record.modified = True
                 record.weight_bytes = _weight_bytes(model)
                 for inst in self.instruments:
                     inst.after_pass(pass_, model, result, record)
@@ -433,3 +440,7 @@ class PassManager:
         for inst in self.instruments:
             inst.run_end(model)
         return RunResult(model, any_modified, records, iterations, fixpoint_reached)
+
+
+def _opset(model: ir.Model) -> int | None:
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx"))

@@ -461,6 +461,8 @@ class Quantize(Pass):
     """Quantize to standard QDQ (static), dynamic int8, weight-only int8 or fp16; see the module docstring."""
 
     name = "quantize"
+    #: rewrites with opset-13+ ops (Squeeze/Slice inputs, per-channel QDQ); the same opset as a torch export
+    min_opset = 20
     family = "quantization"
     uses_samples = True
     description = "QDQ int8 (static, calibrated), dynamic int8, weight-only int8 or fp16, with an accuracy budget"

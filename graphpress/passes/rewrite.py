@@ -35,6 +35,7 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
+import onnx
 import onnx_ir as ir
 from onnxscript.rewriter import RULE_NAME_TAG, pattern
 from onnxscript.rewriter._basics import MatchingTracer, MatchResult, MatchStatus
@@ -160,6 +161,13 @@ class Rule(pattern.RewriteRule):
 
     def try_rewrite(self, model, graph_or_function, node, *, verbose=None, tracer=None):
         delta = super().try_rewrite(model, graph_or_function, node, verbose=verbose, tracer=tracer)
+        if delta is not None and not _exists_in_opset(delta.new_nodes, model):
+            # e.g. onnxscript's HardSwish rule in an opset-11 model (HardSwish is opset 14):
+            # models keep their opset on load, so a rule must not write ops from a later one
+            for new in delta.new_nodes:  # built but never inserted: release their inputs' uses
+                for i in range(len(new.inputs)):
+                    new.replace_input_with(i, None)
+            return None
         if delta is not None and tracer is None:
             self.root.applied += 1
             if _round_budget is not None:
@@ -192,6 +200,20 @@ class Rule(pattern.RewriteRule):
     @property
     def root(self) -> Rule:
         return getattr(self, "_parent", self)
+
+
+def _exists_in_opset(nodes, model) -> bool:
+    """Whether every default-domain op in ``nodes`` is defined at the model's opset."""
+    version = model.opset_imports.get("", model.opset_imports.get("ai.onnx")) if model is not None else None
+    if version is None:
+        return True
+    for node in nodes:
+        if node.domain in ("", "ai.onnx"):
+            try:
+                onnx.defs.get_schema(node.op_type, version, "")
+            except onnx.defs.SchemaError:
+                return False
+    return True
 
 
 def _origin(rule: Rule) -> tuple[str, str]:

@@ -151,6 +151,8 @@ class Share(Pass):
     """Replace weights by k-means codebooks and packed indices (Deep Compression weight sharing)."""
 
     name = "share"
+    #: rewrites with opset-13+ ops (Squeeze/Slice inputs, per-channel QDQ); the same opset as a torch export
+    min_opset = 20
     family = "sharing"
     description = "k-means weight sharing: codebook + 4/8-bit indices, runs in any ONNX runtime"
 

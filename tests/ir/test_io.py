@@ -31,22 +31,44 @@ def test_load_path_bytes_proto_and_ir_agree(mlp_path, mlp_proto):
     assert gp.load(model) is model
 
 
-def test_old_opset_is_converted_to_default(tmp_path):
-    proto = make_model(
+def _old_reduce_sum():
+    return make_model(
         [helper.make_node("ReduceSum", ["x"], ["y"], axes=[1], keepdims=1)],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 1])],
         opset=11,
         ir_version=6,
     )
+
+
+def test_loading_keeps_the_models_opset(tmp_path):
     path = tmp_path / "old.onnx"
-    onnx.save(proto, path)
+    onnx.save(_old_reduce_sum(), path)
     model = gp.load(path)
-    assert model.opset_imports[""] == gio.DEFAULT_OPSET
+    assert model.opset_imports[""] == 11 and gio.CONVERTED_FROM_KEY not in model.meta
+    node = next(n for n in model.graph if n.op_type == "ReduceSum")
+    assert list(node.attributes["axes"].as_ints()) == [1]  # as written: an attribute until opset 13
+    out = gp.save(model, tmp_path / "same.onnx")
+    assert onnx.load(out).opset_import[0].version == 11
+
+
+def test_old_opset_is_converted_on_request_or_when_a_pass_needs_it(tmp_path):
+    from graphpress.passes import PassManager, build_passes
+
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    path = tmp_path / "old.onnx"
+    onnx.save(_old_reduce_sum(), path)
+    model = gp.load(path, opset=gio.DEFAULT_OPSET)
+    assert model.opset_imports[""] == gio.DEFAULT_OPSET and model.meta[gio.CONVERTED_FROM_KEY] == 11
     # ReduceSum's axes moved from an attribute to an input in opset 13
     node = next(n for n in model.graph if n.op_type == "ReduceSum")
     assert "axes" not in node.attributes and len(node.inputs) == 2
-    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(run(model, {"x": x})["y"], x.sum(1, keepdims=True))
+    # a pass that needs opset 20 gets the model converted just before it runs; cleanup does not
+    model = gp.load(path)
+    records = PassManager(build_passes("cleanup,prune:ratio=0.5")).run(model).records
+    assert "converted_opset" not in records[0].stats and records[1].stats["converted_opset"] == "11 -> 20"
+    assert model.opset_imports[""] == 20
     np.testing.assert_array_equal(run(model, {"x": x})["y"], x.sum(1, keepdims=True))
 
 

@@ -349,3 +349,16 @@ def test_matmul_add_becomes_gemm_only_when_the_bias_broadcasts_to_m_n():
         feeds = numeric.make_inputs(m, seed=0)
         PassManager(build_passes("fuse"), [NumericInstrument(feeds)]).run(m)
         assert any(n.op_type == "Gemm" for n in m.graph) == fused, shape
+
+
+@pytest.mark.parametrize("opset", [11, 14])
+def test_fuse_never_writes_an_op_newer_than_the_models_opset(opset):
+    # x * HardSigmoid(x, 1/6, 1/2) is HardSwish(x), an opset-14 op: an opset-11 model (kept at
+    # its opset on load, as a Paddle export ships) keeps the two ops
+    proto = make_model(
+        [helper.make_node("HardSigmoid", ["x"], ["h"], alpha=1.0 / 6, beta=0.5), helper.make_node("Mul", ["x", "h"], ["y"])],
+        [_vi("x", [2, 8])], [_vi("y", [2, 8])], opset=opset,
+    )  # fmt: skip
+    model, _ = fuse(proto)
+    assert model.opset_imports[""] == opset
+    assert ops(model) == (["HardSwish"] if opset >= 14 else ["HardSigmoid", "Mul"])

@@ -32,7 +32,7 @@ import onnx_ir as ir
 
 import graphpress
 from graphpress.backends.tvm import int8 as int8_path
-from graphpress.backends.tvm.lower import PREPARE_SPEC, bind_input_shapes, output_specs, prepare_for_lowering, to_relax
+from graphpress.backends.tvm.lower import PREPARE_SPEC, bind_input_shapes, freeze_inputs, output_specs, prepare_for_lowering, to_relax
 from graphpress.backends.tvm.runtime import CompiledModel, require_compiler, time_main
 from graphpress.backends.tvm.targets import TargetSpec, resolve_target
 from graphpress.backends.tvm.tuning import Tuning, schedule_cpu
@@ -106,10 +106,12 @@ def compile_model(
     if spec.cross_compiler:
         require_compiler(spec.cross_compiler)  # before minutes of compiling, not at save
     tuning = Tuning(tune_trials, max_trials_per_task, database, shipped_databases, fast_math)
-    shapes = bind_input_shapes(model, input_shapes)
+    given = as_samples(samples) if samples else None
+    frozen = freeze_inputs(model, given)
+    shapes = bind_input_shapes(model, input_shapes, frozen)
     isa = int8_path.select_isa(spec, int8)
     t0 = time.perf_counter()
-    prepared, prep_stats = prepare_for_lowering(model, prepare, shapes)
+    prepared, prep_stats = prepare_for_lowering(model, prepare, shapes, frozen)
     report: dict[str, Any] = {"prepare": prep_stats}
     isa = isa if isa is not None and int8_path.is_quantized(prepared) else None
     if isa is not None:
@@ -136,7 +138,7 @@ def compile_model(
             # the whole model, too: layers that stay fp32 compile differently around integer ones
             # (MobileNetV2's depthwise convs lose their tuned fused kernels), so the all-fp32 build
             # of the same model is timed against it and the faster one ships
-            executable, report = _model_guard(model, prepare, shapes, spec, isa, executable, report, tuning)
+            executable, report = _model_guard(model, prepare, shapes, spec, isa, executable, report, tuning, frozen)
     meta = {
         "graphpress_version": graphpress.__version__,
         "tvm_version": tvm.__version__,
@@ -144,19 +146,22 @@ def compile_model(
         "target": spec.config,
         "cross_compiler": spec.cross_compiler,
         "inputs": [{"name": n, **s} for n, s in shapes.items()],
+        # inputs that decide shapes, fixed to the samples' values (the artifact refuses others)
+        "frozen_inputs": [{"name": n, "dtype": v.dtype.name, "value": v.tolist()} for n, v in frozen.items()],
+        "input_order": [v.name for v in model.graph.inputs if v.name not in model.graph.initializers],
         "outputs": output_specs(model, shapes),
         "build": report,
     }
     compiled = CompiledModel(executable, meta)
     if verify and spec.is_host:
-        check = check_against_onnxruntime(compiled, model, samples)
+        check = check_against_onnxruntime(compiled, model, given)
         report["check_vs_onnxruntime"] = {
             "passed": check.passed, "max_abs_diff": check.max_abs_diff, "cosine": check.min_cosine, "inputs": check.inputs_source,
         }  # fmt: skip
         if not check.passed:
             where = ""
             if not (isa is not None and report["int8"]["lowered"]):
-                first = locate_divergence(prepared, shapes, spec, as_samples(samples)[0] if samples else None, tuning)
+                first = locate_divergence(prepared, shapes, spec, {n: v for n, v in given[0].items() if n not in frozen} if given else None, tuning)
                 report["check_vs_onnxruntime"]["first_divergence"] = first
                 where = (f" from node '{first['node']}' ({first['op_type']}, value '{first['value']}': max_abs_diff={first['max_abs_diff']:.3g})"
                          if first else " (no intermediate value of the prepared graph differs when exposed: the difference is in the fused kernels)")  # fmt: skip
@@ -268,9 +273,9 @@ def _signature_inputs(mod) -> list:
     return list(random_inputs(specs).values())
 
 
-def _model_guard(model, prepare, shapes, spec, isa, int8_exe, report, tuning: Tuning):
+def _model_guard(model, prepare, shapes, spec, isa, int8_exe, report, tuning: Tuning, frozen):
     """Time the int8 build against the all-fp32 build of the same model; keep the faster."""
-    fp32_copy, _ = prepare_for_lowering(model, prepare, shapes)
+    fp32_copy, _ = prepare_for_lowering(model, prepare, shapes, frozen)
     int8_path.to_fp32(fp32_copy)
     fp32_exe, fp32_stats = _build(to_relax(fp32_copy, shapes, spec.name), spec, tuning)
     inputs = list(random_inputs([{"name": n, **v} for n, v in shapes.items()]).values())

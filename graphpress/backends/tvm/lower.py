@@ -16,9 +16,12 @@ names the op, the nodes and the target.
 
 from __future__ import annotations
 
+import collections
+
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -26,24 +29,34 @@ from graphpress.errors import GraphpressError, one_line
 from graphpress.ir.analysis import with_input_shapes
 from graphpress.ir.io import to_proto
 
-__all__ = ["PREPARE_SPEC", "bind_input_shapes", "output_specs", "prepare_for_lowering", "set_input_shapes", "to_relax", "unsupported_ops"]
+__all__ = ["PREPARE_SPEC", "bind_input_shapes", "freeze_inputs", "shape_deciding_inputs", "output_specs", "prepare_for_lowering", "set_input_shapes", "to_relax", "unsupported_ops"]
 
 
-def bind_input_shapes(model: ir.Model, input_shapes: Mapping[str, Sequence[int]] | None = None) -> dict[str, dict[str, Any]]:
+def bind_input_shapes(
+    model: ir.Model, input_shapes: Mapping[str, Sequence[int]] | None = None, frozen: Mapping[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
     """Static shape and dtype of every graph input: ``{name: {"shape": [...], "dtype": "float32"}}``.
 
     Args:
         model: the model.
         input_shapes: shapes by input name; symbolic dims not given here become 1.
+        frozen: inputs the artifact fixes to a value (:func:`freeze_inputs`): not inputs of the artifact.
     """
     input_shapes = dict(input_shapes or {})
     names = [v.name for v in model.graph.inputs if v.name not in model.graph.initializers]
     unknown = [n for n in input_shapes if n not in names]
     if unknown:
         raise GraphpressError(f"input shape given for '{unknown[0]}', which is not an input; inputs: {', '.join(names)}")
+    for kind, values in (("input", model.graph.inputs), ("output", model.graph.outputs)):
+        for value in values:
+            if value.type is not None and not isinstance(value.type, ir.TensorType):
+                raise GraphpressError(
+                    f"{kind} '{value.name}' is a {value.type} (not a tensor): the TVM backend compiles models whose inputs and "
+                    "outputs are tensors; export ONNX for ONNX Runtime instead"
+                )
     bound: dict[str, dict[str, Any]] = {}
     for value in model.graph.inputs:
-        if value.name in model.graph.initializers:
+        if value.name in model.graph.initializers or value.name in (frozen or {}):
             continue
         if value.name in input_shapes:
             shape = [int(d) for d in input_shapes[value.name]]
@@ -58,15 +71,102 @@ def bind_input_shapes(model: ir.Model, input_shapes: Mapping[str, Sequence[int]]
     return bound
 
 
-def unsupported_ops(proto: onnx.ModelProto) -> dict[str, list[str]]:
-    """Ops of ``proto`` that TVM's ONNX importer cannot convert, with the names of their nodes."""
+#: inputs of these ops that TVM needs as constants: they decide output shapes (or, for ``If``,
+#: which branch runs), and Relax builds for static shapes
+_SHAPE_SLOTS = {
+    **{op: (1,) for op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+                           "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "Squeeze", "Unsqueeze", "TopK", "Split",
+                           "Expand", "Reshape", "Tile", "OneHot", "CenterCropPad", "Upsample", "CumSum", "Trilu")},
+    "Resize": (1, 2, 3), "Pad": (1, 2, 3), "Slice": (1, 2, 3, 4), "ConstantOfShape": (0,), "Range": (0, 1, 2),
+    "If": (0,), "NonMaxSuppression": (2, 3, 4), "LSTM": (4,), "GRU": (4,), "RNN": (4,),  # sequence_lens: unrolled per length
+    "Loop": (0, 1),  # the trip count and the first condition: unrolled per count
+}  # fmt: skip
+
+
+def shape_deciding_inputs(model: ir.Model) -> dict[str, str]:
+    """Graph inputs whose values reach an input TVM needs constant (``TopK``'s ``k``, a
+    ``Reshape`` shape, an ``If`` condition, ...), through any ops: ``{name: "TopK 'k_node'"}``."""
+    found: dict[str, str] = {}
+    initializers = set(model.graph.initializers)
+    for value in model.graph.inputs:
+        if value.name in initializers:
+            continue
+        seen, frontier = {id(value)}, [value]
+        while frontier and value.name not in found:
+            v = frontier.pop()
+            for node, index in v.uses():
+                slots = _SHAPE_SLOTS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
+                if index in slots:
+                    found[value.name] = f"{node.op_type} '{node.name or '?'}'"
+                    break
+                for out in node.outputs:
+                    if id(out) not in seen:
+                        seen.add(id(out))
+                        frontier.append(out)
+    return found
+
+
+def freeze_inputs(model: ir.Model, samples: Sequence[Mapping[str, Any]] | None) -> dict[str, np.ndarray]:
+    """The values the artifact fixes for the :func:`shape_deciding_inputs`, taken from ``samples``
+    (the same in every sample, or a :class:`GraphpressError`); none without samples."""
+    deciding = shape_deciding_inputs(model)
+    if not deciding or not samples:
+        return {}
+    frozen = {}
+    for name, where in deciding.items():
+        values = [np.asarray(s[name]) for s in samples if name in s]
+        if not values:
+            continue
+        if any(v.shape != values[0].shape or not np.array_equal(v, values[0]) for v in values[1:]):
+            raise GraphpressError(
+                f"input '{name}' decides shapes ({where}) and TVM builds for static shapes, but the samples give it different "
+                "values: compile once per value, with samples that agree"
+            )
+        frozen[name] = values[0]
+    return frozen
+
+
+def _freeze(model: ir.Model, frozen: Mapping[str, np.ndarray]) -> None:
+    """Turn the frozen inputs of ``model`` into initializers holding their values."""
+    from graphpress.ir.edit import add_initializer
+
+    for value in list(model.graph.inputs):
+        if value.name in frozen:
+            want = value.dtype.numpy() if value.dtype is not None else np.asarray(frozen[value.name]).dtype
+            const = add_initializer(model.graph, f"{value.name}_frozen", np.asarray(frozen[value.name], dtype=want))
+            model.graph.inputs.remove(value)
+            value.replace_all_uses_with(const)
+
+
+#: ops with an ONNX function body that are not expanded for TVM: random (the check against
+#: ONNX Runtime could not pass) or over sequences (not lowered)
+NOT_EXPANDED = frozenset({"Bernoulli", "SequenceMap"})
+
+
+def tvm_supported_ops() -> set[str]:
+    """The default-domain ops TVM's ONNX importer converts (``If`` and ``Constant`` it handles itself)."""
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
-    supported = set(_get_convert_map()) | {"If", "Constant"}
+    return set(_get_convert_map()) | {"If", "Constant"}
+
+
+def unsupported_ops(proto: onnx.ModelProto) -> dict[str, list[str]]:
+    """Ops of ``proto`` (subgraphs included) that TVM's ONNX importer cannot convert, with the
+    names of their nodes (an unnamed node by its position: ``#3``, ``If 'cond' then-branch #0``)."""
+    supported = tvm_supported_ops()
     missing: dict[str, list[str]] = {}
-    for node in proto.graph.node:
-        if node.op_type not in supported or node.domain not in ("", "ai.onnx"):
-            missing.setdefault(node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}", []).append(node.name or "?")
+
+    def visit(graph: onnx.GraphProto, where: str) -> None:
+        for i, node in enumerate(graph.node):
+            label = f"{where}{node.name or f'#{i}'}"
+            if node.op_type not in supported or node.domain not in ("", "ai.onnx"):
+                op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+                missing.setdefault(op, []).append(label)
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    visit(attr.g, f"{label} {attr.name} > ")
+
+    visit(proto.graph, "")
     return missing
 
 
@@ -80,6 +180,8 @@ def to_relax(model: ir.Model, shapes: Mapping[str, Mapping[str, Any]], target_na
     """
     from tvm.relax.frontend.onnx import from_onnx
 
+    from graphpress.backends.tvm.converters import corrected_converters
+
     proto = to_proto(model)
     missing = unsupported_ops(proto)
     if missing:
@@ -91,24 +193,26 @@ def to_relax(model: ir.Model, shapes: Mapping[str, Mapping[str, Any]], target_na
         )
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
     try:
-        return from_onnx(
-            proto,
-            shape_dict={k: list(v["shape"]) for k, v in shapes.items()},
-            dtype_dict={k: v["dtype"] for k, v in shapes.items()},
-            opset=opset,
-            keep_params_in_input=False,
-        )
+        with corrected_converters():
+            return from_onnx(
+                proto,
+                shape_dict={k: list(v["shape"]) for k, v in shapes.items()},
+                dtype_dict={k: v["dtype"] for k, v in shapes.items()},
+                opset=opset,
+                keep_params_in_input=False,
+            )
     except Exception as e:
         raise GraphpressError(f"target {target_name}: TVM's ONNX import failed ({one_line(e, 300, last=True)})") from e
 
 
 #: Graph passes run (on a copy) before lowering: TVM folds neither constants through shape ops
-#: nor BatchNorm into conv weights.
-PREPARE_SPEC = "cleanup,fold_batchnorm,cleanup"
+#: nor BatchNorm into conv weights, and has no recurrent ops (LSTM/GRU/RNN are unrolled over
+#: their static sequence length: :mod:`graphpress.passes.recurrent`).
+PREPARE_SPEC = "cleanup,unroll_recurrent,fold_batchnorm,cleanup"
 
 
 def prepare_for_lowering(
-    model: ir.Model, spec: str = PREPARE_SPEC, shapes: Mapping[str, Mapping[str, Any]] | None = None
+    model: ir.Model, spec: str = PREPARE_SPEC, shapes: Mapping[str, Mapping[str, Any]] | None = None, frozen: Mapping[str, Any] | None = None
 ) -> tuple[ir.Model, dict[str, Any]]:
     """A copy of ``model`` with model-local functions inlined (TVM's importer has no functions; the
     ``fuse`` pass writes attention as one), its inputs given the static ``shapes`` the artifact is
@@ -120,7 +224,15 @@ def prepare_for_lowering(
     from graphpress.passes import InvariantInstrument, PassManager, build_passes
     from graphpress.passes.share import TAG, Unshare
 
-    copy = ir.serde.deserialize_model(to_proto(model))
+    from graphpress.backends.tvm.expand import expand_functions, tvm_lowers_wrong
+
+    supported = tvm_supported_ops()
+    proto, expanded = expand_functions(
+        to_proto(model), lambda n: (n.op_type not in supported and n.op_type not in NOT_EXPANDED) or tvm_lowers_wrong(n)
+    )
+    copy = ir.serde.deserialize_model(proto)
+    if frozen:
+        _freeze(copy, frozen)
     inlined = len(copy.functions)
     if inlined:
         common_passes.InlinePass()(copy)
@@ -129,6 +241,8 @@ def prepare_for_lowering(
     # are what TVM schedules, and a lookup per inference only adds work (benchmarks/compression.py)
     unshared = Unshare()(copy).stats["folded_lookups"] if any(TAG in n.metadata_props for n in copy.graph) else 0
     info: dict[str, Any] = {"spec": spec, "inlined_functions": inlined, "unshared_lookups": unshared}
+    if expanded:
+        info["expanded_to_function_bodies"] = dict(collections.Counter(expanded))
     if shapes:
         try:
             set_input_shapes(copy, shapes)
@@ -136,7 +250,7 @@ def prepare_for_lowering(
             info["shape_inference"] = f"failed ({one_line(e, 200)})"
     result = PassManager(build_passes(spec), [InvariantInstrument()]).run(copy) if spec else None
     stats = result.stats() if result is not None else {}
-    return copy, {**info, "folded_bn": stats.get("folded_bn", 0)}
+    return copy, {**info, "folded_bn": stats.get("folded_bn", 0), "unrolled_recurrent": stats.get("unrolled", 0)}
 
 
 def set_input_shapes(model: ir.Model, shapes: Mapping[str, Mapping[str, Any]]) -> None:

@@ -85,6 +85,18 @@ class CompiledModel:
         names = self.input_names
         if args and kwargs:
             raise _error("give inputs either positionally or by name, not both")
+        frozen = {f["name"]: f for f in self.meta.get("frozen_inputs", [])}
+        order = self.meta.get("input_order", names)
+        if frozen and args and len(args) == len(order) != len(names):  # the model's inputs, in its order
+            kwargs, args = dict(zip(order, args)), ()
+        for name, f in frozen.items():
+            if name in kwargs:
+                got = np.asarray(kwargs[name])
+                if got.shape != np.shape(f["value"]) or not np.array_equal(got, np.asarray(f["value"], dtype=f["dtype"])):
+                    raise _error(
+                        f"input '{name}' was fixed to {f['value']} when this artifact was compiled (it decides shapes); "
+                        f"got {got.tolist()}: compile again with samples holding that value"
+                    )
         if kwargs:
             missing = [n for n in names if n not in kwargs]
             if missing:

