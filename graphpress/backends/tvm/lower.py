@@ -89,7 +89,7 @@ def shape_deciding_inputs(model: ir.Model) -> dict[str, str]:
     found: dict[str, str] = {}
     initializers = set(model.graph.initializers)
     for value in model.graph.inputs:
-        if value.name in initializers:
+        if value.name in initializers or (value.type is not None and not isinstance(value.type, ir.TensorType)):
             continue
         seen, frontier = {id(value)}, [value]
         while frontier and value.name not in found:
@@ -114,7 +114,7 @@ def freeze_inputs(model: ir.Model, samples: Sequence[Mapping[str, Any]] | None) 
         return {}
     frozen = {}
     for name, where in deciding.items():
-        values = [np.asarray(s[name]) for s in samples if name in s]
+        values = [np.asarray(s[name]) for s in samples if name in s and not isinstance(s[name], (list, tuple))]
         if not values:
             continue
         if any(v.shape != values[0].shape or not np.array_equal(v, values[0]) for v in values[1:]):

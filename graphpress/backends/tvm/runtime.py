@@ -70,7 +70,11 @@ class CompiledModel:
         if self._vm is None:
             from tvm import relax
 
-            self._vm = relax.VirtualMachine(self._library if self._library is not None else self._executable, self.device)
+            try:
+                self._vm = relax.VirtualMachine(self._library if self._library is not None else self._executable, self.device)
+            except Exception as e:  # TVM's own serialization fails (e.g. a zero-size constant tensor)
+                first = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+                raise _error(f"TVM's runtime cannot load the compiled library ({first}); export ONNX for ONNX Runtime instead") from e
         return self._vm
 
     @property

@@ -1,0 +1,101 @@
+"""What the backend does so that TVM lowers models it could not, checked on ONNX's own node tests
+(expected outputs from ONNX's generators): ops expanded into their function bodies, corrected
+converters, inputs that decide shapes frozen to the samples' values."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+import graphpress as gp
+from graphpress.backends.tvm import compile_model
+
+
+@functools.cache
+def _cases() -> dict:
+    from onnx.backend.test.case import node
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        return {c.name: c for c in node.collect_testcases()}
+
+
+def _compile_case(name: str):
+    case = _cases()[name]
+    inputs, expected = case.data_sets[0]
+    feeds = dict(zip([i.name for i in case.model.graph.input], inputs))
+    compiled = compile_model(gp.load(case.model), "x86", input_shapes={k: list(v.shape) for k, v in feeds.items()}, samples=[feeds])
+    return compiled, feeds, expected
+
+
+@pytest.mark.parametrize("name", [
+    "test_layer_normalization_4d_axis1",  # Mean and InvStdDev outputs (TVM's converter gives only Y)
+    "test_attention_4d_gqa",  # the opset-23 Attention (TVM's converter is com.microsoft's)
+    "test_spacetodepth_crd_mode_example",  # mode=CRD (TVM ignores the mode)
+    "test_rms_normalization_3d_axis1_epsilon",
+    "test_rotary_embedding",  # no TVM converter
+    "test_isinf_negative",  # corrected converter: detect_positive=0
+    "test_shape_start_1",  # a folded Shape is a Constant with value_ints
+])  # fmt: skip
+def test_node_tests_tvm_could_not_lower_now_match_the_expected_outputs(name):
+    compiled, feeds, expected = _compile_case(name)
+    for want, got in zip(expected, compiled(**feeds)):
+        if want.dtype.kind == "f":
+            np.testing.assert_allclose(got, want, rtol=2e-3, atol=1e-5)
+        else:
+            np.testing.assert_array_equal(got, want)
+    if name.startswith(("test_layer", "test_attention", "test_rms", "test_rotary")):
+        assert compiled.meta["build"]["prepare"]["expanded_to_function_bodies"]
+
+
+def _topk_model():
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 8])
+    k = helper.make_tensor_value_info("k", TensorProto.INT64, [1])
+    outs = [helper.make_tensor_value_info("values", TensorProto.FLOAT, None), helper.make_tensor_value_info("indices", TensorProto.INT64, None)]
+    proto = helper.make_model(helper.make_graph([helper.make_node("TopK", ["x", "k"], ["values", "indices"], axis=1)], "g", [x, k], outs),
+                              opset_imports=[helper.make_opsetid("", 20)])  # fmt: skip
+    proto.ir_version = 10
+    return gp.load(proto)
+
+
+def test_an_input_that_decides_shapes_is_fixed_to_the_samples_value():
+    x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+    compiled = compile_model(_topk_model(), "x86", samples=[{"x": x, "k": np.array([3])}, {"x": -x, "k": np.array([3])}])
+    assert compiled.meta["frozen_inputs"] == [{"name": "k", "dtype": "int64", "value": [3]}]
+    values, indices = compiled(x=x, k=np.array([3]))
+    np.testing.assert_array_equal(indices, np.argsort(-x, axis=1, kind="stable")[:, :3])
+    np.testing.assert_allclose(values, -np.sort(-x, axis=1)[:, :3])
+    assert np.array_equal(compiled(x, np.array([3]))[1], indices)  # positionally, in the model's order
+    assert np.array_equal(compiled(x)[1], indices)  # or without it
+    with pytest.raises(gp.GraphpressError, match="input 'k' was fixed to \\[3\\]"):
+        compiled(x=x, k=np.array([2]))
+
+
+def test_samples_that_disagree_on_a_shape_deciding_input_are_refused():
+    x = np.zeros((3, 8), np.float32)
+    with pytest.raises(gp.GraphpressError, match="input 'k' decides shapes \\(TopK"):
+        compile_model(_topk_model(), "x86", samples=[{"x": x, "k": np.array([3])}, {"x": x, "k": np.array([2])}])
+
+
+def test_negative_dims_of_a_paddle_export_are_symbolic(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 4])
+    proto = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 11)])  # fmt: skip
+    proto.ir_version = 6
+    onnx.save(proto, tmp_path / "m.onnx")
+    before = (tmp_path / "m.onnx").read_bytes()
+    model = gp.load(tmp_path / "m.onnx")
+    assert not isinstance(model.graph.inputs[0].shape[0], int)
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_value == -1  # the caller's proto untouched
+    compiled = compile_model(model, "x86", input_shapes={"x": [5, 4]})
+    x5 = np.linspace(-1, 1, 20, dtype=np.float32).reshape(5, 4)
+    np.testing.assert_array_equal(compiled(x5)[0], np.maximum(x5, 0))
+    assert (tmp_path / "m.onnx").read_bytes() == before
