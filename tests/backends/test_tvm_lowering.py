@@ -43,6 +43,8 @@ def _compile_case(name: str):
     "test_rotary_embedding",  # no TVM converter
     "test_isinf_negative",  # corrected converter: detect_positive=0
     "test_shape_start_1",  # a folded Shape is a Constant with value_ints
+    "test_cumprod_1d_reverse_exclusive",  # graphpress's converter (TVM has none)
+    "test_l2normalization_axis_0",  # graphpress's converter; a zero vector stays zero
 ])  # fmt: skip
 def test_node_tests_tvm_could_not_lower_now_match_the_expected_outputs(name):
     compiled, feeds, expected = _compile_case(name)

@@ -9,6 +9,13 @@ instead (:mod:`graphpress.backends.tvm.expand`).
 * ``IsInf``: TVM ignores ``detect_positive``/``detect_negative`` (both infinities are reported).
 * ``Constant``: TVM reads only the ``value`` attribute; ``value_int(s)``/``value_float(s)``
   (what constant folding of a ``Shape`` writes, opset 12 on) fail to import.
+
+And two TVM has no converter for (nor ONNX a function body):
+
+* ``CumProd`` (opset 26): ``relax.op.cumprod`` with ``exclusive`` and ``reverse``, as TVM's
+  ``CumSum``;
+* ``LpNormalization``: ``x / ||x||_p`` along ``axis`` (p = 1 or 2; a zero vector stays zero),
+  as ONNX Runtime computes it.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ __all__ = ["corrected_converters"]
 
 @contextlib.contextmanager
 def corrected_converters() -> Iterator[None]:
+    import tvm
     from tvm import relax
     from tvm.relax.frontend.onnx import onnx_frontend
 
@@ -54,8 +62,39 @@ def corrected_converters() -> Iterator[None]:
                     return relax.const(np.asarray(attr[key], dtype=dtype), dtype)
             return base_constant._impl_v13(bb, inputs, attr, params)
 
+    class CumProd(onnx_frontend.OnnxOpConverter):
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            from tvm import topi
+
+            axis_value = onnx_frontend.get_constant(inputs[1], params)
+            if not isinstance(axis_value, tvm.ir.GenericConst):
+                raise ValueError("CumProd needs a constant axis")
+            axis = int(axis_value.value.numpy().reshape(-1)[0])
+            data = inputs[0]
+            reverse = attr.get("reverse", 0) != 0
+            if reverse:
+                data = bb.emit_te(topi.flip, data, axis=axis)
+            data = bb.normalize(relax.op.cumprod(data, axis, exclusive=attr.get("exclusive", 0) != 0))
+            return bb.emit_te(topi.flip, data, axis=axis) if reverse else data
+
+    class LpNormalization(onnx_frontend.OnnxOpConverter):
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            x, axis, p = inputs[0], int(attr.get("axis", -1)), int(attr.get("p", 2))
+            if p == 1:
+                norm = relax.op.sum(relax.op.abs(x), axis=[axis], keepdims=True)
+            elif p == 2:
+                norm = relax.op.sqrt(relax.op.sum(relax.op.multiply(x, x), axis=[axis], keepdims=True))
+            else:
+                raise ValueError(f"LpNormalization with p={p} (ONNX allows 1 and 2)")
+            # a zero vector stays zero (ONNX Runtime's and the reference's result), not 0/0
+            one = relax.const(1, str(x.ty.dtype.dtype))
+            zero = relax.const(0, str(x.ty.dtype.dtype))
+            return relax.op.divide(x, relax.op.where(relax.op.equal(norm, zero), one, norm))
+
     def patched():
-        return {**original_map(), "IsInf": IsInf, "Constant": Constant}
+        return {**original_map(), "IsInf": IsInf, "Constant": Constant, "CumProd": CumProd, "LpNormalization": LpNormalization}
 
     onnx_frontend._get_convert_map = patched
     try:

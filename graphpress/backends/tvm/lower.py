@@ -76,7 +76,7 @@ def bind_input_shapes(
 _SHAPE_SLOTS = {
     **{op: (1,) for op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
                            "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "Squeeze", "Unsqueeze", "TopK", "Split",
-                           "Expand", "Reshape", "Tile", "OneHot", "CenterCropPad", "Upsample", "CumSum", "Trilu")},
+                           "Expand", "Reshape", "Tile", "OneHot", "CenterCropPad", "Upsample", "CumSum", "CumProd", "Trilu")},
     "Resize": (1, 2, 3), "Pad": (1, 2, 3), "Slice": (1, 2, 3, 4), "ConstantOfShape": (0,), "Range": (0, 1, 2),
     "If": (0,), "NonMaxSuppression": (2, 3, 4), "LSTM": (4,), "GRU": (4,), "RNN": (4,),  # sequence_lens: unrolled per length
     "Loop": (0, 1),  # the trip count and the first condition: unrolled per count
@@ -144,10 +144,14 @@ NOT_EXPANDED = frozenset({"Bernoulli", "SequenceMap"})
 
 
 def tvm_supported_ops() -> set[str]:
-    """The default-domain ops TVM's ONNX importer converts (``If`` and ``Constant`` it handles itself)."""
-    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+    """The default-domain ops TVM's ONNX importer converts (``If`` and ``Constant`` it handles itself),
+    with graphpress's own converters (:mod:`graphpress.backends.tvm.converters`)."""
+    from tvm.relax.frontend.onnx import onnx_frontend
 
-    return set(_get_convert_map()) | {"If", "Constant"}
+    from graphpress.backends.tvm.converters import corrected_converters
+
+    with corrected_converters():
+        return set(onnx_frontend._get_convert_map()) | {"If", "Constant"}
 
 
 def unsupported_ops(proto: onnx.ModelProto) -> dict[str, list[str]]:
