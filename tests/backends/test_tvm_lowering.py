@@ -101,3 +101,24 @@ def test_negative_dims_of_a_paddle_export_are_symbolic(tmp_path):
     x5 = np.linspace(-1, 1, 20, dtype=np.float32).reshape(5, 4)
     np.testing.assert_array_equal(compiled(x5)[0], np.maximum(x5, 0))
     assert (tmp_path / "m.onnx").read_bytes() == before
+
+
+def test_data_inputs_whose_shape_feeds_a_reshape_are_never_frozen():
+    # y = Reshape(x, Concat(Shape(x)[0], -1)): x's *shape* reaches a Reshape, its values do not
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4])
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"], end=1),
+        helper.make_node("Concat", ["s", "minus_one"], ["shape"], axis=0),
+        helper.make_node("Reshape", ["x", "shape"], ["y"]),
+    ]
+    proto = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [onnx.numpy_helper.from_array(np.array([-1], np.int64), "minus_one")]),
+        opset_imports=[helper.make_opsetid("", 20)],
+    )  # fmt: skip
+    proto.ir_version = 10
+    sample = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    compiled = compile_model(gp.load(proto), "x86", samples=[{"x": sample}])
+    assert compiled.meta["frozen_inputs"] == []
+    other = -sample
+    np.testing.assert_array_equal(compiled(x=other)[0], other.reshape(2, 12))

@@ -83,13 +83,24 @@ _SHAPE_SLOTS = {
 }  # fmt: skip
 
 
+#: ops whose outputs depend on their input's shape or type only, never its values
+_SHAPE_ONLY = frozenset({"Shape", "Size", "EyeLike", "RandomNormalLike", "RandomUniformLike", "CastLike"})
+
+#: an input with more elements than this is data, never a parameter to fix
+MAX_FROZEN_ELEMENTS = 64
+
+
 def shape_deciding_inputs(model: ir.Model) -> dict[str, str]:
-    """Graph inputs whose values reach an input TVM needs constant (``TopK``'s ``k``, a
-    ``Reshape`` shape, an ``If`` condition, ...), through any ops: ``{name: "TopK 'k_node'"}``."""
+    """Small graph inputs (static shape, at most :data:`MAX_FROZEN_ELEMENTS` elements) whose
+    *values* reach an input TVM needs constant (``TopK``'s ``k``, a ``Reshape`` shape, an ``If``
+    condition, ...), through ops that read values (not ``Shape``/``Size``): ``{name: "TopK 'node'"}``."""
     found: dict[str, str] = {}
     initializers = set(model.graph.initializers)
     for value in model.graph.inputs:
         if value.name in initializers or (value.type is not None and not isinstance(value.type, ir.TensorType)):
+            continue
+        dims = list(value.shape) if value.shape is not None else None
+        if dims is None or not all(isinstance(d, int) and d >= 0 for d in dims) or int(np.prod(dims, dtype=np.int64)) > MAX_FROZEN_ELEMENTS:
             continue
         seen, frontier = {id(value)}, [value]
         while frontier and value.name not in found:
@@ -99,6 +110,8 @@ def shape_deciding_inputs(model: ir.Model) -> dict[str, str]:
                 if index in slots:
                     found[value.name] = f"{node.op_type} '{node.name or '?'}'"
                     break
+                if node.op_type in _SHAPE_ONLY and node.domain in ("", "ai.onnx"):
+                    continue  # its outputs do not depend on the value
                 for out in node.outputs:
                     if id(out) not in seen:
                         seen.add(id(out))
