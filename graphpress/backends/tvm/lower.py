@@ -17,6 +17,7 @@ names the op, the nodes and the target.
 from __future__ import annotations
 
 import collections
+import contextlib
 
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -224,8 +225,9 @@ def to_relax(model: ir.Model, shapes: Mapping[str, Mapping[str, Any]], target_na
 
 #: Graph passes run (on a copy) before lowering: TVM folds neither constants through shape ops
 #: nor BatchNorm into conv weights, and has no recurrent ops (LSTM/GRU/RNN are unrolled over
-#: their static sequence length: :mod:`graphpress.passes.recurrent`).
-PREPARE_SPEC = "cleanup,unroll_recurrent,fold_batchnorm,cleanup"
+#: their static sequence length: :mod:`graphpress.passes.recurrent`), nor STFT (a DFT by MatMul:
+#: :mod:`graphpress.passes.spectral`).
+PREPARE_SPEC = "cleanup,unroll_recurrent,decompose_stft,fold_batchnorm,cleanup"
 
 
 def prepare_for_lowering(
@@ -267,7 +269,14 @@ def prepare_for_lowering(
             info["shape_inference"] = f"failed ({one_line(e, 200)})"
     result = PassManager(build_passes(spec), [InvariantInstrument()]).run(copy) if spec else None
     stats = result.stats() if result is not None else {}
-    return copy, {**info, "folded_bn": stats.get("folded_bn", 0), "unrolled_recurrent": stats.get("unrolled", 0)}
+    if shapes and (stats.get("unrolled") or stats.get("decomposed")):
+        # ONNX's shape inference may have failed on what was replaced (its STFT rule gets a
+        # rank-2 signal wrong): infer again and fold what the new static shapes make constant
+        with contextlib.suppress(Exception):
+            set_input_shapes(copy, shapes)
+            PassManager(build_passes("cleanup"), [InvariantInstrument()]).run(copy)
+    return copy, {**info, "folded_bn": stats.get("folded_bn", 0), "unrolled_recurrent": stats.get("unrolled", 0),
+                  "decomposed_stft": stats.get("decomposed", 0)}  # fmt: skip
 
 
 def set_input_shapes(model: ir.Model, shapes: Mapping[str, Mapping[str, Any]]) -> None:
