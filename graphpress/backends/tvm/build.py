@@ -163,14 +163,25 @@ def compile_model(
             if not (isa is not None and report["int8"]["lowered"]):
                 first = locate_divergence(prepared, shapes, spec, {n: v for n, v in given[0].items() if n not in frozen} if given else None, tuning)
                 report["check_vs_onnxruntime"]["first_divergence"] = first
-                where = (f" from node '{first['node']}' ({first['op_type']}, value '{first['value']}': max_abs_diff={first['max_abs_diff']:.3g})"
-                         if first else " (no intermediate value of the prepared graph differs when exposed: the difference is in the fused kernels)")  # fmt: skip
+                if first:
+                    where = f" from node '{first['node']}' ({first['op_type']}, value '{first['value']}': max_abs_diff={first['max_abs_diff']:.3g})"
+                else:  # every intermediate agrees: the node writing the first differing output
+                    where = _output_producer(prepared, next(o.name for o in check.outputs if not o.passed))
             raise GraphpressError(f"target {spec.name}: compiled code differs from ONNX Runtime{where}: {check.describe_failure()}")
     return compiled
 
 
 #: how many samples the check against ONNX Runtime runs at most
 CHECK_SAMPLES = 8
+
+
+def _output_producer(prepared: ir.Model, name: str) -> str:
+    """``" at node 'N' (Op), which writes output 'name'"``, or ``""`` when it is not found."""
+    for value in prepared.graph.outputs:
+        node = value.producer() if value.name == name else None
+        if node is not None:
+            return f" at node '{node.name or '?'}' ({node.op_type}), which writes output '{name}' (every intermediate value agrees)"
+    return ""
 
 
 def check_against_onnxruntime(
