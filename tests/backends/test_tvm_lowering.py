@@ -45,6 +45,8 @@ def _compile_case(name: str):
     "test_shape_start_1",  # a folded Shape is a Constant with value_ints
     "test_cumprod_1d_reverse_exclusive",  # graphpress's converter (TVM has none)
     "test_l2normalization_axis_0",  # graphpress's converter; a zero vector stays zero
+    "test_pow_types_int64_int64",  # an integer Pow (TVM's power takes floats only)
+    "test_pow_types_float32_int32",  # an exponent of another type
 ])  # fmt: skip
 def test_node_tests_tvm_could_not_lower_now_match_the_expected_outputs(name):
     compiled, feeds, expected = _compile_case(name)

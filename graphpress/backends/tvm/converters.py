@@ -7,6 +7,9 @@ way the integer converters are registered; ops that have an ONNX function body a
 instead (:mod:`graphpress.backends.tvm.expand`).
 
 * ``IsInf``: TVM ignores ``detect_positive``/``detect_negative`` (both infinities are reported).
+* ``Pow``: TVM's power takes floats of one type only; ONNX allows an integer base (computed
+  in float64 and truncated back, as ONNX Runtime's ``std::pow`` does) and an exponent of
+  another type.
 * ``Constant``: TVM reads only the ``value`` attribute; ``value_int(s)``/``value_float(s)``
   (what constant folding of a ``Shape`` writes, opset 12 on) fail to import.
 
@@ -62,6 +65,20 @@ def corrected_converters() -> Iterator[None]:
                     return relax.const(np.asarray(attr[key], dtype=dtype), dtype)
             return base_constant._impl_v13(bb, inputs, attr, params)
 
+    base_pow = table["Pow"]
+
+    class Pow(base_pow):
+        @classmethod
+        def _impl_v7(cls, bb, inputs, attr, params):
+            x, y = bb.normalize(inputs[0]), bb.normalize(inputs[1])
+            xd, yd = str(x.ty.dtype.dtype), str(y.ty.dtype.dtype)
+            if xd == yd and xd.startswith("float"):
+                return base_pow._impl_v7(bb, inputs, attr, params)
+            if xd.startswith("float"):
+                return relax.op.power(x, relax.op.astype(y, xd))
+            wide = relax.op.power(relax.op.astype(x, "float64"), relax.op.astype(y, "float64"))
+            return relax.op.astype(wide, xd)
+
     class CumProd(onnx_frontend.OnnxOpConverter):
         @classmethod
         def _impl_v1(cls, bb, inputs, attr, params):
@@ -94,7 +111,7 @@ def corrected_converters() -> Iterator[None]:
             return relax.op.divide(x, relax.op.where(relax.op.equal(norm, zero), one, norm))
 
     def patched():
-        return {**original_map(), "IsInf": IsInf, "Constant": Constant, "CumProd": CumProd, "LpNormalization": LpNormalization}
+        return {**original_map(), "IsInf": IsInf, "Constant": Constant, "Pow": Pow, "CumProd": CumProd, "LpNormalization": LpNormalization}
 
     onnx_frontend._get_convert_map = patched
     try:
