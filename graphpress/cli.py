@@ -449,6 +449,10 @@ def cmd_compile(args) -> int:
         write_json_atomic({"target": spec.config, "passes": pass_records, "build": build, "inputs": compiled.meta["inputs"]}, args.report)
     unscheduled = build.get("unscheduled_kernels") or []
     print(f"wrote {out} for {spec.name} {spec.to_json()}")
+    frozen = compiled.meta.get("frozen_inputs") or []
+    if frozen:
+        fixed = ", ".join(f"{f['name']}={f['value']}" for f in frozen)
+        print(f"fixed to the samples' values (they decide shapes; the artifact refuses others): {fixed}")
     if spec.is_cpu:
         scheduled = build.get("scheduled_kernels", 0)
         print(f"kernels: {scheduled + len(unscheduled)}, scheduled by the tuning databases or graphpress's integer kernels: {scheduled}, "
