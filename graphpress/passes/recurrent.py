@@ -68,6 +68,17 @@ class _Builder:
         self.constants.append(value)
         return value
 
+    def replace(self, model: ir.Model, outputs: Sequence[ir.Value]) -> None:
+        """Put the built nodes in place of the anchor: its used outputs become ``outputs``."""
+        for value in self.constants:
+            model.graph.register_initializer(value)
+        node = self.anchor
+        node.graph.insert_before(node, self.nodes)
+        for old, new in zip(node.outputs, outputs):
+            if old is not None and (old.uses() or old.is_graph_output()):
+                replace_value(old, new)
+        node.graph.remove(node, safe=True)
+
     def split(self, value: ir.Value, sizes: Sequence[int], axis: int) -> list[ir.Value]:
         """``Split`` with the sizes as an input (opset 13 on; ``num_outputs`` is opset 18's)."""
         return self.op("Split", [value, self.const(np.array(sizes, np.int64))], num_outputs=len(sizes), axis=axis)
@@ -378,13 +389,7 @@ class UnrollRecurrent(Pass):
             if outs is None:
                 left.append(node.name or node.op_type)
                 continue
-            for value in b.constants:
-                model.graph.register_initializer(value)
-            node.graph.insert_before(node, b.nodes)
-            for old, new in zip(node.outputs, outs):
-                if old is not None and (old.uses() or old.is_graph_output()):
-                    replace_value(old, new)
-            node.graph.remove(node, safe=True)
+            b.replace(model, outs)
             unrolled += 1
         stats = {"unrolled": unrolled}
         if left:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from graphpress.ir.edit import replace_value
 from graphpress.passes.base import Pass, PassResult
 from graphpress.passes.recurrent import _Builder
 from graphpress.passes.registry import register
@@ -79,11 +78,7 @@ class DecomposeStft(Pass):
             if out is None:
                 left.append(node.name or "STFT")
                 continue
-            for value in b.constants:
-                model.graph.register_initializer(value)
-            node.graph.insert_before(node, b.nodes)
-            replace_value(node.outputs[0], out)
-            node.graph.remove(node, safe=True)
+            b.replace(model, [out])
             done += 1
         stats = {"decomposed": done}
         if left:
