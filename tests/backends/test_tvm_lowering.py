@@ -47,6 +47,15 @@ def _compile_case(name: str):
     "test_l2normalization_axis_0",  # graphpress's converter; a zero vector stays zero
     "test_pow_types_int64_int64",  # an integer Pow (TVM's power takes floats only)
     "test_pow_types_float32_int32",  # an exponent of another type
+    "test_attention_causal_boolmask_nan_robustness",  # a fully masked row: ReduceMax of -inf is -inf
+    "test_reduce_max_empty_set",  # -inf, not TVM's lowest finite float nor unwritten memory
+    "test_reduce_min_bool_inputs",  # TVM has no minimum of bool
+    "test_bitcast_float32_to_int32",  # graphpress's converter (TVM has none)
+    "test_eyelike_with_dtype",  # TVM refuses another dtype
+    "test_celu_float16",  # TVM's Elu constants are float32
+    "test_bitshift_left_int32_shift_ge_width",  # 0, not what the shift instruction leaves
+    "test_mod_float_edge_cases_fmod_0_float32",  # numpy's mod: the divisor's sign, infinities
+    "test_split_zero_size_splits_opset18",  # TVM's split needs increasing indices
 ])  # fmt: skip
 def test_node_tests_tvm_could_not_lower_now_match_the_expected_outputs(name):
     compiled, feeds, expected = _compile_case(name)

@@ -13,12 +13,26 @@ instead (:mod:`graphpress.backends.tvm.expand`).
 * ``Constant``: TVM reads only the ``value`` attribute; ``value_int(s)``/``value_float(s)``
   (what constant folding of a ``Shape`` writes, opset 12 on) fail to import.
 
-And two TVM has no converter for (nor ONNX a function body):
+* ``ReduceMax``/``ReduceMin`` of floats: TVM starts the reduction at the lowest (highest)
+  *finite* value, so a row of ``-inf`` (an attention row whose keys are all masked) and an
+  empty reduction give ``-3.4e38`` instead of ``-inf``; reduced here from ``-inf``/``+inf``.
+  Of booleans: TVM has no minimum of ``bool``; reduced as ``uint8``.
+* ``EyeLike``: TVM refuses a ``dtype`` attribute other than the input's type (and its
+  ``eye_like`` computes something else there); the input's shape is static, the result a constant.
+* ``Elu`` (and ``Celu``'s body): TVM's constants are float32, which float16 inputs refuse.
+* ``BitShift``: shifts by a negative amount or by at least the width give 0 (ONNX Runtime),
+  not what the machine's shift instruction leaves.
+* ``Mod`` with ``fmod=0`` on floats: the result takes the divisor's sign (``numpy.mod``,
+  ONNX Runtime), infinite divisors included.
+* ``Split`` with zero-size parts: TVM's split needs strictly increasing indices.
+
+And three TVM has no converter for (nor ONNX a function body):
 
 * ``CumProd`` (opset 26): ``relax.op.cumprod`` with ``exclusive`` and ``reverse``, as TVM's
   ``CumSum``;
 * ``LpNormalization``: ``x / ||x||_p`` along ``axis`` (p = 1 or 2; a zero vector stays zero),
-  as ONNX Runtime computes it.
+  as ONNX Runtime computes it;
+* ``BitCast`` (opset 26) between types of one width: a reinterpretation of the bits.
 """
 
 from __future__ import annotations
@@ -111,10 +125,201 @@ def corrected_converters() -> Iterator[None]:
             return relax.op.divide(x, relax.op.where(relax.op.equal(norm, zero), one, norm))
 
     def patched():
-        return {**original_map(), "IsInf": IsInf, "Constant": Constant, "Pow": Pow, "CumProd": CumProd, "LpNormalization": LpNormalization}
+        return {**original_map(), "IsInf": IsInf, "Constant": Constant, "Pow": Pow, "CumProd": CumProd, "LpNormalization": LpNormalization,
+                **_more_converters(table)}  # fmt: skip
 
     onnx_frontend._get_convert_map = patched
     try:
         yield
     finally:
         onnx_frontend._get_convert_map = original_map
+
+
+def _dtype(expr) -> str:
+    return str(expr.ty.dtype.dtype)
+
+
+def _reduce_from_infinity(data, axes, keepdims: bool, largest: bool):
+    """A TE max (``largest``) or min reduction of a float tensor that starts at -inf (+inf)."""
+    from tvm import te
+    from tvm import tirx as tir
+
+    ndim = len(data.shape)
+    axes = sorted({int(a) % ndim for a in axes}) if axes is not None else list(range(ndim))
+    extents = [data.shape[a] for a in axes]
+    identity = float("-inf") if largest else float("inf")
+    combine = tir.max if largest else tir.min
+    reducer = te.comm_reducer(lambda x, y: combine(x, y), lambda t: tir.const(identity, t), name="max_inf" if largest else "min_inf")
+    out_shape = [1 if d in axes else data.shape[d] for d in range(ndim)] if keepdims else [data.shape[d] for d in range(ndim) if d not in axes]
+
+    def compute(*index):
+        rvars = [te.reduce_axis((0, e), name=f"r{i}") for i, e in enumerate(extents)]
+        full, it, rv = [], iter(index), iter(rvars)
+        for d in range(ndim):
+            if d in axes:
+                full.append(next(rv))
+                if keepdims:
+                    next(it)
+            else:
+                full.append(next(it))
+        return reducer(data(*full), axis=rvars)
+
+    return te.compute(out_shape, compute, name="reduce_max" if largest else "reduce_min")
+
+
+def _more_converters(table) -> dict:
+    import numpy as np
+    import tvm
+    from tvm import relax, topi
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    def reduce_converter(base, largest: bool):
+        relax_reduce = relax.op.max if largest else relax.op.min
+
+        def convert(bb, inputs, attr, axes):
+            data = bb.normalize(inputs[0])
+            keepdims = bool(attr.get("keepdims", 1))
+            dtype = _dtype(data)
+            if dtype == "bool":
+                return relax.op.astype(relax_reduce(relax.op.astype(data, "uint8"), axes, keepdims), "bool")
+            if not dtype.startswith(("float", "bfloat")):
+                return relax_reduce(data, axes, keepdims)
+            shape = [int(d) for d in data.ty.shape]
+            reduced = sorted({int(a) % len(shape) for a in axes}) if axes is not None else list(range(len(shape)))
+            if any(shape[a] == 0 for a in reduced):  # an empty reduction: TVM's loops would leave the output unwritten
+                out = [1 if d in reduced else n for d, n in enumerate(shape)] if keepdims else [n for d, n in enumerate(shape) if d not in reduced]
+                return relax.const(np.full(out, -np.inf if largest else np.inf, dtype=dtype), dtype)
+            return bb.emit_te(_reduce_from_infinity, data, axes, keepdims, largest)
+
+        class Reduce(base):
+            @classmethod
+            def _impl_v11(cls, bb, inputs, attr, params):
+                return convert(bb, inputs, attr, attr.get("axes", None))
+
+            @classmethod
+            def _impl_v18(cls, bb, inputs, attr, params):
+                axes = None
+                if len(inputs) > 1 and inputs[1] is not None:
+                    axes_const = onnx_frontend.get_constant(inputs[1], params)
+                    if not isinstance(axes_const, tvm.ir.GenericConst):
+                        raise ValueError("Only constant axes are supported")
+                    axes = axes_const.value.numpy().reshape(-1).tolist()
+                if not axes:
+                    if attr.get("noop_with_empty_axes", 0):
+                        return inputs[0]
+                    axes = None
+                return convert(bb, inputs, attr, axes)
+
+        return Reduce
+
+    base_eye = table["EyeLike"]
+
+    class EyeLike(base_eye):
+        @classmethod
+        def _impl_v9(cls, bb, inputs, attr, params):
+            x = bb.normalize(inputs[0])
+            dtype = onnx_frontend.get_type(attr["dtype"]) if "dtype" in attr else _dtype(x)
+            rows, cols = (int(d) for d in x.ty.shape)  # static: an identity of that shape is a constant
+            return relax.const(np.eye(rows, cols, int(attr.get("k", 0)), dtype=dtype), dtype)
+
+    class Elu(table["Elu"]):
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            x = inputs[0]
+            dtype = _dtype(x)
+            alpha = relax.const(-float(attr.get("alpha", 1.0)), dtype)
+            one = relax.const(1.0, dtype)
+            return relax.op.add(relax.op.multiply(alpha, relax.op.nn.relu(relax.op.subtract(one, relax.op.exp(x)))), relax.op.nn.relu(x))
+
+    base_shift = table["BitShift"]
+
+    class BitShift(base_shift):
+        @classmethod
+        def _impl_v11(cls, bb, inputs, attr, params):
+            shifted = base_shift._impl_v11(bb, inputs, attr, params)
+            if not isinstance(shifted, relax.Expr) or isinstance(shifted, tvm.ir.GenericConst):
+                return shifted
+            x, y = bb.normalize(inputs[0]), bb.normalize(inputs[1])
+            dtype = _dtype(x)
+            width = relax.const(np.dtype(dtype).itemsize * 8, _dtype(y))
+            out_of_range = relax.op.greater_equal(y, width)
+            if not dtype.startswith("uint"):
+                out_of_range = relax.op.logical_or(out_of_range, relax.op.less(y, relax.const(0, _dtype(y))))
+            zero = relax.const(0, dtype)
+            if attr.get("direction", b"LEFT") in (b"RIGHT", "RIGHT") and not dtype.startswith("uint"):
+                zero = relax.op.where(relax.op.less(x, zero), relax.const(-1, dtype), zero)  # an arithmetic shift fills with the sign
+            return relax.op.where(out_of_range, zero, shifted)
+
+    base_mod = table["Mod"]
+
+    class Mod(base_mod):
+        @classmethod
+        def _impl_v10(cls, bb, inputs, attr, params):
+            x, y = inputs[0], inputs[1]
+            if attr.get("fmod", 0) != 0 or not isinstance(x, relax.Expr) or not _dtype(bb.normalize(x)).startswith("float"):
+                return base_mod._impl_v10(bb, inputs, attr, params)
+            x, y = bb.normalize(x), bb.normalize(y)
+            zero = relax.const(0, _dtype(x))
+            r = bb.normalize(relax.op.mod(x, y))  # truncated: the sign of x
+            wrong_sign = relax.op.logical_and(relax.op.not_equal(r, zero), relax.op.logical_xor(relax.op.less(r, zero), relax.op.less(y, zero)))
+            return relax.op.where(wrong_sign, relax.op.add(r, y), r)
+
+    base_split = table["Split"]
+
+    class Split(base_split):
+        @classmethod
+        def _sizes(cls, inputs, attr, params):
+            if "split" in attr:
+                return [int(s) for s in attr["split"]]
+            if len(inputs) > 1 and inputs[1] is not None:
+                const = onnx_frontend.get_constant(inputs[1], params)
+                if isinstance(const, tvm.ir.GenericConst):
+                    return [int(s) for s in const.value.numpy().reshape(-1)]
+            return None
+
+        @classmethod
+        def _split(cls, bb, inputs, attr, params, base_impl):
+            sizes = cls._sizes(inputs, attr, params)
+            if not sizes or all(sizes):
+                return base_impl(bb, inputs, attr, params)
+            data = bb.normalize(inputs[0])
+            axis = int(attr.get("axis", 0)) % data.ty.ndim
+            shape = [int(d) for d in data.ty.shape]
+            nonzero = [s for s in sizes if s]
+            parts = []
+            if len(nonzero) > 1:
+                bounds = list(np.cumsum(nonzero)[:-1])
+                pieces = bb.emit(relax.op.split(data, [int(b) for b in bounds], axis))
+                parts = [bb.emit(relax.TupleGetItem(pieces, i)) for i in range(len(nonzero))]
+            elif nonzero:
+                parts = [data]
+            it = iter(parts)
+            out = []
+            for s in sizes:
+                if s:
+                    out.append(next(it))
+                else:
+                    empty = list(shape)
+                    empty[axis] = 0
+                    out.append(relax.const(np.zeros(empty, dtype=_dtype(data)), _dtype(data)))
+            return relax.Tuple(out)
+
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            return cls._split(bb, inputs, attr, params, base_split._impl_v1)
+
+        @classmethod
+        def _impl_v13(cls, bb, inputs, attr, params):
+            return cls._split(bb, inputs, attr, params, base_split._impl_v13)
+
+    class BitCast(onnx_frontend.OnnxOpConverter):
+        @classmethod
+        def _impl_v1(cls, bb, inputs, attr, params):
+            x = bb.normalize(inputs[0])
+            to = onnx_frontend.get_type(attr["to"])
+            if np.dtype(_dtype(x)).itemsize != np.dtype(to).itemsize:
+                raise ValueError(f"BitCast from {_dtype(x)} to {to}: the types differ in width")
+            return bb.emit_te(topi.reinterpret, x, to)
+
+    return {"ReduceMax": reduce_converter(table["ReduceMax"], True), "ReduceMin": reduce_converter(table["ReduceMin"], False),
+            "EyeLike": EyeLike, "Elu": Elu, "BitShift": BitShift, "Mod": Mod, "Split": Split, "BitCast": BitCast}  # fmt: skip
