@@ -61,6 +61,7 @@ from onnxscript.rewriter.rules.common import (
     unsqueeze_unsqueeze_rule,
 )
 
+from graphpress.ir.edit import replace_value
 from graphpress.passes.fold_evaluator import runtime_folding
 from graphpress.passes.base import Pass, PassResult, graph_counts, option
 from graphpress.passes.registry import register
@@ -295,6 +296,43 @@ def _fold_small_constant_of_shape(node: ir.Node) -> bool | None:
     return None
 
 
+def _fold_constant_splits(model: ir.Model, size_limit: int) -> int:
+    """Split nodes of the main graph whose inputs are constant, replaced by their parts as
+    initializers: onnxscript's folder folds single-output nodes only (a frozen ``size`` input
+    of AffineGrid's body is split into N, C, H, W). Splitting is exact. Returns how many."""
+    done = 0
+    for node in list(model.graph):
+        if node.op_type != "Split" or node.domain not in ("", "ai.onnx") or not node.inputs or node.inputs[0] is None:
+            continue
+        data = node.inputs[0].const_value
+        if data is None or data.size > size_limit or any(x is not None and x.const_value is None for x in node.inputs[1:]):
+            continue
+        array = data.numpy()
+        axis = node.attributes.get_int("axis", 0)
+        if array.ndim == 0:
+            continue
+        axis %= array.ndim
+        if len(node.inputs) > 1 and node.inputs[1] is not None:
+            sizes = [int(x) for x in node.inputs[1].const_value.numpy().reshape(-1)]
+        elif "split" in node.attributes:
+            sizes = list(node.attributes.get_ints("split"))
+        else:  # equal parts, the last one smaller (opset 18's num_outputs)
+            n = len(node.outputs)
+            chunk = -(-array.shape[axis] // n)
+            sizes = [min(chunk, array.shape[axis] - i * chunk) for i in range(n)]
+        if len(sizes) != len(node.outputs) or sum(sizes) != array.shape[axis] or min(sizes) < 0:
+            continue
+        parts = np.split(array, np.cumsum(sizes)[:-1], axis=axis)
+        for out, part in zip(node.outputs, parts):
+            const = ir.Value(name=out.name, const_value=ir.tensor(np.ascontiguousarray(part), name=out.name), shape=ir.Shape(part.shape), type=out.type)
+            out.name = None
+            model.graph.register_initializer(const)
+            replace_value(out, const)
+        model.graph.remove(node, safe=True)
+        done += 1
+    return done
+
+
 def fold_nodes(model: ir.Model, select) -> int:
     """Evaluate the nodes ``select(node)`` picks (all inputs constant; any size) with onnxscript's
     folder (floating-point math as ONNX Runtime computes it: :mod:`graphpress.passes.fold_evaluator`),
@@ -341,6 +379,11 @@ class FoldConstants(Pass):
         )
         with _quiet("onnxscript"), runtime_folding():
             modified = folder(model).modified
+            for _ in range(8):  # what a folded Split makes constant is folded in turn
+                if not _fold_constant_splits(model, self.options.input_size_limit):
+                    break
+                modified = True
+                folder(model)
         lifted = common_passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model).modified
         if modified:
             common_passes.RemoveUnusedNodesPass()(model)

@@ -56,6 +56,8 @@ def _compile_case(name: str):
     "test_bitshift_left_int32_shift_ge_width",  # 0, not what the shift instruction leaves
     "test_mod_float_edge_cases_fmod_0_float32",  # numpy's mod: the divisor's sign, infinities
     "test_split_zero_size_splits_opset18",  # TVM's split needs increasing indices
+    "test_affine_grid_3d_expanded",  # `size` frozen through an If's branches; constant Split folded; scalar Unsqueeze axes
+    "test_shape_start_greater_than_end",  # an empty folded shape (TVM cannot parse an empty value_ints)
 ])  # fmt: skip
 def test_node_tests_tvm_could_not_lower_now_match_the_expected_outputs(name):
     compiled, feeds, expected = _compile_case(name)

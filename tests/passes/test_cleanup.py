@@ -76,6 +76,24 @@ def test_fold_constants():
     assert result.records[0].stats["nodes_removed"] == 2
 
 
+def test_fold_constants_folds_a_split_of_a_constant_and_what_follows():
+    # onnxscript's folder folds single-output nodes only; a constant shape split into parts
+    # (AffineGrid's body splits its size input) must become constants, and the Reshape with them
+    proto = make_model(
+        [
+            helper.make_node("Split", ["c", "sizes"], ["rows", "cols"], axis=0),
+            helper.make_node("Concat", ["cols", "rows"], ["shape"], axis=0),
+            helper.make_node("Reshape", ["x", "shape"], ["y"]),
+        ],
+        [X],
+        [Y],
+        [tensor("c", np.array([2, 6], np.int64)), tensor("sizes", np.array([1, 1], np.int64))],
+    )
+    model, _ = _run(proto, "fold_constants", lambda x: x.reshape(6, 2))
+    assert _ops(model) == ["Reshape"]
+    np.testing.assert_array_equal(next(iter(model.graph)).inputs[1].const_value.numpy(), [6, 2])
+
+
 def test_cse_merges_identical_nodes():
     proto = make_model(
         [

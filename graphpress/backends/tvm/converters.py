@@ -25,6 +25,7 @@ instead (:mod:`graphpress.backends.tvm.expand`).
 * ``Mod`` with ``fmod=0`` on floats: the result takes the divisor's sign (``numpy.mod``,
   ONNX Runtime), infinite divisors included.
 * ``Split`` with zero-size parts: TVM's split needs strictly increasing indices.
+* ``Unsqueeze`` with a scalar ``axes`` (ONNX Runtime takes it; AffineGrid's body writes it).
 
 And three TVM has no converter for (nor ONNX a function body):
 
@@ -312,6 +313,16 @@ def _more_converters(table) -> dict:
         def _impl_v13(cls, bb, inputs, attr, params):
             return cls._split(bb, inputs, attr, params, base_split._impl_v13)
 
+    base_unsqueeze = table["Unsqueeze"]
+
+    class Unsqueeze(base_unsqueeze):
+        @classmethod
+        def _impl_v13(cls, bb, inputs, attr, params):
+            axes = onnx_frontend.get_constant(inputs[1], params) if len(inputs) > 1 and inputs[1] is not None else None
+            if isinstance(axes, tvm.ir.GenericConst) and axes.value.numpy().ndim == 0:  # a scalar axis (ONNX Runtime takes it)
+                inputs = [inputs[0], relax.const(axes.value.numpy().reshape(1), "int64"), *inputs[2:]]
+            return base_unsqueeze._impl_v13(bb, inputs, attr, params)
+
     class BitCast(onnx_frontend.OnnxOpConverter):
         @classmethod
         def _impl_v1(cls, bb, inputs, attr, params):
@@ -322,4 +333,4 @@ def _more_converters(table) -> dict:
             return bb.emit_te(topi.reinterpret, x, to)
 
     return {"ReduceMax": reduce_converter(table["ReduceMax"], True), "ReduceMin": reduce_converter(table["ReduceMin"], False),
-            "EyeLike": EyeLike, "Elu": Elu, "BitShift": BitShift, "Mod": Mod, "Split": Split, "BitCast": BitCast}  # fmt: skip
+            "EyeLike": EyeLike, "Elu": Elu, "BitShift": BitShift, "Mod": Mod, "Split": Split, "Unsqueeze": Unsqueeze, "BitCast": BitCast}  # fmt: skip

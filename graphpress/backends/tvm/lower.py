@@ -81,6 +81,7 @@ _SHAPE_SLOTS = {
     "Resize": (1, 2, 3), "Pad": (1, 2, 3), "Slice": (1, 2, 3, 4), "ConstantOfShape": (0,), "Range": (0, 1, 2),
     "If": (0,), "NonMaxSuppression": (2, 3, 4), "LSTM": (4,), "GRU": (4,), "RNN": (4,),  # sequence_lens: unrolled per length
     "Loop": (0, 1),  # the trip count and the first condition: unrolled per count
+    "AffineGrid": (1,), "Col2Im": (1, 2), "MaxUnpool": (2,),
 }  # fmt: skip
 
 
@@ -97,26 +98,40 @@ def shape_deciding_inputs(model: ir.Model) -> dict[str, str]:
     condition, ...), through ops that read values (not ``Shape``/``Size``): ``{name: "TopK 'node'"}``."""
     found: dict[str, str] = {}
     initializers = set(model.graph.initializers)
+    # uses by name, subgraphs included (a branch's reference to an outer value is a use by a
+    # node inside it, and what the branch computes leaves through the node that holds it)
+    uses: dict[str, list[tuple[ir.Node, int, ir.Node]]] = collections.defaultdict(list)
+
+    def visit(graph, holder: ir.Node | None) -> None:
+        for node in graph:
+            for i, inp in enumerate(node.inputs):
+                if inp is not None:
+                    uses[inp.name].append((node, i, holder or node))
+            for attr in node.attributes.values():
+                for sub in (attr.value if attr.type == ir.AttributeType.GRAPHS else [attr.value] if attr.type == ir.AttributeType.GRAPH else []):
+                    visit(sub, holder or node)
+
+    visit(model.graph, None)
     for value in model.graph.inputs:
         if value.name in initializers or (value.type is not None and not isinstance(value.type, ir.TensorType)):
             continue
         dims = list(value.shape) if value.shape is not None else None
         if dims is None or not all(isinstance(d, int) and d >= 0 for d in dims) or int(np.prod(dims, dtype=np.int64)) > MAX_FROZEN_ELEMENTS:
             continue
-        seen, frontier = {id(value)}, [value]
+        seen, frontier = {value.name}, [value.name]
         while frontier and value.name not in found:
-            v = frontier.pop()
-            for node, index in v.uses():
+            name = frontier.pop()
+            for node, index, holder in uses.get(name, ()):
                 slots = _SHAPE_SLOTS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ()
                 if index in slots:
                     found[value.name] = f"{node.op_type} '{node.name or '?'}'"
                     break
                 if node.op_type in _SHAPE_ONLY and node.domain in ("", "ai.onnx"):
                     continue  # its outputs do not depend on the value
-                for out in node.outputs:
-                    if id(out) not in seen:
-                        seen.add(id(out))
-                        frontier.append(out)
+                for out in (*node.outputs, *(holder.outputs if holder is not node else ())):
+                    if out is not None and out.name not in seen:
+                        seen.add(out.name)
+                        frontier.append(out.name)
     return found
 
 
@@ -188,6 +203,21 @@ def unsupported_ops(proto: onnx.ModelProto) -> dict[str, list[str]]:
     return missing
 
 
+def _constants_as_tensors(graph: onnx.GraphProto) -> None:
+    """``Constant`` nodes with an *empty* ``value_ints``/``value_floats`` written with a ``value``
+    tensor instead: TVM's attribute parser cannot tell an empty list's type (a folded ``Shape``
+    with ``start > end`` is one)."""
+    for node in graph.node:
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx"):
+            continue
+        for i, attr in enumerate(node.attribute):
+            if attr.name in ("value_ints", "value_floats") and not (attr.ints or attr.floats):
+                dtype = np.int64 if attr.name == "value_ints" else np.float32
+                del node.attribute[i]
+                node.attribute.append(onnx.helper.make_attribute("value", onnx.numpy_helper.from_array(np.zeros(0, dtype))))
+                break
+
+
 def to_relax(model: ir.Model, shapes: Mapping[str, Mapping[str, Any]], target_name: str = "?"):
     """Import ``model`` into a Relax ``IRModule`` with the given static input shapes.
 
@@ -201,6 +231,7 @@ def to_relax(model: ir.Model, shapes: Mapping[str, Mapping[str, Any]], target_na
     from graphpress.backends.tvm.converters import corrected_converters
 
     proto = to_proto(model)
+    _constants_as_tensors(proto.graph)
     missing = unsupported_ops(proto)
     if missing:
         first_op, nodes = next(iter(missing.items()))
