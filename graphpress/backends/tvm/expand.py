@@ -22,7 +22,9 @@ import onnx
 import onnx.inliner
 from onnx import defs
 
-__all__ = ["expand_functions", "tvm_lowers_wrong"]
+from graphpress.passes.decompose import Decompose
+
+__all__ = ["TvmDecompose", "expand_functions", "tvm_lowers_wrong", "tvm_needs_decomposed"]
 
 _DOMAIN = "graphpress.expand"
 
@@ -40,6 +42,52 @@ def tvm_lowers_wrong(node: onnx.NodeProto) -> bool:
     if node.op_type == "RMSNormalization":  # fails to lower for several axes
         return True
     return False
+
+
+#: Resize parameters TVM's ``image.resize*d`` computes as ONNX defines them
+_TVM_RESIZE_MODES = {"nearest", "linear", "cubic"}
+_TVM_COORDINATE_MODES = {"half_pixel", "asymmetric", "align_corners", "pytorch_half_pixel", "tf_half_pixel_for_nearest", "tf_crop_and_resize"}
+
+
+def tvm_needs_decomposed(node) -> bool:
+    """Whether the backend writes ``node`` (an ``onnx_ir`` node of an op
+    :data:`graphpress.passes.decompose.DECOMPOSED_OPS` lists) as simpler ops before TVM sees it:
+    every op TVM has no converter for, and the ``Resize`` nodes TVM lowers differently from ONNX
+    (found by ``benchmarks/conformance.py``): ``antialias``, ``axes``, a
+    ``keep_aspect_ratio_policy``, ``half_pixel_symmetric``, and ``linear``/``cubic`` by scales
+    that do not give a whole output size (TVM derives its coordinates from the sizes, ONNX from
+    the scales). Other Resize nodes TVM lowers itself, with less work than a matrix product."""
+    op = node.op_type
+    if op == "BatchNormalization":
+        return node.attributes.get_int("training_mode", 0) == 1  # TVM computes inference mode only
+    if op == "ConvTranspose":
+        return node.attributes.get("output_shape") is not None  # TVM ignores output_shape
+    if op != "Resize":
+        return True
+    attr = node.attributes
+    mode = attr.get_string("mode", "nearest")
+    if mode not in _TVM_RESIZE_MODES or attr.get_int("antialias", 0) or attr.get("axes") is not None:
+        return True
+    if attr.get_string("keep_aspect_ratio_policy", "stretch") != "stretch":
+        return True
+    if attr.get_string("coordinate_transformation_mode", "half_pixel") not in _TVM_COORDINATE_MODES:
+        return True
+    inputs = list(node.inputs) + [None] * 4
+    x, scales, sizes = inputs[0], inputs[2], inputs[3]
+    has_sizes = sizes is not None and (sizes.shape is None or any(d != 0 for d in sizes.shape))
+    if mode != "nearest" and not has_sizes and scales is not None and scales.const_value is not None and x is not None and x.shape is not None:
+        dims = list(x.shape)
+        for d, s in zip(dims, scales.const_value.numpy().reshape(-1)):
+            if isinstance(d, int) and abs(d * float(s) - round(d * float(s))) > 1e-6:
+                return True
+    return False
+
+
+class TvmDecompose(Decompose):
+    """:class:`~graphpress.passes.decompose.Decompose` of the nodes :func:`tvm_needs_decomposed` picks."""
+
+    def wanted(self, node) -> bool:
+        return tvm_needs_decomposed(node)
 
 
 def _function_for(node: onnx.NodeProto, opset: int, types: dict[str, onnx.TypeProto]) -> onnx.FunctionProto | None:

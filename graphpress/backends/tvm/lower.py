@@ -274,7 +274,7 @@ def prepare_for_lowering(
     from graphpress.passes import InvariantInstrument, PassManager, build_passes
     from graphpress.passes.share import TAG, Unshare
 
-    from graphpress.backends.tvm.expand import expand_functions, tvm_lowers_wrong
+    from graphpress.backends.tvm.expand import TvmDecompose, expand_functions, tvm_lowers_wrong
 
     supported = tvm_supported_ops()
     proto, expanded = expand_functions(
@@ -300,6 +300,12 @@ def prepare_for_lowering(
             info["shape_inference"] = f"failed ({one_line(e, 200)})"
     result = PassManager(build_passes(spec), [InvariantInstrument()]).run(copy) if spec else None
     stats = result.stats() if result is not None else {}
+    if spec:  # ops TVM lacks or lowers wrong, written as simpler ones now that shapes are static
+        decomposed = PassManager([TvmDecompose()], [InvariantInstrument()]).run(copy).records[0].stats
+        if decomposed.get("decomposed"):
+            info["decomposed"] = decomposed.get("ops", {})
+            with contextlib.suppress(Exception):
+                PassManager(build_passes("cleanup"), [InvariantInstrument()]).run(copy)
     if shapes and (stats.get("unrolled") or stats.get("decomposed")):
         # ONNX's shape inference may have failed on what was replaced (its STFT rule gets a
         # rank-2 signal wrong): infer again and fold what the new static shapes make constant
