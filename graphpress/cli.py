@@ -62,6 +62,8 @@ def _add_compile(sub):
     p.add_argument("--database", help="tuning database directory (default: ~/.cache/graphpress/tvm-tuning/<target>)")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=DxDx...", help="static shape for an input with symbolic dims (repeatable)")
     p.add_argument("--inputs", help=".npz of sample inputs for the check against ONNX Runtime (host targets)")
+    p.add_argument("--dynamic", metavar="DIM[,DIM]", help="symbolic input dims that stay symbolic in the artifact, so it runs every size of "
+                   "them: 'batch' (the first dim of each input whose first dim is symbolic) or the model's dim names, e.g. 'batch,seq'")
     p.add_argument("--int8", choices=("auto", "on", "off"), default="auto",
                    help="integer VNNI kernels for quantized dense layers (auto: x86 with AVX-512 VNNI)")
     p.add_argument("--report", help="write the build report JSON here")
@@ -393,28 +395,9 @@ def _check_artifact_path(path: str, input_path: Path) -> Path:
     return out
 
 
-def _shapes_of_samples(model, samples, given: dict, where) -> dict:
-    """``given`` plus, for each input with symbolic dims that ``given`` leaves out, the shape of
-    its samples: the artifact is built for the inputs the user gave, not for dims bound to 1."""
-    bound = dict(given)
-    for value in model.graph.inputs:
-        if value.name in bound or value.name in model.graph.initializers or value.shape is None:
-            continue
-        if all(isinstance(d, int) for d in value.shape):
-            continue
-        seen = sorted({tuple(int(d) for d in sample[value.name].shape) for sample in samples if value.name in sample})
-        if len(seen) > 1:
-            raise GraphpressError(
-                f"{where}: input '{value.name}' has samples of {len(seen)} shapes ({', '.join('x'.join(map(str, s)) for s in seen[:3])}); "
-                "an artifact is built for one shape: give samples of one shape or --input-shape"
-            )
-        if seen:
-            bound[value.name] = list(seen[0])
-    return bound
-
-
 def cmd_compile(args) -> int:
     from graphpress.backends.tvm.build import compile_model
+    from graphpress.backends.tvm.lower import dynamic_dims, shapes_of_samples
     from graphpress.backends.tvm.targets import resolve_target, target_facts
     from graphpress.passes.context import PassContext
     from graphpress.ir import load
@@ -430,9 +413,12 @@ def cmd_compile(args) -> int:
     if args.report:
         check_writable(args.report, "report", Path(args.model))
     model = load(args.model)
+    dynamic = [d.strip() for d in args.dynamic.split(",") if d.strip()] if args.dynamic else None
+    if dynamic:
+        dynamic_dims(model, dynamic)  # a name the model does not have: one line, before anything else
     samples = load_samples(args.inputs, model) if args.inputs else None
     if samples:
-        shapes = _shapes_of_samples(model, samples, shapes, args.inputs)
+        shapes = shapes_of_samples(model, samples, shapes, args.inputs, dynamic_dims(model, dynamic) if dynamic else None)
     pass_records = []
     if passes:
         context = PassContext(samples=samples, samples_source=str(args.inputs) if samples else "generated", target=target_facts(spec))
@@ -441,7 +427,7 @@ def cmd_compile(args) -> int:
     # raises (naming the first diverging node) before anything is written
     compiled = compile_model(
         model, spec, input_shapes=shapes, tune_trials=args.tune_trials, max_trials_per_task=args.max_trials_per_task, database=args.database,
-        int8=args.int8, samples=samples,
+        int8=args.int8, samples=samples, dynamic=dynamic,
     )  # fmt: skip
     compiled.save(out)
     build = compiled.meta["build"]
@@ -453,6 +439,9 @@ def cmd_compile(args) -> int:
     if frozen:
         fixed = ", ".join(f"{f['name']}={f['value']}" for f in frozen)
         print(f"fixed to the samples' values (they decide shapes; the artifact refuses others): {fixed}")
+    if build.get("dynamic_dims"):
+        where = "; ".join(f"{dim}: " + ", ".join(f"{i} axis {a}" for i, a in places) for dim, places in build["dynamic_dims"].items())
+        print(f"dynamic dims (any size at run time; built without tuning or integer kernels): {where}")
     if spec.is_cpu:
         scheduled = build.get("scheduled_kernels", 0)
         print(f"kernels: {scheduled + len(unscheduled)}, scheduled by the tuning databases or graphpress's integer kernels: {scheduled}, "
@@ -484,7 +473,8 @@ def cmd_run(args) -> int:
 
     output = check_writable(args.output, "outputs", Path(args.artifact)) if args.output else None
     model = load(args.artifact, num_threads=args.threads)
-    feeds = read_npz(args.inputs) if args.inputs else random_inputs(model.meta["inputs"])
+    # generated inputs: dynamic dims at 1
+    feeds = read_npz(args.inputs) if args.inputs else random_inputs([{**i, "shape": [1 if isinstance(d, str) else d for d in i["shape"]]} for i in model.meta["inputs"]])
     outputs = model.run_named(**feeds)
     if output is not None:
         buffer = io.BytesIO()

@@ -32,7 +32,9 @@ import onnx_ir as ir
 
 import graphpress
 from graphpress.backends.tvm import int8 as int8_path
-from graphpress.backends.tvm.lower import PREPARE_SPEC, bind_input_shapes, freeze_inputs, output_specs, prepare_for_lowering, to_relax
+from graphpress.backends.tvm.lower import (
+    PREPARE_SPEC, bind_input_shapes, dynamic_dims, freeze_inputs, output_specs, prepare_for_lowering, shapes_of_samples, to_relax,
+)  # fmt: skip
 from graphpress.backends.tvm.runtime import CompiledModel, require_compiler, time_main
 from graphpress.backends.tvm.targets import TargetSpec, resolve_target
 from graphpress.backends.tvm.tuning import Tuning, schedule_cpu
@@ -57,13 +59,15 @@ def compile_model(
     fast_math: bool = True,
     verify: bool = True,
     samples: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    dynamic: Sequence[str] | None = None,
 ) -> CompiledModel:
     """Compile ``model`` with TVM.
 
     Args:
         model: the (optimized) model; not changed.
         target: ``x86``, ``aarch64``, ``cuda``, a TVM target dict or JSON string.
-        input_shapes: static shapes for inputs with symbolic dims (others default to 1).
+        input_shapes: static shapes for inputs with symbolic dims (default: the shapes of
+            ``samples``, else 1 for each symbolic dim).
         tune_trials: MetaSchedule trials in total (CPU targets); 0 applies existing records only.
         max_trials_per_task: per-kernel cap (default ``tune_trials // kernels``).
         database: tuning database directory (default: the user cache for this target).
@@ -86,6 +90,11 @@ def compile_model(
             ``check_vs_onnxruntime`` has the figures. Cross-compiled targets are not run here.
         samples: inputs for that check (a dict of arrays, or a list of them; at most
             :data:`CHECK_SAMPLES` are used); default: random inputs of the artifact's shapes.
+        dynamic: symbolic input dims that stay symbolic in the artifact (``["batch"]``: the
+            first dim of every input whose first dim is symbolic; or dims by the names the model
+            declares, e.g. ``seq``), so that one artifact serves every size of them. The code
+            is then built for any size (untuned, no int8 kernels), and the check runs the
+            samples at their size and at twice it.
 
     Returns:
         A :class:`CompiledModel` (callable here for host targets; ``save`` it for others).
@@ -103,16 +112,22 @@ def compile_model(
         raise GraphpressError(f"target {spec.name}: tuning trials apply to CPU targets; CUDA uses dlight schedules")
     if int8 not in ("auto", "on", "off"):
         raise GraphpressError(f"int8 must be auto, on or off, got '{int8}'")
+    if dynamic and int8 == "on":
+        raise GraphpressError("int8=on needs static shapes (the integer kernels are built per shape); compile without dynamic dims, or with int8=auto")
     if spec.cross_compiler:
         require_compiler(spec.cross_compiler)  # before minutes of compiling, not at save
     tuning = Tuning(tune_trials, max_trials_per_task, database, shipped_databases, fast_math)
     given = as_samples(samples) if samples else None
+    if given:  # symbolic dims take the samples' sizes, never a silent 1
+        input_shapes = shapes_of_samples(model, given, input_shapes, "samples", dynamic_dims(model, dynamic) if dynamic else None)
     frozen = freeze_inputs(model, given)
-    shapes = bind_input_shapes(model, input_shapes, frozen)
-    isa = int8_path.select_isa(spec, int8)
+    shapes = bind_input_shapes(model, input_shapes, frozen, dynamic)
+    isa = int8_path.select_isa(spec, int8) if not dynamic else None  # the integer kernels are built for static shapes
     t0 = time.perf_counter()
     prepared, prep_stats = prepare_for_lowering(model, prepare, shapes, frozen)
     report: dict[str, Any] = {"prepare": prep_stats}
+    if dynamic:
+        report["dynamic_dims"] = {dim: [list(p) for p in places] for dim, places in dynamic_dims(model, dynamic).items()}
     isa = isa if isa is not None and int8_path.is_quantized(prepared) else None
     if isa is not None:
         report["int8"] = int8_path.plan(prepared, spec, isa, tuning, guard=int8_guard)
@@ -129,7 +144,8 @@ def compile_model(
         bound = ", ".join(f"{n}={'x'.join(map(str, s['shape'])) or 'scalar'}" for n, s in shapes.items())
         raise GraphpressError(
             f"target {spec.name}: TVM could not lower the model ({one_line(e, 200, last=True)}); it was built for inputs {bound} "
-            "(symbolic dims are 1 unless given): give the real shapes with --input-shape or --inputs"
+            + ("(named dims are dynamic): compile without --dynamic, for static shapes" if dynamic else
+               "(symbolic dims are 1 unless given): give the real shapes with --input-shape or --inputs")
         ) from e
     report.update(stats)
     if isa is not None and report["int8"]["lowered"]:
@@ -154,14 +170,14 @@ def compile_model(
     }
     compiled = CompiledModel(executable, meta)
     if verify and spec.is_host:
-        check = check_against_onnxruntime(compiled, model, given)
+        check = check_against_onnxruntime(compiled, model, given, dynamic_sizes=bool(dynamic))
         report["check_vs_onnxruntime"] = {
             "passed": check.passed, "max_abs_diff": check.max_abs_diff, "cosine": check.min_cosine, "inputs": check.inputs_source,
         }  # fmt: skip
         if not check.passed:
             where = ""
             if not (isa is not None and report["int8"]["lowered"]):
-                first = locate_divergence(prepared, shapes, spec, {n: v for n, v in given[0].items() if n not in frozen} if given else None, tuning)
+                first = None if dynamic else locate_divergence(prepared, shapes, spec, {n: v for n, v in given[0].items() if n not in frozen} if given else None, tuning)
                 report["check_vs_onnxruntime"]["first_divergence"] = first
                 if first:
                     where = f" from node '{first['node']}' ({first['op_type']}, value '{first['value']}': max_abs_diff={first['max_abs_diff']:.3g})"
@@ -185,24 +201,56 @@ def _output_producer(prepared: ir.Model, name: str) -> str:
 
 
 def check_against_onnxruntime(
-    compiled: CompiledModel, model: ir.Model, samples: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None
+    compiled: CompiledModel,
+    model: ir.Model,
+    samples: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    dynamic_sizes: bool = False,
 ) -> NumericReport:
     """Run ``compiled`` and ONNX Runtime on ``model`` with the same inputs and compare the outputs.
 
     Integer kernels round where ONNX Runtime's do not, so a build with int8 layers is judged
     by the quantization family (one step of a quantized output); every other build by the
-    backend's tolerance, in the precision the model computes in.
+    backend's tolerance, in the precision the model computes in. With ``dynamic_sizes``, the
+    first sample is also run with its dynamic dims doubled (the sample repeated along them).
     """
     import numpy as np
 
     given = as_samples(samples)[:CHECK_SAMPLES] if samples else None
-    feeds = given or [random_inputs(compiled.meta["inputs"])]
-    ref = run_samples(model, feeds)
+    feeds = given or [random_inputs(concrete_shapes_of(compiled.meta["inputs"]))]
+    if dynamic_sizes:
+        feeds = [*feeds, _doubled(feeds[0], compiled.meta["inputs"])]
+    ref_runs = [run_samples(model, [f]) for f in feeds] if dynamic_sizes else [run_samples(model, feeds)]
+    ref = {name: np.concatenate([r[name].reshape(-1) for r in ref_runs]) for name in ref_runs[0]} if dynamic_sizes else ref_runs[0]
     runs = [compiled(**f) for f in feeds]
-    got = {name: (np.stack([r[i] for r in runs]) if len(runs) > 1 else runs[0][i]) for i, name in enumerate(ref)}
+    if dynamic_sizes:  # outputs of different sizes: compared flat
+        got = {name: np.concatenate([r[i].reshape(-1) for r in runs]) for i, name in enumerate(ref)}
+    else:
+        got = {name: (np.stack([r[i] for r in runs]) if len(runs) > 1 else runs[0][i]) for i, name in enumerate(ref)}
     family = "quantization" if compiled.meta["build"].get("int8", {}).get("lowered") else "backend"
-    source = f"{len(feeds)} sample(s) given" if given else "generated from the artifact's shapes (seed 0)"
+    source = f"{len(given)} sample(s) given" if given else "generated from the artifact's shapes (seed 0)"
+    if dynamic_sizes:
+        source += ", and the first at twice its dynamic dims"
     return compare_outputs(ref, got, family, source, precision=lowest_float_precision(model))
+
+
+def concrete_shapes_of(inputs: Sequence[Mapping[str, Any]], size: int = 1) -> list[dict[str, Any]]:
+    """Input specs with every dynamic (named) dim set to ``size``."""
+    return [{**i, "shape": [size if isinstance(d, str) else d for d in i["shape"]]} for i in inputs]
+
+
+def _doubled(feeds: Mapping[str, Any], inputs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``feeds`` repeated twice along every dynamic axis of the artifact's inputs."""
+    import numpy as np
+
+    out = dict(feeds)
+    for spec in inputs:
+        if spec["name"] in out:
+            array = np.asarray(out[spec["name"]])
+            for axis, d in enumerate(spec["shape"]):
+                if isinstance(d, str):
+                    array = np.concatenate([array, array], axis=axis)
+            out[spec["name"]] = array
+    return out
 
 
 def locate_divergence(
@@ -279,8 +327,12 @@ def _count_instructions(report: dict[str, Any], isa, executable) -> None:
 
 def _signature_inputs(mod) -> list:
     """Random inputs of the shapes and dtypes in the signature of ``main``."""
+    import tvm
+
     params = mod["main"].params
-    specs = [{"name": f"input{i}", "shape": [int(d) for d in p.ty.shape], "dtype": str(p.ty.dtype.dtype)} for i, p in enumerate(params)]
+    # a dynamic dim is timed at 1
+    specs = [{"name": f"input{i}", "shape": [int(d) if isinstance(d, tvm.tirx.IntImm) else 1 for d in p.ty.shape], "dtype": str(p.ty.dtype.dtype)}
+             for i, p in enumerate(params)]  # fmt: skip
     return list(random_inputs(specs).values())
 
 

@@ -30,18 +30,23 @@ from graphpress.errors import GraphpressError, one_line
 from graphpress.ir.analysis import with_input_shapes
 from graphpress.ir.io import to_proto
 
-__all__ = ["PREPARE_SPEC", "bind_input_shapes", "freeze_inputs", "shape_deciding_inputs", "output_specs", "prepare_for_lowering", "set_input_shapes", "to_relax", "unsupported_ops"]
+__all__ = ["PREPARE_SPEC", "bind_input_shapes", "concrete_shapes", "dynamic_dims", "shapes_of_samples", "freeze_inputs", "shape_deciding_inputs", "output_specs", "prepare_for_lowering", "set_input_shapes", "to_relax", "unsupported_ops"]
 
 
 def bind_input_shapes(
-    model: ir.Model, input_shapes: Mapping[str, Sequence[int]] | None = None, frozen: Mapping[str, Any] | None = None
+    model: ir.Model,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    frozen: Mapping[str, Any] | None = None,
+    dynamic: Sequence[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Static shape and dtype of every graph input: ``{name: {"shape": [...], "dtype": "float32"}}``.
+    """Shape and dtype of every graph input: ``{name: {"shape": [...], "dtype": "float32"}}``.
 
     Args:
         model: the model.
         input_shapes: shapes by input name; symbolic dims not given here become 1.
         frozen: inputs the artifact fixes to a value (:func:`freeze_inputs`): not inputs of the artifact.
+        dynamic: symbolic dims that stay symbolic (:func:`dynamic_dims`): their entry in the
+            shape is the dim's name, a string.
     """
     input_shapes = dict(input_shapes or {})
     names = [v.name for v in model.graph.inputs if v.name not in model.graph.initializers]
@@ -55,6 +60,7 @@ def bind_input_shapes(
                     f"{kind} '{value.name}' is a {value.type} (not a tensor): the TVM backend compiles models whose inputs and "
                     "outputs are tensors; export ONNX for ONNX Runtime instead"
                 )
+    kept = dynamic_dims(model, dynamic) if dynamic else {}
     bound: dict[str, dict[str, Any]] = {}
     for value in model.graph.inputs:
         if value.name in model.graph.initializers or value.name in (frozen or {}):
@@ -67,9 +73,66 @@ def bind_input_shapes(
             raise GraphpressError(f"input '{value.name}' has no declared shape; give it (--input-shape {value.name}=1x3x224x224, or input_shapes in Python)")
         else:
             shape = [d if isinstance(d, int) else 1 for d in value.shape]
+        for dim, places in kept.items():
+            for name, axis in places:
+                if name == value.name:
+                    shape[axis] = dim
         dtype = value.dtype.numpy().name if value.dtype is not None else "float32"
         bound[value.name] = {"shape": shape, "dtype": dtype}
     return bound
+
+
+def shapes_of_samples(model: ir.Model, samples, given: Mapping[str, Sequence[int]] | None, where: str, dynamic: dict | None = None) -> dict:
+    """``given`` plus, for each input with symbolic dims that ``given`` leaves out, the shape of
+    its samples: the artifact is built for the inputs the user gave, not for dims bound to 1.
+    Dims that stay dynamic (``{dim: [(input, axis)]}``) may differ between samples."""
+    free = {place for places in (dynamic or {}).values() for place in places}
+    bound = dict(given or {})
+    for value in model.graph.inputs:
+        if value.name in bound or value.name in model.graph.initializers or value.shape is None:
+            continue
+        if all(isinstance(d, int) for d in value.shape):
+            continue
+        seen = sorted({tuple(-1 if (value.name, a) in free else int(d) for a, d in enumerate(sample[value.name].shape))
+                       for sample in samples if value.name in sample})  # fmt: skip
+        if len(seen) > 1:
+            raise GraphpressError(
+                f"{where}: input '{value.name}' has samples of {len(seen)} shapes ({', '.join('x'.join(map(str, s)) for s in seen[:3])}); "
+                "an artifact is built for one shape: give samples of one shape or --input-shape"
+            )
+        if seen:
+            bound[value.name] = [1 if d < 0 else d for d in seen[0]]  # a dynamic dim's entry is not used
+    return bound
+
+
+def dynamic_dims(model: ir.Model, names: Sequence[str]) -> dict[str, list[tuple[str, int]]]:
+    """Where the symbolic dims ``names`` are: ``{dim: [(input, axis), ...]}``.
+
+    A name is a symbolic dim the model declares (``seq``, ``batch_size``); ``batch`` also
+    names the first axis of every input whose first dim is symbolic, whatever its name (the
+    dim is then called ``batch``). A name that matches no symbolic dim is a
+    :class:`GraphpressError` listing the ones there are.
+    """
+    found: dict[str, list[tuple[str, int]]] = {}
+    available: list[str] = []
+    for value in model.graph.inputs:
+        if value.name in model.graph.initializers or value.shape is None:
+            continue
+        for axis, d in enumerate(value.shape):
+            if isinstance(d, int):
+                continue
+            declared = d.value if isinstance(d.value, str) else None
+            available.append(f"{declared or '?'} ({value.name} axis {axis})")
+            if declared is not None and declared in names:
+                found.setdefault(declared, []).append((value.name, axis))
+            elif axis == 0 and "batch" in names:
+                found.setdefault("batch", []).append((value.name, axis))
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise GraphpressError(
+            f"dynamic dim '{missing[0]}' is not a symbolic dim of the model's inputs; symbolic dims: {', '.join(available) or 'none (every input shape is static)'}"
+        )
+    return found
 
 
 #: inputs of these ops that TVM needs as constants: they decide output shapes (or, for ``If``,
@@ -241,17 +304,22 @@ def to_relax(model: ir.Model, shapes: Mapping[str, Mapping[str, Any]], target_na
             "remove or replace it before compiling, or export ONNX for ONNX Runtime instead"
         )
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    import tvm
+
+    symbols: dict[str, Any] = {}  # one variable per dynamic dim, shared by the inputs that have it
+    shape_dict = {k: [symbols.setdefault(d, tvm.tirx.Var(d, "int64")) if isinstance(d, str) else d for d in v["shape"]] for k, v in shapes.items()}
     try:
         with corrected_converters():
             return from_onnx(
                 proto,
-                shape_dict={k: list(v["shape"]) for k, v in shapes.items()},
+                shape_dict=shape_dict,
                 dtype_dict={k: v["dtype"] for k, v in shapes.items()},
                 opset=opset,
                 keep_params_in_input=False,
             )
     except Exception as e:
-        raise GraphpressError(f"target {target_name}: TVM's ONNX import failed ({one_line(e, 300, last=True)})") from e
+        hint = "; TVM's importer could not follow the dynamic dims through the model: compile without them (static shapes)" if symbols else ""
+        raise GraphpressError(f"target {target_name}: TVM's ONNX import failed ({one_line(e, 300, last=True)}){hint}") from e
 
 
 #: Graph passes run (on a copy) before lowering: TVM folds neither constants through shape ops
@@ -314,6 +382,11 @@ def prepare_for_lowering(
             PassManager(build_passes("cleanup"), [InvariantInstrument()]).run(copy)
     return copy, {**info, "folded_bn": stats.get("folded_bn", 0), "unrolled_recurrent": stats.get("unrolled", 0),
                   "decomposed_stft": stats.get("decomposed", 0)}  # fmt: skip
+
+
+def concrete_shapes(shapes: Mapping[str, Mapping[str, Any]], size: int = 1) -> dict[str, dict[str, Any]]:
+    """``shapes`` with every dynamic (named) dim set to ``size``: for timing and generated inputs."""
+    return {k: {**v, "shape": [size if isinstance(d, str) else d for d in v["shape"]]} for k, v in shapes.items()}
 
 
 def set_input_shapes(model: ir.Model, shapes: Mapping[str, Mapping[str, Any]]) -> None:

@@ -109,6 +109,7 @@ class CompiledModel:
         if len(args) != len(names):
             raise _error(f"expected {len(names)} input(s) ({', '.join(names)}), got {len(args)}")
         arrays = []
+        sizes: dict[str, int] = {}  # a dynamic dim takes one size across the inputs that have it
         for spec, value in zip(self.meta["inputs"], args):
             if hasattr(value, "detach"):  # torch tensor
                 value = value.detach().cpu().numpy()
@@ -117,10 +118,10 @@ class CompiledModel:
             if given.dtype != want and not (given.dtype.kind == want.kind == "f" or (given.dtype.kind in "iub" and want.kind in "iu")):
                 raise _error(f"input '{spec['name']}' expects {want} {spec['shape']}, was given {given.dtype} {list(given.shape)}")
             arr = np.asarray(given, dtype=want, order="C")  # ascontiguousarray would make 0-d arrays 1-d
-            if list(arr.shape) != list(spec["shape"]):
+            if not _shape_fits(arr.shape, spec["shape"], sizes):
                 raise _error(
                     f"input '{spec['name']}' has shape {list(arr.shape)}; this artifact was built for {spec['shape']} "
-                    "(recompile with --input-shape to change it)"
+                    "(named dims are dynamic; recompile with --input-shape or --dynamic to change it)"
                 )
             arrays.append(arr)
         return arrays
@@ -252,7 +253,7 @@ def _read_meta(path: Path) -> dict[str, Any]:
         raise _error(f"{path}: damaged artifact metadata (no {', '.join(missing)}); compile the model again")
     try:
         for io in meta["inputs"]:
-            io["name"], np.dtype(io["dtype"]), [int(d) for d in io["shape"]]
+            io["name"], np.dtype(io["dtype"]), [d if isinstance(d, str) else int(d) for d in io["shape"]]  # a size, or a dynamic dim's name
         for io in meta["outputs"]:
             io["name"]
     except (KeyError, TypeError, ValueError):
@@ -293,3 +294,17 @@ def load(path: str | os.PathLike, *, num_threads: int | None = None) -> Compiled
     if num_threads:
         set_num_threads(num_threads)
     return CompiledModel(None, meta, library=library)
+
+
+def _shape_fits(shape: Sequence[int], want: Sequence[Any], sizes: dict[str, int]) -> bool:
+    """Whether ``shape`` matches the artifact's ``want`` (ints, and names of dynamic dims: any
+    size, the same for every input with that name; ``sizes`` remembers them)."""
+    if len(shape) != len(want):
+        return False
+    for got, w in zip(shape, want):
+        if isinstance(w, str):
+            if sizes.setdefault(w, int(got)) != int(got):
+                return False
+        elif int(got) != int(w):
+            return False
+    return True
