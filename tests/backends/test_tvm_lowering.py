@@ -57,6 +57,7 @@ def _compile_case(name: str):
     "test_mod_float_edge_cases_fmod_0_float32",  # numpy's mod: the divisor's sign, infinities
     "test_split_zero_size_splits_opset18",  # TVM's split needs increasing indices
     "test_affine_grid_3d_expanded",  # `size` frozen through an If's branches; constant Split folded; scalar Unsqueeze axes
+    "test_nonmaxsuppression_iou_threshold_boundary",  # an IoU equal to the threshold keeps the box
     "test_shape_start_greater_than_end",  # an empty folded shape (TVM cannot parse an empty value_ints)
     "test_resize_downsample_sizes_linear_antialias",  # decomposed: per-axis MatMul (TVM ignores antialias)
     "test_resize_upsample_sizes_nearest_axes_3_2",  # decomposed: Gather (TVM cannot import axes)

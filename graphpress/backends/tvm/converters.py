@@ -25,6 +25,8 @@ instead (:mod:`graphpress.backends.tvm.expand`).
 * ``Mod`` with ``fmod=0`` on floats: the result takes the divisor's sign (``numpy.mod``,
   ONNX Runtime), infinite divisors included.
 * ``Split`` with zero-size parts: TVM's split needs strictly increasing indices.
+* ``NonMaxSuppression``: TVM suppresses a box whose IoU equals the threshold, ONNX only one
+  above it (the threshold is passed as the next float32 up).
 * ``Unsqueeze`` with a scalar ``axes`` (ONNX Runtime takes it; AffineGrid's body writes it).
 
 And three TVM has no converter for (nor ONNX a function body):
@@ -323,6 +325,19 @@ def _more_converters(table) -> dict:
                 inputs = [inputs[0], relax.const(axes.value.numpy().reshape(1), "int64"), *inputs[2:]]
             return base_unsqueeze._impl_v13(bb, inputs, attr, params)
 
+    base_nms = table["NonMaxSuppression"]
+
+    class NonMaxSuppression(base_nms):
+        @classmethod
+        def _impl_v10(cls, bb, inputs, attr, params):
+            inputs = list(inputs)
+            if len(inputs) > 3 and isinstance(inputs[3], tvm.ir.GenericConst):
+                # ONNX suppresses a box whose IoU is *above* the threshold; TVM's kernel also
+                # suppresses one exactly at it: the next float32 up makes its test ONNX's
+                t = np.float32(inputs[3].value.numpy().reshape(-1)[0])
+                inputs[3] = relax.const(np.nextafter(t, np.float32(np.inf)).reshape(1), "float32")
+            return base_nms._impl_v10(bb, inputs, attr, params)
+
     class BitCast(onnx_frontend.OnnxOpConverter):
         @classmethod
         def _impl_v1(cls, bb, inputs, attr, params):
@@ -333,4 +348,5 @@ def _more_converters(table) -> dict:
             return bb.emit_te(topi.reinterpret, x, to)
 
     return {"ReduceMax": reduce_converter(table["ReduceMax"], True), "ReduceMin": reduce_converter(table["ReduceMin"], False),
-            "EyeLike": EyeLike, "Elu": Elu, "BitShift": BitShift, "Mod": Mod, "Split": Split, "Unsqueeze": Unsqueeze, "BitCast": BitCast}  # fmt: skip
+            "EyeLike": EyeLike, "Elu": Elu, "BitShift": BitShift, "Mod": Mod, "Split": Split, "Unsqueeze": Unsqueeze, "NonMaxSuppression": NonMaxSuppression,
+            "BitCast": BitCast}  # fmt: skip
