@@ -27,6 +27,8 @@ instead (:mod:`graphpress.backends.tvm.expand`).
 * ``Split`` with zero-size parts: TVM's split needs strictly increasing indices.
 * ``NonMaxSuppression``: TVM suppresses a box whose IoU equals the threshold, ONNX only one
   above it (the threshold is passed as the next float32 up).
+* ``Clip`` with constant bounds as Relax ``maximum``/``minimum`` (TVM emits TE calls, which
+  layout passes cannot see through: a transpose on each side of every ReLU6 in NHWC).
 * ``Unsqueeze`` with a scalar ``axes`` (ONNX Runtime takes it; AffineGrid's body writes it).
 
 And three TVM has no converter for (nor ONNX a function body):
@@ -338,6 +340,33 @@ def _more_converters(table) -> dict:
                 inputs[3] = relax.const(np.nextafter(t, np.float32(np.inf)).reshape(1), "float32")
             return base_nms._impl_v10(bb, inputs, attr, params)
 
+    base_clip = table["Clip"]
+
+    class Clip(base_clip):
+        @classmethod
+        def _impl_v13(cls, bb, inputs, attr, params):
+            # relax's maximum/minimum instead of TE calls: layout passes (NHWC convolutions)
+            # see through them, where a call_tir needs a transpose on each side
+            x = bb.normalize(inputs[0])
+            bounds = [b for b in inputs[1:3] if b is not None]
+            if not all(isinstance(b, tvm.ir.GenericConst) for b in bounds):
+                return base_clip._impl_v13(bb, inputs, attr, params)
+            dtype = _dtype(x)
+            out = x
+            for bound, largest in ((inputs[1] if len(inputs) > 1 else None, True), (inputs[2] if len(inputs) > 2 else None, False)):
+                if bound is None:
+                    continue
+                value = bound.value.numpy().reshape(-1)[0]
+                if np.isnan(value):  # a NaN bound is no bound (ONNX Runtime)
+                    continue
+                const = relax.const(np.asarray(value, dtype=dtype), dtype)
+                out = relax.op.maximum(out, const) if largest else relax.op.minimum(out, const)
+            return out
+
+        @classmethod
+        def _impl_v11(cls, bb, inputs, attr, params):
+            return cls._impl_v13(bb, inputs, attr, params)
+
     class BitCast(onnx_frontend.OnnxOpConverter):
         @classmethod
         def _impl_v1(cls, bb, inputs, attr, params):
@@ -349,4 +378,4 @@ def _more_converters(table) -> dict:
 
     return {"ReduceMax": reduce_converter(table["ReduceMax"], True), "ReduceMin": reduce_converter(table["ReduceMin"], False),
             "EyeLike": EyeLike, "Elu": Elu, "BitShift": BitShift, "Mod": Mod, "Split": Split, "Unsqueeze": Unsqueeze, "NonMaxSuppression": NonMaxSuppression,
-            "BitCast": BitCast}  # fmt: skip
+            "Clip": Clip, "BitCast": BitCast}  # fmt: skip

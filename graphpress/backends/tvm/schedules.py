@@ -12,13 +12,22 @@ loop nest. :func:`schedule_injective` gives each such kernel a parallel, vectori
 
 Used by the fp32 builds (:mod:`graphpress.backends.tvm.tuning`) and by the int8 path
 (:mod:`graphpress.backends.tvm.int8`), which is why it lives apart from both.
+
+:func:`schedule_gemm` gives matrix products and convolutions (in NHWC/HWIO layout: the output
+channel innermost in the output and the weights) a register-blocked schedule computed from the
+target's vector unit alone, no tuning: a tile of ``mr`` rows by ``nr = v * lanes`` columns is
+accumulated in registers over the whole reduction (one broadcast of the left operand and
+``v`` vector loads of the right one per ``mr * v`` FMAs), written back with its epilogue
+(bias, activation) while it is hot, tiles spread over the cores. ``mr`` and ``v`` are the
+largest tile whose ``mr * v`` accumulators, ``v`` loads and one broadcast fit the register
+file (:func:`register_tile`) and divide the kernel's extents.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ROW_ELEMENTS", "schedule_injective"]
+__all__ = ["ROW_ELEMENTS", "register_tile", "schedule_gemm", "schedule_injective"]
 
 
 def _is_spatial(sch, block) -> bool:
@@ -183,6 +192,153 @@ def _vector_reduction(sch, red) -> bool:
     partial = sch.rfactor(lanes, 0)
     sch.vectorize(sch.get_loops(partial)[-1])
     return True
+
+
+def register_tile(m: int, n: int, lanes: int, registers: int) -> tuple[int, int] | None:
+    """``(mr, v)``: the register tile of ``mr`` rows by ``v`` vectors for an ``m`` by ``n`` output.
+
+    Its ``mr * v`` accumulators, ``v`` vectors of the right operand and one broadcast of the
+    left one must fit the register file, and its sizes divide ``m`` and ``n`` (at most 14 rows
+    and 4 vectors). Among those, the most accumulators, then the widest. None when ``n`` is not
+    a multiple of ``lanes``. (Measured on a Zen 4, 2 cores: ResNet-18 ran in 11.1 ms with these
+    tiles for AVX-512 and 26.5 ms for AVX2, against 11.2 and 32.1 ms when ranking by FMAs per
+    load instead.)"""
+    best = None
+    for v in range(1, 5):
+        if n % (v * lanes):
+            continue
+        for mr in range(1, 15):
+            if m % mr or mr * v + v + 1 > registers:
+                continue
+            key = (mr * v, v)
+            if best is None or key > best[0]:
+                best = (key, (mr, v))
+    return best[1] if best else None
+
+
+def schedule_gemm(mod, lanes: int, registers: int) -> tuple[Any, int]:
+    """Schedule every unscheduled kernel whose one reduction is a matrix product (matmul, dense,
+    NHWC convolution) with a register-blocked tile (see the module's doc). Returns the module and
+    how many kernels were scheduled."""
+    import tvm
+
+    count = 0
+    for gv, func in list(mod.functions.items()):
+        if not isinstance(func, tvm.tirx.PrimFunc) or (func.attrs or {}).get("tirx.is_scheduled", False):
+            continue
+        try:
+            scheduled = _gemm_kernel(func, lanes, registers)
+        except Exception:  # noqa: BLE001 - not this shape: the generic schedules take it
+            scheduled = None
+        if scheduled is not None:
+            mod[gv] = scheduled
+            count += 1
+    return mod, count
+
+
+def _extent(loop_or_dom) -> int | None:
+    return int(loop_or_dom) if hasattr(loop_or_dom, "value") else None
+
+
+def _is_gemm(sch, red) -> tuple[int, int] | None:
+    """``(m, n)`` when ``red`` is ``out[..., m, n] += f(left[.., m-dependent ..]) * right[.., n]``
+    with ``n`` the innermost index of the output and of every input it indexes (contiguous
+    vector loads), and spatial block vars before the reduction ones; else None."""
+    import tvm
+
+    block = sch.get(red)
+    ivs = block.iter_vars
+    spatial = [i for i, iv in enumerate(ivs) if iv.iter_type == 0]
+    if len(spatial) < 2 or spatial != list(range(len(spatial))) or len(spatial) == len(ivs):
+        return None
+    if len(block.writes) != 1 or len(block.reads) < 2:
+        return None
+    n_var = ivs[spatial[-1]].var
+    m_var = ivs[spatial[-2]].var
+
+    def uses(expr, var) -> bool:
+        return any(v.same_as(var) for v in tvm.tirx.analysis.undefined_vars(expr))
+
+    write = block.writes[0]
+    if not write.region or not write.region[-1].min.same_as(n_var):
+        return None
+    unit = [iv.var for iv in ivs if _extent(iv.dom.extent) == 1]  # a depthwise conv's one input channel
+
+    def contiguous_in_n(lo) -> bool:  # n, or n plus a block var of extent 1
+        if lo.same_as(n_var):
+            return True
+        if isinstance(lo, tvm.tirx.Add):
+            for a, b in ((lo.a, lo.b), (lo.b, lo.a)):
+                if a.same_as(n_var) and any(b.same_as(u) for u in unit):
+                    return True
+        return False
+
+    for read in block.reads:
+        mins = [r.min for r in read.region]
+        for i, lo in enumerate(mins):
+            if uses(lo, n_var) and (i != len(mins) - 1 or not contiguous_in_n(lo) or _extent(read.region[i].extent) != 1):
+                return None  # n indexes this input, but not as its contiguous last axis
+    if not any(any(uses(r.min, m_var) for r in read.region) for read in block.reads):
+        return None
+    m, n = _extent(ivs[spatial[-2]].dom.extent), _extent(ivs[spatial[-1]].dom.extent)
+    return (m, n) if m and n else None
+
+
+def _gemm_kernel(func, lanes: int, registers: int):
+    import tvm
+
+    sch = tvm.s_tir.Schedule(func)
+    if not _has_root(sch):
+        return None
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    reds = [b for b in blocks if not _is_spatial(sch, b)]
+    if len(reds) != 1:
+        return None
+    red = reds[0]
+    shape = _is_gemm(sch, red)
+    if shape is None:
+        return None
+    # a channel count that is no multiple of the vector (MobileNetV2's 24) takes half vectors
+    width = lanes
+    tile = register_tile(*shape, width, registers)
+    while tile is None and width > 4:
+        width //= 2
+        tile = register_tile(*shape, width, registers)
+    if tile is None:
+        return None
+    mr, v = tile
+    lanes = width
+    at = next(i for i, b in enumerate(blocks) if b.same_as(red))
+    before, after = blocks[:at], blocks[at + 1 :]
+    if not all(_is_spatial(sch, b) for b in after):
+        return None
+    n_spatial = sum(1 for iv in sch.get(red).iter_vars if iv.iter_type == 0)
+    acc = sch.cache_write(red, 0, "local")  # the tile's accumulators
+    loops = sch.get_loops(red)
+    spatial, reduction = loops[:n_spatial], loops[n_spatial:]
+    mo, mi = sch.split(spatial[-2], [None, mr])
+    no, ni = sch.split(spatial[-1], [None, v * lanes])
+    outer = [*spatial[:-2], mo, no]
+    sch.reorder(*outer, *reduction, mi, ni)
+    tiles = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    sch.reverse_compute_at(acc, tiles)
+    for block in after:  # the epilogue (bias, activation, residual add) on the hot tile
+        sch.reverse_compute_at(block, tiles)
+    sch.parallel(tiles)
+    sch.unroll(mi)
+    vectors, lane = sch.split(ni, [None, lanes])
+    sch.unroll(vectors)
+    sch.vectorize(lane)  # before the init is split off: vectorize needs the whole reduction block
+    if reduction:
+        sch.decompose_reduction(red, reduction[0])
+    for block in [acc, *after]:
+        inner = sch.get_loops(block)[-1]
+        extent = _extent(sch.get(inner).extent)
+        if extent and extent % lanes == 0:
+            sch.vectorize(sch.split(inner, [None, lanes])[1])
+    for block in before:  # padding, layout changes of the input: their own parallel loop nest
+        _parallel_rows(sch, block)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
 def _has_root(sch) -> bool:

@@ -27,7 +27,7 @@ from typing import Any
 from graphpress.errors import GraphpressError, one_line
 from graphpress.passes.context import TargetFacts
 
-__all__ = ["TargetSpec", "detect_x86_mcpu", "has_amx", "has_dotprod", "has_vnni", "resolve_target"]
+__all__ = ["TargetSpec", "VectorFacts", "detect_x86_mcpu", "vector_facts", "has_amx", "has_dotprod", "has_vnni", "resolve_target"]
 
 #: LLVM x86 CPUs with AVX-512 VNNI (u8 x s8 -> s32 dot products on 512-bit registers)
 VNNI_MCPUS = {"cascadelake", "cooperlake", "icelake-client", "icelake-server", "tigerlake", "sapphirerapids",
@@ -35,6 +35,41 @@ VNNI_MCPUS = {"cascadelake", "cooperlake", "icelake-client", "icelake-server", "
 
 #: LLVM x86 CPUs with AMX-INT8 tile matrix multiply (TDPBUSD on 16 x 64-byte tiles)
 AMX_MCPUS = {"sapphirerapids", "emeraldrapids", "graniterapids", "graniterapids-d", "diamondrapids"}
+
+#: LLVM x86 CPUs with AVX-512 (32 registers of 16 float32 lanes; Zen 4 runs them as two halves)
+AVX512_MCPUS = VNNI_MCPUS | AMX_MCPUS | {"skylake-avx512", "cannonlake", "icelake-client", "knl", "knm", "x86-64-v4"}
+
+
+#: LLVM x86 CPUs with AVX2 and FMA but not AVX-512 (16 registers of 8 float32 lanes)
+AVX2_MCPUS = {"haswell", "broadwell", "skylake", "alderlake", "raptorlake", "meteorlake", "arrowlake", "lunarlake", "gracemont",
+              "znver1", "znver2", "znver3", "x86-64-v3"}  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class VectorFacts:
+    """What the analytic fp32 schedules need of a CPU target: float32 lanes per vector register
+    and the number of vector registers (:func:`vector_facts`)."""
+
+    lanes: int
+    registers: int
+    name: str
+
+
+def vector_facts(spec: "TargetSpec") -> VectorFacts:
+    """The vector unit a CPU target's code is compiled for, from the target (never the host):
+    AVX-512 (x86 ``mcpu`` with it, or ``+avx512f``), AVX2 (:data:`AVX2_MCPUS`, or ``+avx2``),
+    SSE (any other x86), NEON (aarch64)."""
+    config = spec.config
+    mattr = " ".join(config.get("mattr", []))
+    mcpu = config.get("mcpu", "")
+    if "aarch64" in str(config.get("mtriple", "")) or config.get("mtriple", "").startswith("arm"):
+        return VectorFacts(4, 32, "neon")
+    if mcpu in AVX512_MCPUS or "+avx512f" in mattr:
+        return VectorFacts(16, 32, "avx512")
+    if mcpu in AVX2_MCPUS or "+avx2" in mattr:
+        return VectorFacts(8, 16, "avx2")
+    return VectorFacts(4, 16, "sse")
+
 
 #: Cross compiler the aarch64 artifacts are linked with.
 AARCH64_CXX = "aarch64-linux-gnu-g++"

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from graphpress.backends.tvm.fastmath import fast_math_legalization
-from graphpress.backends.tvm.schedules import schedule_injective
-from graphpress.backends.tvm.targets import TargetSpec
+from graphpress.backends.tvm.schedules import schedule_gemm, schedule_injective
+from graphpress.backends.tvm.targets import TargetSpec, vector_facts
 
 __all__ = ["SHIPPED_DATABASES", "Tuning", "database_dirs", "kernel_names", "open_database", "schedule_cpu", "target_key", "user_database_dir"]
 
@@ -37,6 +37,9 @@ class Tuning:
         shipped: also apply the databases shipped with graphpress.
         fast_math: ``erf``/``exp``/``tanh`` as polynomial vector code where it does not cost
             tuned schedules (:mod:`graphpress.backends.tvm.fastmath`).
+        analytic: matrix products and convolutions no record covers get the register-blocked
+            schedule computed from the target's vector unit
+            (:func:`~graphpress.backends.tvm.schedules.schedule_gemm`; convolutions in NHWC).
     """
 
     trials: int = 0
@@ -44,6 +47,7 @@ class Tuning:
     database: str | os.PathLike | None = None
     shipped: bool = True
     fast_math: bool = True
+    analytic: bool = True
 
 
 SHIPPED_DATABASES = Path(__file__).parent / "databases"
@@ -108,6 +112,7 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
     from tvm.s_tir import meta_schedule as ms
 
     tune_trials, max_trials_per_task, fast_math = tuning.trials, tuning.max_trials_per_task, tuning.fast_math
+    analytic = tuning.analytic and spec.is_cpu
 
     target = spec.tvm_target()
     stats: dict[str, Any] = {}
@@ -117,8 +122,10 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
         databases = [open_database(d) for d in dirs]
         return databases[0] if len(databases) == 1 else ms.database.OrderedUnionDatabase(*databases)
 
-    def lower(fast: bool):
+    def lower(fast: bool, nhwc: bool = False):
         steps = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
+        if nhwc:  # output channels innermost: the analytic GEMM schedule vectorizes over them
+            steps += [relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}), relax.transform.FoldConstant()]
         if fast:
             steps.append(relax.transform.LegalizeOps(customize_legalize_map=fast_math_legalization()))
         return tvm.transform.Sequential([*steps, relax.get_pipeline("zero")])(mod)
@@ -148,6 +155,16 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
                 elif untuned_libm:
                     variants["fast"] = fast
                 stats["fast_math_records"] = {"tuned_kernels_lost": lost, "untuned_libm_kernels": untuned_libm}
+        if tune_trials == 0 and analytic:
+            # convolutions no tuning record covers get the analytic schedule, which needs
+            # NHWC; a database that schedules the NCHW convolutions keeps them
+            tuned_convs = {name: sum(1 for k in kernel_names(apply_database(lowered))[0] if "conv" in k) for name, lowered in variants.items()}
+            if not any(tuned_convs.values()):
+                try:
+                    variants = {name: lower(name == "fast", nhwc=True) for name in variants}
+                    stats["conv_layout"] = "NHWC"
+                except Exception as e:  # noqa: BLE001 - TVM could not convert this model: NCHW stays
+                    stats["conv_layout"] = f"NCHW (NHWC failed: {str(e).splitlines()[0][:120]})"
         _, tasks = kernel_names(next(iter(variants.values())))
         stats["kernels"] = len(tasks)
         if tune_trials > 0:
@@ -172,14 +189,20 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
     candidates = {}
     for name, lowered in variants.items():
         scheduled_mod = apply_database(lowered)
-        # listed before the generic schedules below: those make untuned kernels less slow, not tuned
-        scheduled, unscheduled = kernel_names(scheduled_mod)
+        scheduled, _ = kernel_names(scheduled_mod)
+        gemm = 0
+        if analytic:  # matrix products and convolutions: register-blocked for the target's vectors
+            facts = vector_facts(spec)
+            scheduled_mod, gemm = schedule_gemm(scheduled_mod, facts.lanes, facts.registers)
+        # listed before the generic schedules below: those make other kernels less slow, not fast
+        now_scheduled, unscheduled = kernel_names(scheduled_mod)
         scheduled_mod, generic = schedule_injective(scheduled_mod)
         candidates[name] = (scheduled_mod, {
             "generic_scheduled_kernels": generic,
-            "scheduled_kernels": len(scheduled),
+            "analytic_scheduled_kernels": gemm,
+            "scheduled_kernels": len(scheduled) + gemm,
             "unscheduled_kernels": unscheduled,
-            "kernel_names": sorted(scheduled + unscheduled),
+            "kernel_names": sorted(now_scheduled + unscheduled),
         })  # fmt: skip
     stats["databases"] = [str(d) for d in dirs]
     if "fast_math" not in stats:

@@ -1,0 +1,74 @@
+"""The analytic fp32 schedules (no tuning record): matrix products and NHWC convolutions
+register-blocked for the target's vector unit, on every x86 ISA path this host can run,
+compared with torch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from graphpress.backends.tvm import compile_model
+from graphpress.backends.tvm.schedules import register_tile
+from graphpress.backends.tvm.targets import resolve_target, vector_facts
+from graphpress.ir import from_torch
+from graphpress.passes import PassManager, build_passes
+
+
+class _Block(torch.nn.Module):
+    """Conv + BN + ReLU, a residual add, a depthwise conv, a 24-channel conv (half vectors), a
+    ReLU6 (Clip) and a Linear: the kernels of ResNet and MobileNet."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(16, 32, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(32)
+        self.dw = torch.nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.narrow = torch.nn.Conv2d(32, 24, 1)
+        self.fc = torch.nn.Linear(24, 48)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.conv(x)))
+        y = y + torch.nn.functional.relu6(self.dw(y))
+        y = self.narrow(y).mean(dim=(2, 3))
+        return self.fc(y)
+
+
+def _runnable(target: str) -> bool:
+    facts = vector_facts(resolve_target(target))
+    flags = open("/proc/cpuinfo").read()
+    return {"avx512": " avx512f" in flags, "avx2": " avx2" in flags}.get(facts.name, True)
+
+
+@pytest.mark.parametrize("target", ["x86", "x86:haswell", "x86:x86-64"])
+def test_convolutions_and_matmuls_get_the_analytic_schedule_and_match_torch(target):
+    if not _runnable(target):
+        pytest.skip(f"this host cannot run the {vector_facts(resolve_target(target)).name} code of {target}")
+    torch.manual_seed(0)
+    module = _Block().eval()
+    with torch.no_grad():
+        module.bn.running_mean.uniform_(-0.5, 0.5)
+        module.bn.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(2, 16, 14, 14)
+    model = from_torch(module, x)
+    PassManager(build_passes("cleanup,fuse,cleanup")).run(model)
+    compiled = compile_model(model, target, verify=False)
+    build = compiled.meta["build"]
+    assert build["conv_layout"] == "NHWC"
+    assert build["analytic_scheduled_kernels"] >= 4, build  # conv, depthwise, 24-channel conv, linear
+    with torch.no_grad():
+        want = module(x).numpy()
+    np.testing.assert_allclose(compiled(x.numpy())[0], want, rtol=1e-4, atol=1e-4)
+
+
+def test_register_tiles_fit_the_register_file_and_divide_the_output():
+    for lanes, registers in ((16, 32), (8, 16), (4, 32), (4, 16)):
+        for m, n in ((56, 64), (28, 128), (7, 512), (128, 1536), (112, 32), (3, 48)):
+            tile = register_tile(m, n, lanes, registers)
+            if n % lanes:
+                assert tile is None
+                continue
+            mr, v = tile
+            assert m % mr == 0 and n % (v * lanes) == 0 and mr * v + v + 1 <= registers
+    assert register_tile(56, 24, 16, 32) is None  # 24 channels: half vectors (8 lanes) instead
+    assert register_tile(56, 24, 8, 32) is not None
