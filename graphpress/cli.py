@@ -444,7 +444,8 @@ def cmd_compile(args) -> int:
         print(f"dynamic dims (any size at run time; built without tuning or integer kernels): {where}")
     if spec.is_cpu:
         scheduled = build.get("scheduled_kernels", 0)
-        print(f"kernels: {scheduled + len(unscheduled)}, scheduled by the tuning databases or graphpress's integer kernels: {scheduled}, "
+        print(f"kernels: {scheduled + len(unscheduled)}, scheduled by the tuning databases, graphpress's integer kernels or its analytic "
+              f"matrix-product schedule ({build.get('analytic_scheduled_kernels', 0)}): {scheduled}, "
               f"without a tuned schedule: {len(unscheduled)}")  # fmt: skip
         if unscheduled:
             print(f"warning: {len(unscheduled)} kernel(s) have no tuned schedule ({build.get('generic_scheduled_kernels', 0)} of them "

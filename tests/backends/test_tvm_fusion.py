@@ -53,10 +53,13 @@ def test_each_linear_op_and_its_activation_compile_to_one_tvm_kernel():
     conv_kernels = [k for k in kernels if "conv2d" in k]
     # one kernel per conv, each with its activation (TVM names fused kernels after their ops)
     assert len(conv_kernels) == 3, kernels
-    assert sum("relu" in k for k in conv_kernels) == 1 and sum("clip" in k for k in conv_kernels) >= 1
+    # relu; relu6 (max(x, 0) is relu, then minimum); hardswish (x * min(max(x/6 + 1/2, 0), 1))
+    activations = ("relu", "clip", "minimum", "maximum")
+    assert all(any(a in k for a in activations) for k in conv_kernels), kernels
+    assert sum("relu" in k for k in conv_kernels) == 2 and sum("minimum" in k for k in conv_kernels) == 2, kernels
     assert any("matmul" in k and "sigmoid" in k for k in kernels), kernels
     # no activation left as a kernel of its own
-    assert not [k for k in kernels if "conv2d" not in k and "matmul" not in k and any(a in k for a in ("relu", "clip", "sigmoid"))], kernels
+    assert not [k for k in kernels if "conv2d" not in k and "matmul" not in k and any(a in k for a in (*activations, "sigmoid"))], kernels
     want = module(x).detach().numpy()
     np.testing.assert_allclose(compiled(x.numpy())[0], want, rtol=RTOL, atol=ATOL)
 

@@ -27,8 +27,9 @@ instead (:mod:`graphpress.backends.tvm.expand`).
 * ``Split`` with zero-size parts: TVM's split needs strictly increasing indices.
 * ``NonMaxSuppression``: TVM suppresses a box whose IoU equals the threshold, ONNX only one
   above it (the threshold is passed as the next float32 up).
-* ``Clip`` with constant bounds as Relax ``maximum``/``minimum`` (TVM emits TE calls, which
-  layout passes cannot see through: a transpose on each side of every ReLU6 in NHWC).
+* ``Clip`` with constant bounds, ``HardSigmoid`` and ``HardSwish`` as Relax ``maximum``/
+  ``minimum``/arithmetic: TVM emits TE calls, which layout passes cannot see through (a
+  transpose on each side of every ReLU6 in NHWC, and no fusion with the convolution).
 * ``Unsqueeze`` with a scalar ``axes`` (ONNX Runtime takes it; AffineGrid's body writes it).
 
 And three TVM has no converter for (nor ONNX a function body):
@@ -367,6 +368,22 @@ def _more_converters(table) -> dict:
         def _impl_v11(cls, bb, inputs, attr, params):
             return cls._impl_v13(bb, inputs, attr, params)
 
+    def hard_sigmoid(x, alpha: float, beta: float):
+        dtype = _dtype(x)
+        linear = relax.op.add(relax.op.multiply(x, relax.const(alpha, dtype)), relax.const(beta, dtype))
+        return relax.op.minimum(relax.op.maximum(linear, relax.const(0.0, dtype)), relax.const(1.0, dtype))
+
+    class HardSigmoid(table["HardSigmoid"]):
+        @classmethod
+        def _impl_v6(cls, bb, inputs, attr, params):
+            return hard_sigmoid(bb.normalize(inputs[0]), float(attr.get("alpha", 0.2)), float(attr.get("beta", 0.5)))
+
+    class HardSwish(table["HardSwish"]):
+        @classmethod
+        def _impl_v14(cls, bb, inputs, attr, params):
+            x = bb.normalize(inputs[0])
+            return relax.op.multiply(x, hard_sigmoid(x, 1.0 / 6.0, 0.5))
+
     class BitCast(onnx_frontend.OnnxOpConverter):
         @classmethod
         def _impl_v1(cls, bb, inputs, attr, params):
@@ -378,4 +395,4 @@ def _more_converters(table) -> dict:
 
     return {"ReduceMax": reduce_converter(table["ReduceMax"], True), "ReduceMin": reduce_converter(table["ReduceMin"], False),
             "EyeLike": EyeLike, "Elu": Elu, "BitShift": BitShift, "Mod": Mod, "Split": Split, "Unsqueeze": Unsqueeze, "NonMaxSuppression": NonMaxSuppression,
-            "Clip": Clip, "BitCast": BitCast}  # fmt: skip
+            "Clip": Clip, "HardSigmoid": HardSigmoid, "HardSwish": HardSwish, "BitCast": BitCast}  # fmt: skip

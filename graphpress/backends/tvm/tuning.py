@@ -125,7 +125,7 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
     def lower(fast: bool, nhwc: bool = False):
         steps = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
         if nhwc:  # output channels innermost: the analytic GEMM schedule vectorizes over them
-            steps += [relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}), relax.transform.FoldConstant()]
+            steps += [relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}), _fold_weight_layouts()]
         if fast:
             steps.append(relax.transform.LegalizeOps(customize_legalize_map=fast_math_legalization()))
         return tvm.transform.Sequential([*steps, relax.get_pipeline("zero")])(mod)
@@ -155,7 +155,7 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
                 elif untuned_libm:
                     variants["fast"] = fast
                 stats["fast_math_records"] = {"tuned_kernels_lost": lost, "untuned_libm_kernels": untuned_libm}
-        if tune_trials == 0 and analytic:
+        if tune_trials == 0 and analytic and _has_conv2d(mod):
             # convolutions no tuning record covers get the analytic schedule, which needs
             # NHWC; a database that schedules the NCHW convolutions keeps them
             tuned_convs = {name: sum(1 for k in kernel_names(apply_database(lowered))[0] if "conv" in k) for name, lowered in variants.items()}
@@ -208,6 +208,45 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
     if "fast_math" not in stats:
         stats["fast_math"] = "fast" in candidates if len(candidates) == 1 else "timed"
     return candidates, stats
+
+
+def _has_conv2d(mod) -> bool:
+    import tvm
+
+    return "R.nn.conv2d(" in mod.script() if any(isinstance(f, tvm.relax.Function) for f in mod.functions.values()) else False
+
+
+def _fold_weight_layouts():
+    """A Relax pass that computes ``permute_dims`` of constants (the HWIO weights ConvertLayout
+    asks for) once, at compile time. Not ``FoldConstant``: that builds and runs every constant
+    subexpression, and an integer division by zero among them kills the compiler (SIGFPE)."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    permute = tvm.ir.Op.get("relax.permute_dims")
+
+    @mutator
+    class Folder(PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if call.op.same_as(permute) and isinstance(call.args[0], tvm.ir.GenericConst):
+                axes = call.attrs.axes
+                array = call.args[0].value.numpy()
+                order = [int(a) for a in axes] if axes is not None else list(range(array.ndim))[::-1]
+                return relax.const(np.ascontiguousarray(array.transpose(order)), str(array.dtype))
+            return call
+
+    @tvm.transform.module_pass(opt_level=0, name="FoldWeightLayouts")
+    def fold(mod, _ctx):
+        folder = Folder(mod)
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                mod[gv] = folder.visit_expr(func)
+        return mod
+
+    return fold
 
 
 def _func_named(mod, name: str):
