@@ -12,9 +12,11 @@ model. Latency: median over blocks of runs (``_timing.blocked``), both engines o
 threads.
 
 GFLOP/s = 2 x the model's MACs (``graphpress.summarize``) / latency. The peak printed is
-``cores x MHz (from /proc/cpuinfo) x 2 FMA pipes x 2 FLOP x float32 lanes of the FMA unit``,
-where a Zen 4 core's FMA unit is 256 bits wide for AVX-512 code too (it runs 512-bit
-instructions as two halves), so its AVX-512 and AVX2 peaks are the same.
+``cores x MHz (from /proc/cpuinfo: the current clock, so boost can put a kernel above 100%)
+x 2 FMA pipes x 2 FLOP x float32 lanes of the FMA unit``, where a Zen 4 core's (AMD family 25)
+FMA unit is 256 bits wide for AVX-512 code too (it runs 512-bit instructions as two halves),
+so its AVX-512 and AVX2 peaks are the same; Zen 5 (family 26) and Intel's AVX-512 parts have
+512-bit FMA units.
 
     python benchmarks/portable_fp32.py [--models resnet18,minilm] [--sse] [--repeat 20]
 """
@@ -26,8 +28,6 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -43,6 +43,8 @@ def _cpu() -> tuple[str, float, set[str]]:
         key = key.strip()
         if key == "vendor_id" and not vendor:
             vendor = value.strip()
+        elif key == "cpu family" and vendor == "AuthenticAMD" and "-" not in vendor:
+            vendor = f"{vendor}-{value.strip()}"
         elif key == "cpu MHz" and not mhz:
             mhz = float(value)
         elif key == "flags" and not flags:
@@ -55,7 +57,7 @@ def peak_gflops(path: str, cores: int) -> float | None:
     if not mhz:
         return None
     lanes = {"avx512": 16, "avx2": 8, "sse": 4}[path]
-    if vendor == "AuthenticAMD" and "avx512f" in flags:  # Zen 4: 256-bit FMA units
+    if vendor == "AuthenticAMD-25" and "avx512f" in flags:  # Zen 4 (family 25): 256-bit FMA units; Zen 5 (26): 512
         lanes = min(lanes, 8)
     return cores * mhz / 1e3 * 2 * 2 * lanes
 
