@@ -467,15 +467,14 @@ def cmd_run(args) -> int:
 
     import numpy as np
 
-    from graphpress.backends.tvm.runtime import load
+    from graphpress.backends.tvm.runtime import concrete_input_specs, load
     from graphpress.ir.atomic import write_bytes_atomic
     from graphpress.ir.io import check_writable
     from graphpress.ir.numeric import random_inputs, read_npz
 
     output = check_writable(args.output, "outputs", Path(args.artifact)) if args.output else None
     model = load(args.artifact, num_threads=args.threads)
-    # generated inputs: dynamic dims at 1
-    feeds = read_npz(args.inputs) if args.inputs else random_inputs([{**i, "shape": [1 if isinstance(d, str) else d for d in i["shape"]]} for i in model.meta["inputs"]])
+    feeds = read_npz(args.inputs) if args.inputs else random_inputs(concrete_input_specs(model.meta["inputs"]))  # dynamic dims at 1
     outputs = model.run_named(**feeds)
     if output is not None:
         buffer = io.BytesIO()

@@ -35,7 +35,7 @@ from graphpress.backends.tvm import int8 as int8_path
 from graphpress.backends.tvm.lower import (
     PREPARE_SPEC, bind_input_shapes, dynamic_dims, freeze_inputs, output_specs, prepare_for_lowering, shapes_of_samples, to_relax,
 )  # fmt: skip
-from graphpress.backends.tvm.runtime import CompiledModel, require_compiler, time_main
+from graphpress.backends.tvm.runtime import CompiledModel, concrete_input_specs, require_compiler, time_main
 from graphpress.backends.tvm.targets import TargetSpec, resolve_target
 from graphpress.backends.tvm.tuning import Tuning, schedule_cpu
 from graphpress.errors import GraphpressError, one_line
@@ -216,7 +216,7 @@ def check_against_onnxruntime(
     import numpy as np
 
     given = as_samples(samples)[:CHECK_SAMPLES] if samples else None
-    feeds = given or [random_inputs(concrete_shapes_of(compiled.meta["inputs"]))]
+    feeds = given or [random_inputs(concrete_input_specs(compiled.meta["inputs"]))]
     if dynamic_sizes:
         feeds = [*feeds, _doubled(feeds[0], compiled.meta["inputs"])]
     ref_runs = [run_samples(model, [f]) for f in feeds] if dynamic_sizes else [run_samples(model, feeds)]
@@ -231,11 +231,6 @@ def check_against_onnxruntime(
     if dynamic_sizes:
         source += ", and the first at twice its dynamic dims"
     return compare_outputs(ref, got, family, source, precision=lowest_float_precision(model))
-
-
-def concrete_shapes_of(inputs: Sequence[Mapping[str, Any]], size: int = 1) -> list[dict[str, Any]]:
-    """Input specs with every dynamic (named) dim set to ``size``."""
-    return [{**i, "shape": [size if isinstance(d, str) else d for d in i["shape"]]} for i in inputs]
 
 
 def _doubled(feeds: Mapping[str, Any], inputs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

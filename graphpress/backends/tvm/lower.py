@@ -30,7 +30,7 @@ from graphpress.errors import GraphpressError, one_line
 from graphpress.ir.analysis import with_input_shapes
 from graphpress.ir.io import to_proto
 
-__all__ = ["PREPARE_SPEC", "bind_input_shapes", "concrete_shapes", "dynamic_dims", "shapes_of_samples", "freeze_inputs", "shape_deciding_inputs", "output_specs", "prepare_for_lowering", "set_input_shapes", "to_relax", "unsupported_ops"]
+__all__ = ["PREPARE_SPEC", "bind_input_shapes", "dynamic_dims", "shapes_of_samples", "freeze_inputs", "shape_deciding_inputs", "output_specs", "prepare_for_lowering", "set_input_shapes", "to_relax", "unsupported_ops"]
 
 
 def bind_input_shapes(
@@ -382,11 +382,6 @@ def prepare_for_lowering(
             PassManager(build_passes("cleanup"), [InvariantInstrument()]).run(copy)
     return copy, {**info, "folded_bn": stats.get("folded_bn", 0), "unrolled_recurrent": stats.get("unrolled", 0),
                   "decomposed_stft": stats.get("decomposed", 0)}  # fmt: skip
-
-
-def concrete_shapes(shapes: Mapping[str, Mapping[str, Any]], size: int = 1) -> dict[str, dict[str, Any]]:
-    """``shapes`` with every dynamic (named) dim set to ``size``: for timing and generated inputs."""
-    return {k: {**v, "shape": [size if isinstance(d, str) else d for d in v["shape"]]} for k, v in shapes.items()}
 
 
 def set_input_shapes(model: ir.Model, shapes: Mapping[str, Mapping[str, Any]]) -> None:

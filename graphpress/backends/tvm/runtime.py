@@ -308,3 +308,8 @@ def _shape_fits(shape: Sequence[int], want: Sequence[Any], sizes: dict[str, int]
         elif int(got) != int(w):
             return False
     return True
+
+
+def concrete_input_specs(inputs: Sequence[Mapping[str, Any]], size: int = 1) -> list[dict[str, Any]]:
+    """The artifact's input specs with every dynamic (named) dim set to ``size``: for generated inputs."""
+    return [{**i, "shape": [size if isinstance(d, str) else d for d in i["shape"]]} for i in inputs]
