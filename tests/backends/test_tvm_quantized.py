@@ -154,6 +154,25 @@ def test_static_qdq_mlp_agrees_with_ort_within_one_lsb():
     assert (lsb < 0.01).mean() >= 0.95  # and almost always the same value
 
 
+def test_a_quantized_model_the_guard_ships_in_fp32_passes_the_check_by_the_quantization_step(monkeypatch):
+    """When the whole-model guard finds the fp32 build faster (the analytic fp32 schedules can
+    be), the shipped code drops the activations' Quantize/Dequantize pairs: it differs from
+    ONNX Runtime on the QDQ model by up to one quantization step, which the check allows;
+    beyond that step it would still refuse."""
+    from graphpress.backends.tvm import build as build_module
+
+    model, data, name = _digits_mlp_qdq()
+    monkeypatch.setattr(guard, "_dense_pair_ms", lambda *args, **kw: (0.5, 1.0))  # each layer: int8 faster
+    timings = iter([2.0, 1.0])  # the whole model: the int8 build, then the fp32 build
+    monkeypatch.setattr(build_module, "time_main", lambda exe, inputs: next(timings))
+    samples = [{name: data.x_test[i : i + 1]} for i in range(8)]
+    compiled = compile_model(model, "x86", samples=samples)
+    report = compiled.meta["build"]
+    assert report["int8"]["model_guard"]["chosen"] == "fp32" and report["int8"]["lowered"] == 0
+    check = report["check_vs_onnxruntime"]
+    assert check["passed"] and 0 < check["max_abs_diff"] <= 1.01 * _output_scale(model)
+
+
 def test_int8_option_errors():
     model = _matmul_integer_model((4, 64), 48)
     with pytest.raises(GraphpressError, match="int8 must be"):
