@@ -211,9 +211,24 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
 
 
 def _has_conv2d(mod) -> bool:
+    """Whether a Relax function of ``mod`` calls ``relax.nn.conv2d``."""
     import tvm
+    from tvm.relax.expr_functor import PyExprVisitor, visitor
 
-    return "R.nn.conv2d(" in mod.script() if any(isinstance(f, tvm.relax.Function) for f in mod.functions.values()) else False
+    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+    found = []
+
+    @visitor
+    class Finder(PyExprVisitor):
+        def visit_call_(self, call):
+            if call.op.same_as(conv2d):
+                found.append(call)
+            super().visit_call_(call)
+
+    for func in mod.functions.values():
+        if isinstance(func, tvm.relax.Function) and not found:
+            Finder().visit_expr(func)
+    return bool(found)
 
 
 def _fold_weight_layouts():
