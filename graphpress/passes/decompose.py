@@ -67,11 +67,6 @@ def _dtype(value: ir.Value) -> np.dtype | None:
     return value.dtype.numpy() if value.dtype is not None else None
 
 
-def _string(node: ir.Node, name: str, default: str) -> str:
-    attr = node.attributes.get(name)
-    return default if attr is None else str(attr.value)
-
-
 # ---------------------------------------------------------------- Resize / Upsample
 
 
@@ -80,7 +75,7 @@ def _resize_plan(node: ir.Node, shape: list[int]):
     them, or None when a parameter is not constant."""
     rank = len(shape)
     if node.op_type == "Upsample":
-        mode = _string(node, "mode", "nearest")
+        mode = node.attributes.get_string("mode", "nearest")
         scales = _const(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None
         if scales is None:
             attr = node.attributes.get("scales")
@@ -102,10 +97,10 @@ def _resize_plan(node: ir.Node, shape: list[int]):
     sizes = None if sizes is None or sizes.size == 0 else [int(s) for s in sizes.reshape(-1)]
     if scales is None and sizes is None:
         return None
-    mode = _string(node, "mode", "nearest")
+    mode = node.attributes.get_string("mode", "nearest")
     attrs = {
-        "coordinate_transformation_mode": _string(node, "coordinate_transformation_mode", "half_pixel"),
-        "nearest_mode": _string(node, "nearest_mode", "round_prefer_floor"),
+        "coordinate_transformation_mode": node.attributes.get_string("coordinate_transformation_mode", "half_pixel"),
+        "nearest_mode": node.attributes.get_string("nearest_mode", "round_prefer_floor"),
         "cubic_coeff_a": node.attributes.get_float("cubic_coeff_a", -0.75),
         "exclude_outside": node.attributes.get_int("exclude_outside", 0),
         "extrapolation_value": node.attributes.get_float("extrapolation_value", 0.0),
@@ -128,7 +123,7 @@ def _resize_plan(node: ir.Node, shape: list[int]):
         for a, s in zip(axes, sizes):
             scale_of[a] = s / shape[a]
             out_of[a] = s
-        policy = _string(node, "keep_aspect_ratio_policy", "stretch")
+        policy = node.attributes.get_string("keep_aspect_ratio_policy", "stretch")
         if policy != "stretch":
             pick = min if policy == "not_larger" else max
             common = pick(scale_of[a] for a in axes)
@@ -343,7 +338,7 @@ def _conv_transpose_output_shape(node: ir.Node, b: _Builder) -> list[ir.Value] |
     dil = list(node.attributes.get_ints("dilations", [1] * k))
     extra = list(node.attributes.get_ints("output_padding", [0] * k))
     kernel = list(node.attributes.get_ints("kernel_shape", ws[2:]))
-    upper = _string(node, "auto_pad", "NOTSET") == "SAME_UPPER"
+    upper = node.attributes.get_string("auto_pad", "NOTSET") == "SAME_UPPER"
     begin, end, padding = [], [], []
     for i in range(k):
         total = strides[i] * (xs[2 + i] - 1) + extra[i] + ((kernel[i] - 1) * dil[i] + 1) - out[i]

@@ -145,13 +145,13 @@ def _dtype(expr) -> str:
     return str(expr.ty.dtype.dtype)
 
 
-def _reduce_from_infinity(data, axes, keepdims: bool, largest: bool):
-    """A TE max (``largest``) or min reduction of a float tensor that starts at -inf (+inf)."""
+def _reduce_from_infinity(data, axes: list[int], keepdims: bool, largest: bool):
+    """A TE max (``largest``) or min reduction of a float tensor over the (normalized, sorted)
+    ``axes`` that starts at -inf (+inf)."""
     from tvm import te
     from tvm import tirx as tir
 
     ndim = len(data.shape)
-    axes = sorted({int(a) % ndim for a in axes}) if axes is not None else list(range(ndim))
     extents = [data.shape[a] for a in axes]
     identity = float("-inf") if largest else float("inf")
     combine = tir.max if largest else tir.min
@@ -195,7 +195,7 @@ def _more_converters(table) -> dict:
             if any(shape[a] == 0 for a in reduced):  # an empty reduction: TVM's loops would leave the output unwritten
                 out = [1 if d in reduced else n for d, n in enumerate(shape)] if keepdims else [n for d, n in enumerate(shape) if d not in reduced]
                 return relax.const(np.full(out, -np.inf if largest else np.inf, dtype=dtype), dtype)
-            return bb.emit_te(_reduce_from_infinity, data, axes, keepdims, largest)
+            return bb.emit_te(_reduce_from_infinity, data, reduced, keepdims, largest)
 
         class Reduce(base):
             @classmethod
