@@ -72,3 +72,23 @@ def test_register_tiles_fit_the_register_file_and_divide_the_output():
             assert m % mr == 0 and n % (v * lanes) == 0 and mr * v + v + 1 <= registers
     assert register_tile(56, 24, 16, 32) is None  # 24 channels: half vectors (8 lanes) instead
     assert register_tile(56, 24, 8, 32) is not None
+
+
+def test_a_conv_transpose_after_a_conv_keeps_its_layout_and_a_failed_nhwc_build_falls_back(monkeypatch):
+    """A DBNet-style upsampling (Conv then ConvTranspose, PP-OCRv4 det): TVM cannot lower a
+    ConvTranspose in NHWC, so it keeps NCHW; and should the NHWC build fail anyway, the build
+    is redone in the model's own layout instead of refusing the model."""
+    from graphpress.backends.tvm import tuning
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(4, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.ConvTranspose2d(16, 8, 2, stride=2)).eval()
+    x = torch.randn(1, 4, 8, 8)
+    with torch.no_grad():
+        want = module(x).numpy()
+    compiled = compile_model(from_torch(module, x), "x86", verify=False)
+    assert compiled.meta["build"]["conv_layout"] == "NHWC"
+    np.testing.assert_allclose(compiled(x.numpy())[0], want, rtol=1e-4, atol=1e-4)
+    monkeypatch.setattr(tuning, "KEEP_NCHW", {})  # the ConvTranspose follows its input into NHWC: TVM cannot build that
+    compiled = compile_model(from_torch(module, x), "x86", verify=False)
+    assert compiled.meta["build"]["conv_layout"].startswith("NCHW (the NHWC build failed")
+    np.testing.assert_allclose(compiled(x.numpy())[0], want, rtol=1e-4, atol=1e-4)

@@ -304,6 +304,10 @@ def _build(mod, spec: TargetSpec, tuning: Tuning):
         try:
             built[name] = (tvm.compile(scheduled, target=spec.tvm_target()), kernel_stats)
         except Exception as e:
+            if stats.get("conv_layout") == "NHWC":  # an op TVM cannot lower in NHWC: the model's own layout
+                executable, retried = _build(mod, spec, dataclasses.replace(tuning, nhwc=False))
+                retried["conv_layout"] = f"NCHW (the NHWC build failed: {one_line(e, 120, last=True)})"
+                return executable, retried
             raise GraphpressError(f"target {spec.name}: TVM build failed ({one_line(e, 300, last=True)})") from e
     if len(built) > 1:  # fast math against libm, both built here: the faster ships
         timings = {name: time_main(exe, _signature_inputs(candidates[name][0])) for name, (exe, _) in built.items()}

@@ -39,7 +39,9 @@ class Tuning:
             tuned schedules (:mod:`graphpress.backends.tvm.fastmath`).
         analytic: matrix products and convolutions no record covers get the register-blocked
             schedule computed from the target's vector unit
-            (:func:`~graphpress.backends.tvm.schedules.schedule_gemm`; convolutions in NHWC).
+            (:func:`~graphpress.backends.tvm.schedules.schedule_gemm`).
+        nhwc: convert convolutions to NHWC for it (the build retries without when TVM cannot
+            build the converted model).
     """
 
     trials: int = 0
@@ -48,9 +50,13 @@ class Tuning:
     shipped: bool = True
     fast_math: bool = True
     analytic: bool = True
+    nhwc: bool = True
 
 
 SHIPPED_DATABASES = Path(__file__).parent / "databases"
+#: ops ConvertLayout would otherwise move to NHWC with their input, but TVM cannot lower there
+#: (a DBNet's ConvTranspose upsampling, PP-OCRv4 det): they keep NCHW, transposed around
+KEEP_NCHW = {"relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}
 #: Seconds a tuning candidate may take to build / to run before it is discarded.
 BUILD_TIMEOUT_S = 120
 RUN_TIMEOUT_S = 60
@@ -125,7 +131,7 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
     def lower(fast: bool, nhwc: bool = False):
         steps = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
         if nhwc:  # output channels innermost: the analytic GEMM schedule vectorizes over them
-            steps += [relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"]}), _fold_weight_layouts()]
+            steps += [relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"], **KEEP_NCHW}), _fold_weight_layouts()]
         if fast:
             steps.append(relax.transform.LegalizeOps(customize_legalize_map=fast_math_legalization()))
         return tvm.transform.Sequential([*steps, relax.get_pipeline("zero")])(mod)
@@ -155,7 +161,7 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
                 elif untuned_libm:
                     variants["fast"] = fast
                 stats["fast_math_records"] = {"tuned_kernels_lost": lost, "untuned_libm_kernels": untuned_libm}
-        if tune_trials == 0 and analytic and _has_conv2d(mod):
+        if tune_trials == 0 and analytic and tuning.nhwc and _has_conv2d(mod):
             # convolutions no tuning record covers get the analytic schedule, which needs
             # NHWC; a database that schedules the NCHW convolutions keeps them
             tuned_convs = {name: sum(1 for k in kernel_names(apply_database(lowered))[0] if "conv" in k) for name, lowered in variants.items()}
