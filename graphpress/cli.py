@@ -66,6 +66,9 @@ def _add_compile(sub):
                    "them: 'batch' (the first dim of each input whose first dim is symbolic) or the model's dim names, e.g. 'batch,seq'")
     p.add_argument("--int8", choices=("auto", "on", "off"), default="auto",
                    help="integer VNNI kernels for quantized dense layers (auto: x86 with AVX-512 VNNI)")
+    p.add_argument("--require-faster", action="store_true",
+                   help="exit 2 and write nothing when the artifact is slower than ONNX Runtime on the model as given (host targets)")
+    p.add_argument("--no-measure", action="store_true", help="skip timing the artifact against ONNX Runtime (host targets)")
     p.add_argument("--report", help="write the build report JSON here")
     p.set_defaults(func=cmd_compile)
 
@@ -412,7 +415,10 @@ def cmd_compile(args) -> int:
     out = _check_artifact_path(args.output, Path(args.model))
     if args.report:
         check_writable(args.report, "report", Path(args.model))
+    if args.require_faster and not spec.is_host:
+        raise GraphpressError(f"--require-faster: target {spec.name} does not run on this host, so its speed cannot be measured here")
     model = load(args.model)
+    baseline = load(args.model) if passes else model  # what the user had: the artifact is measured against ORT on it
     dynamic = [d.strip() for d in args.dynamic.split(",") if d.strip()] if args.dynamic else None
     if dynamic:
         dynamic_dims(model, dynamic)  # a name the model does not have: one line, before anything else
@@ -427,7 +433,7 @@ def cmd_compile(args) -> int:
     # raises (naming the first diverging node) before anything is written
     compiled = compile_model(
         model, spec, input_shapes=shapes, tune_trials=args.tune_trials, max_trials_per_task=args.max_trials_per_task, database=args.database,
-        int8=args.int8, samples=samples, dynamic=dynamic,
+        int8=args.int8, samples=samples, dynamic=dynamic, measure=not args.no_measure, baseline=baseline, require_faster=args.require_faster,
     )  # fmt: skip
     compiled.save(out)
     build = compiled.meta["build"]
@@ -459,6 +465,15 @@ def cmd_compile(args) -> int:
     check = build.get("check_vs_onnxruntime")
     if check is not None:
         print(f"check vs ONNX Runtime: max_abs_diff={check['max_abs_diff']:.3g} cosine={check['cosine']:.8f} -> PASS")
+    speed = build.get("vs_onnxruntime")
+    if speed is not None:
+        line = f"speed vs ONNX Runtime ({speed['onnxruntime']}, {speed['threads']} thread(s)): artifact {speed['artifact_ms']:.3f} ms, " \
+               f"ORT on the model as given ({speed['model_as_given']}) {speed['onnxruntime_ms']:.3f} ms: {speed['speedup']:.2f}x"
+        if "speedup_vs_fp32" in speed:
+            line += f"; ORT on its fp32 counterpart {speed['onnxruntime_fp32_ms']:.3f} ms: {speed['speedup_vs_fp32']:.2f}x"
+        print(line)
+        if speed["slower"]:
+            print(f"warning: {speed['verdict']}; ONNX Runtime on the model you had is the faster choice here", file=sys.stderr)
     return 0
 
 

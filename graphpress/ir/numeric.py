@@ -459,16 +459,19 @@ def _ort_error(e: Exception, where: str) -> GraphpressError:
 class _Session:
     """An ONNX Runtime session on a model, with its inputs checked before each run."""
 
-    def __init__(self, model: ir.Model | onnx.ModelProto, outputs: Sequence[str] = (), where: str = "model"):
+    def __init__(
+        self, model: ir.Model | onnx.ModelProto, outputs: Sequence[str] = (), where: str = "model", *, best: bool = False, threads: int | None = None
+    ):
         import onnxruntime as ort
 
         self.where = where
         proto = _materialize(_proto_with_outputs(model, list(outputs)), model)
         opts = ort.SessionOptions()
-        # Compare what our passes did, not what ORT's optimizer would do on top.
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        # Checks compare what our passes did, not what ORT's optimizer would do on top; ``best``
+        # is ORT at its fastest (every graph optimization), for speed comparisons.
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if best else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         opts.log_severity_level = 3
-        opts.intra_op_num_threads = min(4, os.cpu_count() or 1)
+        opts.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
         try:
             self.session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         except Exception as e:

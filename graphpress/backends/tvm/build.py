@@ -41,7 +41,7 @@ from graphpress.backends.tvm.tuning import Tuning, schedule_cpu
 from graphpress.errors import GraphpressError, one_line
 from graphpress.ir.numeric import NumericReport, as_samples, compare_outputs, lowest_float_precision, random_inputs, run_samples
 
-__all__ = ["CHECK_SAMPLES", "check_against_onnxruntime", "compile_model", "locate_divergence"]
+__all__ = ["CHECK_SAMPLES", "check_against_onnxruntime", "compile_model", "locate_divergence", "measure_against_onnxruntime"]
 
 
 def compile_model(
@@ -60,6 +60,9 @@ def compile_model(
     verify: bool = True,
     samples: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
     dynamic: Sequence[str] | None = None,
+    measure: bool = True,
+    baseline: ir.Model | None = None,
+    require_faster: bool = False,
 ) -> CompiledModel:
     """Compile ``model`` with TVM.
 
@@ -95,6 +98,15 @@ def compile_model(
             declares, e.g. ``seq``), so that one artifact serves every size of them. The code
             is then built for any size (untuned, no int8 kernels), and the check runs the
             samples at their size and at twice it.
+        measure: host targets: time the artifact against ONNX Runtime in its fastest
+            configuration running ``baseline`` -- and, when that model is quantized, its fp32
+            counterpart too -- on the first sample, in the same run and on as many threads as
+            the artifact (:func:`measure_against_onnxruntime`); the report's
+            ``vs_onnxruntime`` has both latencies and the speed-ups.
+        baseline: the model the user had before graphpress (default: ``model``): what the
+            artifact must not be slower than.
+        require_faster: raise a :class:`GraphpressError` when the artifact is slower than ONNX
+            Runtime on ``baseline`` (implies ``measure``).
 
     Returns:
         A :class:`CompiledModel` (callable here for host targets; ``save`` it for others).
@@ -184,7 +196,54 @@ def compile_model(
                 else:  # every intermediate agrees: the node writing the first differing output
                     where = _output_producer(prepared, next(o.name for o in check.outputs if not o.passed))
             raise GraphpressError(f"target {spec.name}: compiled code differs from ONNX Runtime{where}: {check.describe_failure()}")
+    if (measure or require_faster) and spec.is_host:
+        feeds = given[0] if given else random_inputs(concrete_input_specs(compiled.meta["inputs"]))
+        speed = report["vs_onnxruntime"] = measure_against_onnxruntime(compiled, baseline or model, feeds)
+        if require_faster and speed["slower"]:
+            raise GraphpressError(f"target {spec.name}: {speed['verdict']}; nothing written (--require-faster)")
     return compiled
+
+
+#: seconds the measurement against ONNX Runtime spends timing, all engines together
+MEASURE_SECONDS = 3.0
+
+
+def measure_against_onnxruntime(compiled: CompiledModel, baseline: ir.Model, feeds: Mapping[str, Any]) -> dict[str, Any]:
+    """Latency of ``compiled`` against ONNX Runtime running ``baseline`` (the model the user gave)
+    at its best (:func:`graphpress.ir.timing.onnxruntime_best`), and -- when ``baseline`` is
+    quantized -- against ORT running its fp32 counterpart (the quantized layers in float), all on
+    ``feeds``, in one run, in blocks (:func:`graphpress.ir.timing.blocked`), with as many threads
+    as TVM's pool. Speed-ups are ORT ms / artifact ms (above 1: the artifact is faster)."""
+    import tvm
+
+    from graphpress.ir.io import to_proto
+    from graphpress.ir.timing import blocked, onnxruntime_best, repeats_for
+
+    threads = int(tvm.get_global_func("runtime.NumThreads")())
+    engines = {"artifact": lambda: compiled(**feeds)}
+    quantized = int8_path.is_quantized(baseline)
+    ort = onnxruntime_best(baseline, threads, "the model as given")
+    ort_feeds = {n: v for n, v in feeds.items() if n in {i.name for i in ort.session.get_inputs()}}
+    ort.check_feeds(ort_feeds)
+    engines["onnxruntime"] = lambda: ort.session.run(None, ort_feeds)
+    out: dict[str, Any] = {"threads": threads, "onnxruntime": "ORT_ENABLE_ALL, CPU", "model_as_given": "int8 (quantized)" if quantized else "fp32"}
+    if quantized:  # the same model in float: what the user had before quantizing it
+        try:
+            fp32 = ir.serde.deserialize_model(to_proto(baseline))
+            int8_path.to_fp32(fp32)
+            engines["onnxruntime_fp32"] = (lambda s: lambda: s.session.run(None, ort_feeds))(onnxruntime_best(fp32, threads, "its fp32 counterpart"))
+        except Exception as e:  # a quantized form the float rewrite does not cover: the one ratio
+            out["onnxruntime_fp32"] = f"not measured: {one_line(e, 160)}"
+    ms = blocked(engines, repeats_for(engines, MEASURE_SECONDS))
+    out.update({f"{k}_ms": round(v, 4) for k, v in ms.items()})
+    out["speedup"] = round(ms["onnxruntime"] / ms["artifact"], 3)
+    if "onnxruntime_fp32" in ms:
+        out["speedup_vs_fp32"] = round(ms["onnxruntime_fp32"] / ms["artifact"], 3)
+    out["slower"] = out["speedup"] < 1.0
+    against = f"ONNX Runtime on the model as given ({out['model_as_given']}, {threads} thread(s))"
+    out["verdict"] = (f"the artifact is {'slower' if out['slower'] else 'faster'} than {against}: "
+                      f"{ms['artifact']:.3f} ms vs {ms['onnxruntime']:.3f} ms ({out['speedup']:.2f}x)")  # fmt: skip
+    return out
 
 
 #: how many samples the check against ONNX Runtime runs at most
