@@ -11,12 +11,12 @@ ONNX Runtime: ``ORT_ENABLE_ALL``, one intra-op thread per usable core, on the sa
 model. Latency: median over blocks of runs (``_timing.blocked``), both engines on the same
 threads.
 
-GFLOP/s = 2 x the model's MACs (``graphpress.summarize``) / latency. The peak printed is
-``cores x MHz (from /proc/cpuinfo: the current clock, so boost can put a kernel above 100%)
-x 2 FMA pipes x 2 FLOP x float32 lanes of the FMA unit``, where a Zen 4 core's (AMD family 25)
-FMA unit is 256 bits wide for AVX-512 code too (it runs 512-bit instructions as two halves),
-so its AVX-512 and AVX2 peaks are the same; Zen 5 (family 26) and Intel's AVX-512 parts have
-512-bit FMA units.
+GFLOP/s = 2 x the model's MACs (``graphpress.summarize``) / latency, for ORT too. The peak is
+measured, per path, on this machine (``_machine.measured_peak_gflops``: independent vector FMA
+chains, one process per core at once): ``/proc/cpuinfo``'s MHz is not the clock vector code
+runs at (an earlier version of this benchmark computed peaks from it, 2.6 GHz on a part that
+runs FMAs at 4.1 GHz, and overstated every percentage by 1.6x), nor does it say how wide the
+FMA units are (a Zen 4 runs 512-bit FMAs as two halves).
 
     python benchmarks/portable_fp32.py [--models resnet18,minilm] [--sse] [--repeat 20]
 """
@@ -31,35 +31,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _machine import banner  # noqa: E402
+from _machine import banner, measured_peak_gflops  # noqa: E402
 from _models import SPEED_MODELS, speed_model  # noqa: E402
 from _timing import blocked  # noqa: E402
 
 
-def _cpu() -> tuple[str, float, set[str]]:
-    vendor, mhz, flags = "", 0.0, set()
+def _flags() -> set[str]:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         key, _, value = line.partition(":")
-        key = key.strip()
-        if key == "vendor_id" and not vendor:
-            vendor = value.strip()
-        elif key == "cpu family" and vendor == "AuthenticAMD" and "-" not in vendor:
-            vendor = f"{vendor}-{value.strip()}"
-        elif key == "cpu MHz" and not mhz:
-            mhz = float(value)
-        elif key == "flags" and not flags:
-            flags = set(value.split())
-    return vendor, mhz, flags
-
-
-def peak_gflops(path: str, cores: int) -> float | None:
-    vendor, mhz, flags = _cpu()
-    if not mhz:
-        return None
-    lanes = {"avx512": 16, "avx2": 8, "sse": 4}[path]
-    if vendor == "AuthenticAMD-25" and "avx512f" in flags:  # Zen 4 (family 25): 256-bit FMA units; Zen 5 (26): 512
-        lanes = min(lanes, 8)
-    return cores * mhz / 1e3 * 2 * 2 * lanes
+        if key.strip() == "flags":
+            return set(value.split())
+    return set()
 
 
 def main() -> int:
@@ -78,10 +60,12 @@ def main() -> int:
 
     print(banner())
     cores = len(os.sched_getaffinity(0))
-    _, _, flags = _cpu()
+    flags = _flags()
     targets = ["x86"] + (["x86:haswell"] if "avx2" in flags and resolve_target("x86").config.get("mcpu") != "haswell" else [])
     targets += ["x86:x86-64"] if args.sse else []
     print(f"paths: {', '.join(f'{t} ({vector_facts(resolve_target(t)).name})' for t in targets)}; ORT {ort.__version__} ORT_ENABLE_ALL, {cores} threads")
+    peaks = {path: measured_peak_gflops(path, cores) for path in {vector_facts(resolve_target(t)).name for t in targets}}
+    print("measured fp32 peak, all cores: " + ", ".join(f"{p} {g:.0f} GFLOP/s" if g else f"{p} not measured (no C compiler)" for p, g in sorted(peaks.items())))
     rows = []
     for name in args.models.split(","):
         model, torch_args = speed_model(name)
@@ -95,23 +79,23 @@ def main() -> int:
         builds = {}
         with tempfile.TemporaryDirectory() as empty:
             for target in targets:
-                compiled = compile_model(model, target, shipped_databases=False, database=empty, samples=[feeds])
+                compiled = compile_model(model, target, shipped_databases=False, database=empty, samples=[feeds], measure=False)
                 builds[target] = compiled
                 engines[target] = lambda c=compiled: c(**feeds)
         ms = blocked(engines, args.repeat)
         for target, compiled in builds.items():
             path = vector_facts(resolve_target(target)).name
-            peak = peak_gflops(path, cores)
+            peak = peaks[path]
             gflops = flops / ms[target] / 1e6
             build = compiled.meta["build"]
-            rows.append((name, ms["ort"], target, path, ms[target], ms[target] / ms["ort"], gflops, 100 * gflops / peak if peak else float("nan"),
+            rows.append((name, ms["ort"], flops / ms["ort"] / 1e6, target, path, ms[target], ms[target] / ms["ort"], gflops, 100 * gflops / peak if peak else float("nan"),
                          build.get("analytic_scheduled_kernels", 0), len(build.get("unscheduled_kernels", []))))  # fmt: skip
         print(f"{name}: done", flush=True)
     print()
-    print("| model | ORT fp32 ms | graphpress path | graphpress ms | graphpress / ORT | GFLOP/s | % of the path's peak | analytic kernels | other kernels |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
-    for name, ort_ms, target, path, tvm_ms, ratio, gflops, pct, analytic, other in rows:
-        print(f"| {name} | {ort_ms:.2f} | {target} ({path}) | {tvm_ms:.2f} | {ratio:.2f}x | {gflops:.0f} | {pct:.0f}% | {analytic} | {other} |")
+    print("| model | ORT fp32 ms | ORT GFLOP/s | graphpress path | graphpress ms | graphpress / ORT | GFLOP/s | % of the path's measured peak | analytic kernels | other kernels |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    for name, ort_ms, ort_gflops, target, path, tvm_ms, ratio, gflops, pct, analytic, other in rows:
+        print(f"| {name} | {ort_ms:.2f} | {ort_gflops:.0f} | {target} ({path}) | {tvm_ms:.2f} | {ratio:.2f}x | {gflops:.0f} | {pct:.0f}% | {analytic} | {other} |")
     return 0
 
 
