@@ -16,21 +16,23 @@ from graphpress.passes import PassManager, build_passes
 
 
 class _Block(torch.nn.Module):
-    """Conv + BN + ReLU, a residual add, a depthwise conv, a 24-channel conv (half vectors), a
-    ReLU6 (Clip) and a Linear: the kernels of ResNet and MobileNet."""
+    """Conv + BN + ReLU, a residual add, a depthwise conv, a strided depthwise conv (its padding
+    computed in the tile's loads), a 24-channel conv (half vectors), a ReLU6 (Clip) and a
+    Linear: the kernels of ResNet and MobileNet."""
 
     def __init__(self):
         super().__init__()
         self.conv = torch.nn.Conv2d(16, 32, 3, padding=1)
         self.bn = torch.nn.BatchNorm2d(32)
         self.dw = torch.nn.Conv2d(32, 32, 3, padding=1, groups=32)
+        self.dw2 = torch.nn.Conv2d(32, 32, 3, stride=2, padding=1, groups=32)
         self.narrow = torch.nn.Conv2d(32, 24, 1)
         self.fc = torch.nn.Linear(24, 48)
 
     def forward(self, x):
         y = torch.relu(self.bn(self.conv(x)))
         y = y + torch.nn.functional.relu6(self.dw(y))
-        y = self.narrow(y).mean(dim=(2, 3))
+        y = self.narrow(self.dw2(y)).mean(dim=(2, 3))
         return self.fc(y)
 
 
