@@ -173,6 +173,9 @@ def _vectorize_last_spatial(sch, block, row) -> None:
         if int(extent) % 16 == 0:
             _, lanes = sch.split(last, [None, 16])
             sch.vectorize(lanes)
+        elif int(extent) % 8 == 0 and int(extent) > 16:
+            _, lanes = sch.split(last, [None, 8])
+            sch.vectorize(lanes)
         elif int(extent) <= 64:
             sch.vectorize(last)
     except Exception:  # noqa: BLE001 - keep the serial loop
