@@ -5,4 +5,20 @@ __version__ = "0.1.0"
 from graphpress.errors import GraphpressError  # noqa: E402
 from graphpress.ir import load, save, summarize, verify  # noqa: E402
 
-__all__ = ["GraphpressError", "__version__", "load", "save", "summarize", "verify"]
+#: what ``graphpress.<name>`` gives from the layers above the IR, imported on first use (the
+#: package itself stays importable without TVM, torch or ONNX Runtime loaded)
+_LAZY = {
+    "compress": "graphpress.compression",  # a recipe under one accuracy budget, built for a target
+    "bench": "graphpress.compression",  # latency against ONNX Runtime fp32 and its best int8, side by side
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'graphpress' has no attribute '{name}'")
+
+
+__all__ = ["GraphpressError", "__version__", "bench", "compress", "load", "save", "summarize", "verify"]

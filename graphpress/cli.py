@@ -73,6 +73,36 @@ def _add_compile(sub):
     p.set_defaults(func=cmd_compile)
 
 
+def _add_compress(sub):
+    from graphpress.pipelines import RECIPES
+
+    p = sub.add_parser("compress", help="a recipe (prune, quantize, share, fuse) under one accuracy budget, built for a target and measured")
+    p.add_argument("model", help="path of an .onnx file")
+    p.add_argument("--target", default="onnxruntime", choices=("onnxruntime", "x86", "aarch64", "cuda"),
+                   help="onnxruntime: write ONNX; x86/aarch64/cuda: compile with TVM (default onnxruntime)")
+    p.add_argument("-o", "--output", required=True, help="the .onnx file (onnxruntime) or the artifact directory (TVM targets), written whole")
+    p.add_argument("--samples", help=".npz of real inputs (keys = input names, a leading row axis); the last quarter is held out and judges the result")
+    p.add_argument("--labels", help=".npy of one label per sample row: the budget is then accuracy, not agreement")
+    p.add_argument("--budget", help="what the whole pipeline may lose: '1%%' top-1 agreement (default for convolutional models) or "
+                   "'cos:0.99' mean output cosine (default for others)")
+    p.add_argument("--recipe", default="int8", choices=tuple(RECIPES), help="; ".join(f"{k}: {v}" for k, v in RECIPES.items()))
+    p.add_argument("--onnx", help="also write the compressed ONNX here (TVM targets)")
+    p.add_argument("--no-measure", action="store_true", help="skip the latency comparison")
+    p.add_argument("--report", help="write the report JSON here")
+    p.set_defaults(func=cmd_compress)
+
+
+def _add_bench(sub):
+    p = sub.add_parser("bench", help="latency side by side: ONNX Runtime fp32, its best int8, and a compiled artifact")
+    p.add_argument("model", nargs="?", help="path of an .onnx file (the model the peers run)")
+    p.add_argument("--artifact", help="artifact directory from graphpress compile/compress")
+    p.add_argument("--inputs", help=".npz of inputs (keys = input names); the int8 peer is calibrated on them; default: generated")
+    p.add_argument("--no-int8", action="store_true", help="leave out ONNX Runtime's int8")
+    p.add_argument("--seconds", type=float, default=4.0, help="time spent timing, all engines together (default 4)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_bench)
+
+
 def _add_run(sub):
     p = sub.add_parser("run", help="run a compiled artifact on this machine")
     p.add_argument("artifact", help="artifact directory from graphpress compile")
@@ -144,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_inspect, _add_optimize, _add_compile, _add_run, _add_pack, _add_passes, _add_demo):
+    for add in (_add_inspect, _add_optimize, _add_compress, _add_compile, _add_run, _add_bench, _add_pack, _add_passes, _add_demo):
         add(sub)
     return parser
 
@@ -474,6 +504,103 @@ def cmd_compile(args) -> int:
         print(line)
         if speed["slower"]:
             print(f"warning: {speed['verdict']}; ONNX Runtime on the model you had is the faster choice here", file=sys.stderr)
+    return 0
+
+
+def cmd_compress(args) -> int:
+    import numpy as np
+
+    from graphpress.compression import compress
+    from graphpress.ir import load, save
+    from graphpress.ir.io import check_writable
+    from graphpress.ir.numeric import load_samples
+    from graphpress.passes.report import write_json_atomic
+
+    input_path = Path(args.model)
+    if args.target == "onnxruntime":
+        out = check_writable(args.output, "output", input_path)
+    else:
+        out = _check_artifact_path(args.output, input_path)
+    for extra, what in ((args.onnx, "--onnx"), (args.report, "report")):
+        if extra:
+            check_writable(extra, what, input_path)
+    model = load(input_path)
+    samples = load_samples(args.samples, model) if args.samples else None
+    labels = None
+    if args.labels:
+        try:
+            labels = np.load(args.labels, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise GraphpressError(f"{args.labels}: not a readable .npy of labels ({str(e).splitlines()[0][:120]})") from None
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    with console.status("compressing") as status:
+        result = compress(model, args.target, samples=samples, budget=args.budget, recipe=args.recipe, labels=labels,
+                          measure=not args.no_measure, progress=lambda line: status.update(line))  # fmt: skip
+    if args.target == "onnxruntime":
+        save(result.model, out)
+    else:
+        result.compiled.save(out)
+        if args.onnx:
+            save(result.model, args.onnx)
+    if args.report:
+        write_json_atomic(result.to_dict(), args.report)
+    _print_compress(result, out)
+    return 0
+
+
+def _print_compress(result, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 200)  # a pipe or a file gets the whole table
+    recipe = result.recipe if result.recipe == result.chosen_recipe else f"{result.recipe} (chose {result.chosen_recipe})"
+    t = Table(title=f"graphpress compress: {recipe} for {result.target}, budget {result.budget.describe()}")
+    for col in ("variant", "size on disk", "packed", "params", "MACs", "latency ms (p10-p90)", "vs ORT fp32", "held-out"):
+        t.add_column(col, justify="left" if col in ("variant", "held-out") else "right")
+    for row in result.rows:
+        latency = f"{row['median_ms']:.3f} ({row['p10_ms']:.3f}-{row['p90_ms']:.3f})" if "median_ms" in row else "-"
+        t.add_row(
+            row["variant"], _bytes(row["onnx_bytes"]) if row.get("onnx_bytes") else "-", _bytes(row["packed_bytes"]) if row.get("packed_bytes") else "-",
+            f"{row['params']:,}" if "params" in row else "-", f"{row['macs']:,}" if "macs" in row else "-", latency,
+            f"{row['speedup']:.2f}x" if "speedup" in row else "-", row.get("held_out", row.get("note", "-")),
+        )  # fmt: skip
+    console.print(t)
+    for step in result.steps:
+        chosen = step.get("chosen") or f"skipped ({step.get('skipped', 'nothing chosen')})"
+        print(f"step {step['stage']}: {chosen}" + "".join(f"\n  tried {spec}: {outcome}" for spec, outcome in step.get("tried", [])[:-1] if step.get("chosen")))
+    for note in result.notes:
+        print(f"note: {note}")
+    print(f"machine: {result.machine['cpu']}, {result.machine['threads']} threads; wrote {out} ({result.seconds:.0f} s)")
+
+
+def cmd_bench(args) -> int:
+    from graphpress.compression import bench
+    from graphpress.ir import load
+    from graphpress.ir.numeric import load_samples
+
+    if not args.model and not args.artifact:
+        raise GraphpressError("bench: give a model (.onnx), --artifact DIR, or both")
+    model = load(args.model) if args.model else None
+    inputs = load_samples(args.inputs, model) if args.inputs and model is not None else None
+    if args.inputs and model is None:
+        from graphpress.ir.numeric import read_npz
+
+        inputs = read_npz(args.inputs)
+    result = bench(model, artifact=args.artifact, inputs=inputs, int8=not args.no_int8, seconds=args.seconds)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"latency, batch as given: {result.machine['cpu']}, {result.machine['threads']} threads")
+    for col in ("engine", "median ms", "p10 ms", "p90 ms", "runs", "vs ORT fp32"):
+        t.add_column(col, justify="left" if col == "engine" else "right")
+    for row in result.rows:
+        t.add_row(row["engine"], f"{row['median_ms']:.3f}", f"{row['p10_ms']:.3f}", f"{row['p90_ms']:.3f}", str(row["runs"]), f"{row['speedup']:.2f}x")
+    Console(width=None if sys.stdout.isatty() else 200).print(t)
     return 0
 
 

@@ -154,11 +154,12 @@ def test_static_qdq_mlp_agrees_with_ort_within_one_lsb():
     assert (lsb < 0.01).mean() >= 0.95  # and almost always the same value
 
 
-def test_a_quantized_model_the_guard_ships_in_fp32_passes_the_check_by_the_quantization_step(monkeypatch):
+def test_a_quantized_model_the_guard_ships_in_fp32_is_checked_against_its_fp32_counterpart(monkeypatch):
     """When the whole-model guard finds the fp32 build faster (the analytic fp32 schedules can
-    be), the shipped code drops the activations' Quantize/Dequantize pairs: it differs from
-    ONNX Runtime on the QDQ model by up to one quantization step, which the check allows;
-    beyond that step it would still refuse."""
+    be), the shipped code drops the activations' Quantize/Dequantize pairs: it computes the
+    model's fp32 counterpart, and is checked against ONNX Runtime running that counterpart by
+    the backend's tolerance (on a deep network the dropped pairs move the outputs by far more
+    than one step of the QDQ model's output; here, a shallow MLP, by at most about one)."""
     from graphpress.backends.tvm import build as build_module
 
     model, data, name = _digits_mlp_qdq()
@@ -170,7 +171,9 @@ def test_a_quantized_model_the_guard_ships_in_fp32_passes_the_check_by_the_quant
     report = compiled.meta["build"]
     assert report["int8"]["model_guard"]["chosen"] == "fp32" and report["int8"]["lowered"] == 0
     check = report["check_vs_onnxruntime"]
-    assert check["passed"] and 0 < check["max_abs_diff"] <= 1.01 * _output_scale(model)
+    assert check["passed"] and check["max_abs_diff"] <= 1e-4 and "fp32 counterpart" in check["against"]
+    steps = [np.abs(compiled(x)[0] - _ort(model, {name: x})[0]).max() / _output_scale(model) for x in (data.x_test[i : i + 1] for i in range(8))]
+    assert max(steps) <= 1.5  # against the QDQ model itself: about one step of its output
 
 
 def test_int8_option_errors():

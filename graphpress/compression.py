@@ -1,0 +1,446 @@
+"""One call from a model to a smaller, faster, verified result: :func:`compress` runs a recipe
+(:mod:`graphpress.pipelines`) under one accuracy budget, compiles the result for the target (or
+keeps ONNX for ONNX Runtime) and measures it against the peers in one run; :func:`bench` times
+a model and an artifact against ONNX Runtime's fp32 and best int8 configurations side by side.
+
+The peers are configured at their best, never their defaults: ONNX Runtime with every graph
+optimization and one thread per core; ONNX Runtime's int8 as its own quantizer does it best on
+x86 -- static QDQ, uint8 activations, int8 per-channel weights, MinMax calibration on the same
+samples, for convolutional models; dynamic int8 MatMuls for transformers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from graphpress.errors import GraphpressError
+from graphpress.pipelines import (
+    RECIPES, TARGETS, Budget, Quality, RecipeResult, copy_model, model_kind, parse_budget, recipe_stages, run_recipe, split_samples,
+)  # fmt: skip
+
+__all__ = ["BenchResult", "CompressResult", "bench", "compress", "onnxruntime_int8"]
+
+#: samples made from the declared input shapes when none are given
+GENERATED_SAMPLES = 16
+
+
+def _threads() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or the platform's processor string."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model name"):
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def onnxruntime_int8(model: ir.Model, calibration: Sequence[Mapping[str, np.ndarray]], workdir: str | os.PathLike) -> Path:
+    """ONNX Runtime's best int8 version of ``model``, made by ONNX Runtime's own quantizer after its
+    own pre-processing (``quant_pre_process``: shape inference, BatchNorm folding): static QDQ
+    (uint8 activations, int8 per-channel weights, MinMax on ``calibration``) for a model with
+    convolutions, dynamic int8 MatMuls otherwise. Returns the path of the quantized file."""
+    import logging
+
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from graphpress.ir.io import save
+
+    raw = save(model, Path(workdir) / "ort-int8-source.onnx")
+    src, dst = Path(workdir) / "ort-int8-prepared.onnx", Path(workdir) / "ort-int8.onnx"
+    root = logging.getLogger()
+    level, root.level = root.level, logging.ERROR  # the quantizer logs advice on the root logger
+    try:
+        try:
+            quant_pre_process(str(raw), str(src))
+        except Exception:  # its optimizer or symbolic shape inference refused: quantize the model as given
+            src = raw
+        _quantize_with_ort(model, calibration, src, dst, quantize_static, quantize_dynamic, CalibrationMethod, QuantFormat, QuantType)
+    finally:
+        root.level = level
+    return dst
+
+
+def _quantize_with_ort(model, calibration, src, dst, quantize_static, quantize_dynamic, CalibrationMethod, QuantFormat, QuantType) -> None:
+    if model_kind(model) != "transformer":
+        names = {v.name for v in model.graph.inputs}
+        feeds = iter([{k: v for k, v in s.items() if k in names} for s in calibration])
+
+        class _Reader:
+            def get_next(self):
+                return next(feeds, None)
+
+        quantize_static(str(src), str(dst), _Reader(), quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)  # fmt: skip
+    else:
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"])
+
+
+def _disk_bytes(model: ir.Model) -> tuple[int, int]:
+    """``(bytes of the .onnx file written by graphpress, bytes packed by graphpress pack)``."""
+    from graphpress.ir.io import to_proto
+    from graphpress.ir.numeric import _materialize
+    from graphpress.ir.pack import pack_bytes
+
+    data = _materialize(to_proto(model), model).SerializeToString()
+    return len(data), len(pack_bytes(data)[0])
+
+
+def _timed(fns: Mapping[str, Callable[[], object]], seconds: float) -> dict[str, dict[str, float]]:
+    """Median and spread (10th-90th percentile) in ms per engine, timed in blocks in one run."""
+    from graphpress.ir.timing import blocked_samples, repeats_for
+
+    samples = blocked_samples(fns, repeats_for(fns, seconds, least=10, most=200))
+    out = {}
+    for key, times in samples.items():
+        q = statistics.quantiles(times, n=10) if len(times) >= 2 else [times[0]] * 9
+        out[key] = {"median_ms": statistics.median(times), "p10_ms": q[0], "p90_ms": q[-1], "runs": len(times)}
+    return out
+
+
+@dataclasses.dataclass
+class CompressResult:
+    """What :func:`compress` made and measured.
+
+    Attributes:
+        model: the compressed model (ONNX, in the IR).
+        compiled: the compiled artifact (TVM targets), else None.
+        recipe: the recipe run (``fastest``: the one it chose, in ``chosen_recipe``).
+        steps: the recipe's steps (:class:`graphpress.pipelines.RecipeResult`), with every
+            candidate tried and why it was kept, rolled back or skipped.
+        rows: the before/after table, one dict per model variant (size, params, MACs,
+            latency and its ratio to ONNX Runtime fp32, accuracy on the held-out samples).
+        notes: lines the user should read (generated samples, a single held-out row, ...).
+    """
+
+    model: ir.Model
+    compiled: Any
+    recipe: str
+    chosen_recipe: str
+    target: str
+    budget: Budget
+    steps: list[dict[str, Any]]
+    rows: list[dict[str, Any]]
+    notes: list[str]
+    machine: dict[str, Any]
+    held_out_loss: float
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "recipe": self.recipe, "chosen_recipe": self.chosen_recipe, "target": self.target, "budget": self.budget.describe(),
+            "held_out_loss": self.held_out_loss, "steps": self.steps, "rows": self.rows, "notes": self.notes, "machine": self.machine,
+            "seconds": self.seconds,
+        }  # fmt: skip
+
+
+def _as_model(model: ir.Model | str | os.PathLike) -> ir.Model:
+    from graphpress.ir import load
+
+    return load(model) if isinstance(model, (str, os.PathLike)) else model
+
+
+def _samples_for(model: ir.Model, samples) -> tuple[list[dict], str | None]:
+    from graphpress.ir.numeric import as_samples, make_inputs
+
+    if samples is None:
+        made = [make_inputs(model, seed=i) for i in range(GENERATED_SAMPLES)]
+        return made, (f"no samples given: {GENERATED_SAMPLES} inputs were generated from the declared shapes (seeds 0-{GENERATED_SAMPLES - 1}); "
+                      "accuracy was not measured on real data: give --samples X.npz")  # fmt: skip
+    return as_samples(samples), None
+
+
+def _default_budget(model: ir.Model) -> Budget:
+    """1 % top-1 agreement for convolutional and dense models (classifiers), mean cosine 0.99 for
+    transformers (embeddings have no top-1)."""
+    return Budget("cosine", 0.99) if model_kind(model) == "transformer" else Budget("agreement", 0.01)
+
+
+def compress(
+    model: ir.Model | str | os.PathLike,
+    target: str = "onnxruntime",
+    *,
+    samples: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]] | None = None,
+    budget: str | float | Budget | None = None,
+    recipe: str = "int8",
+    labels: np.ndarray | None = None,
+    measure: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> CompressResult:
+    """Compress ``model`` with ``recipe`` within ``budget`` and build it for ``target``.
+
+    Args:
+        model: an IR model or the path of an ``.onnx`` file (not changed).
+        target: ``onnxruntime`` (the result is ONNX), ``x86``, ``aarch64`` or ``cuda`` (compiled
+            with TVM; host targets are checked against ONNX Runtime and timed).
+        samples: real inputs (a dict of arrays with a leading row axis, or a list of dicts); the
+            last quarter is held out and only judges the result. Default: generated inputs
+            (the result's notes say so).
+        budget: what the whole pipeline may lose against ``model`` (:func:`graphpress.pipelines.parse_budget`):
+            ``"1%"`` top-1 agreement (accuracy with ``labels``), ``"cos:0.99"``, a
+            :class:`~graphpress.pipelines.Budget`; default: 1 % for convolutional models,
+            cosine 0.99 for others.
+        recipe: one of :data:`graphpress.pipelines.RECIPES`.
+        labels: one label per sample row (optional): the budget is then accuracy.
+        measure: time the result against the peers (host targets and ``onnxruntime``).
+        progress: called with a line per step (the CLI shows them).
+
+    Raises:
+        GraphpressError: a bad option, or a model the pipeline or the backend cannot handle.
+    """
+    import time
+
+    start = time.perf_counter()
+    if recipe not in RECIPES:
+        raise GraphpressError(f"recipe '{recipe}': choose one of {', '.join(RECIPES)}")
+    if target not in TARGETS:
+        raise GraphpressError(f"target '{target}': choose one of {', '.join(TARGETS)}")
+    original = copy_model(_as_model(model))
+    given, note = _samples_for(original, samples)
+    notes = [note] if note else []
+    choose, held_out = split_samples(given)
+    if held_out is choose:
+        notes.append("one sample row: the held-out check ran on the samples the steps were chosen on")
+    budget = parse_budget(budget) if budget is not None else _default_budget(original)
+    split_labels = _split_labels(labels, choose, held_out)
+    say = progress or (lambda line: None)
+
+    def run(name: str) -> RecipeResult:
+        say(f"recipe {name}")
+        return run_recipe(original, recipe_stages(name, original, target), budget, choose, held_out, labels=split_labels, progress=say)
+
+    compiled = None
+    if recipe == "fastest":
+        results = {name: run(name) for name in ("lossless", "int8", "prune-int8")}
+        chosen, compiled = _fastest(results, target, held_out, original, say)
+        result = results[chosen]
+    else:
+        chosen, result = recipe, run(recipe)
+    if compiled is None and target != "onnxruntime":
+        compiled = _compile(result.model, target, held_out, original, say)
+    if compiled is not None and compiled.meta["build"].get("int8_refused"):
+        notes.append(f"the integer kernels were refused by the check against ONNX Runtime ({compiled.meta['build']['int8_refused'][:200]}); "
+                     "the artifact computes the quantized model in float Quantize/Dequantize arithmetic instead")  # fmt: skip
+    judge = Quality(budget, original, held_out, split_labels[1])
+    rows, machine = _rows(original, result.model, compiled, target, choose, held_out, judge, measure, say)
+    return CompressResult(result.model, compiled, recipe, chosen, target, budget, result.steps, rows, notes, machine, result.held_out_loss,
+                          round(time.perf_counter() - start, 1))  # fmt: skip
+
+
+def _split_labels(labels, choose, held_out):
+    if labels is None:
+        return (None, None)
+    labels = np.asarray(labels).reshape(-1)
+    rows = [sum(int(min(np.shape(v)[0] for v in s.values())) for s in part) for part in (choose, held_out)]
+    if held_out is choose:
+        return labels, labels
+    if labels.size != rows[0] + rows[1]:
+        raise GraphpressError(f"labels: {labels.size} given for {rows[0] + rows[1]} sample rows; give one label per row")
+    return labels[: rows[0]], labels[rows[0] :]
+
+
+def _compile(model: ir.Model, target: str, held_out, original, say):
+    from graphpress.backends.tvm.build import CHECK_SAMPLES, compile_model
+
+    say(f"compiling for {target}")
+    # checked against ONNX Runtime on the held-out samples; timed below with the peers
+    try:
+        return compile_model(model, target, samples=held_out[:CHECK_SAMPLES], baseline=original, measure=False)
+    except GraphpressError as e:
+        if "differs from ONNX Runtime" not in str(e) or not any(n.op_type == "QuantizeLinear" for n in model.graph):
+            raise
+        # the integer kernels' result was refused by the check: the quantized model in float
+        # Quantize/Dequantize arithmetic instead (what ONNX Runtime computes), checked the same way
+        say(f"integer kernels refused by the check ({str(e)[:160]}): compiling without them")
+        compiled = compile_model(model, target, samples=held_out[:CHECK_SAMPLES], baseline=original, measure=False, int8="off")
+        compiled.meta["build"]["int8_refused"] = str(e)
+        return compiled
+
+
+def _fastest(results: dict[str, RecipeResult], target: str, held_out, original, say) -> tuple[str, Any]:
+    """The recipe whose result runs fastest on ``target`` (ONNX Runtime, or the compiled artifact
+    on this host); cross-compiled targets: the most compressed (prune-int8)."""
+    from graphpress.ir.timing import onnxruntime_best
+
+    feeds = held_out[0]
+    if target in ("aarch64", "cuda"):
+        return "prune-int8", None
+    engines, compiled = {}, {}
+    for name, result in results.items():
+        if target == "onnxruntime":
+            session = onnxruntime_best(result.model, _threads(), f"the {name} result")
+            engines[name] = (lambda s=session: s.session.run(None, {k: v for k, v in feeds.items() if k in {i.name for i in s.session.get_inputs()}}))
+        else:
+            compiled[name] = _compile(result.model, target, held_out, original, say)
+            engines[name] = lambda c=compiled[name]: c(**feeds)
+    say("timing the candidates")
+    timed = _timed(engines, 3.0)
+    chosen = min(timed, key=lambda k: timed[k]["median_ms"])
+    return chosen, compiled.get(chosen)
+
+
+def _rows(original, compressed, compiled, target, choose, held_out, judge: Quality, measure: bool, say) -> tuple[list[dict], dict]:
+    """The before/after table: the original on ONNX Runtime (fp32), ONNX Runtime's best int8 of the
+    original, the compressed ONNX on ONNX Runtime, and the artifact."""
+    from graphpress.ir import summarize
+    from graphpress.ir.timing import onnxruntime_best
+
+    threads = _threads()
+    feeds = held_out[0]
+    variants: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="graphpress-compress-") as tmp:
+        from graphpress.ir import load
+
+        say("ONNX Runtime's best int8 of the original (its own quantizer)")
+        try:
+            ort_int8 = load(onnxruntime_int8(original, choose, tmp))
+        except Exception as e:  # the peer's quantizer refused this model: its row says why
+            ort_int8 = None
+            variants["ONNX Runtime int8 (its quantizer, best settings)"] = {"note": f"not made: {str(e).splitlines()[0][:160]}"}
+        models = {"original, ONNX Runtime fp32": original}
+        if ort_int8 is not None:
+            models["ONNX Runtime int8 (its quantizer, best settings)"] = ort_int8
+        models["graphpress, ONNX on ONNX Runtime"] = compressed
+        engines = {}
+        for label, m in models.items():
+            summary = summarize(copy_model(m))
+            size, packed = _disk_bytes(m)
+            row = {"params": summary.params, "macs": summary.macs, "onnx_bytes": size, "packed_bytes": packed,
+                   "held_out": judge.describe(judge.loss(m)), "held_out_loss": judge.loss(m)}  # fmt: skip
+            variants[label] = row
+            if measure:
+                session = onnxruntime_best(m, threads, label)
+                names = {i.name for i in session.session.get_inputs()}
+                engines[label] = lambda s=session, f={k: v for k, v in feeds.items() if k in names}: s.session.run(None, f)
+        if compiled is not None:
+            label = f"graphpress, compiled for {target}"
+            row: dict[str, Any] = {}
+            if compiled.meta["target_name"] and _host(target):
+                got = np.concatenate([np.asarray(compiled.run_named(**s)[compiled.output_names[0]]).reshape(-1) for s in held_out])
+                loss = judge.loss_of_outputs(got)
+                row.update(held_out=judge.describe(loss), held_out_loss=loss)
+                if measure:
+                    engines[label] = lambda: compiled(**feeds)
+            variants[label] = row
+        if engines:
+            say("timing, side by side")
+            timed = _timed(engines, 4.0)
+            base = timed["original, ONNX Runtime fp32"]["median_ms"]
+            for label, t in timed.items():
+                variants[label].update({k: round(v, 4) for k, v in t.items() if k != "runs"}, runs=t["runs"], speedup=round(base / t["median_ms"], 3))
+    machine = {"cpu": cpu_model(), "threads": threads}
+    return [{"variant": k, **v} for k, v in variants.items()], machine
+
+
+def _fit_to_artifact(feeds: Mapping[str, np.ndarray], artifact) -> dict[str, np.ndarray]:
+    """``feeds`` cut to the artifact's static batch (its first rows) when they hold more rows, so
+    that every engine runs the same inputs; a clear error when they cannot fit."""
+    out = dict(feeds)
+    for spec in artifact.meta["inputs"]:
+        name, shape = spec["name"], spec["shape"]
+        if name not in out:
+            raise GraphpressError(f"bench: the inputs have no '{name}', which the artifact takes; inputs: {', '.join(out)}")
+        value = np.asarray(out[name])
+        if shape and isinstance(shape[0], int) and value.ndim == len(shape) and value.shape[0] > shape[0] and list(value.shape[1:]) == list(shape[1:]):
+            out[name] = value[: shape[0]]
+    return out
+
+
+def _host(target: str) -> bool:
+    from graphpress.backends.tvm.targets import resolve_target
+
+    return resolve_target(target).is_host
+
+
+@dataclasses.dataclass
+class BenchResult:
+    """Latency side by side: one dict per engine (median, 10th/90th percentile, runs, speed-up
+    over ONNX Runtime fp32), and the machine."""
+
+    rows: list[dict[str, Any]]
+    machine: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "machine": self.machine}
+
+
+def bench(
+    model: ir.Model | str | os.PathLike | None = None,
+    *,
+    artifact: Any = None,
+    inputs: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]] | None = None,
+    module: Any = None,
+    int8: bool = True,
+    seconds: float = 4.0,
+) -> BenchResult:
+    """Time, in one run and in blocks: ONNX Runtime fp32 on ``model``, ONNX Runtime's best int8 of
+    it (:func:`onnxruntime_int8`, calibrated on ``inputs``), torch eager on ``module`` (when the
+    model came from torch), and ``artifact`` (a :class:`~graphpress.backends.tvm.CompiledModel`
+    or the directory of one), on the first of ``inputs`` (default: generated from the shapes)."""
+    from graphpress.ir.numeric import as_samples, make_inputs, random_inputs
+    from graphpress.ir.timing import onnxruntime_best
+
+    if model is None and artifact is None:
+        raise GraphpressError("bench: give a model, an artifact, or both")
+    threads = _threads()
+    engines: dict[str, Callable[[], object]] = {}
+    if artifact is not None and not hasattr(artifact, "meta"):
+        from graphpress.backends.tvm.runtime import load as load_artifact
+
+        artifact = load_artifact(artifact)
+    m = _as_model(model) if model is not None else None
+    if inputs is not None:
+        samples = as_samples(inputs)
+    elif m is not None:
+        samples = [make_inputs(m, seed=i) for i in range(8)]
+    else:
+        from graphpress.backends.tvm.runtime import concrete_input_specs
+
+        samples = [random_inputs(concrete_input_specs(artifact.meta["inputs"]))]
+    feeds = samples[0]
+    if artifact is not None:
+        feeds = _fit_to_artifact(feeds, artifact)
+    with tempfile.TemporaryDirectory(prefix="graphpress-bench-") as tmp:
+        if m is not None:
+            session = onnxruntime_best(m, threads, "the model")
+            names = {i.name for i in session.session.get_inputs()}
+            engines["ONNX Runtime fp32"] = lambda: session.session.run(None, {k: v for k, v in feeds.items() if k in names})
+            if int8:
+                from graphpress.ir import load
+
+                q = onnxruntime_best(load(onnxruntime_int8(m, samples, tmp)), threads, "ONNX Runtime's int8")
+                engines["ONNX Runtime int8 (its quantizer, best settings)"] = lambda: q.session.run(None, {k: v for k, v in feeds.items() if k in names})
+        if module is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+            args = [torch.from_numpy(np.asarray(v)) for v in feeds.values()]
+
+            def eager():
+                with torch.inference_mode():
+                    return module(*args)
+
+            engines["torch eager"] = eager
+        if artifact is not None:
+            engines[f"graphpress artifact ({artifact.meta.get('target_name', '?')})"] = lambda: artifact(**feeds)
+        timed = _timed(engines, seconds)
+    base = timed.get("ONNX Runtime fp32", next(iter(timed.values())))["median_ms"]
+    rows = [{"engine": k, **{kk: round(vv, 4) for kk, vv in t.items() if kk != "runs"}, "runs": t["runs"], "speedup": round(base / t["median_ms"], 3)} for k, t in timed.items()]
+    return BenchResult(rows, {"cpu": cpu_model(), "threads": threads})

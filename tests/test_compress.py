@@ -1,0 +1,136 @@
+"""Recipes under one budget (`graphpress.compress`, `graphpress compress`) and `bench`: the budget is
+checked here on the held-out rows with ONNX Runtime, independently of the pipeline's own check."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+import graphpress as gp
+from graphpress.errors import GraphpressError
+from graphpress.ir.io import to_proto
+from graphpress.pipelines import Budget, parse_budget, split_samples
+
+
+@pytest.fixture(scope="module")
+def digits_mlp():
+    """A digits MLP trained for a few epochs, its test rows and labels."""
+    from graphpress.models.cnn import digits_data, fit
+
+    data = digits_data()
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
+    fit(module, data, epochs=4)
+    model = gp.load(module.eval(), torch.from_numpy(data.x_test[:1]), dynamic_batch=True)
+    name = model.graph.inputs[0].name
+    return model, name, data.x_test, data.y_test
+
+
+def _ort_logits(model, name, x) -> np.ndarray:
+    session = ort.InferenceSession(to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {name: x})[0]
+
+
+def _held_out_agreement(original, compressed, name, x) -> float:
+    """Top-1 agreement on the rows compress held out (its last quarter), computed here."""
+    _, held = split_samples([{name: x}])
+    rows = held[0][name]
+    return float((_ort_logits(original, name, rows).argmax(1) == _ort_logits(compressed, name, rows).argmax(1)).mean())
+
+
+def test_prune_int8_keeps_the_budget_on_the_held_out_rows(digits_mlp):
+    model, name, x, _ = digits_mlp
+    result = gp.compress(model, "onnxruntime", samples={name: x}, recipe="prune-int8", budget="1%", measure=False)
+    assert _held_out_agreement(model, result.model, name, x) >= 0.99
+    steps = {s["stage"]: s for s in result.steps}
+    assert steps["quantize"]["chosen"], steps["quantize"]  # int8 fits 1 % on a trained MLP
+    assert any(n.op_type == "QuantizeLinear" for n in result.model.graph)
+    assert all(p["verification"]["passed"] for p in steps["quantize"]["passes"] if p.get("verification"))
+    # every candidate tried is recorded with its outcome, the strongest prune ratio first
+    assert steps["prune"]["tried"][0][0] == "prune:ratio=0.7"
+    assert result.rows[0]["variant"].startswith("original") and result.rows[-1]["variant"].startswith("graphpress")
+    assert result.rows[-1]["params"] <= result.rows[0]["params"]
+    assert any(n.op_type == "Gemm" or n.op_type == "MatMul" for n in model.graph)  # the model given is not changed
+
+
+def test_a_budget_nothing_lossy_fits_leaves_the_lossless_model(digits_mlp):
+    model, name, x, _ = digits_mlp
+    result = gp.compress(model, "onnxruntime", samples={name: x}, recipe="int8", budget="cos:0.9999999", measure=False)
+    assert not any(n.op_type == "QuantizeLinear" for n in result.model.graph)
+    quantize = next(s for s in result.steps if s["stage"] == "quantize")
+    assert quantize["chosen"] is None and quantize["skipped"]
+    held = split_samples([{name: x}])[1][0][name]
+    np.testing.assert_allclose(_ort_logits(result.model, name, held), _ort_logits(model, name, held), rtol=1e-4, atol=1e-5)
+
+
+def test_smallest_is_several_times_smaller_within_its_budget(digits_mlp):
+    model, name, x, y = digits_mlp
+    result = gp.compress(model, "onnxruntime", samples={name: x}, labels=y, recipe="smallest", budget="3%", measure=False)
+    before, after = result.rows[0], result.rows[-1]
+    assert after["packed_bytes"] * 4 < before["onnx_bytes"], result.rows
+    _, held = split_samples([{name: x}])
+    rows, labels = held[0][name], y[len(x) - len(held[0][name]) :]
+    acc = lambda m: float((_ort_logits(m, name, rows).argmax(1) == labels).mean())  # noqa: E731
+    assert acc(result.model) >= acc(model) - 0.03
+
+
+def test_budgets_parse_or_fail_with_one_line():
+    assert parse_budget("1%") == Budget("agreement", 0.01)
+    assert parse_budget("cos:0.995") == Budget("cosine", 0.995)
+    assert parse_budget(0.02).allowed == pytest.approx(0.02)
+    for bad in ("abc", "150%", "cos:2"):
+        with pytest.raises(GraphpressError, match="budget"):
+            parse_budget(bad)
+
+
+def test_without_samples_the_result_says_its_inputs_were_generated(digits_mlp):
+    model, *_ = digits_mlp
+    result = gp.compress(model, "onnxruntime", recipe="lossless", measure=False)
+    assert any("generated" in n and "not measured on real data" in n for n in result.notes)
+
+
+def test_cli_compress_for_x86_then_bench(tmp_path, capsys, digits_mlp):
+    from graphpress.backends.tvm import load as load_artifact
+    from graphpress.cli import main
+
+    model, name, x, _ = digits_mlp
+    src, samples = tmp_path / "mlp.onnx", tmp_path / "s.npz"
+    gp.save(model, src)
+    np.savez(samples, **{name: x})
+    art, onnx_out, rep = tmp_path / "mlp.x86", tmp_path / "mlp.int8.onnx", tmp_path / "r.json"
+    argv = ["compress", str(src), "--target", "x86", "--samples", str(samples), "--recipe", "int8", "-o", str(art), "--onnx", str(onnx_out), "--report", str(rep)]
+    assert main(argv) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "vs ORT fp32" in out and "held-out" in out and "step quantize" in out
+    report = json.loads(rep.read_text())
+    variants = [r["variant"] for r in report["rows"]]
+    assert variants[0] == "original, ONNX Runtime fp32" and variants[-1] == "graphpress, compiled for x86"
+    assert all("median_ms" in r for r in report["rows"] if "note" not in r)
+    # the artifact computes what its ONNX computes, on ONNX Runtime, within one quantization step
+    held = split_samples([{name: x}])[1][0][name]
+    compiled = load_artifact(art)
+    got = compiled(held)[0]
+    want = _ort_logits(gp.load(onnx_out), name, held)
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.98
+    assert main(["bench", str(src), "--artifact", str(art), "--inputs", str(samples), "--json", "--seconds", "1"]) == 0
+    rows = {r["engine"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
+    assert set(rows) == {"ONNX Runtime fp32", "ONNX Runtime int8 (its quantizer, best settings)", "graphpress artifact (x86)"}
+    for r in rows.values():
+        assert r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
+        assert r["speedup"] == pytest.approx(rows["ONNX Runtime fp32"]["median_ms"] / r["median_ms"], rel=1e-2)
+
+
+def test_cli_compress_refuses_a_bad_budget_with_one_line(tmp_path, capsys, digits_mlp):
+    from graphpress.cli import main
+
+    model, *_ = digits_mlp
+    src = tmp_path / "mlp.onnx"
+    gp.save(model, src)
+    assert main(["compress", str(src), "--budget", "lots", "-o", str(tmp_path / "o.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "budget 'lots'" in err[0] and not (tmp_path / "o.onnx").exists()
+    assert main(["bench"]) == 2
