@@ -53,7 +53,10 @@ def cpu_model() -> str:
 
 def onnxruntime_int8(model: ir.Model, calibration: Sequence[Mapping[str, np.ndarray]], workdir: str | os.PathLike) -> Path:
     """ONNX Runtime's best int8 version of ``model``, made by ONNX Runtime's own quantizer after its
-    own pre-processing (``quant_pre_process``: shape inference, BatchNorm folding): static QDQ
+    own pre-processing (``quant_pre_process``: shape inference, BatchNorm folding; not for
+    transformers, where it fuses away the MatMuls dynamic quantization needs), on the model with
+    its constants folded (graphpress ``cleanup``: torch exports put weights behind Transposes,
+    which the quantizer does not see as weights): static QDQ
     (uint8 activations, int8 per-channel weights, MinMax on ``calibration``) for a model with
     convolutions, dynamic int8 MatMuls otherwise. Returns the path of the quantized file."""
     import logging
@@ -63,12 +66,18 @@ def onnxruntime_int8(model: ir.Model, calibration: Sequence[Mapping[str, np.ndar
 
     from graphpress.ir.io import save
 
-    raw = save(model, Path(workdir) / "ort-int8-source.onnx")
+    from graphpress.passes import PassManager, build_passes
+
+    folded = copy_model(model)  # constants folded first (a weight behind a Transpose is no weight to the quantizer)
+    PassManager(build_passes("cleanup")).run(folded)
+    raw = save(folded, Path(workdir) / "ort-int8-source.onnx")
     src, dst = Path(workdir) / "ort-int8-prepared.onnx", Path(workdir) / "ort-int8.onnx"
     root = logging.getLogger()
     level, root.level = root.level, logging.ERROR  # the quantizer logs advice on the root logger
     try:
-        try:
+        try:  # not for a transformer: its optimizer fuses the MatMuls the dynamic quantizer looks for (MiniLM: none left)
+            if model_kind(model) == "transformer":
+                raise ValueError
             quant_pre_process(str(raw), str(src))
         except Exception:  # its optimizer or symbolic shape inference refused: quantize the model as given
             src = raw
@@ -93,14 +102,15 @@ def _quantize_with_ort(model, calibration, src, dst, quantize_static, quantize_d
         quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul"])
 
 
-def _disk_bytes(model: ir.Model) -> tuple[int, int]:
-    """``(bytes of the .onnx file written by graphpress, bytes packed by graphpress pack)``."""
+def _disk_bytes(model: ir.Model, packed: bool) -> tuple[int, int | None]:
+    """``(bytes of the .onnx file written by graphpress, bytes packed by graphpress pack or None)``
+    (packing tries every codec on every tensor: a minute for MiniLM's 91 MB, so only when asked)."""
     from graphpress.ir.io import to_proto
     from graphpress.ir.numeric import _materialize
     from graphpress.ir.pack import pack_bytes
 
     data = _materialize(to_proto(model), model).SerializeToString()
-    return len(data), len(pack_bytes(data)[0])
+    return len(data), len(pack_bytes(data)[0]) if packed else None
 
 
 def _timed(fns: Mapping[str, Callable[[], object]], seconds: float) -> dict[str, dict[str, float]]:
@@ -239,7 +249,7 @@ def compress(
         notes.append(f"the integer kernels were refused by the check against ONNX Runtime ({compiled.meta['build']['int8_refused'][:200]}); "
                      "the artifact computes the quantized model in float Quantize/Dequantize arithmetic instead")  # fmt: skip
     judge = Quality(budget, original, held_out, split_labels[1])
-    rows, machine = _rows(original, result.model, compiled, target, choose, held_out, judge, measure, say)
+    rows, machine = _rows(original, result.model, compiled, target, choose, held_out, judge, measure, say, pack=chosen == "smallest")
     return CompressResult(result.model, compiled, recipe, chosen, target, budget, result.steps, rows, notes, machine, result.held_out_loss,
                           round(time.perf_counter() - start, 1))  # fmt: skip
 
@@ -296,9 +306,9 @@ def _fastest(results: dict[str, RecipeResult], target: str, held_out, original, 
     return chosen, compiled.get(chosen)
 
 
-def _rows(original, compressed, compiled, target, choose, held_out, judge: Quality, measure: bool, say) -> tuple[list[dict], dict]:
+def _rows(original, compressed, compiled, target, choose, held_out, judge: Quality, measure: bool, say, pack: bool) -> tuple[list[dict], dict]:
     """The before/after table: the original on ONNX Runtime (fp32), ONNX Runtime's best int8 of the
-    original, the compressed ONNX on ONNX Runtime, and the artifact."""
+    original, the compressed ONNX on ONNX Runtime, and the artifact (``pack``: with packed sizes)."""
     from graphpress.ir import summarize
     from graphpress.ir.timing import onnxruntime_best
 
@@ -321,7 +331,7 @@ def _rows(original, compressed, compiled, target, choose, held_out, judge: Quali
         engines = {}
         for label, m in models.items():
             summary = summarize(copy_model(m))
-            size, packed = _disk_bytes(m)
+            size, packed = _disk_bytes(m, pack)
             row = {"params": summary.params, "macs": summary.macs, "onnx_bytes": size, "packed_bytes": packed,
                    "held_out": judge.describe(judge.loss(m)), "held_out_loss": judge.loss(m)}  # fmt: skip
             variants[label] = row

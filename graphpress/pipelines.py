@@ -9,9 +9,10 @@ mildest. :func:`run_recipe` splits the one budget across the lossy steps **by me
 2. the steps then run in order, each taking the strongest candidate whose loss -- measured on
    the model so far, on the validation part of the samples -- leaves the later steps' reserves;
 3. the result is judged on the **held-out** part of the samples (never seen by a choice); when it
-   exceeds the budget there, the steps are chosen again with a smaller share of the budget, and
-   when nothing fits, the lossy steps are dropped (the result never exceeds the budget on the
-   held-out samples).
+   exceeds the budget there, the steps are chosen again with a smaller share of the budget
+   (:data:`SHARES`, down to only what loses nothing on the choosing samples), and when nothing
+   fits, the lossy steps are dropped (the result never exceeds the budget on the held-out
+   samples).
 
 Every candidate runs under the pass manager's checks (:class:`~graphpress.passes.NumericInstrument`
 against the model it received, :class:`~graphpress.passes.InvariantInstrument`); a candidate a
@@ -232,9 +233,14 @@ def recipe_stages(recipe: str, model: ir.Model, target: str = "onnxruntime") -> 
     if recipe in ("int8", "prune-int8"):
         stages.append(Stage("quantize", _quantize_candidates(model, target)))
     if recipe == "smallest":
-        stages.append(Stage("prune", [f"prune:mode=unstructured;ratio={r}" for r in UNSTRUCTURED_RATIOS]))
+        stages.append(Stage("prune", [f"prune:mode=unstructured;scope=global;ratio={r}" for r in UNSTRUCTURED_RATIOS]))
         stages.append(Stage("share", [f"share:clusters={c}" for c in SHARE_CLUSTERS]))
     return stages
+
+
+#: the shares of the budget the steps are chosen with, in turn, until the held-out check passes
+#: (0: only candidates that lose nothing on the choosing samples)
+SHARES = (1.0, 0.7, 0.5, 0.3, 0.15, 0.0)
 
 
 def copy_model(model: ir.Model) -> ir.Model:
@@ -352,7 +358,7 @@ def run_recipe(
         return current, steps
 
     attempts, result, steps, loss = 0, base, [], judge.loss(base)
-    for share in (1.0, 0.7, 0.5, 0.3):
+    for share in SHARES:
         if not lossy:
             break
         attempts += 1
