@@ -94,7 +94,7 @@ def _add_compress(sub):
 
 def _add_bench(sub):
     p = sub.add_parser("bench", help="latency side by side: ONNX Runtime fp32, its best int8, and a compiled artifact")
-    p.add_argument("model", nargs="?", help="path of an .onnx file (the model the peers run)")
+    p.add_argument("model", nargs="?", help="path of an .onnx file (the model the peers run), or an artifact directory alone")
     p.add_argument("--artifact", help="artifact directory from graphpress compile/compress")
     p.add_argument("--inputs", help=".npz of inputs (keys = input names); the int8 peer is calibrated on them; default: generated")
     p.add_argument("--no-int8", action="store_true", help="leave out ONNX Runtime's int8")
@@ -582,6 +582,8 @@ def cmd_bench(args) -> int:
 
     if not args.model and not args.artifact:
         raise GraphpressError("bench: give a model (.onnx), --artifact DIR, or both")
+    if args.model and Path(args.model).is_dir() and not args.artifact:  # `bench ARTIFACT`
+        args.artifact, args.model = args.model, None
     model = load(args.model) if args.model else None
     inputs = load_samples(args.inputs, model) if args.inputs and model is not None else None
     if args.inputs and model is None:

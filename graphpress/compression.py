@@ -154,10 +154,18 @@ class CompressResult:
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
+        """The report JSON: the project's report keys (``passes``: the chosen candidates' pass
+        records; ``before``/``after``; ``verification``: the held-out verdict), then the table,
+        the steps with every candidate tried, the notes and the machine."""
+        first, compressed = self.rows[0], next(r for r in self.rows if r["variant"].startswith("graphpress, ONNX"))
+        brief = lambda row: {k: row.get(k) for k in ("params", "onnx_bytes", "macs")}  # noqa: E731
         return {
-            "recipe": self.recipe, "chosen_recipe": self.chosen_recipe, "target": self.target, "budget": self.budget.describe(),
-            "held_out_loss": self.held_out_loss, "steps": self.steps, "rows": self.rows, "notes": self.notes, "machine": self.machine,
-            "seconds": self.seconds,
+            "passes": [p for step in self.steps for p in step.get("passes") or []],
+            "before": brief(first), "after": brief(compressed),
+            "verification": {"budget": self.budget.describe(), "held_out_loss": self.held_out_loss, "passed": self.held_out_loss <= self.budget.allowed,
+                             "held_out": compressed.get("held_out")},
+            "recipe": self.recipe, "chosen_recipe": self.chosen_recipe, "target": self.target,
+            "steps": self.steps, "rows": self.rows, "notes": self.notes, "machine": self.machine, "seconds": self.seconds,
         }  # fmt: skip
 
 

@@ -107,6 +107,7 @@ def test_cli_compress_for_x86_then_bench(tmp_path, capsys, digits_mlp):
     out = capsys.readouterr().out
     assert "vs ORT fp32" in out and "held-out" in out and "step quantize" in out
     report = json.loads(rep.read_text())
+    assert {"passes", "before", "after", "verification"} <= set(report) and report["verification"]["passed"]
     variants = [r["variant"] for r in report["rows"]]
     assert variants[0] == "original, ONNX Runtime fp32" and variants[-1] == "graphpress, compiled for x86"
     assert all("median_ms" in r for r in report["rows"] if "note" not in r)
@@ -122,6 +123,8 @@ def test_cli_compress_for_x86_then_bench(tmp_path, capsys, digits_mlp):
     for r in rows.values():
         assert r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]
         assert r["speedup"] == pytest.approx(rows["ONNX Runtime fp32"]["median_ms"] / r["median_ms"], rel=1e-2)
+    assert main(["bench", str(art), "--json", "--seconds", "0.5"]) == 0  # an artifact alone, on inputs of its shapes
+    assert [r["engine"] for r in json.loads(capsys.readouterr().out)["rows"]] == ["graphpress artifact (x86)"]
 
 
 def test_cli_compress_refuses_a_bad_budget_with_one_line(tmp_path, capsys, digits_mlp):
@@ -134,3 +137,4 @@ def test_cli_compress_refuses_a_bad_budget_with_one_line(tmp_path, capsys, digit
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "budget 'lots'" in err[0] and not (tmp_path / "o.onnx").exists()
     assert main(["bench"]) == 2
+    assert "give a model" in capsys.readouterr().err
