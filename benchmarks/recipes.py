@@ -67,7 +67,7 @@ def main() -> int:
         target = "onnxruntime" if recipe == "smallest" else "x86"
         result = gp.compress(model, target, samples=samples, labels=labels, recipe=recipe, progress=lambda line: print("  " + time.strftime("%H:%M:%S") + f" {case}: {line}", flush=True))
         results[case] = result.to_dict()
-        print(f"\n### {case}: {result.recipe} for {target}, budget {result.budget.describe()} ({result.seconds:.0f} s)\n")
+        print(f"\n### {case}: {result.recipe} for {target}, budget {result.budget_text()} ({result.seconds:.0f} s)\n")
         print("| variant | .onnx bytes | packed bytes | size vs original | params | ms (p10-p90) | vs ORT fp32 | held-out |")
         print("|---|---:|---:|---:|---:|---:|---:|---|")
         first = result.rows[0]

@@ -556,7 +556,7 @@ def _print_compress(result, out: Path) -> None:
 
     console = Console(width=None if sys.stdout.isatty() else 200)  # a pipe or a file gets the whole table
     recipe = result.recipe if result.recipe == result.chosen_recipe else f"{result.recipe} (chose {result.chosen_recipe})"
-    t = Table(title=f"graphpress compress: {recipe} for {result.target}, budget {result.budget.describe()}")
+    t = Table(title=f"graphpress compress: {recipe} for {result.target}, budget {result.budget_text()}")
     for col in ("variant", "size on disk", "packed", "params", "MACs", "latency ms (p10-p90)", "vs ORT fp32", "held-out"):
         t.add_column(col, justify="left" if col in ("variant", "held-out") else "right")
     for row in result.rows:

@@ -152,6 +152,11 @@ class CompressResult:
     machine: dict[str, Any]
     held_out_loss: float
     seconds: float
+    labeled: bool = False
+
+    def budget_text(self) -> str:
+        """The budget in words (accuracy in points when labels were given)."""
+        return self.budget.describe(self.labeled)
 
     def to_dict(self) -> dict[str, Any]:
         """The report JSON: the project's report keys (``passes``: the chosen candidates' pass
@@ -162,7 +167,7 @@ class CompressResult:
         return {
             "passes": [p for step in self.steps for p in step.get("passes") or []],
             "before": brief(first), "after": brief(compressed),
-            "verification": {"budget": self.budget.describe(), "held_out_loss": self.held_out_loss, "passed": self.held_out_loss <= self.budget.allowed,
+            "verification": {"budget": self.budget_text(), "held_out_loss": self.held_out_loss, "passed": self.held_out_loss <= self.budget.allowed,
                              "held_out": compressed.get("held_out")},
             "recipe": self.recipe, "chosen_recipe": self.chosen_recipe, "target": self.target,
             "steps": self.steps, "rows": self.rows, "notes": self.notes, "machine": self.machine, "seconds": self.seconds,
@@ -259,7 +264,7 @@ def compress(
     judge = Quality(budget, original, held_out, split_labels[1])
     rows, machine = _rows(original, result.model, compiled, target, choose, held_out, judge, measure, say, pack=chosen == "smallest")
     return CompressResult(result.model, compiled, recipe, chosen, target, budget, result.steps, rows, notes, machine, result.held_out_loss,
-                          round(time.perf_counter() - start, 1))  # fmt: skip
+                          round(time.perf_counter() - start, 1), labeled=labels is not None)  # fmt: skip
 
 
 def _split_labels(labels, choose, held_out):

@@ -79,12 +79,13 @@ class Budget:
         """The largest loss (see :meth:`Quality.loss`) the budget allows."""
         return 1.0 - self.value if self.kind == "cosine" else self.value
 
-    def describe(self) -> str:
+    def describe(self, labeled: bool = False) -> str:
+        """The budget in words (``labeled``: judged by accuracy against labels)."""
         if self.kind == "cosine":
             return f"mean output cosine >= {self.value:g}"
         if self.kind == "metric":
             return f"the metric drops by at most {self.value:g}"
-        return f"top-1 agreement drops by at most {100 * self.value:g}%"
+        return f"top-1 {'accuracy drops by at most ' + format(100 * self.value, 'g') + ' pt' if labeled else 'agreement drops by at most ' + format(100 * self.value, 'g') + '%'}"
 
 
 def parse_budget(budget: str | float | Budget | None) -> Budget:
@@ -364,7 +365,7 @@ def run_recipe(
         attempts += 1
         cand, cand_steps = attempt(share)
         cand_loss = judge.loss(cand)
-        say(f"held-out check: {judge.describe(cand_loss)} (budget: {budget.describe()})")
+        say(f"held-out check: {judge.describe(cand_loss)} (budget: {budget.describe(judge.labels is not None)})")
         if cand_loss <= allowed:
             result, steps, loss = cand, cand_steps, cand_loss
             break

@@ -82,6 +82,8 @@ def test_budgets_parse_or_fail_with_one_line():
     assert parse_budget("1%") == Budget("agreement", 0.01)
     assert parse_budget("cos:0.995") == Budget("cosine", 0.995)
     assert parse_budget(0.02).allowed == pytest.approx(0.02)
+    assert parse_budget("1%").describe() == "top-1 agreement drops by at most 1%"
+    assert parse_budget("1%").describe(labeled=True) == "top-1 accuracy drops by at most 1 pt"
     for bad in ("abc", "150%", "cos:2"):
         with pytest.raises(GraphpressError, match="budget"):
             parse_budget(bad)
