@@ -334,15 +334,16 @@ def _rows(original, compressed, compiled, target, choose, held_out, judge: Quali
         say("ONNX Runtime's best int8 of the original (its own quantizer)")
         try:
             ort_int8 = load(onnxruntime_int8(original, choose, tmp))
-        except Exception as e:  # the peer's quantizer refused this model: its row says why
-            ort_int8 = None
-            variants["ONNX Runtime int8 (its quantizer, best settings)"] = {"note": f"not made: {str(e).splitlines()[0][:160]}"}
-        models = {"original, ONNX Runtime fp32": original}
-        if ort_int8 is not None:
-            models["ONNX Runtime int8 (its quantizer, best settings)"] = ort_int8
-        models["graphpress, ONNX on ONNX Runtime"] = compressed
+            judge.loss(ort_int8)  # the quantizer can write what ONNX Runtime refuses (per-channel DequantizeLinear below opset 13)
+        except Exception as e:  # the peer's quantizer refused this model, or ORT refused its result: its row says why
+            ort_int8, peer_note = None, f"not made: {str(e).splitlines()[0][:160]}"
+        models = {"original, ONNX Runtime fp32": original, "ONNX Runtime int8 (its quantizer, best settings)": ort_int8,
+                  "graphpress, ONNX on ONNX Runtime": compressed}  # fmt: skip
         engines = {}
         for label, m in models.items():
+            if m is None:  # the peer's int8: its row says why it is missing
+                variants[label] = {"note": peer_note}
+                continue
             summary = summarize(copy_model(m))
             size, packed = _disk_bytes(m, pack)
             row = {"params": summary.params, "macs": summary.macs, "onnx_bytes": size, "packed_bytes": packed,
