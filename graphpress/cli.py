@@ -39,6 +39,7 @@ def _add_optimize(sub):
     p.add_argument("--passes", required=True, help="SPEC: name[:key=value[;key=value]],name... e.g. 'cleanup'")
     p.add_argument("--verify", action="store_true", help="check every pass numerically with ONNX Runtime; fail (exit 2) on a mismatch")
     p.add_argument("--report", help="write the report JSON here")
+    p.add_argument("--report-html", metavar="PATH", help="write the report a person reads here: one self-contained HTML page (weights before/after, per-layer metrics, pass timeline)")
     p.add_argument("--inputs", help=".npz of sample inputs (keys = input names; a stack of N for a batch-1 model is N samples) "
                    "for --verify and passes that need data (given to passes that need none, they turn --verify on); "
                    "default: random from declared shapes")
@@ -70,6 +71,7 @@ def _add_compile(sub):
                    help="exit 2 and write nothing when the artifact is slower than ONNX Runtime on the model as given (host targets)")
     p.add_argument("--no-measure", action="store_true", help="skip timing the artifact against ONNX Runtime (host targets)")
     p.add_argument("--report", help="write the build report JSON here")
+    p.add_argument("--report-html", metavar="PATH", help="write the report a person reads here: one self-contained HTML page (weights before/after, per-layer metrics, pass timeline, latency against ONNX Runtime)")
     p.set_defaults(func=cmd_compile)
 
 
@@ -89,6 +91,7 @@ def _add_compress(sub):
     p.add_argument("--onnx", help="also write the compressed ONNX here (TVM targets)")
     p.add_argument("--no-measure", action="store_true", help="skip the latency comparison")
     p.add_argument("--report", help="write the report JSON here")
+    p.add_argument("--report-html", metavar="PATH", help="write the report a person reads here: one self-contained HTML page (weights before/after, per-layer metrics, every candidate tried, latency against the peers)")
     p.set_defaults(func=cmd_compress)
 
 
@@ -292,11 +295,16 @@ def cmd_optimize(args) -> int:
     passes = build_passes(args.passes)
     input_path = Path(args.model)
     out = check_writable(args.output, "output", input_path)
-    if args.report:
-        report_path = check_writable(args.report, "report", input_path)
-        if report_path.resolve() == out.resolve():
-            raise GraphpressError(f"{args.report}: is also the output model; give the report another path")
+    for extra, what in ((args.report, "report"), (args.report_html, "--report-html")):
+        if extra and check_writable(extra, what, input_path).resolve() == out.resolve():
+            raise GraphpressError(f"{extra}: is also the output model; give the {what} another path")
     instruments = [InvariantInstrument()]
+    trace = None
+    if args.report_html:
+        from graphpress.report_html import WeightTrace
+
+        trace = WeightTrace()
+        instruments.insert(0, trace)
     if args.dump_ir:
         instruments.append(DumpInstrument(args.dump_ir))
     model = load(input_path)
@@ -311,9 +319,20 @@ def cmd_optimize(args) -> int:
         checked = samples if samples is not None else [make_inputs(model, seed=0)]
         numeric_inst = NumericInstrument(checked, source, min_cosine=args.min_cosine, **_user_baseline(input_path, model, checked))
         instruments.insert(1, numeric_inst)
-    result = PassManager(passes, instruments, context=context).run(model)
+    try:
+        result = PassManager(passes, instruments, context=context).run(model)
+    except GraphpressError as e:
+        if trace is not None:  # the page shows how far the run got and why it stopped
+            _html_of_failed_run(args.report_html, trace, e, "optimize", model=args.model, spec=args.passes)
+        raise
     after = summarize(model)
     save(model, out, external_data=True if args.external_data else None)
+    if trace is not None:
+        from graphpress.report_html import optimize_page
+
+        optimize_page(args.report_html, trace=trace, records=[r.to_dict() for r in result.records], model=args.model, spec=args.passes,
+                      final=numeric_inst.final if numeric_inst else None)  # fmt: skip
+        print(f"report: {args.report_html}")
     if args.report:
         report = build_report(
             result,
@@ -328,6 +347,24 @@ def cmd_optimize(args) -> int:
         write_json_atomic(report, args.report)
     _print_optimize_summary(before, after, result, numeric_inst, out)
     return 0
+
+
+def _html_of_failed_run(path, trace, error: Exception, command: str, **kw) -> None:
+    """The HTML page of a run a check stopped: the passes that ran, the one that failed with its
+    verification (the first diverging node) and the error."""
+    from graphpress.report_html import compile_page, optimize_page
+
+    records = [r.to_dict() for r in trace.records]
+    report = getattr(error, "report", None)
+    if records and records[-1].get("verification") is None and report is not None:
+        records[-1]["verification"] = {"passed": False, "max_abs_diff": report.max_abs_diff, "cosine": report.min_cosine,
+                                       "family": "?", "first_divergence": report.first_divergence}  # fmt: skip
+    page = optimize_page if command == "optimize" else compile_page
+    try:
+        page(path, trace=trace, records=records, failure=str(error), **kw)
+        print(f"wrote {path}: the report of the stopped run", file=sys.stderr)
+    except Exception as e:  # the error the user must see is the first one
+        print(f"warning: {path} not written ({e})", file=sys.stderr)
 
 
 def _user_baseline(path: Path, model, samples) -> dict:
@@ -443,8 +480,9 @@ def cmd_compile(args) -> int:
     shapes = _parse_shapes(args.input_shape)
     passes = build_passes(args.passes) if args.passes else []
     out = _check_artifact_path(args.output, Path(args.model))
-    if args.report:
-        check_writable(args.report, "report", Path(args.model))
+    for extra, what in ((args.report, "report"), (args.report_html, "--report-html")):
+        if extra:
+            check_writable(extra, what, Path(args.model))
     if args.require_faster and not spec.is_host:
         raise GraphpressError(f"--require-faster: target {spec.name} does not run on this host, so its speed cannot be measured here")
     model = load(args.model)
@@ -456,17 +494,34 @@ def cmd_compile(args) -> int:
     if samples:
         shapes = shapes_of_samples(model, samples, shapes, args.inputs, dynamic_dims(model, dynamic) if dynamic else None)
     pass_records = []
-    if passes:
-        context = PassContext(samples=samples, samples_source=str(args.inputs) if samples else "generated", target=target_facts(spec))
-        pass_records = [r.to_dict() for r in PassManager(passes, [InvariantInstrument()], context=context).run(model).records]
-    # host targets: compile_model checks the code against ONNX Runtime on these samples and
-    # raises (naming the first diverging node) before anything is written
-    compiled = compile_model(
-        model, spec, input_shapes=shapes, tune_trials=args.tune_trials, max_trials_per_task=args.max_trials_per_task, database=args.database,
-        int8=args.int8, samples=samples, dynamic=dynamic, measure=not args.no_measure, baseline=baseline, require_faster=args.require_faster,
-    )  # fmt: skip
+    trace = None
+    if args.report_html:
+        from graphpress.report_html import WeightTrace
+
+        trace = WeightTrace()
+        trace.run_start(model)
+    try:
+        if passes:
+            context = PassContext(samples=samples, samples_source=str(args.inputs) if samples else "generated", target=target_facts(spec))
+            instruments = [InvariantInstrument()] + ([trace] if trace is not None else [])
+            pass_records = [r.to_dict() for r in PassManager(passes, instruments, context=context).run(model).records]
+        # host targets: compile_model checks the code against ONNX Runtime on these samples and
+        # raises (naming the first diverging node) before anything is written
+        compiled = compile_model(
+            model, spec, input_shapes=shapes, tune_trials=args.tune_trials, max_trials_per_task=args.max_trials_per_task, database=args.database,
+            int8=args.int8, samples=samples, dynamic=dynamic, measure=not args.no_measure, baseline=baseline, require_faster=args.require_faster,
+        )  # fmt: skip
+    except GraphpressError as e:
+        if trace is not None:
+            _html_of_failed_run(args.report_html, trace, e, "compile", model=args.model, compiled=None)
+        raise
     compiled.save(out)
     build = compiled.meta["build"]
+    if trace is not None:
+        from graphpress.report_html import compile_page
+
+        compile_page(args.report_html, trace=trace, records=pass_records, model=args.model, compiled=compiled)
+        print(f"report: {args.report_html}")
     if args.report:
         write_json_atomic({"target": spec.config, "passes": pass_records, "build": build, "inputs": compiled.meta["inputs"]}, args.report)
     unscheduled = build.get("unscheduled_kernels") or []
@@ -521,7 +576,7 @@ def cmd_compress(args) -> int:
         out = check_writable(args.output, "output", input_path)
     else:
         out = _check_artifact_path(args.output, input_path)
-    for extra, what in ((args.onnx, "--onnx"), (args.report, "report")):
+    for extra, what in ((args.onnx, "--onnx"), (args.report, "report"), (args.report_html, "--report-html")):
         if extra:
             check_writable(extra, what, input_path)
     model = load(input_path)
@@ -546,7 +601,13 @@ def cmd_compress(args) -> int:
             save(result.model, args.onnx)
     if args.report:
         write_json_atomic(result.to_dict(), args.report)
+    if args.report_html:
+        from graphpress.report_html import compress_page
+
+        compress_page(args.report_html, result, args.model)
     _print_compress(result, out)
+    if args.report_html:
+        print(f"report: {args.report_html}")
     return 0
 
 

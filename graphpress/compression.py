@@ -153,6 +153,9 @@ class CompressResult:
     held_out_loss: float
     seconds: float
     labeled: bool = False
+    #: the model given, and the model after each kept step (``(stage, model)``): the report's pictures
+    original: ir.Model | None = None
+    path: list[tuple[str, ir.Model]] = dataclasses.field(default_factory=list)
 
     def budget_text(self) -> str:
         """The budget in words (accuracy in points when labels were given)."""
@@ -264,7 +267,7 @@ def compress(
     judge = Quality(budget, original, held_out, split_labels[1])
     rows, machine = _rows(original, result.model, compiled, target, choose, held_out, judge, measure, say, pack=chosen == "smallest")
     return CompressResult(result.model, compiled, recipe, chosen, target, budget, result.steps, rows, notes, machine, result.held_out_loss,
-                          round(time.perf_counter() - start, 1), labeled=labels is not None)  # fmt: skip
+                          round(time.perf_counter() - start, 1), labeled=labels is not None, original=original, path=result.path)  # fmt: skip
 
 
 def _split_labels(labels, choose, held_out):

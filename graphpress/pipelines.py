@@ -272,6 +272,8 @@ class RecipeResult:
     attempts: int
     budget: Budget
     seconds: float = 0.0
+    #: the model after each step that was kept, ``(stage, model)``, in order (the report's pictures)
+    path: list[tuple[str, ir.Model]] = dataclasses.field(default_factory=list)
 
 
 def _apply(model: ir.Model, spec: str, calibration: list[dict], check: list[dict], metric) -> tuple[ir.Model, list[dict]]:
@@ -314,13 +316,14 @@ def run_recipe(
 
     lossless = [s for s in stages if not s.lossy]
     lossy = [s for s in stages if s.lossy]
-    base, lossless_steps = copy_model(model), []
+    base, lossless_steps, lossless_path = copy_model(model), [], []
     for stage in lossless:
         say(f"{stage.name}: {stage.candidates[0]}")
         base, records = _apply(base, stage.candidates[0], choose, check, None)
+        lossless_path.append((stage.name, base))
         lossless_steps.append({"stage": stage.name, "chosen": stage.candidates[0], "loss": val.loss(base), "tried": [[stage.candidates[0], "applied"]], "passes": records})
 
-    def attempt(share: float) -> tuple[ir.Model, list[dict]]:
+    def attempt(share: float) -> tuple[ir.Model, list[dict], list[tuple[str, ir.Model]]]:
         room_total = allowed * share
         reserve: dict[str, float] = {}
         for stage in lossy[1:]:  # each later step alone: what it will cost
@@ -334,7 +337,7 @@ def run_recipe(
                 if loss <= room_total:
                     reserve[stage.name] = max(loss, 0.0)
                     break
-        current, steps = base, []
+        current, steps, path = base, [], []
         for i, stage in enumerate(lossy):
             room = room_total - sum(reserve.get(s.name, 0.0) for s in lossy[i + 1 :])
             step: dict[str, Any] = {"stage": stage.name, "chosen": None, "loss": None, "tried": [], "room": room}
@@ -351,23 +354,24 @@ def run_recipe(
                     step["tried"].append([spec, f"kept: {val.describe(loss)}"])
                     step.update(chosen=spec, loss=loss, passes=records)
                     current = cand
+                    path.append((stage.name, cand))
                     break
                 step["tried"].append([spec, f"over its share of the budget: {val.describe(loss)} (room {room:.4g})"])
             if step["chosen"] is None:
                 step["skipped"] = "no candidate fits its share of the budget"
             steps.append(step)
-        return current, steps
+        return current, steps, path
 
-    attempts, result, steps, loss = 0, base, [], judge.loss(base)
+    attempts, result, steps, loss, path = 0, base, [], judge.loss(base), []
     for share in SHARES:
         if not lossy:
             break
         attempts += 1
-        cand, cand_steps = attempt(share)
+        cand, cand_steps, cand_path = attempt(share)
         cand_loss = judge.loss(cand)
         say(f"held-out check: {judge.describe(cand_loss)} (budget: {budget.describe(judge.labels is not None)})")
         if cand_loss <= allowed:
-            result, steps, loss = cand, cand_steps, cand_loss
+            result, steps, loss, path = cand, cand_steps, cand_loss, cand_path
             break
         steps = cand_steps
         for step in steps:
@@ -377,5 +381,5 @@ def run_recipe(
             step["chosen"] = None
             step["skipped"] = "dropped: no choice kept the held-out samples within the budget"
     if lossy and loss > allowed:
-        result, loss = base, judge.loss(base)
-    return RecipeResult(result, lossless_steps + steps, loss, attempts, budget, round(time.perf_counter() - start, 2))
+        result, loss, path = base, judge.loss(base), []
+    return RecipeResult(result, lossless_steps + steps, loss, attempts, budget, round(time.perf_counter() - start, 2), lossless_path + path)
