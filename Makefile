@@ -10,7 +10,7 @@ N ?= 500
 SEED ?= 0
 JOBS ?= 2
 
-.PHONY: demo test bench install clean arm-env fuzz fuzz-env
+.PHONY: demo test bench install clean arm-env fuzz fuzz-env browser-env
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/graphpress demo
 
-test: $(STAMP) fuzz-env
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+test: $(STAMP) fuzz-env browser-env
+	GRAPHPRESS_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+
+# Debian's Chromium: the HTML report is tested in a real headless browser (scripts/browser-env.sh).
+browser-env:
+	bash scripts/browser-env.sh
 
 # NNSmith (graph generator for the differential fuzzer) in its own virtualenv: it pins its own
 # dependencies and needs torch's legacy TorchScript exporter (fuzz/setup-venv.sh).

@@ -32,7 +32,7 @@ _WEIGHT_INPUTS = {
     "Gather": (0,), "QLinearConv": (3,), "QLinearMatMul": (3,),
 }  # fmt: skip
 
-_SUFFIXES = re.compile(r"(_quantized|_dequantized|_DequantizeLinear_Output|\.share_indices4|\.share_indices|\.share_codebook|_QuantizeLinear_Output)$")
+_SUFFIXES = re.compile(r"(_quantized|_int8|_uint8|_int4|_uint4|_dequantized|_DequantizeLinear_Output|\.share_indices4|\.share_indices|\.share_codebook|_QuantizeLinear_Output)$")
 
 
 def root_name(name: str) -> str:
