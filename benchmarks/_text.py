@@ -2,35 +2,16 @@
 
 from __future__ import annotations
 
-import inspect
-import os
-import tempfile
 from collections.abc import Callable
 
 import numpy as np
 
 
 def sentences(n: int) -> list[str]:
-    """Up to ``n`` distinct first lines (25-200 characters) of docstrings of Python's standard library."""
-    import collections
-    import functools
-    import itertools
-    import json as json_mod
-    import pathlib
-    import re
-    import statistics as stats_mod
-    import string
-    import textwrap
+    """Up to ``n`` distinct first lines of docstrings of Python's standard library."""
+    from graphpress.models.minilm import docstring_sentences
 
-    out: list[str] = []
-    for mod in (str, list, dict, os, os.path, re, json_mod, collections, itertools, functools, pathlib, stats_mod, string, textwrap, inspect, tempfile):
-        for _, obj in sorted(vars(mod).items()) if hasattr(mod, "__dict__") else []:
-            doc = inspect.getdoc(obj) if callable(obj) else None
-            if doc:
-                line = doc.strip().splitlines()[0]
-                if 25 <= len(line) <= 200 and line not in out:
-                    out.append(line)
-    return out[:n]
+    return docstring_sentences(n)
 
 
 def embed(run: Callable[[dict], np.ndarray], names: list[str], texts: list[str], seq_len: int = 64, batch: int = 32) -> np.ndarray:

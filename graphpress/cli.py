@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from graphpress.errors import GraphpressError
@@ -592,7 +593,7 @@ def cmd_compress(args) -> int:
     console = Console(stderr=True)
     with console.status("compressing") as status:
         result = compress(model, args.target, samples=samples, budget=args.budget, recipe=args.recipe, labels=labels,
-                          measure=not args.no_measure, progress=lambda line: status.update(line))  # fmt: skip
+                          measure=not args.no_measure, progress=lambda line, t=time.perf_counter(): status.update(f"[{time.perf_counter() - t:.0f} s] {line}"))  # fmt: skip
     if args.target == "onnxruntime":
         save(result.model, out)
     else:

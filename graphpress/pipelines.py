@@ -186,7 +186,7 @@ class Quality:
             return f"mean cosine {1 - loss:.4f}"
         if self.budget.kind == "metric":
             return f"metric drop {loss:.4g}"
-        return f"top-1 {'accuracy' if self.labels is not None else 'agreement'} drop {100 * loss:.2f}%"
+        return f"top-1 accuracy drop {100 * loss:.2f} pt" if self.labels is not None else f"top-1 agreement drop {100 * loss:.2f}%"
 
 
 @dataclasses.dataclass
@@ -341,9 +341,13 @@ def run_recipe(
         for i, stage in enumerate(lossy):
             room = room_total - sum(reserve.get(s.name, 0.0) for s in lossy[i + 1 :])
             step: dict[str, Any] = {"stage": stage.name, "chosen": None, "loss": None, "tried": [], "room": room}
-            for spec in stage.candidates:
+            stage_start = time.perf_counter()
+            for n, spec in enumerate(stage.candidates):
                 spec = spec.replace("{tolerance}", f"{max(room, 0.0):.6g}")
-                say(f"{stage.name}: trying {spec}")
+                left = len(stage.candidates) - n
+                # the candidates so far tell the time per candidate: at most this much is left of the step
+                eta = f", at most ~{(time.perf_counter() - stage_start) / n * left:.0f} s left" if n else ""
+                say(f"step {i + 1}/{len(lossy)} {stage.name}, candidate {n + 1} of at most {len(stage.candidates)}{eta}: trying {spec}")
                 try:
                     cand, records = _apply(current, spec, choose, check, metric)
                 except GraphpressError as e:  # a check refused it (NumericMismatchError) or the pass could not run

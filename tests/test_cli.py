@@ -166,14 +166,36 @@ def test_console_script_entry_point(tmp_path, mlp_path):
 
 
 @pytest.mark.slow
-def test_demo_runs_and_is_verified(tmp_path):
+def test_demo_runs_the_whole_job_and_is_verified(tmp_path):
+    """`make demo`: the digits CNN with prune-int8 and smallest, MiniLM with int8, all compiled for
+    x86; each within its budget on held-out samples (checked here again on the artifacts with
+    ONNX Runtime), a page per job, the table's sizes read off the files."""
     from graphpress.demo import run_demo
 
-    result = run_demo(output_dir=str(tmp_path), epochs=3)
-    assert result["verification"]["passed"]
-    assert result["after"]["nodes"] < result["before"]["nodes"]
-    assert result["accuracy_after"] == result["accuracy_before"] > 0.8
-    assert (tmp_path / "digits_cnn.optimized.onnx").exists()
+    result = run_demo(output_dir=str(tmp_path), epochs=4)
+    assert [r["job"] for r in result["rows"]] == ["digits-cnn prune-int8", "digits-cnn smallest", "minilm int8"]
+    assert all(r["passed"] for r in result["rows"]), result["rows"]
+    small = result["rows"][1]
+    assert small["bytes_after"] * 8 < small["bytes_before"], small  # smallest: packed, several times smaller
+    for page in result["reports"]:
+        text = Path(page).read_text()
+        assert text.startswith("<!DOCTYPE html>") and "data:image/png;base64," in text
+    for artifact in result["artifacts"]:
+        assert (Path(artifact) / "graphpress.json").is_file()
+    assert all(r["graphpress_ms"] and r["ort_fp32_ms"] for r in result["rows"])
+    # the prune-int8 artifact on the held-out digits (the last quarter), against ONNX Runtime on the exported CNN
+    from graphpress.backends.tvm.runtime import load as load_artifact
+    from graphpress.models.cnn import digits_data
+    from graphpress.pipelines import split_samples
+
+    data = digits_data()
+    held = split_samples([{"x": data.x_test}])[1][0]["x"]
+    labels = data.y_test[len(data.x_test) - len(held) :]
+    session = ort.InferenceSession(str(tmp_path / "digits-cnn.onnx"), providers=["CPUExecutionProvider"])
+    original = (session.run(None, {session.get_inputs()[0].name: held})[0].argmax(1) == labels).mean()
+    artifact = load_artifact(result["artifacts"][0])
+    got = np.asarray(artifact(held)[0]).argmax(1)
+    assert (got == labels).mean() >= original - 0.01
 
 
 def test_inspect_counts_macs_for_the_input_shape_given(tmp_path, capsys):

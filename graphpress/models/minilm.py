@@ -45,6 +45,32 @@ def load_minilm() -> MiniLMEncoder:
     return MiniLMEncoder(bert).eval()
 
 
+def docstring_sentences(n: int) -> list[str]:
+    """Up to ``n`` distinct first lines (25-200 characters) of docstrings of Python's standard
+    library: real English text that every machine has (the demo's and benchmarks' sentences)."""
+    import collections
+    import functools
+    import inspect
+    import itertools
+    import json
+    import pathlib
+    import re
+    import statistics
+    import string
+    import tempfile
+    import textwrap
+
+    out: list[str] = []
+    for mod in (str, list, dict, os, os.path, re, json, collections, itertools, functools, pathlib, statistics, string, textwrap, inspect, tempfile):
+        for _, obj in sorted(vars(mod).items()) if hasattr(mod, "__dict__") else []:
+            doc = inspect.getdoc(obj) if callable(obj) else None
+            if doc:
+                line = doc.strip().splitlines()[0]
+                if 25 <= len(line) <= 200 and line not in out:
+                    out.append(line)
+    return out[:n]
+
+
 def tokenize(sentences: list[str], seq_len: int = 128) -> dict[str, torch.Tensor]:
     """Tokenize with the packaged tokenizer, padded to ``seq_len``."""
     from transformers import AutoTokenizer
