@@ -82,7 +82,7 @@ def run_demo(output_dir: str | None = None, epochs: int = 8, jobs: tuple = JOBS)
 
     import sys
 
-    console = Console(width=None if sys.stdout.isatty() else 160)  # a pipe or a file gets the whole table
+    console = Console(width=None if sys.stdout.isatty() else 170)  # a pipe or a file gets the whole table
     start = time.perf_counter()
     out_dir = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="graphpress-demo-"))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -130,7 +130,7 @@ def run_demo(output_dir: str | None = None, epochs: int = 8, jobs: tuple = JOBS)
 def _short_budget(budget, labeled: bool) -> str:
     if budget.kind == "cosine":
         return f"cosine >= {budget.value:g}"
-    return f"<= {100 * budget.value:g} {'pt accuracy' if labeled else '% agreement'}"
+    return f"<= {100 * budget.value:g} {'pt acc.' if labeled else '% agr.'}"
 
 
 def _short_loss(budget, labeled: bool, loss: float | None) -> str:
@@ -138,7 +138,7 @@ def _short_loss(budget, labeled: bool, loss: float | None) -> str:
         return "-"
     if budget.kind == "cosine":
         return f"cosine {1 - loss:.4f}"
-    return f"{-100 * loss:+.2f} {'pt accuracy' if labeled else '% agreement'}"
+    return f"{(-100 * loss) or 0.0:+.2f} {'pt acc.' if labeled else '% agr.'}"
 
 
 def _ms(v: float | None) -> str:
