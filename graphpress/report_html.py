@@ -27,6 +27,7 @@ the page is viewed. The page is written whole or not at all (``graphpress.ir.ato
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import math
@@ -73,12 +74,30 @@ class WeightTrace(Instrument):
     def add(self, label: str, model: ir.Model) -> None:
         """A snapshot of ``model``'s layers that differ from the latest snapshot."""
         latest = current_weights(self.snapshots)
-        now = layer_weights(model)
+        now = _same_keys(layer_weights(model), latest)
         changed = {k: w for k, w in now.items() if k not in latest or latest[k].values.shape != w.values.shape or latest[k].stored != w.stored
                    or not np.array_equal(latest[k].values, w.values)}  # fmt: skip
         removed = {k: None for k in latest if k not in now}
         if changed or removed:
             self.snapshots.append((label, {**changed, **removed}))
+
+
+def _node_key(node: str) -> str:
+    return node[: -len("_quant")] if node.endswith("_quant") else node  # ONNX Runtime's dynamic quantizer renames the layer node
+
+
+def _same_keys(now: dict[str, LayerWeight], latest: Mapping[str, LayerWeight]) -> dict[str, LayerWeight]:
+    """``now`` keyed like ``latest``: a layer whose weight initializer got a new name (constant
+    folding writes a torch export's transposed weight as a new initializer) keeps the key of the
+    layer node it belongs to."""
+    by_node = {_node_key(w.node): k for k, w in latest.items()}
+    out: dict[str, LayerWeight] = {}
+    for key, w in now.items():
+        old = by_node.get(_node_key(w.node))
+        if key not in latest and old is not None and old not in now and old not in out:
+            key, w = old, dataclasses.replace(w, key=old)
+        out[key] = w
+    return out
 
 
 def current_weights(snapshots: Sequence[tuple[str, Mapping[str, LayerWeight | None]]]) -> dict[str, LayerWeight]:
@@ -98,7 +117,6 @@ def layer_metrics(snapshots: Sequence[tuple[str, Mapping[str, LayerWeight | None
     before/after, ``r_p``, sparsity, storage, the error each step that changed it added
     (``steps``: ``[label, eps]``; eps = mean (x - x_hat)^2 when the shape was kept), and Deep
     Compression's rate for a shared layer."""
-    first = dict(snapshots[0][1]) if snapshots else {}
     rows: dict[str, dict[str, Any]] = {}
     latest: dict[str, LayerWeight] = {}
     for label, layers in snapshots:
@@ -131,7 +149,6 @@ def layer_metrics(snapshots: Sequence[tuple[str, Mapping[str, LayerWeight | None
         if w.stored == "shared" and w.grid is not None and len(w.grid) > 1:
             n, k, b = w.values.size, len(w.grid), 32
             row["deep_compression_rate"] = n * b / (n * math.log2(k) + k * b)
-    del first
     return list(rows.values())
 
 

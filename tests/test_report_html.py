@@ -180,3 +180,16 @@ def test_report_page_is_written_whole(tmp_path):
     assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
     assert html.count("<img") == 2  # the layer's picture and the timeline
     assert [p.name for p in tmp_path.iterdir()] == ["r.html"]  # no temporaries left
+
+
+def test_a_layer_keeps_its_name_when_folding_renames_its_weight():
+    """torch.export puts a 3-D Linear's weight behind a Transpose; cleanup folds it into a new
+    initializer and dynamic quantization renames the node: the layer is still the same row."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.ReLU(), torch.nn.Linear(48, 16)).eval()
+    model = gp.load(module, torch.randn(1, 8, 64))
+    trace = WeightTrace()
+    PassManager(build_passes("cleanup,quantize:mode=dynamic"), [trace]).run(model)
+    rows = {r["layer"]: r for r in layer_metrics(trace.snapshots)}
+    assert set(rows) == {"0.weight", "2.weight"}, list(rows)
+    assert all(r["stored"] == "int8" and r["eps_q"] is not None and 0 < r["eps_q"] < 1e-4 for r in rows.values()), rows
