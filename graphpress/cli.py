@@ -89,6 +89,9 @@ def _add_compress(sub):
     p.add_argument("--budget", help="what the whole pipeline may lose: '1%%' top-1 agreement (default for convolutional models) or "
                    "'cos:0.99' mean output cosine (default for others)")
     p.add_argument("--recipe", default="int8", choices=tuple(RECIPES), help="; ".join(f"{k}: {v}" for k, v in RECIPES.items()))
+    p.add_argument("--metric", metavar="MODULE:FUNCTION", help="your own quality measure: FUNCTION(model: onnx_ir.Model) -> float, higher is "
+                   "better (imported from MODULE; the current directory is on the path); the budget is then how much it may drop "
+                   "(--budget 0.01, the default, or 1%%)")
     p.add_argument("--onnx", help="also write the compressed ONNX here (TVM targets)")
     p.add_argument("--no-measure", action="store_true", help="skip the latency comparison")
     p.add_argument("--report", help="write the report JSON here")
@@ -102,6 +105,8 @@ def _add_bench(sub):
     p.add_argument("--artifact", help="artifact directory from graphpress compile/compress")
     p.add_argument("--inputs", help=".npz of inputs (keys = input names); the int8 peer is calibrated on them; default: generated")
     p.add_argument("--no-int8", action="store_true", help="leave out ONNX Runtime's int8")
+    p.add_argument("--torch", metavar="MODULE:FUNCTION", help="also time torch eager: FUNCTION() returns the torch.nn.Module the model "
+                   "was exported from (imported from MODULE; the current directory is on the path); it takes the inputs in the model's order")
     p.add_argument("--seconds", type=float, default=4.0, help="time spent timing, all engines together (default 4)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_bench)
@@ -592,7 +597,7 @@ def cmd_compress(args) -> int:
 
     console = Console(stderr=True)
     with console.status("compressing") as status:
-        result = compress(model, args.target, samples=samples, budget=args.budget, recipe=args.recipe, labels=labels,
+        result = compress(model, args.target, samples=samples, budget=_metric_budget(args) if args.metric else args.budget, recipe=args.recipe, labels=labels,
                           measure=not args.no_measure, progress=lambda line, t=time.perf_counter(): status.update(f"[{time.perf_counter() - t:.0f} s] {line}"))  # fmt: skip
     if args.target == "onnxruntime":
         save(result.model, out)
@@ -610,6 +615,53 @@ def cmd_compress(args) -> int:
     if args.report_html:
         print(f"report: {args.report_html}")
     return 0
+
+
+def _import_callable(spec: str, option: str):
+    """``MODULE:NAME`` imported (the current directory first on the path, as ``python -m`` has it)."""
+    import importlib
+
+    module_name, sep, name = spec.partition(":")
+    if not sep or not module_name or not name:
+        raise GraphpressError(f"{option} {spec}: give MODULE:FUNCTION, e.g. mymetrics:accuracy")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise GraphpressError(f"{option} {spec}: no module '{module_name}' on the Python path (the current directory is on it)") from None
+        raise GraphpressError(f"{option} {spec}: importing '{module_name}' failed: {type(e).__name__}: {e}") from e
+    except Exception as e:  # the user's module raised while importing
+        raise GraphpressError(f"{option} {spec}: importing '{module_name}' failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise GraphpressError(f"{option} {spec}: module '{module_name}' has no function '{name}'")
+    return fn
+
+
+def _metric_budget(args):
+    """``--metric M:F`` with ``--budget D`` (how much the metric may drop; ``1%`` is 0.01)."""
+    from graphpress.pipelines import Budget
+
+    text = (args.budget or "0.01").strip()
+    try:
+        drop = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        if drop < 0:
+            raise ValueError
+    except ValueError:
+        raise GraphpressError(f"--budget {args.budget}: with --metric, give how much the metric may drop, e.g. 0.01 or 1%") from None
+    fn = _import_callable(args.metric, "--metric")
+
+    def metric(model) -> float:
+        try:
+            return float(fn(model))
+        except GraphpressError:
+            raise
+        except Exception as e:  # the user's function: its error in one line, naming it
+            raise GraphpressError(f"--metric {args.metric} raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+
+    return Budget.of_metric(metric, drop=drop)
 
 
 def _print_compress(result, out: Path) -> None:
@@ -652,7 +704,13 @@ def cmd_bench(args) -> int:
         from graphpress.ir.numeric import read_npz
 
         inputs = read_npz(args.inputs)
-    result = bench(model, artifact=args.artifact, inputs=inputs, int8=not args.no_int8, seconds=args.seconds)
+    module = None
+    if args.torch:
+        module = _import_callable(args.torch, "--torch")()
+        if not hasattr(module, "eval") or not callable(module):
+            raise GraphpressError(f"--torch {args.torch}: returned {type(module).__name__}, not a torch.nn.Module")
+        module.eval()
+    result = bench(model, artifact=args.artifact, inputs=inputs, int8=not args.no_int8, seconds=args.seconds, module=module)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0

@@ -140,3 +140,65 @@ def test_cli_compress_refuses_a_bad_budget_with_one_line(tmp_path, capsys, digit
     assert len(err) == 1 and "budget 'lots'" in err[0] and not (tmp_path / "o.onnx").exists()
     assert main(["bench"]) == 2
     assert "give a model" in capsys.readouterr().err
+
+
+_METRIC = '''
+import numpy as np
+import onnxruntime as ort
+from graphpress.ir.io import to_proto
+from graphpress.models.cnn import digits_data
+
+_DATA = digits_data()
+
+
+def accuracy(model):
+    """Top-1 accuracy on the digits test split: the user's own measure, run by the user's code."""
+    session = ort.InferenceSession(to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: _DATA.x_test})[0]
+    return float((logits.argmax(1) == _DATA.y_test).mean())
+
+
+def broken(model):
+    raise ValueError("no labels here")
+'''
+
+
+def test_cli_compress_with_the_users_metric(tmp_path, capsys, monkeypatch, digits_mlp):
+    from graphpress.cli import main
+
+    model, name, x, y = digits_mlp
+    src, samples = tmp_path / "mlp.onnx", tmp_path / "s.npz"
+    gp.save(model, src)
+    np.savez(samples, **{name: x})
+    (tmp_path / "usermetric.py").write_text(_METRIC)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "o.onnx"
+    assert main(["compress", str(src), "--samples", str(samples), "--metric", "usermetric:accuracy", "--budget", "2%", "--no-measure", "-o", str(out)]) == 0
+    assert "the metric drops by at most 0.02" in capsys.readouterr().out
+    acc = lambda m: float((_ort_logits(m, name, x).argmax(1) == y).mean())  # noqa: E731 - the same measure, computed here
+    assert acc(gp.load(out)) >= acc(model) - 0.02
+    for metric, says in (("usermetric:broken", "raised ValueError: no labels here"), ("nosuchmodule:f", "no module 'nosuchmodule'"),
+                         ("usermetric", "give MODULE:FUNCTION"), ("usermetric:nothing", "has no function 'nothing'")):  # fmt: skip
+        assert main(["compress", str(src), "--metric", metric, "--no-measure", "-o", str(tmp_path / "bad.onnx")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0] and "--metric" in err[0], err
+        assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_cli_bench_times_torch_eager_beside_the_peers(tmp_path, capsys, monkeypatch):
+    from graphpress.cli import main
+
+    (tmp_path / "usermodel.py").write_text(
+        "import torch\n\ndef make():\n    torch.manual_seed(0)\n    return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import usermodel
+
+    module = usermodel.make().eval()
+    gp.save(gp.load(module, torch.randn(4, 64)), tmp_path / "m.onnx")
+    assert main(["bench", str(tmp_path / "m.onnx"), "--torch", "usermodel:make", "--no-int8", "--seconds", "0.5", "--json"]) == 0
+    rows = [r["engine"] for r in json.loads(capsys.readouterr().out)["rows"]]
+    assert rows == ["ONNX Runtime fp32", "torch eager"]
+    assert main(["bench", str(tmp_path / "m.onnx"), "--torch", "usermodel:nope", "--seconds", "0.5"]) == 2
+    assert "has no function 'nope'" in capsys.readouterr().err

@@ -5,7 +5,7 @@ MACs (multiply-accumulates) are counted per node from inferred shapes:
 * ``Conv``: ``N * C_out * prod(out_spatial) * (C_in / group) * prod(kernel)``
 * ``ConvTranspose``: ``N * C_in * prod(in_spatial) * (C_out / group) * prod(kernel)``
 * ``Gemm``: ``M * N * K``
-* ``MatMul``: ``prod(batch) * M * N * K``; a MatMul whose two inputs are both activations
+* ``MatMul``, ``MatMulInteger``: ``prod(batch) * M * N * K`` (``ConvInteger`` as ``Conv``); a MatMul whose two inputs are both activations
   (neither is a weight nor computed from weights only) is tagged ``attention``
   (``Q @ K^T``, ``P @ V``).
 
@@ -114,7 +114,7 @@ def node_macs(node: ir.Node) -> tuple[int | None, str]:
     op = node.op_type
     if node.domain not in ("", "ai.onnx"):
         return 0, "other"
-    if op == "Conv":
+    if op in ("Conv", "ConvInteger"):
         x, w = _dims(node.inputs[0]), _dims(node.inputs[1])
         y = _dims(node.outputs[0])
         if w is None or y is None or len(y) < 2:
@@ -135,7 +135,7 @@ def node_macs(node: ir.Node) -> tuple[int | None, str]:
         m, k = (a[1], a[0]) if trans_a else (a[0], a[1])
         n = b[0] if trans_b else b[1]
         return m * n * k, "gemm"
-    if op == "MatMul":
+    if op in ("MatMul", "MatMulInteger"):  # the integer forms of dynamic quantization count the same
         a, b = _dims(node.inputs[0]), _dims(node.inputs[1])
         kind = "matmul" if (_is_constant(node.inputs[0]) or _is_constant(node.inputs[1])) else "attention"
         if a is None or b is None:

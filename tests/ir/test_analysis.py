@@ -69,3 +69,18 @@ def test_matmul_on_transposed_weight_is_not_attention():
         [tensor("w", np.zeros((5, 4), np.float32))],
     )
     assert gp.summarize(gp.load(proto)).macs_by_kind == {"matmul": 3 * 4 * 5}
+
+
+def test_macs_of_the_integer_forms_count_like_their_float_ops():
+    """ONNX Runtime's dynamic quantizer writes MatMulInteger and ConvInteger: the same products."""
+    proto = make_model(
+        [
+            helper.make_node("MatMulInteger", ["a", "b"], ["m"]),
+            helper.make_node("ConvInteger", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        ],
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [3, 7, 16]), helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 2, 5, 5])],
+        [helper.make_tensor_value_info("m", TensorProto.INT32, None), helper.make_tensor_value_info("c", TensorProto.INT32, None)],
+        [tensor("b", np.zeros((16, 9), np.int8)), tensor("w", np.zeros((4, 2, 3, 3), np.int8))],
+    )
+    s = gp.summarize(gp.load(proto))
+    assert s.macs_by_kind == {"matmul": 3 * 7 * 16 * 9, "conv": 4 * 5 * 5 * (2 * 3 * 3)}
