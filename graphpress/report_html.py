@@ -338,6 +338,7 @@ def write_html_report(
     notes: Sequence[str] = (),
     failure: str | None = None,
     machine: Mapping[str, Any] | None = None,
+    tables: Sequence[tuple[str, Sequence[str], Sequence[Sequence[Any]]]] = (),
 ) -> Path:
     """Write the page (see the module's doc) to ``path`` whole; returns the path.
 
@@ -351,6 +352,7 @@ def write_html_report(
         verdict: ``(what, result)`` lines of the final check against the model given.
         table: a before/after table (header, rows) shown as given.
         failure: the error that stopped the run, when one did.
+        tables: more ``(title, header, rows)`` tables, shown after the latency.
     """
     from graphpress.ir.atomic import write_bytes_atomic
 
@@ -387,6 +389,8 @@ def write_html_report(
         parts.append("<h2>Latency, side by side in one run</h2>" + _img(_latency_picture(timed), "latency"))
         if machine:
             parts.append(f'<div class="sub">{_esc(machine.get("cpu", ""))}, {_esc(machine.get("threads", ""))} thread(s)</div>')
+    for caption, head, rows in tables:
+        parts.append(f"<h2>{_esc(caption)}</h2>" + _table(head, [[_esc(c) for c in r] for r in rows]))
     parts.append(_layers_section(metrics, snapshots, last))
     sensitivity = _sensitivity(passes, steps)
     if sensitivity:
@@ -497,7 +501,25 @@ def compile_page(path, *, trace: WeightTrace, records: Sequence[Mapping[str, Any
     target = compiled.meta.get("target_name", "") if compiled is not None else ""
     return write_html_report(path, title=f"graphpress compile: {Path(model).name} for {target}", subtitle="passes: " + (", ".join(r["name"] for r in records) or "none"),
                              snapshots=trace.snapshots, passes=records, latency=latency, verdict=verdict, failure=failure,
-                             machine={"cpu": _cpu(), "threads": speed.get("threads")} if speed else None)  # fmt: skip
+                             machine={"cpu": _cpu(), "threads": speed.get("threads")} if speed else None, tables=_int8_tables(build))  # fmt: skip
+
+
+def _int8_tables(build: Mapping[str, Any]) -> list:
+    """The int8 guard's per-layer measurements (integer kernel against fp32, speed-up) and the
+    whole-model verdict, when the build has integer layers."""
+    i8 = build.get("int8") or {}
+    nodes = i8.get("nodes") or []
+    if not nodes:
+        return []
+    rows = [[n["node"], "x".join(map(str, n.get("shape") or [])), _num(n.get("int8_ms"), "{:.4f}"), _num(n.get("fp32_ms"), "{:.4f}"),
+             f"{n['fp32_ms'] / n['int8_ms']:.2f}x" if n.get("int8_ms") and n.get("fp32_ms") else "-", n.get("kernel") or "fp32", n.get("reason", "")]
+            for n in nodes]  # fmt: skip
+    guard = i8.get("model_guard")
+    if guard:
+        rows.append(["whole model", "", _num(guard.get("int8_ms"), "{:.4f}"), _num(guard.get("fp32_ms"), "{:.4f}"),
+                     f"{guard['fp32_ms'] / guard['int8_ms']:.2f}x" if guard.get("int8_ms") and guard.get("fp32_ms") else "-", guard.get("chosen", ""), guard.get("reason", "")])  # fmt: skip
+    head = ["layer", "M x N x K", "int8 ms", "fp32 ms", "speed-up", "ships", "why"]
+    return [(f"Integer kernels ({i8.get('isa', '?')}): each layer timed both ways", head, rows)]
 
 
 def _cpu() -> str:
@@ -526,4 +548,4 @@ def compress_page(path, result, model: str) -> Path:
     recipe = result.recipe if result.recipe == result.chosen_recipe else f"{result.recipe} (chose {result.chosen_recipe})"
     return write_html_report(path, title=f"graphpress compress: {Path(model).name}", subtitle=f"recipe {recipe} for {result.target}, budget {result.budget_text()}",
                              snapshots=trace.snapshots, steps=result.steps, latency=latency, verdict=verdict, table=(head, rows), notes=result.notes,
-                             machine=result.machine)  # fmt: skip
+                             machine=result.machine, tables=_int8_tables(result.compiled.meta["build"]) if result.compiled is not None else [])  # fmt: skip

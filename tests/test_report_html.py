@@ -159,6 +159,7 @@ def test_optimize_and_compile_pages(digits_files, tmp_path, browser):
     seen = browser(compiled, tmp_path / "compile.png")
     assert "latency" in [i["alt"] for i in seen["images"]] and all(i["w"] > 0 for i in seen["images"])
     assert "the compiled code against ONNX Runtime" in seen["text"]
+    assert "Integer kernels" in seen["text"] and "whole model" in seen["text"]  # the int8 guard's measurements, layer by layer
 
 
 def test_a_stopped_run_still_gets_its_page(digits_files, tmp_path, capsys):
