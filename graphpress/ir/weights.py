@@ -115,10 +115,11 @@ def _evaluate(model: ir.Model, wanted: dict[str, list[ir.Node]]) -> dict[str, np
     proto = _materialize(to_proto(model), model)
     keep = {id(n) for nodes in wanted.values() for n in nodes}
     order = [i for i, n in enumerate(model.graph) if id(n) in keep]
+    read = {i.name for nodes in wanted.values() for n in nodes for i in n.inputs if i is not None}
     graph = onnx.helper.make_graph(
         [proto.graph.node[i] for i in order], "layer_weights", [],
         [onnx.helper.make_tensor_value_info(name, _elem_type(name, nodes), None) for name, nodes in wanted.items()],
-        list(proto.graph.initializer),
+        [t for t in proto.graph.initializer if t.name in read],  # only what the subgraphs read
     )  # fmt: skip
     sub = onnx.helper.make_model(graph, opset_imports=list(proto.opset_import), ir_version=min(proto.ir_version, 10))
     sub.functions.extend(proto.functions)
