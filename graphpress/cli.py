@@ -369,9 +369,9 @@ def _html_of_failed_run(path, trace, error: Exception, command: str, **kw) -> No
     page = optimize_page if command == "optimize" else compile_page
     try:
         page(path, trace=trace, records=records, failure=str(error), **kw)
-        print(f"wrote {path}: the report of the stopped run", file=sys.stderr)
+        print(f"report of the stopped run: {path}")  # stdout: the error stays the one line on stderr
     except Exception as e:  # the error the user must see is the first one
-        print(f"warning: {path} not written ({e})", file=sys.stderr)
+        print(f"warning: the report {path} was not written ({e})")
 
 
 def _user_baseline(path: Path, model, samples) -> dict:

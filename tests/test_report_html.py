@@ -168,6 +168,8 @@ def test_a_stopped_run_still_gets_its_page(digits_files, tmp_path, capsys):
     code = main(["optimize", str(d / "mlp.onnx"), "-o", str(tmp_path / "p.onnx"), "--passes", "prune:mode=unstructured;ratio=0.95",
                  "--inputs", str(d / "s.npz"), "--verify", "--min-cosine", "0.9999", "--report-html", str(page)])  # fmt: skip
     assert code == 2 and not (tmp_path / "p.onnx").exists()
+    streams = capsys.readouterr()
+    assert len(streams.err.strip().splitlines()) == 1 and f"report of the stopped run: {page}" in streams.out
     html = page.read_text()
     assert "Stopped:" in html and "min_cosine" in html and "prune" in html
 
