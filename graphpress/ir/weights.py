@@ -102,9 +102,10 @@ def _array(graph: ir.Graph, name: str) -> np.ndarray:
     return np.asarray(graph.initializers[name].const_value.numpy())
 
 
-def _evaluate(model: ir.Model, wanted: dict[str, list[ir.Node]]) -> dict[str, np.ndarray]:
+def _evaluate(model: ir.Model, wanted: dict[str, list[ir.Node]], proto: onnx.ModelProto | None = None) -> dict[str, np.ndarray]:
     """The values ``wanted`` (name -> the constant nodes computing it), run by ONNX Runtime in one
-    model; a value ONNX Runtime cannot compute is left out."""
+    model; a value ONNX Runtime cannot compute is left out. ``proto``: ``model`` serialized (made
+    once, here or by the caller)."""
     import onnxruntime as ort
 
     from graphpress.ir.io import to_proto
@@ -112,7 +113,8 @@ def _evaluate(model: ir.Model, wanted: dict[str, list[ir.Node]]) -> dict[str, np
 
     if not wanted:
         return {}
-    proto = _materialize(to_proto(model), model)
+    if proto is None:
+        proto = _materialize(to_proto(model), model)
     keep = {id(n) for nodes in wanted.values() for n in nodes}
     order = [i for i, n in enumerate(model.graph) if id(n) in keep]
     read = {i.name for nodes in wanted.values() for n in nodes for i in n.inputs if i is not None}
@@ -134,7 +136,7 @@ def _evaluate(model: ir.Model, wanted: dict[str, list[ir.Node]]) -> dict[str, np
             return {}
         out = {}
         for name, nodes in wanted.items():
-            out.update(_evaluate(model, {name: nodes}))
+            out.update(_evaluate(model, {name: nodes}, proto))
         return out
 
 
