@@ -286,3 +286,73 @@ def test_conv_integer_equals_a_reference_bit_for_bit(x_shape, w_shape, pads, str
     assert report["lowered"] == 1 and report["nodes"][0]["kernel"] == f"im2col + {kernel} kernel", report["nodes"]
     assert (report["amx_tile_products"] > 0) == (kernel == "AMX")
     np.testing.assert_array_equal(compiled.run_named(x=x)["y"], _conv_reference(x, w, zx, pads, strides))
+
+
+@pytest.mark.parametrize("nhwc", [True, False])
+def test_two_integer_convolutions_run_in_nhwc_without_a_transpose_between(monkeypatch, nhwc):
+    """ConvInteger -> requantize -> ConvInteger: the requantization runs in NHWC between the two
+    integer kernels (no transposing kernel but the model's own NCHW input and output), and the
+    result equals numpy's, computed in NCHW, bit for bit. The scale is a power of two, so the
+    float requantization is exact on both sides. A build that stays NCHW (``nhwc=False``, as
+    when the conversion fails) transposes around each dense kernel, with the same result."""
+    import functools
+
+    from graphpress.backends.tvm import build as build_module
+    from graphpress.backends.tvm.tuning import Tuning
+
+    monkeypatch.setattr(build_module, "Tuning", functools.partial(Tuning, nhwc=nhwc))
+    rng = np.random.default_rng(11)
+    x = rng.integers(0, 256, (1, 16, 8, 8), dtype=np.uint8)
+    w1 = rng.integers(-128, 128, (32, 16, 3, 3), dtype=np.int8)
+    w2 = rng.integers(-128, 128, (24, 32, 3, 3), dtype=np.int8)
+    scale, zp1, zp2 = 2.0**-10, 5, 3
+    proto = make_model(
+        [
+            helper.make_node("ConvInteger", ["x", "W1", "z1"], ["a"], pads=[1, 1, 1, 1], name="c1"),
+            helper.make_node("Cast", ["a"], ["af"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["af", "s"], ["am"]),
+            helper.make_node("Relu", ["am"], ["ar"]),
+            helper.make_node("QuantizeLinear", ["ar", "one", "z2"], ["q"]),
+            helper.make_node("ConvInteger", ["q", "W2", "z2"], ["y"], pads=[0, 1, 2, 1], strides=[1, 2], name="c2"),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
+        [tensor("W1", w1), tensor("W2", w2), tensor("z1", np.array(zp1, np.uint8)), tensor("z2", np.array(zp2, np.uint8)),
+         tensor("s", np.array(scale, np.float32)), tensor("one", np.array(1.0, np.float32))],
+    )  # fmt: skip
+    compiled = compile_model(gp.load(proto), "x86", int8="on", int8_guard=False)
+    build = compiled.meta["build"]
+    assert build.get("conv_layout", "NCHW") == ("NHWC" if nhwc else "NCHW") and build["int8"]["lowered"] == 2
+    kernels = build["kernel_names"]
+    if nhwc:
+        assert not any("to_nchw" in k for k in kernels), kernels
+        assert sum("transpose" in k for k in kernels) == 2, kernels  # the model's NCHW input and output only
+    else:
+        assert sum("to_nchw" in k for k in kernels) == 2, kernels
+    a = _conv_reference(x, w1, zp1, [1, 1, 1, 1], [1, 1])
+    q = np.clip(np.rint(np.maximum(a.astype(np.float32) * np.float32(scale), 0)) + zp2, 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(compiled.run_named(x=x)["y"], _conv_reference(q, w2, zp2, [0, 1, 2, 1], [1, 2]))
+
+
+def test_transposes_move_below_quantize_and_cancel():
+    """``layout.sink_permutes``: permute -> quantize -> inverse permute is one quantize on the
+    original layout, its channel axis moved with the data."""
+    import tvm
+    from tvm import relax
+
+    from graphpress.backends.tvm.layout import sink_permutes
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 4, 4, 8), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            t = bb.emit(relax.op.permute_dims(x, [0, 3, 1, 2]))
+            q = bb.emit(relax.op.quantize(t, relax.const(np.full(8, 0.5, np.float32)), relax.const(np.zeros(8, np.int8)), axis=1, out_dtype="int8"))
+            out = bb.emit_output(relax.op.permute_dims(q, [0, 2, 3, 1]))
+        bb.emit_func_output(out)
+    mod = tvm.transform.Sequential([sink_permutes(), relax.transform.DeadCodeElimination()])(bb.get())
+    calls = []
+    relax.analysis.post_order_visit(mod["main"].body, lambda e: calls.append(e.op.name) if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) else None)
+    assert calls == ["relax.quantize"], mod["main"]
+    quantize = next(b.value for b in mod["main"].body.blocks[0].bindings if isinstance(b.value, relax.Call))
+    assert int(quantize.attrs.axis) == 3 and quantize.args[0].same_as(mod["main"].params[0])

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from graphpress.backends.tvm.fastmath import fast_math_legalization
+from graphpress.backends.tvm.layout import fold_weight_layouts, sink_permutes
 from graphpress.backends.tvm.schedules import schedule_gemm, schedule_injective
 from graphpress.backends.tvm.targets import TargetSpec, vector_facts
 
@@ -42,6 +43,9 @@ class Tuning:
             (:func:`~graphpress.backends.tvm.schedules.schedule_gemm`).
         nhwc: convert convolutions to NHWC for it (the build retries without when TVM cannot
             build the converted model).
+        int8_lowering: the Relax pass that puts integer convolutions on the int8 ISA's kernels
+            (:func:`~graphpress.backends.tvm.int8.emit.lower_int8_convs`), run after the layout
+            conversion; None for a build without an int8 ISA.
     """
 
     trials: int = 0
@@ -51,6 +55,7 @@ class Tuning:
     fast_math: bool = True
     analytic: bool = True
     nhwc: bool = True
+    int8_lowering: Any = None
 
 
 SHIPPED_DATABASES = Path(__file__).parent / "databases"
@@ -131,7 +136,10 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
     def lower(fast: bool, nhwc: bool = False):
         steps = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
         if nhwc:  # output channels innermost: the analytic GEMM schedule vectorizes over them
-            steps += [relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"], **KEEP_NCHW}), _fold_weight_layouts()]
+            steps += [relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"], **KEEP_NCHW}), sink_permutes(), fold_weight_layouts(),
+                      relax.transform.DeadCodeElimination()]  # fmt: skip
+        if tuning.int8_lowering is not None:  # integer convolutions onto the ISA's kernels, in the layout they now have
+            steps.append(tuning.int8_lowering)
         if fast:
             steps.append(relax.transform.LegalizeOps(customize_legalize_map=fast_math_legalization()))
         return tvm.transform.Sequential([*steps, relax.get_pipeline("zero")])(mod)
@@ -163,9 +171,10 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
                 stats["fast_math_records"] = {"tuned_kernels_lost": lost, "untuned_libm_kernels": untuned_libm}
         if tune_trials == 0 and analytic and tuning.nhwc and _has_conv2d(mod):
             # convolutions no tuning record covers get the analytic schedule, which needs
-            # NHWC; a database that schedules the NCHW convolutions keeps them
+            # NHWC; a database that schedules the NCHW convolutions keeps them, unless integer
+            # convolutions are there: NHWC is what keeps transposes from between them
             tuned_convs = {name: sum(1 for k in kernel_names(apply_database(lowered))[0] if "conv" in k) for name, lowered in variants.items()}
-            if not any(tuned_convs.values()):
+            if not any(tuned_convs.values()) or tuning.int8_lowering is not None:
                 try:
                     variants = {name: lower(name == "fast", nhwc=True) for name in variants}
                     stats["conv_layout"] = "NHWC"
@@ -235,39 +244,6 @@ def _has_conv2d(mod) -> bool:
         if isinstance(func, tvm.relax.Function) and not found:
             Finder().visit_expr(func)
     return bool(found)
-
-
-def _fold_weight_layouts():
-    """A Relax pass that computes ``permute_dims`` of constants (the HWIO weights ConvertLayout
-    asks for) once, at compile time. Not ``FoldConstant``: that builds and runs every constant
-    subexpression, and an integer division by zero among them kills the compiler (SIGFPE)."""
-    import numpy as np
-    import tvm
-    from tvm import relax
-    from tvm.relax.expr_functor import PyExprMutator, mutator
-
-    permute = tvm.ir.Op.get("relax.permute_dims")
-
-    @mutator
-    class Folder(PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if call.op.same_as(permute) and isinstance(call.args[0], tvm.ir.GenericConst):
-                axes = call.attrs.axes
-                array = call.args[0].value.numpy()
-                order = [int(a) for a in axes] if axes is not None else list(range(array.ndim))[::-1]
-                return relax.const(np.ascontiguousarray(array.transpose(order)), str(array.dtype))
-            return call
-
-    @tvm.transform.module_pass(opt_level=0, name="FoldWeightLayouts")
-    def fold(mod, _ctx):
-        folder = Folder(mod)
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                mod[gv] = folder.visit_expr(func)
-        return mod
-
-    return fold
 
 
 def _func_named(mod, name: str):

@@ -11,7 +11,9 @@ matmul no schedule tensorizes. On the backend's private copy of the model:
    quantize/dequantize pairs (:func:`.qdq.fold_weight_dequantize`, :func:`.qdq.bypass_float_qdq`);
 4. while the model is imported, :func:`.emit.int8_converters` emits the kernels of the ISA
    :func:`.isa.select_isa` chose from the target (:mod:`.kernels_x86`: AVX-512 VNNI, AMX;
-   :mod:`.kernels_arm`: sdot), convolutions through :mod:`.conv_layout`.
+   :mod:`.kernels_arm`: sdot) for dense layers, and an int8 Relax ``conv2d`` for convolutions,
+   which the build moves to NHWC with its neighbours and :func:`.emit.lower_int8_convs` puts on
+   the same kernels through :mod:`.conv_layout`.
 
 :func:`plan` runs steps 1-3 and returns the report; :func:`to_fp32` is the same model with
 every layer in float, which the whole-model guard builds to compare.
@@ -24,14 +26,14 @@ from typing import Any
 
 import onnx_ir as ir
 
-from graphpress.backends.tvm.int8.emit import int8_converters
+from graphpress.backends.tvm.int8.emit import int8_converters, lower_int8_convs
 from graphpress.backends.tvm.int8.guard import all_to_float, plan_int8
 from graphpress.backends.tvm.int8.isa import ISAS, Isa, select_isa
 from graphpress.backends.tvm.int8.qdq import bypass_float_qdq, fold_weight_dequantize, qdq_to_integer
 from graphpress.backends.tvm.targets import TargetSpec
 from graphpress.backends.tvm.tuning import Tuning
 
-__all__ = ["ISAS", "Isa", "int8_converters", "is_quantized", "plan", "select_isa", "to_fp32"]
+__all__ = ["ISAS", "Isa", "int8_converters", "is_quantized", "lower_int8_convs", "plan", "select_isa", "to_fp32"]
 
 _FP32_REASON = "no integer kernel for these ops on this target yet: fp32 kernels on the dequantized weights, without the activation quantize/dequantize between them"
 

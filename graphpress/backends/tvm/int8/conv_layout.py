@@ -1,6 +1,7 @@
 """A convolution as a dense product: its geometry on an ISA, and the data-movement kernels around
-the dense kernel -- the padded NHWC copy of the input (padding holds the zero point), im2col, and
-the zero-point correction fused with the way back to NCHW."""
+the dense kernel -- the padded NHWC copy of the input (from NCHW, or from NHWC where the
+convolution's neighbours run in NHWC too), im2col, and, for an NCHW convolution, the correction
+term fused with the way back to NCHW."""
 
 from __future__ import annotations
 
@@ -57,33 +58,37 @@ def _kernel_func(sch, prefix: str):
     return sch.mod["main"].with_attr({"tirx.is_scheduled": True, "op_pattern": 8, "global_symbol": f"graphpress_{prefix}_{_made[0]}"})
 
 
-def nhwc_pad_kernel(g: dict[str, Any], zero_point: int):
-    """Scheduled TIR: uint8 ``X[N, C, H, W]`` -> ``XP[N, Hp, Wp, Cp]``, the spatially padded NHWC copy
-    (padding and channels ``C..Cp`` hold the zero point, so they add nothing). Transposed in
-    16 x 16 (pixel, channel) tiles. For a pointwise convolution it is written as the 2-D
-    ``[N*H*W, Cp]`` the dense kernel reads."""
-    return cached(_key("nhwc", g, zero_point), lambda: _nhwc_pad(g, zero_point))
+def nhwc_pad_kernel(g: dict[str, Any], zero_point: int, layout: str = "NCHW"):
+    """Scheduled TIR: uint8 ``X`` (``layout`` NCHW or NHWC) -> ``XP[N, Hp, Wp, Cp]``, the spatially
+    padded NHWC copy (padding and channels ``C..Cp`` hold ``zero_point``). From NCHW it is
+    transposed in 16 x 16 (pixel, channel) tiles. For a pointwise convolution it is written as the
+    2-D ``[N*H*W, Cp]`` the dense kernel reads."""
+    return cached(_key("nhwc", g, zero_point, layout), lambda: _nhwc_pad(g, zero_point, layout))
 
 
-def _nhwc_pad(g: dict[str, Any], zero_point: int):
+def _nhwc_pad(g: dict[str, Any], zero_point: int, layout: str):
     import tvm
     from tvm import te
 
-    x = te.placeholder((g["n"], g["c"], g["h"], g["w"]), "uint8", name="X")
+    nchw = layout == "NCHW"
+    x = te.placeholder((g["n"], g["c"], g["h"], g["w"]) if nchw else (g["n"], g["h"], g["w"], g["c"]), "uint8", name="X")
     pt, pl = g["pads"][:2]
 
     def value(b, y, xx, ci):
         iy, ix = y - pt, xx - pl
         inside = te.all(ci < g["c"], iy >= 0, iy < g["h"], ix >= 0, ix < g["w"])
-        return te.if_then_else(inside, x[b, ci, iy, ix], tvm.tirx.const(zero_point, "uint8"))
+        return te.if_then_else(inside, x[b, ci, iy, ix] if nchw else x[b, iy, ix, ci], tvm.tirx.const(zero_point, "uint8"))
 
     out = te.compute((g["n"], g["hp"], g["wp"], g["cp"]), value, name="xp")
     sch = tvm.s_tir.Schedule(te.create_prim_func([x, out]))
     block = sch.get_sblock("xp")
     b, y, xx, ci = sch.get_loops(block)
-    xo, xi = sch.split(xx, [None, 16])
-    co, cj = sch.split(ci, [None, 16])
-    sch.reorder(b, y, xo, co, cj, xi)  # reads along W, the tile stays in L1 for the writes
+    if nchw:
+        xo, xi = sch.split(xx, [None, 16])
+        co, cj = sch.split(ci, [None, 16])
+        sch.reorder(b, y, xo, co, cj, xi)  # reads along W, the tile stays in L1 for the writes
+    elif g["cp"] % 16 == 0:  # channels are contiguous on both sides: vector copies
+        sch.vectorize(sch.split(ci, [None, 16])[1])
     sch.parallel(sch.fuse(b, y))
     if pointwise(g):
         hp, wp = g["hp"], g["wp"]
@@ -126,7 +131,7 @@ def _im2col(g: dict[str, Any]):
 
 
 def to_nchw_kernel(g: dict[str, Any], npad: int):
-    """Scheduled TIR: the dense result ``acc[Mp, Npad]`` minus the zero-point term ``corr[Npad]``
+    """Scheduled TIR: the dense result ``acc[Mp, Npad]`` minus a per-channel term ``corr[Npad]``
     -> ``out[N, OC, OH, OW]``, in 16 x 16 tiles (a plain elementwise schedule reads one int32 per
     cache line here: 4.5 ms for the ResNet-18 stem)."""
     return cached(("nchw", g["n"], g["oh"], g["ow"], g["oc"], g["mp"], npad), lambda: _to_nchw(g, npad))

@@ -5,9 +5,12 @@ while a model is imported: nodes the guard (:mod:`.guard`) marked with :data:`IN
 the chosen ISA's dense kernel. The weight is packed at compile time (:func:`pack_weight`); the
 activation zero point is applied afterwards with the weight's column sums,
 ``Σ(a - za)·w = Σ a·w - za·Σ w``, and activations of the other 8-bit dtype than the
-instruction's move by 128 (their zero point with them). A convolution is a padded NHWC copy of
-its input, im2col and the same dense kernel, then the zero point and NCHW in one kernel
-(:mod:`.conv_layout`). Integer results equal ONNX Runtime's ``MatMulInteger`` and a numpy
+instruction's move by 128 (their zero point with them). A convolution is imported as a Relax
+``conv2d`` of the uint8 input and the int8 weight, so that TVM's ``ConvertLayout`` moves it --
+and the requantization, pooling and residual additions around it -- to NHWC like any
+convolution; :func:`lower_int8_convs` then puts it on a padded NHWC copy of its input, im2col
+and the same dense kernel (:mod:`.conv_layout`), and no transpose is left between two integer
+convolutions. Integer results equal ONNX Runtime's ``MatMulInteger`` and a numpy
 ``ConvInteger`` bit for bit (tested).
 """
 
@@ -20,7 +23,7 @@ import numpy as np
 from graphpress.backends.tvm.int8.conv_layout import conv_geometry, im2col_kernel, nhwc_pad_kernel, pointwise, to_nchw_kernel
 from graphpress.backends.tvm.int8.isa import Isa
 
-__all__ = ["INT8_ATTR", "dense_unsupported", "emit_conv", "emit_matmul", "int8_converters", "pack_weight"]
+__all__ = ["INT8_ATTR", "dense_unsupported", "emit_conv", "emit_matmul", "inbound_weight_sums", "int8_converters", "is_int8_conv", "lower_int8_convs", "pack_weight"]
 
 #: attribute set on MatMulInteger/ConvInteger nodes (in the backend's copy only) that get an integer kernel
 INT8_ATTR = "_graphpress_int8"
@@ -94,30 +97,135 @@ def emit_matmul(bb, a, w_kn: np.ndarray, za, isa: Isa):
     return relax.op.reshape(acc, [*shape[:-1], n])
 
 
-def emit_conv(bb, x, w_oihw: np.ndarray, zero_point: int, attrs, isa: Isa):
-    """Relax for ``ConvInteger(x, w, zx)`` (uint8 NCHW ``x``, group 1): a padded NHWC copy, im2col
-    (skipped for pointwise convolutions), the ISA's dense kernel, the zero point and NCHW."""
+def inbound_weight_sums(w_oihw: np.ndarray, x_hw: tuple[int, int], attrs) -> np.ndarray:
+    """``[1, OC, OH, OW]`` int32: per output pixel, the sum of the weights over the taps that fall
+    inside the input (``[1, OC, 1, 1]`` when padding cuts no tap off). ``ConvInteger(x, w, zx)``
+    is the zero-padded ``conv2d(x, w)`` minus ``zx`` times this."""
+    oc, _, kh, kw = w_oihw.shape
+    pads = [int(p) for p in attrs.get("pads", (0, 0, 0, 0))]
+    strides = [int(v) for v in attrs.get("strides", (1, 1))]
+    dilations = [int(v) for v in attrs.get("dilations", (1, 1))]
+    masks = []
+    for axis in range(2):
+        size, pad, k = x_hw[axis], pads[axis], (kh, kw)[axis]
+        out = (size + pads[axis] + pads[axis + 2] - dilations[axis] * (k - 1) - 1) // strides[axis] + 1
+        at = np.arange(out)[:, None] * strides[axis] - pad + np.arange(k)[None, :] * dilations[axis]
+        masks.append(((at >= 0) & (at < size)).astype(np.int64))  # [out, k]: tap inside the input
+    sums = w_oihw.astype(np.int64).sum(axis=1)  # [OC, KH, KW]
+    if masks[0].all() and masks[1].all():
+        return sums.sum(axis=(1, 2)).astype(np.int32).reshape(1, oc, 1, 1)
+    return np.einsum("oyx,hy,wx->ohw", sums, masks[0], masks[1]).astype(np.int32)[None]
+
+
+def emit_conv(bb, x, w_oihw: np.ndarray, zero_point: int, attrs, layout: str = "NCHW"):
+    """Relax for ``ConvInteger(x, w, zx)`` (uint8 ``x`` in ``layout``, group 1): the zero-padded
+    ``conv2d`` of the uint8 input and the int8 weight (int32 out), minus ``zx`` times
+    :func:`inbound_weight_sums`. Relax moves that conv2d to NHWC with its neighbours (the build's
+    ``ConvertLayout``), and :func:`lower_int8_convs` puts it on the ISA's kernels."""
     from tvm import relax
 
-    g = conv_geometry(x.ty.shape, w_oihw.shape, attrs, isa)
+    pads = [int(p) for p in attrs.get("pads", (0, 0, 0, 0))]
+    shape = [int(d) for d in x.ty.shape]
+    nhwc = layout == "NHWC"
+    acc = relax.op.nn.conv2d(
+        x, relax.const(w_oihw.transpose(2, 3, 1, 0) if nhwc else w_oihw), strides=tuple(int(v) for v in attrs.get("strides", (1, 1))),
+        padding=pads, dilation=tuple(int(v) for v in attrs.get("dilations", (1, 1))), data_layout=layout,
+        kernel_layout="HWIO" if nhwc else "OIHW", out_dtype="int32",
+    )  # fmt: skip
+    if zero_point == 0:
+        return acc
+    corr = inbound_weight_sums(w_oihw, (shape[1], shape[2]) if nhwc else (shape[2], shape[3]), attrs) * zero_point
+    return relax.op.subtract(bb.emit(acc), relax.const(np.ascontiguousarray(corr.transpose(0, 2, 3, 1)) if nhwc else corr))
+
+
+def _lower_conv(bb, call, w: np.ndarray, isa: Isa):
+    """The ISA's kernels for an int8 ``conv2d`` (NCHW/OIHW or NHWC/HWIO, zero padding): a padded
+    NHWC copy (none for an NHWC input that needs no padding), im2col (none for a pointwise
+    convolution), the dense kernel, and the result in the call's layout: a view of the dense
+    result in NHWC, a transposing kernel in NCHW."""
+    from tvm import relax
+
+    attrs = call.attrs
+    layout = str(attrs.data_layout)
+    x = call.args[0]
+    shape = [int(d) for d in x.ty.shape]
+    w_oihw = w if str(attrs.kernel_layout) == "OIHW" else w.transpose(3, 2, 0, 1)
+    nchw_shape = shape if layout == "NCHW" else [shape[0], shape[3], shape[1], shape[2]]
+    conv_attrs = {"pads": [int(p) for p in attrs.padding], "strides": [int(v) for v in attrs.strides], "dilations": [int(v) for v in attrs.dilation]}
+    g = conv_geometry(nchw_shape, w_oihw.shape, conv_attrs, isa)
     isa = g["isa"]
     w_padded = np.zeros((g["oc"], g["kh"], g["kw"], g["cp"]), np.int8)  # columns ordered ky, kx, channel
     w_padded[..., : g["c"]] = w_oihw.transpose(0, 2, 3, 1)
     packed, colsum, npad = pack_weight(np.ascontiguousarray(w_padded.reshape(g["oc"], g["kp"]).T), isa.n_multiple, isa.lanes)
-    pad = nhwc_pad_kernel(g, zero_point)
-    if pointwise(g):
-        col = _call(bb, pad, [x], (g["mp"], g["kp"]), "uint8")
+    unpadded = not any(g["pads"]) and g["c"] == g["cp"]
+    if layout == "NHWC" and pointwise(g) and g["c"] == g["cp"]:
+        col = bb.emit(relax.op.reshape(x, (g["mp"], g["kp"])))  # the NHWC input is the unfolded one
+    elif pointwise(g):
+        col = _call(bb, nhwc_pad_kernel(g, 0, layout), [x], (g["mp"], g["kp"]), "uint8")
     else:
-        xp = _call(bb, pad, [x], (g["n"], g["hp"], g["wp"], g["cp"]), "uint8")
+        xp = x if layout == "NHWC" and unpadded else _call(bb, nhwc_pad_kernel(g, 0, layout), [x], (g["n"], g["hp"], g["wp"], g["cp"]), "uint8")
         col = _call(bb, im2col_kernel(g), [xp], (g["mp"], g["kp"]), "uint8")
-    corr = colsum * zero_point
-    if isa.activation == "int8":  # int8 x int8: the unfolded input moves down by 128, and its zero point
+    corr = np.zeros(npad, np.int64)  # acc - corr is the zero-padded convolution
+    if isa.activation == "int8":  # int8 x int8: the unfolded input moves down by 128
         col = bb.emit(relax.op.astype(relax.op.subtract(relax.op.astype(col, "int32"), relax.const(128, "int32")), "int8"))
-        corr = colsum * (zero_point - 128)
+        corr = -128 * colsum
     acc = _call(bb, isa.dense(g["mp"], npad, g["kp"]), [col, relax.const(packed)], (g["mp"], npad), "int32")
-    nchw = to_nchw_kernel(g, npad)
-    return relax.call_tir(bb.add_func(nchw, str(nchw.attrs["global_symbol"])), [acc, relax.const(corr.astype(np.int32))],
-                          relax.TensorType((g["n"], g["oc"], g["oh"], g["ow"]), "int32"))  # fmt: skip
+    if layout == "NCHW":
+        nchw = to_nchw_kernel(g, npad)
+        return relax.call_tir(bb.add_func(nchw, str(nchw.attrs["global_symbol"])), [acc, relax.const(corr.astype(np.int32))],
+                              relax.TensorType((g["n"], g["oc"], g["oh"], g["ow"]), "int32"))  # fmt: skip
+    if g["mp"] != g["m"] or npad != g["oc"]:
+        acc = bb.emit(relax.op.strided_slice(acc, axes=[0, 1], begin=[0, 0], end=[g["m"], g["oc"]]))
+    out = relax.op.reshape(acc, (g["n"], g["oh"], g["ow"], g["oc"]))
+    if corr.any():
+        out = relax.op.subtract(bb.emit(out), relax.const(corr[: g["oc"]].astype(np.int32)))
+    return out
+
+
+def is_int8_conv(call, weight) -> bool:
+    """Whether a Relax call is a conv2d :func:`emit_conv` wrote: a uint8 input of static shape,
+    a constant int8 ``weight`` (the call's second argument, resolved), group 1, the output in
+    the input's layout."""
+    import tvm
+
+    if not (isinstance(call, tvm.relax.Call) and call.op.same_as(tvm.ir.Op.get("relax.nn.conv2d"))):
+        return False
+    layout, shape = str(call.attrs.data_layout), call.args[0].ty.shape
+    return (
+        _dtype(call.args[0].ty) == "uint8" and isinstance(weight, tvm.ir.GenericConst) and _dtype(weight.ty) == "int8"
+        and int(call.attrs.groups) == 1 and str(call.attrs.out_layout) == layout and layout in ("NCHW", "NHWC")
+        and str(call.attrs.kernel_layout) == ("OIHW" if layout == "NCHW" else "HWIO")
+        and shape is not None and all(hasattr(d, "value") for d in shape)
+    )  # fmt: skip
+
+
+def lower_int8_convs(isa: Isa):
+    """A Relax module pass: every conv2d :func:`is_int8_conv` accepts onto ``isa``'s kernels (run
+    after layout conversion, before legalization)."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    @mutator
+    class Lower(PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
+                return call
+            weight = call.args[1]
+            while isinstance(weight, relax.Var) and self.lookup_binding(weight) is not None:
+                weight = self.lookup_binding(weight)
+            return _lower_conv(self.builder_, call, weight.value.numpy(), isa) if is_int8_conv(call, weight) else call
+
+    @tvm.transform.module_pass(opt_level=0, name="LowerInt8Convs")
+    def lower(mod, _ctx):
+        mutator_ = Lower(mod)
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                mutator_.builder_.update_func(gv, mutator_.visit_expr(func))
+        return mutator_.builder_.get()
+
+    return lower
 
 
 def _static_shape(ty) -> list[int | None] | None:
@@ -165,7 +273,7 @@ def int8_converters(isa: Isa):
             w_np = constant(w)
             zx_np = np.zeros((), np.uint8) if zx is None else constant(zx)
             if attr.get(INT8_ATTR) and w_np is not None and zx_np is not None and _dtype(x.ty) == "uint8":
-                return emit_conv(bb, x, w_np, int(zx_np.reshape(-1)[0]), attr, isa)
+                return emit_conv(bb, x, w_np, int(zx_np.reshape(-1)[0]), attr)
             xi = relax.op.astype(x, "int32")
             if zx is not None:
                 xi = relax.op.subtract(xi, relax.op.astype(zx, "int32"))

@@ -16,7 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphpress.backends.tvm.int8.conv_layout import conv_geometry
-from graphpress.backends.tvm.int8.emit import INT8_ATTR, dense_unsupported, emit_conv, emit_matmul
+from graphpress.backends.tvm.int8.emit import INT8_ATTR, dense_unsupported, emit_conv, emit_matmul, lower_int8_convs
 from graphpress.backends.tvm.int8.isa import Isa
 from graphpress.backends.tvm.int8.qdq import const
 from graphpress.backends.tvm.runtime import time_main
@@ -43,18 +43,19 @@ class Int8Decision:
         return dataclasses.asdict(self)
 
 
-def _int8_pipeline(mod, target):
-    """What the model build does to the int8 path: the zero pipeline, then the schedules for the
-    elementwise epilogue kernels (so the guard times what would ship)."""
+def _int8_pipeline(mod, target, isa: Isa):
+    """What the model build does to the int8 path: the integer convolutions onto their kernels,
+    the zero pipeline, then the schedules for the elementwise epilogue kernels (so the guard
+    times what would ship)."""
     import tvm
     from tvm import relax
 
     with target:
-        mod = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(), relax.get_pipeline("zero")])(mod)
+        mod = tvm.transform.Sequential([lower_int8_convs(isa), relax.transform.DecomposeOpsForInference(), relax.get_pipeline("zero")])(mod)
     return schedule_injective(mod)[0]
 
 
-def _compile_pair(emit_int8, emit_fp32, x_int8: np.ndarray, x_fp32: np.ndarray, spec, tuning: Tuning, repeat: int) -> tuple[float, float]:
+def _compile_pair(emit_int8, emit_fp32, x_int8: np.ndarray, x_fp32: np.ndarray, spec, tuning: Tuning, repeat: int, isa: Isa) -> tuple[float, float]:
     """(int8 ms, fp32 ms) of one layer built both ways for ``spec``: ``emit_*(bb, x)`` emit it."""
     import tvm
     from tvm import relax
@@ -69,7 +70,7 @@ def _compile_pair(emit_int8, emit_fp32, x_int8: np.ndarray, x_fp32: np.ndarray, 
                 out = bb.emit_output(emit(bb, x))
             bb.emit_func_output(out)
         if integer:
-            mod = _int8_pipeline(bb.get(), target)
+            mod = _int8_pipeline(bb.get(), target, isa)
         else:
             candidates, _ = schedule_cpu(bb.get(), spec, dataclasses.replace(tuning, trials=0))
             mod = next(iter(candidates.values()))[0]
@@ -86,25 +87,28 @@ def _dense_pair_ms(m: int, n: int, k: int, a_dtype: str, spec, tuning: Tuning, r
     return _compile_pair(
         lambda bb, x: emit_matmul(bb, x, w, relax.const(3, a_dtype), isa),
         lambda bb, x: relax.op.matmul(x, relax.const(w.astype(np.float32))),
-        rng.integers(0, 128, (m, k)).astype(a_dtype), rng.standard_normal((m, k)).astype(np.float32), spec, tuning, repeat,
+        rng.integers(0, 128, (m, k)).astype(a_dtype), rng.standard_normal((m, k)).astype(np.float32), spec, tuning, repeat, isa,
     )  # fmt: skip
 
 
 def _conv_pair_ms(x_shape, w_shape, attrs: dict, zero_point: int, spec, tuning: Tuning, repeat: int, isa: Isa) -> tuple[float, float]:
-    """(int8 ms, fp32 ms) of one convolution compiled both ways for ``spec``."""
+    """(int8 ms, fp32 ms) of one convolution compiled both ways for ``spec``, both in NHWC (the
+    layout the model build gives convolutions and their neighbours)."""
     from tvm import relax
 
     rng = np.random.default_rng(0)
     w = rng.integers(-127, 128, w_shape, dtype=np.int8)
     pads = [int(p) for p in attrs.get("pads", (0, 0, 0, 0))]
+    n, c, h, wd = x_shape
 
     def fp32(bb, x):
-        return relax.op.nn.conv2d(x, relax.const(w.astype(np.float32)), strides=tuple(attrs.get("strides", (1, 1))),
-                                  padding=(pads[0], pads[1], pads[2], pads[3]), dilation=tuple(attrs.get("dilations", (1, 1))))  # fmt: skip
+        return relax.op.nn.conv2d(x, relax.const(w.transpose(2, 3, 1, 0).astype(np.float32)), strides=tuple(attrs.get("strides", (1, 1))),
+                                  padding=(pads[0], pads[1], pads[2], pads[3]), dilation=tuple(attrs.get("dilations", (1, 1))),
+                                  data_layout="NHWC", kernel_layout="HWIO")  # fmt: skip
 
     return _compile_pair(
-        lambda bb, x: emit_conv(bb, x, w, zero_point, attrs, isa), fp32,
-        rng.integers(0, 256, x_shape).astype(np.uint8), rng.standard_normal(x_shape).astype(np.float32), spec, tuning, repeat,
+        lambda bb, x: emit_conv(bb, x, w, zero_point, attrs, layout="NHWC"), fp32,
+        rng.integers(0, 256, (n, h, wd, c)).astype(np.uint8), rng.standard_normal((n, h, wd, c)).astype(np.float32), spec, tuning, repeat, isa,
     )  # fmt: skip
 
 

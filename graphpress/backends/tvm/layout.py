@@ -1,0 +1,101 @@
+"""Relax passes around TVM's ``ConvertLayout``: what it leaves behind when convolutions move to NHWC.
+
+``ConvertLayout`` moves a convolution and every op with a layout rule after it (elementwise ops,
+pooling, reductions) to NHWC, and puts a ``permute_dims`` in front of the first op without one.
+``quantize``/``dequantize`` have none, so a quantized model would transpose its activations back
+to NCHW at every quantize and forth again at the next convolution. :func:`sink_permutes` moves a
+transpose below a quantize/dequantize (their channel axis follows it) and cancels a transpose
+followed by its inverse; :func:`fold_weight_layouts` computes the transposed constants.
+"""
+
+from __future__ import annotations
+
+__all__ = ["fold_weight_layouts", "sink_permutes"]
+
+
+def _module_pass(mutator_class, name: str):
+    import tvm
+    from tvm import relax
+
+    @tvm.transform.module_pass(opt_level=0, name=name)
+    def run(mod, _ctx):
+        mutator = mutator_class(mod)
+        for gv, func in list(mod.functions.items()):
+            if isinstance(func, relax.Function):
+                mutator.builder_.update_func(gv, mutator.visit_expr(func))
+        return mutator.builder_.get()
+
+    return run
+
+
+def _axes(call, ndim: int) -> list[int]:
+    axes = call.attrs.axes
+    return [int(a) for a in axes] if axes is not None else list(range(ndim))[::-1]
+
+
+def sink_permutes():
+    """A Relax pass: ``quantize/dequantize(permute_dims(x, p))`` becomes
+    ``permute_dims(quantize/dequantize(x), p)`` (the channel axis moves with it), and
+    ``permute_dims(permute_dims(x, p), q)`` becomes ``x`` when ``q`` undoes ``p``."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    permute = tvm.ir.Op.get("relax.permute_dims")
+    qdq = {"relax.quantize": relax.op.quantize, "relax.dequantize": relax.op.dequantize}
+
+    @mutator
+    class Sink(PyExprMutator):
+        def _permuted(self, expr):
+            """(x, axes) when ``expr`` is bound to ``permute_dims(x, axes)``."""
+            bound = self.lookup_binding(expr) if isinstance(expr, relax.Var) else expr
+            if isinstance(bound, relax.Call) and bound.op.same_as(permute) and bound.args[0].ty.shape is not None:
+                x = bound.args[0]
+                return x, _axes(bound, len(x.ty.shape))
+            return None
+
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not isinstance(call.op, tvm.ir.Op):
+                return call
+            name = call.op.name
+            if name in qdq:
+                inner = self._permuted(call.args[0])
+                if inner is not None:
+                    x, axes = inner
+                    axis = int(call.attrs.axis) % len(axes)
+                    moved = self.builder_.emit(qdq[name](x, call.args[1], call.args[2], axis=axes[axis], out_dtype=str(call.attrs.out_dtype)))
+                    return relax.op.permute_dims(moved, axes)
+            elif call.op.same_as(permute):
+                inner = self._permuted(call.args[0])
+                if inner is not None:
+                    x, first = inner
+                    second = _axes(call, len(first))
+                    if [first[a] for a in second] == list(range(len(first))):
+                        return x
+            return call
+
+    return _module_pass(Sink, "SinkPermutes")
+
+
+def fold_weight_layouts():
+    """A Relax pass that computes ``permute_dims`` of constants (the HWIO weights ConvertLayout
+    asks for) once, at compile time. Not ``FoldConstant``: that builds and runs every constant
+    subexpression, and an integer division by zero among them kills the compiler (SIGFPE)."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    permute = tvm.ir.Op.get("relax.permute_dims")
+
+    @mutator
+    class Folder(PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if call.op.same_as(permute) and isinstance(call.args[0], tvm.ir.GenericConst):
+                array = call.args[0].value.numpy()
+                return relax.const(np.ascontiguousarray(array.transpose(_axes(call, array.ndim))), str(array.dtype))
+            return call
+
+    return _module_pass(Folder, "FoldWeightLayouts")
