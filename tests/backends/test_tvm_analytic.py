@@ -94,3 +94,38 @@ def test_a_conv_transpose_after_a_conv_keeps_its_layout_and_a_failed_nhwc_build_
     compiled = compile_model(from_torch(module, x), "x86", verify=False)
     assert compiled.meta["build"]["conv_layout"].startswith("NCHW (the NHWC build failed")
     np.testing.assert_allclose(compiled(x.numpy())[0], want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("target", ["x86", "x86:haswell", "x86:x86-64"])
+def test_round_after_a_convolution_is_vector_code_and_rounds_half_to_even(target):
+    """ONNX Round (``nearbyint``) in a convolution's epilogue: marked vectorizable
+    (``schedules.VECTORIZABLE_INTRINSICS``; TVM scalarized it and LLVM rebuilt it with gathers
+    and scatters), and still half to even on every ISA path: the weights and inputs are chosen
+    so that the accumulators are exact halves."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    import graphpress as gp
+    from tests.conftest import make_model, tensor
+
+    if not _runnable(target):
+        pytest.skip(f"this host cannot run the {vector_facts(resolve_target(target)).name} code of {target}")
+    rng = np.random.default_rng(3)
+    w = rng.integers(-3, 4, (32, 8, 3, 3)).astype(np.float32) * 0.5  # sums of halves: many exact ties
+    x = rng.integers(-4, 5, (2, 8, 6, 6)).astype(np.float32)
+    proto = make_model(
+        [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Round", ["c"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 32, 6, 6])],
+        [tensor("W", w)],
+    )
+    onnx.checker.check_model(proto)
+    compiled = compile_model(gp.load(proto), target, verify=False, measure=False)
+    with torch.no_grad():
+        conv = torch.nn.functional.conv2d(torch.from_numpy(x).double(), torch.from_numpy(w).double(), padding=1).numpy()
+    assert (np.abs(conv - np.trunc(conv)) == 0.5).mean() > 0.2  # the test has ties to round
+    np.testing.assert_array_equal(compiled(x)[0], np.round(conv).astype(np.float32))  # numpy: half to even
+    if vector_facts(resolve_target(target)).name == "avx512":
+        # scalarized, LLVM rebuilt the rounding 8 lanes wide (vroundps on ymm) or with gathers
+        asm = compiled._executable.mod.imports[0].inspect_source("asm")
+        assert "vrndscaleps" in asm and "vroundps" not in asm and "vgatherdps" not in asm
