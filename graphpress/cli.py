@@ -514,10 +514,14 @@ def cmd_compile(args) -> int:
             pass_records = [r.to_dict() for r in PassManager(passes, instruments, context=context).run(model).records]
         # host targets: compile_model checks the code against ONNX Runtime on these samples and
         # raises (naming the first diverging node) before anything is written
-        compiled = compile_model(
-            model, spec, input_shapes=shapes, tune_trials=args.tune_trials, max_trials_per_task=args.max_trials_per_task, database=args.database,
-            int8=args.int8, samples=samples, dynamic=dynamic, measure=not args.no_measure, baseline=baseline, require_faster=args.require_faster,
-        )  # fmt: skip
+        from rich.console import Console
+
+        with Console(stderr=True).status(f"compiling for {spec.name}") as status:
+            compiled = compile_model(
+                model, spec, input_shapes=shapes, tune_trials=args.tune_trials, max_trials_per_task=args.max_trials_per_task, database=args.database,
+                int8=args.int8, samples=samples, dynamic=dynamic, measure=not args.no_measure, baseline=baseline, require_faster=args.require_faster,
+                progress=lambda line, t=time.perf_counter(): status.update(f"[{time.perf_counter() - t:.0f} s] {line}"),
+            )  # fmt: skip
     except GraphpressError as e:
         if trace is not None:
             _html_of_failed_run(args.report_html, trace, e, "compile", model=args.model, compiled=None)

@@ -288,14 +288,14 @@ def _compile(model: ir.Model, target: str, held_out, original, say):
     say(f"compiling for {target}")
     # checked against ONNX Runtime on the held-out samples; timed below with the peers
     try:
-        return compile_model(model, target, samples=held_out[:CHECK_SAMPLES], baseline=original, measure=False)
+        return compile_model(model, target, samples=held_out[:CHECK_SAMPLES], baseline=original, measure=False, progress=say)
     except GraphpressError as e:
         if "differs from ONNX Runtime" not in str(e) or not any(n.op_type == "QuantizeLinear" for n in model.graph):
             raise
         # the integer kernels' result was refused by the check: the quantized model in float
         # Quantize/Dequantize arithmetic instead (what ONNX Runtime computes), checked the same way
         say(f"integer kernels refused by the check ({str(e)[:160]}): compiling without them")
-        compiled = compile_model(model, target, samples=held_out[:CHECK_SAMPLES], baseline=original, measure=False, int8="off")
+        compiled = compile_model(model, target, samples=held_out[:CHECK_SAMPLES], baseline=original, measure=False, int8="off", progress=say)
         compiled.meta["build"]["int8_refused"] = str(e)
         return compiled
 

@@ -80,10 +80,13 @@ def _shipped_int8_instructions(compiled) -> int:
 
 def test_guard_times_both_kernels_and_what_it_reports_is_what_ships():
     model = _matmul_integer_model((64, 256), 256)
-    compiled = compile_model(model, "x86", int8="on")
+    lines = []
+    compiled = compile_model(model, "x86", int8="on", progress=lines.append)
     report = compiled.meta["build"]["int8"]
     (node,) = report["nodes"]
     assert node["int8_ms"] > 0 and node["fp32_ms"] > 0
+    # the long steps say what they are doing (the CLI shows these lines)
+    assert lines[0].startswith("int8 guard: layer 1 of 1") and (report["lowered"] == 0 or "whole int8 build" in lines[-1]), lines
     # the report's verdict (layer and whole model) matches the instructions in the shipped library
     assert (report["lowered"] == 1) == (_shipped_int8_instructions(compiled) > 0), report
     a = np.random.default_rng(2).integers(0, 256, (64, 256)).astype(np.uint8)

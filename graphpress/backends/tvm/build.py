@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import onnx_ir as ir
@@ -63,6 +63,7 @@ def compile_model(
     measure: bool = True,
     baseline: ir.Model | None = None,
     require_faster: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> CompiledModel:
     """Compile ``model`` with TVM.
 
@@ -107,6 +108,8 @@ def compile_model(
             artifact must not be slower than.
         require_faster: raise a :class:`GraphpressError` when the artifact is slower than ONNX
             Runtime on ``baseline`` (implies ``measure``).
+        progress: called with a line at each long step (the int8 guard's layers, with the time
+            left at the pace so far, and its whole-model build); the CLI shows them.
 
     Returns:
         A :class:`CompiledModel` (callable here for host targets; ``save`` it for others).
@@ -142,7 +145,7 @@ def compile_model(
         report["dynamic_dims"] = {dim: [list(p) for p in places] for dim, places in dynamic_dims(model, dynamic).items()}
     isa = isa if isa is not None and int8_path.is_quantized(prepared) else None
     if isa is not None:
-        report["int8"] = int8_path.plan(prepared, spec, isa, tuning, guard=int8_guard)
+        report["int8"] = int8_path.plan(prepared, spec, isa, tuning, guard=int8_guard, progress=progress)
         tuning = dataclasses.replace(tuning, int8_lowering=int8_path.lower_int8_convs(isa))
         with int8_path.int8_converters(isa):
             mod = to_relax(prepared, shapes, spec.name)
@@ -167,6 +170,8 @@ def compile_model(
             # the whole model, too: layers that stay fp32 compile differently around integer ones
             # (MobileNetV2's depthwise convs lose their tuned fused kernels), so the all-fp32 build
             # of the same model is timed against it and the faster one ships
+            if progress is not None:
+                progress("int8 guard: the whole int8 build timed against the model's all-fp32 build (one more build)")
             executable, report = _model_guard(model, prepare, shapes, spec, isa, executable, report, tuning, frozen)
     meta = {
         "graphpress_version": graphpress.__version__,

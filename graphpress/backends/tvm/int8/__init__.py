@@ -22,6 +22,7 @@ every layer in float, which the whole-model guard builds to compare.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import onnx_ir as ir
@@ -43,12 +44,12 @@ def is_quantized(model: ir.Model) -> bool:
     return any(n.op_type in ("MatMulInteger", "ConvInteger", "DequantizeLinear") for n in model.graph)
 
 
-def plan(model: ir.Model, spec: TargetSpec, isa: Isa, tuning: Tuning, *, guard: bool) -> dict[str, Any]:
+def plan(model: ir.Model, spec: TargetSpec, isa: Isa, tuning: Tuning, *, guard: bool, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Steps 1-3 on ``model`` (the backend's copy, its input shapes static; changed in place).
     The guard runs only where the target runs on this host; returns the int8 report."""
     start = time.perf_counter()
     rewrite = qdq_to_integer(model)
-    report = plan_int8(model, spec, isa, tuning, guard=guard and spec.is_host)
+    report = plan_int8(model, spec, isa, tuning, guard=guard and spec.is_host, progress=progress)
     report.update({"isa": isa.name, "amx": isa.name == "amx"})
     if guard and not spec.is_host:
         report["guard"] = "not run: a cross-compiled target cannot be timed on this host"

@@ -10,6 +10,8 @@ integer kernel takes (dynamic shapes, a weight zero point) says why.
 from __future__ import annotations
 
 import dataclasses
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -220,18 +222,25 @@ class _Planner:
         return self.decide(node, w, (m, n, k), f"{self.isa.for_shape(m, k).label} kernel", (m, n, k, a_dtype), measure)
 
 
-def plan_int8(model: ir.Model, spec, isa: Isa, tuning: Tuning | None = None, *, guard: bool = True, repeat: int = 50) -> dict[str, Any]:
+def plan_int8(
+    model: ir.Model, spec, isa: Isa, tuning: Tuning | None = None, *, guard: bool = True, repeat: int = 50, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Mark the integer layers of ``model`` (in place) that take ``isa``'s kernels.
 
     With ``guard``, each distinct layer shape is timed both ways first (the fp32 side with the fp32
     build's schedules and the ``tuning`` databases); layers whose int8 kernel is not faster are
-    rewritten to float compute. Returns the report: decisions per node.
+    rewritten to float compute; ``progress`` gets a line per layer, with the time left at the
+    pace so far. Returns the report: decisions per node.
     """
     planner = _Planner(model.graph, spec, isa, tuning or Tuning(), guard, repeat)
     decisions = []
-    for node in list(model.graph):
-        if node.domain in ("", "ai.onnx") and node.op_type in ("ConvInteger", "MatMulInteger"):
-            decisions.append(planner.conv(node) if node.op_type == "ConvInteger" else planner.dense(node))
+    layers = [n for n in model.graph if n.domain in ("", "ai.onnx") and n.op_type in ("ConvInteger", "MatMulInteger")]
+    start = time.perf_counter()
+    for i, node in enumerate(layers):
+        if guard and progress is not None:
+            left = f", ~{(time.perf_counter() - start) / i * (len(layers) - i):.0f} s left" if i else ""
+            progress(f"int8 guard: layer {i + 1} of {len(layers)}, its integer kernel timed against fp32{left}")
+        decisions.append(planner.conv(node) if node.op_type == "ConvInteger" else planner.dense(node))
     return {
         "lowered": sum(d.lowered for d in decisions),
         "kept_fp32": sum(1 for d in decisions if not d.lowered),
