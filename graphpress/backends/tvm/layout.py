@@ -2,10 +2,11 @@
 
 ``ConvertLayout`` moves a convolution and every op with a layout rule after it (elementwise ops,
 pooling, reductions) to NHWC, and puts a ``permute_dims`` in front of the first op without one.
-``quantize``/``dequantize`` have none, so a quantized model would transpose its activations back
-to NCHW at every quantize and forth again at the next convolution. :func:`sink_permutes` moves a
-transpose below a quantize/dequantize (their channel axis follows it) and cancels a transpose
-followed by its inverse; :func:`fold_weight_layouts` computes the transposed constants.
+``quantize``/``dequantize`` and ``pad`` have none, so a quantized model would transpose its
+activations back to NCHW at every quantize (and at the zero-point padding of an integer
+convolution) and forth again at the next convolution. :func:`sink_permutes` moves a transpose
+below a quantize/dequantize (their channel axis follows it) or a constant pad (its widths
+follow it) and cancels a transpose followed by its inverse; :func:`fold_weight_layouts` computes the transposed constants.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def _axes(call, ndim: int) -> list[int]:
 
 def sink_permutes():
     """A Relax pass: ``quantize/dequantize(permute_dims(x, p))`` becomes
-    ``permute_dims(quantize/dequantize(x), p)`` (the channel axis moves with it), and
+    ``permute_dims(quantize/dequantize(x), p)`` (the channel axis moves with it), a constant
+    ``pad`` likewise (its widths move with it), and
     ``permute_dims(permute_dims(x, p), q)`` becomes ``x`` when ``q`` undoes ``p``."""
     import tvm
     from tvm import relax
@@ -66,6 +68,16 @@ def sink_permutes():
                     axis = int(call.attrs.axis) % len(axes)
                     moved = self.builder_.emit(qdq[name](x, call.args[1], call.args[2], axis=axes[axis], out_dtype=str(call.attrs.out_dtype)))
                     return relax.op.permute_dims(moved, axes)
+            elif name == "relax.nn.pad" and str(call.attrs.pad_mode) == "constant":
+                inner = self._permuted(call.args[0])
+                if inner is not None:  # axis i of the permuted tensor is axis axes[i] of x
+                    x, axes = inner
+                    width = [int(v) for v in call.attrs.pad_width]
+                    moved = [0] * len(width)
+                    for i, a in enumerate(axes):
+                        moved[2 * a : 2 * a + 2] = width[2 * i : 2 * i + 2]
+                    padded = self.builder_.emit(relax.op.nn.pad(x, moved, pad_mode="constant", pad_value=float(call.attrs.pad_value)))
+                    return relax.op.permute_dims(padded, axes)
             elif call.op.same_as(permute):
                 inner = self._permuted(call.args[0])
                 if inner is not None:

@@ -6,7 +6,8 @@ the chosen ISA's dense kernel. The weight is packed at compile time (:func:`pack
 activation zero point is applied afterwards with the weight's column sums,
 ``Σ(a - za)·w = Σ a·w - za·Σ w``, and activations of the other 8-bit dtype than the
 instruction's move by 128 (their zero point with them). A convolution is imported as a Relax
-``conv2d`` of the uint8 input and the int8 weight, so that TVM's ``ConvertLayout`` moves it --
+``conv2d`` of the uint8 input (padded with its zero point) and the int8 weight, so that TVM's
+``ConvertLayout`` moves it --
 and the requantization, pooling and residual additions around it -- to NHWC like any
 convolution; :func:`lower_int8_convs` then puts it on a padded NHWC copy of its input, im2col
 and the same dense kernel (:mod:`.conv_layout`), and no transpose is left between two integer
@@ -23,7 +24,7 @@ import numpy as np
 from graphpress.backends.tvm.int8.conv_layout import conv_geometry, im2col_kernel, nhwc_pad_kernel, pointwise, to_nchw_kernel
 from graphpress.backends.tvm.int8.isa import Isa
 
-__all__ = ["INT8_ATTR", "dense_unsupported", "emit_conv", "emit_matmul", "inbound_weight_sums", "int8_converters", "is_int8_conv", "lower_int8_convs", "pack_weight"]
+__all__ = ["INT8_ATTR", "dense_unsupported", "emit_conv", "emit_matmul", "int8_converters", "is_int8_conv", "lower_int8_convs", "pack_weight"]
 
 #: attribute set on MatMulInteger/ConvInteger nodes (in the backend's copy only) that get an integer kernel
 INT8_ATTR = "_graphpress_int8"
@@ -97,36 +98,21 @@ def emit_matmul(bb, a, w_kn: np.ndarray, za, isa: Isa):
     return relax.op.reshape(acc, [*shape[:-1], n])
 
 
-def inbound_weight_sums(w_oihw: np.ndarray, x_hw: tuple[int, int], attrs) -> np.ndarray:
-    """``[1, OC, OH, OW]`` int32: per output pixel, the sum of the weights over the taps that fall
-    inside the input (``[1, OC, 1, 1]`` when padding cuts no tap off). ``ConvInteger(x, w, zx)``
-    is the zero-padded ``conv2d(x, w)`` minus ``zx`` times this."""
-    oc, _, kh, kw = w_oihw.shape
-    pads = [int(p) for p in attrs.get("pads", (0, 0, 0, 0))]
-    strides = [int(v) for v in attrs.get("strides", (1, 1))]
-    dilations = [int(v) for v in attrs.get("dilations", (1, 1))]
-    masks = []
-    for axis in range(2):
-        size, pad, k = x_hw[axis], pads[axis], (kh, kw)[axis]
-        out = (size + pads[axis] + pads[axis + 2] - dilations[axis] * (k - 1) - 1) // strides[axis] + 1
-        at = np.arange(out)[:, None] * strides[axis] - pad + np.arange(k)[None, :] * dilations[axis]
-        masks.append(((at >= 0) & (at < size)).astype(np.int64))  # [out, k]: tap inside the input
-    sums = w_oihw.astype(np.int64).sum(axis=1)  # [OC, KH, KW]
-    if masks[0].all() and masks[1].all():
-        return sums.sum(axis=(1, 2)).astype(np.int32).reshape(1, oc, 1, 1)
-    return np.einsum("oyx,hy,wx->ohw", sums, masks[0], masks[1]).astype(np.int32)[None]
-
-
 def emit_conv(bb, x, w_oihw: np.ndarray, zero_point: int, attrs, layout: str = "NCHW"):
-    """Relax for ``ConvInteger(x, w, zx)`` (uint8 ``x`` in ``layout``, group 1): the zero-padded
-    ``conv2d`` of the uint8 input and the int8 weight (int32 out), minus ``zx`` times
-    :func:`inbound_weight_sums`. Relax moves that conv2d to NHWC with its neighbours (the build's
-    ``ConvertLayout``), and :func:`lower_int8_convs` puts it on the ISA's kernels."""
+    """Relax for ``ConvInteger(x, w, zx)`` (uint8 ``x`` in ``layout``, group 1): the ``conv2d`` of
+    the uint8 input and the int8 weight (int32 out) minus ``zx`` times the weight's sums per
+    output channel. The padding must hold ``zx``: with a zero point it is a ``pad`` op of its
+    own in front of an unpadded conv2d. Relax moves both to NHWC with their neighbours (the
+    build's ``ConvertLayout``, :func:`~graphpress.backends.tvm.layout.sink_permutes`), and
+    :func:`lower_int8_convs` puts the conv2d on the ISA's kernels."""
     from tvm import relax
 
     pads = [int(p) for p in attrs.get("pads", (0, 0, 0, 0))]
-    shape = [int(d) for d in x.ty.shape]
     nhwc = layout == "NHWC"
+    if zero_point and any(pads):
+        spatial = [pads[0], pads[2], pads[1], pads[3]]  # (begin, end) of H, then of W
+        x = bb.emit(relax.op.nn.pad(x, [0, 0, *spatial, 0, 0] if nhwc else [0, 0, 0, 0, *spatial], pad_value=float(zero_point)))
+        pads = [0, 0, 0, 0]
     acc = relax.op.nn.conv2d(
         x, relax.const(w_oihw.transpose(2, 3, 1, 0) if nhwc else w_oihw), strides=tuple(int(v) for v in attrs.get("strides", (1, 1))),
         padding=pads, dilation=tuple(int(v) for v in attrs.get("dilations", (1, 1))), data_layout=layout,
@@ -134,8 +120,8 @@ def emit_conv(bb, x, w_oihw: np.ndarray, zero_point: int, attrs, layout: str = "
     )  # fmt: skip
     if zero_point == 0:
         return acc
-    corr = inbound_weight_sums(w_oihw, (shape[1], shape[2]) if nhwc else (shape[2], shape[3]), attrs) * zero_point
-    return relax.op.subtract(bb.emit(acc), relax.const(np.ascontiguousarray(corr.transpose(0, 2, 3, 1)) if nhwc else corr))
+    corr = w_oihw.astype(np.int64).sum(axis=(1, 2, 3)).astype(np.int32) * np.int32(zero_point)
+    return relax.op.subtract(bb.emit(acc), relax.const(corr.reshape((1, 1, 1, -1) if nhwc else (1, -1, 1, 1))))
 
 
 def _lower_conv(bb, call, w: np.ndarray, isa: Isa):
