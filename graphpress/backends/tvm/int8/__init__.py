@@ -36,7 +36,7 @@ from graphpress.backends.tvm.tuning import Tuning
 
 __all__ = ["ISAS", "Isa", "int8_converters", "is_quantized", "lower_int8_convs", "plan", "select_isa", "to_fp32"]
 
-_FP32_REASON = "no integer kernel for these ops on this target yet: fp32 kernels on the dequantized weights, without the activation quantize/dequantize between them"
+_FP32_REASON = "no integer kernel for these ops on this target yet: fp32 kernels on the dequantized weights, their activation quantize/dequantize pairs as clips to the calibrated range"
 
 
 def is_quantized(model: ir.Model) -> bool:
