@@ -11,10 +11,12 @@ follow it) and cancels a transpose followed by its inverse; :func:`fold_weight_l
 
 from __future__ import annotations
 
-__all__ = ["fold_weight_layouts", "sink_permutes"]
+__all__ = ["fold_weight_layouts", "relax_module_pass", "sink_permutes"]
 
 
-def _module_pass(mutator_class, name: str):
+def relax_module_pass(mutator_class, name: str):
+    """A module pass running a ``PyExprMutator`` class over every Relax function of a module
+    (what the mutator emits through its builder, such as kernels, lands in the module)."""
     import tvm
     from tvm import relax
 
@@ -87,7 +89,7 @@ def sink_permutes():
                         return x
             return call
 
-    return _module_pass(Sink, "SinkPermutes")
+    return relax_module_pass(Sink, "SinkPermutes")
 
 
 def fold_weight_layouts():
@@ -110,4 +112,4 @@ def fold_weight_layouts():
                 return relax.const(np.ascontiguousarray(array.transpose(_axes(call, array.ndim))), str(array.dtype))
             return call
 
-    return _module_pass(Folder, "FoldWeightLayouts")
+    return relax_module_pass(Folder, "FoldWeightLayouts")

@@ -23,6 +23,7 @@ import numpy as np
 
 from graphpress.backends.tvm.int8.conv_layout import conv_geometry, im2col_kernel, nhwc_pad_kernel, pointwise, to_nchw_kernel
 from graphpress.backends.tvm.int8.isa import Isa
+from graphpress.backends.tvm.layout import relax_module_pass
 
 __all__ = ["INT8_ATTR", "dense_unsupported", "emit_conv", "emit_matmul", "int8_converters", "is_int8_conv", "lower_int8_convs", "pack_weight"]
 
@@ -203,15 +204,7 @@ def lower_int8_convs(isa: Isa):
                 weight = self.lookup_binding(weight)
             return _lower_conv(self.builder_, call, weight.value.numpy(), isa) if is_int8_conv(call, weight) else call
 
-    @tvm.transform.module_pass(opt_level=0, name="LowerInt8Convs")
-    def lower(mod, _ctx):
-        mutator_ = Lower(mod)
-        for gv, func in list(mod.functions.items()):
-            if isinstance(func, relax.Function):
-                mutator_.builder_.update_func(gv, mutator_.visit_expr(func))
-        return mutator_.builder_.get()
-
-    return lower
+    return relax_module_pass(Lower, "LowerInt8Convs")
 
 
 def _static_shape(ty) -> list[int | None] | None:
