@@ -16,11 +16,15 @@ Speed (2 threads, batch 1, ``ORT_ENABLE_ALL``, median of ``--repeat``; every eng
 default thread spinning and runs in blocks with a pause between them): ResNet-18 and
 MobileNetV2 at 224² (random weights, calibrated on 8 random images: speed only) and MiniLM at
 seq 128; ORT fp32, ORT's default and best int8 recipes, ORT running graphpress's model, and
-graphpress-tvm fp32 and int8 (``--no-tvm`` skips those).
+graphpress-tvm fp32 and int8 (``--no-tvm`` skips those) on every x86 ISA path this host runs
+(``--paths``; default: the int8 paths ``amx``, ``avx512_vnni``, ``avx2_vnni``, ``avx2`` and the
+fp32 paths ``avx512``, ``avx2`` the host has). ONNX Runtime picks its own kernels from the
+host's CPUID (no switch selects them): its rows are the best code it has here, so an AVX2
+row is the AVX2 code against ORT's best, not against ORT on an AVX2 machine.
 
 Usage::
 
-    python benchmarks/quantization.py [--repeat 30] [--sentences 300]
+    python benchmarks/quantization.py [--repeat 30] [--sentences 300] [--paths avx512_vnni,avx2]
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import argparse
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 # before TVM loads: the same two threads as ORT and torch. Every engine keeps its default (best)
@@ -150,8 +155,23 @@ def minilm_accuracy(workdir: Path, n: int) -> dict:
     return results
 
 
-def speed(workdir: Path, repeat: int, tvm: bool = True) -> list[dict]:
+#: the x86 paths with int8 kernels of their own (``avx512`` without VNNI runs AVX2's) and the fp32 ones
+INT8_PATHS = ("amx", "avx512_vnni", "avx2_vnni", "avx2")
+FP32_PATHS = ("avx512", "avx2")
+
+
+def _tvm_targets(paths: list[str]) -> list[tuple[str, str, str]]:
+    """(row label, target, int8 mode) for each requested path: fp32 builds of the fp32 paths, int8
+    builds of the int8 ones."""
+    rows = [(f"graphpress-tvm fp32 [{p}]", f"x86:{p}", "off") for p in paths if p in FP32_PATHS]
+    return rows + [(f"graphpress-tvm int8 [{p}]", f"x86:{p}", "auto") for p in paths if p in INT8_PATHS]
+
+
+def speed(workdir: Path, repeat: int, tvm: bool = True, isa_paths: list[str] | None = None) -> list[dict]:
+    from graphpress.backends.tvm.targets import host_x86_paths
     from graphpress.ir.numeric import make_inputs
+
+    isa_paths = host_x86_paths() if isa_paths is None else isa_paths
 
     rows = []
     for name in SPEED_MODELS:
@@ -182,19 +202,27 @@ def speed(workdir: Path, repeat: int, tvm: bool = True) -> list[dict]:
             from graphpress.backends.tvm import compile_model
 
             ours = gp.load(paths["graphpress dynamic MatMul" if name == "minilm" else "graphpress static QDQ"])
-            for key, m in (("graphpress-tvm fp32", model), ("graphpress-tvm int8", ours)):
-                compiled = compile_model(m, "x86")
+            for key, target, int8 in _tvm_targets(isa_paths):
+                m = ours if int8 != "off" else model
+                t0 = time.perf_counter()
+                compiled = compile_model(m, target, int8=int8)
+                extra[key] = {"compile_s": round(time.perf_counter() - t0, 1)}
                 runs[key] = lambda c=compiled: next(iter(c.run_named(**feeds).values()))
                 build = compiled.meta["build"]
-                extra[key] = {"unscheduled_kernels": len(build.get("unscheduled_kernels", []))}
+                extra[key]["unscheduled_kernels"] = len(build.get("unscheduled_kernels", []))
                 if "int8" in build:
                     i8 = build["int8"]
-                    extra[key].update({k: i8[k] for k in ("lowered", "kept_fp32", "amx_tile_products", "zmm_vpdpbusd") if k in i8})
+                    extra[key].update({k: i8[k] for k in ("isa", "lowered", "kept_fp32") if k in i8})
+                    extra[key].update({k: v for k, v in i8.get("instructions", {}).items() if v})
                     extra[key]["fp32_layers"] = len(i8.get("fp32_layers", []))
                     # agreement with ORT running the same quantized model
                     ort_q = sessions["graphpress dynamic MatMul" if name == "minilm" else "graphpress static QDQ"].run(None, feeds)[0]
                     extra[key]["max_abs_diff_vs_ort_same_model"] = float(np.abs(runs[key]() - ort_q).max())
         ms = blocked(runs, repeat)
+        best = "ORT dynamic MatMul-only (best)" if name == "minilm" else "ORT static U8S8 per-channel (best)"
+        for key in runs:
+            if key.startswith("graphpress-tvm int8"):
+                extra[key]["vs_ort_best_int8"] = round(ms[best] / ms[key], 3)
         for key, fn in runs.items():
             out = fn()
             cos = float((out.ravel() @ ref.ravel()) / np.linalg.norm(out) / np.linalg.norm(ref))
@@ -212,6 +240,7 @@ def main() -> None:
     parser.add_argument("--json")
     parser.add_argument("--no-tvm", action="store_true", help="ONNX Runtime rows only")
     parser.add_argument("--speed-only", action="store_true", help="skip the accuracy runs")
+    parser.add_argument("--paths", help="comma-separated x86 ISA paths for the TVM rows (default: every path this host runs)")
     args = parser.parse_args()
     print(banner(), flush=True)
     torch.set_num_threads(THREADS)
@@ -219,7 +248,7 @@ def main() -> None:
         work = Path(tmp)
         acc = {} if args.speed_only else digits(work)
         text = {"sentences": 0} if args.speed_only else minilm_accuracy(work, args.sentences)
-        rows = speed(work, args.repeat, tvm=not args.no_tvm)
+        rows = speed(work, args.repeat, tvm=not args.no_tvm, isa_paths=args.paths.split(",") if args.paths else None)
     print("\n| digits CNN | top-1 |\n| --- | ---: |")
     for k, v in acc.items():
         print(f"| {k} | {v:.4f} |")
@@ -230,7 +259,8 @@ def main() -> None:
     print("\n| model | variant | ms | speed-up vs ORT fp32 | cosine to fp32 | file MB | TVM int8 notes |\n| --- | --- | ---: | ---: | ---: | ---: | --- |")
     for r in rows:
         mb = f"{r['mb']:.1f}" if r.get("mb") else ""
-        notes = ", ".join(f"{k}={r[k]}" for k in ("lowered", "kept_fp32", "fp32_layers", "amx_tile_products", "zmm_vpdpbusd", "unscheduled_kernels", "max_abs_diff_vs_ort_same_model") if k in r)
+        skip = {"model", "variant", "ms", "vs_fp32", "cosine_to_fp32", "mb"}
+        notes = ", ".join(f"{k}={v}" for k, v in r.items() if k not in skip)
         print(f"| {r['model']} | {r['variant']} | {r['ms']:.2f} | {r['vs_fp32']:.2f}x | {r['cosine_to_fp32']:.4f} | {mb} | {notes} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"digits": acc, "minilm": text, "speed": rows}, indent=2))

@@ -19,6 +19,8 @@ from tests.conftest import host_lacks
 ISA_TARGETS = {
     "vnni": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "cascadelake"},
     "amx": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "sapphirerapids"},
+    "avx_vnni": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "alderlake"},
+    "avx2": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"},
     "sdot": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]},
 }
 
@@ -36,6 +38,15 @@ def test_pack_weight_layout():
     assert packed[1, 0, 4, 0] == 0  # column 20: padding
     np.testing.assert_array_equal(colsum[:20], w_kn.astype(np.int32).sum(0))
     assert not colsum[20:].any()
+
+
+def test_pack_weight_int16_pairs():
+    """AVX2's layout: [K, N] int8 -> [N/8, K/2, 8, 2] int16, the same values."""
+    w_kn = np.random.default_rng(0).integers(-128, 128, (12, 16), dtype=np.int8)
+    packed, colsum, npad = pack_weight(w_kn, 8, 8, depth=2, dtype="int16")
+    assert npad == 16 and packed.shape == (2, 6, 8, 2) and packed.dtype == np.int16
+    assert packed[1, 4, 3, 1] == w_kn[4 * 2 + 1, 8 + 3]
+    np.testing.assert_array_equal(colsum, w_kn.astype(np.int32).sum(0))
 
 
 @pytest.mark.parametrize("isa", ISAS, ids=lambda isa: isa.name)

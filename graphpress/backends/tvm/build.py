@@ -78,7 +78,8 @@ def compile_model(
         shipped_databases: also apply the databases shipped with graphpress.
         prepare: the pass SPEC run on a copy before lowering ("" runs none; the benchmarks
             compile unfused graphs that way).
-        int8: ``auto`` (an int8 ISA whose kernels can be timed here: x86 with AVX-512 VNNI or AMX
+        int8: ``auto`` (an int8 ISA whose kernels can be timed here: x86 with AMX, AVX-512 VNNI,
+            AVX-VNNI or AVX2 -- the first the target declares, e.g. ``x86:haswell`` for AVX2 --
             on a host that has it), ``on`` (also cross-compiled: aarch64 with ``+dotprod``) or
             ``off``: lower quantized layers (static QDQ MatMul/Gemm/Conv, MatMulInteger) onto
             integer kernels (:mod:`graphpress.backends.tvm.int8`).

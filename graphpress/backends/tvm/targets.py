@@ -4,7 +4,10 @@
   whose features the host has (``sapphirerapids`` with AMX+VNNI+AVX-512, ``cascadelake``
   with AVX-512 VNNI, ``skylake-avx512``, ``haswell`` with AVX2/FMA, else ``x86-64``), and
   ``num-cores`` is the number of cores this process may use. Without ``mcpu`` LLVM emits
-  no AVX-512 and MetaSchedule adds no VNNI rules.
+  no AVX-512 and MetaSchedule adds no VNNI rules. ``x86:MCPU`` names the LLVM CPU, and
+  ``x86:PATH`` an ISA path (:data:`X86_PATHS`: ``amx``, ``avx512_vnni``, ``avx512``,
+  ``avx2_vnni``, ``avx2``, ``sse``), so that every path can be built and timed on any host
+  that runs it (:func:`host_x86_paths`).
 * ``aarch64``: ``{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon",
   "+dotprod"]}`` (ARMv8.2-A dot product: ``sdot``/``udot``), linked with Debian's
   ``aarch64-linux-gnu-g++``.
@@ -27,11 +30,16 @@ from typing import Any
 from graphpress.errors import GraphpressError, one_line
 from graphpress.passes.context import TargetFacts
 
-__all__ = ["TargetSpec", "VectorFacts", "detect_x86_mcpu", "vector_facts", "has_amx", "has_dotprod", "has_vnni", "resolve_target"]
+__all__ = ["X86_PATHS", "TargetSpec", "VectorFacts", "detect_x86_mcpu", "host_x86_paths", "vector_facts", "has_amx", "has_avx2", "has_avx_vnni", "has_dotprod", "has_vnni", "resolve_target"]
 
 #: LLVM x86 CPUs with AVX-512 VNNI (u8 x s8 -> s32 dot products on 512-bit registers)
 VNNI_MCPUS = {"cascadelake", "cooperlake", "icelake-client", "icelake-server", "tigerlake", "sapphirerapids",
               "emeraldrapids", "graniterapids", "znver4", "znver5"}  # fmt: skip
+
+#: LLVM x86 CPUs with AVX-VNNI (the VEX-encoded 256-bit ``vpdpbusd``; the only int8 dot product
+#: of CPUs with AVX2 and no AVX-512, as Alder Lake and later client parts)
+AVX_VNNI_MCPUS = {"alderlake", "raptorlake", "meteorlake", "arrowlake", "arrowlake-s", "lunarlake", "pantherlake", "gracemont",
+                  "sierraforest", "grandridge", "clearwaterforest", "sapphirerapids", "emeraldrapids", "graniterapids", "znver5"}  # fmt: skip
 
 #: LLVM x86 CPUs with AMX-INT8 tile matrix multiply (TDPBUSD on 16 x 64-byte tiles)
 AMX_MCPUS = {"sapphirerapids", "emeraldrapids", "graniterapids", "graniterapids-d", "diamondrapids"}
@@ -43,6 +51,23 @@ AVX512_MCPUS = VNNI_MCPUS | AMX_MCPUS | {"skylake-avx512", "cannonlake", "icelak
 #: LLVM x86 CPUs with AVX2 and FMA but not AVX-512 (16 registers of 8 float32 lanes)
 AVX2_MCPUS = {"haswell", "broadwell", "skylake", "alderlake", "raptorlake", "meteorlake", "arrowlake", "lunarlake", "gracemont",
               "znver1", "znver2", "znver3", "x86-64-v3"}  # fmt: skip
+
+
+#: x86 ISA paths by name: the LLVM CPU a build for the path targets, and the host flags it runs on
+X86_PATHS: dict[str, tuple[str, frozenset[str]]] = {
+    "amx": ("sapphirerapids", frozenset({"amx_tile", "amx_int8", "avx512_vnni", "avx512f"})),
+    "avx512_vnni": ("cascadelake", frozenset({"avx512_vnni", "avx512f", "avx512bw"})),
+    "avx512": ("skylake-avx512", frozenset({"avx512f", "avx512bw"})),
+    "avx2_vnni": ("alderlake", frozenset({"avx_vnni", "avx2", "fma"})),
+    "avx2": ("haswell", frozenset({"avx2", "fma"})),
+    "sse": ("x86-64", frozenset()),
+}
+
+
+def host_x86_paths(flags: set[str] | None = None) -> list[str]:
+    """The :data:`X86_PATHS` this host runs, fastest first."""
+    flags = _cpu_flags() if flags is None else flags
+    return [name for name, (_, needs) in X86_PATHS.items() if needs <= flags]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +150,22 @@ def has_vnni(spec: TargetSpec) -> bool:
     return target_ok and {"avx512_vnni", "avx512f"} <= _cpu_flags()
 
 
+def has_avx_vnni(spec: TargetSpec) -> bool:
+    """True when ``spec`` is an x86 CPU target whose code may use AVX-VNNI (256-bit ``vpdpbusd``)
+    and this host has it."""
+    if not spec.is_host:
+        return False
+    mattr = [str(a) for a in spec.config.get("mattr", [])]
+    target_ok = spec.config.get("mcpu") in AVX_VNNI_MCPUS or "+avxvnni" in mattr
+    return target_ok and "avx_vnni" in _cpu_flags()
+
+
+def has_avx2(spec: TargetSpec) -> bool:
+    """True when ``spec`` is an x86 CPU target whose code may use AVX2 (AVX2 or AVX-512 class,
+    :func:`vector_facts`) and this host has it."""
+    return spec.is_host and vector_facts(spec).name in ("avx2", "avx512") and "avx2" in _cpu_flags()
+
+
 def has_amx(spec: TargetSpec) -> bool:
     """True when ``spec`` may use AMX-INT8 tiles and this host has them (the kernels request the
     tile state from Linux themselves: ``arch_prctl(ARCH_REQ_XCOMP_PERM)``)."""
@@ -150,7 +191,7 @@ def target_facts(spec: TargetSpec) -> TargetFacts:
         return TargetFacts(spec.name, has_dotprod(spec))
     mattr = [str(a) for a in spec.config.get("mattr", [])]
     mcpu = spec.config.get("mcpu")
-    vnni = mcpu in VNNI_MCPUS or "+avx512vnni" in mattr or "+avxvnni" in mattr
+    vnni = mcpu in VNNI_MCPUS or mcpu in AVX_VNNI_MCPUS or "+avx512vnni" in mattr or "+avxvnni" in mattr
     return TargetFacts(spec.name, True if vnni else (False if mcpu else None))
 
 
@@ -220,7 +261,8 @@ def resolve_target(target: str | dict[str, Any]) -> TargetSpec:
         return resolve_target(config)
     name, _, arg = text.partition(":")
     if name == "x86":
-        return TargetSpec("x86", {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": arg or detect_x86_mcpu(), "num-cores": _num_cores()})
+        mcpu = X86_PATHS[arg][0] if arg in X86_PATHS else arg
+        return TargetSpec("x86", {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu or detect_x86_mcpu(), "num-cores": _num_cores()})
     if name == "aarch64":
         return TargetSpec(
             "aarch64",
@@ -229,7 +271,9 @@ def resolve_target(target: str | dict[str, Any]) -> TargetSpec:
         )
     if name == "cuda":
         return TargetSpec("cuda", {"kind": "cuda", "arch": arg or _cuda_arch()})
-    raise GraphpressError(f"target: unknown target '{target}'; give x86, aarch64, cuda (or cuda:sm_80) or a TVM target JSON dict")
+    raise GraphpressError(
+        f"target: unknown target '{target}'; give x86 (or x86:PATH, PATH one of {', '.join(X86_PATHS)}; or x86:MCPU), aarch64, cuda (or cuda:sm_80) or a TVM target JSON dict"
+    )
 
 
 def _cross_for(config: dict[str, Any]) -> str | None:

@@ -10,8 +10,8 @@ matmul no schedule tensorizes. On the backend's private copy of the model:
 3. the layers without an integer kernel get float weights and lose their activation
    quantize/dequantize pairs (:func:`.qdq.fold_weight_dequantize`, :func:`.qdq.bypass_float_qdq`);
 4. while the model is imported, :func:`.emit.int8_converters` emits the kernels of the ISA
-   :func:`.isa.select_isa` chose from the target (:mod:`.kernels_x86`: AVX-512 VNNI, AMX;
-   :mod:`.kernels_arm`: sdot) for dense layers, and an int8 Relax ``conv2d`` for convolutions,
+   :func:`.isa.select_isa` chose from the target (:mod:`.kernels_x86`: AMX, AVX-512 VNNI,
+   AVX-VNNI, AVX2; :mod:`.kernels_arm`: sdot) for dense layers, and an int8 Relax ``conv2d`` for convolutions,
    which the build moves to NHWC with its neighbours and :func:`.emit.lower_int8_convs` puts on
    the same kernels through :mod:`.conv_layout`.
 

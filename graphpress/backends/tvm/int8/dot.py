@@ -1,6 +1,7 @@
 """The shape every int8 dense kernel shares: a dot-product instruction that adds ``lanes`` int32
-sums of 4 byte products, registered as a TVM tensor intrinsic, and the micro-tiled dense kernel
-built around it. The ISA files (:mod:`.kernels_x86`, :mod:`.kernels_arm`) instantiate it."""
+sums of ``depth`` products (4 bytes for ``vpdpbusd``/``sdot``; 2 int16 for AVX2's exact
+``vpmaddwd``), registered as a TVM tensor intrinsic, and the micro-tiled dense kernel built around
+it. The ISA files (:mod:`.kernels_x86`, :mod:`.kernels_arm`) instantiate it."""
 
 from __future__ import annotations
 
@@ -12,9 +13,13 @@ _registered: set[str] = set()
 _KERNELS: dict[tuple, Any] = {}
 
 
-def register_dot_intrinsic(name: str, a_dtype: str, lanes: int, llvm_intrinsic: str) -> str:
-    """Register ``C[lanes] (int32) += A[4] (a_dtype) · B[lanes, 4] (int8)`` as one call of
-    ``llvm_intrinsic``, the four bytes of A broadcast to every lane; once per process.
+def register_dot_intrinsic(name: str, a_dtype: str, lanes: int, llvm_intrinsic: str, depth: int = 4, b_dtype: str = "int8", accumulates: bool = True) -> str:
+    """Register ``C[lanes] (int32) += A[depth] (a_dtype) · B[lanes, depth] (b_dtype)`` as one call of
+    ``llvm_intrinsic``, the ``depth`` values of A broadcast to every lane; once per process.
+
+    ``accumulates``: the instruction takes C as its first operand (``vpdpbusd``, ``sdot``); else
+    it returns the ``lanes`` sums and C is added to them (``vpmaddwd``, whose A is widened to
+    ``b_dtype`` first).
 
     Not via ``tvm.s_tir.tensor_intrin``: importing that package parses every target's intrinsics
     (CUDA, ARM, Hexagon, ...) in TVMScript first, about 30 s on 2 cores."""
@@ -23,29 +28,33 @@ def register_dot_intrinsic(name: str, a_dtype: str, lanes: int, llvm_intrinsic: 
     from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
-    width = 4 * lanes
+    width = depth * lanes
+    op_dtype = a_dtype if accumulates else b_dtype  # the dtype A enters the instruction as
 
     @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((4,), a_dtype, offset_factor=1), B: T.Buffer((lanes, 4), "int8", offset_factor=1), C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+    def desc(A: T.Buffer((depth,), a_dtype, offset_factor=1), B: T.Buffer((lanes, depth), b_dtype, offset_factor=1), C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.reads(C[0:lanes], A[0:depth], B[0:lanes, 0:depth])
             T.writes(C[0:lanes])
             for i in T.serial(0, lanes):
-                for k in T.serial(0, 4):
+                for k in T.serial(0, depth):
                     with T.sblock("update"):
                         vi, vk = T.axis.remap("SR", [i, k])
                         C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
     @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((4,), a_dtype, offset_factor=1), B: T.Buffer((lanes, 4), "int8", offset_factor=1), C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+    def impl(A: T.Buffer((depth,), a_dtype, offset_factor=1), B: T.Buffer((lanes, depth), b_dtype, offset_factor=1), C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.reads(C[0:lanes], A[0:depth], B[0:lanes, 0:depth])
             T.writes(C[0:lanes])
-            a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], f"{a_dtype}x4"), dtype="int32"), lanes), dtype=f"{a_dtype}x{width}")
-            b = B.vload([0, 0], dtype=f"int8x{width}")
-            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id(llvm_intrinsic), C.vload([0], dtype=f"int32x{lanes}"), a, b, dtype=f"int32x{lanes}"
-            )
+            a_vec = A.vload([0], f"{a_dtype}x{depth}")
+            a = T.reinterpret(T.broadcast(T.reinterpret(T.Cast(f"{op_dtype}x{depth}", a_vec) if op_dtype != a_dtype else a_vec, dtype="int32"), lanes), dtype=f"{op_dtype}x{width}")
+            b = B.vload([0, 0], dtype=f"{b_dtype}x{width}")
+            c = C.vload([0], dtype=f"int32x{lanes}")
+            if accumulates:
+                C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(llvm_intrinsic), c, a, b, dtype=f"int32x{lanes}")
+            else:
+                C[T.ramp(T.int32(0), 1, lanes)] = c + T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(llvm_intrinsic), a, b, dtype=f"int32x{lanes}")
 
     try:
         TensorIntrin.register(name, desc, impl)
@@ -56,35 +65,54 @@ def register_dot_intrinsic(name: str, a_dtype: str, lanes: int, llvm_intrinsic: 
     return name
 
 
-def _largest_divisor(n: int, options: tuple[int, ...]) -> int:
-    return next(d for d in options if n % d == 0)
+def _micro_tile(m: int, blocks: int, accumulators: int) -> tuple[int, int]:
+    """Rows x column blocks of a micro-tile: as many accumulator registers as the budget allows
+    (``rows`` dividing ``m``, ``cols`` dividing ``blocks``), then the fewest loads per step
+    (``rows`` broadcasts + ``cols`` weight vectors)."""
+    options = [(r, c) for r in (4, 3, 2, 1) for c in (4, 3, 2, 1) if m % r == 0 and blocks % c == 0 and r * c <= accumulators]
+    return max(options, key=lambda rc: (rc[0] * rc[1], -(rc[0] + rc[1]), rc[0]))
 
 
-def dot_dense_kernel(m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, prefix: str):
-    """Scheduled TIR ``C[m, n] (int32) = A[m, k] (a_dtype) · B^T`` with ``B`` int8 packed
-    ``[n/lanes, k/4, lanes, 4]`` and ``intrin`` (``lanes`` int32 outputs x 4 bytes of K) tensorizing
-    the innermost ``lanes x 4``: rows x 4 blocks of ``lanes`` columns per micro-tile."""
-    return cached((prefix, m, n, k), lambda: _dot_dense(m, n, k, a_dtype, lanes, intrin, prefix))
+def dot_dense_kernel(
+    m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, prefix: str, depth: int = 4, b_dtype: str = "int8", accumulators: int = 16, widen_a: bool = False,
+):
+    """Scheduled TIR ``C[m, n] (int32) = A[m, k] (a_dtype) · B^T`` with ``B`` packed
+    ``[n/lanes, k/depth, lanes, depth]`` (``b_dtype``) and ``intrin`` (``lanes`` int32 outputs x
+    ``depth`` of K) tensorizing the innermost ``lanes x depth``: micro-tiles of rows x blocks of
+    ``lanes`` columns holding at most ``accumulators`` vector registers (16 of AVX-512's 32
+    registers; 12 of AVX2's 16, which also hold the broadcast A and the products).
+
+    ``widen_a``: A is first converted to ``b_dtype`` in a workspace of the kernel (one vector pass),
+    so that the innermost loop broadcasts it straight from memory (``intrin`` takes A in
+    ``b_dtype`` then)."""
+    key = (prefix, m, n, k, depth, b_dtype, accumulators, widen_a)
+    return cached(key, lambda: _dot_dense(m, n, k, a_dtype, lanes, intrin, prefix, depth, b_dtype, accumulators, widen_a))
 
 
-def _dot_dense(m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, prefix: str):
+def _dot_dense(m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, prefix: str, depth: int, b_dtype: str, accumulators: int, widen_a: bool):
     import tvm
     from tvm import te
 
     a = te.placeholder((m, k), a_dtype, name="A")
-    b = te.placeholder((n // lanes, k // 4, lanes, 4), "int8", name="B")
+    b = te.placeholder((n // lanes, k // depth, lanes, depth), b_dtype, name="B")
+    a_wide = te.compute((m, k), lambda i, kk: a[i, kk].astype(b_dtype), name="A_wide") if widen_a else a
     r = te.reduce_axis((0, k), name="k")
-    c = te.compute((m, n), lambda i, j: te.sum(a[i, r].astype("int32") * b[j // lanes, r // 4, j % lanes, r % 4].astype("int32"), axis=r), name="C")
+    c = te.compute((m, n), lambda i, j: te.sum(a_wide[i, r].astype("int32") * b[j // lanes, r // depth, j % lanes, r % depth].astype("int32"), axis=r), name="C")
     sch = tvm.s_tir.Schedule(te.create_prim_func([a, b, c]))
+    if widen_a:
+        widen = sch.get_sblock("A_wide")
+        wi, wk = sch.get_loops(widen)
+        sch.parallel(wi)
+        wko, wki = sch.split(wk, [None, 16] if k % 16 == 0 else [None, k])
+        sch.vectorize(wki)
     block = sch.get_sblock("C")
     i, j, kk = sch.get_loops(block)
-    rows = _largest_divisor(m, (4, 3, 2, 1))
-    cols = _largest_divisor(n // lanes, (4, 2, 1))
+    rows, cols = _micro_tile(m, n // lanes, accumulators)
     io, ii = sch.split(i, [None, rows])
     jo, ji = sch.split(j, [None, lanes])
     joo, joi = sch.split(jo, [None, cols])
-    ko, ki = sch.split(kk, [None, 4])
-    # column panels outermost (parallel): a panel of B (cols x lanes x K bytes) stays in L1 while
+    ko, ki = sch.split(kk, [None, depth])
+    # column panels outermost (parallel): a panel of B (cols x lanes x K) stays in L1 while
     # every row block passes over it; 91.8 vs 121 us with rows outermost at 128x512x512 (VNNI)
     sch.reorder(joo, io, ko, ii, joi, ji, ki)
     sch.parallel(joo if n // lanes // cols >= 2 else sch.fuse(joo, io))

@@ -47,15 +47,20 @@ def dense_unsupported(w: np.ndarray | None, zb: np.ndarray | None, a_dtype: str,
     return None
 
 
-def pack_weight(w_kn: np.ndarray, multiple: int, lanes: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """int8 ``[K, N]`` -> (packed ``[Np/lanes, K/4, lanes, 4]``, column sums ``[Np]`` int32, Np); N
-    is padded to ``multiple`` columns, K must be a multiple of 4 (zero rows may pad it)."""
+def pack_weight(w_kn: np.ndarray, multiple: int, lanes: int, depth: int = 4, dtype: str = "int8") -> tuple[np.ndarray, np.ndarray, int]:
+    """int8 ``[K, N]`` -> (packed ``[Np/lanes, K/depth, lanes, depth]`` in ``dtype``, column sums
+    ``[Np]`` int32, Np); N is padded to ``multiple`` columns, K must be a multiple of ``depth``
+    (zero rows may pad it)."""
     k, n = w_kn.shape
     npad = -(-n // multiple) * multiple
     w = np.zeros((k, npad), np.int8)
     w[:, :n] = w_kn
-    packed = np.ascontiguousarray(w.T.reshape(npad // lanes, lanes, k // 4, 4).transpose(0, 2, 1, 3))
+    packed = np.ascontiguousarray(w.T.reshape(npad // lanes, lanes, k // depth, depth).transpose(0, 2, 1, 3).astype(dtype))
     return packed, w.astype(np.int32).sum(0), npad
+
+
+def _pack(w_kn: np.ndarray, isa: Isa) -> tuple[np.ndarray, np.ndarray, int]:
+    return pack_weight(w_kn, isa.n_multiple, isa.lanes, isa.depth, isa.weight)
 
 
 def _dtype(ty) -> str:
@@ -89,7 +94,7 @@ def emit_matmul(bb, a, w_kn: np.ndarray, za, isa: Isa):
     k, n = w_kn.shape
     m = int(np.prod(shape[:-1]))
     isa = isa.for_shape(m, k)
-    packed, colsum, npad = pack_weight(w_kn, isa.n_multiple, isa.lanes)
+    packed, colsum, npad = _pack(w_kn, isa)
     a2, za = _to_kernel_dtype(relax.op.reshape(a, (m, k)), _dtype(a.ty), za, isa)
     acc = _call(bb, isa.dense(m, npad, k), [bb.emit(a2), relax.const(packed)], (m, npad), "int32")
     if za is not None:
@@ -143,7 +148,7 @@ def _lower_conv(bb, call, w: np.ndarray, isa: Isa):
     isa = g["isa"]
     w_padded = np.zeros((g["oc"], g["kh"], g["kw"], g["cp"]), np.int8)  # columns ordered ky, kx, channel
     w_padded[..., : g["c"]] = w_oihw.transpose(0, 2, 3, 1)
-    packed, colsum, npad = pack_weight(np.ascontiguousarray(w_padded.reshape(g["oc"], g["kp"]).T), isa.n_multiple, isa.lanes)
+    packed, colsum, npad = _pack(np.ascontiguousarray(w_padded.reshape(g["oc"], g["kp"]).T), isa)
     unpadded = not any(g["pads"]) and g["c"] == g["cp"]
     if layout == "NHWC" and pointwise(g) and g["c"] == g["cp"]:
         col = bb.emit(relax.op.reshape(x, (g["mp"], g["kp"])))  # the NHWC input is the unfolded one

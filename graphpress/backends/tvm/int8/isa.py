@@ -16,10 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from graphpress.backends.tvm.int8 import kernels_arm, kernels_x86
-from graphpress.backends.tvm.targets import TargetSpec, has_amx, has_dotprod, has_vnni
+from graphpress.backends.tvm.targets import TargetSpec, has_amx, has_avx2, has_avx_vnni, has_dotprod, has_vnni
 from graphpress.errors import GraphpressError
 
-__all__ = ["AMX", "ISAS", "SDOT", "VNNI", "Counter", "Isa", "Tiles", "select_isa"]
+__all__ = ["AMX", "AVX2", "AVX_VNNI", "ISAS", "SDOT", "VNNI", "Counter", "Isa", "Tiles", "select_isa"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Isa:
         label: its name in kernel descriptions (``VNNI kernel``).
         activation: the dtype the instruction multiplies the int8 weight by; activations of the
             other 8-bit dtype move by 128 (and their zero point with them).
-        lanes: int32 sums per instruction: the width of a packed weight block ``[N/lanes, K/4, lanes, 4]``.
+        lanes: int32 sums per instruction: the width of a packed weight block ``[N/lanes, K/depth, lanes, depth]``.
         dense: builds the scheduled TIR ``C[m, n] (int32) = A[m, k] · B^T`` (``B`` packed).
         counters: the instructions counted in the build's assembly, the ISA's own first.
         available: whether a build for the target may use it (and, where the kernels are timed
@@ -58,6 +58,8 @@ class Isa:
         timed: the per-layer guard can time its kernels on this host (``int8=auto`` picks only those).
         tiles: the tile shapes of a tile ISA (None: any ``M``, ``K`` a multiple of 4).
         fallback: the ISA used for shapes that do not fill the tiles.
+        depth: products per int32 sum of one instruction (4 bytes; 2 for ``vpmaddwd``'s int16).
+        weight: the dtype the packed weight is stored in (int8; int16 for ``vpmaddwd``).
     """
 
     name: str
@@ -70,6 +72,8 @@ class Isa:
     timed: bool
     tiles: Tiles | None = None
     fallback: Isa | None = None
+    depth: int = 4
+    weight: str = "int8"
 
     def __repr__(self) -> str:
         return f"Isa({self.name})"
@@ -100,13 +104,18 @@ class Isa:
 _ZMM_VPDPBUSD = Counter("zmm_vpdpbusd", "zmm vpdpbusd", kernels_x86.zmm_vpdpbusd_count)
 _TDPBUSD = Counter("amx_tile_products", "AMX tile products", kernels_x86.amx_dot_product_count)
 
-# x86 builds count both: a VNNI build with tile products, or an AMX one without, is a finding
+_YMM_VPDPBUSD = Counter("ymm_vpdpbusd", "ymm vpdpbusd", kernels_x86.ymm_vpdpbusd_count)
+_YMM_VPMADDWD = Counter("ymm_vpmaddwd", "ymm vpmaddwd", kernels_x86.ymm_vpmaddwd_count)
+
+# x86 builds count the others too: a VNNI build with tile products, or an AMX one without, is a finding
 VNNI = Isa("vnni", "VNNI", "uint8", 16, kernels_x86.vnni_dense_kernel, (_ZMM_VPDPBUSD, _TDPBUSD), has_vnni, timed=True)
 AMX = Isa("amx", "AMX", "uint8", 16, kernels_x86.amx_dense_kernel, (_TDPBUSD, _ZMM_VPDPBUSD), has_amx, timed=True, tiles=Tiles(32, 32, 64), fallback=VNNI)
+AVX_VNNI = Isa("avx_vnni", "AVX-VNNI", "uint8", 8, kernels_x86.avx_vnni_dense_kernel, (_YMM_VPDPBUSD, _ZMM_VPDPBUSD), has_avx_vnni, timed=True)
+AVX2 = Isa("avx2", "AVX2", "uint8", 8, kernels_x86.avx2_dense_kernel, (_YMM_VPMADDWD, _ZMM_VPDPBUSD), has_avx2, timed=True, depth=2, weight="int16")
 SDOT = Isa("sdot", "SDOT", "int8", 4, kernels_arm.sdot_dense_kernel, (Counter("sdot", "sdot", kernels_arm.sdot_count),), has_dotprod, timed=False)
 
 #: every ISA, in order of preference
-ISAS: tuple[Isa, ...] = (AMX, VNNI, SDOT)
+ISAS: tuple[Isa, ...] = (AMX, VNNI, AVX_VNNI, AVX2, SDOT)
 
 
 def select_isa(spec: TargetSpec, mode: str = "auto") -> Isa | None:
@@ -122,6 +131,6 @@ def select_isa(spec: TargetSpec, mode: str = "auto") -> Isa | None:
     available = [isa for isa in ISAS if isa.available(spec)]
     if mode == "on" and not available:
         raise GraphpressError(
-            f"target {spec.name}: int8=on needs an x86 target with AVX-512 VNNI on a host that has it, or an aarch64 target with +dotprod; use int8=off"
+            f"target {spec.name}: int8=on needs an x86 target with AVX2 (or AVX-VNNI, AVX-512 VNNI, AMX) on a host that has it, or an aarch64 target with +dotprod; use int8=off"
         )
     return next((isa for isa in available if mode == "on" or isa.timed), None)

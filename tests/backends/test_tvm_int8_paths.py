@@ -1,0 +1,98 @@
+"""Every x86 int8 path this host runs, selected by target (``x86:avx512_vnni``, ``x86:avx2_vnni``,
+``x86:avx2``): the integer kernels are exact against ONNX Runtime and a numpy convolution, the
+path's own instructions are in the code that ships, and a quantized CNN agrees with ONNX Runtime
+within one output step on each path. A path the host cannot run is skipped with the flags it
+lacks (its kernels are still compiled in ``test_tvm_int8.py``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+import graphpress as gp
+from graphpress.backends.tvm import compile_model
+from graphpress.backends.tvm.int8.isa import AVX2, AVX_VNNI, VNNI, select_isa
+from graphpress.backends.tvm.targets import X86_PATHS, host_x86_paths, resolve_target
+from graphpress.passes import PassManager, build_passes
+from graphpress.passes.context import PassContext
+from tests.backends.test_tvm_quantized import _conv_reference, _matmul_integer_model, _ort, _output_scale
+from tests.conftest import host_lacks, make_model, tensor
+
+#: path -> the ISA its int8 build takes, and the report key of that ISA's instruction
+PATHS = {"avx512_vnni": (VNNI, "zmm vpdpbusd"), "avx2_vnni": (AVX_VNNI, "ymm vpdpbusd"), "avx2": (AVX2, "ymm vpmaddwd")}
+
+
+def _skip_unless_host_runs(path: str) -> None:
+    if path not in host_x86_paths():
+        pytest.skip(host_lacks(*sorted(X86_PATHS[path][1])) or f"this host does not run {path}")
+
+
+def test_each_path_selects_its_own_isa():
+    """The path names resolve to their LLVM CPUs, and int8=auto takes the path's ISA (the best
+    one the target declares, never the host's best)."""
+    for path, (isa, _) in PATHS.items():
+        spec = resolve_target(f"x86:{path}")
+        assert spec.config["mcpu"] == X86_PATHS[path][0]
+        if path in host_x86_paths():
+            assert select_isa(spec, "auto") is isa
+    if "avx2" in host_x86_paths():  # AVX-512 without VNNI has no int8 dot product: AVX2's kernel
+        assert select_isa(resolve_target("x86:avx512"), "auto") in (AVX2, None)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("a_shape,n,a_dtype", [((4, 64), 48, np.uint8), ((2, 5, 64), 40, np.int8), ((6, 36), 17, np.uint8)])
+def test_matmul_integer_is_exact_on_every_path(path, a_shape, n, a_dtype):
+    """MatMulInteger with an activation zero point, int8 activations moved by 128, K and N not
+    multiples of the vector: bit for bit ONNX Runtime's."""
+    _skip_unless_host_runs(path)
+    isa, counter = PATHS[path]
+    model = _matmul_integer_model(a_shape, n, a_dtype)
+    info = np.iinfo(a_dtype)
+    a = np.random.default_rng(1).integers(info.min, info.max + 1, a_shape).astype(a_dtype)
+    compiled = compile_model(model, f"x86:{path}", int8="on", int8_guard=False)
+    report = compiled.meta["build"]["int8"]
+    assert report["isa"] == isa.name and report["lowered"] == 1, report
+    assert report["instructions"][counter] > 0, report["instructions"]
+    np.testing.assert_array_equal(compiled.run_named(a=a)["y"], _ort(model, {"a": a})[0])
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+def test_conv_integer_is_exact_on_every_path(path):
+    """ConvInteger with asymmetric padding, stride 2 and a zero point (the extremes of both
+    operands, where a saturating u8 x s8 pair sum would overflow int16): numpy's integers."""
+    _skip_unless_host_runs(path)
+    rng = np.random.default_rng(7)
+    x = rng.choice(np.array([0, 255, 254, 1], np.uint8), (1, 6, 9, 11))
+    w = rng.choice(np.array([-128, 127, -127, 0], np.int8), (20, 6, 3, 3))
+    zx, pads, strides = 3, [1, 0, 1, 2], [2, 1]
+    proto = make_model(
+        [helper.make_node("ConvInteger", ["x", "W", "zx"], ["y"], pads=pads, strides=strides, name="ci")],
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
+        [tensor("W", w), tensor("zx", np.array(zx, np.uint8))],
+    )
+    compiled = compile_model(gp.load(proto), f"x86:{path}", int8="on", int8_guard=False)
+    report = compiled.meta["build"]["int8"]
+    assert report["lowered"] == 1 and report["nodes"][0]["kernel"] == f"im2col + {PATHS[path][0].label} kernel", report["nodes"]
+    np.testing.assert_array_equal(compiled.run_named(x=x)["y"], _conv_reference(x, w, zx, pads, strides))
+
+
+@pytest.mark.parametrize("path", ["avx2_vnni", "avx2"])
+def test_a_quantized_cnn_agrees_with_ort_on_the_avx2_class_paths(digits_cnn, path):
+    """The digits CNN quantized static, every layer on the path's integer kernels (NHWC, fused
+    requantization): within one output step of ONNX Runtime running the same QDQ model."""
+    _skip_unless_host_runs(path)
+    module, data = digits_cnn
+    model = gp.load(module, torch.from_numpy(data.x_test[:1]))
+    name = model.graph.inputs[0].name
+    PassManager(build_passes("cleanup,fuse")).run(model)
+    PassManager(build_passes("quantize:mode=static"), context=PassContext(samples=[{name: data.x_train[i : i + 1]} for i in range(32)])).run(model)
+    compiled = compile_model(model, f"x86:{path}", int8_guard=False)
+    report = compiled.meta["build"]["int8"]
+    assert report["isa"] == PATHS[path][0].name and report["lowered"] == 5, report
+    scale = _output_scale(model)
+    lsb = np.concatenate([np.abs(next(iter(compiled.run_named(**{name: x}).values())) - _ort(model, {name: x})[0]).ravel() / scale
+                          for x in (data.x_test[i : i + 1] for i in range(16))])  # fmt: skip
+    assert lsb.max() <= 1.01 and (lsb < 0.01).mean() >= 0.8, (lsb.max(), (lsb < 0.01).mean())
