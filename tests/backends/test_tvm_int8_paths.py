@@ -96,3 +96,28 @@ def test_a_quantized_cnn_agrees_with_ort_on_the_avx2_class_paths(digits_cnn, pat
     lsb = np.concatenate([np.abs(next(iter(compiled.run_named(**{name: x}).values())) - _ort(model, {name: x})[0]).ravel() / scale
                           for x in (data.x_test[i : i + 1] for i in range(16))])  # fmt: skip
     assert lsb.max() <= 1.01 and (lsb < 0.01).mean() >= 0.8, (lsb.max(), (lsb < 0.01).mean())
+
+
+@pytest.mark.parametrize("saturating_pair", [False, True])
+def test_avx2_takes_vpmaddubsw_only_where_no_weight_pair_can_saturate(saturating_pair):
+    """7-bit weights (at their extremes, next to each other, with activations of 255) run on the
+    u8 x s8 vpmaddubsw kernel; one pair of adjacent weights that could saturate its int16 sum
+    (127, 127: 255 * 254 > 32767) sends the layer to the int16 vpmaddwd kernel. Both exact."""
+    _skip_unless_host_runs("avx2")
+    k, n = 64, 24
+    w = np.random.default_rng(3).choice(np.array([-64, 64, 63, -1, 0], np.int8), (k, n))
+    if saturating_pair:
+        w[10:12, 5] = 127
+    proto = make_model(
+        [helper.make_node("MatMulInteger", ["a", "W", "za"], ["y"], name="mmi")],
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [5, k])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [5, n])],
+        [tensor("W", w), tensor("za", np.array(9, np.uint8))],
+    )
+    model = gp.load(proto)
+    a = np.random.default_rng(4).choice(np.array([255, 254, 0], np.uint8), (5, k))
+    compiled = compile_model(model, "x86:avx2", int8="on", int8_guard=False)
+    report = compiled.meta["build"]["int8"]
+    assert report["nodes"][0]["kernel"] == ("AVX2 kernel" if saturating_pair else "AVX2 u8s8 kernel"), report["nodes"]
+    assert (report["instructions"]["ymm vpmaddubsw"] > 0) != saturating_pair, report["instructions"]
+    np.testing.assert_array_equal(compiled.run_named(a=a)["y"], _ort(model, {"a": a})[0])

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from graphpress.backends.tvm.int8.dot import cached
 from graphpress.backends.tvm.int8.isa import Isa
 
@@ -15,8 +17,18 @@ __all__ = ["conv_geometry", "im2col_kernel", "nhwc_pad_kernel", "pointwise", "to
 _made = [0]  # layout kernels made in this process: their names stay unique
 
 
-def conv_geometry(x_shape, w_shape, attrs, isa: Isa) -> dict[str, Any]:
-    """Shapes of the unfolded convolution on ``isa`` (key ``isa``: the ISA it runs on). ``Cp``:
+def unfolded_weight(w_oihw: np.ndarray, cp: int) -> np.ndarray:
+    """The int8 ``[Kp, O]`` weight of the unfolded convolution: rows ordered ky, kx, channel, the
+    channels padded with zeros to ``cp``."""
+    oc, c, kh, kw = w_oihw.shape
+    padded = np.zeros((oc, kh, kw, cp), np.int8)
+    padded[..., :c] = w_oihw.transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(padded.reshape(oc, kh * kw * cp).T)
+
+
+def conv_geometry(x_shape, w_shape, attrs, isa: Isa, weight: np.ndarray | None = None) -> dict[str, Any]:
+    """Shapes of the unfolded convolution on ``isa`` (key ``isa``: the ISA it runs on, for the
+    OIHW ``weight`` where given: :meth:`Isa.for_weight`). ``Cp``:
     channels padded to whole 4-byte dot-product groups, or for a tile ISA until a row of the
     unfolded input is whole tiles (the tile ISA is chosen only while that pads K by at most half,
     plus one tile: not for a 7x7 stem of 3 channels; its fallback runs the rest). ``Mp``: output
@@ -37,6 +49,8 @@ def conv_geometry(x_shape, w_shape, attrs, isa: Isa) -> dict[str, Any]:
             cp = ca
         else:
             isa = isa.fallback or isa
+    if weight is not None:
+        isa = isa.for_weight(unfolded_weight(weight, cp))
     m = n * oh * ow
     return {"n": n, "c": c, "h": h, "w": w, "oc": oc, "kh": kh, "kw": kw, "pads": pads, "strides": (sh, sw), "dilations": (dh, dw),
             "oh": oh, "ow": ow, "m": m, "mp": -(-m // isa.row_block) * isa.row_block, "k": c * kh * kw, "cp": cp, "kp": cp * kh * kw,

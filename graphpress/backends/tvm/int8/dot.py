@@ -1,10 +1,11 @@
 """The shape every int8 dense kernel shares: a dot-product instruction that adds ``lanes`` int32
-sums of ``depth`` products (4 bytes for ``vpdpbusd``/``sdot``; 2 int16 for AVX2's exact
+sums of ``depth`` products (4 bytes for ``vpdpbusd``/``sdot``/``vpmaddubsw``; 2 int16 for
 ``vpmaddwd``), registered as a TVM tensor intrinsic, and the micro-tiled dense kernel built around
 it. The ISA files (:mod:`.kernels_x86`, :mod:`.kernels_arm`) instantiate it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["cached", "dot_dense_kernel", "register_dot_intrinsic"]
@@ -13,13 +14,13 @@ _registered: set[str] = set()
 _KERNELS: dict[tuple, Any] = {}
 
 
-def register_dot_intrinsic(name: str, a_dtype: str, lanes: int, llvm_intrinsic: str, depth: int = 4, b_dtype: str = "int8", accumulates: bool = True) -> str:
-    """Register ``C[lanes] (int32) += A[depth] (a_dtype) · B[lanes, depth] (b_dtype)`` as one call of
-    ``llvm_intrinsic``, the ``depth`` values of A broadcast to every lane; once per process.
+def register_dot_intrinsic(name: str, a_dtype: str, lanes: int, product: str | Callable[[Any, Any, Any], Any], depth: int = 4, b_dtype: str = "int8") -> str:
+    """Register ``C[lanes] (int32) += A[depth] (a_dtype) · B[lanes, depth] (b_dtype)`` as a tensor
+    intrinsic, the ``depth`` values of A broadcast to every lane; once per process.
 
-    ``accumulates``: the instruction takes C as its first operand (``vpdpbusd``, ``sdot``); else
-    it returns the ``lanes`` sums and C is added to them (``vpmaddwd``, whose A is widened to
-    ``b_dtype`` first).
+    ``product``: an LLVM intrinsic that takes C, A and B and returns the new C (``vpdpbusd``,
+    ``sdot``), or ``product(c, a, b)`` building the new C from vectors of ``lanes`` int32,
+    ``lanes * depth`` of ``a_dtype`` and of ``b_dtype`` (instructions that do not accumulate).
 
     Not via ``tvm.s_tir.tensor_intrin``: importing that package parses every target's intrinsics
     (CUDA, ARM, Hexagon, ...) in TVMScript first, about 30 s on 2 cores."""
@@ -29,7 +30,11 @@ def register_dot_intrinsic(name: str, a_dtype: str, lanes: int, llvm_intrinsic: 
     from tvm.script import tirx as T
 
     width = depth * lanes
-    op_dtype = a_dtype if accumulates else b_dtype  # the dtype A enters the instruction as
+    if isinstance(product, str):
+        intrinsic = product
+
+        def product(c, a, b):
+            return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(intrinsic), c, a, b, dtype=f"int32x{lanes}")
 
     @T.prim_func(s_tir=True)
     def desc(A: T.Buffer((depth,), a_dtype, offset_factor=1), B: T.Buffer((lanes, depth), b_dtype, offset_factor=1), C: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
@@ -47,14 +52,9 @@ def register_dot_intrinsic(name: str, a_dtype: str, lanes: int, llvm_intrinsic: 
         with T.sblock("root"):
             T.reads(C[0:lanes], A[0:depth], B[0:lanes, 0:depth])
             T.writes(C[0:lanes])
-            a_vec = A.vload([0], f"{a_dtype}x{depth}")
-            a = T.reinterpret(T.broadcast(T.reinterpret(T.Cast(f"{op_dtype}x{depth}", a_vec) if op_dtype != a_dtype else a_vec, dtype="int32"), lanes), dtype=f"{op_dtype}x{width}")
+            a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], f"{a_dtype}x{depth}"), dtype="int32"), lanes), dtype=f"{a_dtype}x{width}")
             b = B.vload([0, 0], dtype=f"{b_dtype}x{width}")
-            c = C.vload([0], dtype=f"int32x{lanes}")
-            if accumulates:
-                C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(llvm_intrinsic), c, a, b, dtype=f"int32x{lanes}")
-            else:
-                C[T.ramp(T.int32(0), 1, lanes)] = c + T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(llvm_intrinsic), a, b, dtype=f"int32x{lanes}")
+            C[T.ramp(T.int32(0), 1, lanes)] = product(C.vload([0], dtype=f"int32x{lanes}"), a, b)
 
     try:
         TensorIntrin.register(name, desc, impl)

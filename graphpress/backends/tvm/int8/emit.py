@@ -21,7 +21,7 @@ import contextlib
 
 import numpy as np
 
-from graphpress.backends.tvm.int8.conv_layout import conv_geometry, im2col_kernel, nhwc_pad_kernel, pointwise, to_nchw_kernel
+from graphpress.backends.tvm.int8.conv_layout import conv_geometry, im2col_kernel, nhwc_pad_kernel, pointwise, to_nchw_kernel, unfolded_weight
 from graphpress.backends.tvm.int8.isa import Isa
 from graphpress.backends.tvm.layout import relax_module_pass
 
@@ -93,7 +93,7 @@ def emit_matmul(bb, a, w_kn: np.ndarray, za, isa: Isa):
     shape = [int(d) for d in a.ty.shape]
     k, n = w_kn.shape
     m = int(np.prod(shape[:-1]))
-    isa = isa.for_shape(m, k)
+    isa = isa.for_shape(m, k).for_weight(w_kn)
     packed, colsum, npad = _pack(w_kn, isa)
     a2, za = _to_kernel_dtype(relax.op.reshape(a, (m, k)), _dtype(a.ty), za, isa)
     acc = _call(bb, isa.dense(m, npad, k), [bb.emit(a2), relax.const(packed)], (m, npad), "int32")
@@ -144,11 +144,9 @@ def _lower_conv(bb, call, w: np.ndarray, isa: Isa):
     w_oihw = w if str(attrs.kernel_layout) == "OIHW" else w.transpose(3, 2, 0, 1)
     nchw_shape = shape if layout == "NCHW" else [shape[0], shape[3], shape[1], shape[2]]
     conv_attrs = {"pads": [int(p) for p in attrs.padding], "strides": [int(v) for v in attrs.strides], "dilations": [int(v) for v in attrs.dilation]}
-    g = conv_geometry(nchw_shape, w_oihw.shape, conv_attrs, isa)
+    g = conv_geometry(nchw_shape, w_oihw.shape, conv_attrs, isa, w_oihw)
     isa = g["isa"]
-    w_padded = np.zeros((g["oc"], g["kh"], g["kw"], g["cp"]), np.int8)  # columns ordered ky, kx, channel
-    w_padded[..., : g["c"]] = w_oihw.transpose(0, 2, 3, 1)
-    packed, colsum, npad = _pack(np.ascontiguousarray(w_padded.reshape(g["oc"], g["kp"]).T), isa)
+    packed, colsum, npad = _pack(unfolded_weight(w_oihw, g["cp"]), isa)
     unpadded = not any(g["pads"]) and g["c"] == g["cp"]
     if layout == "NHWC" and pointwise(g) and g["c"] == g["cp"]:
         col = bb.emit(relax.op.reshape(x, (g["mp"], g["kp"])))  # the NHWC input is the unfolded one

@@ -80,12 +80,19 @@ def _compile_pair(emit_int8, emit_fp32, x_int8: np.ndarray, x_fp32: np.ndarray, 
     return timings[0], timings[1]
 
 
-def _dense_pair_ms(m: int, n: int, k: int, a_dtype: str, spec, tuning: Tuning, repeat: int, isa: Isa) -> tuple[float, float]:
+def _random_weight(shape, narrow: bool) -> np.ndarray:
+    """A random int8 weight for timing; ``narrow``: within 7 bits, so that it takes the ISA's
+    narrow kernel as the layer's own weight does (:meth:`Isa.for_weight`)."""
+    bound = 64 if narrow else 127
+    return np.random.default_rng(0).integers(-bound, bound + 1, shape, dtype=np.int8)
+
+
+def _dense_pair_ms(m: int, n: int, k: int, a_dtype: str, spec, tuning: Tuning, repeat: int, isa: Isa, narrow: bool) -> tuple[float, float]:
     """(int8 ms, fp32 ms) of one dense layer compiled both ways for ``spec``."""
     from tvm import relax
 
     rng = np.random.default_rng(0)
-    w = rng.integers(-127, 128, (k, n), dtype=np.int8)
+    w = _random_weight((k, n), narrow)
     return _compile_pair(
         lambda bb, x: emit_matmul(bb, x, w, relax.const(3, a_dtype), isa),
         lambda bb, x: relax.op.matmul(x, relax.const(w.astype(np.float32))),
@@ -93,13 +100,13 @@ def _dense_pair_ms(m: int, n: int, k: int, a_dtype: str, spec, tuning: Tuning, r
     )  # fmt: skip
 
 
-def _conv_pair_ms(x_shape, w_shape, attrs: dict, zero_point: int, spec, tuning: Tuning, repeat: int, isa: Isa) -> tuple[float, float]:
+def _conv_pair_ms(x_shape, w_shape, attrs: dict, zero_point: int, spec, tuning: Tuning, repeat: int, isa: Isa, narrow: bool) -> tuple[float, float]:
     """(int8 ms, fp32 ms) of one convolution compiled both ways for ``spec``, both in NHWC (the
     layout the model build gives convolutions and their neighbours)."""
     from tvm import relax
 
     rng = np.random.default_rng(0)
-    w = rng.integers(-127, 128, w_shape, dtype=np.int8)
+    w = _random_weight(w_shape, narrow)
     pads = [int(p) for p in attrs.get("pads", (0, 0, 0, 0))]
     n, c, h, wd = x_shape
 
@@ -196,13 +203,14 @@ class _Planner:
             if w is not None:
                 to_float(self.graph, node, w)
             return Int8Decision(node.name or node.outputs[0].name, (0, 0, 0), None, None, False, reason + ": kept in fp32")
-        g = conv_geometry(shape, w.shape, attrs, self.isa)
+        g = conv_geometry(shape, w.shape, attrs, self.isa, w)
         zp = int(zx.reshape(-1)[0])
+        narrow = g["isa"] is self.isa.narrow
 
         def measure():
-            return _conv_pair_ms(shape, w.shape, attrs, zp, self.spec, self.tuning, self.repeat, self.isa)
+            return _conv_pair_ms(shape, w.shape, attrs, zp, self.spec, self.tuning, self.repeat, self.isa, narrow)
 
-        key = ("conv", tuple(shape), w.shape, tuple(sorted(attrs.items())))
+        key = ("conv", tuple(shape), w.shape, tuple(sorted(attrs.items())), narrow)
         return self.decide(node, w, (g["m"], g["oc"], g["k"]), f"im2col + {g['isa'].label} kernel", key, measure)
 
     def dense(self, node: ir.Node) -> Int8Decision:
@@ -216,10 +224,13 @@ class _Planner:
         k, n = w.shape
         m = int(np.prod(shape[:-1]))
 
-        def measure():
-            return _dense_pair_ms(m, n, k, a_dtype, self.spec, self.tuning, self.repeat, self.isa)
+        isa = self.isa.for_shape(m, k).for_weight(w)
+        narrow = isa is self.isa.narrow
 
-        return self.decide(node, w, (m, n, k), f"{self.isa.for_shape(m, k).label} kernel", (m, n, k, a_dtype), measure)
+        def measure():
+            return _dense_pair_ms(m, n, k, a_dtype, self.spec, self.tuning, self.repeat, self.isa, narrow)
+
+        return self.decide(node, w, (m, n, k), f"{isa.label} kernel", (m, n, k, a_dtype, narrow), measure)
 
 
 def plan_int8(

@@ -19,7 +19,7 @@ from graphpress.backends.tvm.int8 import kernels_arm, kernels_x86
 from graphpress.backends.tvm.targets import TargetSpec, has_amx, has_avx2, has_avx_vnni, has_dotprod, has_vnni
 from graphpress.errors import GraphpressError
 
-__all__ = ["AMX", "AVX2", "AVX_VNNI", "ISAS", "SDOT", "VNNI", "Counter", "Isa", "Tiles", "select_isa"]
+__all__ = ["AMX", "AVX2", "AVX2_U8S8", "AVX_VNNI", "ISAS", "SDOT", "VNNI", "Counter", "Isa", "Tiles", "select_isa"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +60,8 @@ class Isa:
         fallback: the ISA used for shapes that do not fill the tiles.
         depth: products per int32 sum of one instruction (4 bytes; 2 for ``vpmaddwd``'s int16).
         weight: the dtype the packed weight is stored in (int8; int16 for ``vpmaddwd``).
+        narrow: the ISA that runs the layers whose ``[K, N]`` int8 weight ``narrow_fits`` accepts
+            (AVX2: ``vpmaddubsw`` where no pair of weights can saturate its int16 sums).
     """
 
     name: str
@@ -74,6 +76,8 @@ class Isa:
     fallback: Isa | None = None
     depth: int = 4
     weight: str = "int8"
+    narrow: Isa | None = None
+    narrow_fits: Callable[[Any], bool] | None = None
 
     def __repr__(self) -> str:
         return f"Isa({self.name})"
@@ -85,6 +89,10 @@ class Isa:
     def for_shape(self, m: int, k: int) -> Isa:
         """This ISA, or its fallback where the shape does not fill the tiles."""
         return self if self.fits(m, k) or self.fallback is None else self.fallback
+
+    def for_weight(self, w_kn) -> Isa:
+        """This ISA, or its narrow one where the int8 ``[K, N]`` weight fits it."""
+        return self.narrow if self.narrow is not None and self.narrow_fits(w_kn) else self
 
     @property
     def n_multiple(self) -> int:
@@ -106,12 +114,16 @@ _TDPBUSD = Counter("amx_tile_products", "AMX tile products", kernels_x86.amx_dot
 
 _YMM_VPDPBUSD = Counter("ymm_vpdpbusd", "ymm vpdpbusd", kernels_x86.ymm_vpdpbusd_count)
 _YMM_VPMADDWD = Counter("ymm_vpmaddwd", "ymm vpmaddwd", kernels_x86.ymm_vpmaddwd_count)
+_YMM_VPMADDUBSW = Counter("ymm_vpmaddubsw", "ymm vpmaddubsw", kernels_x86.ymm_vpmaddubsw_count)
 
 # x86 builds count the others too: a VNNI build with tile products, or an AMX one without, is a finding
 VNNI = Isa("vnni", "VNNI", "uint8", 16, kernels_x86.vnni_dense_kernel, (_ZMM_VPDPBUSD, _TDPBUSD), has_vnni, timed=True)
 AMX = Isa("amx", "AMX", "uint8", 16, kernels_x86.amx_dense_kernel, (_TDPBUSD, _ZMM_VPDPBUSD), has_amx, timed=True, tiles=Tiles(32, 32, 64), fallback=VNNI)
 AVX_VNNI = Isa("avx_vnni", "AVX-VNNI", "uint8", 8, kernels_x86.avx_vnni_dense_kernel, (_YMM_VPDPBUSD, _ZMM_VPDPBUSD), has_avx_vnni, timed=True)
-AVX2 = Isa("avx2", "AVX2", "uint8", 8, kernels_x86.avx2_dense_kernel, (_YMM_VPMADDWD, _ZMM_VPDPBUSD), has_avx2, timed=True, depth=2, weight="int16")
+_AVX2_COUNTERS = (_YMM_VPMADDWD, _YMM_VPMADDUBSW, _ZMM_VPDPBUSD)
+AVX2_U8S8 = Isa("avx2_u8s8", "AVX2 u8s8", "uint8", 8, kernels_x86.avx2_u8s8_dense_kernel, _AVX2_COUNTERS, has_avx2, timed=True)
+AVX2 = Isa("avx2", "AVX2", "uint8", 8, kernels_x86.avx2_dense_kernel, _AVX2_COUNTERS, has_avx2, timed=True, depth=2, weight="int16",
+           narrow=AVX2_U8S8, narrow_fits=kernels_x86.fits_u8s8_pairs)  # fmt: skip
 SDOT = Isa("sdot", "SDOT", "int8", 4, kernels_arm.sdot_dense_kernel, (Counter("sdot", "sdot", kernels_arm.sdot_count),), has_dotprod, timed=False)
 
 #: every ISA, in order of preference

@@ -5,11 +5,12 @@ failures are only warnings in TVM):
 * AMX: ``tdpbusd`` on 16 x 64-byte tiles;
 * AVX-VNNI (Alder Lake and later laptops and desktops, Zen 5): the VEX ``vpdpbusd`` on ymm, 8
   lanes x 4 bytes, for CPUs with AVX2 and VNNI but no AVX-512;
-* AVX2: ``vpmaddwd`` on ymm, 8 lanes x 2 int16 products, on weights widened to int16 at compile
-  time and activations widened in registers. Exact: ``vpmaddubsw`` (the u8 x s8 instruction
-  ONNX Runtime's AVX2 kernels use) adds its pairs into int16 with saturation (255·127·2 >
-  32767), which the integer results here may not do. Half of ``vpmaddubsw``'s products per
-  instruction, without its extra ``vpmaddwd`` by ones.
+* AVX2, two kernels, chosen per layer by its weight: ``vpmaddubsw`` (u8 x s8 pairs into int16)
+  then ``vpmaddwd`` by ones, 8 lanes x 4 bytes -- ONNX Runtime's AVX2 sequence -- where no pair
+  of weights can saturate the int16 sum (:func:`fits_u8s8_pairs`: 7-bit weights, as quantizers
+  make for CPUs without VNNI); else ``vpmaddwd`` on weights widened to int16 at compile time
+  and activations widened in one pass, 8 lanes x 2 int16 products: exact for any weight, half
+  the products per instruction.
 
 TVM 0.27 ships a ``dot_16x4_vnni`` tensor intrinsic whose implementation no longer matches
 LLVM 22's ``llvm.x86.avx512.vpdpbusd.512`` signature (the last two operands are now
@@ -26,8 +27,9 @@ import re
 from graphpress.backends.tvm.int8.dot import cached, dot_dense_kernel, register_dot_intrinsic
 
 __all__ = [
-    "VNNI_INTRIN", "amx_dense_kernel", "amx_dot_product_count", "avx2_dense_kernel", "avx_vnni_dense_kernel", "register_vnni_intrinsic",
-    "vnni_dense_kernel", "ymm_vpdpbusd_count", "ymm_vpmaddwd_count", "zmm_vpdpbusd_count",
+    "VNNI_INTRIN", "amx_dense_kernel", "amx_dot_product_count", "avx2_dense_kernel", "avx2_u8s8_dense_kernel", "avx_vnni_dense_kernel",
+    "fits_u8s8_pairs", "register_vnni_intrinsic", "vnni_dense_kernel", "ymm_vpdpbusd_count", "ymm_vpmaddubsw_count", "ymm_vpmaddwd_count",
+    "zmm_vpdpbusd_count",
 ]  # fmt: skip
 
 VNNI_INTRIN = "dot_16x4_vnni_fixed"
@@ -57,15 +59,54 @@ def avx_vnni_dense_kernel(m: int, n: int, k: int):
     return dot_dense_kernel(m, n, k, "uint8", 8, intrin, "avxvnni", accumulators=8)
 
 
+def _llvm(name: str, dtype: str, *args):
+    from tvm.script import tirx as T
+
+    return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(name), *args, dtype=dtype)
+
+
 def avx2_dense_kernel(m: int, n: int, k: int):
     """Scheduled TIR ``C[m, n] (int32) = A[m, k] (uint8) · B^T`` with ``B`` packed ``[n/8, k/2, 8, 2]``
-    as int16, ``vpmaddwd`` (8 int32 sums of 2 int16 products, exact) on the innermost 8 x 2, the
+    as int16, ``vpmaddwd`` (8 int32 sums of 2 int16 products, exact) on the innermost 8 x 2, each
     pair of A (widened to int16 in one pass first) broadcast from memory; 8 accumulators of the
     16 ymm registers (each product needs a register before it is added). 0.42 TOP/s at
     196x256x1152 on 2 Zen 5 cores; 0.26-0.37 with 12 accumulators, 0.29 widening A inside the
     loop (zero-extend and broadcast: four instructions per pair)."""
-    intrin = register_dot_intrinsic("graphpress_dot_8x2_avx2_pmaddwd", "int16", 8, "llvm.x86.avx2.pmadd.wd", depth=2, b_dtype="int16", accumulates=False)
+    intrin = register_dot_intrinsic(
+        "graphpress_dot_8x2_avx2_pmaddwd", "int16", 8, lambda c, a, b: c + _llvm("llvm.x86.avx2.pmadd.wd", "int32x8", a, b), depth=2, b_dtype="int16"
+    )
     return dot_dense_kernel(m, n, k, "uint8", 8, intrin, "avx2", depth=2, b_dtype="int16", accumulators=8, widen_a=True)
+
+
+def avx2_u8s8_dense_kernel(m: int, n: int, k: int):
+    """Scheduled TIR ``C[m, n] (int32) = A[m, k] (uint8) · B^T`` with ``B`` packed ``[n/8, k/4, 8, 4]``
+    (int8) whose adjacent pairs of K never sum past int16 (:func:`fits_u8s8_pairs`): ``vpmaddubsw``
+    (16 int16 sums of 2 u8 x s8 products), then ``vpmaddwd`` by ones into 8 int32 sums of 4, on
+    the innermost 8 x 4 -- ONNX Runtime's AVX2 u8 x s8 sequence, exact on such weights (7-bit
+    weights, as quantizers make for CPUs without VNNI, always are). 0.53 TOP/s at 196x256x1152
+    on 2 Zen 5 cores (the int16 kernel: 0.44); 0.38-0.52 with 12 or 16 accumulators."""
+    def product(c, a, b):
+        from tvm.script import tirx as T
+
+        pairs = _llvm("llvm.x86.avx2.pmadd.ub.sw", "int16x16", a, b)
+        return c + _llvm("llvm.x86.avx2.pmadd.wd", "int32x8", pairs, T.broadcast(T.int16(1), 16))
+
+    intrin = register_dot_intrinsic("graphpress_dot_8x4_avx2_pmaddubsw", "uint8", 8, product)
+    return dot_dense_kernel(m, n, k, "uint8", 8, intrin, "avx2u8s8", accumulators=8)
+
+
+def fits_u8s8_pairs(w_kn) -> bool:
+    """True when every pair of adjacent K rows (0-1, 2-3, ...) of an int8 ``[K, N]`` weight keeps
+    ``vpmaddubsw``'s int16 pair sum exact for any uint8 activations: 255 times the pair's positive
+    part at most 32767, its negative part at least -32768."""
+    import numpy as np
+
+    w = np.asarray(w_kn, np.int32)
+    if w.shape[0] % 2:
+        w = np.concatenate([w, np.zeros((1, w.shape[1]), np.int32)])
+    pos = np.maximum(w, 0)[0::2] + np.maximum(w, 0)[1::2]
+    neg = np.minimum(w, 0)[0::2] + np.minimum(w, 0)[1::2]
+    return bool(255 * pos.max(initial=0) <= 32767 and 255 * neg.min(initial=0) >= -32768)
 
 
 def amx_dense_kernel(m: int, n: int, k: int):
@@ -147,6 +188,11 @@ def ymm_vpdpbusd_count(asm: str) -> int:
 def ymm_vpmaddwd_count(asm: str) -> int:
     """256-bit int16 multiply-adds (``vpmaddwd``) in an assembly listing."""
     return len(re.findall(r"vpmaddwd\s+[^\n]*ymm", asm))
+
+
+def ymm_vpmaddubsw_count(asm: str) -> int:
+    """256-bit u8 x s8 pair multiply-adds (``vpmaddubsw``) in an assembly listing."""
+    return len(re.findall(r"vpmaddubsw\s+[^\n]*ymm", asm))
 
 
 def amx_dot_product_count(asm: str) -> int:
