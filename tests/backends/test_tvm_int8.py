@@ -23,6 +23,7 @@ ISA_TARGETS = {
     "avx2": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"},
     "avx2_u8s8": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"},
     "sdot": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]},
+    "i8mm": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod", "+i8mm"]},
 }
 
 #: a candidate's build and run may take this long: under CI's load (the other test worker

@@ -1,5 +1,6 @@
-"""Integer kernels for aarch64 (dot-product extension): bit-exact under qemu against ONNX Runtime
-and a numpy ConvInteger, with real ``sdot`` instructions in the code."""
+"""Integer kernels for aarch64 (dot-product extension, and the 8-bit matrix multiply extension on
+``aarch64:i8mm``): bit-exact under qemu (whose CPU has both) against ONNX Runtime and a numpy
+ConvInteger, with real ``sdot`` / ``usmmla`` instructions in the code."""
 
 from __future__ import annotations
 
@@ -18,16 +19,18 @@ from tests.conftest import make_model, tensor
 pytestmark = pytest.mark.skipif(not arm_env_ready(), reason="no qemu-aarch64 / arm env (make arm-env)")
 
 
-def _compile(model, tmp_path, name):
-    compiled = compile_model(model, "aarch64", int8="on")
+def _compile(model, tmp_path, name, target="aarch64"):
+    compiled = compile_model(model, target, int8="on")
     report = compiled.meta["build"]["int8"]
-    assert report["isa"] == "sdot" and report["lowered"] == 1 and report["sdot"] > 0, report
+    isa = "i8mm" if target.endswith("i8mm") else "sdot"
+    assert report["isa"] == isa and report["lowered"] == 1 and report["usmmla" if isa == "i8mm" else "sdot"] > 0, report
     assert report["guard"].startswith("not run")
     return compiled.save(tmp_path / name)
 
 
+@pytest.mark.parametrize("target", ["aarch64", "aarch64:i8mm"])
 @pytest.mark.parametrize("a_dtype,zero_point", [(np.uint8, 7), (np.int8, -3)])
-def test_matmul_integer_on_sdot_equals_ort(tmp_path, a_dtype, zero_point):
+def test_matmul_integer_on_sdot_equals_ort(tmp_path, a_dtype, zero_point, target):
     rng = np.random.default_rng(0)
     w = rng.integers(-128, 128, (64, 40), dtype=np.int8)
     elem = TensorProto.UINT8 if a_dtype == np.uint8 else TensorProto.INT8
@@ -42,11 +45,12 @@ def test_matmul_integer_on_sdot_equals_ort(tmp_path, a_dtype, zero_point):
     info = np.iinfo(a_dtype)
     a = rng.integers(info.min, info.max + 1, (6, 64)).astype(a_dtype)
     want = ort.InferenceSession(to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"a": a})[0]
-    got = run_aarch64(_compile(model, tmp_path, "mmi.arm"), {"a": a})["y"]
+    got = run_aarch64(_compile(model, tmp_path, "mmi.arm", target), {"a": a})["y"]
     np.testing.assert_array_equal(got, want)
 
 
-def test_conv_integer_on_sdot_equals_a_reference(tmp_path):
+@pytest.mark.parametrize("target", ["aarch64", "aarch64:i8mm"])
+def test_conv_integer_on_sdot_equals_a_reference(tmp_path, target):
     rng = np.random.default_rng(7)
     x = rng.integers(0, 256, (1, 6, 9, 11), dtype=np.uint8)
     w = rng.integers(-128, 128, (12, 6, 3, 3), dtype=np.int8)
@@ -59,7 +63,7 @@ def test_conv_integer_on_sdot_equals_a_reference(tmp_path):
             [tensor("W", w), tensor("zx", np.array(zx, np.uint8))],
         )
     )
-    got = run_aarch64(_compile(model, tmp_path, "conv.arm"), {"x": x})["y"]
+    got = run_aarch64(_compile(model, tmp_path, "conv.arm", target), {"x": x})["y"]
     np.testing.assert_array_equal(got, _conv_reference(x, w, zx, pads, strides))
 
 

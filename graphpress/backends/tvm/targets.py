@@ -10,7 +10,8 @@
   that runs it (:func:`host_x86_paths`).
 * ``aarch64``: ``{"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon",
   "+dotprod"]}`` (ARMv8.2-A dot product: ``sdot``/``udot``), linked with Debian's
-  ``aarch64-linux-gnu-g++``.
+  ``aarch64-linux-gnu-g++``; ``aarch64:i8mm`` adds ``+i8mm`` (8-bit matrix multiply:
+  ``usmmla``), ``aarch64:MCPU`` names the LLVM CPU.
 * ``cuda``: ``{"kind": "cuda", "arch": "sm_XX"}``; XX from ``nvidia-smi`` when a GPU is
   present, else ``sm_90`` (Hopper), overridable with ``cuda:sm_80`` style names.
 * Anything starting with ``{``: a TVM target dict; TVM's own message comes back in one line
@@ -30,7 +31,7 @@ from typing import Any
 from graphpress.errors import GraphpressError, one_line
 from graphpress.passes.context import TargetFacts
 
-__all__ = ["X86_PATHS", "TargetSpec", "VectorFacts", "detect_x86_mcpu", "host_x86_paths", "vector_facts", "has_amx", "has_avx2", "has_avx_vnni", "has_dotprod", "has_vnni", "resolve_target"]
+__all__ = ["X86_PATHS", "TargetSpec", "VectorFacts", "detect_x86_mcpu", "host_x86_paths", "vector_facts", "has_amx", "has_avx2", "has_avx_vnni", "has_dotprod", "has_i8mm", "has_vnni", "resolve_target"]
 
 #: LLVM x86 CPUs with AVX-512 VNNI (u8 x s8 -> s32 dot products on 512-bit registers)
 VNNI_MCPUS = {"cascadelake", "cooperlake", "icelake-client", "icelake-server", "tigerlake", "sapphirerapids",
@@ -176,6 +177,19 @@ def has_amx(spec: TargetSpec) -> bool:
     return target_ok and {"amx_tile", "amx_int8"} <= _cpu_flags()
 
 
+#: LLVM aarch64 CPUs with the 8-bit matrix multiply extension (FEAT_I8MM: ``smmla``/``usmmla``)
+I8MM_MCPUS = {"neoverse-v1", "neoverse-v2", "neoverse-n2", "neoverse-v3", "cortex-a510", "cortex-a710", "cortex-x2", "cortex-a715",
+              "cortex-x3", "cortex-a720", "cortex-x4", "apple-m2", "apple-m3", "apple-m4"}  # fmt: skip
+
+
+def has_i8mm(spec: TargetSpec) -> bool:
+    """True when ``spec`` is an aarch64 CPU target with the 8-bit matrix multiply extension
+    (``+i8mm``, or an ``mcpu`` of :data:`I8MM_MCPUS`)."""
+    mattr = [str(a) for a in spec.config.get("mattr", [])]
+    aarch64 = spec.config.get("kind") == "llvm" and str(spec.config.get("mtriple", "")).startswith("aarch64")
+    return aarch64 and ("+i8mm" in mattr or spec.config.get("mcpu") in I8MM_MCPUS)
+
+
 def has_dotprod(spec: TargetSpec) -> bool:
     """True when ``spec`` is an aarch64 CPU target with the dot-product extension (``sdot``)."""
     mattr = [str(a) for a in spec.config.get("mattr", [])]
@@ -264,10 +278,9 @@ def resolve_target(target: str | dict[str, Any]) -> TargetSpec:
         mcpu = X86_PATHS[arg][0] if arg in X86_PATHS else arg
         return TargetSpec("x86", {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu or detect_x86_mcpu(), "num-cores": _num_cores()})
     if name == "aarch64":
+        mattr = ["+neon", "+dotprod", *(["+i8mm"] if arg == "i8mm" else [])]
         return TargetSpec(
-            "aarch64",
-            {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"], **({"mcpu": arg} if arg else {})},
-            AARCH64_CXX,
+            "aarch64", {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": mattr, **({"mcpu": arg} if arg and arg != "i8mm" else {})}, AARCH64_CXX
         )
     if name == "cuda":
         return TargetSpec("cuda", {"kind": "cuda", "arch": arg or _cuda_arch()})

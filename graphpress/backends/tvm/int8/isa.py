@@ -16,10 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from graphpress.backends.tvm.int8 import kernels_arm, kernels_x86
-from graphpress.backends.tvm.targets import TargetSpec, has_amx, has_avx2, has_avx_vnni, has_dotprod, has_vnni
+from graphpress.backends.tvm.targets import TargetSpec, has_amx, has_avx2, has_avx_vnni, has_dotprod, has_i8mm, has_vnni
 from graphpress.errors import GraphpressError
 
-__all__ = ["AMX", "AVX2", "AVX2_U8S8", "AVX_VNNI", "ISAS", "SDOT", "VNNI", "Counter", "Isa", "Tiles", "select_isa"]
+__all__ = ["AMX", "AVX2", "AVX2_U8S8", "AVX_VNNI", "I8MM", "ISAS", "SDOT", "VNNI", "Counter", "Isa", "Tiles", "select_isa"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,10 +124,13 @@ _AVX2_COUNTERS = (_YMM_VPMADDWD, _YMM_VPMADDUBSW, _ZMM_VPDPBUSD)
 AVX2_U8S8 = Isa("avx2_u8s8", "AVX2 u8s8", "uint8", 8, kernels_x86.avx2_u8s8_dense_kernel, _AVX2_COUNTERS, has_avx2, timed=True)
 AVX2 = Isa("avx2", "AVX2", "uint8", 8, kernels_x86.avx2_dense_kernel, _AVX2_COUNTERS, has_avx2, timed=True, depth=2, weight="int16",
            narrow=AVX2_U8S8, narrow_fits=kernels_x86.fits_u8s8_pairs)  # fmt: skip
-SDOT = Isa("sdot", "SDOT", "int8", 4, kernels_arm.sdot_dense_kernel, (Counter("sdot", "sdot", kernels_arm.sdot_count),), has_dotprod, timed=False)
+_SDOT = Counter("sdot", "sdot", kernels_arm.sdot_count)
+SDOT = Isa("sdot", "SDOT", "int8", 4, kernels_arm.sdot_dense_kernel, (_SDOT,), has_dotprod, timed=False)
+I8MM = Isa("i8mm", "I8MM", "uint8", 2, kernels_arm.i8mm_dense_kernel, (Counter("usmmla", "usmmla", kernels_arm.usmmla_count), _SDOT), has_i8mm,
+           timed=False, tiles=Tiles(2, 2, 8), fallback=SDOT, depth=8)  # fmt: skip
 
 #: every ISA, in order of preference
-ISAS: tuple[Isa, ...] = (AMX, VNNI, AVX_VNNI, AVX2, SDOT)
+ISAS: tuple[Isa, ...] = (AMX, VNNI, AVX_VNNI, AVX2, I8MM, SDOT)
 
 
 def select_isa(spec: TargetSpec, mode: str = "auto") -> Isa | None:
