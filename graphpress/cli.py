@@ -56,7 +56,7 @@ def _add_optimize(sub):
 def _add_compile(sub):
     p = sub.add_parser("compile", help="compile a model with TVM for x86, aarch64 or cuda")
     p.add_argument("model", help="path of an .onnx file")
-    p.add_argument("--target", required=True, help="x86, aarch64, cuda[:sm_XX] or a TVM target JSON dict")
+    p.add_argument("--target", required=True, help="x86[:PATH] (PATH: amx, avx512_vnni, avx512, avx2_vnni, avx2, sse), aarch64[:i8mm], cuda[:sm_XX] or a TVM target JSON dict")
     p.add_argument("-o", "--output", required=True, help="artifact directory (model.so + graphpress.json), written whole")
     p.add_argument("--passes", help="SPEC of passes to run before compiling, e.g. 'cleanup'")
     p.add_argument("--tune-trials", type=_at_least(0), default=0, help="MetaSchedule trials in total (CPU); 0: use tuning databases only")
@@ -81,8 +81,8 @@ def _add_compress(sub):
 
     p = sub.add_parser("compress", help="a recipe (prune, quantize, share, fuse) under one accuracy budget, built for a target and measured")
     p.add_argument("model", help="path of an .onnx file")
-    p.add_argument("--target", default="onnxruntime", choices=("onnxruntime", "x86", "aarch64", "cuda"),
-                   help="onnxruntime: write ONNX; x86/aarch64/cuda: compile with TVM (default onnxruntime)")
+    p.add_argument("--target", default="onnxruntime",
+                   help="onnxruntime: write ONNX; x86/aarch64/cuda (x86:PATH such as x86:avx2, aarch64:i8mm, cuda:sm_80): compile with TVM (default onnxruntime)")
     p.add_argument("-o", "--output", required=True, help="the .onnx file (onnxruntime) or the artifact directory (TVM targets), written whole")
     p.add_argument("--samples", help=".npz of real inputs (keys = input names, a leading row axis); the last quarter is held out and judges the result")
     p.add_argument("--labels", help=".npy of one label per sample row: the budget is then accuracy, not agreement")

@@ -36,7 +36,8 @@ import onnx_ir as ir
 
 from graphpress.errors import GraphpressError
 
-__all__ = ["RECIPES", "TARGETS", "Budget", "Quality", "RecipeResult", "Stage", "copy_model", "model_kind", "parse_budget", "recipe_stages", "run_recipe", "split_samples"]
+__all__ = ["RECIPES", "TARGETS", "Budget", "Quality", "RecipeResult", "Stage", "check_target", "copy_model", "model_kind", "parse_budget", "recipe_stages",
+           "run_recipe", "split_samples", "target_kind"]
 
 #: the recipes, and what each does
 RECIPES = {
@@ -208,8 +209,32 @@ def model_kind(model: ir.Model) -> str:
     return "transformer" if ops & {"Softmax", "LayerNormalization", "Attention", "MultiHeadAttention"} else "dense"
 
 
+def target_kind(target: str) -> str:
+    """``x86``, ``aarch64``, ``cuda`` or ``onnxruntime``: a target name without its variant
+    (``x86:avx2``, ``aarch64:i8mm``, ``cuda:sm_80``)."""
+    return target.split(":", 1)[0]
+
+
+def check_target(target: str) -> None:
+    """Raises GraphpressError unless ``target`` is ``onnxruntime`` or a TVM target name."""
+    if target_kind(target) not in TARGETS or (target != "onnxruntime" and target_kind(target) == "onnxruntime"):
+        raise GraphpressError(f"target '{target}': choose one of {', '.join(TARGETS)} (x86:PATH, aarch64:i8mm, cuda:sm_XX included)")
+    if target != "onnxruntime":
+        from graphpress.backends.tvm.targets import resolve_target
+
+        resolve_target(target)
+
+
+def _target_facts(target: str):
+    if target == "onnxruntime":
+        return None
+    from graphpress.backends.tvm.targets import resolve_target, target_facts
+
+    return target_facts(resolve_target(target))
+
+
 def _quantize_candidates(model: ir.Model, target: str) -> list[str]:
-    if target == "cuda":
+    if target_kind(target) == "cuda":
         return ["quantize:mode=fp16"]
     if model_kind(model) != "transformer":
         return ["quantize:mode=static", "quantize:mode=static;tolerance={tolerance};max_fallback=16"]
@@ -226,8 +251,7 @@ def recipe_stages(recipe: str, model: ir.Model, target: str = "onnxruntime") -> 
     :func:`graphpress.compress`, which times the others)."""
     if recipe not in RECIPES or recipe == "fastest":
         raise GraphpressError(f"recipe '{recipe}': choose one of {', '.join(r for r in RECIPES if r != 'fastest')} (fastest: graphpress.compress)")
-    if target not in TARGETS:
-        raise GraphpressError(f"target '{target}': choose one of {', '.join(TARGETS)}")
+    check_target(target)
     stages = [Stage("lossless", [LOSSLESS_SPEC], lossy=False)]
     if recipe == "prune-int8":
         stages.append(Stage("prune", [f"prune:ratio={r}" for r in PRUNE_RATIOS]))
@@ -276,14 +300,16 @@ class RecipeResult:
     path: list[tuple[str, ir.Model]] = dataclasses.field(default_factory=list)
 
 
-def _apply(model: ir.Model, spec: str, calibration: list[dict], check: list[dict], metric) -> tuple[ir.Model, list[dict]]:
-    """``spec`` on a copy of ``model``, every pass checked; returns the copy and the pass records."""
+def _apply(model: ir.Model, spec: str, calibration: list[dict], check: list[dict], metric, target=None) -> tuple[ir.Model, list[dict]]:
+    """``spec`` on a copy of ``model``, every pass checked; returns the copy and the pass records.
+    ``target``: the :class:`~graphpress.passes.context.TargetFacts` passes may know."""
     from graphpress.passes import InvariantInstrument, NumericInstrument, PassManager, build_passes
     from graphpress.passes.context import PassContext
 
     copy = copy_model(model)
     instruments = [InvariantInstrument(), NumericInstrument(check, "the recipe's samples", min_cosine=0.0)]
-    result = PassManager(build_passes(spec), instruments, context=PassContext(samples=calibration, samples_source="the recipe's samples", metric=metric)).run(copy)
+    context = PassContext(samples=calibration, samples_source="the recipe's samples", metric=metric, target=target)
+    result = PassManager(build_passes(spec), instruments, context=context).run(copy)
     return copy, [r.to_dict() for r in result.records]
 
 
@@ -296,14 +322,17 @@ def run_recipe(
     *,
     labels: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
     progress: Callable[[str], None] | None = None,
+    target: str = "onnxruntime",
 ) -> RecipeResult:
-    """Run ``stages`` on a copy of ``model`` within ``budget`` (see the module's doc).
+    """Run ``stages`` on a copy of ``model`` within ``budget`` (see the module's doc); the passes
+    know ``target``'s facts (7-bit weights for an x86 target without an int8 dot product).
 
     Args:
         choose: the samples steps are calibrated and chosen on.
         held_out: the samples that judge the result only.
         labels: labels of the ``choose`` and ``held_out`` rows (optional).
         progress: called with a line per candidate tried.
+        target: ``onnxruntime`` or a TVM target name (:func:`check_target`).
     """
     start = time.perf_counter()
     say = progress or (lambda line: None)
@@ -313,13 +342,14 @@ def run_recipe(
     allowed = budget.allowed
     check = choose[:4]
     metric = (lambda m: -val.loss(m)) if budget.kind != "metric" else budget.metric  # quantize's accuracy control: higher is better
+    target = _target_facts(target)
 
     lossless = [s for s in stages if not s.lossy]
     lossy = [s for s in stages if s.lossy]
     base, lossless_steps, lossless_path = copy_model(model), [], []
     for stage in lossless:
         say(f"{stage.name}: {stage.candidates[0]}")
-        base, records = _apply(base, stage.candidates[0], choose, check, None)
+        base, records = _apply(base, stage.candidates[0], choose, check, None, target)
         lossless_path.append((stage.name, base))
         lossless_steps.append({"stage": stage.name, "chosen": stage.candidates[0], "loss": val.loss(base), "tried": [[stage.candidates[0], "applied"]], "passes": records})
 
@@ -330,7 +360,7 @@ def run_recipe(
             for spec in stage.candidates:
                 spec = spec.replace("{tolerance}", f"{room_total:.6g}")
                 try:
-                    cand, _ = _apply(base, spec, choose, check, metric)
+                    cand, _ = _apply(base, spec, choose, check, metric, target)
                 except GraphpressError:
                     continue
                 loss = val.loss(cand)
@@ -349,7 +379,7 @@ def run_recipe(
                 eta = f", at most ~{(time.perf_counter() - stage_start) / n * left:.0f} s left" if n else ""
                 say(f"step {i + 1}/{len(lossy)} {stage.name}, candidate {n + 1} of at most {len(stage.candidates)}{eta}: trying {spec}")
                 try:
-                    cand, records = _apply(current, spec, choose, check, metric)
+                    cand, records = _apply(current, spec, choose, check, metric, target)
                 except GraphpressError as e:  # a check refused it (NumericMismatchError) or the pass could not run
                     step["tried"].append([spec, f"rolled back: {str(e)[:300]}"])
                     continue

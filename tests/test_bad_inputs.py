@@ -223,6 +223,8 @@ CLI_ROWS = [
     # -- compile
     Row("compile-unknown-target", ["compile", M, "--target", "riscv", "-o", "{o}/a"], "unknown target 'riscv'"),
     Row("compile-target-bad-json", ["compile", M, "--target", "{not json", "-o", "{o}/a"], "target: not valid JSON"),
+    Row("compile-unknown-x86-path", ["compile", M, "--target", "x86:avx3", "-o", "{o}/a"], "'avx3' is neither an x86 ISA path (amx, avx512_vnni"),
+    Row("compress-unknown-target", ["compress", M, "--target", "riscv", "-o", "{o}/a"], "target 'riscv': choose one of onnxruntime, x86, aarch64, cuda"),
     Row("compile-target-no-kind", ["compile", M, "--target", '{"mcpu": "znver4"}', "-o", "{o}/a"], "a TVM target dict needs a 'kind'"),
     Row("compile-tune-trials", ["compile", M, "--target", "x86", "-o", "{o}/a", "--tune-trials", "-1"], "argument --tune-trials: must be >= 0, got -1"),
     Row("compile-input-shape-syntax", ["compile", M, "--target", "x86", "-o", "{o}/a", "--input-shape", "x:1,8"], "--input-shape 'x:1,8': expected NAME=DxDx..."),

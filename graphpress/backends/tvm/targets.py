@@ -276,6 +276,8 @@ def resolve_target(target: str | dict[str, Any]) -> TargetSpec:
     name, _, arg = text.partition(":")
     if name == "x86":
         mcpu = X86_PATHS[arg][0] if arg in X86_PATHS else arg
+        if mcpu and mcpu not in _llvm_cpus("x86_64-linux-gnu"):
+            raise GraphpressError(f"target '{target}': '{arg}' is neither an x86 ISA path ({', '.join(X86_PATHS)}) nor an LLVM x86 CPU (e.g. haswell, znver4)")
         return TargetSpec("x86", {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu or detect_x86_mcpu(), "num-cores": _num_cores()})
     if name == "aarch64":
         mattr = ["+neon", "+dotprod", *(["+i8mm"] if arg == "i8mm" else [])]
@@ -287,6 +289,14 @@ def resolve_target(target: str | dict[str, Any]) -> TargetSpec:
     raise GraphpressError(
         f"target: unknown target '{target}'; give x86 (or x86:PATH, PATH one of {', '.join(X86_PATHS)}; or x86:MCPU), aarch64, cuda (or cuda:sm_80) or a TVM target JSON dict"
     )
+
+
+def _llvm_cpus(triple: str) -> set[str]:
+    """The CPU names LLVM knows for ``triple``."""
+    import tvm
+    from tvm.target import codegen
+
+    return set(codegen.llvm_get_cpu_archlist(tvm.target.Target({"kind": "llvm", "mtriple": triple})))
 
 
 def _cross_for(config: dict[str, Any]) -> str | None:
