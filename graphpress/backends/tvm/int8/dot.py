@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["cached", "dot_dense_kernel", "register_dot_intrinsic"]
+__all__ = ["cached", "dot_dense_kernel", "register_dot_intrinsic", "register_intrinsic", "registered"]
 
 _registered: set[str] = set()
 _KERNELS: dict[tuple, Any] = {}
@@ -26,7 +26,6 @@ def register_dot_intrinsic(name: str, a_dtype: str, lanes: int, product: str | C
     (CUDA, ARM, Hexagon, ...) in TVMScript first, about 30 s on 2 cores."""
     if name in _registered:
         return name
-    from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
     width = depth * lanes
@@ -56,6 +55,13 @@ def register_dot_intrinsic(name: str, a_dtype: str, lanes: int, product: str | C
             b = B.vload([0, 0], dtype=f"{b_dtype}x{width}")
             C[T.ramp(T.int32(0), 1, lanes)] = product(C.vload([0], dtype=f"int32x{lanes}"), a, b)
 
+    return register_intrinsic(name, desc, impl)
+
+
+def register_intrinsic(name: str, desc, impl) -> str:
+    """Register a tensor intrinsic once per process (another caller may have registered it)."""
+    from tvm.s_tir import TensorIntrin
+
     try:
         TensorIntrin.register(name, desc, impl)
     except Exception as e:  # already registered in this process by someone else
@@ -63,6 +69,11 @@ def register_dot_intrinsic(name: str, a_dtype: str, lanes: int, product: str | C
             raise
     _registered.add(name)
     return name
+
+
+def registered(name: str) -> bool:
+    """Whether :func:`register_intrinsic` registered ``name`` in this process."""
+    return name in _registered
 
 
 def _micro_tile(m: int, blocks: int, accumulators: int) -> tuple[int, int]:

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import re
 
-from graphpress.backends.tvm.int8.dot import cached, dot_dense_kernel, register_dot_intrinsic
+from graphpress.backends.tvm.int8.dot import cached, dot_dense_kernel, register_dot_intrinsic, register_intrinsic, registered
 
 __all__ = ["I8MM_INTRIN", "SDOT_INTRIN", "i8mm_dense_kernel", "register_sdot_intrinsic", "register_usmmla_intrinsic", "sdot_count", "sdot_dense_kernel", "usmmla_count"]
 
 SDOT_INTRIN = "graphpress_dot_4x4_i8i8s32_sdot"
 I8MM_INTRIN = "graphpress_mmla_2x2x8_u8s8s32_usmmla"
-_registered_mmla: set[str] = set()
 
 
 def register_sdot_intrinsic() -> str:
@@ -36,9 +35,8 @@ def sdot_count(asm: str) -> int:
 def register_usmmla_intrinsic() -> str:
     """Register ``C[4] (int32, a 2 x 2 block) += A[2, 8] (uint8) · B[2, 8]^T (int8)`` as one
     ``usmmla`` (the 8-bit matrix multiply extension, FEAT_I8MM) once; returns its name."""
-    if I8MM_INTRIN in _registered_mmla:
+    if registered(I8MM_INTRIN):
         return I8MM_INTRIN
-    from tvm.s_tir import TensorIntrin
     from tvm.script import tirx as T
 
     @T.prim_func(s_tir=True)
@@ -62,13 +60,7 @@ def register_usmmla_intrinsic() -> str:
                 C.vload([0], dtype="int32x4"), A.vload([0, 0], dtype="uint8x16"), B.vload([0, 0], dtype="int8x16"), dtype="int32x4",
             )
 
-    try:
-        TensorIntrin.register(I8MM_INTRIN, desc, impl)
-    except Exception as e:  # already registered in this process by someone else
-        if "already" not in str(e).lower():
-            raise
-    _registered_mmla.add(I8MM_INTRIN)
-    return I8MM_INTRIN
+    return register_intrinsic(I8MM_INTRIN, desc, impl)
 
 
 def i8mm_dense_kernel(m: int, n: int, k: int):
