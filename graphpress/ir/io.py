@@ -10,7 +10,10 @@ Sources :func:`load` accepts:
   ``torch.onnx.export(dynamo=True, optimize=False)`` turns that into onnx-ir. Parameter
   names survive (``layer1.0.conv1.weight``) and no optimization is applied by torch:
   the graph mirrors the module, and graphpress's own passes do the optimizing,
-* an onnx-graphsurgeon ``Graph``.
+* an onnx-graphsurgeon ``Graph``,
+* a saved torch program (``torch.export.save``, a ``.pt2`` file): converted the same way, and
+  checked on its own example inputs against the program itself (run by torch) before it is
+  returned: the model graphpress works on computes what the user gave it.
 
 Loading changes nothing by itself: a model keeps its default-domain opset. A pass that needs
 a newer one declares it (``Pass.min_opset``) and the pass manager converts the model with
@@ -56,6 +59,7 @@ SOURCE_PATH_KEY = "graphpress.source_path"
 CONVERTED_FROM_KEY = "graphpress.converted_from_opset"
 
 __all__ = [
+    "from_exported_program",
     "DEFAULT_OPSET",
     "MAX_IR_VERSION",
     "from_graphsurgeon",
@@ -121,9 +125,13 @@ def load(
 
 def _load_path(path: Path, opset: int | None) -> ir.Model:
     if not path.exists():
-        raise ModelLoadError(f"{path}: no such file; give the path of an .onnx model")
+        raise ModelLoadError(f"{path}: no such file; give the path of an .onnx model or a .pt2 torch program")
     if path.is_dir():
-        raise ModelLoadError(f"{path}: is a directory; give the path of an .onnx model")
+        raise ModelLoadError(f"{path}: is a directory; give the path of an .onnx model or a .pt2 torch program")
+    if path.suffix == ".pt2":
+        model = from_exported_program(path)
+        model.meta[SOURCE_PATH_KEY] = str(path.resolve())
+        return model
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:
@@ -294,6 +302,51 @@ def from_torch(module: torch.nn.Module, example_inputs: Any, *, dynamic_batch: b
     finally:
         module.train(was_training)
     return program.model
+
+
+#: how far the converted program may be from torch's run of it on its example inputs
+PT2_ATOL, PT2_RTOL = 1e-4, 1e-3
+
+
+def from_exported_program(path: str | os.PathLike) -> ir.Model:
+    """A ``torch.export.save`` file (``.pt2``) in onnx-ir: ``torch.onnx.export`` of the loaded
+    program (no optimization, :data:`DEFAULT_OPSET`), checked with ONNX Runtime on the
+    program's example inputs against the program run by torch.
+
+    Raises:
+        ModelLoadError: not a torch program, a conversion torch refuses, or a converted model
+            that computes something else than the program (the worst output named).
+    """
+    import numpy as np
+    import torch
+
+    where = str(path)
+    try:
+        with _quiet_torch_export():
+            program = torch.export.load(str(path))
+    except Exception as e:
+        raise ModelLoadError(f"{where}: not a torch.export program ({one_line(e)}); save one with torch.export.save, or give an .onnx model") from e
+    try:
+        with _quiet_torch_export():
+            model = torch.onnx.export(program, (), dynamo=True, optimize=False, opset_version=DEFAULT_OPSET, verbose=False).model
+    except Exception as e:
+        raise ModelLoadError(f"{where}: torch.onnx.export failed on the saved program ({one_line(e)})") from e
+    examples = program.example_inputs
+    if examples is not None and not examples[1]:
+        import onnxruntime as ort
+
+        args = [a for a in examples[0] if isinstance(a, torch.Tensor)]
+        with torch.no_grad():
+            want = program.module()(*examples[0])
+        want = [t.detach().numpy() for t in (want if isinstance(want, (tuple, list)) else [want]) if isinstance(t, torch.Tensor)]
+        session = ort.InferenceSession(to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
+        got = session.run(None, {i.name: a.detach().numpy() for i, a in zip(session.get_inputs(), args)})
+        for out, w, g in zip(model.graph.outputs, want, got):
+            if w.shape != g.shape or not np.allclose(g, w, atol=PT2_ATOL, rtol=PT2_RTOL):
+                worst = float(np.abs(g.astype(np.float64) - w).max()) if w.shape == g.shape else float("nan")
+                raise ModelLoadError(f"{where}: the ONNX conversion of the program differs from torch on its example inputs at output '{out.name}' "
+                                     f"(max |diff| {worst:.3g}); export the module to ONNX yourself and give the .onnx file")  # fmt: skip
+    return model
 
 
 @contextlib.contextmanager
