@@ -239,6 +239,11 @@ def compress(
     if recipe not in RECIPES:
         raise GraphpressError(f"recipe '{recipe}': choose one of {', '.join(RECIPES)}")
     check_target(target)
+    facts = None
+    if target != "onnxruntime":  # the variant checked, and what the passes may know of it
+        from graphpress.backends.tvm.targets import resolve_target, target_facts
+
+        facts = target_facts(resolve_target(target))
     original = copy_model(_as_model(model))
     given, note = _samples_for(original, samples)
     notes = [note] if note else []
@@ -251,7 +256,7 @@ def compress(
 
     def run(name: str) -> RecipeResult:
         say(f"recipe {name}")
-        return run_recipe(original, recipe_stages(name, original, target), budget, choose, held_out, labels=split_labels, progress=say, target=target)
+        return run_recipe(original, recipe_stages(name, original, target), budget, choose, held_out, labels=split_labels, progress=say, target=facts)
 
     compiled = None
     if recipe == "fastest":

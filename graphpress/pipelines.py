@@ -29,12 +29,15 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx_ir as ir
 
 from graphpress.errors import GraphpressError
+
+if TYPE_CHECKING:
+    from graphpress.passes.context import TargetFacts
 
 __all__ = ["RECIPES", "TARGETS", "Budget", "Quality", "RecipeResult", "Stage", "check_target", "copy_model", "model_kind", "parse_budget", "recipe_stages",
            "run_recipe", "split_samples", "target_kind"]
@@ -216,21 +219,10 @@ def target_kind(target: str) -> str:
 
 
 def check_target(target: str) -> None:
-    """Raises GraphpressError unless ``target`` is ``onnxruntime`` or a TVM target name."""
+    """Raises GraphpressError unless ``target`` is ``onnxruntime`` or names a TVM target kind
+    (the backend checks the variant)."""
     if target_kind(target) not in TARGETS or (target != "onnxruntime" and target_kind(target) == "onnxruntime"):
         raise GraphpressError(f"target '{target}': choose one of {', '.join(TARGETS)} (x86:PATH, aarch64:i8mm, cuda:sm_XX included)")
-    if target != "onnxruntime":
-        from graphpress.backends.tvm.targets import resolve_target
-
-        resolve_target(target)
-
-
-def _target_facts(target: str):
-    if target == "onnxruntime":
-        return None
-    from graphpress.backends.tvm.targets import resolve_target, target_facts
-
-    return target_facts(resolve_target(target))
 
 
 def _quantize_candidates(model: ir.Model, target: str) -> list[str]:
@@ -322,17 +314,17 @@ def run_recipe(
     *,
     labels: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
     progress: Callable[[str], None] | None = None,
-    target: str = "onnxruntime",
+    target: TargetFacts | None = None,
 ) -> RecipeResult:
     """Run ``stages`` on a copy of ``model`` within ``budget`` (see the module's doc); the passes
-    know ``target``'s facts (7-bit weights for an x86 target without an int8 dot product).
+    know the ``target``'s facts (7-bit weights for an x86 target without an int8 dot product).
 
     Args:
         choose: the samples steps are calibrated and chosen on.
         held_out: the samples that judge the result only.
         labels: labels of the ``choose`` and ``held_out`` rows (optional).
         progress: called with a line per candidate tried.
-        target: ``onnxruntime`` or a TVM target name (:func:`check_target`).
+        target: what passes may know of where the result runs (None: nothing).
     """
     start = time.perf_counter()
     say = progress or (lambda line: None)
@@ -342,7 +334,6 @@ def run_recipe(
     allowed = budget.allowed
     check = choose[:4]
     metric = (lambda m: -val.loss(m)) if budget.kind != "metric" else budget.metric  # quantize's accuracy control: higher is better
-    target = _target_facts(target)
 
     lossless = [s for s in stages if not s.lossy]
     lossy = [s for s in stages if s.lossy]
