@@ -121,3 +121,32 @@ def test_avx2_takes_vpmaddubsw_only_where_no_weight_pair_can_saturate(saturating
     assert report["nodes"][0]["kernel"] == ("AVX2 kernel" if saturating_pair else "AVX2 u8s8 kernel"), report["nodes"]
     assert (report["instructions"]["ymm vpmaddubsw"] > 0) != saturating_pair, report["instructions"]
     np.testing.assert_array_equal(compiled.run_named(a=a)["y"], _ort(model, {"a": a})[0])
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_quantized_depthwise_convolution_reads_its_uint8_input(stride):
+    """pointwise -> depthwise -> pointwise, quantized static: the depthwise layer (float weights,
+    no integer kernel) reads the uint8 map its producer quantized, dequantized in the
+    convolution's own loads (one fused kernel, padding with the zero point's float 0), and the
+    model stays within one output step of ONNX Runtime running the same QDQ model."""
+    import re
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Conv2d(8, 32, 1), torch.nn.ReLU6(), torch.nn.Conv2d(32, 32, 3, stride=stride, padding=1, groups=32), torch.nn.ReLU6(), torch.nn.Conv2d(32, 16, 1)
+    ).eval()
+    x = torch.randn(1, 8, 14, 14)
+    model = gp.load(module, x)
+    name = model.graph.inputs[0].name
+    PassManager(build_passes("cleanup,fuse")).run(model)
+    calibration = [{name: torch.randn(1, 8, 14, 14).numpy()} for _ in range(16)]
+    PassManager(build_passes("quantize:mode=static"), context=PassContext(samples=calibration)).run(model)
+    compiled = compile_model(model, "x86", int8="on", int8_guard=False, measure=False)
+    assert compiled.meta["build"]["conv_layout"] == "NHWC"
+    asm = compiled._executable.mod.imports[0].inspect_source("asm")
+    assert re.search(r"^\S*fused_graphpress_uint8_depthwise\S*:", asm, flags=re.M), "no uint8 depthwise kernel"
+    scale = _output_scale(model)
+    for seed in range(4):
+        feed = torch.randn(1, 8, 14, 14, generator=torch.Generator().manual_seed(seed)).numpy()
+        got = next(iter(compiled.run_named(**{name: feed}).values()))
+        assert np.abs(got - _ort(model, {name: feed})[0]).max() <= 1.01 * scale

@@ -22,6 +22,7 @@ import contextlib
 import numpy as np
 
 from graphpress.backends.tvm.int8.conv_layout import conv_geometry, im2col_kernel, nhwc_pad_kernel, pointwise, to_nchw_kernel, unfolded_weight
+from graphpress.backends.tvm.int8.depthwise import depthwise_call, is_uint8_depthwise
 from graphpress.backends.tvm.int8.isa import Isa
 from graphpress.backends.tvm.layout import relax_module_pass
 
@@ -190,8 +191,9 @@ def is_int8_conv(call, weight) -> bool:
 
 
 def lower_int8_convs(isa: Isa):
-    """A Relax module pass: every conv2d :func:`is_int8_conv` accepts onto ``isa``'s kernels (run
-    after layout conversion, before legalization)."""
+    """A Relax module pass: every conv2d :func:`is_int8_conv` accepts onto ``isa``'s kernels, and
+    every depthwise conv2d of a dequantized uint8 map onto one kernel that reads the uint8 map
+    (:mod:`.depthwise`); run after layout conversion, before legalization."""
     import tvm
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
@@ -202,10 +204,18 @@ def lower_int8_convs(isa: Isa):
             call = super().visit_call_(call)
             if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.nn.conv2d"):
                 return call
-            weight = call.args[1]
-            while isinstance(weight, relax.Var) and self.lookup_binding(weight) is not None:
-                weight = self.lookup_binding(weight)
-            return _lower_conv(self.builder_, call, weight.value.numpy(), isa) if is_int8_conv(call, weight) else call
+            weight, data = (self.resolve(a) for a in call.args[:2][::-1])
+            if is_int8_conv(call, weight):
+                return _lower_conv(self.builder_, call, weight.value.numpy(), isa)
+            if is_uint8_depthwise(call, data, weight):
+                return depthwise_call(self.builder_, call, data, weight)
+            return call
+
+        def resolve(self, expr):
+            """The value a variable is bound to, through variables bound to variables."""
+            while isinstance(expr, relax.Var) and self.lookup_binding(expr) is not None:
+                expr = self.lookup_binding(expr)
+            return expr
 
     return relax_module_pass(Lower, "LowerInt8Convs")
 

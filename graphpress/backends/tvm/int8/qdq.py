@@ -169,7 +169,20 @@ def fold_weight_dequantize(model: ir.Model) -> dict[str, Any]:
     return {"fp32_layers": sorted(layers)}
 
 
-def bypass_float_qdq(model: ir.Model) -> int:
+def _depthwise_only(value: ir.Value) -> bool:
+    """Whether every consumer of ``value`` is a depthwise 2-D Conv (channel multiplier 1) on a
+    constant float weight: those read the uint8 map itself (:mod:`.depthwise`)."""
+    uses = list(value.uses())
+    for use in uses:
+        node = use.node
+        w = const(node.inputs[1]) if node.op_type == "Conv" and use.idx == 0 and len(node.inputs) > 1 else None
+        group = node.attributes.get_int("group", 1) if node.op_type == "Conv" else 1
+        if w is None or w.dtype != np.float32 or w.ndim != 4 or w.shape[1] != 1 or group < 2 or w.shape[0] != group:
+            return False
+    return bool(uses)
+
+
+def bypass_float_qdq(model: ir.Model, keep_depthwise: bool = False) -> int:
     """Replace the activation ``QuantizeLinear -> DequantizeLinear`` pairs whose result only feeds
     float layers by a ``Clip`` to the pair's range (in place); returns how many. The clip is the
     part of the pair's function that matters (the calibrated range; a ReLU the quantizer folded
@@ -179,7 +192,8 @@ def bypass_float_qdq(model: ir.Model) -> int:
     1.85 s instead of 84 ms); a Clip fuses like a ReLU. Without the clip a model calibrated on
     a narrow range (MiniLM calibrated on 8 random sentences) computed something else than the
     model given (cosine 0.31 to it). Pairs feeding an integer kernel read the QuantizeLinear
-    directly and stay; pairs at graph outputs stay."""
+    directly and stay; pairs at graph outputs stay; with ``keep_depthwise``, uint8 pairs whose
+    every consumer is a depthwise convolution stay too (:mod:`.depthwise` reads their uint8 map)."""
     import onnx_ir.passes.common as common_passes
 
     bypassed = 0
@@ -190,6 +204,8 @@ def bypass_float_qdq(model: ir.Model) -> int:
         zp = const(q.inputs[2]) if q is not None and len(q.inputs) > 2 and q.inputs[2] is not None else None
         scale = const(q.inputs[1]) if q is not None else None
         if q is None or zp is None or zp.size != 1 or scale is None or scale.size != 1 or zp.dtype.kind not in "iu":
+            continue
+        if keep_depthwise and zp.dtype == np.uint8 and _depthwise_only(node.outputs[0]):
             continue
         x = q.inputs[0]
         info = np.iinfo(zp.dtype)
