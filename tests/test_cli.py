@@ -159,7 +159,7 @@ def test_console_script_entry_point(tmp_path, mlp_path):
     exe = Path(sys.executable).parent / "graphpress"
     proc = subprocess.run([str(exe), "inspect", str(tmp_path / "missing.onnx")], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip().endswith("missing.onnx: no such file; give the path of an .onnx model")
+    assert proc.stderr.strip().endswith("missing.onnx: no such file; give the path of an .onnx model or a .pt2 torch program")
     assert "Traceback" not in proc.stderr
     proc = subprocess.run([str(exe), "passes"], capture_output=True, text=True)
     assert proc.returncode == 0 and "cleanup" in proc.stdout
