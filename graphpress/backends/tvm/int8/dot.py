@@ -91,7 +91,7 @@ def dot_dense_kernel(
     ``[n/lanes, k/depth, lanes, depth]`` (``b_dtype``) and ``intrin`` (``lanes`` int32 outputs x
     ``depth`` of K) tensorizing the innermost ``lanes x depth``: micro-tiles of rows x blocks of
     ``lanes`` columns holding at most ``accumulators`` vector registers (16 of AVX-512's 32
-    registers; 12 of AVX2's 16, which also hold the broadcast A and the products).
+    registers; 8 of AVX2's 16, which also hold the broadcast A and the products).
 
     ``widen_a``: A is first converted to ``b_dtype`` in a workspace of the kernel (one vector pass),
     so that the innermost loop broadcasts it straight from memory (``intrin`` takes A in
