@@ -248,29 +248,38 @@ def test_qdq_cnn_convs_and_gemms_run_on_vnni(digits_cnn):
         assert lsb.max() <= 1.01 and (lsb < 0.01).mean() >= 0.8, (lsb.max(), (lsb < 0.01).mean())
 
 
-def _conv_reference(x, w, zx, pads, strides):
+def _conv_reference(x, w, zx, pads, strides, dilations=(1, 1)):
     xp = np.pad(x.astype(np.int64) - zx, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
     kh, kw = w.shape[2:]
-    oh, ow = (xp.shape[2] - kh) // strides[0] + 1, (xp.shape[3] - kw) // strides[1] + 1
+    (dh, dw), (sh, sw) = dilations, strides
+    oh, ow = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1, (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
     want = np.zeros((1, w.shape[0], oh, ow), np.int64)
     for i in range(oh):
         for j in range(ow):
-            patch = xp[0, :, strides[0] * i : strides[0] * i + kh, strides[1] * j : strides[1] * j + kw]
+            patch = xp[0, :, sh * i : sh * i + dh * (kh - 1) + 1 : dh, sw * j : sw * j + dw * (kw - 1) + 1 : dw]
             want[0, :, i, j] = (w.astype(np.int64) * patch).sum(axis=(1, 2, 3))
     return want
 
 
 @pytest.mark.parametrize(
-    "x_shape,w_shape,pads,strides,kernel",
+    "x_shape,w_shape,pads,strides,dilations,kernel,how",
     [
-        ((1, 5, 9, 11), (20, 5, 3, 3), [1, 0, 1, 2], [2, 1], "VNNI"),  # 5 channels: AMX would pad K 13x
-        ((1, 64, 9, 7), (40, 64, 3, 3), [1, 1, 1, 1], [1, 1], "AMX"),  # 63 pixels: rows padded to 64
-        ((1, 48, 6, 6), (24, 48, 1, 1), [0, 0, 0, 0], [1, 1], "AMX"),  # pointwise, K padded 48 -> 64
-        ((1, 64, 7, 7), (32, 64, 1, 1), [0, 0, 0, 0], [2, 2], "AMX"),  # strided pointwise
+        # 5 channels: AMX would pad K 13x
+        ((1, 5, 9, 11), (20, 5, 3, 3), [1, 0, 1, 2], [2, 1], [1, 1], "VNNI", "VNNI kernel, unfolded in place"),
+        # 49 pixels: rows padded to 52 repeat the last one; dilated 3x3
+        ((1, 16, 9, 9), (32, 16, 3, 3), [1, 1, 1, 1], [1, 1], [2, 2], "VNNI", "VNNI kernel, unfolded in place"),
+        # a stem: 7x7/2, 3 channels padded to 4
+        ((1, 3, 19, 17), (16, 3, 7, 7), [3, 3, 3, 3], [2, 2], [1, 1], "VNNI", "VNNI kernel, unfolded in place"),
+        # a strided 1x1 reads every other pixel in place
+        ((1, 32, 7, 7), (16, 32, 1, 1), [0, 0, 0, 0], [2, 2], [1, 1], "VNNI", "VNNI kernel, unfolded in place"),
+        ((1, 64, 9, 7), (40, 64, 3, 3), [1, 1, 1, 1], [1, 1], [1, 1], "AMX", "im2col + AMX kernel"),  # 63 pixels: rows padded to 64
+        ((1, 48, 6, 6), (24, 48, 1, 1), [0, 0, 0, 0], [1, 1], [1, 1], "AMX", "AMX kernel (pointwise)"),  # K padded 48 -> 64
+        ((1, 64, 7, 7), (32, 64, 1, 1), [0, 0, 0, 0], [2, 2], [1, 1], "AMX", "im2col + AMX kernel"),  # strided pointwise
     ],
 )
-def test_conv_integer_equals_a_reference_bit_for_bit(x_shape, w_shape, pads, strides, kernel):
-    """ConvInteger with padding, stride and a zero point: the im2col + VNNI/AMX paths against numpy."""
+def test_conv_integer_equals_a_reference_bit_for_bit(x_shape, w_shape, pads, strides, dilations, kernel, how):
+    """ConvInteger with padding, stride, dilation and a zero point: the VNNI kernel reading the
+    padded input in place, and the im2col + AMX path, against numpy."""
     if kernel == "AMX" and not HAS_AMX:
         pytest.skip(host_lacks("amx_tile", "amx_int8") or "the x86 target has no AMX-INT8")
     rng = np.random.default_rng(7)
@@ -278,7 +287,7 @@ def test_conv_integer_equals_a_reference_bit_for_bit(x_shape, w_shape, pads, str
     w = rng.integers(-128, 128, w_shape, dtype=np.int8)
     zx = 17
     proto = make_model(
-        [helper.make_node("ConvInteger", ["x", "W", "zx"], ["y"], pads=pads, strides=strides, name="ci")],
+        [helper.make_node("ConvInteger", ["x", "W", "zx"], ["y"], pads=pads, strides=strides, dilations=dilations, name="ci")],
         [helper.make_tensor_value_info("x", TensorProto.UINT8, list(x_shape))],
         [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
         [tensor("W", w), tensor("zx", np.array(zx, np.uint8))],
@@ -286,9 +295,9 @@ def test_conv_integer_equals_a_reference_bit_for_bit(x_shape, w_shape, pads, str
     model = gp.load(proto)
     compiled = compile_model(model, "x86", int8="on", int8_guard=False)
     report = compiled.meta["build"]["int8"]
-    assert report["lowered"] == 1 and report["nodes"][0]["kernel"] == f"im2col + {kernel} kernel", report["nodes"]
+    assert report["lowered"] == 1 and report["nodes"][0]["kernel"] == how, report["nodes"]
     assert (report["amx_tile_products"] > 0) == (kernel == "AMX")
-    np.testing.assert_array_equal(compiled.run_named(x=x)["y"], _conv_reference(x, w, zx, pads, strides))
+    np.testing.assert_array_equal(compiled.run_named(x=x)["y"], _conv_reference(x, w, zx, pads, strides, dilations))
 
 
 @pytest.mark.parametrize("nhwc", [True, False])

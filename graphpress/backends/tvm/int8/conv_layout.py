@@ -12,7 +12,7 @@ import numpy as np
 from graphpress.backends.tvm.int8.dot import cached
 from graphpress.backends.tvm.int8.isa import Isa
 
-__all__ = ["conv_geometry", "im2col_kernel", "nhwc_pad_kernel", "pointwise", "to_nchw_kernel"]
+__all__ = ["conv_geometry", "im2col_kernel", "implicit", "kernel_label", "nhwc_pad_kernel", "pointwise", "to_nchw_kernel"]
 
 _made = [0]  # layout kernels made in this process: their names stay unique
 
@@ -61,6 +61,20 @@ def pointwise(g: dict[str, Any]) -> bool:
     """A 1x1, stride-1, unpadded convolution whose pixel count needs no padding: its padded NHWC
     input already is the unfolded one."""
     return g["kh"] == g["kw"] == 1 and g["strides"] == (1, 1) and not any(g["pads"]) and g["mp"] == g["m"]
+
+
+def implicit(g: dict[str, Any]) -> bool:
+    """Whether the dense kernel reads the unfolded rows in place from the padded input (a
+    dot-product ISA, :attr:`Isa.implicit_conv`; a pointwise convolution needs no unfolding)."""
+    return g["isa"].implicit_conv and not pointwise(g)
+
+
+def kernel_label(g: dict[str, Any]) -> str:
+    """How the convolution of geometry ``g`` runs, for the report."""
+    label = g["isa"].label
+    if pointwise(g):
+        return f"{label} kernel (pointwise)"
+    return f"{label} kernel, unfolded in place" if implicit(g) else f"im2col + {label} kernel"
 
 
 def _key(kind: str, g: dict[str, Any], *extra) -> tuple:

@@ -85,7 +85,8 @@ def _micro_tile(m: int, blocks: int, accumulators: int) -> tuple[int, int]:
 
 
 def dot_dense_kernel(
-    m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, prefix: str, depth: int = 4, b_dtype: str = "int8", accumulators: int = 16, widen_a: bool = False,
+    m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, prefix: str, depth: int = 4, b_dtype: str = "int8", accumulators: int = 16,
+    widen_a: bool = False, conv: dict[str, Any] | None = None,
 ):
     """Scheduled TIR ``C[m, n] (int32) = A[m, k] (a_dtype) · B^T`` with ``B`` packed
     ``[n/lanes, k/depth, lanes, depth]`` (``b_dtype``) and ``intrin`` (``lanes`` int32 outputs x
@@ -95,27 +96,54 @@ def dot_dense_kernel(
 
     ``widen_a``: A is first converted to ``b_dtype`` in a workspace of the kernel (one vector pass),
     so that the innermost loop broadcasts it straight from memory (``intrin`` takes A in
-    ``b_dtype`` then)."""
-    key = (prefix, m, n, k, depth, b_dtype, accumulators, widen_a)
-    return cached(key, lambda: _dot_dense(m, n, k, a_dtype, lanes, intrin, prefix, depth, b_dtype, accumulators, widen_a))
+    ``b_dtype`` then).
+
+    ``conv``: the geometry of a convolution (:func:`~.conv_layout.conv_geometry`): the kernel's
+    first argument is then its padded NHWC input ``XP[N, Hp, Wp, Cp]`` and A its unfolded rows
+    read in place -- row ``i`` is output pixel ``min(i, M - 1)``, column ``(ky, kx, c)`` the byte
+    ``XP[.., y + ky, x + kx, c]`` -- with the reduction split into ``ky·kx`` runs of ``Cp``
+    contiguous bytes, so no im2col copy is written and read back."""
+    geometry = None if conv is None else tuple(conv[f] for f in _CONV_FIELDS)
+    key = (prefix, m, n, k, depth, b_dtype, accumulators, widen_a, geometry)
+    return cached(key, lambda: _dot_dense(m, n, k, a_dtype, lanes, intrin, prefix, depth, b_dtype, accumulators, widen_a, conv))
 
 
-def _dot_dense(m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, prefix: str, depth: int, b_dtype: str, accumulators: int, widen_a: bool):
+#: the geometry fields an implicit-im2col kernel depends on
+_CONV_FIELDS = ("n", "hp", "wp", "cp", "kh", "kw", "oh", "ow", "m", "strides", "dilations")
+
+
+def _dot_dense(m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, prefix: str, depth: int, b_dtype: str, accumulators: int, widen_a: bool,
+               conv: dict[str, Any] | None):  # fmt: skip
     import tvm
     from tvm import te
 
-    a = te.placeholder((m, k), a_dtype, name="A")
+    if conv is None:
+        a = te.placeholder((m, k), a_dtype, name="A")
+        name = f"graphpress_{prefix}_dense_{m}x{n}x{k}"
+    else:
+        g = conv
+        a = te.placeholder((g["n"], g["hp"], g["wp"], g["cp"]), a_dtype, name="XP")
+        (sh, sw), (dh, dw) = g["strides"], g["dilations"]
+        name = f"graphpress_{prefix}_conv_{m}x{n}x{k}_in{g['hp']}x{g['wp']}_k{g['kh']}x{g['kw']}_s{sh}x{sw}_d{dh}x{dw}"
     b = te.placeholder((n // lanes, k // depth, lanes, depth), b_dtype, name="B")
-    a_wide = te.compute((m, k), lambda i, kk: a[i, kk].astype(b_dtype), name="A_wide") if widen_a else a
+    a_wide = te.compute(a.shape, lambda *idx: a(*idx).astype(b_dtype), name="A_wide") if widen_a else a
+
+    def read(i, kk):
+        if conv is None:
+            return a_wide[i, kk]
+        q, kwc, cp = te.min(i, g["m"] - 1), g["kw"] * g["cp"], g["cp"]
+        y, x = (q // g["ow"]) % g["oh"] * sh + kk // kwc * dh, q % g["ow"] * sw + (kk // cp) % g["kw"] * dw
+        return a_wide[q // (g["oh"] * g["ow"]), y, x, kk % cp]
+
     r = te.reduce_axis((0, k), name="k")
-    c = te.compute((m, n), lambda i, j: te.sum(a_wide[i, r].astype("int32") * b[j // lanes, r // depth, j % lanes, r % depth].astype("int32"), axis=r), name="C")
+    c = te.compute((m, n), lambda i, j: te.sum(read(i, r).astype("int32") * b[j // lanes, r // depth, j % lanes, r % depth].astype("int32"), axis=r), name="C")
     sch = tvm.s_tir.Schedule(te.create_prim_func([a, b, c]))
     if widen_a:
         widen = sch.get_sblock("A_wide")
-        wi, wk = sch.get_loops(widen)
-        sch.parallel(wi)
-        wko, wki = sch.split(wk, [None, 16] if k % 16 == 0 else [None, k])
-        sch.vectorize(wki)
+        *outer, wk = sch.get_loops(widen)
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+        extent = int(a.shape[-1])
+        sch.vectorize(sch.split(wk, [None, 16] if extent % 16 == 0 else [None, extent])[1])
     block = sch.get_sblock("C")
     i, j, kk = sch.get_loops(block)
     rows, cols = _micro_tile(m, n // lanes, accumulators)
@@ -123,15 +151,17 @@ def _dot_dense(m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, pr
     jo, ji = sch.split(j, [None, lanes])
     joo, joi = sch.split(jo, [None, cols])
     ko, ki = sch.split(kk, [None, depth])
+    # a convolution's K: one loop per (ky, kx), each over Cp contiguous bytes of one input pixel
+    k_loops = [ko] if conv is None else list(sch.split(ko, [g["kh"] * g["kw"], g["cp"] // depth]))
     # column panels outermost (parallel): a panel of B (cols x lanes x K) stays in L1 while
     # every row block passes over it; 91.8 vs 121 us with rows outermost at 128x512x512 (VNNI)
-    sch.reorder(joo, io, ko, ii, joi, ji, ki)
+    sch.reorder(joo, io, *k_loops, ii, joi, ji, ki)
     sch.parallel(joo if n // lanes // cols >= 2 else sch.fuse(joo, io))
     sch.unroll(ii)
     sch.unroll(joi)
-    sch.decompose_reduction(block, ko)
+    sch.decompose_reduction(block, k_loops[0])
     sch.tensorize(ji, intrin)
-    return sch.mod["main"].with_attr({"tirx.is_scheduled": True, "op_pattern": 8, "global_symbol": f"graphpress_{prefix}_dense_{m}x{n}x{k}"})
+    return sch.mod["main"].with_attr({"tirx.is_scheduled": True, "op_pattern": 8, "global_symbol": name})
 
 
 def cached(key: tuple, build) -> Any:

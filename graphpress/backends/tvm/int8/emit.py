@@ -21,7 +21,7 @@ import contextlib
 
 import numpy as np
 
-from graphpress.backends.tvm.int8.conv_layout import conv_geometry, im2col_kernel, nhwc_pad_kernel, pointwise, to_nchw_kernel, unfolded_weight
+from graphpress.backends.tvm.int8.conv_layout import conv_geometry, im2col_kernel, implicit, nhwc_pad_kernel, pointwise, to_nchw_kernel, unfolded_weight
 from graphpress.backends.tvm.int8.depthwise import depthwise_call, is_uint8_depthwise
 from graphpress.backends.tvm.int8.isa import Isa
 from graphpress.backends.tvm.layout import relax_module_pass
@@ -134,8 +134,9 @@ def emit_conv(bb, x, w_oihw: np.ndarray, zero_point: int, attrs, layout: str = "
 def _lower_conv(bb, call, w: np.ndarray, isa: Isa):
     """The ISA's kernels for an int8 ``conv2d`` (NCHW/OIHW or NHWC/HWIO, zero padding): a padded
     NHWC copy (none for an NHWC input that needs no padding), im2col (none for a pointwise
-    convolution), the dense kernel, and the result in the call's layout: a view of the dense
-    result in NHWC, a transposing kernel in NCHW."""
+    convolution, nor for an ISA whose kernel reads the unfolded rows in place from the padded
+    copy: ``Isa.implicit_conv``), the dense kernel, and the result in the call's layout: a view
+    of the dense result in NHWC, a transposing kernel in NCHW."""
     from tvm import relax
 
     attrs = call.attrs
@@ -149,18 +150,20 @@ def _lower_conv(bb, call, w: np.ndarray, isa: Isa):
     isa = g["isa"]
     packed, colsum, npad = _pack(unfolded_weight(w_oihw, g["cp"]), isa)
     unpadded = not any(g["pads"]) and g["c"] == g["cp"]
+    in_place = implicit(g)  # the dot-product kernels read the unfolded rows from the padded input
     if layout == "NHWC" and pointwise(g) and g["c"] == g["cp"]:
         col = bb.emit(relax.op.reshape(x, (g["mp"], g["kp"])))  # the NHWC input is the unfolded one
     elif pointwise(g):
         col = _call(bb, nhwc_pad_kernel(g, 0, layout), [x], (g["mp"], g["kp"]), "uint8")
     else:
         xp = x if layout == "NHWC" and unpadded else _call(bb, nhwc_pad_kernel(g, 0, layout), [x], (g["n"], g["hp"], g["wp"], g["cp"]), "uint8")
-        col = _call(bb, im2col_kernel(g), [xp], (g["mp"], g["kp"]), "uint8")
+        col = xp if in_place else _call(bb, im2col_kernel(g), [xp], (g["mp"], g["kp"]), "uint8")
     corr = np.zeros(npad, np.int64)  # acc - corr is the zero-padded convolution
     if isa.activation == "int8":  # int8 x int8: the unfolded input moves down by 128
         col = bb.emit(relax.op.astype(relax.op.subtract(relax.op.astype(col, "int32"), relax.const(128, "int32")), "int8"))
         corr = -128 * colsum
-    acc = _call(bb, isa.dense(g["mp"], npad, g["kp"]), [col, relax.const(packed)], (g["mp"], npad), "int32")
+    kernel = isa.dense(g["mp"], npad, g["kp"], conv=g) if in_place else isa.dense(g["mp"], npad, g["kp"])
+    acc = _call(bb, kernel, [col, relax.const(packed)], (g["mp"], npad), "int32")
     if layout == "NCHW":
         nchw = to_nchw_kernel(g, npad)
         return relax.call_tir(bb.add_func(nchw, str(nchw.attrs["global_symbol"])), [acc, relax.const(corr.astype(np.int32))],

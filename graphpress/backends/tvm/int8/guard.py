@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from graphpress.backends.tvm.int8.conv_layout import conv_geometry
+from graphpress.backends.tvm.int8.conv_layout import conv_geometry, kernel_label
 from graphpress.backends.tvm.int8.emit import INT8_ATTR, dense_unsupported, emit_conv, emit_matmul, lower_int8_convs
 from graphpress.backends.tvm.int8.isa import Isa
 from graphpress.backends.tvm.int8.qdq import const
@@ -211,7 +211,7 @@ class _Planner:
             return _conv_pair_ms(shape, w.shape, attrs, zp, self.spec, self.tuning, self.repeat, self.isa, narrow)
 
         key = ("conv", tuple(shape), w.shape, tuple(sorted(attrs.items())), narrow)
-        return self.decide(node, w, (g["m"], g["oc"], g["k"]), f"im2col + {g['isa'].label} kernel", key, measure)
+        return self.decide(node, w, (g["m"], g["oc"], g["k"]), kernel_label(g), key, measure)
 
     def dense(self, node: ir.Node) -> Int8Decision:
         a, w = node.inputs[0], const(node.inputs[1])

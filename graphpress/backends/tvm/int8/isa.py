@@ -51,7 +51,9 @@ class Isa:
         activation: the dtype the instruction multiplies the int8 weight by; activations of the
             other 8-bit dtype move by 128 (and their zero point with them).
         lanes: int32 sums per instruction: the width of a packed weight block ``[N/lanes, K/depth, lanes, depth]``.
-        dense: builds the scheduled TIR ``C[m, n] (int32) = A[m, k] · B^T`` (``B`` packed).
+        dense: builds the scheduled TIR ``C[m, n] (int32) = A[m, k] · B^T`` (``B`` packed); with
+            ``implicit_conv``, also ``dense(m, n, k, conv=geometry)``: A read in place from a
+            convolution's padded NHWC input, no im2col copy.
         counters: the instructions counted in the build's assembly, the ISA's own first.
         available: whether a build for the target may use it (and, where the kernels are timed
             before they are chosen, whether this host runs it).
@@ -62,6 +64,8 @@ class Isa:
         weight: the dtype the packed weight is stored in (int8; int16 for ``vpmaddwd``).
         narrow: the ISA that runs the layers whose ``[K, N]`` int8 weight ``narrow_fits`` accepts
             (AVX2: ``vpmaddubsw`` where no pair of weights can saturate its int16 sums).
+        implicit_conv: ``dense`` takes ``conv=`` (the dot-product kernels; not the tile ISAs,
+            whose tile loads want whole rows of the unfolded input).
     """
 
     name: str
@@ -78,6 +82,7 @@ class Isa:
     weight: str = "int8"
     narrow: Isa | None = None
     narrow_fits: Callable[[Any], bool] | None = None
+    implicit_conv: bool = False
 
     def __repr__(self) -> str:
         return f"Isa({self.name})"
@@ -117,15 +122,16 @@ _YMM_VPMADDWD = Counter("ymm_vpmaddwd", "ymm vpmaddwd", kernels_x86.ymm_vpmaddwd
 _YMM_VPMADDUBSW = Counter("ymm_vpmaddubsw", "ymm vpmaddubsw", kernels_x86.ymm_vpmaddubsw_count)
 
 # x86 builds count the others too: a VNNI build with tile products, or an AMX one without, is a finding
-VNNI = Isa("vnni", "VNNI", "uint8", 16, kernels_x86.vnni_dense_kernel, (_ZMM_VPDPBUSD, _TDPBUSD), has_vnni, timed=True)
+VNNI = Isa("vnni", "VNNI", "uint8", 16, kernels_x86.vnni_dense_kernel, (_ZMM_VPDPBUSD, _TDPBUSD), has_vnni, timed=True, implicit_conv=True)
 AMX = Isa("amx", "AMX", "uint8", 16, kernels_x86.amx_dense_kernel, (_TDPBUSD, _ZMM_VPDPBUSD), has_amx, timed=True, tiles=Tiles(32, 32, 64), fallback=VNNI)
-AVX_VNNI = Isa("avx_vnni", "AVX-VNNI", "uint8", 8, kernels_x86.avx_vnni_dense_kernel, (_YMM_VPDPBUSD, _ZMM_VPDPBUSD), has_avx_vnni, timed=True)
+AVX_VNNI = Isa("avx_vnni", "AVX-VNNI", "uint8", 8, kernels_x86.avx_vnni_dense_kernel, (_YMM_VPDPBUSD, _ZMM_VPDPBUSD), has_avx_vnni, timed=True,
+               implicit_conv=True)  # fmt: skip
 _AVX2_COUNTERS = (_YMM_VPMADDWD, _YMM_VPMADDUBSW, _ZMM_VPDPBUSD)
-AVX2_U8S8 = Isa("avx2_u8s8", "AVX2 u8s8", "uint8", 8, kernels_x86.avx2_u8s8_dense_kernel, _AVX2_COUNTERS, has_avx2, timed=True)
+AVX2_U8S8 = Isa("avx2_u8s8", "AVX2 u8s8", "uint8", 8, kernels_x86.avx2_u8s8_dense_kernel, _AVX2_COUNTERS, has_avx2, timed=True, implicit_conv=True)
 AVX2 = Isa("avx2", "AVX2", "uint8", 8, kernels_x86.avx2_dense_kernel, _AVX2_COUNTERS, has_avx2, timed=True, depth=2, weight="int16",
-           narrow=AVX2_U8S8, narrow_fits=kernels_x86.fits_u8s8_pairs)  # fmt: skip
+           narrow=AVX2_U8S8, narrow_fits=kernels_x86.fits_u8s8_pairs, implicit_conv=True)  # fmt: skip
 _SDOT = Counter("sdot", "sdot", kernels_arm.sdot_count)
-SDOT = Isa("sdot", "SDOT", "int8", 4, kernels_arm.sdot_dense_kernel, (_SDOT,), has_dotprod, timed=False)
+SDOT = Isa("sdot", "SDOT", "int8", 4, kernels_arm.sdot_dense_kernel, (_SDOT,), has_dotprod, timed=False, implicit_conv=True)
 I8MM = Isa("i8mm", "I8MM", "uint8", 2, kernels_arm.i8mm_dense_kernel, (Counter("usmmla", "usmmla", kernels_arm.usmmla_count), _SDOT), has_i8mm,
            timed=False, tiles=Tiles(2, 2, 8), fallback=SDOT, depth=8)  # fmt: skip
 
