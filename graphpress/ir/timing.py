@@ -2,7 +2,8 @@
 
 The one wall-clock timer for comparing engines (the benchmarks and ``compile``'s measurement
 against ONNX Runtime use it); a compiled artifact alone is timed by TVM's own time evaluator
-(:func:`graphpress.backends.tvm.runtime.time_main`).
+(:func:`graphpress.backends.tvm.runtime.vm_timings`; two builds side by side:
+:func:`~graphpress.backends.tvm.runtime.time_side_by_side`).
 """
 
 from __future__ import annotations

@@ -79,10 +79,11 @@ def test_conv_integer_is_exact_on_every_path(path):
     np.testing.assert_array_equal(compiled.run_named(x=x)["y"], _conv_reference(x, w, zx, pads, strides))
 
 
-@pytest.mark.parametrize("path", ["avx2_vnni", "avx2"])
-def test_a_quantized_cnn_agrees_with_ort_on_the_avx2_class_paths(digits_cnn, path):
-    """The digits CNN quantized static, every layer on the path's integer kernels (NHWC, fused
-    requantization): within one output step of ONNX Runtime running the same QDQ model."""
+@pytest.mark.parametrize("path", list(PATHS))
+def test_a_quantized_cnn_agrees_with_ort_on_every_path(digits_cnn, path):
+    """The digits CNN quantized static, every layer on the path's integer kernels in NHWC, each
+    kernel writing its requantized uint8 output itself (the write-back fused into its micro-tiles):
+    within one output step of ONNX Runtime running the same QDQ model."""
     _skip_unless_host_runs(path)
     module, data = digits_cnn
     model = gp.load(module, torch.from_numpy(data.x_test[:1]))
@@ -92,6 +93,9 @@ def test_a_quantized_cnn_agrees_with_ort_on_the_avx2_class_paths(digits_cnn, pat
     compiled = compile_model(model, f"x86:{path}", int8_guard=False)
     report = compiled.meta["build"]["int8"]
     assert report["isa"] == PATHS[path][0].name and report["lowered"] == 5, report
+    build = compiled.meta["build"]
+    requantizing = [k for k in build["kernel_names"] if k.startswith("fused_graphpress_") and "quantize" in k]
+    assert build["int8_fused_kernels"] >= 3 and len(requantizing) >= 2, build["kernel_names"]
     scale = _output_scale(model)
     lsb = np.concatenate([np.abs(next(iter(compiled.run_named(**{name: x}).values())) - _ort(model, {name: x})[0]).ravel() / scale
                           for x in (data.x_test[i : i + 1] for i in range(16))])  # fmt: skip

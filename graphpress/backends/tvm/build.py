@@ -147,7 +147,7 @@ def compile_model(
     isa = isa if isa is not None and int8_path.is_quantized(prepared) else None
     if isa is not None:
         report["int8"] = int8_path.plan(prepared, spec, isa, tuning, guard=int8_guard, progress=progress)
-        tuning = dataclasses.replace(tuning, int8_lowering=int8_path.lower_int8_convs(isa))
+        tuning = dataclasses.replace(tuning, int8_lowering=int8_path.lower_int8_convs(isa), int8_schedule=int8_path.schedule_dot_kernels)
         with int8_path.int8_converters(isa):
             mod = to_relax(prepared, shapes, spec.name)
     else:

@@ -46,6 +46,9 @@ class Tuning:
         int8_lowering: the Relax pass that puts integer convolutions on the int8 ISA's kernels
             (:func:`~graphpress.backends.tvm.int8.emit.lower_int8_convs`), run after the layout
             conversion; None for a build without an int8 ISA.
+        int8_schedule: schedules the int8 kernels Relax fused with their write-back
+            (:func:`~graphpress.backends.tvm.int8.dot.schedule_dot_kernels`), before any other
+            schedule sees them; None for a build without an int8 ISA.
     """
 
     trials: int = 0
@@ -56,6 +59,7 @@ class Tuning:
     analytic: bool = True
     nhwc: bool = True
     int8_lowering: Any = None
+    int8_schedule: Any = None
 
 
 SHIPPED_DATABASES = Path(__file__).parent / "databases"
@@ -139,10 +143,15 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
             steps += [relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"], **KEEP_NCHW}), sink_permutes(), fold_weight_layouts(),
                       relax.transform.DeadCodeElimination()]  # fmt: skip
         if tuning.int8_lowering is not None:  # integer convolutions onto the ISA's kernels, in the layout they now have
-            steps.append(tuning.int8_lowering)
+            # the lowered call bound straight to the conv's variable: FuseOps fuses nothing across a
+            # variable bound to a variable (the requantization stayed a kernel of its own)
+            steps += [tuning.int8_lowering, relax.transform.CanonicalizeBindings()]
         if fast:
             steps.append(relax.transform.LegalizeOps(customize_legalize_map=fast_math_legalization()))
-        return tvm.transform.Sequential([*steps, relax.get_pipeline("zero")])(mod)
+        lowered = tvm.transform.Sequential([*steps, relax.get_pipeline("zero")])(mod)
+        if tuning.int8_schedule is not None:  # scheduled before tuning or databases see them
+            lowered, stats["int8_fused_kernels"] = tuning.int8_schedule(lowered)
+        return lowered
 
     db = union()
 

@@ -13,7 +13,9 @@ matmul no schedule tensorizes. On the backend's private copy of the model:
    :func:`.isa.select_isa` chose from the target (:mod:`.kernels_x86`: AMX, AVX-512 VNNI,
    AVX-VNNI, AVX2; :mod:`.kernels_arm`: sdot) for dense layers, and an int8 Relax ``conv2d`` for convolutions,
    which the build moves to NHWC with its neighbours and :func:`.emit.lower_int8_convs` puts on
-   the same kernels through :mod:`.conv_layout`.
+   the same kernels through :mod:`.conv_layout`;
+5. the dot-product kernels (:mod:`.dot`) are fusable: Relax fuses the requantization behind
+   them and :func:`.dot.schedule_dot_kernels` computes it on each micro-tile of the product.
 
 :func:`plan` runs steps 1-3 and returns the report; :func:`to_fp32` is the same model with
 every layer in float, which the whole-model guard builds to compare.
@@ -27,6 +29,7 @@ from typing import Any
 
 import onnx_ir as ir
 
+from graphpress.backends.tvm.int8.dot import schedule_dot_kernels
 from graphpress.backends.tvm.int8.emit import int8_converters, lower_int8_convs
 from graphpress.backends.tvm.int8.guard import all_to_float, plan_int8
 from graphpress.backends.tvm.int8.isa import ISAS, Isa, select_isa
@@ -34,7 +37,7 @@ from graphpress.backends.tvm.int8.qdq import bypass_float_qdq, fold_weight_dequa
 from graphpress.backends.tvm.targets import TargetSpec
 from graphpress.backends.tvm.tuning import Tuning
 
-__all__ = ["ISAS", "Isa", "int8_converters", "is_quantized", "lower_int8_convs", "plan", "select_isa", "to_fp32"]
+__all__ = ["ISAS", "Isa", "int8_converters", "is_quantized", "lower_int8_convs", "plan", "schedule_dot_kernels", "select_isa", "to_fp32"]
 
 _FP32_REASON = "no integer kernel for these ops on this target yet: fp32 kernels on the dequantized weights, their activation quantize/dequantize pairs as clips to the calibrated range"
 

@@ -83,7 +83,8 @@ def _to_kernel_dtype(a, a_dtype: str, za, isa: Isa):
 def _call(bb, func, args, shape, dtype):
     from tvm import relax
 
-    return bb.emit(relax.call_tir(bb.add_func(func, str(func.attrs["global_symbol"])), args, relax.TensorType(shape, dtype)))
+    name = func.attrs["global_symbol"] if "global_symbol" in func.attrs else func.attrs["graphpress.kernel"]
+    return bb.emit(relax.call_tir(bb.add_func(func, str(name)), args, relax.TensorType(shape, dtype)))
 
 
 def emit_matmul(bb, a, w_kn: np.ndarray, za, isa: Isa):
@@ -97,6 +98,10 @@ def emit_matmul(bb, a, w_kn: np.ndarray, za, isa: Isa):
     isa = isa.for_shape(m, k).for_weight(w_kn)
     packed, colsum, npad = _pack(w_kn, isa)
     a2, za = _to_kernel_dtype(relax.op.reshape(a, (m, k)), _dtype(a.ty), za, isa)
+    if isa.implicit_conv:  # the kernel writes the result's shape, the correction and what follows fused in
+        out_shape = (*shape[:-1], n)
+        corr = relax.const(np.zeros(npad, np.int32)) if za is None else relax.op.multiply(relax.op.astype(relax.op.reshape(za, ()), "int32"), relax.const(colsum))
+        return _call(bb, isa.dense(m, npad, k, out_shape=out_shape), [bb.emit(a2), relax.const(packed), bb.emit(corr)], out_shape, "int32")
     acc = _call(bb, isa.dense(m, npad, k), [bb.emit(a2), relax.const(packed)], (m, npad), "int32")
     if za is not None:
         acc = relax.op.subtract(acc, relax.op.multiply(relax.op.astype(relax.op.reshape(za, ()), "int32"), relax.const(colsum)))
@@ -162,8 +167,12 @@ def _lower_conv(bb, call, w: np.ndarray, isa: Isa):
     if isa.activation == "int8":  # int8 x int8: the unfolded input moves down by 128
         col = bb.emit(relax.op.astype(relax.op.subtract(relax.op.astype(col, "int32"), relax.const(128, "int32")), "int8"))
         corr = -128 * colsum
-    kernel = isa.dense(g["mp"], npad, g["kp"], conv=g) if in_place else isa.dense(g["mp"], npad, g["kp"])
-    acc = _call(bb, kernel, [col, relax.const(packed)], (g["mp"], npad), "int32")
+    conv = {"conv": g} if in_place else {}
+    if layout == "NHWC" and isa.implicit_conv:  # the NHWC result, its correction and what follows fused in
+        out_shape = (g["n"], g["oh"], g["ow"], g["oc"])
+        kernel = isa.dense(g["mp"], npad, g["kp"], out_shape=out_shape, **conv)
+        return _call(bb, kernel, [col, relax.const(packed), relax.const(corr.astype(np.int32))], out_shape, "int32")
+    acc = _call(bb, isa.dense(g["mp"], npad, g["kp"], **conv), [col, relax.const(packed)], (g["mp"], npad), "int32")
     if layout == "NCHW":
         nchw = to_nchw_kernel(g, npad)
         return relax.call_tir(bb.add_func(nchw, str(nchw.attrs["global_symbol"])), [acc, relax.const(corr.astype(np.int32))],

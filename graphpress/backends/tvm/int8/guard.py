@@ -18,10 +18,11 @@ import numpy as np
 import onnx_ir as ir
 
 from graphpress.backends.tvm.int8.conv_layout import conv_geometry, kernel_label
+from graphpress.backends.tvm.int8.dot import schedule_dot_kernels
 from graphpress.backends.tvm.int8.emit import INT8_ATTR, dense_unsupported, emit_conv, emit_matmul, lower_int8_convs
 from graphpress.backends.tvm.int8.isa import Isa
 from graphpress.backends.tvm.int8.qdq import const
-from graphpress.backends.tvm.runtime import time_main
+from graphpress.backends.tvm.runtime import time_side_by_side
 from graphpress.backends.tvm.schedules import schedule_injective
 from graphpress.backends.tvm.tuning import Tuning, schedule_cpu
 from graphpress.ir.edit import add_initializer, replace_value
@@ -53,17 +54,19 @@ def _int8_pipeline(mod, target, isa: Isa):
     from tvm import relax
 
     with target:
-        mod = tvm.transform.Sequential([lower_int8_convs(isa), relax.transform.DecomposeOpsForInference(), relax.get_pipeline("zero")])(mod)
-    return schedule_injective(mod)[0]
+        steps = [lower_int8_convs(isa), relax.transform.CanonicalizeBindings(), relax.transform.DecomposeOpsForInference(), relax.get_pipeline("zero")]
+        mod = tvm.transform.Sequential(steps)(mod)
+    return schedule_injective(schedule_dot_kernels(mod)[0])[0]
 
 
 def _compile_pair(emit_int8, emit_fp32, x_int8: np.ndarray, x_fp32: np.ndarray, spec, tuning: Tuning, repeat: int, isa: Isa) -> tuple[float, float]:
-    """(int8 ms, fp32 ms) of one layer built both ways for ``spec``: ``emit_*(bb, x)`` emit it."""
+    """(int8 ms, fp32 ms) of one layer built both ways for ``spec`` (``emit_*(bb, x)`` emit it),
+    timed side by side."""
     import tvm
     from tvm import relax
 
     target = spec.tvm_target()
-    timings = []
+    programs = []
     for emit, x_np, integer in ((emit_int8, x_int8, True), (emit_fp32, x_fp32, False)):
         bb = relax.BlockBuilder()
         x = relax.Var("x", relax.TensorType(x_np.shape, str(x_np.dtype)))
@@ -76,8 +79,9 @@ def _compile_pair(emit_int8, emit_fp32, x_int8: np.ndarray, x_fp32: np.ndarray, 
         else:
             candidates, _ = schedule_cpu(bb.get(), spec, dataclasses.replace(tuning, trials=0))
             mod = next(iter(candidates.values()))[0]
-        timings.append(time_main(tvm.compile(mod, target=target), [x_np], number=max(1, repeat // 5), repeat=5))
-    return timings[0], timings[1]
+        programs.append((tvm.compile(mod, target=target), [x_np]))
+    int8_ms, fp32_ms = time_side_by_side(programs, number=max(1, repeat // 10), rounds=5)
+    return int8_ms, fp32_ms
 
 
 def _random_weight(shape, narrow: bool) -> np.ndarray:

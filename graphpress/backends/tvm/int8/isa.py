@@ -64,8 +64,9 @@ class Isa:
         weight: the dtype the packed weight is stored in (int8; int16 for ``vpmaddwd``).
         narrow: the ISA that runs the layers whose ``[K, N]`` int8 weight ``narrow_fits`` accepts
             (AVX2: ``vpmaddubsw`` where no pair of weights can saturate its int16 sums).
-        implicit_conv: ``dense`` takes ``conv=`` (the dot-product kernels; not the tile ISAs,
-            whose tile loads want whole rows of the unfolded input).
+        implicit_conv: ``dense`` takes ``conv=`` and ``out_shape=`` (the dot-product kernels of
+            :mod:`.dot`; not the tile ISAs, whose tile loads want whole rows of the unfolded
+            input): convolutions without im2col, the write-back fused with the requantization.
     """
 
     name: str

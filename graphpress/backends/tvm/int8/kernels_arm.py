@@ -20,12 +20,12 @@ def register_sdot_intrinsic() -> str:
     return register_dot_intrinsic(SDOT_INTRIN, "int8", 4, "llvm.aarch64.neon.sdot.v4i32.v16i8")
 
 
-def sdot_dense_kernel(m: int, n: int, k: int, conv=None):
+def sdot_dense_kernel(m: int, n: int, k: int, conv=None, out_shape=None):
     """Scheduled TIR ``C[m, n] (int32) = A[m, k] (int8) · B^T``, ``B`` packed ``[n/4, k/4, 4, 4]``
     (int8), the ``sdot`` intrinsic (4 int32 lanes x 4 bytes of K per NEON instruction) on the
-    innermost 4 x 4; ``conv``: A read in place from a convolution's padded input
-    (:func:`~.dot.dot_dense_kernel`)."""
-    return dot_dense_kernel(m, n, k, "int8", 4, register_sdot_intrinsic(), "sdot", conv=conv)
+    innermost 4 x 4; ``conv``: A read in place from a convolution's padded input,
+    ``out_shape``: the write-back fused with what follows (:func:`~.dot.dot_dense_kernel`)."""
+    return dot_dense_kernel(m, n, k, "int8", 4, register_sdot_intrinsic(), "sdot", conv=conv, out_shape=out_shape)
 
 
 def sdot_count(asm: str) -> int:

@@ -44,20 +44,21 @@ def register_vnni_intrinsic() -> str:
     return register_dot_intrinsic(VNNI_INTRIN, "uint8", 16, "llvm.x86.avx512.vpdpbusd.512")
 
 
-def vnni_dense_kernel(m: int, n: int, k: int, conv=None):
+def vnni_dense_kernel(m: int, n: int, k: int, conv=None, out_shape=None):
     """Scheduled TIR ``C[m, n] (int32) = A[m, k] (uint8) · B^T`` with ``B`` packed ``[n/16, k/4, 16, 4]``
     (int8), the fixed VNNI intrinsic on the innermost 16 x 4. ``conv``: A read in place from a
-    convolution's padded input (:func:`~.dot.dot_dense_kernel`; every dot-product kernel here)."""
-    return dot_dense_kernel(m, n, k, "uint8", 16, register_vnni_intrinsic(), "vnni", conv=conv)
+    convolution's padded input; ``out_shape``: the write-back fused with what follows
+    (:func:`~.dot.dot_dense_kernel`; every dot-product kernel here)."""
+    return dot_dense_kernel(m, n, k, "uint8", 16, register_vnni_intrinsic(), "vnni", conv=conv, out_shape=out_shape)
 
 
-def avx_vnni_dense_kernel(m: int, n: int, k: int, conv=None):
+def avx_vnni_dense_kernel(m: int, n: int, k: int, conv=None, out_shape=None):
     """Scheduled TIR ``C[m, n] (int32) = A[m, k] (uint8) · B^T`` with ``B`` packed ``[n/8, k/4, 8, 4]``
     (int8), 256-bit ``vpdpbusd`` (AVX-VNNI, VEX-encoded where the target has no AVX-512) on the
     innermost 8 x 4; 8 accumulators of the 16 ymm registers (0.90 TOP/s at 196x192x1152 on 2 Zen 5
     cores, 0.74 with 12)."""
     intrin = register_dot_intrinsic("graphpress_dot_8x4_avx_vnni", "uint8", 8, "llvm.x86.avx512.vpdpbusd.256")
-    return dot_dense_kernel(m, n, k, "uint8", 8, intrin, "avxvnni", accumulators=8, conv=conv)
+    return dot_dense_kernel(m, n, k, "uint8", 8, intrin, "avxvnni", accumulators=8, conv=conv, out_shape=out_shape)
 
 
 def _llvm(name: str, dtype: str, *args):
@@ -66,7 +67,7 @@ def _llvm(name: str, dtype: str, *args):
     return T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(name), *args, dtype=dtype)
 
 
-def avx2_dense_kernel(m: int, n: int, k: int, conv=None):
+def avx2_dense_kernel(m: int, n: int, k: int, conv=None, out_shape=None):
     """Scheduled TIR ``C[m, n] (int32) = A[m, k] (uint8) · B^T`` with ``B`` packed ``[n/8, k/2, 8, 2]``
     as int16, ``vpmaddwd`` (8 int32 sums of 2 int16 products, exact) on the innermost 8 x 2, each
     pair of A (widened to int16 in one pass first) broadcast from memory; 8 accumulators of the
@@ -76,10 +77,10 @@ def avx2_dense_kernel(m: int, n: int, k: int, conv=None):
     intrin = register_dot_intrinsic(
         "graphpress_dot_8x2_avx2_pmaddwd", "int16", 8, lambda c, a, b: c + _llvm("llvm.x86.avx2.pmadd.wd", "int32x8", a, b), depth=2, b_dtype="int16"
     )
-    return dot_dense_kernel(m, n, k, "uint8", 8, intrin, "avx2", depth=2, b_dtype="int16", accumulators=8, widen_a=True, conv=conv)
+    return dot_dense_kernel(m, n, k, "uint8", 8, intrin, "avx2", depth=2, b_dtype="int16", accumulators=8, widen_a=True, conv=conv, out_shape=out_shape)
 
 
-def avx2_u8s8_dense_kernel(m: int, n: int, k: int, conv=None):
+def avx2_u8s8_dense_kernel(m: int, n: int, k: int, conv=None, out_shape=None):
     """Scheduled TIR ``C[m, n] (int32) = A[m, k] (uint8) · B^T`` with ``B`` packed ``[n/8, k/4, 8, 4]``
     (int8) whose adjacent pairs of K never sum past int16 (:func:`fits_u8s8_pairs`): ``vpmaddubsw``
     (16 int16 sums of 2 u8 x s8 products), then ``vpmaddwd`` by ones into 8 int32 sums of 4, on
@@ -93,7 +94,7 @@ def avx2_u8s8_dense_kernel(m: int, n: int, k: int, conv=None):
         return c + _llvm("llvm.x86.avx2.pmadd.wd", "int32x8", pairs, T.broadcast(T.int16(1), 16))
 
     intrin = register_dot_intrinsic("graphpress_dot_8x4_avx2_pmaddubsw", "uint8", 8, product)
-    return dot_dense_kernel(m, n, k, "uint8", 8, intrin, "avx2u8s8", accumulators=8, conv=conv)
+    return dot_dense_kernel(m, n, k, "uint8", 8, intrin, "avx2u8s8", accumulators=8, conv=conv, out_shape=out_shape)
 
 
 def fits_u8s8_pairs(w_kn) -> bool:
