@@ -74,7 +74,12 @@ def depthwise_call(bb, call, dequantize, weight):
 
     def load(b, y, xx, ch):  # the dequantized, zero-padded input
         inside = tirx.all(y >= pt, y < h + pt, xx >= pl, xx < wd + pl)
-        return tirx.if_then_else(inside, x[b, y - pt, xx - pl, ch].astype("float32") - tirx.const(zero, "float32"), tirx.const(0.0, "float32"))
+        # a load clamped into the map and a select, not ``if_then_else`` (which branches around
+        # the load): branches in the tile's loop kept LLVM from holding the accumulators in
+        # registers, every FMA was followed by a store
+        yc = tirx.max(tirx.min(y - pt, h - 1), 0)
+        xc = tirx.max(tirx.min(xx - pl, wd - 1), 0)
+        return tirx.Select(inside, x[b, yc, xc, ch].astype("float32") - tirx.const(zero, "float32"), tirx.const(0.0, "float32"))
 
     padded = te.compute(i64(n, h + pt + pb, wd + pl + pr, c), load, name="dequantize_pad")
     ry, rx = te.reduce_axis(i64(0, kh), name="ky"), te.reduce_axis(i64(0, kw), name="kx")
