@@ -129,3 +129,33 @@ def test_round_after_a_convolution_is_vector_code_and_rounds_half_to_even(target
         # scalarized, LLVM rebuilt the rounding 8 lanes wide (vroundps on ymm) or with gathers
         asm = compiled._executable.mod.imports[0].inspect_source("asm")
         assert "vrndscaleps" in asm and "vroundps" not in asm and "vgatherdps" not in asm
+
+
+def test_a_transpose_to_few_channels_last_runs_along_the_width():
+    """An image quantized, padded and moved to NHWC (3 channels last): the channels unrolled
+    inside a loop along the width, not fused with it (a div/mod per element, scalar code), and
+    the same bytes as numpy."""
+    import tvm
+    from tvm import te, tirx
+
+    from graphpress.backends.tvm.schedules import schedule_injective
+
+    x = te.placeholder((1, 3, 10, 21), "float32", name="x")
+
+    def value(b, y, xx, c):
+        inside = tirx.all(y >= 1, y < 11, xx >= 1, xx < 22)
+        q = tirx.Cast("uint8", tirx.max(tirx.min(tirx.round(x[b, c, y - 1, xx - 1] * tirx.const(8.0, "float32")) + tirx.const(100.0, "float32"), tirx.const(255.0, "float32")), tirx.const(0.0, "float32")))
+        return tirx.if_then_else(inside, q, tirx.const(100, "uint8"))
+
+    out = te.compute((1, 12, 23, 3), value, name="nhwc")
+    mod, count = schedule_injective(tvm.IRModule({"k": te.create_prim_func([x, out]).with_attr("global_symbol", "k")}))
+    assert count == 1
+    script = mod["k"].script()
+    assert "T.unroll(3)" in script and "69" not in script, script  # 23 x 3 never fused into one loop
+    xs = np.random.default_rng(0).standard_normal((1, 3, 10, 21)).astype(np.float32)
+    lib = tvm.compile(mod, target=resolve_target("x86").tvm_target())
+    got = tvm.runtime.tensor(np.zeros((1, 12, 23, 3), np.uint8))
+    lib["k"](tvm.runtime.tensor(xs), got)
+    want = np.full((1, 12, 23, 3), 100, np.uint8)
+    want[0, 1:11, 1:22] = np.clip(np.round(xs[0].transpose(1, 2, 0) * 8) + 100, 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(got.numpy(), want)
