@@ -25,6 +25,15 @@ def _compiled_graphs(caplog) -> int:
     return sum("compiled for" in r.getMessage() for r in caplog.records if r.name == "graphpress.dynamo")
 
 
+def _against_eager(module, args, caplog, graphs: int, tol: float) -> None:
+    """``module`` compiled by the backend equals eager within ``tol``, in ``graphs`` compiled graphs."""
+    caplog.set_level(logging.INFO, logger="graphpress.dynamo")
+    with torch.no_grad():
+        got, want = torch.compile(module, backend="graphpress")(*args), module(*args)
+    assert _compiled_graphs(caplog) == graphs, caplog.text
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=tol, rtol=tol)
+
+
 def test_the_backend_is_registered_by_its_entry_point():
     from importlib.metadata import entry_points
 
@@ -35,25 +44,14 @@ def test_the_backend_is_registered_by_its_entry_point():
 @pytest.mark.parametrize("make", [resnet18, mobilenet_v2], ids=["resnet18", "mobilenetv2"])
 def test_zoo_cnns_match_eager(make, caplog):
     torch.manual_seed(0)
-    module = make(num_classes=10).eval()
-    x = torch.randn(1, 3, 64, 64)
-    caplog.set_level(logging.INFO, logger="graphpress.dynamo")
-    with torch.no_grad():
-        got, want = torch.compile(module, backend="graphpress")(x), module(x)
-    assert _compiled_graphs(caplog) == 1, caplog.text
-    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-4, rtol=1e-4)
+    _against_eager(make(num_classes=10).eval(), (torch.randn(1, 3, 64, 64),), caplog, graphs=1, tol=1e-4)
 
 
 def test_minilm_matches_eager(caplog):
     from graphpress.models.minilm import load_minilm, tokenize
 
-    module = load_minilm().eval()
     args = tuple(tokenize(["a sentence for the compiled encoder"], seq_len=16).values())
-    caplog.set_level(logging.INFO, logger="graphpress.dynamo")
-    with torch.no_grad():
-        got, want = torch.compile(module, backend="graphpress")(*args), module(*args)
-    assert _compiled_graphs(caplog) >= 1, caplog.text
-    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-4, rtol=1e-4)
+    _against_eager(load_minilm().eval(), args, caplog, graphs=1, tol=1e-4)
 
 
 class _Break(torch.nn.Module):
@@ -72,13 +70,7 @@ class _Break(torch.nn.Module):
 
 def test_a_graph_break_compiles_both_graphs(caplog):
     torch.manual_seed(0)
-    module = _Break().eval()
-    x = torch.randn(3, 8)
-    caplog.set_level(logging.INFO, logger="graphpress.dynamo")
-    with torch.no_grad():
-        got, want = torch.compile(module, backend="graphpress")(x), module(x)
-    assert _compiled_graphs(caplog) == 2, caplog.text
-    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5, rtol=1e-5)
+    _against_eager(_Break().eval(), (torch.randn(3, 8),), caplog, graphs=2, tol=1e-5)
 
 
 def test_a_graph_it_cannot_take_runs_eagerly_with_the_reason_logged(caplog):
