@@ -76,28 +76,22 @@ def _is_state(name: str) -> bool:
     return "_parameters_" in name or "_buffers_" in name
 
 
-class _Frozen:
+def _frozen(gm, example_inputs: list, state: list[int]):
     """``gm`` with its module state as constants: an ``nn.Module`` of the graph's real inputs."""
+    import torch
 
-    @staticmethod
-    def build(gm, example_inputs: list, state: list[int]):
-        import torch
+    class Frozen(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.graph_module = gm
+            for i in state:
+                self.register_buffer(f"state_{i}", example_inputs[i].detach().clone())
 
-        class Frozen(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.graph_module = gm
-                for i in state:
-                    self.register_buffer(f"state_{i}", example_inputs[i].detach().clone())
-                self.order = [("state", i) if i in state else ("input", i) for i in range(len(example_inputs))]
+        def forward(self, *xs):
+            it = iter(xs)
+            return tuple(gm(*(getattr(self, f"state_{i}") if i in state else next(it) for i in range(len(example_inputs)))))
 
-            def forward(self, *xs):
-                args, it = [], iter(xs)
-                for kind, i in self.order:
-                    args.append(getattr(self, f"state_{i}") if kind == "state" else next(it))
-                return tuple(gm(*args))
-
-        return Frozen().eval()
+    return Frozen().eval()
 
 
 def _compile_graph(gm, example_inputs: list, options: dict[str, Any]) -> Callable[..., Any]:
@@ -119,7 +113,7 @@ def _compile_graph(gm, example_inputs: list, options: dict[str, Any]) -> Callabl
     inputs = [i for i in range(len(example_inputs)) if i not in state]
     if not inputs:
         raise ValueError("the graph has no inputs but the module's state")
-    frozen = _Frozen.build(gm, example_inputs, state)
+    frozen = _frozen(gm, example_inputs, state)
     args = tuple(example_inputs[i].detach() for i in inputs)
     with torch.no_grad():
         eager = gm(*example_inputs)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from graphpress.backends.tvm.schedules import parallel_rows
+
 __all__ = ["cached", "dot_dense_kernel", "register_dot_intrinsic", "register_intrinsic", "registered", "schedule_dot_kernels"]
 
 _registered: set[str] = set()
@@ -241,7 +243,7 @@ def _per_iteration(tiles: int) -> int:
     """Tiles per iteration of the parallel loop: a few where there are many (what a tile
     allocates -- a fused kernel's C tile -- is allocated once per iteration), at least 32
     iterations to spread over the cores."""
-    return next(f for f in (8, 4, 2) if tiles % f == 0 and tiles // f >= 32) if any(tiles % f == 0 and tiles // f >= 32 for f in (8, 4, 2)) else 1
+    return next((f for f in (8, 4, 2) if tiles % f == 0 and tiles // f >= 32), 1)
 
 
 def schedule_dot_kernels(mod) -> tuple[Any, int]:
@@ -273,17 +275,11 @@ def schedule_dot_kernels(mod) -> tuple[Any, int]:
             p = _DOT_BLOCKS[sch.get(dot).name_hint]
             others = [sch.get(b).name_hint for b in blocks if not b.same_as(dot) and sch.get(b).name_hint != p["widen"]]
             _schedule_dot(sch, dot, p)
-            _rows_in_parallel(sch, [sch.get_sblock(name) for name in others])
+            for name in others:
+                parallel_rows(sch, sch.get_sblock(name))
         mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
         count += 1
     return mod, count
-
-
-def _rows_in_parallel(sch, blocks) -> None:
-    from graphpress.backends.tvm.schedules import parallel_rows
-
-    for block in blocks:
-        parallel_rows(sch, block)
 
 
 def _schedule_fused(sch, blocks, dot) -> None:
@@ -297,7 +293,7 @@ def _schedule_fused(sch, blocks, dot) -> None:
         try:
             sch.compute_inline(sch.get_sblock(name))
         except Exception:  # noqa: BLE001 - not inlinable
-            _rows_in_parallel(sch, [sch.get_sblock(name)])
+            parallel_rows(sch, sch.get_sblock(name))
     after = [sch.get(b).name_hint for b in blocks[at + 1 :]]
     for name in after[:-1]:  # the chain into the last block: one expression per output element
         sch.compute_inline(sch.get_sblock(name))
