@@ -10,6 +10,7 @@ from graphpress.ir import load, save, summarize, verify  # noqa: E402
 _LAZY = {
     "compress": "graphpress.compression",  # a recipe under one accuracy budget, built for a target
     "bench": "graphpress.compression",  # latency against ONNX Runtime fp32 and its best int8, side by side
+    "ort_session": "graphpress.compression",  # ONNX Runtime on a compressed model with the settings measured for it
 }
 
 
@@ -21,4 +22,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'graphpress' has no attribute '{name}'")
 
 
-__all__ = ["GraphpressError", "__version__", "bench", "compress", "load", "save", "summarize", "verify"]
+__all__ = ["GraphpressError", "__version__", "bench", "compress", "load", "ort_session", "save", "summarize", "verify"]

@@ -691,6 +691,12 @@ def _print_compress(result, out: Path) -> None:
         print(f"step {step['stage']}: {chosen}" + "".join(f"\n  tried {spec}: {outcome}" for spec, outcome in step.get("tried", [])[:-1] if step.get("chosen")))
     for note in result.notes:
         print(f"note: {note}")
+    if result.onnxruntime_settings:
+        chosen = result.onnxruntime_settings["chosen"]
+        entries = "".join(f", {k}={v}" for k, v in chosen.get("config_entries", {}).items())
+        print(f"ONNX Runtime settings (fastest of {len(result.onnxruntime_settings['candidates'])} timed here, {chosen['measured']['median_ms']:.3f} ms): "
+              f"{chosen['graph_optimization_level']}, {chosen['intra_op_num_threads']} intra-op thread(s){entries}; stored in the model, "
+              f"open it with graphpress.ort_session('{out}')")  # fmt: skip
     print(f"machine: {result.machine['cpu']}, {result.machine['threads']} threads; wrote {out} ({result.seconds:.0f} s)")
 
 

@@ -27,7 +27,7 @@ from graphpress.pipelines import (
     RECIPES, Budget, Quality, RecipeResult, check_target, copy_model, model_kind, parse_budget, recipe_stages, run_recipe, split_samples, target_kind,
 )  # fmt: skip
 
-__all__ = ["BenchResult", "CompressResult", "bench", "compress", "onnxruntime_int8"]
+__all__ = ["BenchResult", "CompressResult", "bench", "compress", "onnxruntime_int8", "ort_session"]
 
 #: samples made from the declared input shapes when none are given
 GENERATED_SAMPLES = 16
@@ -156,6 +156,9 @@ class CompressResult:
     #: the model given, and the model after each kept step (``(stage, model)``): the report's pictures
     original: ir.Model | None = None
     path: list[tuple[str, ir.Model]] = dataclasses.field(default_factory=list)
+    #: target ``onnxruntime``, measured: the session settings chosen (stored in the model's
+    #: metadata, :func:`ort_session` opens it with them) and every candidate's median
+    onnxruntime_settings: dict[str, Any] | None = None
 
     def budget_text(self) -> str:
         """The budget in words (accuracy in points when labels were given)."""
@@ -174,6 +177,7 @@ class CompressResult:
                              "held_out": compressed.get("held_out")},
             "recipe": self.recipe, "chosen_recipe": self.chosen_recipe, "target": self.target,
             "steps": self.steps, "rows": self.rows, "notes": self.notes, "machine": self.machine, "seconds": self.seconds,
+            **({"onnxruntime_settings": self.onnxruntime_settings} if self.onnxruntime_settings else {}),
         }  # fmt: skip
 
 
@@ -272,8 +276,75 @@ def compress(
                      "the artifact computes the quantized model in float Quantize/Dequantize arithmetic instead")  # fmt: skip
     judge = Quality(budget, original, held_out, split_labels[1])
     rows, machine = _rows(original, result.model, compiled, target, choose, held_out, judge, measure, say, pack=chosen == "smallest")
+    settings = _choose_settings(result.model, held_out[0], say) if target == "onnxruntime" and measure else None
     return CompressResult(result.model, compiled, recipe, chosen, target, budget, result.steps, rows, notes, machine, result.held_out_loss,
-                          round(time.perf_counter() - start, 1), labeled=labels is not None, original=original, path=result.path)  # fmt: skip
+                          round(time.perf_counter() - start, 1), labeled=labels is not None, original=original, path=result.path,
+                          onnxruntime_settings=settings)  # fmt: skip
+
+
+def _choose_settings(model: ir.Model, feeds: Mapping[str, np.ndarray], say) -> dict[str, Any]:
+    """The ONNX Runtime session settings that run ``model`` fastest here (timed side by side),
+    stored in its metadata under :data:`~graphpress.ir.timing.ORT_SETTINGS_KEY` with where they
+    were measured."""
+    import json
+
+    import onnxruntime as ort
+
+    from graphpress.ir.io import to_proto
+    from graphpress.ir.numeric import _materialize
+    from graphpress.ir.timing import ORT_SETTINGS_KEY, choose_onnxruntime_settings
+
+    say("choosing ONNX Runtime's session settings")
+    chosen, timed = choose_onnxruntime_settings(_materialize(to_proto(model), model).SerializeToString(), feeds, _threads())
+    stored = {**chosen, "measured": {"cpu": cpu_model(), "threads": _threads(), "onnxruntime": ort.__version__,
+                                     "median_ms": next(t["median_ms"] for t in timed if {k: t[k] for k in chosen} == chosen)}}  # fmt: skip
+    model.metadata_props[ORT_SETTINGS_KEY] = json.dumps(stored, sort_keys=True)
+    return {"chosen": stored, "candidates": timed}
+
+
+def ort_session(path: str | os.PathLike, *, threads: int | None = None) -> Any:
+    """An ``onnxruntime.InferenceSession`` (CPU) on the ``.onnx`` file at ``path`` with the session
+    settings ``compress --target onnxruntime`` measured fastest and stored in it (metadata key
+    ``graphpress.onnxruntime_settings``); every graph optimization when it has none.
+
+    Args:
+        path: an ``.onnx`` file (its external data beside it, as ONNX Runtime reads it).
+        threads: intra-op threads instead of the stored count (which was measured on the machine
+            that compressed the model).
+
+    Raises:
+        GraphpressError: no such file, not an ONNX model, unreadable settings, or a model ONNX
+            Runtime refuses (one line naming the file).
+    """
+    import json
+
+    import onnx
+    import onnxruntime as ort
+
+    from graphpress.ir.timing import ORT_SETTINGS_KEY, session_options
+
+    p = Path(path)
+    if not p.is_file():
+        raise GraphpressError(f"{p}: no such file; give the path of an .onnx model")
+    try:
+        proto = onnx.load(str(p), load_external_data=False)
+    except Exception as e:
+        raise GraphpressError(f"{p}: not an ONNX model ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__})") from None
+    stored = next((m.value for m in proto.metadata_props if m.key == ORT_SETTINGS_KEY), None)
+    settings: dict[str, Any] = {"graph_optimization_level": "ORT_ENABLE_ALL"}
+    if stored is not None:
+        try:
+            settings = json.loads(stored)
+            session_options(settings)  # every name checked before the session is made
+        except (ValueError, TypeError, AttributeError) as e:
+            raise GraphpressError(f"{p}: its metadata '{ORT_SETTINGS_KEY}' is not valid settings ({e}); remove the key or compress again") from None
+    if threads is not None:
+        settings = {**settings, "intra_op_num_threads": int(threads)}
+    opts = session_options(settings)
+    try:
+        return ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise GraphpressError(f"{p}: ONNX Runtime refuses the model ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
 
 
 def _split_labels(labels, choose, held_out):

@@ -218,3 +218,51 @@ def test_compress_for_an_avx2_target_quantizes_for_it(digits_mlp):
     assert i8["isa"] == "avx2"
     assert all(n["kernel"] in ("", "AVX2 u8s8 kernel") for n in i8["nodes"]), i8["nodes"]
     assert _held_out_agreement(model, result.model, name, x) >= 0.98
+
+
+def test_cli_compress_for_onnxruntime_stores_the_settings_it_measured(tmp_path, capsys, digits_mlp):
+    """`--target onnxruntime` times ONNX Runtime's session settings on the result and stores the
+    fastest in the model; `graphpress.ort_session` opens the file with them, from any directory,
+    and computes what a default session computes."""
+    import os
+    import subprocess
+    import sys
+
+    from graphpress.cli import main
+    from graphpress.ir.timing import ORT_SETTINGS_KEY, onnxruntime_settings
+
+    model, name, x, _ = digits_mlp
+    src, samples, out, rep = tmp_path / "mlp.onnx", tmp_path / "s.npz", tmp_path / "mlp.ort.onnx", tmp_path / "r.json"
+    gp.save(model, src)
+    np.savez(samples, **{name: x})
+    argv = ["compress", str(src), "--samples", str(samples), "--recipe", "lossless", "-o", str(out), "--report", str(rep)]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "ONNX Runtime settings (fastest of" in capsys.readouterr().out
+    report = json.loads(rep.read_text())["onnxruntime_settings"]
+    candidates = report["candidates"]
+    assert len(candidates) == len(onnxruntime_settings(len(os.sched_getaffinity(0)))) and all(c["median_ms"] > 0 for c in candidates)
+    chosen = report["chosen"]
+    assert chosen["measured"]["median_ms"] == min(c["median_ms"] for c in candidates)
+    import onnx
+
+    stored = {m.key: m.value for m in onnx.load(str(out)).metadata_props}
+    assert json.loads(stored[ORT_SETTINGS_KEY]) == chosen
+    session = gp.ort_session(out)
+    default = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {name: x})[0], default.run(None, {name: x})[0], rtol=1e-5, atol=1e-5)
+    assert gp.ort_session(out, threads=1).get_session_options().intra_op_num_threads == 1
+    # ONNX Runtime told to read its own config from the model ignores the key; any directory loads it
+    code = f"import onnxruntime as o; s = o.InferenceSession({str(out)!r}, providers=['CPUExecutionProvider']); print(len(s.get_inputs()))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, env={**os.environ, "ORT_LOAD_CONFIG_FROM_MODEL": "1"})
+    assert proc.returncode == 0 and proc.stdout.strip() == "1", proc.stderr[-500:]
+    # a bad file gets one line
+    with pytest.raises(GraphpressError, match="no such file"):
+        gp.ort_session(tmp_path / "missing.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(GraphpressError, match="junk.onnx"):
+        gp.ort_session(tmp_path / "junk.onnx")
+    broken = onnx.load(str(out))
+    next(m for m in broken.metadata_props if m.key == ORT_SETTINGS_KEY).value = '{"graph_optimization_level": "ORT_FASTEST"}'
+    onnx.save(broken, str(tmp_path / "broken.onnx"))
+    with pytest.raises(GraphpressError, match="not valid settings"):
+        gp.ort_session(tmp_path / "broken.onnx")

@@ -15,7 +15,8 @@ from typing import Any
 
 import onnx_ir as ir
 
-__all__ = ["blocked", "blocked_samples", "onnxruntime_best", "repeats_for"]
+__all__ = ["ORT_SETTINGS_KEY", "blocked", "blocked_samples", "choose_onnxruntime_settings", "onnxruntime_best", "onnxruntime_settings",
+           "repeats_for", "session_options"]
 
 
 def blocked(fns: Mapping[str, Callable[[], object]], repeat: int) -> dict[str, float]:
@@ -63,3 +64,57 @@ def onnxruntime_best(model: ir.Model, threads: int, where: str = "model") -> Any
     from graphpress.ir.numeric import _Session
 
     return _Session(model, where=where, best=True, threads=threads)
+
+
+#: the metadata key of a model's ONNX Runtime settings (``compress --target onnxruntime``); a key
+#: of its own, not ORT's ``ort_config`` (ORT reads that only under ``ORT_LOAD_CONFIG_FROM_MODEL=1``
+#: and only a few of its options)
+ORT_SETTINGS_KEY = "graphpress.onnxruntime_settings"
+
+
+def session_options(settings: Mapping[str, Any]) -> Any:
+    """``onnxruntime.SessionOptions`` for ``settings``: ``graph_optimization_level`` and
+    ``execution_mode`` by their ONNX Runtime names, ``intra_op_num_threads``, and
+    ``config_entries`` (``add_session_config_entry`` keys, e.g.
+    ``session.intra_op.allow_spinning``)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, settings.get("graph_optimization_level", "ORT_ENABLE_ALL"))
+    opts.execution_mode = getattr(ort.ExecutionMode, settings.get("execution_mode", "ORT_SEQUENTIAL"))
+    if settings.get("intra_op_num_threads"):
+        opts.intra_op_num_threads = int(settings["intra_op_num_threads"])
+    for key, value in settings.get("config_entries", {}).items():
+        opts.add_session_config_entry(key, str(value))
+    return opts
+
+
+def onnxruntime_settings(threads: int) -> list[dict[str, Any]]:
+    """The ONNX Runtime CPU settings worth timing for a model: every graph optimization or only
+    the extended ones (the layout pass to NCHWc can cost more than it gives on small convs),
+    spinning worker threads or sleeping ones, all ``threads`` or half of them (a small model can
+    lose more to synchronizing than it gains)."""
+    counts = sorted({threads, max(1, threads // 2)}, reverse=True)
+    return [
+        {"graph_optimization_level": level, "execution_mode": "ORT_SEQUENTIAL", "intra_op_num_threads": n,
+         "config_entries": {"session.intra_op.allow_spinning": spin}}
+        for level in ("ORT_ENABLE_ALL", "ORT_ENABLE_EXTENDED") for n in counts for spin in ("1", "0")
+    ]  # fmt: skip
+
+
+def choose_onnxruntime_settings(model_bytes: bytes, feeds: Mapping[str, Any], threads: int, seconds: float = 3.0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The fastest of :func:`onnxruntime_settings` for the serialized model on ``feeds``, timed
+    side by side (:func:`blocked`), and every candidate with its median milliseconds."""
+    import onnxruntime as ort
+
+    candidates = onnxruntime_settings(threads)
+    fns = {}
+    for i, settings in enumerate(candidates):
+        session = ort.InferenceSession(model_bytes, session_options(settings), providers=["CPUExecutionProvider"])
+        names = {x.name for x in session.get_inputs()}
+        fns[i] = lambda s=session, f={k: v for k, v in feeds.items() if k in names}: s.run(None, f)
+    medians = blocked(fns, repeats_for(fns, seconds, least=4, most=30))
+    best = min(medians, key=medians.get)
+    timed = [{**c, "median_ms": round(medians[i], 4)} for i, c in enumerate(candidates)]
+    return candidates[best], timed
