@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned: a loose range would pull a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test,tune]'
+	$(BIN)/pip install --quiet -e '.[test,tune,rpc]'
 	touch $(STAMP)
 
 install: $(STAMP)

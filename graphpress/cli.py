@@ -53,6 +53,12 @@ def _add_optimize(sub):
     p.set_defaults(func=cmd_optimize)
 
 
+#: --rpc on compile and compress
+RPC_HELP = ("a device reached through TVM's RPC: HOST:PORT:KEY (an RPC tracker and the key its servers registered with) or HOST:PORT "
+            "(one server); the int8 guards time their kernels there and the check against ONNX Runtime runs the code there, so a "
+            "cross-compiled target (aarch64) gets both; the report's measured_on says where")
+
+
 def _add_compile(sub):
     p = sub.add_parser("compile", help="compile a model with TVM for x86, aarch64 or cuda")
     p.add_argument("model", help="path of an .onnx file")
@@ -73,6 +79,7 @@ def _add_compile(sub):
     p.add_argument("--no-measure", action="store_true", help="skip timing the artifact against ONNX Runtime (host targets)")
     p.add_argument("--report", help="write the build report JSON here")
     p.add_argument("--report-html", metavar="PATH", help="write the report a person reads here: one self-contained HTML page (weights before/after, per-layer metrics, pass timeline, latency against ONNX Runtime)")
+    p.add_argument("--rpc", metavar="HOST:PORT[:KEY]", help=RPC_HELP)
     p.set_defaults(func=cmd_compile)
 
 
@@ -96,6 +103,7 @@ def _add_compress(sub):
     p.add_argument("--no-measure", action="store_true", help="skip the latency comparison")
     p.add_argument("--report", help="write the report JSON here")
     p.add_argument("--report-html", metavar="PATH", help="write the report a person reads here: one self-contained HTML page (weights before/after, per-layer metrics, every candidate tried, latency against the peers)")
+    p.add_argument("--rpc", metavar="HOST:PORT[:KEY]", help=RPC_HELP)
     p.set_defaults(func=cmd_compress)
 
 
@@ -109,6 +117,8 @@ def _add_bench(sub):
                    "was exported from (imported from MODULE; the current directory is on the path); it takes the inputs in the model's order")
     p.add_argument("--seconds", type=float, default=4.0, help="time spent timing, all engines together (default 4)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--rpc", metavar="HOST:PORT[:KEY]", help="time the artifact on a device through TVM's RPC (TVM's time evaluator there); "
+                   "the peers are then not timed (they run here)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -120,6 +130,7 @@ def _add_run(sub):
     p.add_argument("--bench", action="store_true", help="measure latency (median of --repeat runs after warm-up)")
     p.add_argument("--repeat", type=_at_least(1), default=50, help="runs for --bench (default 50)")
     p.add_argument("--threads", type=_at_least(1), help="TVM CPU threads (default: all cores)")
+    p.add_argument("--rpc", metavar="HOST:PORT[:KEY]", help="run it on a device through TVM's RPC (the library is uploaded there)")
     p.set_defaults(func=cmd_run)
 
 
@@ -490,6 +501,8 @@ def cmd_compile(args) -> int:
     for extra, what in ((args.report, "report"), (args.report_html, "--report-html")):
         if extra:
             check_writable(extra, what, Path(args.model))
+    if args.require_faster and args.rpc:
+        raise GraphpressError("--require-faster compares with ONNX Runtime on this machine; with --rpc the artifact runs on another device: drop one of them")
     if args.require_faster and not spec.is_host:
         raise GraphpressError(f"--require-faster: target {spec.name} does not run on this host, so its speed cannot be measured here")
     model = load(args.model)
@@ -520,7 +533,7 @@ def cmd_compile(args) -> int:
             compiled = compile_model(
                 model, spec, input_shapes=shapes, tune_trials=args.tune_trials, max_trials_per_task=args.max_trials_per_task, database=args.database,
                 int8=args.int8, samples=samples, dynamic=dynamic, measure=not args.no_measure, baseline=baseline, require_faster=args.require_faster,
-                progress=lambda line, t=time.perf_counter(): status.update(f"[{time.perf_counter() - t:.0f} s] {line}"),
+                progress=lambda line, t=time.perf_counter(): status.update(f"[{time.perf_counter() - t:.0f} s] {line}"), rpc=args.rpc,
             )  # fmt: skip
     except GraphpressError as e:
         if trace is not None:
@@ -556,11 +569,15 @@ def cmd_compile(args) -> int:
     if "int8" in build:
         i8 = build["int8"]
         counted = ", ".join(f"{n} {label}" for label, n in i8.get("instructions", {}).items())
+        timed = f", timed on {i8['measured_on']}" if i8.get("measured_on") else ""
         print(f"int8 ({i8['isa']}): {i8['lowered']} layer(s) on integer kernels{f' ({counted})' if counted else ''}, "
-              f"{i8['kept_fp32']} kept fp32 by the speed guard, {len(i8.get('fp32_layers', []))} QDQ layer(s) in fp32 (no integer kernel)")
+              f"{i8['kept_fp32']} kept fp32 by the speed guard{timed}, {len(i8.get('fp32_layers', []))} QDQ layer(s) in fp32 (no integer kernel)")
     check = build.get("check_vs_onnxruntime")
     if check is not None:
-        print(f"check vs ONNX Runtime: max_abs_diff={check['max_abs_diff']:.3g} cosine={check['cosine']:.8f} -> PASS")
+        ran = f" (compiled code run on {check['ran_on']})" if check.get("ran_on", "this host") != "this host" else ""
+        print(f"check vs ONNX Runtime{ran}: max_abs_diff={check['max_abs_diff']:.3g} cosine={check['cosine']:.8f} -> PASS")
+    if build.get("vs_onnxruntime_note"):
+        print(f"speed vs ONNX Runtime: {build['vs_onnxruntime_note']}; time the artifact there with graphpress bench --rpc")
     speed = build.get("vs_onnxruntime")
     if speed is not None:
         line = f"speed vs ONNX Runtime ({speed['onnxruntime']}, {speed['threads']} thread(s)): artifact {speed['artifact_ms']:.3f} ms, " \
@@ -603,7 +620,8 @@ def cmd_compress(args) -> int:
     console = Console(stderr=True)
     with console.status("compressing") as status:
         result = compress(model, args.target, samples=samples, budget=_metric_budget(args) if args.metric else args.budget, recipe=args.recipe, labels=labels,
-                          measure=not args.no_measure, progress=lambda line, t=time.perf_counter(): status.update(f"[{time.perf_counter() - t:.0f} s] {line}"))  # fmt: skip
+                          measure=not args.no_measure, progress=lambda line, t=time.perf_counter(): status.update(f"[{time.perf_counter() - t:.0f} s] {line}"),
+                          rpc=args.rpc)  # fmt: skip
     if args.target == "onnxruntime":
         save(result.model, out)
     else:
@@ -721,7 +739,7 @@ def cmd_bench(args) -> int:
         if not hasattr(module, "eval") or not callable(module):
             raise GraphpressError(f"--torch {args.torch}: returned {type(module).__name__}, not a torch.nn.Module")
         module.eval()
-    result = bench(model, artifact=args.artifact, inputs=inputs, int8=not args.no_int8, seconds=args.seconds, module=module)
+    result = bench(model, artifact=args.artifact, inputs=inputs, int8=not args.no_int8, seconds=args.seconds, module=module, rpc=args.rpc)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
@@ -732,7 +750,8 @@ def cmd_bench(args) -> int:
     for col in ("engine", "median ms", "p10 ms", "p90 ms", "runs", "vs ORT fp32"):
         t.add_column(col, justify="left" if col == "engine" else "right")
     for row in result.rows:
-        t.add_row(row["engine"], f"{row['median_ms']:.3f}", f"{row['p10_ms']:.3f}", f"{row['p90_ms']:.3f}", str(row["runs"]), f"{row['speedup']:.2f}x")
+        speedup = f"{row['speedup']:.2f}x" if row["speedup"] is not None else "-"
+        t.add_row(row["engine"], f"{row['median_ms']:.3f}", f"{row['p10_ms']:.3f}", f"{row['p90_ms']:.3f}", str(row["runs"]), speedup)
     Console(width=None if sys.stdout.isatty() else 200).print(t)
     return 0
 
@@ -748,7 +767,7 @@ def cmd_run(args) -> int:
     from graphpress.ir.numeric import random_inputs, read_npz
 
     output = check_writable(args.output, "outputs", Path(args.artifact)) if args.output else None
-    model = load(args.artifact, num_threads=args.threads)
+    model = load(args.artifact, num_threads=args.threads, remote=args.rpc)
     feeds = read_npz(args.inputs) if args.inputs else random_inputs(concrete_input_specs(model.meta["inputs"]))  # dynamic dims at 1
     outputs = model.run_named(**feeds)
     if output is not None:
@@ -760,6 +779,7 @@ def cmd_run(args) -> int:
     if args.bench:
         stats = model.benchmark(**feeds, repeat=args.repeat)
         print(f"latency: median {stats['median_ms']:.3f} ms, mean {stats['mean_ms']:.3f} ms, min {stats['min_ms']:.3f} ms over {stats['repeat']} runs")
+    model.release()  # a remote device is free again
     return 0
 
 

@@ -213,6 +213,7 @@ def compress(
     labels: np.ndarray | None = None,
     measure: bool = True,
     progress: Callable[[str], None] | None = None,
+    rpc: str | None = None,
 ) -> CompressResult:
     """Compress ``model`` with ``recipe`` within ``budget`` and build it for ``target``.
 
@@ -233,6 +234,9 @@ def compress(
         labels: one label per sample row (optional): the budget is then accuracy.
         measure: time the result against the peers (host targets and ``onnxruntime``).
         progress: called with a line per step (the CLI shows them).
+        rpc: compile for a device reached through TVM's RPC (``HOST:PORT:KEY`` through a
+            tracker, ``HOST:PORT`` one server): the int8 guards and the check run there, and so
+            does the artifact's held-out verdict (:func:`graphpress.backends.tvm.compile_model`).
 
     Raises:
         GraphpressError: a bad option, or a model the pipeline or the backend cannot handle.
@@ -269,8 +273,10 @@ def compress(
         result = results[chosen]
     else:
         chosen, result = recipe, run(recipe)
+    if rpc is not None and target == "onnxruntime":
+        raise GraphpressError("--rpc: the onnxruntime target writes ONNX; give a TVM target (e.g. --target aarch64) to compile for the device")
     if compiled is None and target != "onnxruntime":
-        compiled = _compile(result.model, target, held_out, original, say)
+        compiled = _compile(result.model, target, held_out, original, say, rpc)
     if compiled is not None and compiled.meta["build"].get("int8_refused"):
         notes.append(f"the integer kernels were refused by the check against ONNX Runtime ({compiled.meta['build']['int8_refused'][:200]}); "
                      "the artifact computes the quantized model in float Quantize/Dequantize arithmetic instead")  # fmt: skip
@@ -359,20 +365,20 @@ def _split_labels(labels, choose, held_out):
     return labels[: rows[0]], labels[rows[0] :]
 
 
-def _compile(model: ir.Model, target: str, held_out, original, say):
+def _compile(model: ir.Model, target: str, held_out, original, say, rpc: str | None = None):
     from graphpress.backends.tvm.build import CHECK_SAMPLES, compile_model
 
     say(f"compiling for {target}")
     # checked against ONNX Runtime on the held-out samples; timed below with the peers
     try:
-        return compile_model(model, target, samples=held_out[:CHECK_SAMPLES], baseline=original, measure=False, progress=say)
+        return compile_model(model, target, samples=held_out[:CHECK_SAMPLES], baseline=original, measure=False, progress=say, rpc=rpc)
     except GraphpressError as e:
         if "differs from ONNX Runtime" not in str(e) or not any(n.op_type == "QuantizeLinear" for n in model.graph):
             raise
         # the integer kernels' result was refused by the check: the quantized model in float
         # Quantize/Dequantize arithmetic instead (what ONNX Runtime computes), checked the same way
         say(f"integer kernels refused by the check ({str(e)[:160]}): compiling without them")
-        compiled = compile_model(model, target, samples=held_out[:CHECK_SAMPLES], baseline=original, measure=False, int8="off", progress=say)
+        compiled = compile_model(model, target, samples=held_out[:CHECK_SAMPLES], baseline=original, measure=False, int8="off", progress=say, rpc=rpc)
         compiled.meta["build"]["int8_refused"] = str(e)
         return compiled
 
@@ -437,11 +443,14 @@ def _rows(original, compressed, compiled, target, choose, held_out, judge: Quali
         if compiled is not None:
             label = f"graphpress, compiled for {target}"
             row: dict[str, Any] = {}
-            if compiled.meta["target_name"] and _host(target):
+            if compiled.meta["target_name"] and (_host(target) or compiled.remote is not None):
                 got = np.concatenate([np.asarray(compiled.run_named(**s)[compiled.output_names[0]]).reshape(-1) for s in held_out])
                 loss = judge.loss_of_outputs(got)
                 row.update(held_out=judge.describe(loss), held_out_loss=loss)
-                if measure:
+                if compiled.remote is not None:
+                    label = f"{label} (held-out run on {compiled.remote.describe()}; latency: graphpress bench --rpc)"
+                    compiled.release()  # the device is free again
+                elif measure:
                     engines[label] = lambda: compiled(**feeds)
             variants[label] = row
         if engines:
@@ -452,6 +461,29 @@ def _rows(original, compressed, compiled, target, choose, held_out, judge: Quali
                 variants[label].update({k: round(v, 4) for k, v in t.items() if k != "runs"}, runs=t["runs"], speedup=round(base / t["median_ms"], 3))
     machine = {"cpu": cpu_model(), "threads": threads}
     return [{"variant": k, **v} for k, v in variants.items()], machine
+
+
+def _bench_remote(artifact: Any, inputs, rpc: str, seconds: float) -> BenchResult:
+    """The artifact directory timed on the device at ``rpc`` (TVM's time evaluator there)."""
+    from graphpress.backends.tvm.runtime import Remote, concrete_input_specs, load, vm_timings
+    from graphpress.ir.numeric import as_samples, random_inputs
+
+    if artifact is None or hasattr(artifact, "meta"):
+        raise GraphpressError("bench --rpc: give the artifact directory (--artifact DIR): it is uploaded to the device and timed there")
+    remote = Remote(rpc)
+    compiled = load(artifact, remote=remote)
+    feeds = _fit_to_artifact(as_samples(inputs)[0], compiled) if inputs is not None else random_inputs(concrete_input_specs(compiled.meta["inputs"]))
+    import tvm
+
+    args = [tvm.runtime.tensor(a, compiled.device) for a in compiled._arrays((), feeds)]
+    first = vm_timings(compiled.vm, compiled.device, args, number=1, repeat=1)[0]  # a warm-up call that also sizes the run
+    runs = max(5, min(200, int(seconds * 1e3 / max(first, 1e-3))))
+    times = vm_timings(compiled.vm, compiled.device, args, number=1, repeat=runs)
+    del args
+    compiled.release()  # the device is free again
+    row = {"engine": f"graphpress artifact ({compiled.meta.get('target_name', '?')}) on {remote.describe()}", "median_ms": round(statistics.median(times), 4),
+           "p10_ms": round(float(np.percentile(times, 10)), 4), "p90_ms": round(float(np.percentile(times, 90)), 4), "runs": runs, "speedup": None}  # fmt: skip
+    return BenchResult([row], {"cpu": remote.describe(), "threads": "the device's"})
 
 
 def _fit_to_artifact(feeds: Mapping[str, np.ndarray], artifact) -> dict[str, np.ndarray]:
@@ -494,16 +526,23 @@ def bench(
     module: Any = None,
     int8: bool = True,
     seconds: float = 4.0,
+    rpc: str | None = None,
 ) -> BenchResult:
     """Time, in one run and in blocks: ONNX Runtime fp32 on ``model``, ONNX Runtime's best int8 of
     it (:func:`onnxruntime_int8`, calibrated on ``inputs``), torch eager on ``module`` (when the
     model came from torch), and ``artifact`` (a :class:`~graphpress.backends.tvm.CompiledModel`
-    or the directory of one), on the first of ``inputs`` (default: generated from the shapes)."""
+    or the directory of one), on the first of ``inputs`` (default: generated from the shapes).
+
+    With ``rpc`` (``HOST:PORT[:KEY]``), the artifact directory is run and timed on that device
+    through TVM's RPC (TVM's time evaluator there) and nothing else is timed: the peers run on
+    this machine, and a ratio across two machines would mean nothing."""
     from graphpress.ir.numeric import as_samples, make_inputs, random_inputs
     from graphpress.ir.timing import onnxruntime_best
 
     if model is None and artifact is None:
         raise GraphpressError("bench: give a model, an artifact, or both")
+    if rpc is not None:
+        return _bench_remote(artifact, inputs, rpc, seconds)
     threads = _threads()
     engines: dict[str, Callable[[], object]] = {}
     if artifact is not None and not hasattr(artifact, "meta"):

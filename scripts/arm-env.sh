@@ -2,12 +2,24 @@
 # Set up what running aarch64 artifacts needs on an x86 Debian machine, without an ARM board:
 #   - the cross toolchain and qemu-user (Debian packages),
 #   - an aarch64 sysroot with Python 3.11 (Debian arm64 packages, unpacked with dpkg -x),
-#   - the aarch64 apache-tvm runtime wheel and numpy (PyPI, --platform manylinux_2_28_aarch64).
+#   - the aarch64 apache-tvm runtime wheel and numpy (PyPI, --platform manylinux_2_28_aarch64),
+#   - what TVM's RPC server needs there (cloudpickle, psutil), so an aarch64 server runs under qemu.
 # Idempotent: a stamp file skips the work on the second run.
 set -euo pipefail
 root="${1:-.arm-env}"
 stamp="$root/.ready"
-[ -f "$stamp" ] && { echo "arm env ready in $root"; exit 0; }
+pip_bin="${PIP:-pip}"
+aarch64_wheels() {
+  "$pip_bin" install --quiet --no-deps --target "$root/site" --platform manylinux_2_28_aarch64 \
+    --python-version 3.11 --only-binary=:all: "$@"
+}
+rpc_wheels=(cloudpickle psutil)
+if [ -f "$stamp" ]; then
+  # an env made before the RPC server was part of it gets its wheels now
+  [ -d "$root/site/cloudpickle" ] || aarch64_wheels "${rpc_wheels[@]}"
+  echo "arm env ready in $root"
+  exit 0
+fi
 mkdir -p "$root"
 root="$(cd "$root" && pwd)"
 
@@ -34,10 +46,7 @@ pkgs=(libc6 libgcc-s1 libstdc++6 zlib1g libexpat1 libffi8 libssl3 libbz2-1.0 lib
 (cd "$debs" && apt-get "${apt_arm[@]}" download "${pkgs[@]}" >/dev/null)
 for deb in "$debs"/*.deb; do dpkg -x "$deb" "$root/sysroot"; done
 
-# aarch64 wheels: TVM runtime (same version as the host compiler) and numpy.
-pip_bin="${PIP:-pip}"
-"$pip_bin" install --quiet --no-deps --target "$root/site" --platform manylinux_2_28_aarch64 \
-  --python-version 3.11 --only-binary=:all: \
-  apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post0 numpy ml_dtypes typing_extensions
+# aarch64 wheels: TVM runtime (same version as the host compiler), numpy, the RPC server's needs.
+aarch64_wheels apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post0 numpy ml_dtypes typing_extensions "${rpc_wheels[@]}"
 touch "$stamp"
 echo "arm env ready in $root"

@@ -35,7 +35,7 @@ from graphpress.backends.tvm import int8 as int8_path
 from graphpress.backends.tvm.lower import (
     PREPARE_SPEC, bind_input_shapes, dynamic_dims, freeze_inputs, output_specs, prepare_for_lowering, shapes_of_samples, to_relax,
 )  # fmt: skip
-from graphpress.backends.tvm.runtime import CompiledModel, concrete_input_specs, require_compiler
+from graphpress.backends.tvm.runtime import CompiledModel, Remote, concrete_input_specs, current_remote, require_compiler, running_on, time_side_by_side
 from graphpress.backends.tvm.targets import TargetSpec, resolve_target
 from graphpress.backends.tvm.tuning import Tuning, schedule_cpu
 from graphpress.errors import GraphpressError, one_line
@@ -64,6 +64,7 @@ def compile_model(
     baseline: ir.Model | None = None,
     require_faster: bool = False,
     progress: Callable[[str], None] | None = None,
+    rpc: str | Remote | None = None,
 ) -> CompiledModel:
     """Compile ``model`` with TVM.
 
@@ -111,6 +112,12 @@ def compile_model(
             Runtime on ``baseline`` (implies ``measure``).
         progress: called with a line at each long step (the int8 guard's layers, with the time
             left at the pace so far, and its whole-model build); the CLI shows them.
+        rpc: a device reached through TVM's RPC (``HOST:PORT:KEY`` through a tracker,
+            ``HOST:PORT`` a server, or a :class:`~graphpress.backends.tvm.runtime.Remote`): the
+            int8 guards time their kernels there and the check against ONNX Runtime runs the
+            compiled code there (ONNX Runtime itself runs here), so a cross-compiled target gets
+            both; the report's ``measured_on`` says where. ``measure`` does not apply (ONNX
+            Runtime does not run on that device); the returned model runs there.
 
     Returns:
         A :class:`CompiledModel` (callable here for host targets; ``save`` it for others).
@@ -132,85 +139,101 @@ def compile_model(
         raise GraphpressError("int8=on needs static shapes (the integer kernels are built per shape); compile without dynamic dims, or with int8=auto")
     if spec.cross_compiler:
         require_compiler(spec.cross_compiler)  # before minutes of compiling, not at save
-    tuning = Tuning(tune_trials, max_trials_per_task, database, shipped_databases, fast_math)
-    given = as_samples(samples) if samples else None
-    if given:  # symbolic dims take the samples' sizes, never a silent 1
-        input_shapes = shapes_of_samples(model, given, input_shapes, "samples", dynamic_dims(model, dynamic) if dynamic else None)
-    frozen = freeze_inputs(model, given)
-    shapes = bind_input_shapes(model, input_shapes, frozen, dynamic)
-    isa = int8_path.select_isa(spec, int8) if not dynamic else None  # the integer kernels are built for static shapes
-    t0 = time.perf_counter()
-    prepared, prep_stats = prepare_for_lowering(model, prepare, shapes, frozen)
-    report: dict[str, Any] = {"prepare": prep_stats}
-    if dynamic:
-        report["dynamic_dims"] = {dim: [list(p) for p in places] for dim, places in dynamic_dims(model, dynamic).items()}
-    isa = isa if isa is not None and int8_path.is_quantized(prepared) else None
-    if isa is not None:
-        report["int8"] = int8_path.plan(prepared, spec, isa, tuning, guard=int8_guard, progress=progress)
-        tuning = dataclasses.replace(tuning, int8_lowering=int8_path.lower_int8_convs(isa), int8_schedule=int8_path.schedule_dot_kernels)
-        with int8_path.int8_converters(isa):
+    if require_faster and rpc is not None:
+        raise GraphpressError("--require-faster compares with ONNX Runtime on this machine; with --rpc the artifact runs on another device: drop one of them")
+    remote = None
+    if rpc is not None:
+        remote = rpc if isinstance(rpc, Remote) else Remote(rpc)
+        remote.cross_compiler = remote.cross_compiler or spec.cross_compiler
+        if tune_trials and spec.is_cpu and "num-cores" not in spec.config:  # MetaSchedule needs the device's
+            spec = dataclasses.replace(spec, config={**spec.config, "num-cores": remote.num_threads()})
+    runs = spec.is_host or remote is not None  # the compiled code can be timed and checked
+    with running_on(remote):
+        tuning = Tuning(tune_trials, max_trials_per_task, database, shipped_databases, fast_math)
+        given = as_samples(samples) if samples else None
+        if given:  # symbolic dims take the samples' sizes, never a silent 1
+            input_shapes = shapes_of_samples(model, given, input_shapes, "samples", dynamic_dims(model, dynamic) if dynamic else None)
+        frozen = freeze_inputs(model, given)
+        shapes = bind_input_shapes(model, input_shapes, frozen, dynamic)
+        isa = int8_path.select_isa(spec, int8, timed_remotely=remote is not None) if not dynamic else None  # the integer kernels are built for static shapes
+        t0 = time.perf_counter()
+        prepared, prep_stats = prepare_for_lowering(model, prepare, shapes, frozen)
+        report: dict[str, Any] = {"prepare": prep_stats}
+        if dynamic:
+            report["dynamic_dims"] = {dim: [list(p) for p in places] for dim, places in dynamic_dims(model, dynamic).items()}
+        isa = isa if isa is not None and int8_path.is_quantized(prepared) else None
+        if isa is not None:
+            report["int8"] = int8_path.plan(prepared, spec, isa, tuning, guard=int8_guard, progress=progress)
+            tuning = dataclasses.replace(tuning, int8_lowering=int8_path.lower_int8_convs(isa), int8_schedule=int8_path.schedule_dot_kernels)
+            with int8_path.int8_converters(isa):
+                mod = to_relax(prepared, shapes, spec.name)
+        else:
             mod = to_relax(prepared, shapes, spec.name)
-    else:
-        mod = to_relax(prepared, shapes, spec.name)
-    report["import_seconds"] = round(time.perf_counter() - t0, 3)
-    try:
-        executable, stats = _build(mod, spec, tuning)
-    except GraphpressError:
-        raise
-    except Exception as e:  # TVM's lowering refused the module: say what it was built for
-        bound = ", ".join(f"{n}={'x'.join(map(str, s['shape'])) or 'scalar'}" for n, s in shapes.items())
-        raise GraphpressError(
-            f"target {spec.name}: TVM could not lower the model ({one_line(e, 200, last=True)}); it was built for inputs {bound} "
-            + ("(named dims are dynamic): compile without --dynamic, for static shapes" if dynamic else
-               "(symbolic dims are 1 unless given): give the real shapes with --input-shape or --inputs")
-        ) from e
-    report.update(stats)
-    if isa is not None and report["int8"]["lowered"]:
-        _count_instructions(report["int8"], isa, executable)
-        if int8_guard and spec.is_host:
-            # the whole model, too: layers that stay fp32 compile differently around integer ones
-            # (MobileNetV2's depthwise convs lose their tuned fused kernels), so the all-fp32 build
-            # of the same model is timed against it and the faster one ships
-            if progress is not None:
-                progress("int8 guard: the whole int8 build timed against the model's all-fp32 build (one more build)")
-            executable, report = _model_guard(model, prepare, shapes, spec, isa, executable, report, tuning, frozen)
-    meta = {
-        "graphpress_version": graphpress.__version__,
-        "tvm_version": tvm.__version__,
-        "target_name": spec.name,
-        "target": spec.config,
-        "cross_compiler": spec.cross_compiler,
-        "inputs": [{"name": n, **s} for n, s in shapes.items()],
-        # inputs that decide shapes, fixed to the samples' values (the artifact refuses others)
-        "frozen_inputs": [{"name": n, "dtype": v.dtype.name, "value": v.tolist()} for n, v in frozen.items()],
-        "input_order": [v.name for v in model.graph.inputs if v.name not in model.graph.initializers],
-        "outputs": output_specs(model, shapes),
-        "build": report,
-    }
-    compiled = CompiledModel(executable, meta)
-    if verify and spec.is_host:
-        check = check_against_onnxruntime(compiled, model, given, dynamic_sizes=bool(dynamic))
-        report["check_vs_onnxruntime"] = {
-            "passed": check.passed, "max_abs_diff": check.max_abs_diff, "cosine": check.min_cosine, "inputs": check.inputs_source,
-            "against": "the model's fp32 counterpart (the int8 guard shipped the fp32 build)"
-            if (report.get("int8") or {}).get("model_guard", {}).get("chosen") == "fp32" else "the model",
-        }  # fmt: skip
-        if not check.passed:
-            where = ""
-            if not (isa is not None and report["int8"]["lowered"]):
-                first = None if dynamic else locate_divergence(prepared, shapes, spec, {n: v for n, v in given[0].items() if n not in frozen} if given else None, tuning)
-                report["check_vs_onnxruntime"]["first_divergence"] = first
-                if first:
-                    where = f" from node '{first['node']}' ({first['op_type']}, value '{first['value']}': max_abs_diff={first['max_abs_diff']:.3g})"
-                else:  # every intermediate agrees: the node writing the first differing output
-                    where = _output_producer(prepared, next(o.name for o in check.outputs if not o.passed))
-            raise GraphpressError(f"target {spec.name}: compiled code differs from ONNX Runtime{where}: {check.describe_failure()}")
-    if (measure or require_faster) and spec.is_host:
-        feeds = given[0] if given else random_inputs(concrete_input_specs(compiled.meta["inputs"]))
-        speed = report["vs_onnxruntime"] = measure_against_onnxruntime(compiled, baseline or model, feeds)
-        if require_faster and speed["slower"]:
-            raise GraphpressError(f"target {spec.name}: {speed['verdict']}; nothing written (--require-faster)")
-    return compiled
+        report["import_seconds"] = round(time.perf_counter() - t0, 3)
+        try:
+            executable, stats = _build(mod, spec, tuning)
+        except GraphpressError:
+            raise
+        except Exception as e:  # TVM's lowering refused the module: say what it was built for
+            bound = ", ".join(f"{n}={'x'.join(map(str, s['shape'])) or 'scalar'}" for n, s in shapes.items())
+            raise GraphpressError(
+                f"target {spec.name}: TVM could not lower the model ({one_line(e, 200, last=True)}); it was built for inputs {bound} "
+                + ("(named dims are dynamic): compile without --dynamic, for static shapes" if dynamic else
+                   "(symbolic dims are 1 unless given): give the real shapes with --input-shape or --inputs")
+            ) from e
+        report.update(stats)
+        if isa is not None and report["int8"]["lowered"]:
+            _count_instructions(report["int8"], isa, executable)
+            if int8_guard and runs:
+                # the whole model, too: layers that stay fp32 compile differently around integer ones
+                # (MobileNetV2's depthwise convs lose their tuned fused kernels), so the all-fp32 build
+                # of the same model is timed against it and the faster one ships
+                if progress is not None:
+                    progress("int8 guard: the whole int8 build timed against the model's all-fp32 build (one more build)")
+                executable, report = _model_guard(model, prepare, shapes, spec, isa, executable, report, tuning, frozen)
+        meta = {
+            "graphpress_version": graphpress.__version__,
+            "tvm_version": tvm.__version__,
+            "target_name": spec.name,
+            "target": spec.config,
+            "cross_compiler": spec.cross_compiler,
+            "inputs": [{"name": n, **s} for n, s in shapes.items()],
+            # inputs that decide shapes, fixed to the samples' values (the artifact refuses others)
+            "frozen_inputs": [{"name": n, "dtype": v.dtype.name, "value": v.tolist()} for n, v in frozen.items()],
+            "input_order": [v.name for v in model.graph.inputs if v.name not in model.graph.initializers],
+            "outputs": output_specs(model, shapes),
+            "build": report,
+        }
+        compiled = CompiledModel(executable, meta)  # on the remote device, with one
+        if verify and runs:
+            check = check_against_onnxruntime(compiled, model, given, dynamic_sizes=bool(dynamic))
+            report["check_vs_onnxruntime"] = {
+                "ran_on": remote.describe() if remote else "this host",
+                "passed": check.passed, "max_abs_diff": check.max_abs_diff, "cosine": check.min_cosine, "inputs": check.inputs_source,
+                "against": "the model's fp32 counterpart (the int8 guard shipped the fp32 build)"
+                if (report.get("int8") or {}).get("model_guard", {}).get("chosen") == "fp32" else "the model",
+            }  # fmt: skip
+            if not check.passed:
+                where = ""
+                if not (isa is not None and report["int8"]["lowered"]):
+                    first = None if dynamic else locate_divergence(prepared, shapes, spec, {n: v for n, v in given[0].items() if n not in frozen} if given else None, tuning)
+                    report["check_vs_onnxruntime"]["first_divergence"] = first
+                    if first:
+                        where = f" from node '{first['node']}' ({first['op_type']}, value '{first['value']}': max_abs_diff={first['max_abs_diff']:.3g})"
+                    else:  # every intermediate agrees: the node writing the first differing output
+                        where = _output_producer(prepared, next(o.name for o in check.outputs if not o.passed))
+                raise GraphpressError(f"target {spec.name}: compiled code differs from ONNX Runtime{where}: {check.describe_failure()}")
+        if remote is not None:
+            report["measured_on"] = remote.describe()
+            if measure:
+                report["vs_onnxruntime_note"] = f"not measured: the artifact runs on {remote.describe()}, ONNX Runtime here"
+        elif (measure or require_faster) and spec.is_host:
+            feeds = given[0] if given else random_inputs(concrete_input_specs(compiled.meta["inputs"]))
+            speed = report["vs_onnxruntime"] = measure_against_onnxruntime(compiled, baseline or model, feeds)
+            if require_faster and speed["slower"]:
+                raise GraphpressError(f"target {spec.name}: {speed['verdict']}; nothing written (--require-faster)")
+        compiled.release()  # the device is free again; a call on the model opens a session anew
+        return compiled
 
 
 #: seconds the measurement against ONNX Runtime spends timing, all engines together
@@ -429,6 +452,8 @@ def _side_by_side(a, b, inputs) -> tuple[float, float]:
 
     from graphpress.ir.timing import blocked, repeats_for
 
+    if current_remote() is not None:  # on the device: TVM's time evaluator there, alternating
+        return tuple(time_side_by_side([(a, inputs), (b, inputs)], number=5, rounds=3))
     device = tvm.cpu()
     args = [tvm.runtime.tensor(x, device) for x in inputs]
     fns = {}

@@ -15,6 +15,7 @@ the ``apache-tvm`` wheel and numpy can run it.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import shutil
@@ -26,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ARTIFACT_LIB", "ARTIFACT_META", "CompiledModel", "load", "set_num_threads", "time_side_by_side", "vm_timings"]
+__all__ = ["ARTIFACT_LIB", "ARTIFACT_META", "CompiledModel", "Remote", "current_remote", "load", "running_on", "set_num_threads", "time_side_by_side",
+           "vm_timings"]
 
 ARTIFACT_LIB = "model.so"
 ARTIFACT_META = "graphpress.json"
@@ -43,6 +45,118 @@ def set_num_threads(n: int) -> None:
     tvm.get_global_func("runtime.config_threadpool")(1, int(n))  # 1: big cores, no pinning preference
 
 
+class Remote:
+    """A device reached through TVM's own RPC: ``HOST:PORT:KEY`` asks the RPC tracker at
+    HOST:PORT for a server registered under KEY (``python -m tvm.exec.rpc_server --tracker
+    HOST:PORT --key KEY`` on the device); ``HOST:PORT`` talks to one RPC server directly.
+
+    Code runs there as it would here: the library is exported (with the target's cross
+    compiler), uploaded and loaded by the server, and TVM's time evaluator times it on the
+    device. One session is opened on first use and kept (``close`` ends it).
+    """
+
+    def __init__(self, address: str, *, timeout_s: float = 600, cross_compiler: str | None = None):
+        parts = str(address).split(":")
+        try:
+            if len(parts) not in (2, 3) or not parts[0]:
+                raise ValueError
+            self.host, self.port, self.key = parts[0], int(parts[1]), (parts[2] if len(parts) == 3 and parts[2] else None)
+        except ValueError:
+            raise _error(f"--rpc {address}: give HOST:PORT:KEY (an RPC tracker and the key its devices registered with) or HOST:PORT (one RPC server)") from None
+        self.address = str(address)
+        self.timeout_s = timeout_s
+        self.cross_compiler = cross_compiler
+        self._session = None
+        self._uploads = 0
+
+    def describe(self) -> str:
+        """Where the timings come from, in words (the report's ``measured_on``)."""
+        return f"rpc tracker {self.host}:{self.port}, key {self.key}" if self.key else f"rpc server {self.host}:{self.port}"
+
+    @property
+    def session(self):
+        if self._session is None:
+            import socket
+
+            from tvm import rpc
+
+            try:  # TVM's own connect retries for a minute: a wrong address gets its line at once
+                socket.create_connection((self.host, self.port), timeout=10).close()
+            except OSError as e:
+                what = "RPC tracker" if self.key else "RPC server"
+                raise _error(f"--rpc {self.address}: nothing answers at {self.host}:{self.port} ({e.strerror or e}); start the {what} there first") from None
+            try:
+                if self.key:
+                    self._session = rpc.connect_tracker(self.host, self.port).request(self.key, priority=1, session_timeout=self.timeout_s)
+                else:
+                    self._session = rpc.connect(self.host, self.port, session_timeout=self.timeout_s)
+            except Exception as e:  # no tracker, no server under the key, refused: one line
+                first = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+                raise _error(f"--rpc {self.address}: cannot open a session on {self.describe()} ({first}); is the "
+                             f"{'tracker running and a server registered under that key' if self.key else 'server running'}?") from None  # fmt: skip
+        return self._session
+
+    @property
+    def device(self):
+        return self.session.cpu(0)
+
+    def num_threads(self) -> int:
+        """The size of TVM's thread pool on the device (what MetaSchedule calls num-cores)."""
+        return int(self.session.get_function("runtime.NumThreads")())
+
+    def load_executable(self, executable: Any) -> Any:
+        """``executable`` (a ``relax.Executable``) exported here, uploaded, loaded on the device."""
+        kwargs = {}
+        if self.cross_compiler:
+            from tvm.support import cc
+
+            kwargs["fcompile"] = cc.cross_compiler(self.cross_compiler)
+        self._uploads += 1
+        name = f"graphpress-{os.getpid()}-{self._uploads}.so"
+        with tempfile.TemporaryDirectory(prefix="graphpress-rpc-") as tmp:
+            with quiet_native_stderr():
+                executable.export_library(str(Path(tmp) / name), **kwargs)
+            return self.load_file(Path(tmp) / name, name)
+
+    def load_file(self, path: str | os.PathLike, name: str | None = None) -> Any:
+        """A library file uploaded and loaded on the device."""
+        name = name or Path(path).name
+        try:
+            self.session.upload(str(path), name)
+            return self.session.load_module(name)
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
+            raise _error(f"--rpc {self.address}: the device cannot load the library ({first}); was it built for that device's target?") from e
+
+    def close(self) -> None:
+        """End the session, so the device is free for the next one: a server serves one session at
+        a time, and a tracker hands a busy one to nobody (MetaSchedule's runner asks for its own).
+        Modules loaded through the session hold it too: drop them first."""
+        import gc
+
+        self._session = None
+        gc.collect()  # an RPC session closes when its last reference goes
+
+
+_REMOTE: contextvars.ContextVar[Remote | None] = contextvars.ContextVar("graphpress_remote", default=None)
+
+
+def current_remote() -> Remote | None:
+    """The device every run and timing in the current :func:`running_on` block goes to."""
+    return _REMOTE.get()
+
+
+@contextlib.contextmanager
+def running_on(remote: Remote | None):
+    """Within the block, :func:`time_side_by_side` and every :class:`CompiledModel` made run on
+    ``remote`` (``None``: here)."""
+    token = _REMOTE.set(remote)
+    try:
+        yield remote
+    finally:
+        _REMOTE.reset(token)
+
+
 class CompiledModel:
     """A compiled model, callable on numpy arrays or torch tensors.
 
@@ -53,25 +167,45 @@ class CompiledModel:
         meta: the metadata written to ``graphpress.json``.
     """
 
-    def __init__(self, executable: Any, meta: dict[str, Any], *, device: str | None = None, library: Any = None):
+    def __init__(self, executable: Any, meta: dict[str, Any], *, device: str | None = None, library: Any = None, remote: Remote | None = None):
         import tvm
 
         self.meta = meta
         self._executable = executable
+        #: where it runs: a device over TVM's RPC (default: the one of the :func:`running_on`
+        #: block it was made in), else this machine
+        self.remote = remote if remote is not None else current_remote()
         kind = meta["target"]["kind"]
-        self.device = tvm.cuda(0) if (device or kind) == "cuda" else tvm.cpu(0)
+        self._local_device = tvm.cuda(0) if (device or kind) == "cuda" else tvm.cpu(0)
         self._vm = None
         self._library = library
+        self._library_file: Path | None = None  # an artifact's model.so, for a remote device
 
     # -- running -----------------------------------------------------------------------
+
+    @property
+    def device(self):
+        """Where it runs: this machine's CPU (or GPU), or the remote device of the current session."""
+        return self.remote.device if self.remote is not None else self._local_device
+
+    def release(self) -> None:
+        """On a remote device: drop the VM, the uploaded library and the RPC session, freeing the
+        device for other sessions; the next call uploads the library again."""
+        if self.remote is not None:
+            self._vm = self._library = None
+            self.remote.close()
 
     @property
     def vm(self):
         if self._vm is None:
             from tvm import relax
 
+            program = self._library if self._library is not None else self._executable
+            if self.remote is not None and self._library is None:  # uploaded now (again after release)
+                program = self._library = (self.remote.load_executable(self._executable) if self._executable is not None
+                                           else self.remote.load_file(self._library_file, f"graphpress-{os.getpid()}-{Path(self._library_file).parent.name}.so"))  # fmt: skip
             try:
-                self._vm = relax.VirtualMachine(self._library if self._library is not None else self._executable, self.device)
+                self._vm = relax.VirtualMachine(program, self.device)
             except Exception as e:  # TVM's own serialization fails (e.g. a zero-size constant tensor)
                 first = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
                 raise _error(f"TVM's runtime cannot load the compiled library ({first}); export ONNX for ONNX Runtime instead") from e
@@ -198,10 +332,11 @@ def time_side_by_side(programs: Sequence[tuple[Any, Sequence[np.ndarray]]], *, n
     import tvm
     from tvm import relax
 
-    device = tvm.cpu()
+    remote = current_remote()
+    device = remote.device if remote is not None else tvm.cpu()
     runs = []
     for program, arrays in programs:
-        vm = relax.VirtualMachine(program, device)
+        vm = relax.VirtualMachine(remote.load_executable(program) if remote is not None else program, device)
         args = [tvm.runtime.tensor(a, device) for a in arrays]
         vm["main"](*args)
         runs.append((vm, args))
@@ -281,12 +416,14 @@ def _flatten(out: Any) -> list[np.ndarray]:
     return result
 
 
-def load(path: str | os.PathLike, *, num_threads: int | None = None) -> CompiledModel:
+def load(path: str | os.PathLike, *, num_threads: int | None = None, remote: Remote | str | None = None) -> CompiledModel:
     """Load an artifact directory written by :meth:`CompiledModel.save`.
 
     Args:
         path: the artifact directory.
         num_threads: size of TVM's CPU thread pool (default: TVM's, all cores).
+        remote: run it on a device over TVM's RPC (a :class:`Remote` or its ``HOST:PORT[:KEY]``):
+            the library is uploaded there and loaded by the device, not here.
     """
     import tvm
 
@@ -297,6 +434,11 @@ def load(path: str | os.PathLike, *, num_threads: int | None = None) -> Compiled
     meta = _read_meta(meta_path)
     if num_threads is not None and num_threads < 1:
         raise _error(f"threads must be >= 1, got {num_threads}")
+    if remote is not None:
+        model = CompiledModel(None, meta, remote=remote if isinstance(remote, Remote) else Remote(remote))
+        model._library_file = root / ARTIFACT_LIB
+        model.vm  # uploaded and loaded now: a library the device refuses is refused here
+        return model
     try:
         with quiet_native_stderr():
             library = tvm.runtime.load_module(str(root / ARTIFACT_LIB))

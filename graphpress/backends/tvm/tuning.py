@@ -13,6 +13,7 @@ build to time.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import time
@@ -21,6 +22,7 @@ from typing import Any
 
 from graphpress.backends.tvm.fastmath import fast_math_legalization
 from graphpress.backends.tvm.layout import fold_weight_layouts, sink_permutes
+from graphpress.backends.tvm.runtime import Remote, current_remote
 from graphpress.backends.tvm.schedules import schedule_gemm, schedule_injective
 from graphpress.backends.tvm.targets import TargetSpec, vector_facts
 
@@ -92,6 +94,37 @@ def database_dirs(spec: TargetSpec, database: str | os.PathLike | None = None, *
     if shipped and packaged.is_dir() and packaged.resolve() != dirs[0].resolve():
         dirs.append(packaged)
     return dirs
+
+
+def export_shared_library(cross_compiler: str | None, mod) -> str:
+    """MetaSchedule's export for a candidate measured over RPC: a shared library linked here
+    (with the target's cross compiler), which the device loads as it is; MetaSchedule's default
+    tar would need a C++ compiler on the device."""
+    import tempfile
+
+    from tvm.support import cc
+
+    path = os.path.join(tempfile.mkdtemp(prefix="graphpress-ms-"), "tvm_tmp_mod.so")
+    mod.export_library(path, fcompile=cc.cross_compiler(cross_compiler) if cross_compiler else None)
+    return path
+
+
+def measuring_tools(remote: Remote | None):
+    """MetaSchedule's builder and runner: local, or candidates linked here and timed on the
+    device of ``remote`` through its RPC tracker (MetaSchedule's RPC runner)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if remote is None:
+        # LLVM builds of AVX-512 candidates can exceed MetaSchedule's default 30 s on 2 cores
+        return ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S), ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S)
+    if not remote.key:
+        from graphpress.errors import GraphpressError
+
+        raise GraphpressError(f"--rpc {remote.address}: tuning over RPC goes through a tracker; give HOST:PORT:KEY (MetaSchedule's RPC runner asks the tracker for a device)")
+    remote.close()  # the runner asks the tracker for sessions of its own: ours would keep the device busy
+    config = ms.runner.RPCConfig(tracker_host=remote.host, tracker_port=remote.port, tracker_key=remote.key, session_timeout_sec=int(remote.timeout_s))
+    builder = ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S, f_export=functools.partial(export_shared_library, remote.cross_compiler))
+    return builder, ms.runner.RPCRunner(config, ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=0))
 
 
 def open_database(directory: Path):
@@ -194,6 +227,7 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
         if tune_trials > 0:
             drop_unnamed_tuning_log_handlers()
             per_task = max_trials_per_task or max(1, tune_trials // max(1, len(tasks)))
+            builder, runner = measuring_tools(current_remote())
             start = time.perf_counter()
             ms.relax_integration.tune_relax(
                 next(iter(variants.values())),
@@ -203,12 +237,12 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
                 max_trials_global=tune_trials,
                 max_trials_per_task=per_task,
                 num_trials_per_iter=min(64, per_task),
-                # LLVM builds of AVX-512 candidates can exceed MetaSchedule's default 30 s on 2 cores
-                builder=ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S),
-                runner=ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S),
+                builder=builder,
+                runner=runner,
                 database=open_database(dirs[0]),
             )
-            stats.update({"tune_trials": tune_trials, "max_trials_per_task": per_task, "tuning_seconds": round(time.perf_counter() - start, 1)})
+            stats.update({"tune_trials": tune_trials, "max_trials_per_task": per_task, "tuning_seconds": round(time.perf_counter() - start, 1),
+                          "tuned_on": current_remote().describe() if current_remote() is not None else "this host"})
             db = union()  # with the new records
     candidates = {}
     for name, lowered in variants.items():

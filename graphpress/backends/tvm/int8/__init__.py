@@ -34,6 +34,7 @@ from graphpress.backends.tvm.int8.emit import int8_converters, lower_int8_convs
 from graphpress.backends.tvm.int8.guard import all_to_float, plan_int8
 from graphpress.backends.tvm.int8.isa import ISAS, Isa, select_isa
 from graphpress.backends.tvm.int8.qdq import bypass_float_qdq, fold_weight_dequantize, qdq_to_integer
+from graphpress.backends.tvm.runtime import current_remote
 from graphpress.backends.tvm.targets import TargetSpec
 from graphpress.backends.tvm.tuning import Tuning
 
@@ -49,13 +50,18 @@ def is_quantized(model: ir.Model) -> bool:
 
 def plan(model: ir.Model, spec: TargetSpec, isa: Isa, tuning: Tuning, *, guard: bool, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Steps 1-3 on ``model`` (the backend's copy, its input shapes static; changed in place).
-    The guard runs only where the target runs on this host; returns the int8 report."""
+    The guard runs where the target's code runs: this host, or the device of the
+    :func:`~graphpress.backends.tvm.runtime.running_on` block; returns the int8 report."""
     start = time.perf_counter()
     rewrite = qdq_to_integer(model)
-    report = plan_int8(model, spec, isa, tuning, guard=guard and spec.is_host, progress=progress)
+    remote = current_remote()
+    timed = spec.is_host or remote is not None
+    report = plan_int8(model, spec, isa, tuning, guard=guard and timed, progress=progress)
     report.update({"isa": isa.name, "amx": isa.name == "amx"})
-    if guard and not spec.is_host:
-        report["guard"] = "not run: a cross-compiled target cannot be timed on this host"
+    if guard and not timed:
+        report["guard"] = "not run: a cross-compiled target cannot be timed on this host (give --rpc to time it on the device)"
+    elif guard:
+        report["measured_on"] = remote.describe() if remote is not None else "this host"
     report["qdq_rewritten"] = len(rewrite["rewritten"])
     report["fp32_layers"] = fold_weight_dequantize(model)["fp32_layers"]
     report["fp32_bypassed_qdq"] = bypass_float_qdq(model, keep_depthwise=True)

@@ -140,10 +140,10 @@ I8MM = Isa("i8mm", "I8MM", "uint8", 2, kernels_arm.i8mm_dense_kernel, (Counter("
 ISAS: tuple[Isa, ...] = (AMX, VNNI, AVX_VNNI, AVX2, I8MM, SDOT)
 
 
-def select_isa(spec: TargetSpec, mode: str = "auto") -> Isa | None:
+def select_isa(spec: TargetSpec, mode: str = "auto", *, timed_remotely: bool = False) -> Isa | None:
     """The ISA of the int8 kernels in a build for ``spec``: ``auto`` takes the first available one
-    whose kernels can be timed here (a cross-compiled target cannot), ``on`` any available one,
-    ``off`` none.
+    whose kernels can be timed here (a cross-compiled target cannot, unless ``timed_remotely``:
+    the guard times them on a device over TVM's RPC), ``on`` any available one, ``off`` none.
 
     Raises:
         GraphpressError: ``on`` for a target no ISA serves.
@@ -155,4 +155,4 @@ def select_isa(spec: TargetSpec, mode: str = "auto") -> Isa | None:
         raise GraphpressError(
             f"target {spec.name}: int8=on needs an x86 target with AVX2 (or AVX-VNNI, AVX-512 VNNI, AMX) on a host that has it, or an aarch64 target with +dotprod; use int8=off"
         )
-    return next((isa for isa in available if mode == "on" or isa.timed), None)
+    return next((isa for isa in available if mode == "on" or isa.timed or timed_remotely), None)
