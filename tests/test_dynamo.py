@@ -109,3 +109,35 @@ def test_an_unknown_option_is_refused():
     module = torch.nn.Linear(4, 4).eval()
     with pytest.raises(Exception, match="unknown option.*recipes"):
         torch.compile(module, backend="graphpress", options={"recipes": "int8"})(torch.randn(2, 4))
+
+
+class _Passthrough(torch.nn.Module):
+    """Outputs that alias the code's memory: a constant, the input itself, a computed value."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("table", torch.arange(4, dtype=torch.float32))
+
+    def forward(self, x):
+        return self.table + 0, x * 1, x * 2
+
+
+def test_outputs_are_fresh_tensors_and_inputs_are_untouched():
+    """The direct path hands the input tensors' memory to the code and takes its outputs back by
+    DLPack: the outputs are the caller's to change (as eager's are), and changing them changes
+    neither the input nor the next call's result; an input that is a strided view (not dense)
+    gives the same result as its dense copy."""
+    fn = torch.compile(_Passthrough().eval(), backend="graphpress")
+    x = torch.arange(8, dtype=torch.float32).reshape(2, 4)
+    with torch.no_grad():
+        first = fn(x)
+        for out in first:
+            out.add_(100)
+        again = fn(x)
+        np.testing.assert_array_equal(x.numpy(), np.arange(8, dtype=np.float32).reshape(2, 4))
+        for got, want in zip(again, (torch.arange(4.0), x, x * 2)):
+            np.testing.assert_array_equal(got.numpy(), want.numpy())
+        wide = torch.arange(16, dtype=torch.float32).reshape(2, 8)[:, ::2]  # strided: not contiguous
+        torch._dynamo.reset()
+        strided = torch.compile(_Passthrough().eval(), backend="graphpress")(wide)
+        np.testing.assert_array_equal(strided[2].numpy(), (wide * 2).numpy())
