@@ -11,6 +11,7 @@ _LAZY = {
     "compress": "graphpress.compression",  # a recipe under one accuracy budget, built for a target
     "bench": "graphpress.compression",  # latency against ONNX Runtime fp32 and its best int8, side by side
     "ort_session": "graphpress.compression",  # ONNX Runtime on a compressed model with the settings measured for it
+    "to_module": "graphpress.torch_module",  # a compressed model back in the torch.nn.Module it came from
 }
 
 
@@ -22,4 +23,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'graphpress' has no attribute '{name}'")
 
 
-__all__ = ["GraphpressError", "__version__", "bench", "compress", "load", "ort_session", "save", "summarize", "verify"]
+__all__ = ["GraphpressError", "__version__", "bench", "compress", "load", "ort_session", "save", "summarize", "to_module", "verify"]

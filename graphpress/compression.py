@@ -160,6 +160,14 @@ class CompressResult:
     #: metadata, :func:`ort_session` opens it with them) and every candidate's median
     onnxruntime_settings: dict[str, Any] | None = None
 
+    def to_module(self, module, example_inputs: Any = None, **options: Any) -> Any:
+        """The compressed model as a copy of ``module``, the ``torch.nn.Module`` it was exported
+        from: pruned, folded, with fake-quantized or shared weights (:func:`graphpress.to_module`,
+        which checks it against the compressed model; give it your inputs with ``samples=``)."""
+        from graphpress.torch_module import to_module
+
+        return to_module(self.model, module, example_inputs, **options)
+
     def budget_text(self) -> str:
         """The budget in words (accuracy in points when labels were given)."""
         return self.budget.describe(self.labeled)

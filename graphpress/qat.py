@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-__all__ = ["activation_ranges", "convert_qat", "prepare_qat"]
+__all__ = ["FixedFakeQuant", "InputFakeQuant", "SharedWeight", "activation_ranges", "convert_qat", "prepare_qat"]
 
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
@@ -100,3 +100,79 @@ def convert_qat(module: nn.Module) -> nn.Module:
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
         del layer._graphpress_qat
     return module
+
+
+class FixedFakeQuant(nn.Module):
+    """Fake quantization on a fixed grid (the scales and zero points a quantized graph chose):
+    per tensor, or per channel along ``axis``; straight-through in the backward pass. As a
+    weight parametrization it keeps a fine-tuned weight on the grid the graph's integer
+    kernels use."""
+
+    def __init__(self, scale: torch.Tensor, zero_point: torch.Tensor, quant_min: int, quant_max: int, axis: int | None = None):
+        super().__init__()
+        self.register_buffer("scale", scale.detach().float().reshape(-1).clone())
+        self.register_buffer("zero_point", zero_point.detach().reshape(-1).to(torch.int32).clone())
+        self.quant_min, self.quant_max, self.axis = int(quant_min), int(quant_max), axis
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.axis is None:
+            return torch.fake_quantize_per_tensor_affine(x, float(self.scale[0]), int(self.zero_point[0]), self.quant_min, self.quant_max)
+        return torch.fake_quantize_per_channel_affine(x, self.scale, self.zero_point, self.axis % x.dim(), self.quant_min, self.quant_max)
+
+    def extra_repr(self) -> str:
+        return f"[{self.quant_min}, {self.quant_max}], axis={self.axis}, {self.scale.numel()} scale(s)"
+
+
+class _DynamicUint8(torch.autograd.Function):
+    """ONNX ``DynamicQuantizeLinear`` then dequantize: uint8 over ``[min(x, 0), max(x, 0)]``,
+    computed per call; the gradient passes straight through."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        lo, hi = torch.clamp(x.min(), max=0.0), torch.clamp(x.max(), min=0.0)
+        scale = (hi - lo) / 255.0
+        if float(scale) == 0.0:
+            return x.clone()
+        zero = torch.clamp(torch.round(-lo / scale), 0, 255)
+        q = torch.clamp(torch.round(x / scale) + zero, 0, 255)
+        return (q - zero) * scale
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+class InputFakeQuant:
+    """Forward pre-hook: fake-quantizes a layer's input as the quantized graph quantizes it --
+    on the fixed grid of a static QDQ graph, or per call (``dynamic``) as ``DynamicQuantizeLinear``."""
+
+    def __init__(self, fake: FixedFakeQuant | None = None):
+        self.fake = fake
+
+    def __call__(self, module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        return (_DynamicUint8.apply(x) if self.fake is None else self.fake(x), *args[1:])
+
+
+class SharedWeight(nn.Module):
+    """A weight whose entries share a few values (k-means weight sharing): the stored parameter
+    is the codebook, the cluster of each entry is fixed, and zeros (pruned entries) stay zero.
+    Training it trains the centroids, each receiving the summed gradient of its cluster
+    (Deep Compression's fine-tuning of shared weights)."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        values, index = torch.unique(weight.detach(), return_inverse=True)
+        self.register_buffer("index", index.to(torch.int64))
+        self.register_buffer("nonzero", (weight.detach() != 0).to(weight.dtype))
+        self.shape = tuple(weight.shape)
+
+    def forward(self, codebook: torch.Tensor) -> torch.Tensor:
+        return codebook[self.index] * self.nonzero
+
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        values = torch.zeros(int(self.index.max()) + 1, dtype=weight.dtype, device=weight.device)
+        return values.scatter(0, self.index.reshape(-1), weight.detach().reshape(-1))
+
+    def extra_repr(self) -> str:
+        return f"{int(self.index.max()) + 1} values shared by {self.index.numel()} weights"

@@ -34,7 +34,7 @@ from graphpress.passes.base import Pass, PassResult, option
 from graphpress.passes.pruning.groups import DependencyGraph, Group
 from graphpress.passes.registry import register
 
-__all__ = ["Prune", "PrunePlan", "apply_plan", "masked_reference", "plan_pruning", "prune_progressive"]
+__all__ = ["PRUNED_CHANNELS_KEY", "Prune", "PrunePlan", "apply_plan", "masked_reference", "plan_pruning", "prune_progressive", "pruned_channels"]
 
 IMPORTANCE = ("l1", "l2", "bn_scale", "activation", "apoz", "random")
 
@@ -182,6 +182,7 @@ def apply_plan(model: ir.Model, plan: PrunePlan) -> dict[str, Any]:
     slices: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
     for p in plan.graph.params:
         slices[p.name].setdefault(p.axis, plan.keep_mask(p.ids))
+    record_pruned_channels(model, {name: by_axis for name, by_axis in slices.items() if not all(m.all() for m in by_axis.values())}, plan)
     for name, by_axis in slices.items():
         if all(mask.all() for mask in by_axis.values()):
             continue
@@ -209,6 +210,69 @@ def apply_plan(model: ir.Model, plan: PrunePlan) -> dict[str, Any]:
         now = after.get(name, before)
         layers[name] = {"params_before": before, "params_after": now, "r_p": round(1 - now / before, 4) if before else 0.0}
     return layers
+
+
+#: model metadata: which channels of each sliced initializer the structured pruning kept, in
+#: the numbering of the model the pruning began with (compressed runs of indices, "0-5,7"),
+#: so the cut can be repeated on the torch module the model came from (:func:`graphpress.to_module`)
+PRUNED_CHANNELS_KEY = "graphpress.pruned_channels"
+
+
+def _runs(indices: np.ndarray) -> str:
+    out, start = [], None
+    for i, k in enumerate(indices.tolist()):
+        if start is None:
+            start = prev = k
+        elif k != prev + 1:
+            out.append(f"{start}-{prev}" if prev > start else str(start))
+            start = k
+        prev = k
+        if i == len(indices) - 1:
+            out.append(f"{start}-{prev}" if prev > start else str(start))
+    return ",".join(out)
+
+
+def parse_runs(text: str) -> np.ndarray:
+    """The indices of a :data:`PRUNED_CHANNELS_KEY` entry."""
+    out: list[int] = []
+    for part in filter(None, text.split(",")):
+        lo, _, hi = part.partition("-")
+        out.extend(range(int(lo), int(hi or lo) + 1))
+    return np.array(out, dtype=np.int64)
+
+
+def pruned_channels(model: ir.Model) -> dict[str, dict[str, Any]]:
+    """The :data:`PRUNED_CHANNELS_KEY` record of ``model``: initializer name -> ``shape`` (before
+    any pruning), ``layer`` (the consuming layer's label), ``kept`` (axis -> kept indices)."""
+    import json
+
+    text = model.metadata_props.get(PRUNED_CHANNELS_KEY)
+    if not text:
+        return {}
+    return {name: {**e, "kept": {int(a): parse_runs(k) for a, k in e["kept"].items()}} for name, e in json.loads(text).items()}
+
+
+def record_pruned_channels(model: ir.Model, slices: dict[str, dict[int, np.ndarray]], plan: PrunePlan) -> None:
+    """Add this cut to ``model``'s record, composed with any earlier cut of the same tensor."""
+    import json
+
+    if not slices:
+        return
+    record = pruned_channels(model)
+    layer_of = {}
+    for node in plan.graph.model.graph:
+        for v in node.inputs[1:2]:
+            if v is not None and v.name in slices:
+                layer_of.setdefault(v.name, DependencyGraph.label(node))
+    for name, by_axis in slices.items():
+        shape = [int(d) for d in model.graph.initializers[name].const_value.shape]
+        entry = record.setdefault(name, {"shape": shape, "layer": layer_of.get(name, ""), "kept": {}})
+        for axis, mask in by_axis.items():
+            before = entry["kept"].get(axis, np.arange(shape[axis]))
+            entry["kept"][axis] = before[np.flatnonzero(mask)]
+    model.metadata_props[PRUNED_CHANNELS_KEY] = json.dumps(
+        {name: {**e, "kept": {str(a): _runs(np.asarray(k)) for a, k in e["kept"].items()}} for name, e in record.items()}, sort_keys=True
+    )
 
 
 def _layer_params(model: ir.Model) -> dict[str, int]:

@@ -21,14 +21,15 @@ from graphpress.passes.pruning.groups import DependencyGraph
 __all__ = ["apply_plan_to_module"]
 
 
-def _torch_names(plan, state: dict[str, Any]) -> dict[str, tuple[str, bool]]:
-    """ONNX initializer name -> (state_dict key, transposed)."""
+def torch_names(model, state: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """ONNX initializer name -> (state_dict key, transposed), for a model exported from the
+    module ``state`` belongs to."""
     names: dict[str, tuple[str, bool]] = {name: (name, False) for name in state}
-    for node in plan.graph.model.graph:
+    for node in model.graph:
         if node.op_type != "MatMul" or len(node.inputs) < 2 or node.inputs[1] is None:
             continue
         w = node.inputs[1]
-        if w.name in names:
+        if w.name in names or w.const_value is None:
             continue
         key = DependencyGraph.label(node) + ".weight"
         if key in state and tuple(state[key].shape[::-1]) == tuple(w.const_value.shape):
@@ -46,7 +47,7 @@ def apply_plan_to_module(module, plan) -> dict[str, tuple[tuple[int, ...], tuple
     import torch
 
     state = dict(module.state_dict())
-    names = _torch_names(plan, state)
+    names = torch_names(plan.graph.model, state)
     masks: dict[str, dict[int, np.ndarray]] = {}
     for p in plan.graph.params:
         mask = plan.keep_mask(p.ids)
