@@ -12,6 +12,7 @@ _LAZY = {
     "bench": "graphpress.compression",  # latency against ONNX Runtime fp32 and its best int8, side by side
     "ort_session": "graphpress.compression",  # ONNX Runtime on a compressed model with the settings measured for it
     "to_module": "graphpress.torch_module",  # a compressed model back in the torch.nn.Module it came from
+    "recover": "graphpress.recover",  # fine-tune a compressed model against the original, written back into its graph
 }
 
 
@@ -23,4 +24,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'graphpress' has no attribute '{name}'")
 
 
-__all__ = ["GraphpressError", "__version__", "bench", "compress", "load", "ort_session", "save", "summarize", "to_module", "verify"]
+__all__ = ["GraphpressError", "__version__", "bench", "compress", "load", "ort_session", "recover", "save", "summarize", "to_module", "verify"]

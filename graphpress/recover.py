@@ -1,0 +1,405 @@
+"""Win back what compression cost: fine-tune the compressed model against the model it came
+from, then write the trained weights back into the compressed graph (:func:`recover`).
+
+The student is the compressed graph itself as a torch module (:func:`graphpress.ir_torch.to_torch`:
+ONNX semantics, every Quantize/Dequantize pair included), so any model graphpress loads can be
+trained -- one that came in as ONNX as well as one from torch -- and each compression keeps
+its form while it trains:
+
+* **knowledge distillation** (Hinton et al. 2015): the loss is the KL divergence between the
+  teacher's and the student's outputs softened at temperature ``T`` (times ``T²``), for
+  classifiers; for embeddings (unit-vector outputs: a sentence encoder), ``1 - cosine`` to the
+  teacher's output. With ``labels``, a hard-label cross-entropy is mixed in (``alpha``);
+  ``features`` adds a mean-squared term per named pair of intermediate values;
+* **quantization-aware training**: int8 weights train as floats fake-quantized on the graph's
+  scales (straight-through estimator), activations pass through the graph's own
+  Quantize/Dequantize pairs; the written-back integers are exactly what the student computed
+  with;
+* **cluster-aware training** (Deep Compression): a shared weight's codebook trains (each
+  centroid receives the summed gradient of its cluster through the ``Gather``), the indices
+  and the pruned zeros stay;
+* **pruned structure**: the student has the cut shapes; nothing grows back, and the zeros of
+  unstructured pruning stay zero.
+
+The teacher is the model before compression: any model graphpress loads (run in ONNX
+Runtime) or the ``nn.Module`` (run in torch). The data is the user's inputs, no labels
+needed. The result is the compressed graph with new weights (the same nodes, shapes, scales,
+codebooks), checked against the trained student in ONNX Runtime and judged on held-out rows
+against the teacher before and after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+
+from graphpress.errors import GraphpressError
+
+__all__ = ["RecoverResult", "recover"]
+
+
+@dataclasses.dataclass
+class RecoverResult:
+    """What :func:`recover` trained.
+
+    Attributes:
+        model: the compressed graph with the trained weights.
+        module: the trained student (the module of :func:`graphpress.to_module`).
+        history: one dict per epoch: ``epoch``, ``loss`` (mean training loss), ``held_out``
+            (the metric on the held-out rows, against the teacher), ``seconds``.
+        metric: ``agreement`` (top-1 agreement with the teacher), ``accuracy`` (with labels)
+            or ``cosine`` (mean output cosine to the teacher); higher is better.
+        before, after: the metric of the compressed graph before and after, in ONNX Runtime,
+            on the held-out rows.
+        seconds: training time (the epochs), and ``total_seconds`` with the checks.
+    """
+
+    model: ir.Model
+    module: Any
+    history: list[dict[str, float]]
+    metric: str
+    before: float
+    after: float
+    seconds: float
+    total_seconds: float
+    device: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "before": self.before, "after": self.after, "history": self.history,
+                "seconds": self.seconds, "total_seconds": self.total_seconds, "device": self.device}  # fmt: skip
+
+
+def _rows(data: Any, names: list[str]) -> dict[str, np.ndarray]:
+    """The training inputs as one array per model input, rows along the first axis."""
+    from graphpress.ir.numeric import read_npz
+
+    if isinstance(data, (str, os.PathLike)):
+        data = read_npz(data)
+    if isinstance(data, Mapping):
+        missing = [n for n in names if n not in data]
+        if missing:
+            raise GraphpressError(f"recover: the data has no input {missing[0]!r}; give arrays keyed by the model's inputs: {', '.join(names)}")
+        arrays = {n: np.asarray(data[n]) for n in names}
+    elif isinstance(data, Sequence) and data and all(isinstance(d, Mapping) for d in data):
+        arrays = {n: np.concatenate([np.asarray(d[n]) for d in data]) for n in names}
+    else:
+        raise GraphpressError(f"recover: data must be an .npz path, a dict of input name -> rows, or a list of such dicts; got a {type(data).__name__}")
+    counts = {len(a) for a in arrays.values()}
+    if len(counts) != 1:
+        raise GraphpressError(f"recover: the data's inputs have different row counts ({sorted(counts)}); give the same rows for every input")
+    return arrays
+
+
+def _outputs(out) -> Any:
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, Mapping):
+        return next(iter(out.values()))
+    return out[0]
+
+
+def _teacher_outputs(teacher, arrays: dict[str, np.ndarray], batch: int, device) -> np.ndarray:
+    """The teacher's first output on every row (torch module, or any model in ONNX Runtime)."""
+    import torch
+
+    n = len(next(iter(arrays.values())))
+    if isinstance(teacher, torch.nn.Module):
+        teacher = teacher.to(device).eval()
+        outs = []
+        with torch.no_grad():
+            for i in range(0, n, batch):
+                outs.append(_outputs(teacher(*(torch.from_numpy(a[i : i + batch]).to(device) for a in arrays.values()))).float().cpu().numpy())
+        return np.concatenate(outs)
+    from graphpress.ir import load
+    from graphpress.ir.numeric import run_samples
+
+    model = load(teacher)
+    first = model.graph.outputs[0].name
+    inputs = [v.name for v in model.graph.inputs if v.name not in model.graph.initializers]
+    rows = [{name: a[i : i + 1] for name, a in zip(inputs, arrays.values())} for i in range(n)]
+    return np.asarray(run_samples(model, rows, where="the teacher")[first]).reshape(n, *np.shape(run_samples(model, rows[:1])[first])[1:])
+
+
+def _metric_name(kind: str, labels) -> str:
+    return "accuracy" if labels is not None else ("cosine" if kind == "cosine" else "agreement")
+
+
+def _score(metric: str, got: np.ndarray, teacher: np.ndarray, labels) -> float:
+    got, teacher = got.reshape(len(got), -1), teacher.reshape(len(teacher), -1)
+    if metric == "accuracy":
+        return float((got.argmax(1) == labels).mean())
+    if metric == "agreement":
+        return float((got.argmax(1) == teacher.argmax(1)).mean())
+    num = (got * teacher).sum(1)
+    return float((num / np.maximum(np.linalg.norm(got, axis=1) * np.linalg.norm(teacher, axis=1), 1e-12)).mean())
+
+
+def _graph_outputs(model: ir.Model, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    from graphpress.ir.numeric import run_samples
+
+    inputs = [v.name for v in model.graph.inputs if v.name not in model.graph.initializers]
+    n = len(next(iter(arrays.values())))
+    rows = [{name: a[i : i + 1] for name, a in zip(inputs, arrays.values())} for i in range(n)]
+    out = run_samples(model, rows, where="the compressed model")[model.graph.outputs[0].name]
+    return np.asarray(out).reshape(n, -1)
+
+
+def recover(
+    student: Any,
+    teacher: Any,
+    data: Any,
+    *,
+    epochs: int = 3,
+    lr: float = 1e-3,
+    batch_size: int = 32,
+    temperature: float = 4.0,
+    loss: str = "auto",
+    labels: np.ndarray | None = None,
+    alpha: float = 0.5,
+    features: Mapping[str, str] | None = None,
+    feature_weight: float = 1.0,
+    held_out: float = 0.25,
+    seed: int = 0,
+    device: str | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> RecoverResult:
+    """Fine-tune the compressed ``student`` on ``data`` against ``teacher`` and write the trained
+    weights back into it.
+
+    Args:
+        student: the compressed model: an IR model, an ``.onnx`` path or a ``CompressResult``.
+        teacher: the model before compression: the ``torch.nn.Module``, or a model
+            :func:`graphpress.load` reads (run in ONNX Runtime).
+        data: training inputs: an ``.npz`` path or a dict of input name -> rows (first axis),
+            or a list of feed dicts. The last ``held_out`` share of rows only judges.
+        epochs, lr, batch_size: Adam over the student's parameters.
+        temperature: the softening of distillation (``loss="kl"``).
+        loss: ``kl`` (classifier outputs), ``cosine`` (embeddings), ``mse``, or ``auto``:
+            ``cosine`` when the outputs are unit vectors, else ``kl``.
+        labels: one class per row: a cross-entropy term weighted ``alpha`` (and the metric
+            becomes accuracy).
+        features: ``{student value: teacher value}`` pairs of intermediate values matched by
+            mean squared error (weighted ``feature_weight``): value names of the graphs (a
+            teacher ``nn.Module`` names submodules instead); the shapes must agree (a pruned
+            layer's output has fewer channels than its teacher's).
+        seed: seeds torch and the shuffling: the same call gives the same weights.
+        device: ``cpu`` or ``cuda`` (default: cuda when torch sees one).
+        progress: called with one line per epoch (loss, held-out metric).
+
+    Raises:
+        GraphpressError: a bad option or data, an op of the student without a torch form, or
+            a write-back that does not compute what the trained student computes.
+    """
+    import torch
+
+    from graphpress.ir import load
+    from graphpress.ir_torch import to_torch
+
+    start = time.perf_counter()
+    if hasattr(student, "model") and isinstance(getattr(student, "model"), ir.Model):
+        student = student.model
+    graph = load(student) if isinstance(student, (str, os.PathLike)) else student
+    if not isinstance(graph, ir.Model):
+        raise GraphpressError(f"recover: give the compressed model (an IR model, an .onnx path or a CompressResult), not {type(student).__name__}")
+    if loss not in ("auto", "kl", "cosine", "mse"):
+        raise GraphpressError(f"recover: loss '{loss}': choose auto, kl, cosine or mse")
+    if epochs < 0 or lr <= 0 or batch_size < 1 or temperature <= 0 or not 0 <= alpha <= 1 or not 0 < held_out < 1:
+        raise GraphpressError("recover: epochs >= 0, lr > 0, batch_size >= 1, temperature > 0, 0 <= alpha <= 1 and 0 < held_out < 1")
+    say = progress or (lambda line: None)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    names = [v.name for v in graph.graph.inputs if v.name not in graph.graph.initializers]
+    arrays = _rows(data, names)
+    n = len(next(iter(arrays.values())))
+    if labels is not None and len(labels) != n:
+        raise GraphpressError(f"recover: {len(labels)} labels for {n} rows; give one label per row")
+    cut = n - max(1, int(round(n * held_out)))
+    if cut < 1:
+        raise GraphpressError(f"recover: {n} rows of data; give at least 2 (the last {held_out:.0%} judge)")
+    train = {k: a[:cut] for k, a in arrays.items()}
+    judge = {k: a[cut:] for k, a in arrays.items()}
+    torch.manual_seed(seed)
+    net = to_torch(graph, samples=[{k: a[cut : cut + 1] for k, a in arrays.items()}])
+    feats = _Features(net, teacher, features, arrays, batch_size, device) if features else None
+    targets = _teacher_outputs(teacher, arrays, batch_size, device)
+    norms = np.linalg.norm(targets.reshape(n, -1), axis=1)
+    kind = loss if loss != "auto" else ("cosine" if np.allclose(norms, 1.0, atol=1e-3) else "kl")
+    metric = _metric_name(kind, labels)
+    judge_labels = None if labels is None else np.asarray(labels)[cut:]
+    before = _score(metric, _graph_outputs(graph, judge), targets[cut:], judge_labels)
+    say(f"held-out {metric} of the compressed model before: {before:.4f} ({n - cut} rows; training on {cut})")
+
+    net.to(device)
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    runner = _Batches(net, device)
+    history = []
+    train_start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        net.train()
+        order = torch.randperm(cut, generator=generator).numpy()
+        total, batches = 0.0, 0
+        for i in range(0, cut, batch_size):
+            idx = order[i : i + batch_size]
+
+            def objective(out, rows, idx=idx):
+                want = torch.from_numpy(targets[idx][rows]).to(device).float()
+                value = _distill(kind, out.float(), want, temperature)
+                if labels is not None:
+                    hard = torch.from_numpy(np.asarray(labels)[idx][rows]).to(device)
+                    value = (1 - alpha) * value + alpha * torch.nn.functional.cross_entropy(out.reshape(len(rows), -1).float(), hard)
+                if feats is not None:
+                    value = value + feature_weight * feats.loss(idx[rows])
+                return value
+
+            opt.zero_grad()
+            value = runner.step({k: a[idx] for k, a in train.items()}, objective)
+            opt.step()
+            total, batches = total + value, batches + 1
+        net.eval()
+        score = _score(metric, runner.outputs(judge, batch_size), targets[cut:], judge_labels)
+        row = {"epoch": epoch, "loss": round(total / max(batches, 1), 6), "held_out": round(score, 6), "seconds": round(time.perf_counter() - t0, 2)}
+        history.append(row)
+        say(f"epoch {epoch}/{epochs}: loss {row['loss']:.5f}, held-out {metric} {score:.4f} ({row['seconds']:.1f} s)")
+    seconds = time.perf_counter() - train_start
+    net.eval().to("cpu")
+    result = net.write_back()
+    _check_written(result, net, judge)
+    after = _score(metric, _graph_outputs(result, judge), targets[cut:], judge_labels)
+    say(f"held-out {metric} of the compressed model: {before:.4f} before, {after:.4f} after")
+    return RecoverResult(result, net, history, metric, round(before, 6), round(after, 6), round(seconds, 2), round(time.perf_counter() - start, 2), str(device))
+
+
+class _Batches:
+    """Runs the student on a batch of rows at once, or row by row (gradients accumulated) when
+    the graph's shapes are fixed to one row (a model exported with batch 1)."""
+
+    def __init__(self, net, device):
+        self.net, self.device, self.batched = net, device, True
+
+    def _args(self, rows: dict[str, np.ndarray]) -> tuple:
+        import torch
+
+        return tuple(torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in rows.values())
+
+    def step(self, rows: dict[str, np.ndarray], objective) -> float:
+        n = len(next(iter(rows.values())))
+        if self.batched and n > 1:
+            try:
+                value = objective(_outputs(self.net(*self._args(rows))), np.arange(n))
+            except RuntimeError:
+                self.batched = False
+            else:
+                value.backward()
+                return float(value.detach())
+        total = 0.0
+        for i in range(n):
+            value = objective(_outputs(self.net(*self._args({k: a[i : i + 1] for k, a in rows.items()}))), np.array([i])) / n
+            value.backward()
+            total += float(value.detach())
+        return total
+
+    def outputs(self, rows: dict[str, np.ndarray], batch: int) -> np.ndarray:
+        import torch
+
+        n = len(next(iter(rows.values())))
+        step = batch if self.batched else 1
+        outs = []
+        with torch.no_grad():
+            for i in range(0, n, step):
+                try:
+                    out = _outputs(self.net(*self._args({k: a[i : i + step] for k, a in rows.items()})))
+                except RuntimeError:
+                    if step == 1:
+                        raise
+                    self.batched = False
+                    return self.outputs(rows, 1)
+                outs.append(out.float().cpu().numpy().reshape(len(out) if step > 1 else 1, -1))
+        return np.concatenate(outs).reshape(n, -1)
+
+
+def _check_written(model: ir.Model, net, rows: dict[str, np.ndarray]) -> None:
+    """The written-back graph in ONNX Runtime against the trained student, on two held-out rows."""
+    import torch
+
+    first = {k: a[:2] for k, a in rows.items()}
+    want = _Batches(net, torch.device("cpu")).outputs(first, 1)
+    got = _graph_outputs(model, first)
+    cos = float((got * want).sum() / max(np.linalg.norm(got) * np.linalg.norm(want), 1e-30))
+    if cos < 0.9999:
+        raise GraphpressError(f"recover: the written-back model has cosine {cos:.5f} to the trained student in ONNX Runtime; report it with the model")
+
+
+def _distill(kind: str, out, want, temperature: float):
+    import torch
+
+    f = torch.nn.functional
+    out, want = out.reshape(len(out), -1), want.reshape(len(want), -1)
+    if kind == "kl":
+        t = temperature
+        return f.kl_div(f.log_softmax(out / t, dim=1), f.log_softmax(want / t, dim=1), reduction="batchmean", log_target=True) * t * t
+    if kind == "cosine":
+        return (1 - f.cosine_similarity(out, want, dim=1)).mean()
+    return f.mse_loss(out, want)
+
+
+class _Features:
+    """Feature matching: the student's named values (captured by the :class:`GraphModule`)
+    against the teacher's, computed once for every row (ONNX Runtime for a graph teacher,
+    forward hooks on named submodules for an ``nn.Module``)."""
+
+    def __init__(self, net, teacher, pairs: Mapping[str, str], arrays: dict[str, np.ndarray], batch: int, device):
+        import torch
+
+        self.net, self.pairs, self.device = net, dict(pairs), device
+        missing = [s for s in self.pairs if s not in net.values]
+        if missing:
+            raise GraphpressError(f"recover: features: the student has no value {missing[0]!r}; name values of the compressed graph")
+        n = len(next(iter(arrays.values())))
+        self.want: dict[str, np.ndarray] = {}
+        if isinstance(teacher, torch.nn.Module):
+            got: dict[str, list] = {t: [] for t in self.pairs.values()}
+            handles = []
+            for t in got:
+                try:
+                    sub = teacher.get_submodule(t)
+                except AttributeError:
+                    raise GraphpressError(f"recover: features: the teacher has no submodule {t!r}; name submodules as named_modules() does") from None
+                handles.append(sub.register_forward_hook(lambda _m, _a, out, t=t: got[t].append(_outputs(out).detach().float().cpu().numpy())))
+            try:
+                _teacher_outputs(teacher, arrays, batch, device)
+            finally:
+                for h in handles:
+                    h.remove()
+            self.want = {t: np.concatenate(v) for t, v in got.items()}
+        else:
+            from graphpress.ir import load
+            from graphpress.ir.numeric import _Session
+
+            model = load(teacher)
+            inputs = [v.name for v in model.graph.inputs if v.name not in model.graph.initializers]
+            rows = [{name: a[i : i + 1] for name, a in zip(inputs, arrays.values())} for i in range(n)]
+            session = _Session(model, list(self.pairs.values()), "the teacher")
+            outs = [session.run(r) for r in rows]
+            self.want = {t: np.concatenate([np.asarray(o[t]) for o in outs]) for t in self.pairs.values()}
+        net.capture = set(self.pairs)
+
+    def loss(self, idx: np.ndarray):
+        import torch
+
+        total = 0.0
+        for s, t in self.pairs.items():
+            a = self.net.captured[s]
+            b = torch.from_numpy(self.want[t][idx]).to(a.device).reshape(a.shape) if self.want[t][idx].size == a.numel() else None
+            if b is None:
+                raise GraphpressError(f"recover: feature pair {s!r} -> {t!r}: shapes {list(a.shape)} and {list(self.want[t][idx].shape)} differ (a pruned layer?); match values whose shapes agree")
+            total = total + torch.nn.functional.mse_loss(a.float(), b.float())
+        return total / len(self.pairs)
