@@ -12,7 +12,7 @@ _LAZY = {
     "bench": "graphpress.compression",  # latency against ONNX Runtime fp32 and its best int8, side by side
     "ort_session": "graphpress.compression",  # ONNX Runtime on a compressed model with the settings measured for it
     "to_module": "graphpress.torch_module",  # a compressed model back in the torch.nn.Module it came from
-    "recover": "graphpress.recover",  # fine-tune a compressed model against the original, written back into its graph
+    "recover": "graphpress.recovery",  # fine-tune a compressed model against the original, written back into its graph
 }
 
 

@@ -183,6 +183,7 @@ class GraphModule(nn.Module):
         for i, name in enumerate(self.input_names):
             env[name] = kwargs[name] if name in kwargs else feeds[i]
         for node in self.nodes:
+            self._current = node
             ins = [None if v is None else env[v.name] for v in node.inputs]
             outs = self._run(node, ins)
             for v, o in zip(node.outputs, outs):
@@ -256,6 +257,17 @@ def _conv(node, ins, a):
         pads = [0] * 2 * nd
     conv = {1: _F.conv1d, 2: _F.conv2d, 3: _F.conv3d}[nd]
     return [conv(x, w, b, strides, pads[:nd], dil, group)]
+
+
+def _conv_transpose(node, ins, a):
+    x, w = ins[0], ins[1]
+    b = ins[2] if len(ins) > 2 else None
+    nd = w.dim() - 2
+    pads = a.get("pads", [0] * 2 * nd)
+    if "output_shape" in a or pads[:nd] != pads[nd:] or a.get("auto_pad", "NOTSET") not in ("NOTSET", b"NOTSET"):
+        raise GraphpressError(f"node '{node.name}': ConvTranspose with output_shape, auto_pad or asymmetric pads has no torch form in graphpress.ir_torch")
+    fn = {1: _F.conv_transpose1d, 2: _F.conv_transpose2d, 3: _F.conv_transpose3d}[nd]
+    return [fn(x, w, b, a.get("strides", [1] * nd), pads[:nd], a.get("output_padding", [0] * nd), a.get("group", 1), a.get("dilations", [1] * nd))]
 
 
 def _pool(kind):
@@ -352,7 +364,7 @@ def _gather(node, ins, a):
     axis = a.get("axis", 0) % x.dim()
     idx = torch.where(idx < 0, idx + x.shape[axis], idx)
     out = torch.index_select(x, axis, idx.reshape(-1))
-    return [out.reshape(*x.shape[:axis], *idx.shape, *x.shape[axis + 1 :])]
+    return [out.reshape((*x.shape[:axis], *idx.shape, *x.shape[axis + 1 :]))]
 
 
 def _gather_elements(node, ins, a):
@@ -370,7 +382,7 @@ def _gather_nd(node, ins, a):
     k = idx.shape[-1]
     flat = idx.reshape(-1, k)
     out = x[tuple(flat[:, i] for i in range(k))]
-    return [out.reshape(*idx.shape[:-1], *x.shape[k:])]
+    return [out.reshape((*idx.shape[:-1], *x.shape[k:]))]
 
 
 def _quantize(node, ins, a):
@@ -543,12 +555,40 @@ def _transpose(node, ins, a):
     return [ins[0].permute(*perm)]
 
 
+def _resize(node, ins, a):
+    x = ins[0]
+    mode = a.get("mode", "nearest")
+    coord = a.get("coordinate_transformation_mode", "half_pixel")
+    nearest = a.get("nearest_mode", "round_prefer_floor")
+    mode, coord, nearest = (v.decode() if isinstance(v, bytes) else v for v in (mode, coord, nearest))
+    sizes = ins[3] if len(ins) > 3 and ins[3] is not None and ins[3].numel() else None
+    scales = ins[2] if len(ins) > 2 and ins[2] is not None and ins[2].numel() else None
+    if sizes is not None:
+        size = _ints(sizes)[2:]
+        kw = {"size": size}
+    elif scales is not None:
+        factors = [float(v) for v in scales.reshape(-1).tolist()]
+        if factors[:2] != [1.0, 1.0]:
+            raise GraphpressError(f"node '{node.name}': Resize of the batch or channel axis has no torch form in graphpress.ir_torch")
+        kw = {"size": [int(math.floor(d * f)) for d, f in zip(x.shape[2:], factors[2:])]}
+    else:
+        raise GraphpressError(f"node '{node.name}': Resize without scales or sizes")
+    nd = x.dim() - 2
+    if mode == "nearest" and coord == "asymmetric" and nearest == "floor":
+        return [_F.interpolate(x, mode="nearest", **kw)]
+    if mode == "linear" and coord in ("half_pixel", "pytorch_half_pixel", "align_corners"):
+        return [_F.interpolate(x, mode={1: "linear", 2: "bilinear", 3: "trilinear"}[nd], align_corners=coord == "align_corners", **kw)]
+    if mode == "nearest" and coord in ("half_pixel", "pytorch_half_pixel") and nearest in ("round_prefer_ceil", "round_prefer_floor"):
+        return [_F.interpolate(x, mode="nearest-exact", **kw)]
+    raise GraphpressError(f"node '{node.name}': Resize mode={mode} coordinate_transformation_mode={coord} nearest_mode={nearest} has no torch form in graphpress.ir_torch")
+
+
 def _one(fn):
     return lambda node, ins, a: [fn(ins[0])]
 
 
 _OPS = {
-    "Conv": _conv, "MaxPool": _pool("max"), "AveragePool": _pool("avg"),
+    "Conv": _conv, "ConvTranspose": _conv_transpose, "MaxPool": _pool("max"), "AveragePool": _pool("avg"),
     "GlobalAveragePool": _one(lambda x: x.mean(dim=tuple(range(2, x.dim())), keepdim=True)),
     "GlobalMaxPool": _one(lambda x: x.amax(dim=tuple(range(2, x.dim())), keepdim=True)),
     "Gemm": _gemm, "MatMul": _matmul, "BatchNormalization": _batch_norm, "LayerNormalization": _layer_norm,
@@ -568,7 +608,7 @@ _OPS = {
     "Concat": _concat, "Slice": _slice, "Split": _split, "Gather": _gather, "GatherElements": _gather_elements, "GatherND": _gather_nd,
     "Expand": _expand, "Shape": lambda n, i, a: [torch.tensor(list(i[0].shape)[a.get("start", 0) : a.get("end")], dtype=torch.int64)],
     "Size": lambda n, i, a: [torch.tensor(i[0].numel(), dtype=torch.int64)],
-    "Constant": _constant, "ConstantOfShape": _constant_of_shape, "Range": _range, "Pad": _pad,
+    "Constant": _constant, "ConstantOfShape": _constant_of_shape, "Range": _range, "Pad": _pad, "Resize": _resize,
     "Cast": _cast, "CastLike": lambda n, i, a: [i[0].to(i[1].dtype)],
     "ReduceMean": _reduce(lambda x, ax, k: x.mean(dim=ax, keepdim=k)), "ReduceSum": _reduce(lambda x, ax, k: x.sum(dim=ax, keepdim=k)),
     "ReduceMax": _reduce(lambda x, ax, k: x.amax(dim=ax, keepdim=k)), "ReduceMin": _reduce(lambda x, ax, k: x.amin(dim=ax, keepdim=k)),
@@ -625,8 +665,14 @@ def to_torch(
         want = run_samples(model, rows, where="the model")
         worst = 0.0
         for row_i, feeds in enumerate(rows):
-            with torch.no_grad():
-                got = module(*(torch.from_numpy(np.asarray(feeds[n])) for n in module.input_names))
+            try:
+                with torch.no_grad():
+                    got = module(*(torch.from_numpy(np.asarray(feeds[n])) for n in module.input_names))
+            except GraphpressError:
+                raise
+            except Exception as e:  # an op's torch form that does not fit this node
+                node = module._current
+                raise GraphpressError(f"node '{node.name}' ({node.op_type}): its torch form failed ({type(e).__name__}: {str(e).splitlines()[0][:160]}); report it with the model") from e
             got = got if isinstance(got, tuple) else (got,)
             for name, g in zip(module.output_names, got):
                 w = np.asarray(want[name]) if len(rows) == 1 else np.asarray(want[name])[row_i]

@@ -160,7 +160,7 @@ def recover(
     epochs: int = 3,
     lr: float = 1e-3,
     batch_size: int = 32,
-    temperature: float = 4.0,
+    temperature: float = 2.0,
     loss: str = "auto",
     labels: np.ndarray | None = None,
     alpha: float = 0.5,

@@ -1,0 +1,181 @@
+"""The IR as a trainable torch module (graphpress.ir_torch), checked against ONNX Runtime, and
+recovery by distillation on it (graphpress.recover): each mode improves a compressed digits
+CNN's held-out agreement over one-shot, the written-back graph keeps its structure and runs in
+ONNX Runtime as the trained student did."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import graphpress as gp
+from graphpress.ir.numeric import make_inputs, run_samples
+from graphpress.ir_torch import to_torch
+from graphpress.models.cnn import accuracy, train_digits_cnn
+from graphpress.passes import PassManager, build_passes
+from graphpress.pipelines import copy_model
+
+_SPEC = importlib.util.spec_from_file_location("_real", Path(__file__).resolve().parents[1] / "benchmarks" / "_real.py")
+real = importlib.util.module_from_spec(_SPEC)
+sys.modules[_SPEC.name] = real
+_SPEC.loader.exec_module(real)
+
+STRUCTURED = "cleanup,fuse,cleanup,dedup,prune:ratio=0.7,quantize:mode=static"
+SHARED = "cleanup,fuse,cleanup,dedup,prune:mode=unstructured;scope=global;ratio=0.9,share:clusters=16"
+
+
+@pytest.fixture(scope="module")
+def digits():
+    module, data = train_digits_cnn(epochs=6)
+    module.eval()
+    model = gp.load(module, torch.from_numpy(data.x_test[:2]), dynamic_batch=True)  # trains in batches
+    return module, data, model
+
+
+def _compressed(model, spec):
+    out = copy_model(model)
+    PassManager(build_passes(spec)).run(out)
+    return out
+
+
+def _test_accuracy(model, data) -> float:
+    out = run_samples(model, [{"x": data.x_test}])[model.graph.outputs[0].name]
+    return accuracy(np.asarray(out).reshape(len(data.x_test), -1), data.y_test)
+
+
+def _ort_vs_torch(model, feeds):
+    net = to_torch(model, samples=[feeds])
+    with torch.no_grad():
+        got = net(*(torch.from_numpy(feeds[n]) for n in net.input_names))
+    got = got if isinstance(got, tuple) else (got,)
+    want = run_samples(model, [feeds])
+    for name, g in zip(net.output_names, got):
+        w = np.asarray(want[name])
+        np.testing.assert_allclose(g.numpy().reshape(w.shape), w, rtol=1e-4, atol=1e-4 * max(1.0, float(np.abs(w).max())))
+
+
+@pytest.mark.parametrize("spec", ["", STRUCTURED, SHARED])
+def test_to_torch_computes_what_onnxruntime_computes(digits, spec):
+    _, data, model = digits
+    compressed = _compressed(model, spec) if spec else model
+    _ort_vs_torch(compressed, {"x": data.x_test[:5]})
+
+
+def test_to_torch_on_the_zoo():
+    from graphpress.models import resnet18
+    from graphpress.models.minilm import load_minilm, tokenize
+    from graphpress.models.mobilenet import mobilenet_v2
+
+    torch.manual_seed(0)
+    for module, example, spec in [
+        (resnet18(num_classes=10).eval(), (torch.randn(1, 3, 32, 32),), "cleanup,fuse,prune:ratio=0.5,quantize:mode=static"),
+        (mobilenet_v2(num_classes=10).eval(), (torch.randn(1, 3, 32, 32),), "cleanup,fuse,quantize:mode=static"),
+        (load_minilm().eval(), tuple(tokenize(["one sentence to embed"], seq_len=16).values()), "cleanup,fuse,cleanup,dedup,quantize:mode=dynamic"),
+    ]:
+        model = _compressed(gp.load(module, example), spec)
+        _ort_vs_torch(model, {v.name: t.numpy() for v, t in zip(model.graph.inputs, example)})
+
+
+@pytest.mark.parametrize("name", ["ppocr-cls", "magika"])
+def test_to_torch_on_models_shipped_in_wheels(name):
+    entry = real.BY_NAME[name]
+    model = gp.load(real.fetch(entry))
+    _ort_vs_torch(model, entry.feeds())
+
+
+def test_an_op_without_a_torch_form_is_named():
+    entry = real.BY_NAME["silero-vad-ifless"]
+    with pytest.raises(gp.GraphpressError, match=r"op If has no torch form") as e:
+        to_torch(gp.load(real.fetch(entry)))
+    assert "\n" not in str(e.value)
+
+
+def test_write_back_without_training_changes_nothing(digits):
+    _, _, model = digits
+    compressed = _compressed(model, STRUCTURED)
+    back = to_torch(compressed).write_back()
+    assert [n.op_type for n in back.graph] == [n.op_type for n in compressed.graph]
+    for name, v in compressed.graph.initializers.items():
+        np.testing.assert_array_equal(back.graph.initializers[name].const_value.numpy(), v.const_value.numpy(), err_msg=name)
+
+
+def _grid_and_shape(model):
+    inits = model.graph.initializers
+    return {
+        "nodes": [(n.op_type, [i.name if i else None for i in n.inputs]) for n in model.graph],
+        "shapes": {k: tuple(v.const_value.shape) for k, v in inits.items()},
+        "fixed": {k: v.const_value.numpy().tobytes() for k, v in inits.items() if k.endswith(("_scale", "_zero_point", "share_indices4", "share_indices"))},
+    }
+
+
+def test_distillation_recovers_structured_pruning_and_int8(digits):
+    module, data, model = digits
+    compressed = _compressed(model, STRUCTURED)
+    lines = []
+    result = gp.recover(compressed, model, {"x": data.x_train}, epochs=4, lr=2e-3, seed=0, progress=lines.append)
+    # the held-out rows (of the training data) and the test split, both better than one-shot
+    assert result.after > result.before + 0.1
+    one_shot, recovered, fp32 = _test_accuracy(compressed, data), _test_accuracy(result.model, data), _test_accuracy(model, data)
+    assert recovered > one_shot + 0.1 and recovered >= fp32 - 0.03
+    # the graph kept its nodes, its shapes and its quantization grids
+    assert _grid_and_shape(result.model) == _grid_and_shape(compressed)
+    assert len(result.history) == 4 and any("epoch 4/4" in line for line in lines)
+    assert result.metric == "agreement" and result.seconds > 0
+
+
+def test_cluster_aware_training_moves_centroids_only(digits):
+    _, data, model = digits
+    compressed = _compressed(model, SHARED)
+    result = gp.recover(compressed, model, {"x": data.x_train}, epochs=3, lr=3e-3, seed=0)
+    assert result.after > result.before + 0.03
+    assert _grid_and_shape(result.model) == _grid_and_shape(compressed)
+    books = [k for k in compressed.graph.initializers if k.endswith(".share_codebook")]
+    assert books
+    changed = 0
+    for k in books:
+        old, new = compressed.graph.initializers[k].const_value.numpy(), result.model.graph.initializers[k].const_value.numpy()
+        assert old.shape == new.shape and np.array_equal(old == 0, new == 0)  # the pruned cluster stays zero
+        changed += int(not np.array_equal(old, new))
+    assert changed == len(books)
+
+
+def test_same_seed_same_weights_and_batch_one_models_train_row_by_row(digits):
+    module, data, _ = digits
+    model = gp.load(module, torch.from_numpy(data.x_test[:1]))  # batch fixed to 1: row by row
+    compressed = _compressed(model, STRUCTURED)
+    rows = {"x": data.x_train[:96]}
+    a = gp.recover(compressed, module, rows, epochs=1, seed=3)  # the teacher as the torch module
+    b = gp.recover(compressed, module, rows, epochs=1, seed=3)
+    for name, v in a.model.graph.initializers.items():
+        np.testing.assert_array_equal(v.const_value.numpy(), b.model.graph.initializers[name].const_value.numpy())
+
+
+def test_labels_and_feature_pairs(digits, tmp_path):
+    _, data, model = digits
+    compressed = _compressed(model, SHARED)
+    gp.save(model, tmp_path / "teacher.onnx")
+    np.savez(tmp_path / "train.npz", x=data.x_train)
+    student_values = {v.name: v for n in compressed.graph for v in n.outputs}
+    pair = next(n.outputs[0].name for n in model.graph if n.op_type == "Relu" and n.outputs[0].name in student_values)
+    result = gp.recover(compressed, tmp_path / "teacher.onnx", tmp_path / "train.npz", labels=data.y_train, features={pair: pair}, epochs=2, lr=3e-3, seed=0)
+    assert result.metric == "accuracy" and result.after > result.before
+
+
+def test_bad_recover_options_get_one_line(digits):
+    _, data, model = digits
+    compressed = _compressed(model, STRUCTURED)
+    for kwargs, match in [
+        ({"data": {"image": data.x_train[:8]}}, "no input 'x'"),
+        ({"data": {"x": data.x_train[:8]}, "labels": data.y_train[:3]}, "3 labels for 8 rows"),
+        ({"data": {"x": data.x_train[:8]}, "loss": "hinge"}, "loss 'hinge'"),
+        ({"data": {"x": data.x_train[:8]}, "features": {"nope": "nope"}}, "no value 'nope'"),
+    ]:
+        with pytest.raises(gp.GraphpressError, match=match) as e:
+            gp.recover(compressed, model, **kwargs)
+        assert "\n" not in str(e.value)
+    assert make_inputs(compressed)  # the student is untouched and still runs
