@@ -104,6 +104,10 @@ def _add_compress(sub):
     p.add_argument("--report", help="write the report JSON here")
     p.add_argument("--report-html", metavar="PATH", help="write the report a person reads here: one self-contained HTML page (weights before/after, per-layer metrics, every candidate tried, latency against the peers)")
     p.add_argument("--rpc", metavar="HOST:PORT[:KEY]", help=RPC_HELP)
+    p.add_argument("--recover", metavar="KEY=VALUE,...", help="fine-tune every lossy candidate against the model given before it is judged "
+                   "(distillation on the compressed graph: graphpress.recover), e.g. epochs=3 or epochs=3,lr=0.001,temperature=2")
+    p.add_argument("--train-data", metavar="NPZ", help="inputs --recover trains on (keys = input names, a leading row axis; default: the "
+                   "samples the steps are chosen on); the held-out samples only judge")
     p.set_defaults(func=cmd_compress)
 
 
@@ -593,7 +597,7 @@ def cmd_compile(args) -> int:
 def cmd_compress(args) -> int:
     import numpy as np
 
-    from graphpress.compression import compress
+    from graphpress.compression import compress, parse_recover
     from graphpress.ir import load, save
     from graphpress.ir.io import check_writable
     from graphpress.ir.numeric import load_samples
@@ -609,6 +613,10 @@ def cmd_compress(args) -> int:
             check_writable(extra, what, input_path)
     model = load(input_path)
     samples = load_samples(args.samples, model) if args.samples else None
+    if args.train_data and not args.recover:
+        raise GraphpressError("--train-data: give --recover too (e.g. --recover epochs=3)")
+    recover = parse_recover(args.recover) if args.recover else None
+    train_data = load_samples(args.train_data, model) if args.train_data else None
     labels = None
     if args.labels:
         try:
@@ -621,7 +629,7 @@ def cmd_compress(args) -> int:
     with console.status("compressing") as status:
         result = compress(model, args.target, samples=samples, budget=_metric_budget(args) if args.metric else args.budget, recipe=args.recipe, labels=labels,
                           measure=not args.no_measure, progress=lambda line, t=time.perf_counter(): status.update(f"[{time.perf_counter() - t:.0f} s] {line}"),
-                          rpc=args.rpc)  # fmt: skip
+                          rpc=args.rpc, recover=recover, train_data=train_data)  # fmt: skip
     if args.target == "onnxruntime":
         save(result.model, out)
     else:

@@ -222,6 +222,8 @@ def compress(
     measure: bool = True,
     progress: Callable[[str], None] | None = None,
     rpc: str | None = None,
+    recover: Mapping[str, Any] | None = None,
+    train_data: Any = None,
 ) -> CompressResult:
     """Compress ``model`` with ``recipe`` within ``budget`` and build it for ``target``.
 
@@ -245,6 +247,11 @@ def compress(
         rpc: compile for a device reached through TVM's RPC (``HOST:PORT:KEY`` through a
             tracker, ``HOST:PORT`` one server): the int8 guards and the check run there, and so
             does the artifact's held-out verdict (:func:`graphpress.backends.tvm.compile_model`).
+        recover: fine-tune every lossy candidate against ``model`` before it is judged
+            (:func:`graphpress.recover`'s options, e.g. ``{"epochs": 3}``), so stronger
+            candidates fit the budget; the held-out samples still only judge.
+        train_data: the inputs recovery trains on (an ``.npz`` path, a dict of rows or a list
+            of feed dicts; default: the samples the steps are chosen on).
 
     Raises:
         GraphpressError: a bad option, or a model the pipeline or the backend cannot handle.
@@ -270,9 +277,12 @@ def compress(
     split_labels = _split_labels(labels, choose, held_out)
     say = progress or (lambda line: None)
 
+    recover_fn = _recovery(original, recover, train_data if train_data is not None else choose, say) if recover is not None else None
+
     def run(name: str) -> RecipeResult:
         say(f"recipe {name}")
-        return run_recipe(original, recipe_stages(name, original, target), budget, choose, held_out, labels=split_labels, progress=say, target=facts)
+        return run_recipe(original, recipe_stages(name, original, target), budget, choose, held_out, labels=split_labels, progress=say, target=facts,
+                          recover=recover_fn)  # fmt: skip
 
     compiled = None
     if recipe == "fastest":
@@ -294,6 +304,39 @@ def compress(
     return CompressResult(result.model, compiled, recipe, chosen, target, budget, result.steps, rows, notes, machine, result.held_out_loss,
                           round(time.perf_counter() - start, 1), labeled=labels is not None, original=original, path=result.path,
                           onnxruntime_settings=settings)  # fmt: skip
+
+
+#: the options of ``compress(recover=...)`` / ``--recover`` (those of :func:`graphpress.recover`)
+RECOVER_OPTIONS = {"epochs": int, "lr": float, "batch_size": int, "temperature": float, "loss": str, "seed": int, "held_out": float}
+
+
+def _recovery(original: ir.Model, options: Mapping[str, Any], data: Any, say) -> Callable[[ir.Model], tuple[ir.Model, str]]:
+    from graphpress.recovery import recover
+
+    unknown = sorted(set(options) - set(RECOVER_OPTIONS))
+    if unknown:
+        raise GraphpressError(f"recover option '{unknown[0]}': choose from {', '.join(RECOVER_OPTIONS)}")
+
+    def run(model: ir.Model) -> tuple[ir.Model, str]:
+        result = recover(model, original, data, progress=say, **options)
+        return result.model, f"{len(result.history)} epochs in {result.seconds:.1f} s, held-out {result.metric} {result.before:.4f} -> {result.after:.4f}"
+
+    return run
+
+
+def parse_recover(text: str) -> dict[str, Any]:
+    """``epochs=3,lr=0.001`` (``--recover``) as options of :func:`graphpress.recover`."""
+    out: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.replace(";", ",").split(","))):
+        key, sep, value = part.partition("=")
+        key = key.strip()
+        if not sep or key not in RECOVER_OPTIONS:
+            raise GraphpressError(f"--recover {text}: give KEY=VALUE pairs from {', '.join(RECOVER_OPTIONS)} (e.g. epochs=3,lr=0.001)")
+        try:
+            out[key] = RECOVER_OPTIONS[key](value.strip())
+        except ValueError:
+            raise GraphpressError(f"--recover {text}: {key}={value} is not a {RECOVER_OPTIONS[key].__name__}") from None
+    return out
 
 
 def _choose_settings(model: ir.Model, feeds: Mapping[str, np.ndarray], say) -> dict[str, Any]:

@@ -315,6 +315,7 @@ def run_recipe(
     labels: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
     progress: Callable[[str], None] | None = None,
     target: TargetFacts | None = None,
+    recover: Callable[[ir.Model], tuple[ir.Model, str]] | None = None,
 ) -> RecipeResult:
     """Run ``stages`` on a copy of ``model`` within ``budget`` (see the module's doc); the passes
     know the ``target``'s facts (7-bit weights for an x86 target without an int8 dot product).
@@ -325,6 +326,9 @@ def run_recipe(
         labels: labels of the ``choose`` and ``held_out`` rows (optional).
         progress: called with a line per candidate tried.
         target: what passes may know of where the result runs (None: nothing).
+        recover: fine-tunes every lossy candidate before it is judged (``graphpress.recover``
+            against the model given; returns the model and a line for the record), so a
+            stronger candidate fits the budget when training wins back what it costs.
     """
     start = time.perf_counter()
     say = progress or (lambda line: None)
@@ -352,6 +356,7 @@ def run_recipe(
                 spec = spec.replace("{tolerance}", f"{room_total:.6g}")
                 try:
                     cand, _ = _apply(base, spec, choose, check, metric, target)
+                    cand = recover(cand)[0] if recover else cand
                 except GraphpressError:
                     continue
                 loss = val.loss(cand)
@@ -369,19 +374,24 @@ def run_recipe(
                 # the candidates so far tell the time per candidate: at most this much is left of the step
                 eta = f", at most ~{(time.perf_counter() - stage_start) / n * left:.0f} s left" if n else ""
                 say(f"step {i + 1}/{len(lossy)} {stage.name}, candidate {n + 1} of at most {len(stage.candidates)}{eta}: trying {spec}")
+                recovered = ""
                 try:
                     cand, records = _apply(current, spec, choose, check, metric, target)
+                    if recover:
+                        say(f"step {i + 1}/{len(lossy)} {stage.name}: recovering {spec}")
+                        cand, recovered = recover(cand)
+                        recovered = f" after recovery ({recovered})"
                 except GraphpressError as e:  # a check refused it (NumericMismatchError) or the pass could not run
                     step["tried"].append([spec, f"rolled back: {str(e)[:300]}"])
                     continue
                 loss = val.loss(cand)
                 if loss <= room:
-                    step["tried"].append([spec, f"kept: {val.describe(loss)}"])
+                    step["tried"].append([spec, f"kept{recovered}: {val.describe(loss)}"])
                     step.update(chosen=spec, loss=loss, passes=records)
                     current = cand
                     path.append((stage.name, cand))
                     break
-                step["tried"].append([spec, f"over its share of the budget: {val.describe(loss)} (room {room:.4g})"])
+                step["tried"].append([spec, f"over its share of the budget{recovered}: {val.describe(loss)} (room {room:.4g})"])
             if step["chosen"] is None:
                 step["skipped"] = "no candidate fits its share of the budget"
             steps.append(step)

@@ -179,3 +179,29 @@ def test_bad_recover_options_get_one_line(digits):
             gp.recover(compressed, model, **kwargs)
         assert "\n" not in str(e.value)
     assert make_inputs(compressed)  # the student is untouched and still runs
+
+
+def test_compress_with_recovery_keeps_a_stronger_cut(digits):
+    module, data, _ = digits
+    model = gp.load(module, torch.from_numpy(data.x_test[:1]))  # as users hand it over: batch 1
+    samples = [{"x": data.x_test[i : i + 1]} for i in range(200)]
+    kw = {"samples": samples, "labels": data.y_test[:200], "budget": "0.5%", "recipe": "prune-int8", "measure": False}
+    plain = gp.compress(model, "onnxruntime", **kw)
+    recovered = gp.compress(model, "onnxruntime", recover={"epochs": 3, "lr": 3e-3}, train_data={"x": data.x_train}, **kw)
+    ratio = lambda r: float((next(s["chosen"] for s in r.steps if s["stage"] == "prune") or "prune:ratio=0").split("=")[1])  # noqa: E731
+    assert ratio(recovered) > ratio(plain)
+    assert recovered.held_out_loss <= 0.005  # the held-out samples (never trained on) still judge
+    kept = next(s for s in recovered.steps if s["stage"] == "prune")["tried"][-1][1]
+    assert kept.startswith("kept after recovery")
+
+
+def test_cli_recover_options(capsys, tmp_path, digits):
+    from tests.test_cli import _fail
+
+    module, data, model = digits
+    gp.save(model, tmp_path / "m.onnx")
+    out = tmp_path / "out.onnx"
+    _fail(capsys, ["compress", str(tmp_path / "m.onnx"), "-o", str(out), "--recover", "epochs=three"], [tmp_path / "m.onnx"], [out], "epochs=three is not a int")
+    _fail(capsys, ["compress", str(tmp_path / "m.onnx"), "-o", str(out), "--recover", "speed=9"], [tmp_path / "m.onnx"], [out], "give KEY=VALUE pairs")
+    np.savez(tmp_path / "t.npz", x=data.x_train[:8])
+    _fail(capsys, ["compress", str(tmp_path / "m.onnx"), "-o", str(out), "--train-data", str(tmp_path / "t.npz")], [tmp_path / "m.onnx"], [out], "give --recover too")
