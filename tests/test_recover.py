@@ -205,3 +205,25 @@ def test_cli_recover_options(capsys, tmp_path, digits):
     _fail(capsys, ["compress", str(tmp_path / "m.onnx"), "-o", str(out), "--recover", "speed=9"], [tmp_path / "m.onnx"], [out], "give KEY=VALUE pairs")
     np.savez(tmp_path / "t.npz", x=data.x_train[:8])
     _fail(capsys, ["compress", str(tmp_path / "m.onnx"), "-o", str(out), "--train-data", str(tmp_path / "t.npz")], [tmp_path / "m.onnx"], [out], "give --recover too")
+
+
+def test_progressive_pruning_with_recovery_reaches_a_higher_ratio(digits):
+    from graphpress.passes.pruning import prune_progressive
+
+    module, data, model = digits
+    base = _compressed(model, "cleanup,fuse,cleanup,dedup")
+    want = np.asarray(run_samples(base, [{"x": data.x_test}])[base.graph.outputs[0].name]).argmax(-1)
+
+    def agreement(m):  # on the test split: never trained on
+        return float((np.asarray(run_samples(m, [{"x": data.x_test}])[m.graph.outputs[0].name]).argmax(-1) == want).mean())
+
+    plain = copy_model(base)
+    plain_ratio, _ = prune_progressive(plain, agreement, tolerance=0.01, max_ratio=0.8, step=0.2)
+    trained = copy_model(base)
+    ratio, history = prune_progressive(trained, agreement, tolerance=0.01, max_ratio=0.8, step=0.2,
+                                       recover=lambda m: gp.recover(m, base, {"x": data.x_train}, epochs=3, lr=3e-3).model)  # fmt: skip
+    assert ratio > plain_ratio
+    assert agreement(trained) >= 0.99 and all(h.get("recovered") for h in history[1:])
+    assert trained.graph.num_nodes() > 0 and sum(v.const_value.size for v in trained.graph.initializers.values()) < sum(
+        v.const_value.size for v in base.graph.initializers.values()
+    )

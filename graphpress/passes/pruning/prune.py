@@ -320,17 +320,25 @@ def masked_reference(model: ir.Model, plan: PrunePlan) -> ir.Model:
 
 
 def prune_progressive(
-    model: ir.Model, metric, *, tolerance: float, max_ratio: float = 0.9, step: float = 0.1, **options: Any
+    model: ir.Model, metric, *, tolerance: float, max_ratio: float = 0.9, step: float = 0.1, recover=None, **options: Any
 ) -> tuple[float, list[dict[str, float]]]:
     """Prune ``model`` in place at the largest ratio (``step``, ``2*step``, ... ``max_ratio``) whose
     ``metric(model)`` (higher is better, e.g. held-out accuracy) stays within ``tolerance`` of the
     unpruned model's; stops at the first ratio that falls outside.
+
+    ``recover``: a function fine-tuning a pruned model (e.g. ``lambda m: graphpress.recover(m,
+    teacher, data).model``). Then pruning is progressive in the training sense: each step cuts
+    the *recovered* model of the step before further (to ``ratio`` of the original channels),
+    fine-tunes it, and is judged after recovery; ``model`` ends as the last recovered step
+    that stayed within ``tolerance``.
 
     Returns the chosen ratio (0.0: nothing passed, the model is unchanged) and the history
     ``[{"ratio", "metric", "params"}]``.
     """
     from graphpress.ir.io import to_proto
 
+    if recover is not None:
+        return _progressive_recovered(model, metric, recover, tolerance, max_ratio, step, options)
     baseline = metric(model)
     history = [{"ratio": 0.0, "metric": baseline, "params": _params(model)}]
     best = 0.0
@@ -346,6 +354,28 @@ def prune_progressive(
         best = ratio
     if best > 0:
         apply_plan(model, plan_pruning(model, ratio=best, **options))
+    return best, history
+
+
+def _progressive_recovered(model: ir.Model, metric, recover, tolerance: float, max_ratio: float, step: float, options: dict) -> tuple[float, list]:
+    from graphpress.ir.io import to_proto
+
+    baseline = metric(model)
+    history = [{"ratio": 0.0, "metric": baseline, "params": _params(model)}]
+    best, kept, current, done = 0.0, None, model, 0.0
+    for k in range(1, int(max_ratio / step + 1e-9) + 1):
+        ratio = round(step * k, 6)
+        candidate = ir.serde.deserialize_model(to_proto(current))
+        apply_plan(candidate, plan_pruning(candidate, ratio=1 - (1 - ratio) / (1 - done), **options))  # to `ratio` of the original
+        candidate = recover(candidate)
+        value = metric(candidate)
+        history.append({"ratio": ratio, "metric": value, "params": _params(candidate), "recovered": True})
+        if value < baseline - tolerance:
+            break
+        best, kept, current, done = ratio, candidate, candidate, ratio
+    if kept is not None:  # the model becomes the last recovered step that passed
+        model.graph = kept.graph
+        model.metadata_props.update(kept.metadata_props)
     return best, history
 
 
