@@ -5,9 +5,9 @@ the compressed graph itself) wins back, side by side in one run, with the traini
   neither training nor recovery sees): structured 70 % + static int8; unstructured 95 % +
   8-cluster sharing, written as ONNX and packed (``graphpress pack``), its size against the fp32
   ONNX file.
-* all-MiniLM-L6-v2 (real weights; first lines of docstrings of Python's standard library,
-  disjoint training and held-out sentences): dynamic int8, and 50 % of every FFN pruned; mean
-  cosine of the held-out embeddings to fp32 and nearest-neighbour agreement.
+* all-MiniLM-L6-v2 (real weights; sentences of the docstrings of Python's standard library,
+  the last sixth held out and never trained on): dynamic int8, and 50 % of every FFN pruned; mean cosine of the held-out embeddings to fp32 and nearest-neighbour
+  agreement.
 * A ResNet-18 (10 classes) trained in-run on the digits upsampled to 32x32: 50 % pruned +
   static int8, recovered; its TVM int8 artifact timed against ONNX Runtime's best int8 of the
   original (2 threads, batch 1).
@@ -96,23 +96,28 @@ def digits(rows, epochs: int) -> None:
 
 def minilm(rows, epochs: int, sentences: int) -> None:
     from graphpress.models.minilm import load_minilm, tokenize
+    from graphpress.passes.context import PassContext
 
     enc = load_minilm().eval()
     seq = 64
-    texts = _text.sentences(sentences)
-    cut = len(texts) * 3 // 4
+    texts = _text.corpus(sentences)
+    cut = len(texts) * 5 // 6
     example = tuple(tokenize(texts[:2], seq_len=seq).values())
     model = gp.load(enc, example, dynamic_batch=True)
     names = [v.name for v in model.graph.inputs]
     train = {n: v.numpy() for n, v in zip(names, tokenize(texts[:cut], seq_len=seq).values())}
+    calibration = [{n: a[i : i + 1] for n, a in train.items()} for i in range(32)]
 
     def embeddings(m):
         return _text.embed(lambda feeds: np.asarray(run_samples(m, [feeds])[m.graph.outputs[0].name]), names, texts[cut:], seq_len=seq)
 
     ref = embeddings(model)
-    for name, spec in [("int8 (dynamic)", f"{LOSSLESS},quantize:mode=dynamic"), ("FFN 50% pruned", f"{LOSSLESS},prune:ratio=0.5;include=intermediate")]:
-        one_shot = _compressed(model, spec)
-        result = gp.recover(one_shot, model, train, epochs=epochs, lr=1e-4, batch_size=16, seed=0, progress=print)
+    # (static QDQ int8 of MiniLM is not here: its write-back differed from the trained student in
+    # ONNX Runtime, cosine 0.987, and recover refuses that; not yet understood)
+    for name, spec, lr in [("int8 dynamic", f"{LOSSLESS},quantize:mode=dynamic", 2e-6), ("FFN 50% pruned", f"{LOSSLESS},prune:ratio=0.5;include=intermediate", 1e-4)]:
+        one_shot = copy_model(model)
+        PassManager(build_passes(spec), context=PassContext(samples=calibration, samples_source="training sentences")).run(one_shot)
+        result = gp.recover(one_shot, model, train, epochs=epochs, lr=lr, batch_size=16, seed=0, held_out=0.1, progress=print)
         for label, m, seconds in (("one-shot", one_shot, None), ("recovered", result.model, result.seconds)):
             score = _text.agreement(embeddings(m), ref)
             _row(rows, part="minilm", variant=f"{name}, {label}", **{k: round(v, 5) for k, v in score.items()}, train_s=seconds,
@@ -165,7 +170,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--parts", default="digits,minilm,resnet")
     parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--sentences", type=int, default=800)
+    parser.add_argument("--sentences", type=int, default=1800)
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--json")
     opts = parser.parse_args()
@@ -176,7 +181,7 @@ def main() -> None:
     if "digits" in parts:
         digits(rows, opts.epochs)
     if "minilm" in parts:
-        minilm(rows, max(1, opts.epochs // 4), opts.sentences)
+        minilm(rows, 1, opts.sentences)
     if "resnet" in parts:
         resnet(rows, opts.epochs, opts.repeat)
     if opts.json:

@@ -208,21 +208,10 @@ def _bias_add(node: ir.Node) -> np.ndarray | None:
 def _dynamic_weight(node: ir.Node) -> tuple[np.ndarray, tuple]:
     """``(B - zero_point) * scale`` of a ``MatMulInteger`` (the scale is the constant factor of
     the ``Mul`` that dequantizes its output)."""
+    from graphpress.ir.weights import matmul_integer_scale
+
     b, zero = _const(node.inputs[1]), _const(node.inputs[3]) if len(node.inputs) > 3 else None
-    scale = None
-    value = node.outputs[0]
-    for _ in range(2):
-        uses = list(value.uses())
-        if len(uses) != 1:
-            break
-        nxt = uses[0].node
-        if nxt.op_type == "Mul":
-            for v in nxt.inputs:
-                p = v.producer() if v is not None else None
-                if p is not None and p.op_type == "Mul":
-                    scale = next((c for c in (_const(i) for i in p.inputs if i is not None) if c is not None), None)
-            break
-        value = nxt.outputs[0]
+    scale = matmul_integer_scale(node)
     if b is None or scale is None:
         raise GraphpressError(f"node '{node.name}': a MatMulInteger whose weight scale is not a constant; to_module takes the graph quantize:mode=dynamic writes")
     zero = np.zeros(1, dtype=b.dtype) if zero is None else zero

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-__all__ = ["LayerWeight", "layer_weights", "root_name", "summary_of"]
+__all__ = ["LayerWeight", "layer_weights", "matmul_integer_scale", "root_name", "summary_of"]
 
 #: op type -> the input indices a weight may sit at, in order of preference
 _WEIGHT_INPUTS = {
@@ -231,3 +231,25 @@ def summary_of(weights: dict[str, LayerWeight]) -> dict[str, Any]:
         "nonzero": int(sum(np.count_nonzero(w.values) for w in weights.values())),
         "shared": int(sum(w.values.size for w in weights.values() if w.stored == "shared")),
     }
+
+
+def matmul_integer_scale(node: ir.Node) -> np.ndarray | None:
+    """The constant weight scale of a ``MatMulInteger`` (dynamic quantization): the constant
+    factor of ``Mul(a_scale, b_scale)`` that the ``Mul`` after it (through a ``Cast``) dequantizes
+    the product with; None when the graph has no such chain."""
+    value = node.outputs[0]
+    for _ in range(2):
+        uses = list(value.uses())
+        if len(uses) != 1:
+            return None
+        nxt = uses[0].node
+        if nxt.op_type == "Mul":
+            for v in nxt.inputs:
+                p = v.producer() if v is not None else None
+                if p is not None and p.op_type == "Mul":
+                    for i in p.inputs:
+                        if i is not None and i.const_value is not None:
+                            return i.const_value.numpy()
+            return None
+        value = nxt.outputs[0]
+    return None
