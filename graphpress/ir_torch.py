@@ -457,9 +457,8 @@ def _expand(node, ins, a):
 
 
 def _concat(node, ins, a):
-    ts = [t for t in ins if t is not None]
-    dtype = torch.promote_types(ts[0].dtype, ts[0].dtype)
-    return [torch.cat([t.to(dtype) for t in ts], dim=a.get("axis", 0))]
+    ts = [t for t in ins if t is not None]  # ONNX: one dtype; a quantized value here is a float of integers
+    return [torch.cat([t.to(ts[0].dtype) for t in ts], dim=a.get("axis", 0))]
 
 
 def _constant(node, ins, a):

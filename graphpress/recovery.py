@@ -119,13 +119,8 @@ def _teacher_outputs(teacher, arrays: dict[str, np.ndarray], batch: int, device)
                 outs.append(_outputs(teacher(*(torch.from_numpy(a[i : i + batch]).to(device) for a in arrays.values()))).float().cpu().numpy())
         return np.concatenate(outs)
     from graphpress.ir import load
-    from graphpress.ir.numeric import run_samples
 
-    model = load(teacher)
-    first = model.graph.outputs[0].name
-    inputs = [v.name for v in model.graph.inputs if v.name not in model.graph.initializers]
-    rows = [{name: a[i : i + 1] for name, a in zip(inputs, arrays.values())} for i in range(n)]
-    return np.asarray(run_samples(model, rows, where="the teacher")[first]).reshape(n, *np.shape(run_samples(model, rows[:1])[first])[1:])
+    return _graph_outputs(load(teacher), arrays, where="the teacher")
 
 
 def _metric_name(kind: str, labels) -> str:
@@ -142,14 +137,19 @@ def _score(metric: str, got: np.ndarray, teacher: np.ndarray, labels) -> float:
     return float((num / np.maximum(np.linalg.norm(got, axis=1) * np.linalg.norm(teacher, axis=1), 1e-12)).mean())
 
 
-def _graph_outputs(model: ir.Model, arrays: dict[str, np.ndarray]) -> np.ndarray:
-    from graphpress.ir.numeric import run_samples
-
+def _feed_rows(model: ir.Model, arrays: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """One feed per row, keyed by ``model``'s own input names (in the order of ``arrays``)."""
     inputs = [v.name for v in model.graph.inputs if v.name not in model.graph.initializers]
     n = len(next(iter(arrays.values())))
-    rows = [{name: a[i : i + 1] for name, a in zip(inputs, arrays.values())} for i in range(n)]
-    out = run_samples(model, rows, where="the compressed model")[model.graph.outputs[0].name]
-    return np.asarray(out).reshape(n, -1)
+    return [{name: a[i : i + 1] for name, a in zip(inputs, arrays.values())} for i in range(n)]
+
+
+def _graph_outputs(model: ir.Model, arrays: dict[str, np.ndarray], where: str = "the compressed model") -> np.ndarray:
+    """``model``'s first output on every row (ONNX Runtime, row by row), one row per line."""
+    from graphpress.ir.numeric import run_samples
+
+    rows = _feed_rows(model, arrays)
+    return np.asarray(run_samples(model, rows, where=where)[model.graph.outputs[0].name]).reshape(len(rows), -1)
 
 
 def recover(
@@ -366,7 +366,6 @@ class _Features:
         missing = [s for s in self.pairs if s not in net.values]
         if missing:
             raise GraphpressError(f"recover: features: the student has no value {missing[0]!r}; name values of the compressed graph")
-        n = len(next(iter(arrays.values())))
         self.want: dict[str, np.ndarray] = {}
         if isinstance(teacher, torch.nn.Module):
             got: dict[str, list] = {t: [] for t in self.pairs.values()}
@@ -388,10 +387,8 @@ class _Features:
             from graphpress.ir.numeric import _Session
 
             model = load(teacher)
-            inputs = [v.name for v in model.graph.inputs if v.name not in model.graph.initializers]
-            rows = [{name: a[i : i + 1] for name, a in zip(inputs, arrays.values())} for i in range(n)]
             session = _Session(model, list(self.pairs.values()), "the teacher")
-            outs = [session.run(r) for r in rows]
+            outs = [session.run(r) for r in _feed_rows(model, arrays)]
             self.want = {t: np.concatenate([np.asarray(o[t]) for o in outs]) for t in self.pairs.values()}
         net.capture = set(self.pairs)
 

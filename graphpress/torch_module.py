@@ -41,6 +41,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphpress.errors import GraphpressError
+from graphpress.ir.weights import matmul_integer_scale, next_in_chain
 from graphpress.passes.share import TAG as SHARE_TAG
 
 __all__ = ["AGREEMENT", "to_module"]
@@ -81,20 +82,10 @@ def _param_key(node: ir.Node, weight: ir.Value, state: Mapping[str, Any]) -> str
                 best = key
     if best is not None:
         return best
-    value = node.outputs[0]
-    for _ in range(3):  # MatMul(Integer) -> [Cast -> Mul] -> Add(bias)
-        uses = list(value.uses())
-        if len(uses) != 1:
-            return None
-        nxt = uses[0].node
-        if nxt.op_type == "Add":
-            for v in nxt.inputs:
-                if v is not None and v.name and v.name.endswith(".bias") and v.name in state:
-                    return v.name.removesuffix(".bias") + ".weight"
-            return None
-        if nxt.op_type not in ("Cast", "Mul"):
-            return None
-        value = nxt.outputs[0]
+    add = next_in_chain(node.outputs[0], "Add")  # MatMul(Integer) -> [Cast -> Mul] -> Add(bias)
+    for v in add.inputs if add is not None else ():
+        if v is not None and v.name and v.name.endswith(".bias") and v.name in state:
+            return v.name.removesuffix(".bias") + ".weight"
     return None
 
 
@@ -192,24 +183,15 @@ def _quantized_params(model: ir.Model, state: Mapping[str, Any], handled: set[st
 
 
 def _bias_add(node: ir.Node) -> np.ndarray | None:
-    value = node.outputs[0]
-    for _ in range(3):
-        uses = list(value.uses())
-        if len(uses) != 1:
-            return None
-        nxt = uses[0].node
-        if nxt.op_type == "Add":
-            consts = [_const(v) for v in nxt.inputs if v is not None and v.const_value is not None]
-            return consts[0] if len(consts) == 1 else None
-        value = nxt.outputs[0]
-    return None
+    """The constant of the bias ``Add`` after a ``MatMul`` (through a dequantizing Cast/Mul)."""
+    add = next_in_chain(node.outputs[0], "Add")
+    consts = [_const(v) for v in add.inputs if v is not None and v.const_value is not None] if add is not None else []
+    return consts[0] if len(consts) == 1 else None
 
 
 def _dynamic_weight(node: ir.Node) -> tuple[np.ndarray, tuple]:
     """``(B - zero_point) * scale`` of a ``MatMulInteger`` (the scale is the constant factor of
     the ``Mul`` that dequantizes its output)."""
-    from graphpress.ir.weights import matmul_integer_scale
-
     b, zero = _const(node.inputs[1]), _const(node.inputs[3]) if len(node.inputs) > 3 else None
     scale = matmul_integer_scale(node)
     if b is None or scale is None:

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-__all__ = ["LayerWeight", "layer_weights", "matmul_integer_scale", "root_name", "summary_of"]
+__all__ = ["LayerWeight", "layer_weights", "matmul_integer_scale", "next_in_chain", "root_name", "summary_of"]
 
 #: op type -> the input indices a weight may sit at, in order of preference
 _WEIGHT_INPUTS = {
@@ -233,23 +233,30 @@ def summary_of(weights: dict[str, LayerWeight]) -> dict[str, Any]:
     }
 
 
+def next_in_chain(value: ir.Value, op: str, through: tuple[str, ...] = ("Cast", "Mul"), steps: int = 3) -> ir.Node | None:
+    """The first ``op`` node reached from ``value`` through single uses of ``through`` nodes
+    (at most ``steps`` nodes): the bias ``Add`` after a ``MatMul``, the dequantizing ``Mul``
+    after a ``MatMulInteger``'s ``Cast``. None when the chain branches or ends elsewhere."""
+    for _ in range(steps):
+        uses = list(value.uses())
+        if len(uses) != 1:
+            return None
+        node = uses[0].node
+        if node.op_type == op:
+            return node
+        if node.op_type not in through:
+            return None
+        value = node.outputs[0]
+    return None
+
+
 def matmul_integer_scale(node: ir.Node) -> np.ndarray | None:
     """The constant weight scale of a ``MatMulInteger`` (dynamic quantization): the constant
     factor of ``Mul(a_scale, b_scale)`` that the ``Mul`` after it (through a ``Cast``) dequantizes
     the product with; None when the graph has no such chain."""
-    value = node.outputs[0]
-    for _ in range(2):
-        uses = list(value.uses())
-        if len(uses) != 1:
-            return None
-        nxt = uses[0].node
-        if nxt.op_type == "Mul":
-            for v in nxt.inputs:
-                p = v.producer() if v is not None else None
-                if p is not None and p.op_type == "Mul":
-                    for i in p.inputs:
-                        if i is not None and i.const_value is not None:
-                            return i.const_value.numpy()
-            return None
-        value = nxt.outputs[0]
+    mul = next_in_chain(node.outputs[0], "Mul", through=("Cast",), steps=2)
+    for v in mul.inputs if mul is not None else ():
+        p = v.producer() if v is not None else None
+        if p is not None and p.op_type == "Mul":
+            return next((i.const_value.numpy() for i in p.inputs if i is not None and i.const_value is not None), None)
     return None

@@ -219,17 +219,12 @@ PRUNED_CHANNELS_KEY = "graphpress.pruned_channels"
 
 
 def _runs(indices: np.ndarray) -> str:
-    out, start = [], None
-    for i, k in enumerate(indices.tolist()):
-        if start is None:
-            start = prev = k
-        elif k != prev + 1:
-            out.append(f"{start}-{prev}" if prev > start else str(start))
-            start = k
-        prev = k
-        if i == len(indices) - 1:
-            out.append(f"{start}-{prev}" if prev > start else str(start))
-    return ",".join(out)
+    """Sorted indices as runs: ``[0, 1, 2, 5]`` -> ``"0-2,5"``."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if not indices.size:
+        return ""
+    breaks = np.flatnonzero(np.diff(indices) != 1) + 1
+    return ",".join(f"{r[0]}-{r[-1]}" if len(r) > 1 else str(r[0]) for r in np.split(indices, breaks))
 
 
 def parse_runs(text: str) -> np.ndarray:
