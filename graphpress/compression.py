@@ -318,7 +318,12 @@ def _recovery(original: ir.Model, options: Mapping[str, Any], data: Any, say) ->
         raise GraphpressError(f"recover option '{unknown[0]}': choose from {', '.join(RECOVER_OPTIONS)}")
 
     def run(model: ir.Model) -> tuple[ir.Model, str]:
-        result = recover(model, original, data, progress=say, **options)
+        try:
+            result = recover(model, original, data, progress=say, **options)
+        except GraphpressError:
+            raise
+        except Exception as e:  # a bug in recovery: the candidate is rolled back with the reason, the run goes on
+            raise GraphpressError(f"recovery failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from e
         return result.model, f"{len(result.history)} epochs in {result.seconds:.1f} s, held-out {result.metric} {result.before:.4f} -> {result.after:.4f}"
 
     return run

@@ -129,7 +129,7 @@ class GraphModule(nn.Module):
                 lo, hi = _QRANGE[value.const_value.dtype]
                 s = _axis_view(torch.from_numpy(scale.copy()), axis, arr.ndim).numpy() if arr.ndim else scale.reshape(())
                 z = _axis_view(torch.from_numpy(zero.astype(np.float32).copy()), axis, arr.ndim).numpy() if arr.ndim else zero.astype(np.float32).reshape(())
-                self.params[key] = nn.Parameter(torch.from_numpy(((arr.astype(np.float32) - z) * s).astype(np.float32)))
+                self.params[key] = nn.Parameter(torch.from_numpy(np.asarray((arr.astype(np.float32) - z) * s, dtype=np.float32)))  # 0-d too
                 self._grids[key] = ("dq" if node.op_type == "DequantizeLinear" else "mmi", torch.from_numpy(scale.copy()), torch.from_numpy(zero.astype(np.float32).copy()), lo, hi, axis)
                 self._param_of[name] = key
             elif arr.dtype in (np.float32, np.float16, np.float64) and arr.size > 1 and np.isfinite(arr).all() and id(value) not in grid_inputs and id(value) not in scale_muls:
