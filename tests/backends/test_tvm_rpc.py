@@ -139,5 +139,6 @@ def test_tuning_with_rpc_measures_candidates_on_the_device(tracker_and_server, t
     compiled = compile_model(model, "aarch64", tune_trials=2, max_trials_per_task=2, database=db, shipped_databases=False, rpc=tracker_and_server)
     build = compiled.meta["build"]
     assert build["tuned_on"].startswith("rpc tracker") and build["check_vs_onnxruntime"]["passed"]
+    assert build["tuning_records_added"] > 0, f"no candidate built and ran: see {db}/logs"
     records = open_database(db).get_all_tuning_records()
     assert records and all(r.run_secs is not None and all(float(t) < 1e9 for t in r.run_secs) for r in records)

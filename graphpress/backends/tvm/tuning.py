@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import logging
 import os
 import time
 from pathlib import Path
@@ -25,6 +26,8 @@ from graphpress.backends.tvm.layout import fold_weight_layouts, sink_permutes
 from graphpress.backends.tvm.runtime import Remote, current_remote
 from graphpress.backends.tvm.schedules import schedule_gemm, schedule_injective
 from graphpress.backends.tvm.targets import TargetSpec, vector_facts
+
+log = logging.getLogger(__name__)
 
 __all__ = ["SHIPPED_DATABASES", "Tuning", "database_dirs", "kernel_names", "open_database", "schedule_cpu", "target_key", "user_database_dir"]
 
@@ -71,6 +74,9 @@ KEEP_NCHW = {"relax.nn.conv2d_transpose": ["NCHW", "IOHW"]}
 #: Seconds a tuning candidate may take to build / to run before it is discarded.
 BUILD_TIMEOUT_S = 120
 RUN_TIMEOUT_S = 60
+#: A candidate for a remote device is compiled and then linked by the cross compiler: on a busy
+#: 2-core host two such builds took over 120 s (every candidate was lost, nothing was measured).
+CROSS_BUILD_TIMEOUT_S = 600
 
 
 def target_key(spec: TargetSpec) -> str:
@@ -123,7 +129,7 @@ def measuring_tools(remote: Remote | None):
         raise GraphpressError(f"--rpc {remote.address}: tuning over RPC goes through a tracker; give HOST:PORT:KEY (MetaSchedule's RPC runner asks the tracker for a device)")
     remote.close()  # the runner asks the tracker for sessions of its own: ours would keep the device busy
     config = ms.runner.RPCConfig(tracker_host=remote.host, tracker_port=remote.port, tracker_key=remote.key, session_timeout_sec=int(remote.timeout_s))
-    builder = ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S, f_export=functools.partial(export_shared_library, remote.cross_compiler))
+    builder = ms.builder.LocalBuilder(timeout_sec=CROSS_BUILD_TIMEOUT_S, f_export=functools.partial(export_shared_library, remote.cross_compiler))
     return builder, ms.runner.RPCRunner(config, ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=0))
 
 
@@ -229,6 +235,7 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
             per_task = max_trials_per_task or max(1, tune_trials // max(1, len(tasks)))
             builder, runner = measuring_tools(current_remote())
             start = time.perf_counter()
+            before = len(open_database(dirs[0]).get_all_tuning_records())
             ms.relax_integration.tune_relax(
                 next(iter(variants.values())),
                 params={},
@@ -241,7 +248,11 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
                 runner=runner,
                 database=open_database(dirs[0]),
             )
+            measured = len(open_database(dirs[0]).get_all_tuning_records()) - before  # candidates that built and ran
+            if measured <= 0:
+                log.warning("tuning measured no candidate (every build or run failed): the build uses the databases it had, see %s/logs", dirs[0])
             stats.update({"tune_trials": tune_trials, "max_trials_per_task": per_task, "tuning_seconds": round(time.perf_counter() - start, 1),
+                          "tuning_records_added": measured,
                           "tuned_on": current_remote().describe() if current_remote() is not None else "this host"})
             db = union()  # with the new records
     candidates = {}
