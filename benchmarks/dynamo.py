@@ -1,9 +1,10 @@
 """``torch.compile(backend="graphpress")`` side by side with torch eager, ``torch.compile``'s
 default inductor backend and the graphpress artifact compiled from the same model, fp32 and int8
 (``options={"recipe": "int8", "budget": "cos:0.99"}``, and the artifact of ``graphpress.compress``
-with the same recipe; inductor has no int8 of its own: its row is fp32), and int8 once more with
+with the same recipe; inductor has no int8 of its own: its row is fp32), fp32 and int8 once more with
 ``guard_filter_fn=torch.compiler.skip_guard_on_all_nn_modules_unsafe`` (torch's opt-in: Dynamo
-stops checking module attributes before every call; tensor guards stay), on
+stops checking module attributes before every call; tensor guards stay), and the fp32 backend's
+compiled graph called directly, without Dynamo (what is left is Dynamo's own cost per call), on
 ResNet-18 (224², batch 1) and MiniLM (128 tokens). One run, 2 threads, timed in blocks in the
 same process; prints the machine first.
 
@@ -52,11 +53,23 @@ def main() -> None:
         with torch.no_grad():
             want = module(*args)
         engines, compile_s = {"torch eager": lambda: module(*args)}, {}
+        skip_module_guards = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
         variants = [("torch.compile inductor (fp32)", {"backend": "inductor"}), ("torch.compile graphpress fp32", {"backend": "graphpress"}),
+                    ("torch.compile graphpress fp32, module guards skipped", {"backend": "graphpress", "options": skip_module_guards}),
                     ("torch.compile graphpress int8", {"backend": "graphpress", "options": {"recipe": "int8", "samples": samples, "budget": "cos:0.99"}}),
                     # the user's opt-in (torch's own helper): no guards on module attributes, tensors still guarded
                     ("torch.compile graphpress int8, module guards skipped", {"backend": "graphpress", "options": {
-                        "recipe": "int8", "samples": samples, "budget": "cos:0.99", "guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}})]  # fmt: skip
+                        "recipe": "int8", "samples": samples, "budget": "cos:0.99", **skip_module_guards}})]  # fmt: skip
+        # the fp32 backend once more through a wrapper that keeps what it returns: that callable,
+        # called without Dynamo, separates the backend's own time from Dynamo's per-call cost
+        graphs = []
+
+        def keeping(gm, example_inputs, **kw):
+            fn = torch._dynamo.lookup_backend("graphpress")(gm, example_inputs, **kw)
+            graphs.append((fn, list(example_inputs)))
+            return fn
+
+        variants.insert(3, ("torch.compile graphpress fp32 (kept)", {"backend": keeping}))
         for label, kw in variants:
             torch._dynamo.reset()
             fn = torch.compile(module, **kw)
@@ -67,6 +80,10 @@ def main() -> None:
             cos = float(torch.nn.functional.cosine_similarity(got.flatten().float(), want.flatten().float(), dim=0))
             compile_s[label + " cosine"] = round(cos, 5)
             engines[label] = lambda fn=fn: fn(*args)
+        del engines["torch.compile graphpress fp32 (kept)"]
+        if len(graphs) == 1:  # one graph, no break: the whole model
+            graph_fn, graph_args = graphs[0]
+            engines["graphpress backend fp32, called without Dynamo"] = lambda: graph_fn(*graph_args)
         t0 = time.perf_counter()
         artifact = compile_model(model, "x86")
         compile_s["graphpress artifact fp32"] = round(time.perf_counter() - t0, 1)
