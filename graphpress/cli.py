@@ -714,7 +714,9 @@ def _print_compress(result, out: Path) -> None:
     console.print(t)
     for step in result.steps:
         chosen = step.get("chosen") or f"skipped ({step.get('skipped', 'nothing chosen')})"
-        print(f"step {step['stage']}: {chosen}" + "".join(f"\n  tried {spec}: {outcome}" for spec, outcome in step.get("tried", [])[:-1] if step.get("chosen")))
+        # what was tried before the choice, or everything when nothing was chosen: the reasons
+        tried = step.get("tried", [])[:-1] if step.get("chosen") else step.get("tried", [])
+        print(f"step {step['stage']}: {chosen}" + "".join(f"\n  tried {spec}: {outcome}" for spec, outcome in tried))
     for note in result.notes:
         print(f"note: {note}")
     if result.onnxruntime_settings:

@@ -324,7 +324,8 @@ def _recovery(original: ir.Model, options: Mapping[str, Any], data: Any, say) ->
             raise
         except Exception as e:  # a bug in recovery: the candidate is rolled back with the reason, the run goes on
             raise GraphpressError(f"recovery failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from e
-        return result.model, f"{len(result.history)} epochs in {result.seconds:.1f} s, held-out {result.metric} {result.before:.4f} -> {result.after:.4f}"
+        kept = "" if result.epoch == len(result.history) else ("; every epoch did worse: the weights before training kept" if result.epoch == 0 else f"; epoch {result.epoch} kept")
+        return result.model, f"{len(result.history)} epochs in {result.seconds:.1f} s, held-out {result.metric} {result.before:.4f} -> {result.after:.4f}{kept}"
 
     return run
 

@@ -58,6 +58,8 @@ class RecoverResult:
         before, after: the metric of the compressed graph before and after, in ONNX Runtime,
             on the held-out rows.
         seconds: training time (the epochs), and ``total_seconds`` with the checks.
+        epoch: the epoch whose weights were kept (the best held-out metric; ties go to the later
+            epoch); 0 when every epoch was worse than the weights before training, which are then kept.
     """
 
     model: ir.Model
@@ -69,9 +71,10 @@ class RecoverResult:
     seconds: float
     total_seconds: float
     device: str
+    epoch: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "before": self.before, "after": self.after, "history": self.history,
+        return {"metric": self.metric, "before": self.before, "after": self.after, "history": self.history, "epoch": self.epoch,
                 "seconds": self.seconds, "total_seconds": self.total_seconds, "device": self.device}  # fmt: skip
 
 
@@ -241,6 +244,10 @@ def recover(
     generator = torch.Generator().manual_seed(seed)
     runner = _Batches(net, device)
     history = []
+    # the weights the held-out rows judge best are the ones kept: training that makes the
+    # held-out metric worse (too little data, too high a rate) never costs the model anything
+    initial = _snapshot(net)
+    best: tuple[float, int, dict | None] = (-np.inf, 0, None)
     train_start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
@@ -269,13 +276,24 @@ def recover(
         row = {"epoch": epoch, "loss": round(total / max(batches, 1), 6), "held_out": round(score, 6), "seconds": round(time.perf_counter() - t0, 2)}
         history.append(row)
         say(f"epoch {epoch}/{epochs}: loss {row['loss']:.5f}, held-out {metric} {score:.4f} ({row['seconds']:.1f} s)")
+        if score >= best[0]:
+            best = (score, epoch, _snapshot(net) if epoch < epochs else None)
     seconds = time.perf_counter() - train_start
+    kept = best[1] if best[0] >= before else 0
+    if kept != epochs:
+        net.load_state_dict(initial if kept == 0 else best[2])
+        say(f"kept the weights {'before training' if kept == 0 else f'of epoch {kept}'}: held-out {metric} {max(best[0], before):.4f}")
     net.eval().to("cpu")
     result = net.write_back()
     _check_written(result, net, judge)
     after = _score(metric, _graph_outputs(result, judge), targets[cut:], judge_labels)
     say(f"held-out {metric} of the compressed model: {before:.4f} before, {after:.4f} after")
-    return RecoverResult(result, net, history, metric, round(before, 6), round(after, 6), round(seconds, 2), round(time.perf_counter() - start, 2), str(device))
+    return RecoverResult(result, net, history, metric, round(before, 6), round(after, 6), round(seconds, 2), round(time.perf_counter() - start, 2), str(device), kept)
+
+
+def _snapshot(net) -> dict:
+    """A copy of the student's parameters and buffers (on the CPU: device memory is kept for training)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
 
 
 class _Batches:

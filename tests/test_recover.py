@@ -125,7 +125,20 @@ def test_distillation_recovers_structured_pruning_and_int8(digits):
     # the graph kept its nodes, its shapes and its quantization grids
     assert _grid_and_shape(result.model) == _grid_and_shape(compressed)
     assert len(result.history) == 4 and any("epoch 4/4" in line for line in lines)
-    assert result.metric == "agreement" and result.seconds > 0
+    assert result.metric == "agreement" and result.seconds > 0 and result.epoch >= 1
+
+
+def test_training_that_does_worse_on_held_out_rows_is_not_kept(digits):
+    """A learning rate that wrecks the weights: every epoch scores below the model it was given,
+    so the weights before training come back, bit for bit."""
+    _, data, model = digits
+    compressed = _compressed(model, "cleanup,fuse,cleanup,quantize:mode=static")
+    lines = []
+    result = gp.recover(compressed, model, {"x": data.x_train[:400]}, epochs=2, lr=1.0, seed=0, progress=lines.append)
+    assert max(row["held_out"] for row in result.history) < result.before
+    assert result.epoch == 0 and result.after == result.before and any("kept the weights before training" in line for line in lines)
+    for name, v in compressed.graph.initializers.items():
+        np.testing.assert_array_equal(result.model.graph.initializers[name].const_value.numpy(), v.const_value.numpy(), err_msg=name)
 
 
 def test_cluster_aware_training_moves_centroids_only(digits):
@@ -205,6 +218,20 @@ def test_cli_recover_options(capsys, tmp_path, digits):
     _fail(capsys, ["compress", str(tmp_path / "m.onnx"), "-o", str(out), "--recover", "speed=9"], [tmp_path / "m.onnx"], [out], "give KEY=VALUE pairs")
     np.savez(tmp_path / "t.npz", x=data.x_train[:8])
     _fail(capsys, ["compress", str(tmp_path / "m.onnx"), "-o", str(out), "--train-data", str(tmp_path / "t.npz")], [tmp_path / "m.onnx"], [out], "give --recover too")
+
+
+def test_cli_prints_why_a_step_was_skipped(capsys, tmp_path, digits):
+    """A step no candidate survives: the CLI prints every candidate tried and its outcome."""
+    from graphpress.cli import main
+
+    _, data, model = digits
+    gp.save(model, tmp_path / "m.onnx")
+    np.savez(tmp_path / "s.npz", x=data.x_test[:64])
+    rc = main(["compress", str(tmp_path / "m.onnx"), "-o", str(tmp_path / "out.onnx"), "--recipe", "prune-int8", "--samples", str(tmp_path / "s.npz"),
+               "--budget", "cos:0.9999999", "--no-measure"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0 and "step prune: skipped (no candidate fits its share of the budget)" in out
+    assert out.count("\n  tried prune:ratio=") >= 2 and "over its share of the budget" in out
 
 
 def test_progressive_pruning_with_recovery_reaches_a_higher_ratio(digits):
