@@ -411,12 +411,13 @@ def as_samples(feeds: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarra
 
 
 def run_samples(
-    model: ir.Model | onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]], *, where: str = "model"
+    model: ir.Model | onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]], *, where: str = "model", outputs: Sequence[str] = ()
 ) -> dict[str, np.ndarray]:
-    """Run ``model`` on every sample and join each output along a new first axis."""
+    """Run ``model`` on every sample (one session) and join each output along a new first axis;
+    ``outputs`` names the values to return (intermediates too), default the graph outputs."""
     if len(samples) == 1:
-        return run(model, samples[0], where=where)
-    session = _Session(model, (), where)
+        return run(model, samples[0], outputs=list(outputs) or None, where=where)
+    session = _Session(model, outputs, where)
     results = [session.run(feeds) for feeds in samples]
     return {name: np.stack([r[name] for r in results]) for name in results[0]}
 

@@ -6,14 +6,16 @@ Importance of a channel (aggregated over every parameter slice of its group):
   residual branches add up; a head sums its Q/K/V columns);
 * ``bn_scale``: ``|gamma|`` of the BatchNorm/InstanceNorm on the channel (network slimming);
   groups without a norm fall back to ``l1``;
-* ``activation``: mean ``|activation|`` of the source outputs over calibration inputs;
+* ``activation``: mean ``|activation|`` of the source outputs over calibration inputs (up to 64
+  of the samples given);
 * ``apoz``: 1 - the average percentage of zeros of the source outputs (after a ReLU, a
   channel that is almost always 0 scores low);
 * ``random``: a seeded baseline.
 
 ``ratio`` removes that fraction of every group (``global=true``: one threshold over all groups
 after scaling each group's scores by its mean), never below ``min_channels`` and keeping a
-multiple of ``round_to`` channels.
+multiple of ``round_to`` channels. ``reconstruct=true`` then refits the matrix products that
+read removed channels on the calibration samples (:mod:`graphpress.passes.pruning.reconstruct`).
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ from graphpress.passes.registry import register
 __all__ = ["PRUNED_CHANNELS_KEY", "Prune", "PrunePlan", "apply_plan", "masked_reference", "plan_pruning", "prune_progressive", "pruned_channels"]
 
 IMPORTANCE = ("l1", "l2", "bn_scale", "activation", "apoz", "random")
+#: calibration samples ``activation``/``apoz`` scores average over and ``reconstruct=true``
+#: refits on, at most
+RECONSTRUCT_SAMPLES = 64
 
 
 @dataclasses.dataclass
@@ -70,15 +75,17 @@ def _scores(dg: DependencyGraph, importance: str, feeds: dict[str, np.ndarray] |
             scores[root] = float(rng.random())
         return scores
     if importance in ("activation", "apoz"):
-        from graphpress.ir.numeric import make_inputs, run
+        from graphpress.ir.numeric import make_inputs, run_samples
 
-        feeds = feeds or make_inputs(dg.model, seed=seed)
+        samples = list(feeds) if isinstance(feeds, (list, tuple)) else [feeds or make_inputs(dg.model, seed=seed)]
         names = [v.name for v, _, _ in dg.source_values if not v.is_graph_output()]
-        values = run(dg.model, feeds, outputs=names) if names else {}
+        values = run_samples(dg.model, samples, outputs=names) if names else {}
         for value, axis, ids in dg.source_values:
             arr = values.get(value.name)
             if arr is None:
                 continue
+            if len(samples) > 1:  # the samples' axis first: every sample's positions count
+                arr = np.moveaxis(arr, 0, -1)
             moved = np.moveaxis(arr, axis, 0).reshape(arr.shape[axis], -1)
             per = np.abs(moved).mean(axis=1) if importance == "activation" else 1.0 - (moved <= 0).mean(axis=1)
             for i, s in zip(ids.tolist(), per.tolist()):
@@ -119,7 +126,7 @@ def plan_pruning(
     include: list[str] | None = None,
     exclude: list[str] | None = None,
     protect: list[str] | None = None,
-    feeds: dict[str, np.ndarray] | None = None,
+    feeds: dict[str, np.ndarray] | list[dict[str, np.ndarray]] | None = None,
     seed: int = 0,
 ) -> PrunePlan:
     """Analyse ``model`` (shapes are inferred in place) and choose the channels to remove."""
@@ -407,6 +414,7 @@ class Prune(Pass):
             0.0, help="> 0: progressive: the largest ratio (in steps of 0.1 up to ratio) whose output cosine drops at most this", min=0.0, max=1.0
         )
         seed: int = option(0, help="seed for random importance and calibration inputs", min=0)
+        reconstruct: bool = option(False, help="refit the matrix products that read removed channels on the calibration samples (least squares)")
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -446,9 +454,10 @@ class Prune(Pass):
             include=_split(o.include),
             exclude=_split(o.exclude),
             protect=_split(o.protect),
-            feeds=self.context.feeds(model, seed=o.seed) if self.context.samples else None,
+            feeds=[dict(f) for f in self.context.samples[:RECONSTRUCT_SAMPLES]] if self.context.samples else None,
             seed=o.seed,
         )
+        refit = self._reconstruct(model, plan) if o.reconstruct and plan.pruned else None
         params_before = sum(v.const_value.size for v in model.graph.initializers.values() if v.const_value is not None)
         reference = masked_reference(model, plan) if plan.pruned else None
         layers = apply_plan(model, plan) if plan.pruned else {}
@@ -467,7 +476,19 @@ class Prune(Pass):
         }
         if history is not None:
             stats["progressive"] = {"chosen_ratio": ratio, "metric": "min output cosine", "history": history}
+        if refit is not None:
+            stats["reconstruct"] = refit
         return PassResult(model, plan.channels_removed > 0, stats, reference=reference)
+
+    def _reconstruct(self, model: ir.Model, plan: PrunePlan) -> dict[str, Any]:
+        """Refit the layers reading removed channels on the user's samples (none made up: a
+        refit on random inputs would fit noise)."""
+        from graphpress.passes.pruning.reconstruct import reconstruct_consumers
+
+        samples, generated = self.context.calibration(model, count=1, seed=self.options.seed)
+        if generated:
+            return {"skipped": "no samples given: the refit needs real inputs (--samples)"}
+        return reconstruct_consumers(model, plan, samples[:RECONSTRUCT_SAMPLES], lambda m: masked_reference(m, plan))
 
 
 def _split(text: str) -> list[str]:
