@@ -8,8 +8,9 @@ the layer's output stays what it was:
 
     W' = argmin || X_kept W' + b' - X W ||^2   (ridge-regularized, in float64)
 
-(the ridge chosen on every fourth calibration row, which the fit does not see; a refit that is not
-better there than the plain cut is dropped)
+(the ridge chosen on every fourth calibration sample, which the fit does not see; a refit that is
+not better there than the plain cut is dropped, and so are all of them when together they bring
+the model's outputs on those samples further from the original's than the plain cut does)
 where ``X`` is the layer's input in the original model and ``X_kept`` its input in the pruned
 model so far: layers are refitted in graph order, each on the inputs the earlier refits produce,
 so errors of earlier layers are compensated too. The bias (``Gemm``'s C, or the ``Add`` right after
@@ -96,7 +97,13 @@ def reconstruct_consumers(
     order = {id(node): i for i, node in enumerate(graph)}
     jobs.sort(key=lambda j: order.get(id(j[1]), 0))
     inputs = [node.inputs[0].name for _, node, _, _ in jobs]
-    original = run_samples(model, samples, outputs=inputs, where="prune reconstruct (the model before pruning)")
+    outputs = [v.name for v in graph.outputs]
+    original = run_samples(model, samples, outputs=inputs + outputs, where="prune reconstruct (the model before pruning)")
+    # with 4 samples or more, every fourth one only judges: rows of one sample are alike, so
+    # held-out rows of samples the fit saw would not show a fit that does not carry over
+    held = np.arange(len(samples)) % 4 == 3 if len(samples) >= 4 else None
+    plain = _cosine(run_samples(masked(model), samples, outputs=outputs, where="prune reconstruct (the plain cut)"), original, outputs, held)
+    saved: dict[str, ir.TensorProtocol] = {}
     layers = {}
     for (value, node, trans, mask), x_name in zip(jobs, inputs):
         w = value.const_value.numpy()
@@ -113,18 +120,18 @@ def reconstruct_consumers(
             a, t = x_now - mean_x, target - mean_t
         else:
             a, t = x_now, target
-        # every fourth row only judges: the refit (and its ridge) must do better on rows it was
-        # not fitted on, or the layer keeps its weight
-        judge = np.arange(len(a)) % 4 == 3
+        # every fourth sample (or row, with fewer than 4 samples) only judges: the refit and its
+        # ridge must do better on rows it was not fitted on, or the layer keeps its weight
+        judge = np.repeat(held, len(a) // len(held)) if held is not None and len(a) % len(held) == 0 else np.arange(len(a)) % 4 == 3
         if judge.sum() < 1 or (~judge).sum() < 2:
             kept[value.name] = f"{len(a)} calibration rows: too few to refit on"
             continue
         gram = a[~judge].T @ a[~judge]
         rhs = a[~judge].T @ t[~judge]
         scale = max(float(np.trace(gram)) / len(gram), 1e-12)
-        masked = x_now @ w_kn[mask] - target
+        cut_error = x_now @ w_kn[mask] - target
         norm = max(float(np.linalg.norm(target[judge])), 1e-30)
-        before = float(np.linalg.norm(masked[judge])) / norm
+        before = float(np.linalg.norm(cut_error[judge])) / norm
         best = None
         for lam in ridges:
             fitted = np.linalg.solve(gram + lam * scale * np.eye(len(gram)), rhs)
@@ -138,9 +145,35 @@ def reconstruct_consumers(
         new = w_kn.copy()
         new[mask] = fitted
         new = (new.T if trans else new).astype(w.dtype)
+        saved.setdefault(value.name, value.const_value)
         value.const_value = ir.tensor(np.ascontiguousarray(new), name=value.name)
         if bias is not None:  # x_now @ fitted + (mean_t - mean_x @ fitted) fits target: the constant joins the bias
             b = bias.const_value.numpy()
+            saved.setdefault(bias.name, bias.const_value)
             bias.const_value = ir.tensor((b + (mean_t - mean_x @ fitted).reshape(b.shape)).astype(b.dtype), name=bias.name)
         layers[node.name or value.name] = {"error_masked": round(before, 5), "error_refit": round(after, 5), "ridge": lam}
-    return {"layers": layers, "kept": kept}
+    if not layers:
+        return {"layers": layers, "kept": kept}
+    # each layer's fit is judged on its own rows; the model's outputs judge them together. Rows
+    # the outputs do not read (padding positions of a text model) can pull a fit away from the
+    # rows they do: then the plain cut stays
+    refit = _cosine(run_samples(masked(model), samples, outputs=outputs, where="prune reconstruct (the refitted cut)"), original, outputs, held)
+    verdict = {"output_cosine_cut": round(plain, 6), "output_cosine_refit": round(refit, 6)}
+    if refit < plain:
+        for name, tensor in saved.items():
+            graph.initializers[name].const_value = tensor
+        return {"layers": {}, "kept": kept, "dropped": "the refit brought the outputs further from the original's than the plain cut", **verdict}
+    return {"layers": layers, "kept": kept, **verdict}
+
+
+def _cosine(got: dict[str, np.ndarray], want: dict[str, np.ndarray], names: list[str], held: np.ndarray | None) -> float:
+    """Mean, over samples (the ``held`` ones, when given) and outputs, of the cosine between
+    ``got`` and ``want`` (stacked per sample by ``run_samples``)."""
+    values = []
+    for name in names:
+        g, w = (np.asarray(a, dtype=np.float64) for a in (got[name], want[name]))
+        g, w = g.reshape(len(g), -1) if g.ndim > 1 else g.reshape(1, -1), w.reshape(len(w), -1) if w.ndim > 1 else w.reshape(1, -1)
+        if held is not None:
+            g, w = g[held], w[held]
+        values.extend((g * w).sum(1) / np.maximum(np.linalg.norm(g, axis=1) * np.linalg.norm(w, axis=1), 1e-30))
+    return float(np.mean(values))
