@@ -72,10 +72,11 @@ def reconstruct_consumers(
 ) -> dict[str, Any]:
     """Refit, in ``model`` (full size, before the plan is applied), every matrix-product weight
     that reads channels the plan removes, with the ridge (relative to the mean diagonal of the
-    Gram matrix) that does best on held-out rows. ``masked(model)`` is the model as the plan
-    will compute it (:func:`~graphpress.passes.pruning.prune.masked_reference`). Returns
-    statistics: the layers refitted with their relative output error on held-out calibration
-    rows before/after the refit, and the layers that kept their weight, with why."""
+    Gram matrix) that does best on the judging samples. ``masked(model)`` is the model as the
+    plan will compute it (:func:`~graphpress.passes.pruning.prune.masked_reference`). Returns
+    statistics: the layers refitted with their relative output error on the judging samples
+    before/after the refit, the layers that kept their weight with why, and the output cosine
+    of the plain and the refitted cut (``dropped`` when the refits were given back)."""
     from graphpress.ir.numeric import run_samples
 
     graph = model.graph
@@ -114,18 +115,19 @@ def reconstruct_consumers(
         current = run_samples(masked(model), samples, outputs=[x_name], where="prune reconstruct (the pruned model)")
         x_now = current[x_name].reshape(-1, k)[:, mask].astype(np.float64)
         target = x_full @ w_kn
+        # every fourth sample (or row, with fewer than 4 samples) only judges: the refit and its
+        # ridge must do better on rows it was not fitted on, or the layer keeps its weight
+        n_rows = len(x_now)
+        judge = np.repeat(held, n_rows // len(held)) if held is not None and n_rows % len(held) == 0 else np.arange(n_rows) % 4 == 3
+        if judge.sum() < 1 or (~judge).sum() < 2:
+            kept[value.name] = f"{n_rows} calibration rows: too few to refit on"
+            continue
         bias = _bias(node, w_kn.shape[1])
-        if bias is not None:  # centred: the intercept goes into the bias
-            mean_x, mean_t = x_now.mean(0), target.mean(0)
+        if bias is not None:  # centred on the fitted rows: the intercept goes into the bias
+            mean_x, mean_t = x_now[~judge].mean(0), target[~judge].mean(0)
             a, t = x_now - mean_x, target - mean_t
         else:
             a, t = x_now, target
-        # every fourth sample (or row, with fewer than 4 samples) only judges: the refit and its
-        # ridge must do better on rows it was not fitted on, or the layer keeps its weight
-        judge = np.repeat(held, len(a) // len(held)) if held is not None and len(a) % len(held) == 0 else np.arange(len(a)) % 4 == 3
-        if judge.sum() < 1 or (~judge).sum() < 2:
-            kept[value.name] = f"{len(a)} calibration rows: too few to refit on"
-            continue
         gram = a[~judge].T @ a[~judge]
         rhs = a[~judge].T @ t[~judge]
         scale = max(float(np.trace(gram)) / len(gram), 1e-12)
