@@ -485,10 +485,10 @@ class Prune(Pass):
         refit on random inputs would fit noise)."""
         from graphpress.passes.pruning.reconstruct import reconstruct_consumers
 
-        samples, generated = self.context.calibration(model, count=1, seed=self.options.seed)
-        if generated:
+        if not self.context.samples:
             return {"skipped": "no samples given: the refit needs real inputs (--samples)"}
-        return reconstruct_consumers(model, plan, samples[:RECONSTRUCT_SAMPLES], lambda m: masked_reference(m, plan))
+        samples = [dict(f) for f in self.context.samples[:RECONSTRUCT_SAMPLES]]
+        return reconstruct_consumers(model, plan, samples, lambda m: masked_reference(m, plan))
 
 
 def _split(text: str) -> list[str]:
