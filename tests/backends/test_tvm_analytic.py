@@ -159,3 +159,51 @@ def test_a_transpose_to_few_channels_last_runs_along_the_width():
     want = np.full((1, 12, 23, 3), 100, np.uint8)
     want[0, 1:11, 1:22] = np.clip(np.round(xs[0].transpose(1, 2, 0) * 8) + 100, 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_a_uint8_depthwise_tile_converts_each_input_vector_once_and_keeps_its_stages_local():
+    """MobileNetV2 int8's depthwise kernel shape: a 3x3 window over a uint8 NHWC map, converted
+    to float in the loads, then bias and ReLU. The analytic tile unrolls the window's last loop
+    so that neighbouring outputs share each converted input vector (fewer conversions than
+    FMAs), and what it writes between stages stays in local scope (a global intermediate is
+    a workspace the runtime allocates and frees per tile); same values as numpy."""
+    import tvm
+    from tvm import te, tirx
+
+    from graphpress.backends.tvm.schedules import schedule_gemm
+
+    h, w, c = 12, 16, 64
+    x = te.placeholder((1, h, w, c), "uint8", name="x")
+    k = te.placeholder((3, 3, c), "float32", name="k")
+    bias = te.placeholder((c,), "float32", name="bias")
+
+    def load(b, y, xx, ch):
+        inside = tirx.all(y >= 1, y < h + 1, xx >= 1, xx < w + 1)
+        yc, xc = tirx.max(tirx.min(y - 1, h - 1), 0), tirx.max(tirx.min(xx - 1, w - 1), 0)
+        return tirx.Select(inside, x[b, yc, xc, ch].astype("float32"), tirx.const(0.0, "float32"))
+
+    padded = te.compute((1, h + 2, w + 2, c), load, name="pad")
+    ry, rx = te.reduce_axis((0, 3), name="ky"), te.reduce_axis((0, 3), name="kx")
+    conv = te.compute((1, h, w, c), lambda b, y, xx, ch: te.sum(padded[b, y + ry, xx + rx, ch] * k[ry, rx, ch], axis=[ry, rx]), name="dw")
+    biased = te.compute((1, h, w, c), lambda b, y, xx, ch: conv[b, y, xx, ch] + bias[ch], name="biased")
+    out = te.compute((1, h, w, c), lambda b, y, xx, ch: tirx.max(biased[b, y, xx, ch], tirx.const(0.0, "float32")), name="relu")
+    func = te.create_prim_func([x, k, bias, out]).with_attr("global_symbol", "dw")
+    facts = vector_facts(resolve_target("x86:avx512"))
+    mod, count = schedule_gemm(tvm.IRModule({"dw": func}), facts.lanes, facts.registers)
+    assert count == 1
+    script = mod["dw"].script()
+    allocs = [line for line in script.splitlines() if "alloc_buffer" in line]
+    assert allocs and all('scope="local"' in line for line in allocs), allocs
+    lib = tvm.compile(mod, target=resolve_target("x86:avx512").tvm_target())
+    asm = lib.mod.inspect_source("asm")
+    converts, fmas = asm.count("vcvtdq2ps"), asm.count("vfmadd")
+    assert 0 < converts < fmas, (converts, fmas)
+    if _runnable("x86:avx512"):
+        rng = np.random.default_rng(0)
+        xs = rng.integers(0, 256, (1, h, w, c)).astype(np.uint8)
+        ks, bs = rng.standard_normal((3, 3, c)).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+        got = tvm.runtime.tensor(np.zeros((1, h, w, c), np.float32))
+        lib["dw"](tvm.runtime.tensor(xs), tvm.runtime.tensor(ks), tvm.runtime.tensor(bs), got)
+        xp = np.pad(xs.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+        want = sum(xp[:, i : i + h, j : j + w, :] * ks[i, j] for i in range(3) for j in range(3)) + bs
+        np.testing.assert_allclose(got.numpy(), np.maximum(want, 0), rtol=1e-5, atol=1e-3)
