@@ -4,7 +4,8 @@ One process, one run: for each model (ResNet-18 224², MobileNetV2 224², all-Mi
 its real weights at seq 128) the engines run interleaved (one call each per round) after a
 warm-up, and the table gives medians, ratios to ORT, achieved GFLOP/s (2 FLOP per
 multiply-accumulate, MACs from ``graphpress inspect``) against the machine's nominal fp32
-peak, and compile/tuning time.
+peak (measured on this machine for the target's vector path: ``_machine.measured_peak_gflops``),
+and compile/tuning time.
 
 Engines:
 
@@ -24,7 +25,7 @@ Usage::
 
 from __future__ import annotations
 
-from _machine import banner
+from _machine import banner, measured_peak_gflops
 import argparse
 import json
 import os
@@ -49,11 +50,9 @@ from rich.table import Table
 import graphpress as gp
 from graphpress.backends import tvm as gtvm
 from graphpress.backends.tvm.tuning import database_dirs
-from graphpress.backends.tvm.targets import resolve_target
+from graphpress.backends.tvm.targets import resolve_target, vector_facts
 from graphpress.passes import PassManager, build_passes
 
-#: Nominal fp32 peak of the benchmark machine: 2 cores x 2.6 GHz x 64 FLOP/cycle (AVX-512 FMA x2).
-PEAK_GFLOPS = 2 * 2.6 * 64
 
 
 def _models():
@@ -155,7 +154,9 @@ def main() -> None:
         for name in args.models.split(","):
             rows.append(bench_model(name, factories[name], args.repeat, args.threads, Path(tmp), console))
     engines = ["torch", "ort", "tvm-untuned", "tvm"]
-    table = Table(title=f"fp32 latency, batch 1, {args.threads} threads, median (ms) and ratio to ORT; peak {PEAK_GFLOPS:.0f} GFLOP/s")
+    path = vector_facts(resolve_target("x86")).name
+    peak = measured_peak_gflops(path, args.threads) or float("nan")
+    table = Table(title=f"fp32 latency, batch 1, {args.threads} threads, median (ms) and ratio to ORT; measured {path} peak {peak:.0f} GFLOP/s")
     for col in ["model", "GMAC", *engines, "tvm GFLOP/s", "untuned/ORT", "tvm/ORT", "tvm kernels tuned", "tvm max|diff| vs ORT"]:
         table.add_column(col, justify="right")
     md = ["| model | GMAC | " + " | ".join(f"{e} ms" for e in engines) + " | tvm GFLOP/s (% peak) | untuned / ORT | tvm / ORT | kernels tuned | max abs diff vs ORT |", "|" + " --- |" * 11]
@@ -165,7 +166,7 @@ def main() -> None:
             r["model"],
             f"{r['gmacs']:.2f}",
             *[f"{m[e]:.2f}" for e in engines],
-            f"{r['gflops']['tvm']:.1f} ({100 * r['gflops']['tvm'] / PEAK_GFLOPS:.0f}%)",
+            f"{r['gflops']['tvm']:.1f} ({100 * r['gflops']['tvm'] / peak:.0f}%)",
             f"{r['ratio_vs_ort']['tvm-untuned']:.1f}x",
             f"{r['ratio_vs_ort']['tvm']:.2f}x",
             r["scheduled_kernels"],
