@@ -95,7 +95,7 @@ def digits(rows, epochs: int) -> None:
                  onnx_bytes=size, packed_bytes=packed_size, smaller=round(onnx_bytes / (packed_size or size), 1), train_s=train_s)  # fmt: skip
 
 
-def minilm(rows, sentences: int, ffn_epochs: int) -> None:
+def minilm(rows, sentences: int, ffn_epochs: int, only: tuple[str, ...] = ()) -> None:
     from graphpress.models.minilm import load_minilm, tokenize
     from graphpress.passes.context import PassContext
 
@@ -121,8 +121,11 @@ def minilm(rows, sentences: int, ffn_epochs: int) -> None:
     # teacher's (the LayerNorm closing each of the 6 layers: the cut leaves their width alone)
     layer_outputs = [n.outputs[0].name for n in model.graph if n.op_type == "LayerNormalization"][2::2]
     variants = [("int8 dynamic", f"{LOSSLESS},quantize:mode=dynamic", 2e-6, 1, None),
+                ("int8 dynamic, SmoothQuant 0.75", f"{LOSSLESS},quantize:mode=dynamic;smooth=0.75", 2e-6, 1, None),
                 ("FFN 50% pruned", f"{LOSSLESS},prune:ratio=0.5;include=intermediate", 3e-4, ffn_epochs, {v: v for v in layer_outputs})]  # fmt: skip
     for name, spec, lr, epochs, features in variants:
+        if only and not any(o in name for o in only):
+            continue
         one_shot = copy_model(model)
         PassManager(build_passes(spec), context=PassContext(samples=calibration, samples_source="training sentences")).run(one_shot)
         result = gp.recover(one_shot, model, train, epochs=epochs, lr=lr, batch_size=16, seed=0, held_out=0.1, features=features, progress=print)
@@ -181,6 +184,7 @@ def main() -> None:
     parser.add_argument("--sentences", type=int, default=1800)
     parser.add_argument("--ffn-epochs", type=int, default=8, help="MiniLM FFN cut: epochs of recovery")
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--minilm-variants", default="", help="comma-separated substrings: only the MiniLM variants naming one (default: all)")
     parser.add_argument("--json")
     opts = parser.parse_args()
     print(banner())
@@ -190,7 +194,7 @@ def main() -> None:
     if "digits" in parts:
         digits(rows, opts.epochs)
     if "minilm" in parts:
-        minilm(rows, opts.sentences, opts.ffn_epochs)
+        minilm(rows, opts.sentences, opts.ffn_epochs, tuple(v for v in opts.minilm_variants.split(",") if v))
     if "resnet" in parts:
         resnet(rows, opts.epochs, opts.repeat)
     if opts.json:
