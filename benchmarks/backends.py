@@ -1,8 +1,8 @@
 """Latency of the TVM backend side by side with torch eager and ONNX Runtime (fp32, batch 1).
 
 One process, one run: for each model (ResNet-18 224², MobileNetV2 224², all-MiniLM-L6-v2 with
-its real weights at seq 128) the engines run interleaved (one call each per round) after a
-warm-up, and the table gives medians, ratios to ORT, achieved GFLOP/s (2 FLOP per
+its real weights at seq 128) the engines run in blocks (``_timing.blocked``: A B C D, then
+D C B A, after a warm-up and a pause each), and the table gives medians, ratios to ORT, achieved GFLOP/s (2 FLOP per
 multiply-accumulate, MACs from ``graphpress inspect``) against the machine's nominal fp32
 peak (measured on this machine for the target's vector path: ``_machine.measured_peak_gflops``),
 and compile/tuning time.
@@ -12,7 +12,8 @@ Engines:
 * ``torch``: eager, ``torch.no_grad()``, ``torch.set_num_threads(threads)``;
 * ``ort``: ONNX Runtime CPU, ``ORT_ENABLE_ALL``, ``intra_op_num_threads=threads``, on the
   same cleaned ONNX graph graphpress compiles;
-* ``tvm-untuned``: graphpress compile with an empty tuning database (TVM's default loop nests);
+* ``tvm-untuned``: graphpress compile with an empty tuning database (the analytic schedules of
+  ``schedules.py``; TVM's default loop nests before them);
 * ``tvm``: graphpress compile with the tuning databases graphpress ships / the user cache
   (the trial budget behind them is printed from the database; 0 records = untuned).
 
@@ -26,15 +27,16 @@ Usage::
 from __future__ import annotations
 
 from _machine import banner, measured_peak_gflops
+from _timing import blocked_samples
 import argparse
 import json
 import os
 
-# Idle thread pools must not spin while another engine runs on the same 2 cores.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 # TVM's pool size comes from the environment: runtime.config_threadpool breaks later
-# MetaSchedule database lookups in the same process (TVM 0.27), so it is not called here.
+# MetaSchedule database lookups in the same process (TVM 0.27), so it is not called here. Every
+# engine keeps its default (best) thread-pool spinning; they are timed in blocks with a pause
+# between them (_timing.blocked). One call each in turn with spinning switched off (what this
+# benchmark did before) charged TVM a thread wake-up per kernel: ResNet-18 22.1 ms, 11.4 in blocks.
 os.environ.setdefault("TVM_NUM_THREADS", "2")
 import statistics
 import tempfile
@@ -108,26 +110,15 @@ def bench_model(name: str, factory, repeat: int, threads: int, workdir: Path, co
     }
     diffs = {k: float(np.abs(c(*ordered)[0] - ref).max()) for k, c in (("tvm", tuned), ("tvm-untuned", untuned))}
     torch.set_num_threads(threads)
-    times: dict[str, list[float]] = {k: [] for k in engines}
     with torch.no_grad():
-        for fn in engines.values():  # warm-up
-            for _ in range(3):
-                fn()
-        slow_rounds = max(5, repeat // 10)
-        for i in range(repeat):
-            for key, fn in engines.items():
-                if key == "tvm-untuned" and i >= slow_rounds:
-                    continue  # seconds per call: a few rounds give a stable median
-                start = time.perf_counter()
-                fn()
-                times[key].append((time.perf_counter() - start) * 1e3)
-    med = {k: statistics.median(v) for k, v in times.items()}
+        samples = blocked_samples(engines, repeat)
+    med = {k: statistics.median(v) for k, v in samples.items()}
     build = tuned.meta["build"]
     row = {
         "model": name,
         "gmacs": macs / 1e9,
         "median_ms": med,
-        "runs": {k: len(v) for k, v in times.items()},
+        "runs": {k: len(v) for k, v in samples.items()},
         "ratio_vs_ort": {k: med[k] / med["ort"] for k in med},
         "gflops": {k: 2 * macs / (med[k] / 1e3) / 1e9 for k in med},
         "max_abs_diff_vs_ort": diffs,

@@ -207,3 +207,27 @@ def test_a_uint8_depthwise_tile_converts_each_input_vector_once_and_keeps_its_st
         xp = np.pad(xs.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
         want = sum(xp[:, i : i + h, j : j + w, :] * ks[i, j] for i in range(3) for j in range(3)) + bs
         np.testing.assert_allclose(got.numpy(), np.maximum(want, 0), rtol=1e-5, atol=1e-3)
+
+
+def test_a_wide_narrow_stage_takes_the_wider_tile_and_the_panel_blocked_order_and_matches_torch():
+    """ResNet-18's last stage in miniature: 7 pixels wide, 256 channels, a 3x3 window. The
+    register file left a 7 x 2-vector tile; AVX-512's memory broadcast lets it be 7 x 4, and
+    the 2304 x 64 weight panel (590 KB, more than a core's share of L2) is read one window
+    position at a time for all rows of the panel, the accumulators kept between positions.
+    Same values as torch."""
+    from graphpress.backends.tvm import schedules
+
+    if not _runnable("x86"):
+        pytest.skip("this host cannot run the x86 target's AVX-512 code")
+    facts = vector_facts(resolve_target("x86"))
+    assert schedules.register_tile(7, 256, facts.lanes, facts.registers) == (7, 2)
+    assert schedules.register_tile(7, 256, facts.lanes, facts.registers + 1) == (7, 4)
+    assert 9 * 256 * 4 * facts.lanes * 4 > schedules.PANEL_BYTES
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(256, 256, 3, padding=1), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 256, 7, 7)
+    compiled = compile_model(from_torch(module, x), "x86", verify=False, measure=False)
+    assert compiled.meta["build"]["analytic_scheduled_kernels"] >= 1
+    with torch.no_grad():
+        want = module(x).numpy()
+    np.testing.assert_allclose(compiled(x.numpy())[0], want, rtol=1e-4, atol=1e-4)

@@ -353,6 +353,14 @@ def _gemm_kernel(func, lanes: int, registers: int):
         return None
     mr, v = tile
     lanes = width
+    if lanes == 16 and mr * v < 20:
+        # AVX-512's FMA reads its broadcast operand from memory ({1to16}): a tile the register
+        # file left small may take the broadcast's register too (ResNet-18's 7-pixel-wide last
+        # stage: 7 x 4 vectors instead of 7 x 2; its 3x3 convolutions 1.15 -> 1.0 ms. Not for
+        # every tile: 7 x 4 instead of 14 x 2 made the 56-, 28- and 14-wide stages slower)
+        wider = register_tile(*shape, lanes, registers + 1)
+        if wider is not None and wider[0] * wider[1] > mr * v:
+            mr, v = wider
     at = next(i for i, b in enumerate(blocks) if b.same_as(red))
     before, after = blocks[:at], blocks[at + 1 :]
     if not all(_is_spatial(sch, b) for b in after):
@@ -388,8 +396,17 @@ def _gemm_kernel(func, lanes: int, registers: int):
     for iv in sch.get(red).iter_vars[n_spatial:]:
         k *= _extent(iv.dom.extent) or 1
     panels_first = k * shape[1] * 4 > PANEL_BYTES
-    outer = [no, *spatial[:-2], mo] if panels_first else [*spatial[:-2], mo, no]
-    sch.reorder(*outer, *reduction, mi, ni)
+    if panels_first and len(reduction) > 1 and len(spatial) > 2 and k * v * lanes * 4 > PANEL_BYTES:
+        # the column panel itself larger than a core's share of L2 (ResNet-18's last stage: 4608 x
+        # 64 floats, 1.2 MB): every row of tiles streamed it again from L3. Instead, each panel's
+        # rows all take one window position (ky, kx) after the other, so the 128 KB of the panel
+        # that position reads serves every row from L2; the accumulators of all the panel's rows
+        # wait in the tile's local buffer between positions (its 3x3 convolutions: 1.0 -> 0.8 ms)
+        outer = [no, *spatial[:-3]]
+        sch.reorder(*outer, *reduction[:-1], spatial[-3], mo, reduction[-1], mi, ni)
+    else:
+        outer = [no, *spatial[:-2], mo] if panels_first else [*spatial[:-2], mo, no]
+        sch.reorder(*outer, *reduction, mi, ni)
     tiles = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     sch.reverse_compute_at(acc, tiles)
     for block in after:  # the epilogue (bias, activation, residual add) on the hot tile
