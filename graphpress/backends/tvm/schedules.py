@@ -20,7 +20,11 @@ accumulated in registers over the whole reduction (one broadcast of the left ope
 ``v`` vector loads of the right one per ``mr * v`` FMAs), written back with its epilogue
 (bias, activation) while it is hot, tiles spread over the cores. ``mr`` and ``v`` are the
 largest tile whose ``mr * v`` accumulators, ``v`` loads and one broadcast fit the register
-file (:func:`register_tile`) and divide the kernel's extents.
+file (:func:`register_tile`) and divide the kernel's extents (on AVX-512, a tile that leaves
+under 20 accumulators may take the broadcast's register too: the FMA reads it from memory).
+Weights larger than :data:`PANEL_BYTES` are read one column panel at a time, and a panel that
+alone exceeds it one window position at a time for all of its rows; the tile's intermediate
+stages stay in local scope, and a depthwise window unrolls its last loop.
 """
 
 from __future__ import annotations
