@@ -18,7 +18,7 @@ import contextlib
 import dataclasses
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,7 @@ __all__ = [
     "lowest_float_precision",
     "make_inputs",
     "read_npz",
+    "run_each",
     "run_samples",
     "random_inputs",
     "run",
@@ -408,6 +409,16 @@ def as_samples(feeds: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarra
             f"sample inputs must be a dict of input name -> array, or a non-empty list of such dicts; got a {type(feeds).__name__}"
         )
     return [dict(f) for f in feeds]
+
+
+def run_each(
+    model: ir.Model | onnx.ModelProto, samples: Sequence[Mapping[str, np.ndarray]], *, where: str = "model", outputs: Sequence[str] = ()
+) -> Iterator[dict[str, np.ndarray]]:
+    """Run ``model`` on each sample in turn (one session), yielding each sample's ``outputs``
+    (default: the graph outputs): for samples whose shapes differ (text of different lengths)."""
+    session = _Session(model, outputs, where)
+    for feeds in samples:
+        yield session.run(feeds)
 
 
 def run_samples(

@@ -494,7 +494,8 @@ class Quantize(Pass):
         exclude = [t for t in o.exclude.split("|") if t]
         ctx = self.context
         calibration, generated = ctx.calibration(model, o.samples, seed=o.seed)
-        fp32 = ir.serde.deserialize_model(to_proto(model))
+        given = to_proto(model)
+        fp32 = ir.serde.deserialize_model(given)
         probe_feeds = ctx.feeds(model, seed=o.seed)
         metric = ctx.metric or output_similarity(fp32, probe_feeds)
         baseline = metric(fp32)  # the model given: a smoothed copy is measured against it too
@@ -502,6 +503,8 @@ class Quantize(Pass):
         if o.smooth > 0 and o.mode in ("static", "dynamic"):
             # on the copy every candidate is made from
             smoothing = smooth_activations(fp32, calibration, o.smooth, ops=[t for t in (ops or ("MatMul", "Gemm")) if t in ("MatMul", "Gemm")], exclude=exclude)
+            # the Muls stay float whatever the op list (static mode's default quantizes Mul too)
+            exclude = [*exclude, *smoothing.pop("nodes")]
 
         def attempt(excluded: list[str]) -> tuple[ir.Model, dict[str, Any]]:
             candidate = ir.serde.deserialize_model(to_proto(fp32))
@@ -560,7 +563,7 @@ class Quantize(Pass):
             decisions.setdefault(node, {"decision": "int8" if node not in excluded else "fp32"})["own_sqnr_db"] = db
         after = to_proto(candidate)
         # exact: ORT's quantizer may find nothing to quantize and hand the graph back as it was
-        modified = after.graph.SerializeToString() != to_proto(fp32).graph.SerializeToString()
+        modified = after.graph.SerializeToString() != given.graph.SerializeToString()
         _replace_contents(model, after)
         stats = {
             **info,

@@ -37,7 +37,7 @@ def _weight_rows(node: ir.Node) -> tuple[np.ndarray, int] | None:
     if node.op_type not in ("MatMul", "Gemm") or len(node.inputs) < 2 or node.inputs[1] is None:
         return None
     const = node.inputs[1].const_value
-    if const is None:
+    if const is None or node.inputs[1].is_graph_input():  # an input's default can be overridden
         return None
     w = const.numpy()
     if w.ndim != 2 or w.dtype != np.float32:
@@ -54,9 +54,11 @@ def smooth_activations(
     model: ir.Model, samples: list[Mapping[str, np.ndarray]], alpha: float, *, ops: Iterable[str] = ("MatMul", "Gemm"), exclude: Iterable[str] = ()
 ) -> dict[str, Any]:
     """Smooth, in place, the activation of every ``ops`` node (not in ``exclude``) with a constant
-    2-D float weight, from the ranges the activations take on ``samples``. Returns
-    ``{"smoothed_activations": n, "smoothed_layers": m, "largest_factor": f}``."""
-    from graphpress.ir.numeric import run_samples
+    2-D float weight, from the ranges the activations take on ``samples`` (of any shapes).
+    Returns ``{"smoothed_activations": n, "smoothed_layers": m, "largest_factor": f,
+    "nodes": [the inserted Mul nodes' names]}``: the quantizer must leave those in float (a
+    per-tensor int8 ``1/s`` would round the outlier channels' small factors away)."""
+    from graphpress.ir.numeric import run_each
 
     ops, exclude = set(ops), set(exclude)
     groups: dict[str, list[tuple[ir.Node, np.ndarray, int]]] = {}
@@ -71,15 +73,22 @@ def smooth_activations(
         groups.setdefault(x.name, []).append((node, *rows))
         values[x.name] = x
     if not groups or not samples:
-        return {"smoothed_activations": 0, "smoothed_layers": 0}
-    taken = run_samples(model, samples, outputs=list(groups))
-    smoothed, layers, largest = 0, 0, 1.0
+        return {"smoothed_activations": 0, "smoothed_layers": 0, "nodes": []}
+    ranges: dict[str, np.ndarray | None] = {}
+    for taken in run_each(model, samples, outputs=list(groups)):  # one sample at a time: lengths may differ
+        for name, x in taken.items():
+            x = np.abs(np.asarray(x, np.float32))
+            if name in ranges and (ranges[name] is None or ranges[name].shape[0] != x.shape[-1]):
+                ranges[name] = None
+            elif x.size:
+                top = x.reshape(-1, x.shape[-1]).max(axis=0)
+                ranges[name] = np.maximum(ranges[name], top) if name in ranges else top
+    smoothed, layers, largest, nodes = 0, 0, 1.0, []
     for name, members in groups.items():
-        x = np.asarray(taken[name])
+        act = ranges.get(name)
         k = members[0][1].shape[members[0][2]]
-        if x.shape[-1] != k or any(w.shape[axis] != k for _, w, axis in members):
+        if act is None or act.shape[0] != k or any(w.shape[axis] != k for _, w, axis in members):
             continue  # a broadcast the scale cannot follow
-        act = np.abs(x).reshape(-1, k).max(axis=0)
         wmax = np.max([np.abs(w).max(axis=1 - axis) for _, w, axis in members], axis=0)
         ok = (act > 0) & (wmax > 0) & np.isfinite(act)
         s = np.ones(k, np.float64)
@@ -92,6 +101,7 @@ def smooth_activations(
         if source.type is not None:  # unknown stays unknown (an unset type cannot be serialized)
             mul.outputs[0].type, mul.outputs[0].shape = source.type, source.shape
         model.graph.insert_before(members[0][0], mul)
+        nodes.append(mul.name)
         for node, w, axis in members:
             scaled = w * (s[:, None] if axis == 0 else s[None, :])
             old = node.inputs[1]
@@ -102,4 +112,4 @@ def smooth_activations(
             layers += 1
         smoothed += 1
         largest = max(largest, float(s.max()), float(1 / s.min()))
-    return {"smoothed_activations": smoothed, "smoothed_layers": layers, "largest_factor": largest}
+    return {"smoothed_activations": smoothed, "smoothed_layers": layers, "largest_factor": largest, "nodes": nodes}

@@ -31,6 +31,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 __all__ = ["ROW_ELEMENTS", "parallel_rows", "register_tile", "schedule_gemm", "schedule_injective", "vectorizable_intrinsics"]
 
 
@@ -332,6 +334,9 @@ PANEL_BYTES = 512 * 1024
 #: depthwise reductions of at most this many terms (a 3x3 or 5x5 window) unroll their last loop
 UNROLL_REDUCTION = 32
 
+#: the accumulators of a whole column panel (all its rows) a panel-blocked tile may keep
+ROW_BLOCK_BYTES = 64 * 1024
+
 
 def _gemm_kernel(func, lanes: int, registers: int):
     import tvm
@@ -357,7 +362,11 @@ def _gemm_kernel(func, lanes: int, registers: int):
         return None
     mr, v = tile
     lanes = width
-    if lanes == 16 and mr * v < 20:
+    written = sch.get(red).writes[0].source
+    n_var = sch.get(red).iter_vars[sum(1 for iv in sch.get(red).iter_vars if iv.iter_type == 0) - 1].var
+    vector_reads = [r for r in sch.get(red).reads if not r.source.same_as(written) and _vector_read_of(r, n_var)]
+    depthwise = len(vector_reads) == len([r for r in sch.get(red).reads if not r.source.same_as(written)])
+    if lanes == 16 and mr * v < 20 and not depthwise:
         # AVX-512's FMA reads its broadcast operand from memory ({1to16}): a tile the register
         # file left small may take the broadcast's register too (ResNet-18's 7-pixel-wide last
         # stage: 7 x 4 vectors instead of 7 x 2; its 3x3 convolutions 1.15 -> 1.0 ms. Not for
@@ -396,11 +405,19 @@ def _gemm_kernel(func, lanes: int, registers: int):
     # cache are streamed once per column panel (panels outermost: each k x nr panel serves every
     # row before the next is read); smaller ones stay cached anyway, and rows outermost write the
     # output in order (MobileNetV2's 112x112 expansion wrote 3 strided passes: 0.33 -> 0.27 ms)
-    k = 1
-    for iv in sch.get(red).iter_vars[n_spatial:]:
-        k *= _extent(iv.dom.extent) or 1
+    extents = [_extent(iv.dom.extent) for iv in sch.get(red).iter_vars[n_spatial:]]
+    k = int(np.prod([e or 1 for e in extents]))
     panels_first = k * shape[1] * 4 > PANEL_BYTES
+    row_block = None
     if panels_first and len(reduction) > 1 and len(spatial) > 2 and k * v * lanes * 4 > PANEL_BYTES:
+        rows_var = sch.get(red).iter_vars[n_spatial - 3].var
+        rows = _extent(sch.get(spatial[-3]).extent) or 0
+        tasks = (shape[1] // (v * lanes)) * int(np.prod([_extent(sch.get(lp).extent) or 1 for lp in spatial[:-3]]))
+        # only an image's rows (the weights do not change along them), a panel's accumulators that
+        # fit a core's L1/L2 share, and enough panels to keep the cores busy
+        if not any(_reads_var(r, rows_var) for r in vector_reads) and 0 < rows * shape[0] * v * lanes * 4 <= ROW_BLOCK_BYTES and tasks >= 8:
+            row_block = spatial[-3]
+    if row_block is not None:
         # the column panel itself larger than a core's share of L2 (ResNet-18's last stage: 4608 x
         # 64 floats, 1.2 MB): every row of tiles streamed it again from L3. Instead, each panel's
         # rows all take one window position (ky, kx) after the other, so the 128 KB of the panel
@@ -430,8 +447,7 @@ def _gemm_kernel(func, lanes: int, registers: int):
     sch.vectorize(lane)  # before the init is split off: vectorize needs the whole reduction block
     if reduction:
         sch.decompose_reduction(red, reduction[0])
-    written = sch.get(red).writes[0].source
-    if reduction and k <= UNROLL_REDUCTION and all(_vector_read_of(r, n_var) for r in sch.get(red).reads if not r.source.same_as(written)):
+    if reduction and depthwise and all(extents) and k <= UNROLL_REDUCTION:
         # a short reduction whose operands are all read as vectors along n (a depthwise
         # convolution's 3 x 3 taps) unrolled along its last loop: the tile's neighbouring outputs
         # read the same input vectors at neighbouring taps, and unrolled LLVM loads (and converts,
@@ -465,6 +481,13 @@ def _vector_read_of(read, n_var) -> bool:
     import tvm
 
     return bool(read.region) and any(v.same_as(n_var) for v in tvm.tirx.analysis.undefined_vars(read.region[-1].min))
+
+
+def _reads_var(read, var) -> bool:
+    """Whether any index of ``read`` (a buffer region) uses ``var``."""
+    import tvm
+
+    return any(any(v.same_as(var) for v in tvm.tirx.analysis.undefined_vars(r.min)) for r in read.region)
 
 
 def _vector_read(sch, red, producer, n_var) -> bool:
