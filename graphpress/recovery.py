@@ -312,6 +312,25 @@ def _snapshot(net) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
 
 
+@contextlib.contextmanager
+def _one_thread(device):
+    """One intra-op thread on CPU while ``with``: one row's ops are too small to share, and each
+    shared op waits at an OpenMP barrier for the other thread. On a busy machine that wait cost
+    the digits CNN's row-by-row int8 recovery 500 s an epoch with 2 threads, against 2.5 s with
+    one (the README's ``compress --recover`` line, in CI beside the other test worker)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    if str(device) != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 class _Batches:
     """Runs the student on a batch of rows at once, or row by row (gradients accumulated) when
     the graph's shapes are fixed to one row (a model exported with batch 1)."""
@@ -335,10 +354,11 @@ class _Batches:
                 value.backward()
                 return float(value.detach())
         total = 0.0
-        for i in range(n):
-            value = objective(_outputs(self.net(*self._args({k: a[i : i + 1] for k, a in rows.items()}))), np.array([i])) / n
-            value.backward()
-            total += float(value.detach())
+        with _one_thread(self.device):
+            for i in range(n):
+                value = objective(_outputs(self.net(*self._args({k: a[i : i + 1] for k, a in rows.items()}))), np.array([i])) / n
+                value.backward()
+                total += float(value.detach())
         return total
 
     def outputs(self, rows: dict[str, np.ndarray], batch: int) -> np.ndarray:
@@ -347,7 +367,7 @@ class _Batches:
         n = len(next(iter(rows.values())))
         step = batch if self.batched else 1
         outs = []
-        with torch.no_grad():
+        with torch.no_grad(), _one_thread(self.device) if step == 1 else contextlib.nullcontext():
             for i in range(0, n, step):
                 try:
                     out = _outputs(self.net(*self._args({k: a[i : i + step] for k, a in rows.items()})))
