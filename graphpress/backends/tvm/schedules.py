@@ -363,7 +363,8 @@ def _gemm_kernel(func, lanes: int, registers: int):
     mr, v = tile
     lanes = width
     written = sch.get(red).writes[0].source
-    n_var = sch.get(red).iter_vars[sum(1 for iv in sch.get(red).iter_vars if iv.iter_type == 0) - 1].var
+    n_spatial = sum(1 for iv in sch.get(red).iter_vars if iv.iter_type == 0)
+    n_var = sch.get(red).iter_vars[n_spatial - 1].var
     vector_reads = [r for r in sch.get(red).reads if not r.source.same_as(written) and _vector_read_of(r, n_var)]
     depthwise = len(vector_reads) == len([r for r in sch.get(red).reads if not r.source.same_as(written)])
     if lanes == 16 and mr * v < 20 and not depthwise:
@@ -394,8 +395,6 @@ def _gemm_kernel(func, lanes: int, registers: int):
         except Exception:  # noqa: BLE001 - not inlinable: the generic schedule takes the kernel
             return None
     after = tile_epilogue
-    n_spatial = sum(1 for iv in sch.get(red).iter_vars if iv.iter_type == 0)
-    n_var = sch.get(red).iter_vars[n_spatial - 1].var
     acc = sch.cache_write(red, 0, "local")  # the tile's accumulators
     loops = sch.get_loops(red)
     spatial, reduction = loops[:n_spatial], loops[n_spatial:]
