@@ -95,7 +95,7 @@ def digits(rows, epochs: int) -> None:
                  onnx_bytes=size, packed_bytes=packed_size, smaller=round(onnx_bytes / (packed_size or size), 1), train_s=train_s)  # fmt: skip
 
 
-def minilm(rows, sentences: int, ffn_epochs: int, only: tuple[str, ...] = ()) -> None:
+def minilm(rows, sentences: int, ffn_epochs: int, only: tuple[str, ...] = (), packed: int = 3000) -> None:
     from graphpress.models.minilm import load_minilm, tokenize
     from graphpress.passes.context import PassContext
 
@@ -118,21 +118,30 @@ def minilm(rows, sentences: int, ffn_epochs: int, only: tuple[str, ...] = ()) ->
     # one-shot cosine 0.83 -- so the trained student and its write-back in ONNX Runtime differ
     # (cosine 0.987) and recover refuses it)
     # the FFN cut trains longer, at a higher rate, with each layer's output matched to the
-    # teacher's (the LayerNorm closing each of the 6 layers: the cut leaves their width alone)
+    # teacher's (the LayerNorm closing each of the 6 layers: the cut leaves their width alone) at
+    # the real tokens (feature_mask), that term weighted 100x, the word embeddings frozen, and
+    # `packed` more rows of three training sentences joined (new contexts for the same words)
     layer_outputs = [n.outputs[0].name for n in model.graph if n.op_type == "LayerNormalization"][2::2]
-    variants = [("int8 dynamic", f"{LOSSLESS},quantize:mode=dynamic", 2e-6, 1, None),
-                ("int8 dynamic, SmoothQuant 0.75", f"{LOSSLESS},quantize:mode=dynamic;smooth=0.75", 2e-6, 1, None),
-                ("FFN 50% pruned", f"{LOSSLESS},prune:ratio=0.5;include=intermediate", 3e-4, ffn_epochs, {v: v for v in layer_outputs})]  # fmt: skip
-    for name, spec, lr, epochs, features in variants:
+    judge = 150  # recover's own held-out rows (choosing the epoch kept): the last single sentences
+    rng = np.random.default_rng(0)
+    joined = [" ".join(texts[j] for j in rng.choice(cut - judge, 3, replace=False)) for _ in range(packed)]
+    extra = {n: v.numpy() for n, v in zip(names, tokenize(joined, seq_len=seq).values())} if packed else {n: a[:0] for n, a in train.items()}
+    ffn_train = {n: np.concatenate([extra[n], a]) for n, a in train.items()}
+    ffn = {"features": {v: v for v in layer_outputs}, "feature_mask": "attention_mask", "feature_weight": 100.0, "freeze": ["embeddings"], "schedule": "cosine"}
+    variants = [("int8 dynamic", f"{LOSSLESS},quantize:mode=dynamic", 2e-6, 1, train, {}),
+                ("int8 dynamic, SmoothQuant 0.75", f"{LOSSLESS},quantize:mode=dynamic;smooth=0.75", 2e-6, 1, train, {}),
+                ("FFN 50% pruned", f"{LOSSLESS},prune:ratio=0.5;include=intermediate", 3e-4, ffn_epochs, ffn_train, ffn)]  # fmt: skip
+    for name, spec, lr, epochs, data, extra_options in variants:
         if only and not any(o in name for o in only):
             continue
         one_shot = copy_model(model)
         PassManager(build_passes(spec), context=PassContext(samples=calibration, samples_source="training sentences")).run(one_shot)
-        result = gp.recover(one_shot, model, train, epochs=epochs, lr=lr, batch_size=16, seed=0, held_out=0.1, features=features, progress=print)
+        rows_n = len(next(iter(data.values())))
+        result = gp.recover(one_shot, model, data, epochs=epochs, lr=lr, batch_size=16, seed=0, held_out=judge / rows_n if extra_options else 0.1, progress=print, **extra_options)
         for label, m, seconds in (("one-shot", one_shot, None), ("recovered", result.model, result.seconds)):
             score = _text.agreement(embeddings(m), ref)
             _row(rows, part="minilm", variant=f"{name}, {label}", **{k: round(v, 5) for k, v in score.items()}, train_s=seconds,
-                 epochs=epochs if seconds is not None else None, train_sentences=cut, held_out_sentences=len(texts) - cut)  # fmt: skip
+                 epochs=epochs if seconds is not None else None, train_sentences=cut, train_rows=rows_n, held_out_sentences=len(texts) - cut)  # fmt: skip
 
 
 def resnet(rows, epochs: int, repeat: int) -> None:
@@ -183,6 +192,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--sentences", type=int, default=1800)
     parser.add_argument("--ffn-epochs", type=int, default=8, help="MiniLM FFN cut: epochs of recovery")
+    parser.add_argument("--ffn-packed", type=int, default=3000, help="MiniLM FFN cut: extra training rows of three training sentences joined")
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--minilm-variants", default="", help="comma-separated substrings: only the MiniLM variants naming one (default: all)")
     parser.add_argument("--json")
@@ -194,7 +204,7 @@ def main() -> None:
     if "digits" in parts:
         digits(rows, opts.epochs)
     if "minilm" in parts:
-        minilm(rows, opts.sentences, opts.ffn_epochs, tuple(v for v in opts.minilm_variants.split(",") if v))
+        minilm(rows, opts.sentences, opts.ffn_epochs, tuple(v for v in opts.minilm_variants.split(",") if v), opts.ffn_packed)
     if "resnet" in parts:
         resnet(rows, opts.epochs, opts.repeat)
     if opts.json:

@@ -105,7 +105,7 @@ def _add_compress(sub):
     p.add_argument("--report-html", metavar="PATH", help="write the report a person reads here: one self-contained HTML page (weights before/after, per-layer metrics, every candidate tried, latency against the peers)")
     p.add_argument("--rpc", metavar="HOST:PORT[:KEY]", help=RPC_HELP)
     p.add_argument("--recover", metavar="KEY=VALUE,...", help="fine-tune every lossy candidate against the model given before it is judged "
-                   "(distillation on the compressed graph: graphpress.recover), e.g. epochs=3 or epochs=3,lr=0.001,temperature=2")
+                   "(distillation on the compressed graph: graphpress.recover), e.g. epochs=3 or epochs=3,lr=0.001,temperature=2; freeze=embeddings|LayerNorm keeps the weights whose names hold one of these")
     p.add_argument("--train-data", metavar="NPZ", help="inputs --recover trains on (keys = input names, a leading row axis; default: the "
                    "samples the steps are chosen on); the held-out samples only judge")
     p.set_defaults(func=cmd_compress)

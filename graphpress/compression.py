@@ -306,8 +306,13 @@ def compress(
                           onnxruntime_settings=settings)  # fmt: skip
 
 
+def _substrings(text: str) -> list[str]:
+    """``embeddings|LayerNorm``: ``|``-separated substrings of initializer names."""
+    return [s.strip() for s in text.split("|") if s.strip()]
+
+
 #: the options of ``compress(recover=...)`` / ``--recover`` (those of :func:`graphpress.recover`)
-RECOVER_OPTIONS = {"epochs": int, "lr": float, "batch_size": int, "temperature": float, "loss": str, "seed": int, "held_out": float}
+RECOVER_OPTIONS = {"epochs": int, "lr": float, "batch_size": int, "temperature": float, "loss": str, "seed": int, "held_out": float, "freeze": _substrings, "schedule": str}
 
 
 def _recovery(original: ir.Model, options: Mapping[str, Any], data: Any, say) -> Callable[[ir.Model], tuple[ir.Model, str]]:

@@ -197,6 +197,15 @@ class GraphModule(nn.Module):
             return [torch.matmul(a, b)]
         return fn(node, ins, _attrs(node))
 
+    def param_names(self) -> list[str]:
+        """The graph's initializers that are trained parameters of this module."""
+        return list(self._param_of)
+
+    def freeze(self, names: Sequence[str]) -> None:
+        """Stop training the parameters of these initializers (their values stay as they are)."""
+        for name in names:
+            self.params[self._param_of[name]].requires_grad_(False)
+
     # ------------------------------------------------------------------ write-back
     def write_back(self) -> ir.Model:
         """A copy of the graph with this module's trained values (integers requantized on their

@@ -170,6 +170,9 @@ def recover(
     alpha: float = 0.5,
     features: Mapping[str, str] | None = None,
     feature_weight: float = 1.0,
+    feature_mask: str | None = None,
+    freeze: Sequence[str] = (),
+    schedule: str = "constant",
     held_out: float = 0.25,
     seed: int = 0,
     device: str | None = None,
@@ -194,6 +197,13 @@ def recover(
             mean squared error (weighted ``feature_weight``): value names of the graphs (a
             teacher ``nn.Module`` names submodules instead); the shapes must agree (a pruned
             layer's output has fewer channels than its teacher's).
+        feature_mask: an input of the model (``attention_mask``) whose rows weight the
+            positions of every feature pair (a feature's first two axes are rows and positions):
+            positions it zeroes (padding) are not matched.
+        freeze: substrings of initializer names whose weights are not trained (``embeddings``:
+            a word-embedding table that a few thousand rows would only overfit).
+        schedule: ``constant`` learning rate, or ``cosine``: decayed from ``lr`` to 0 over
+            the training steps (SGDR without restarts).
         seed: seeds torch and the shuffling: the same call gives the same weights.
         device: ``cpu`` or ``cuda`` (default: cuda when torch sees one).
         progress: called with one line per epoch (loss, held-out metric).
@@ -215,6 +225,8 @@ def recover(
         raise GraphpressError(f"recover: give the compressed model (an IR model, an .onnx path or a CompressResult), not {type(student).__name__}")
     if loss not in ("auto", "kl", "cosine", "mse"):
         raise GraphpressError(f"recover: loss '{loss}': choose auto, kl, cosine or mse")
+    if schedule not in ("constant", "cosine"):
+        raise GraphpressError(f"recover: schedule '{schedule}': choose constant or cosine")
     if epochs < 0 or lr <= 0 or batch_size < 1 or temperature <= 0 or not 0 <= alpha <= 1 or not 0 < held_out < 1:
         raise GraphpressError("recover: epochs >= 0, lr > 0, batch_size >= 1, temperature > 0, 0 <= alpha <= 1 and 0 < held_out < 1")
     say = progress or (lambda line: None)
@@ -231,7 +243,16 @@ def recover(
     judge = {k: a[cut:] for k, a in arrays.items()}
     torch.manual_seed(seed)
     net = to_torch(graph, samples=[{k: a[cut : cut + 1] for k, a in arrays.items()}])
-    feats = _Features(net, teacher, features, arrays, batch_size, device) if features else None
+    if feature_mask is not None and (not features or feature_mask not in arrays):
+        raise GraphpressError(f"recover: feature_mask {feature_mask!r}: name an input of the model ({', '.join(names)}) and give features to match")
+    feats = _Features(net, teacher, features, arrays, batch_size, device, arrays.get(feature_mask)) if features else None
+    if isinstance(freeze, str):
+        freeze = [freeze]
+    frozen = [name for name in net.param_names() if any(s in name for s in freeze)]
+    for s in freeze:
+        if not any(s in name for name in frozen):
+            raise GraphpressError(f"recover: freeze {s!r} names no trained weight of the student; give substrings of its initializer names")
+    net.freeze(frozen)
     targets = _teacher_outputs(teacher, arrays, batch_size, device)
     norms = np.linalg.norm(targets.reshape(n, -1), axis=1)
     kind = loss if loss != "auto" else ("cosine" if np.allclose(norms, 1.0, atol=1e-3) else "kl")
@@ -242,6 +263,8 @@ def recover(
 
     net.to(device)
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=lr)
+    steps = max(1, epochs * -(-cut // batch_size))
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if schedule == "cosine" else None
     generator = torch.Generator().manual_seed(seed)
     runner = _Batches(net, device)
     history = []
@@ -274,6 +297,8 @@ def recover(
                 opt.zero_grad()
                 value = runner.step({k: a[idx] for k, a in train.items()}, objective)
                 opt.step()
+                if decay is not None:
+                    decay.step()
                 total, batches = total + value, batches + 1
             net.eval()
             score = _score(metric, runner.outputs(judge, batch_size), targets[cut:], judge_labels)
@@ -413,10 +438,11 @@ class _Features:
     against the teacher's, computed once for every row (ONNX Runtime for a graph teacher,
     forward hooks on named submodules for an ``nn.Module``)."""
 
-    def __init__(self, net, teacher, pairs: Mapping[str, str], arrays: dict[str, np.ndarray], batch: int, device):
+    def __init__(self, net, teacher, pairs: Mapping[str, str], arrays: dict[str, np.ndarray], batch: int, device, mask: np.ndarray | None = None):
         import torch
 
         self.net, self.pairs, self.device = net, dict(pairs), device
+        self.mask = None if mask is None else np.asarray(mask, dtype=np.float32)
         missing = [s for s in self.pairs if s not in net.values]
         if missing:
             raise GraphpressError(f"recover: features: the student has no value {missing[0]!r}; name values of the compressed graph")
@@ -455,5 +481,13 @@ class _Features:
             b = torch.from_numpy(self.want[t][idx]).to(a.device).reshape(a.shape) if self.want[t][idx].size == a.numel() else None
             if b is None:
                 raise GraphpressError(f"recover: feature pair {s!r} -> {t!r}: shapes {list(a.shape)} and {list(self.want[t][idx].shape)} differ (a pruned layer?); match values whose shapes agree")
-            total = total + torch.nn.functional.mse_loss(a.float(), b.float())
+            if self.mask is None:
+                total = total + torch.nn.functional.mse_loss(a.float(), b.float())
+                continue
+            m = self.mask[idx]
+            if a.dim() < 2 or tuple(a.shape[:2]) != m.shape[:2] or m.ndim != 2:
+                raise GraphpressError(f"recover: feature_mask of shape {list(m.shape)} does not weight the positions of {s!r} (shape {list(a.shape)}); match values shaped [rows, positions, ...]")
+            w = torch.from_numpy(m).to(a.device).reshape(*m.shape, *([1] * (a.dim() - 2)))
+            per = a[0, 0].numel()
+            total = total + (((a.float() - b.float()) ** 2) * w).sum() / (w.sum().clamp(min=1.0) * per)
         return total / len(self.pairs)

@@ -10,10 +10,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx_ir as ir
 import pytest
 import torch
 
 import graphpress as gp
+from graphpress.compression import parse_recover
 from graphpress.ir.numeric import make_inputs, run_samples
 from graphpress.ir_torch import to_torch
 from graphpress.models.cnn import accuracy, train_digits_cnn
@@ -218,6 +220,7 @@ def test_cli_recover_options(capsys, tmp_path, digits):
     _fail(capsys, ["compress", str(tmp_path / "m.onnx"), "-o", str(out), "--recover", "speed=9"], [tmp_path / "m.onnx"], [out], "give KEY=VALUE pairs")
     np.savez(tmp_path / "t.npz", x=data.x_train[:8])
     _fail(capsys, ["compress", str(tmp_path / "m.onnx"), "-o", str(out), "--train-data", str(tmp_path / "t.npz")], [tmp_path / "m.onnx"], [out], "give --recover too")
+    assert parse_recover("epochs=2,freeze=embeddings|LayerNorm") == {"epochs": 2, "freeze": ["embeddings", "LayerNorm"]}
 
 
 def test_cli_prints_why_a_step_was_skipped(capsys, tmp_path, digits):
@@ -254,3 +257,53 @@ def test_progressive_pruning_with_recovery_reaches_a_higher_ratio(digits):
     assert trained.graph.num_nodes() > 0 and sum(v.const_value.size for v in trained.graph.initializers.values()) < sum(
         v.const_value.size for v in base.graph.initializers.values()
     )
+
+
+class _Pooled(torch.nn.Module):
+    """Positions, padding and masked mean pooling: a sentence encoder in miniature."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj, self.out = torch.nn.Linear(4, 6), torch.nn.Linear(6, 3)
+
+    def forward(self, x, mask):
+        h = torch.relu(self.proj(x))
+        return self.out((h * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1.0))
+
+
+def test_feature_mask_leaves_padding_unmatched_and_freeze_keeps_weights():
+    from graphpress.recovery import _Features
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    teacher = _Pooled().eval()
+    x = rng.standard_normal((12, 5, 4)).astype(np.float32)
+    mask = (np.arange(5)[None, :] < rng.integers(1, 6, size=(12, 1))).astype(np.float32)  # padded rows
+    model = gp.load(teacher, (torch.from_numpy(x[:2]), torch.from_numpy(mask[:2])), dynamic_batch=True)
+    relu = next(n.outputs[0].name for n in model.graph if n.op_type == "Relu")
+    student = copy_model(model)
+    weight = next(n for n in student.graph.initializers if "proj" in n and student.graph.initializers[n].const_value.numpy().ndim == 2)
+    student.graph.initializers[weight].const_value = ir.tensor(student.graph.initializers[weight].const_value.numpy() * 0.5)
+    rows = {"x": x, "mask": mask}
+
+    # the masked loss against numpy: squared differences at the unmasked positions only
+    net = to_torch(student, samples=[{k: a[:1] for k, a in rows.items()}])
+    feats = _Features(net, model, {relu: relu}, rows, 4, torch.device("cpu"), mask)
+    idx = np.arange(12)
+    with torch.no_grad():
+        net(torch.from_numpy(x), torch.from_numpy(mask))
+        got = float(feats.loss(idx))
+    a, b = net.captured[relu].numpy(), feats.want[relu]
+    want = float((((a - b) ** 2) * mask[..., None]).sum() / (mask.sum() * a.shape[-1]))
+    assert got == pytest.approx(want, rel=1e-5)
+    assert want != pytest.approx(float(((a - b) ** 2).mean()), rel=1e-3)  # padding would count otherwise
+
+    result = gp.recover(student, model, rows, epochs=2, lr=1e-2, batch_size=4, held_out=0.25, features={relu: relu}, feature_mask="mask", freeze=[weight], schedule="cosine")
+    after = result.model.graph.initializers
+    np.testing.assert_array_equal(after[weight].const_value.numpy(), student.graph.initializers[weight].const_value.numpy())
+    assert any(not np.array_equal(v.const_value.numpy(), after[k].const_value.numpy()) for k, v in student.graph.initializers.items() if k in net.param_names() and k != weight)
+    for kwargs, match in [({"freeze": ["nope"]}, "freeze 'nope' names no trained weight"), ({"schedule": "step"}, "schedule 'step'"), ({"feature_mask": "mask"}, "feature_mask 'mask'"),
+                          ({"features": {relu: relu}, "feature_mask": "lengths"}, "feature_mask 'lengths'")]:  # fmt: skip
+        with pytest.raises(gp.GraphpressError, match=match) as e:
+            gp.recover(student, model, rows, epochs=1, **kwargs)
+        assert "\n" not in str(e.value)
