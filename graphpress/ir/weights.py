@@ -254,7 +254,7 @@ def matmul_integer_scale(node: ir.Node) -> np.ndarray | None:
     """The constant weight scale of a ``MatMulInteger`` (dynamic quantization): the constant
     factor of ``Mul(a_scale, b_scale)`` that the ``Mul`` after it (through a ``Cast``) dequantizes
     the product with; None when the graph has no such chain."""
-    mul = next_in_chain(node.outputs[0], "Mul", through=("Cast",), steps=2)
+    mul = next_in_chain(node.outputs[0], "Mul", through=("Cast", "Sub"), steps=3)  # Sub: per-token zero points
     for v in mul.inputs if mul is not None else ():
         p = v.producer() if v is not None else None
         if p is not None and p.op_type == "Mul":

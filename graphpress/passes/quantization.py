@@ -48,6 +48,7 @@ from graphpress.ir.numeric import output_similarity
 from graphpress.ir.io import MAX_IR_VERSION, to_proto
 from graphpress.passes.context import TargetFacts
 from graphpress.passes.base import Pass, PassResult, option
+from graphpress.passes.per_token import per_token_activations
 from graphpress.passes.registry import register
 from graphpress.passes.smooth import smooth_activations
 
@@ -96,11 +97,14 @@ def quantize_model(
     bits: int = 8,
     block_size: int = 32,
     target: TargetFacts | None = None,
+    activations: str = "tensor",
 ) -> dict[str, Any]:
     """Quantize ``model`` in place (see the module docstring); returns what was done.
 
     ``target``: where the model will run; 7-bit weights (``reduce_range``) only when it says
-    it has no int8 dot product (never from the machine this runs on).
+    it has no int8 dot product (never from the machine this runs on). ``activations="token"``
+    (dynamic): one scale and zero point per row of the last axis
+    (:func:`~graphpress.passes.per_token.per_token_activations`).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
@@ -157,6 +161,8 @@ def quantize_model(
             raise GraphpressError(f"quantize: unknown mode '{mode}'")
         out = onnx.load(dst)
     _replace_contents(model, out)
+    if mode == "dynamic" and activations == "token":
+        info["per_token_activations"] = per_token_activations(model)
     return info
 
 
@@ -474,6 +480,9 @@ class Quantize(Pass):
         bits: int = option(8, help="weight_only: 8 (per channel) or 4 (block-wise, opset 21)", choices=(4, 8))
         block_size: int = option(32, help="weight_only bits=4: weights per scale along the reduction axis", min=16)
         scheme: str = option("auto", help="activation x weight types (auto: u8s8)", choices=("auto", "u8s8", "s8s8"))
+        activations: str = option(
+            "tensor", help="dynamic: one activation scale per tensor (DynamicQuantizeLinear) or per token (each row of the last axis)", choices=("tensor", "token")
+        )
         per_channel: bool = option(True, help="per-output-channel weight scales")
         method: str = option("minmax", help="activation calibration (mse: the range with the least quantization MSE)", choices=("minmax", "percentile", "entropy", "mse"))
         samples: int = option(8, help="generated calibration samples when no inputs are given", min=1)
@@ -510,7 +519,7 @@ class Quantize(Pass):
             candidate = ir.serde.deserialize_model(to_proto(fp32))
             info = quantize_model(
                 candidate, mode=o.mode, calibration=calibration, method=o.method, per_channel=o.per_channel, scheme=o.scheme, ops=ops,
-                exclude=excluded, bits=o.bits, block_size=o.block_size, target=ctx.target,
+                exclude=excluded, bits=o.bits, block_size=o.block_size, target=ctx.target, activations=o.activations,
             )  # fmt: skip
             return candidate, info
 
@@ -593,7 +602,7 @@ def _nothing_quantized(model: ir.Model, mode: str, ops: Iterable[str]) -> str:
     return f"quantized 0 nodes ({found}, ops={'|'.join(ops)}): their weights are not constant float initializers, or ops=/exclude= leave none; mode=weight_only or fp16 may apply"
 
 
-def _layer_output(node: ir.Node, names: set[str], steps: int = 3) -> str | None:
+def _layer_output(node: ir.Node, names: set[str], steps: int = 4) -> str | None:
     """The first value from ``node`` on that the fp32 model has too: the layer's own output
     (QDQ), or past the Cast/Mul/Add rescale of a dynamic MatMulInteger, which ends in the
     original output name."""
@@ -604,7 +613,7 @@ def _layer_output(node: ir.Node, names: set[str], steps: int = 3) -> str | None:
         if value.name in names:
             return value.name
         consumers = list(value.consumers())
-        if len(consumers) != 1 or consumers[0].op_type not in ("Cast", "Mul", "Add") or not consumers[0].outputs:
+        if len(consumers) != 1 or consumers[0].op_type not in ("Cast", "Mul", "Add", "Sub") or not consumers[0].outputs:
             return None
         value = consumers[0].outputs[0]
     return None
