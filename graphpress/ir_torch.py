@@ -46,6 +46,13 @@ _DTYPES = {
     ir.DataType.UINT8: torch.uint8, ir.DataType.BOOL: torch.bool,
 }  # fmt: skip
 
+#: metadata of a node that computes a quantization grid's range (per-token ``ReduceMin``/``ReduceMax``):
+#: its output is not differentiated, as a quantizer's range never is in QAT with the STE
+GRID_KEY = "graphpress.quantization_range"
+#: metadata of the ``Mul`` that takes per-token zero points out of a ``MatMulInteger`` (the value:
+#: that node's name): zero points times the weight's column sums, which follow the trained weight
+CORRECTION_KEY = "graphpress.zero_point_correction"
+
 _QRANGE = {ir.DataType.INT8: (-128, 127), ir.DataType.UINT8: (0, 255), ir.DataType.INT32: (-(2**31), 2**31 - 1), ir.DataType.INT16: (-32768, 32767), ir.DataType.UINT16: (0, 65535)}
 
 
@@ -93,6 +100,12 @@ class GraphModule(nn.Module):
         self.input_names = [v.name for v in graph.inputs if v.name not in graph.initializers]
         self.output_names = [v.name for v in graph.outputs]
         self.nodes = list(graph)
+        by_name = {n.name: n for n in self.nodes if n.name}
+        self._corrections = {  # correction Mul -> the MatMulInteger's weight
+            n.name: by_name[n.metadata_props[CORRECTION_KEY]].inputs[1].name
+            for n in self.nodes
+            if n.op_type == "Mul" and n.metadata_props.get(CORRECTION_KEY) in by_name and by_name[n.metadata_props[CORRECTION_KEY]].inputs[1] is not None
+        }
         self.params = nn.ParameterDict()
         self._param_of: dict[str, str] = {}  # value name -> parameter key
         self._grids: dict[str, tuple] = {}  # parameter key -> (kind, scale, zero, lo, hi, axis)
@@ -188,14 +201,24 @@ class GraphModule(nn.Module):
         if op == "DynamicQuantizeLinear":
             return _dynamic_quantize(node, ins, {}, self._rows)
         if op == "MatMulInteger" and node.inputs[1] is not None and node.inputs[1].name in self._param_of:
-            key = self._param_of[node.inputs[1].name]
-            _, scale, zero, lo, hi, axis = self._grids[key]
-            w = ins[1]
-            s, z = _axis_view(scale.to(w.device), axis, w.dim()), _axis_view(zero.to(w.device), axis, w.dim())
-            b = _clamp_ste(_round_ste(w / s) + z, lo, hi) - z  # integer values, differentiable in w
             a = ins[0].float() - (ins[2].float() if len(ins) > 2 and ins[2] is not None else 0.0)
-            return [torch.matmul(a, b)]
-        return fn(node, ins, _attrs(node))
+            return [torch.matmul(a, self._integer_weight(node.inputs[1].name))]
+        weight = self._corrections.get(node.name) if op == "Mul" else None
+        if weight is not None and weight in self._param_of:  # zero points x the trained weight's column sums
+            return [ins[0].float() * self._integer_weight(weight).sum(0)]
+        outs = fn(node, ins, _attrs(node))
+        if node.metadata_props.get(GRID_KEY):  # a quantization grid's range: not differentiated (STE)
+            outs = [o.detach() if isinstance(o, torch.Tensor) else o for o in outs]
+        return outs
+
+    def _integer_weight(self, name: str) -> torch.Tensor:
+        """A fake-quantized weight's integer values minus its zero point, differentiable in the
+        parameter (the straight-through estimator)."""
+        key = self._param_of[name]
+        _, scale, zero, lo, hi, axis = self._grids[key]
+        w = self.params[key]
+        s, z = _axis_view(scale.to(w.device), axis, w.dim()), _axis_view(zero.to(w.device), axis, w.dim())
+        return _clamp_ste(_round_ste(w / s) + z, lo, hi) - z
 
     def param_names(self) -> list[str]:
         """The graph's initializers that are trained parameters of this module."""
@@ -226,6 +249,15 @@ class GraphModule(nn.Module):
                     arr = p.numpy()
                 dtype = value.const_value.dtype.numpy()
                 value.const_value = ir.tensor(np.ascontiguousarray(arr.astype(dtype)), name=name)
+        nodes = {n.name: n for n in out.graph if n.name}
+        for corr, weight in self._corrections.items():  # column sums of the weights as written
+            mmi = nodes[nodes[corr].metadata_props[CORRECTION_KEY]]
+            w = inits[weight].const_value.numpy().astype(np.int64)
+            wz = mmi.inputs[3] if len(mmi.inputs) > 3 and mmi.inputs[3] is not None else None
+            if wz is not None:
+                w = w - wz.const_value.numpy().astype(np.int64).reshape(1, -1)
+            colsum = nodes[corr].inputs[1]
+            colsum.const_value = ir.tensor(w.sum(axis=0).astype(np.int32), name=colsum.name)
         return out
 
 
@@ -423,7 +455,13 @@ def _cast(node, ins, a):
     if dtype is None:
         raise GraphpressError(f"node '{node.name}': Cast to {to.name} has no torch form in graphpress.ir_torch")
     if x.is_floating_point() and not dtype.is_floating_point and dtype != torch.bool:
-        return [x.to(torch.float32)] if node.inputs[0].producer() is not None and node.inputs[0].producer().op_type in ("MatMulInteger", "QuantizeLinear") else [torch.trunc(x).to(dtype)]
+        # integers that only an integer kernel reads (a per-token quantized activation) stay
+        # float, so gradients pass; so do the ones a quantizer or an integer kernel wrote
+        producer = node.inputs[0].producer()
+        readers = [u.op_type for u, _ in node.outputs[0].uses()]
+        if (producer is not None and producer.op_type in ("MatMulInteger", "QuantizeLinear")) or (readers and all(r in ("MatMulInteger", "ConvInteger") for r in readers)):
+            return [x.to(torch.float32)]
+        return [torch.trunc(x).to(dtype)]
     return [x.to(dtype)]
 
 
@@ -610,6 +648,7 @@ _OPS = {
     "Expand": _expand, "Shape": lambda n, i, a: [torch.tensor(list(i[0].shape)[a.get("start", 0) : a.get("end")], dtype=torch.int64)],
     "Size": lambda n, i, a: [torch.tensor(i[0].numel(), dtype=torch.int64)],
     "Constant": _constant, "ConstantOfShape": _constant_of_shape, "Range": _range, "Pad": _pad, "Resize": _resize,
+    "Round": lambda n, i, a: [_round_ste(i[0])],  # the straight-through estimator (quantization-aware training)
     "Cast": _cast, "CastLike": lambda n, i, a: [i[0].to(i[1].dtype)],
     "ReduceMean": _reduce(lambda x, ax, k: x.mean(dim=ax, keepdim=k)), "ReduceSum": _reduce(lambda x, ax, k: x.sum(dim=ax, keepdim=k)),
     "ReduceMax": _reduce(lambda x, ax, k: x.amax(dim=ax, keepdim=k)), "ReduceMin": _reduce(lambda x, ax, k: x.amin(dim=ax, keepdim=k)),

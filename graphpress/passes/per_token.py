@@ -26,6 +26,10 @@ import onnx_ir as ir
 
 from graphpress.ir.edit import add_initializer, unique_name
 
+#: as :data:`graphpress.ir_torch.GRID_KEY` and ``CORRECTION_KEY`` (not imported: that module imports torch)
+GRID_KEY = "graphpress.quantization_range"
+CORRECTION_KEY = "graphpress.zero_point_correction"
+
 __all__ = ["per_token_activations"]
 
 
@@ -77,6 +81,9 @@ def per_token_activations(model: ir.Model) -> int:
 
         lo = op("Min", [op("ReduceMin", [x, axes], keepdims=1), zero])
         hi = op("Max", [op("ReduceMax", [x, axes], keepdims=1), zero])
+        for n in new:  # training (graphpress.ir_torch) does not differentiate the grid's range
+            if n.op_type in ("ReduceMin", "ReduceMax"):
+                n.metadata_props[GRID_KEY] = "per_token"
         s = op("Max", [op("Div", [op("Sub", [hi, lo]), top]), tiny])
         z = op("Round", [op("Div", [op("Neg", [lo]), s])])
         qf = op("Clip", [op("Add", [op("Round", [op("Div", [x, s])]), z]), zero, top])
@@ -95,6 +102,7 @@ def per_token_activations(model: ir.Model) -> int:
             readers = list(acc.uses())
             corr = ir.node("Mul", [zi, colsum], name=f"{base}/zero_point_correction_{mmi.name}")
             corr.outputs[0].name = unique_name(graph, f"{base}_correction")
+            corr.metadata_props[CORRECTION_KEY] = mmi.name  # training recomputes the column sums
             sub = ir.node("Sub", [acc, corr.outputs[0]], name=f"{base}/zero_point_{mmi.name}")
             sub.outputs[0].name = unique_name(graph, f"{acc.name}_corrected")
             sub.outputs[0].type, sub.outputs[0].shape = acc.type, acc.shape

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 from onnx import TensorProto, helper
 
 import graphpress as gp
@@ -94,3 +95,36 @@ def test_per_token_compiles_to_integer_kernels():
         got, want = compiled.run_named(x=x)["out"], run(model, {"x": x})["out"]
         cos = float((got * want).sum() / (np.linalg.norm(got) * np.linalg.norm(want)))
         assert cos > 0.99999 and np.abs(got - want).max() <= 0.02 * np.abs(want).max()
+
+
+def test_per_token_graph_trains_through_its_rounding():
+    """``to_torch`` runs the per-token graph as ONNX Runtime does, and gradients reach the first
+    layer through ``Round`` (straight-through) and the uint8 ``Cast`` an integer kernel reads."""
+    import torch
+
+    from graphpress.ir_torch import to_torch
+
+    model, _ = _quantized("token")
+    x = _x(5)
+    net = to_torch(model, samples=[{"x": x}])
+    out = net(torch.from_numpy(x))
+    out = out[0] if isinstance(out, (tuple, list)) else out
+    want = run(model, {"x": x})["out"]
+    got = out.detach().numpy().reshape(want.shape)
+    assert float((got * want).sum() / (np.linalg.norm(got) * np.linalg.norm(want))) > 0.9999
+    out.square().sum().backward()
+    first = net.params[net._param_of[next(n for n in model.graph if n.op_type == "MatMulInteger").inputs[1].name]]
+    # the fp32 gradient of W1, by hand: the straight-through one follows it; cut at the Cast, only
+    # the path through the second layer's scale would be left
+    w1, w2 = (torch.from_numpy(onnx.numpy_helper.to_array(t)).requires_grad_(k == "W1") for k, t in zip(("W1", "W2"), _mlp().graph.initializer))
+    (torch.relu(torch.from_numpy(x) @ w1) @ w2).square().sum().backward()
+    g, ref = first.grad.numpy().ravel(), w1.grad.numpy().ravel()
+    assert float(g @ ref / (np.linalg.norm(g) * np.linalg.norm(ref))) > 0.95
+    # a changed weight is written back with its column sums: ONNX Runtime computes what torch does
+    with torch.no_grad():
+        first.mul_(1.3)
+        trained = net(torch.from_numpy(x))
+    trained = (trained[0] if isinstance(trained, (tuple, list)) else trained).numpy().reshape(want.shape)
+    written = run(net.write_back(), {"x": x})["out"]
+    assert float((written * trained).sum() / (np.linalg.norm(written) * np.linalg.norm(trained))) > 0.99999
+    assert np.abs(written - want).max() > 0.1 * np.abs(want).max()  # and it did change
