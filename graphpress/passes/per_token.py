@@ -9,7 +9,7 @@ TVM backend run:
 
     lo, hi  = min(ReduceMin(x, -1), 0), max(ReduceMax(x, -1), 0)          # [..., 1]
     s       = (hi - lo) / 255 ;  z = Round(-lo / s)                      # per row
-    q       = Cast<uint8>(Clip(Round(x / s) + z, 0, 255))                # DynamicQuantizeLinear's rounding
+    q       = QuantizeLinear(x, s, z, per row)                           # DynamicQuantizeLinear's rounding
     acc     = MatMulInteger(q, W) - z * colsum(W)                        # exact in int32
 
 ``MatMulInteger`` takes one activation zero point per tensor in ONNX Runtime, so the rows'
@@ -86,8 +86,12 @@ def per_token_activations(model: ir.Model) -> int:
                 n.metadata_props[GRID_KEY] = "per_token"
         s = op("Max", [op("Div", [op("Sub", [hi, lo]), top]), tiny])
         z = op("Round", [op("Div", [op("Neg", [lo]), s])])
-        qf = op("Clip", [op("Add", [op("Round", [op("Div", [x, s])]), z]), zero, top])
-        qu = op("Cast", [qf], to=ir.DataType.UINT8)
+        # one QuantizeLinear with a scale per row (per-axis, along the rows of x as a matrix):
+        # one pass over x instead of Div, Round, Add, Clip and Cast
+        k = int(mmis[0].inputs[1].const_value.numpy().shape[0])
+        flat, rows = const("flat", np.array([-1], np.int64)), const("matrix", np.array([-1, k], np.int64))
+        q2 = op("QuantizeLinear", [op("Reshape", [x, rows]), op("Reshape", [s, flat]), op("Reshape", [op("Cast", [z], to=ir.DataType.UINT8), flat])], axis=0)
+        qu = op("Reshape", [q2, op("Shape", [x])])
         zi = op("Cast", [z], to=ir.DataType.INT32)
         for mmi in mmis:
             w = mmi.inputs[1].const_value.numpy().astype(np.int64)
