@@ -157,3 +157,21 @@ def test_data_inputs_whose_shape_feeds_a_reshape_are_never_frozen():
     assert compiled.meta["frozen_inputs"] == []
     other = -sample
     np.testing.assert_array_equal(compiled(x=other)[0], other.reshape(2, 12))
+
+
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_row_min_max_in_two_steps_match_numpy(keepdims):
+    """Min/max over a long last axis (a per-token quantization's range) are computed as 16
+    partial results per row and then those 16 (``converters._reduce_from_infinity``): the same
+    values as numpy, infinities included."""
+    nodes = [helper.make_node(op, ["x", "axes"], [op], keepdims=keepdims) for op in ("ReduceMin", "ReduceMax")]
+    graph = helper.make_graph(nodes, "rows", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 8, 1536])],
+                              [helper.make_tensor_value_info(op, TensorProto.FLOAT, None) for op in ("ReduceMin", "ReduceMax")],
+                              [helper.make_tensor("axes", TensorProto.INT64, [1], [-1])])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 10
+    x = np.random.default_rng(0).normal(size=(2, 8, 1536)).astype(np.float32)
+    x[0, 3, 1000], x[1, 7, 5] = np.inf, -np.inf
+    got = compile_model(gp.load(model), "x86").run_named(x=x)
+    np.testing.assert_array_equal(got["ReduceMin"], x.min(-1, keepdims=bool(keepdims)))
+    np.testing.assert_array_equal(got["ReduceMax"], x.max(-1, keepdims=bool(keepdims)))

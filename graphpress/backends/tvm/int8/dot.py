@@ -288,12 +288,22 @@ def _schedule_fused(sch, blocks, dot) -> None:
     p = _DOT_BLOCKS[sch.get(dot).name_hint]
     at = next(i for i, b in enumerate(blocks) if b.same_as(dot))
     # elementwise work Relax fused in front (the other input of a residual addition): into the
-    # write-back that reads it, or its own parallel loop nest before the product
+    # write-back that reads it, or its own parallel loop nest before the product. What the
+    # product itself reads (a per-token quantization of its activation) is computed once, in its
+    # own loop nest: inlined, every column tile would quantize its rows again (MiniLM's
+    # 128x1536x384 FFN kernel quantized each row 32 times)
+    out_size = _domain_size(sch, blocks[-1])
     for name in [sch.get(b).name_hint for b in blocks[:at] if sch.get(b).name_hint != p["widen"]]:
+        block = sch.get_sblock(name)
+        # so is what is broadcast over the output (a per-row zero point cast to int32, with
+        # ONNX's isfinite/floor_mod checks): inlined, every output element would pay it
+        if any(c.same_as(dot) for c in sch.get_consumers(block)) or _domain_size(sch, block) * 4 <= out_size:
+            parallel_rows(sch, block)
+            continue
         try:
-            sch.compute_inline(sch.get_sblock(name))
+            sch.compute_inline(block)
         except Exception:  # noqa: BLE001 - not inlinable
-            parallel_rows(sch, sch.get_sblock(name))
+            parallel_rows(sch, block)
     after = [sch.get(b).name_hint for b in blocks[at + 1 :]]
     for name in after[:-1]:  # the chain into the last block: one expression per output element
         sch.compute_inline(sch.get_sblock(name))
@@ -314,6 +324,16 @@ def _schedule_fused(sch, blocks, dot) -> None:
     extent = sch.get(inner).extent
     if hasattr(extent, "value") and int(extent) % p["lanes"] == 0:
         sch.vectorize(sch.split(inner, [None, p["lanes"]])[1])
+
+
+def _domain_size(sch, block) -> int:
+    """How many points a block's iteration domain has (0 when an extent is not known)."""
+    size = 1
+    for iv in sch.get(block).iter_vars:
+        if not hasattr(iv.dom.extent, "value"):
+            return 0
+        size *= int(iv.dom.extent)
+    return size
 
 
 def cached(key: tuple, build) -> Any:
