@@ -499,6 +499,8 @@ class Quantize(Pass):
 
     def call(self, model: ir.Model) -> PassResult:
         o = self.options
+        if o.activations == "token" and o.mode != "dynamic":
+            raise GraphpressError(f"quantize: activations=token quantizes activations at run time: use it with mode=dynamic (not mode={o.mode})")
         ops = [t for t in o.ops.split("|") if t] if o.ops != "auto" else None
         exclude = [t for t in o.exclude.split("|") if t]
         ctx = self.context

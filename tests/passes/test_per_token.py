@@ -84,6 +84,14 @@ def test_per_token_matches_its_numpy_reference_and_beats_one_scale_per_tensor(tm
     assert worse == 3  # the 50x row no longer coarsens every other row's grid
 
 
+def test_per_token_needs_dynamic_mode():
+    import pytest
+
+    with pytest.raises(gp.GraphpressError, match="use it with mode=dynamic") as e:
+        PassManager(build_passes("quantize:mode=static;activations=token"), context=PassContext(samples=[{"x": _x(0)}])).run(gp.load(_mlp()))
+    assert "\n" not in str(e.value)
+
+
 def test_per_token_compiles_to_integer_kernels():
     from graphpress.backends.tvm import compile_model
 
