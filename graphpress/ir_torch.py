@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from graphpress.errors import GraphpressError
-from graphpress.ir.weights import matmul_integer_scale
+from graphpress.ir.weights import CORRECTION_KEY, GRID_KEY, column_sums, matmul_integer_scale
 
 __all__ = ["GraphModule", "to_torch"]
 
@@ -45,13 +45,6 @@ _DTYPES = {
     ir.DataType.INT64: torch.int64, ir.DataType.INT32: torch.int32, ir.DataType.INT16: torch.int16, ir.DataType.INT8: torch.int8,
     ir.DataType.UINT8: torch.uint8, ir.DataType.BOOL: torch.bool,
 }  # fmt: skip
-
-#: metadata of a node that computes a quantization grid's range (per-token ``ReduceMin``/``ReduceMax``):
-#: its output is not differentiated, as a quantizer's range never is in QAT with the STE
-GRID_KEY = "graphpress.quantization_range"
-#: metadata of the ``Mul`` that takes per-token zero points out of a ``MatMulInteger`` (the value:
-#: that node's name): zero points times the weight's column sums, which follow the trained weight
-CORRECTION_KEY = "graphpress.zero_point_correction"
 
 _QRANGE = {ir.DataType.INT8: (-128, 127), ir.DataType.UINT8: (0, 255), ir.DataType.INT32: (-(2**31), 2**31 - 1), ir.DataType.INT16: (-32768, 32767), ir.DataType.UINT16: (0, 65535)}
 
@@ -250,14 +243,9 @@ class GraphModule(nn.Module):
                 dtype = value.const_value.dtype.numpy()
                 value.const_value = ir.tensor(np.ascontiguousarray(arr.astype(dtype)), name=name)
         nodes = {n.name: n for n in out.graph if n.name}
-        for corr, weight in self._corrections.items():  # column sums of the weights as written
-            mmi = nodes[nodes[corr].metadata_props[CORRECTION_KEY]]
-            w = inits[weight].const_value.numpy().astype(np.int64)
-            wz = mmi.inputs[3] if len(mmi.inputs) > 3 and mmi.inputs[3] is not None else None
-            if wz is not None:
-                w = w - wz.const_value.numpy().astype(np.int64).reshape(1, -1)
+        for corr in self._corrections:  # column sums of the weights as written
             colsum = nodes[corr].inputs[1]
-            colsum.const_value = ir.tensor(w.sum(axis=0).astype(np.int32), name=colsum.name)
+            colsum.const_value = ir.tensor(column_sums(nodes[nodes[corr].metadata_props[CORRECTION_KEY]]), name=colsum.name)
         return out
 
 

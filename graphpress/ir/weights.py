@@ -24,7 +24,15 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-__all__ = ["LayerWeight", "layer_weights", "matmul_integer_scale", "next_in_chain", "root_name", "summary_of"]
+__all__ = ["CORRECTION_KEY", "GRID_KEY", "LayerWeight", "column_sums", "layer_weights", "matmul_integer_scale", "next_in_chain", "root_name", "summary_of"]
+
+#: metadata of a node that computes a quantization grid's range (per-token ``ReduceMin``/``ReduceMax``):
+#: training (:mod:`graphpress.ir_torch`) does not differentiate its output, as QAT with the
+#: straight-through estimator never differentiates a quantizer's range
+GRID_KEY = "graphpress.quantization_range"
+#: metadata of the ``Mul`` that takes per-token zero points out of a ``MatMulInteger`` (the value:
+#: that node's name): zero points times the weight's column sums, which follow a trained weight
+CORRECTION_KEY = "graphpress.zero_point_correction"
 
 #: op type -> the input indices a weight may sit at, in order of preference
 _WEIGHT_INPUTS = {
@@ -248,6 +256,15 @@ def next_in_chain(value: ir.Value, op: str, through: tuple[str, ...] = ("Cast", 
             return None
         value = node.outputs[0]
     return None
+
+
+def column_sums(mmi: ir.Node) -> np.ndarray:
+    """The int32 column sums of a ``MatMulInteger``'s constant weight minus its zero point."""
+    w = mmi.inputs[1].const_value.numpy().astype(np.int64)
+    wz = mmi.inputs[3] if len(mmi.inputs) > 3 and mmi.inputs[3] is not None else None
+    if wz is not None:
+        w = w - wz.const_value.numpy().astype(np.int64).reshape(1, -1)
+    return w.sum(axis=0).astype(np.int32)
 
 
 def matmul_integer_scale(node: ir.Node) -> np.ndarray | None:

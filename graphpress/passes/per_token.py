@@ -25,10 +25,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphpress.ir.edit import add_initializer, unique_name
-
-#: as :data:`graphpress.ir_torch.GRID_KEY` and ``CORRECTION_KEY`` (not imported: that module imports torch)
-GRID_KEY = "graphpress.quantization_range"
-CORRECTION_KEY = "graphpress.zero_point_correction"
+from graphpress.ir.weights import CORRECTION_KEY, GRID_KEY, column_sums
 
 __all__ = ["per_token_activations"]
 
@@ -94,11 +91,7 @@ def per_token_activations(model: ir.Model) -> int:
         qu = op("Reshape", [q2, op("Shape", [x])])
         zi = op("Cast", [z], to=ir.DataType.INT32)
         for mmi in mmis:
-            w = mmi.inputs[1].const_value.numpy().astype(np.int64)
-            wz = mmi.inputs[3] if len(mmi.inputs) > 3 and mmi.inputs[3] is not None else None
-            if wz is not None:
-                w = w - wz.const_value.numpy().astype(np.int64).reshape(1, -1)
-            colsum = add_initializer(graph, f"{base}_colsum", w.sum(axis=0).astype(np.int32))
+            colsum = add_initializer(graph, f"{base}_colsum", column_sums(mmi))
             mmi.replace_input_with(0, qu)
             if len(mmi.inputs) > 2:
                 mmi.replace_input_with(2, None)

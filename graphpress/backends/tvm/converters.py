@@ -158,19 +158,17 @@ def _reduce_from_infinity(data, axes: list[int], keepdims: bool, largest: bool):
     reducer = te.comm_reducer(lambda x, y: combine(x, y), lambda t: tir.const(identity, t), name="max_inf" if largest else "min_inf")
     out_shape = [1 if d in axes else data.shape[d] for d in range(ndim)] if keepdims else [data.shape[d] for d in range(ndim) if d not in axes]
 
-    known = extents and (hasattr(extents[0], "value") or isinstance(extents[0], int))
-    last = int(extents[0]) if axes == [ndim - 1] and known else 0
-    if axes == [ndim - 1] and last >= 64 and last % 16 == 0:
+    last = data.shape[-1]
+    if axes == [ndim - 1] and hasattr(last, "value") and int(last) >= 64 and int(last) % 16 == 0:
         # each row in two steps: 16 partial results side by side (one vector), then those 16; as
         # one chain of dependent scalar min/max a 128 x 1536 row reduction took 47 us on 2 cores
         # (a per-token quantization's range); the custom +-inf reducer cannot be rfactor-ed
         lanes = 16
-        outer = te.reduce_axis((0, last // lanes), name="r_outer")
+        outer = te.reduce_axis((0, int(last) // lanes), name="r_outer")
         partial = te.compute([*data.shape[:-1], lanes], lambda *i: reducer(data(*i[:-1], outer * lanes + i[-1]), axis=outer), name="partial_max" if largest else "partial_min")
         inner = te.reduce_axis((0, lanes), name="r_lanes")
-        if keepdims:
-            return te.compute(out_shape, lambda *i: reducer(partial(*i[:-1], inner), axis=inner), name="reduce_max" if largest else "reduce_min")
-        return te.compute(out_shape, lambda *i: reducer(partial(*i, inner), axis=inner), name="reduce_max" if largest else "reduce_min")
+        rows = (lambda i: i[:-1]) if keepdims else (lambda i: i)  # the output's index without the reduced axis
+        return te.compute(out_shape, lambda *i: reducer(partial(*rows(i), inner), axis=inner), name="reduce_max" if largest else "reduce_min")
 
     def compute(*index):
         rvars = [te.reduce_axis((0, e), name=f"r{i}") for i, e in enumerate(extents)]
