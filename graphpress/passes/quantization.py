@@ -23,7 +23,9 @@ what its default recipe uses and is slower than fp32 on this project's machine. 
 says it has no int8 dot product (x86 without VNNI); the host this runs on is never read.
 
 Accuracy control (``tolerance > 0``): quantize everything, score each quantized layer by its
-SQNR (signal-to-quantization-noise ratio of its output, in dB), and move the worst layer back to
+SQNR (signal-to-quantization-noise ratio of its output, in dB; for dense layers their own error,
+emulated with the activation grid that ships: per tensor, or per row with ``activations=token``),
+and move the worst layer back to
 fp32 until the metric (lowest output cosine to the fp32 model by default; any callable from
 Python) is within ``tolerance``. The stats list each layer's decision, SQNR and MSE.
 """
@@ -404,13 +406,15 @@ def layer_errors(reference: ir.Model, quantized: ir.Model, names: list[str], fee
     return out
 
 
-def _fake_quant_activation(x: np.ndarray, symmetric: bool) -> np.ndarray:
-    """Per-tensor uint8 asymmetric (int8 symmetric) quantize-dequantize over ``x``'s own range."""
+def _fake_quant_activation(x: np.ndarray, symmetric: bool, per_token: bool = False) -> np.ndarray:
+    """Per-tensor uint8 asymmetric (int8 symmetric) quantize-dequantize over ``x``'s own range;
+    ``per_token``: over each row of the last axis (``activations=token``)."""
+    axes = -1 if per_token else None
     if symmetric:
-        scale = max(float(np.abs(x).max()), 1e-12) / 127
+        scale = np.maximum(np.abs(x).max(axis=axes, keepdims=True), 1e-12) / 127
         return np.clip(np.round(x / scale), -127, 127) * scale
-    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
-    scale = max(hi - lo, 1e-12) / 255
+    lo, hi = np.minimum(x.min(axis=axes, keepdims=True), 0.0), np.maximum(x.max(axis=axes, keepdims=True), 0.0)
+    scale = np.maximum(hi - lo, 1e-12) / 255
     zero = np.round(-lo / scale)
     return (np.clip(np.round(x / scale) + zero, 0, 255) - zero) * scale
 
@@ -421,9 +425,12 @@ def _fake_quant_weight(w: np.ndarray, per_channel: bool) -> np.ndarray:
     return np.round(w / scale) * scale
 
 
-def local_errors(model: ir.Model, feeds: Mapping[str, np.ndarray], ops: Iterable[str], *, per_channel: bool = True, symmetric: bool = False) -> dict[str, float]:
+def local_errors(
+    model: ir.Model, feeds: Mapping[str, np.ndarray], ops: Iterable[str], *, per_channel: bool = True, symmetric: bool = False, per_token: bool = False
+) -> dict[str, float]:
     """Each dense layer's own quantization error: SQNR (dB) of ``x @ W`` against its int8 version
-    (the activation over its range on ``feeds``, the weight per channel), computed on the fp32
+    (the activation over its range on ``feeds``, or over each row of its last axis with
+    ``per_token``; the weight per channel), computed on the fp32
     model's own activations — what quantizing that layer alone costs. (The SQNR measured in the
     quantized model compounds every earlier layer's error: it ranks deep layers worst.) MatMul and
     Gemm with a constant 2-D weight; keyed by node name."""
@@ -447,7 +454,7 @@ def local_errors(model: ir.Model, feeds: Mapping[str, np.ndarray], ops: Iterable
     for name, (x_name, w) in layers.items():
         x = acts[x_name].astype(np.float64)
         y = x @ w
-        noise = float(((y - _fake_quant_activation(x, symmetric) @ _fake_quant_weight(w, per_channel)) ** 2).mean())
+        noise = float(((y - _fake_quant_activation(x, symmetric, per_token) @ _fake_quant_weight(w, per_channel)) ** 2).mean())
         out[name] = round(float(10 * np.log10(float((y**2).mean()) / noise)), 2) if noise > 0 else float("inf")
     return out
 
@@ -549,7 +556,9 @@ class Quantize(Pass):
         # SQNR of its output in the quantized model
         local = {}
         if o.tolerance > 0 and value < baseline - o.tolerance and o.mode in ("static", "dynamic"):
-            local = local_errors(fp32, probe_feeds, ops or QUANTIZABLE, per_channel=o.per_channel, symmetric=o.scheme == "s8s8")
+            local = local_errors(
+                fp32, probe_feeds, ops or QUANTIZABLE, per_channel=o.per_channel, symmetric=o.scheme == "s8s8", per_token=o.activations == "token"
+            )
             if not {producers.get(name, name) for name in errors} <= set(local):
                 local = {}
         while o.tolerance > 0 and value < baseline - o.tolerance and fallback < o.max_fallback:

@@ -136,3 +136,23 @@ def test_per_token_graph_trains_through_its_rounding():
     written = run(net.write_back(), {"x": x})["out"]
     assert float((written * trained).sum() / (np.linalg.norm(written) * np.linalg.norm(trained))) > 0.99999
     assert np.abs(written - want).max() > 0.1 * np.abs(want).max()  # and it did change
+
+
+def test_accuracy_control_ranks_layers_with_the_grid_that_ships():
+    """``tolerance`` ranks layers by their own error, emulated in numpy: with
+    ``activations=token`` that emulation quantizes each row on its own grid, and it predicts the
+    error ONNX Runtime's per-token graph makes (the first layer, which reads the input itself)."""
+    from graphpress.passes.quantization import local_errors
+
+    fp32 = gp.load(_mlp())
+    feeds = {"x": _x(3)}
+    want = run(fp32, feeds, outputs=["h"])["h"].astype(np.float64)
+    for activations in ("token", "tensor"):
+        emulated = local_errors(fp32, feeds, ["MatMul"], per_token=activations == "token")["up"]
+        model, _ = _quantized(activations)
+        got = run(model, feeds, outputs=["h"])["h"].astype(np.float64)
+        measured = 10 * np.log10((want**2).mean() / ((want - got) ** 2).mean())
+        assert abs(emulated - measured) < 1.0, (activations, emulated, measured)
+        if activations == "token":
+            token_db = emulated
+    assert token_db > emulated + 10  # the 50x rows: one grid per tensor is far worse
