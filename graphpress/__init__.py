@@ -13,6 +13,7 @@ _LAZY = {
     "ort_session": "graphpress.compression",  # ONNX Runtime on a compressed model with the settings measured for it
     "to_module": "graphpress.torch_module",  # a compressed model back in the torch.nn.Module it came from
     "recover": "graphpress.recovery",  # fine-tune a compressed model against the original, written back into its graph
+    "recover_blocks": "graphpress.recovery",  # the same, block by block, each fed the original's own inputs
 }
 
 
@@ -24,4 +25,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'graphpress' has no attribute '{name}'")
 
 
-__all__ = ["GraphpressError", "__version__", "bench", "compress", "load", "ort_session", "recover", "save", "summarize", "to_module", "verify"]
+__all__ = ["GraphpressError", "__version__", "bench", "compress", "load", "ort_session", "recover", "recover_blocks", "save", "summarize", "to_module", "verify"]

@@ -307,3 +307,66 @@ def test_feature_mask_leaves_padding_unmatched_and_freeze_keeps_weights():
         with pytest.raises(gp.GraphpressError, match=match) as e:
             gp.recover(student, model, rows, epochs=1, **kwargs)
         assert "\n" not in str(e.value)
+
+
+class _Blocks(torch.nn.Module):
+    """Positions mixed, then two residual feed-forward blocks closed by a LayerNorm, masked mean
+    pooling: a transformer's FFN layers in miniature."""
+
+    def __init__(self):
+        super().__init__()
+        self.mix = torch.nn.Linear(8, 8)
+        self.ffn = torch.nn.ModuleList(torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.GELU(), torch.nn.Linear(32, 8)) for _ in range(2))
+        self.norm = torch.nn.ModuleList(torch.nn.LayerNorm(8) for _ in range(2))
+
+    def forward(self, x, mask):
+        h = self.mix(x)
+        h = h + h.mean(1, keepdim=True)  # across positions: not a block of its own
+        for f, n in zip(self.ffn, self.norm):
+            h = n(h + f(h))
+        return (h * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1.0)
+
+
+def test_block_wise_distillation_trains_each_block_on_the_teachers_own_inputs():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((96, 6, 8)).astype(np.float32)
+    mask = (np.arange(6)[None, :] < rng.integers(2, 7, size=(96, 1))).astype(np.float32)
+    model = gp.load(_Blocks().eval(), (torch.from_numpy(x[:2]), torch.from_numpy(mask[:2])), dynamic_batch=True)
+    student = copy_model(model)
+    PassManager(build_passes("cleanup,fuse,cleanup,prune:ratio=0.5")).run(student)
+    assert sum(v.const_value.size for v in student.graph.initializers.values()) < sum(v.const_value.size for v in model.graph.initializers.values())
+    before = {k: v.const_value.numpy().copy() for k, v in student.graph.initializers.items()}
+    norms = [n.outputs[0].name for n in model.graph if n.op_type == "LayerNormalization"]
+    # each block: from the input of its first (pruned: 16 of 32 wide) product to its LayerNorm
+    firsts = [n.inputs[0].name for n in student.graph if n.op_type == "MatMul" and n.inputs[1].const_value is not None and n.inputs[1].const_value.shape[1] == 16]
+    blocks = dict(zip(firsts, norms))
+    assert len(blocks) == 2 and firsts[1] == norms[0]
+    train, test = {"x": x[:64], "mask": mask[:64]}, {"x": x[64:], "mask": mask[64:]}
+
+    def cosine(m):  # the whole model's output on rows no block trained on, in ONNX Runtime
+        got, want = (np.asarray(run_samples(g, [test])[g.graph.outputs[0].name]) for g in (m, model))
+        return float(((got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))).mean())
+
+    result = gp.recover_blocks(student, model, train, blocks, mask="mask", epochs=12, lr=1e-2, batch_size=16, held_out=0.2)
+    assert list(result.blocks) == [f"{a} -> {b}" for a, b in blocks.items()]
+    for block in result.blocks.values():
+        assert block["rows"] == int(mask[:64].sum())  # one row per real position, padding left out
+        assert block["after"] > block["before"]
+    assert 1 - cosine(result.model) < 0.5 * (1 - cosine(student)), (cosine(student), cosine(result.model))
+    # the structure stays, the student given is not modified, weights outside the blocks stay
+    assert [(n.op_type, [tuple(v.shape) for v in n.outputs if v.shape]) for n in result.model.graph] == [(n.op_type, [tuple(v.shape) for v in n.outputs if v.shape]) for n in student.graph]
+    for k, v in student.graph.initializers.items():
+        np.testing.assert_array_equal(v.const_value.numpy(), before[k])
+    mix = [k for k in before if "mix" in k]
+    assert mix and all(np.array_equal(result.model.graph.initializers[k].const_value.numpy(), before[k]) for k in mix)
+    assert any(not np.array_equal(result.model.graph.initializers[k].const_value.numpy(), before[k]) for k in before if "ffn" in k)
+
+    out = model.graph.outputs[0].name
+    for bad, match in [({"nope": norms[0]}, "has no value 'nope'"), ({firsts[1]: out}, "also reads 'mask'"),
+                       ({"x": norms[0]}, "does not compute its output from its input alone position by position")]:  # fmt: skip
+        with pytest.raises(gp.GraphpressError, match=match) as e:
+            gp.recover_blocks(student, model, train, bad, mask="mask", epochs=1)
+        assert "\n" not in str(e.value)
+    with pytest.raises(gp.GraphpressError, match="mask 'lengths'"):
+        gp.recover_blocks(student, model, train, blocks, mask="lengths", epochs=1)
