@@ -97,7 +97,7 @@ def digits(rows, epochs: int) -> None:
                  onnx_bytes=size, packed_bytes=packed_size, smaller=round(onnx_bytes / (packed_size or size), 1), train_s=train_s)  # fmt: skip
 
 
-def minilm(rows, sentences: int, ffn_epochs: int, only: tuple[str, ...] = (), packed: int = 3000, more: int = 0) -> None:
+def minilm(rows, sentences: int, ffn_epochs: int, only: tuple[str, ...] = (), packed: int = 3000, more: int = 0, block_epochs: int = 5, ffn_lr: float = 3e-4) -> None:
     from graphpress.models.minilm import load_minilm, tokenize
     from graphpress.passes.context import PassContext
 
@@ -127,7 +127,8 @@ def minilm(rows, sentences: int, ffn_epochs: int, only: tuple[str, ...] = (), pa
     # teacher's (the LayerNorm closing each of the 6 layers: the cut leaves their width alone) at
     # the real tokens (feature_mask), that term weighted 100x, the word embeddings frozen, and
     # `packed` more rows of three training sentences joined (new contexts for the same words)
-    layer_outputs = [n.outputs[0].name for n in model.graph if n.op_type == "LayerNormalization"][2::2]
+    norms = [n.outputs[0].name for n in model.graph if n.op_type == "LayerNormalization"]
+    layer_outputs = norms[2::2]
     judge = 150  # recover's own held-out rows (choosing the epoch kept): the last single sentences
     rng = np.random.default_rng(0)
     joined = [" ".join(texts[j] for j in rng.choice(cut - judge, 3, replace=False)) for _ in range(packed)]
@@ -138,18 +139,28 @@ def minilm(rows, sentences: int, ffn_epochs: int, only: tuple[str, ...] = (), pa
     variants = [("int8 dynamic", f"{LOSSLESS},quantize:mode=dynamic", 2e-6, 1, train, {}),
                 ("int8 dynamic, SmoothQuant 0.75", f"{LOSSLESS},quantize:mode=dynamic;smooth=0.75", 2e-6, 1, train, {}),
                 ("int8 dynamic per-token, SmoothQuant 0.4", f"{LOSSLESS},quantize:mode=dynamic;activations=token;smooth=0.4", 1e-5, 1, train, {"schedule": "cosine"}),
-                ("FFN 50% pruned", f"{LOSSLESS},prune:ratio=0.5;include=intermediate", 3e-4, ffn_epochs, ffn_train, ffn)]  # fmt: skip
+                ("FFN 50% pruned", f"{LOSSLESS},prune:ratio=0.5;include=intermediate", ffn_lr, ffn_epochs, ffn_train, ffn)]  # fmt: skip
     for name, spec, lr, epochs, data, extra_options in variants:
         if only and not any(o in name for o in only):
             continue
         one_shot = copy_model(model)
         PassManager(build_passes(spec), context=PassContext(samples=calibration, samples_source="training sentences")).run(one_shot)
         rows_n = len(next(iter(data.values())))
-        result = gp.recover(one_shot, model, data, epochs=epochs, lr=lr, batch_size=16, seed=0, held_out=judge / rows_n if "features" in extra_options else 0.1, progress=print, **extra_options)
-        for label, m, seconds in (("one-shot", one_shot, None), ("recovered", result.model, result.seconds)):
+        stages = [("one-shot", one_shot, None)]
+        start = one_shot
+        if "features" in extra_options and block_epochs:
+            # block-wise first: each layer's pruned FFN (LayerNorm to LayerNorm) trained alone on
+            # the teacher's own inputs, one row per real token; then the whole model end to end
+            blocks = dict(zip(norms[1::2], norms[2::2]))
+            staged = gp.recover_blocks(one_shot, model, data, blocks, mask="attention_mask", epochs=block_epochs, progress=print)
+            start = staged.model
+            stages.append(("block-wise", start, staged.seconds))
+        result = gp.recover(start, model, data, epochs=epochs, lr=lr, batch_size=16, seed=0, held_out=judge / rows_n if "features" in extra_options else 0.1, progress=print, **extra_options)
+        stages.append(("recovered" if len(stages) == 1 else "block-wise, then end to end", result.model, result.seconds + sum(s for _, _, s in stages[1:])))
+        for label, m, seconds in stages:
             score = _text.agreement(embeddings(m), ref)
             _row(rows, part="minilm", variant=f"{name}, {label}", **{k: round(v, 5) for k, v in score.items()}, train_s=seconds,
-                 epochs=epochs if seconds is not None else None, train_sentences=cut, train_rows=rows_n, held_out_sentences=len(texts) - cut)  # fmt: skip
+                 epochs=epochs if seconds is not None and label != "block-wise" else None, block_epochs=block_epochs if label.startswith("block") else None, train_sentences=cut, train_rows=rows_n, held_out_sentences=len(texts) - cut)  # fmt: skip
 
 
 def resnet(rows, epochs: int, repeat: int) -> None:
@@ -202,6 +213,8 @@ def main() -> None:
     parser.add_argument("--ffn-epochs", type=int, default=8, help="MiniLM FFN cut: epochs of recovery")
     parser.add_argument("--ffn-packed", type=int, default=3000, help="MiniLM FFN cut: extra training rows of three training sentences joined")
     parser.add_argument("--ffn-more", type=int, default=0, help="MiniLM FFN cut: extra training sentences from the docstrings after the benchmark's own (the held-out sentences stay the same)")
+    parser.add_argument("--ffn-block-epochs", type=int, default=5, help="MiniLM FFN cut: epochs of block-wise distillation before end to end (0: none)")
+    parser.add_argument("--ffn-lr", type=float, default=3e-4, help="MiniLM FFN cut: learning rate end to end")
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--minilm-variants", default="", help="comma-separated substrings: only the MiniLM variants naming one (default: all)")
     parser.add_argument("--json")
@@ -213,7 +226,7 @@ def main() -> None:
     if "digits" in parts:
         digits(rows, opts.epochs)
     if "minilm" in parts:
-        minilm(rows, opts.sentences, opts.ffn_epochs, tuple(v for v in opts.minilm_variants.split(",") if v), opts.ffn_packed, opts.ffn_more)
+        minilm(rows, opts.sentences, opts.ffn_epochs, tuple(v for v in opts.minilm_variants.split(",") if v), opts.ffn_packed, opts.ffn_more, opts.ffn_block_epochs, opts.ffn_lr)
     if "resnet" in parts:
         resnet(rows, opts.epochs, opts.repeat)
     if opts.json:

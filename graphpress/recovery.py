@@ -21,6 +21,11 @@ its form while it trains:
 * **pruned structure**: the student has the cut shapes; nothing grows back, and the zeros of
   unstructured pruning stay zero.
 
+:func:`recover_blocks` trains block by block first (a transformer layer's pruned FFN alone,
+fed the teacher's own input to it and matched to the teacher's output of it): cheap, many
+rows (one per token), and no error of earlier layers to chase; :func:`recover` then trains the
+whole student end to end.
+
 The teacher is the model before compression: any model graphpress loads (run in ONNX
 Runtime) or the ``nn.Module`` (run in torch). The data is the user's inputs, no labels
 needed. The result is the compressed graph with new weights (the same nodes, shapes, scales,
@@ -523,6 +528,7 @@ def recover_blocks(
     blocks: Mapping[str, str],
     *,
     mask: str | None = None,
+    inputs: str = "student",
     epochs: int = 5,
     lr: float = 1e-3,
     batch_size: int = 256,
@@ -533,12 +539,14 @@ def recover_blocks(
     progress: Callable[[str], None] | None = None,
 ) -> BlocksResult:
     """Block-wise distillation: each block of the student (the nodes between an ``input`` and an
-    ``output`` value, ``blocks={input: output}``) is trained alone, fed the teacher's own value of
-    ``input`` and matched (mean squared error) to the teacher's ``output`` -- the pruned
-    feed-forward network of a transformer layer learns to compute what the whole one did,
-    without the errors of the layers before it and at the cost of that block alone. The trained
-    weights are written back into a copy of the student; :func:`recover` then trains the whole
-    student end to end.
+    ``output`` value, ``blocks={input: output}``) is trained alone, matched (mean squared error)
+    to the teacher's ``output`` -- the pruned feed-forward network of a transformer layer learns
+    to compute what the whole one did, at the cost of that block alone. Blocks train in the
+    order given, each fed ``input`` as the student computes it with the blocks before it trained
+    (``inputs="student"``: each block also makes up for the error the student still has before
+    it), or as the teacher computes it (``"teacher"``: one run of the teacher for all blocks).
+    The trained weights are written back into a copy of the student; :func:`recover` then
+    trains the whole student end to end.
 
     Args:
         student: the compressed model (IR model, ``.onnx`` path or ``CompressResult``).
@@ -547,6 +555,7 @@ def recover_blocks(
         data: the whole model's inputs, as for :func:`recover`.
         blocks: ``{input value: output value}``; the block must read nothing else of the graph
             but constants.
+        inputs: ``student`` or ``teacher``: whose value of ``input`` feeds each block.
         mask: an input of the model (``attention_mask``) shaped ``[rows, positions]``: the block
             then trains on positions, one row per position the mask keeps (padding is not
             trained on), which needs a block that computes each position alone (checked on
@@ -577,26 +586,63 @@ def recover_blocks(
     say = progress or (lambda line: None)
     names = [v.name for v in teacher.graph.inputs if v.name not in teacher.graph.initializers]
     arrays = _rows(data, names)
+    if inputs not in ("student", "teacher"):
+        raise GraphpressError(f"recover_blocks: inputs '{inputs}': choose student or teacher")
     if mask is not None and (mask not in arrays or arrays[mask].ndim != 2):
         raise GraphpressError(f"recover_blocks: mask {mask!r}: name an input of the model shaped [rows, positions] ({', '.join(names)})")
     out = copy_model(student)
+    items = list(blocks.items())
+    for first, last in items:  # the names and the blocks' bounds, before the teacher runs
+        for m, where in ((out, "student"), (teacher, "teacher")):
+            _block(m, first, last, where)
     done: dict[str, dict[str, Any]] = {}
     seconds = 0.0
-    for first, last in blocks.items():
-        label = f"{first} -> {last}"
-        for m, where in ((out, "student"), (teacher, "teacher")):
-            _block(m, first, last, where)  # the names and the block's bounds, before the teacher runs
-        x, y = _teacher_values(teacher, arrays, [first, last], mask)
-        s_block, t_block = (_block(m, first, last, where, x.shape[1:], y.shape[1:]) for m, where in ((out, "student"), (teacher, "teacher")))
-        _check_block(t_block, x, y, label, mask)
-        say(f"block {label}: {len(x)} rows")
-        result = recover(s_block, t_block, {first: x}, epochs=epochs, lr=lr, batch_size=batch_size, loss="mse", schedule=schedule, held_out=held_out, seed=seed, device=device, progress=progress)  # fmt: skip
-        for name, value in result.model.graph.initializers.items():
-            if name in out.graph.initializers:
-                out.graph.initializers[name].const_value = value.const_value
-        done[label] = {**result.to_dict(), "rows": len(x)}
-        seconds += result.seconds
+    for group in _groups(teacher, arrays, items, mask):
+        # one run of the teacher gives the values of as many blocks as BLOCK_VALUES_BYTES holds
+        values = _teacher_values(teacher, arrays, list(dict.fromkeys(v for pair in group for v in pair)), mask)
+        for first, last in group:
+            label = f"{first} -> {last}"
+            x, y = values[first], values[last]
+            s_block, t_block = (_block(m, first, last, where, x.shape[1:], y.shape[1:]) for m, where in ((out, "student"), (teacher, "teacher")))
+            _check_block(t_block, x, y, label, mask)
+            if inputs == "student":  # the student as trained so far
+                x = _teacher_values(out, arrays, [first], mask, "the student")[first]
+            say(f"block {label}: {len(x)} rows ({inputs} inputs)")
+            result = recover(s_block, t_block, {first: x}, epochs=epochs, lr=lr, batch_size=batch_size, loss="mse", schedule=schedule, held_out=held_out, seed=seed, device=device, progress=progress)  # fmt: skip
+            for name, value in result.model.graph.initializers.items():
+                if name in out.graph.initializers:
+                    out.graph.initializers[name].const_value = value.const_value
+            done[label] = {**result.to_dict(), "rows": len(x)}
+            seconds += result.seconds
+        del values
     return BlocksResult(out, done, round(seconds, 2), round(time.perf_counter() - start, 2))
+
+
+#: the teacher's block values held at once (the blocks' inputs and outputs on every row): more
+#: blocks than that take more runs of the teacher
+BLOCK_VALUES_BYTES = 2 << 30
+
+
+def _groups(teacher: ir.Model, arrays: dict[str, np.ndarray], items: list[tuple[str, str]], mask: str | None) -> list[list[tuple[str, str]]]:
+    """``items`` in consecutive groups whose values on every row fit :data:`BLOCK_VALUES_BYTES`
+    (sized on the first 4 rows)."""
+    names = list(dict.fromkeys(v for pair in items for v in pair))
+    probe_rows = min(4, len(next(iter(arrays.values()))))
+    probe = _teacher_values(teacher, {k: a[:probe_rows] for k, a in arrays.items()}, names, mask)
+    kept = max(1, int(np.asarray(arrays[mask][:probe_rows]).astype(bool).sum())) if mask is not None else probe_rows
+    total = int(np.asarray(arrays[mask]).astype(bool).sum()) if mask is not None else len(next(iter(arrays.values())))
+    per = {k: v.nbytes / kept * total for k, v in probe.items()}
+    groups: list[list[tuple[str, str]]] = []
+    size = 0.0
+    for pair in items:
+        need = per[pair[0]] + per[pair[1]]
+        if groups and size + need <= BLOCK_VALUES_BYTES:
+            groups[-1].append(pair)
+            size += need
+        else:
+            groups.append([pair])
+            size = need
+    return groups
 
 
 def _block(model: ir.Model, first: str, last: str, where: str, x_shape: tuple[int, ...] = (), y_shape: tuple[int, ...] = ()) -> ir.Model:
@@ -642,12 +688,13 @@ def _block(model: ir.Model, first: str, last: str, where: str, x_shape: tuple[in
     return ir.serde.deserialize_model(block)
 
 
-def _teacher_values(teacher: ir.Model, arrays: dict[str, np.ndarray], names: list[str], mask: str | None) -> tuple[np.ndarray, ...]:
-    """The teacher's values ``names`` on every row (ONNX Runtime, batches of 32 rows when the
-    graph takes them, else row by row); with ``mask``, one row per position it keeps."""
+def _teacher_values(teacher: ir.Model, arrays: dict[str, np.ndarray], names: list[str], mask: str | None, where: str = "the teacher") -> dict[str, np.ndarray]:
+    """The teacher's (or another model's) values ``names`` on every row (ONNX Runtime with its
+    graph optimizations, batches of 32 rows when the graph takes them, else row by row); with
+    ``mask``, one row per position it keeps."""
     from graphpress.ir.numeric import _Session
 
-    session = _Session(teacher, names, "the teacher")
+    session = _Session(teacher, names, where, best=True)
     n = len(next(iter(arrays.values())))
     got: dict[str, list[np.ndarray]] = {k: [] for k in names}
     step = 32
@@ -670,7 +717,7 @@ def _teacher_values(teacher: ir.Model, arrays: dict[str, np.ndarray], names: lis
                 v = v[keep]
             got[k].append(v)
         i += step
-    return tuple(np.concatenate(got[k]) for k in names)
+    return {k: np.concatenate(got[k]) for k in names}
 
 
 def _check_block(block: ir.Model, x: np.ndarray, y: np.ndarray, label: str, mask: str | None) -> None:
