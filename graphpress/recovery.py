@@ -84,6 +84,18 @@ class RecoverResult:
                 "seconds": self.seconds, "total_seconds": self.total_seconds, "device": self.device}  # fmt: skip
 
 
+def _student_graph(student: Any, who: str) -> ir.Model:
+    """The compressed model given as an IR model, an ``.onnx`` path or a ``CompressResult``."""
+    from graphpress.ir import load
+
+    if hasattr(student, "model") and isinstance(getattr(student, "model"), ir.Model):
+        student = student.model
+    graph = load(student) if isinstance(student, (str, os.PathLike)) else student
+    if not isinstance(graph, ir.Model):
+        raise GraphpressError(f"{who}: give the compressed model (an IR model, an .onnx path or a CompressResult), not {type(student).__name__}")
+    return graph
+
+
 def _rows(data: Any, names: list[str]) -> dict[str, np.ndarray]:
     """The training inputs as one array per model input, rows along the first axis."""
     from graphpress.ir.numeric import read_npz
@@ -221,15 +233,10 @@ def recover(
     """
     import torch
 
-    from graphpress.ir import load
     from graphpress.ir_torch import to_torch
 
     start = time.perf_counter()
-    if hasattr(student, "model") and isinstance(getattr(student, "model"), ir.Model):
-        student = student.model
-    graph = load(student) if isinstance(student, (str, os.PathLike)) else student
-    if not isinstance(graph, ir.Model):
-        raise GraphpressError(f"recover: give the compressed model (an IR model, an .onnx path or a CompressResult), not {type(student).__name__}")
+    graph = _student_graph(student, "recover")
     if loss not in ("auto", "kl", "cosine", "mse"):
         raise GraphpressError(f"recover: loss '{loss}': choose auto, kl, cosine or mse")
     if schedule not in ("constant", "cosine"):
@@ -572,11 +579,7 @@ def recover_blocks(
     from graphpress.pipelines import copy_model
 
     start = time.perf_counter()
-    if hasattr(student, "model") and isinstance(getattr(student, "model"), ir.Model):
-        student = student.model
-    student = load(student) if isinstance(student, (str, os.PathLike)) else student
-    if not isinstance(student, ir.Model):
-        raise GraphpressError(f"recover_blocks: give the compressed model (an IR model, an .onnx path or a CompressResult), not {type(student).__name__}")
+    student = _student_graph(student, "recover_blocks")
     try:
         teacher = load(teacher)
     except (GraphpressError, TypeError, ValueError) as e:
