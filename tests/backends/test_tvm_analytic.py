@@ -239,3 +239,33 @@ def test_a_wide_narrow_stage_takes_the_wider_tile_and_the_panel_blocked_order_an
     with torch.no_grad():
         want = module(xs).numpy()
     np.testing.assert_allclose(compiled(xs.numpy())[0], want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("target", ["x86", "x86:haswell"])
+def test_a_classifier_at_batch_one_reads_its_weight_rows_split_among_tasks_and_matches_torch(target):
+    """A 1280 x 1000 classifier at batch 1 (MobileNetV2's): split-K, each of 8 tasks reading its
+    own contiguous block of weight rows into a partial row of outputs, then the partial rows
+    summed with the bias; every x86 path's values against torch."""
+    import tvm
+    from tvm import te, topi
+
+    from graphpress.backends.tvm import schedules
+
+    facts = vector_facts(resolve_target(target))
+    x = te.placeholder((1, 1280), "float32", name="x")
+    w = te.placeholder((1280, 1000), "float32", name="w")
+    b = te.placeholder((1000,), "float32", name="b")
+    out = topi.add(topi.matmul(x, w), b)
+    mod, count = schedules.schedule_gemm(tvm.IRModule({"c": te.create_prim_func([x, w, b, out]).with_attr("global_symbol", "c")}), facts.lanes, facts.registers)
+    script = mod["c"].script()
+    assert count == 1 and "rf" in script and f"T.parallel({schedules.GEMV_TASKS})" in script, script
+    if not _runnable(target):
+        pytest.skip(f"this host cannot run the code of {target}")
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1280, 1000)).eval()
+    xs = torch.randn(1, 1280, 1, 1)
+    compiled = compile_model(from_torch(module, xs), target, verify=False, measure=False)
+    assert compiled.meta["build"]["analytic_scheduled_kernels"] >= 1
+    with torch.no_grad():
+        want = module(xs).numpy()
+    np.testing.assert_allclose(compiled(xs.numpy())[0], want, rtol=1e-4, atol=1e-4)
