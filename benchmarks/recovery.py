@@ -7,10 +7,11 @@ the compressed graph itself) wins back, side by side in one run, with the traini
   ONNX file.
 * all-MiniLM-L6-v2 (real weights; sentences of the docstrings of Python's standard library,
   the last sixth held out and never trained on): dynamic int8 (per tensor, smoothed, per-token
-  and smoothed; 1 epoch), and 50 % of every FFN pruned (``--ffn-epochs``, each layer's output
-  matched to the teacher's at the real tokens, ``--ffn-packed`` more rows of three training
-  sentences joined); mean cosine of the held-out embeddings to fp32 and nearest-neighbour
-  agreement.
+  and smoothed; 1 epoch), and 50 % of every FFN pruned (block by block first,
+  ``--ffn-block-epochs``, each FFN on the real tokens; then ``--ffn-epochs`` end to end, each
+  layer's output matched to the teacher's at the real tokens; ``--ffn-packed`` more rows of
+  three training sentences joined); mean cosine of the held-out embeddings to fp32 and
+  nearest-neighbour agreement.
 * A ResNet-18 (10 classes) trained in-run on the digits upsampled to 32x32: 50 % pruned +
   static int8, recovered; its TVM int8 artifact timed against ONNX Runtime's best int8 of the
   original (2 threads, batch 1).
@@ -97,7 +98,7 @@ def digits(rows, epochs: int) -> None:
                  onnx_bytes=size, packed_bytes=packed_size, smaller=round(onnx_bytes / (packed_size or size), 1), train_s=train_s)  # fmt: skip
 
 
-def minilm(rows, sentences: int, ffn_epochs: int, only: tuple[str, ...] = (), packed: int = 3000, more: int = 0, block_epochs: int = 5, ffn_lr: float = 3e-4) -> None:
+def minilm(rows, sentences: int, ffn_epochs: int, only: tuple[str, ...] = (), packed: int = 3000, more: int = 0, block_epochs: int = 5, ffn_lr: float = 3e-4, ffn_prune: str = "prune:ratio=0.5;include=intermediate") -> None:
     from graphpress.models.minilm import load_minilm, tokenize
     from graphpress.passes.context import PassContext
 
@@ -139,7 +140,7 @@ def minilm(rows, sentences: int, ffn_epochs: int, only: tuple[str, ...] = (), pa
     variants = [("int8 dynamic", f"{LOSSLESS},quantize:mode=dynamic", 2e-6, 1, train, {}),
                 ("int8 dynamic, SmoothQuant 0.75", f"{LOSSLESS},quantize:mode=dynamic;smooth=0.75", 2e-6, 1, train, {}),
                 ("int8 dynamic per-token, SmoothQuant 0.4", f"{LOSSLESS},quantize:mode=dynamic;activations=token;smooth=0.4", 1e-5, 1, train, {"schedule": "cosine"}),
-                ("FFN 50% pruned", f"{LOSSLESS},prune:ratio=0.5;include=intermediate", ffn_lr, ffn_epochs, ffn_train, ffn)]  # fmt: skip
+                ("FFN 50% pruned", f"{LOSSLESS},{ffn_prune}", ffn_lr, ffn_epochs, ffn_train, ffn)]  # fmt: skip
     for name, spec, lr, epochs, data, extra_options in variants:
         if only and not any(o in name for o in only):
             continue
@@ -159,7 +160,8 @@ def minilm(rows, sentences: int, ffn_epochs: int, only: tuple[str, ...] = (), pa
         stages.append(("recovered" if len(stages) == 1 else "block-wise, then end to end", result.model, result.seconds + sum(s for _, _, s in stages[1:])))
         for label, m, seconds in stages:
             score = _text.agreement(embeddings(m), ref)
-            _row(rows, part="minilm", variant=f"{name}, {label}", **{k: round(v, 5) for k, v in score.items()}, train_s=seconds,
+            params = sum(v.const_value.size for v in m.graph.initializers.values() if v.const_value is not None)
+            _row(rows, part="minilm", variant=f"{name}, {label}", **{k: round(v, 5) for k, v in score.items()}, train_s=seconds, params=params,
                  epochs=epochs if seconds is not None and label != "block-wise" else None, block_epochs=block_epochs if label.startswith("block") else None, train_sentences=cut, train_rows=rows_n, held_out_sentences=len(texts) - cut)  # fmt: skip
 
 
@@ -210,11 +212,12 @@ def main() -> None:
     parser.add_argument("--parts", default="digits,minilm,resnet")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--sentences", type=int, default=1800)
-    parser.add_argument("--ffn-epochs", type=int, default=8, help="MiniLM FFN cut: epochs of recovery")
+    parser.add_argument("--ffn-epochs", type=int, default=6, help="MiniLM FFN cut: epochs of recovery end to end")
     parser.add_argument("--ffn-packed", type=int, default=3000, help="MiniLM FFN cut: extra training rows of three training sentences joined")
     parser.add_argument("--ffn-more", type=int, default=0, help="MiniLM FFN cut: extra training sentences from the docstrings after the benchmark's own (the held-out sentences stay the same)")
     parser.add_argument("--ffn-block-epochs", type=int, default=5, help="MiniLM FFN cut: epochs of block-wise distillation before end to end (0: none)")
-    parser.add_argument("--ffn-lr", type=float, default=3e-4, help="MiniLM FFN cut: learning rate end to end")
+    parser.add_argument("--ffn-lr", type=float, default=2e-4, help="MiniLM FFN cut: learning rate end to end")
+    parser.add_argument("--ffn-prune", default="prune:ratio=0.5;include=intermediate", help="MiniLM FFN cut: the pruning step(s)")
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--minilm-variants", default="", help="comma-separated substrings: only the MiniLM variants naming one (default: all)")
     parser.add_argument("--json")
@@ -226,7 +229,7 @@ def main() -> None:
     if "digits" in parts:
         digits(rows, opts.epochs)
     if "minilm" in parts:
-        minilm(rows, opts.sentences, opts.ffn_epochs, tuple(v for v in opts.minilm_variants.split(",") if v), opts.ffn_packed, opts.ffn_more, opts.ffn_block_epochs, opts.ffn_lr)
+        minilm(rows, opts.sentences, opts.ffn_epochs, tuple(v for v in opts.minilm_variants.split(",") if v), opts.ffn_packed, opts.ffn_more, opts.ffn_block_epochs, opts.ffn_lr, opts.ffn_prune)
     if "resnet" in parts:
         resnet(rows, opts.epochs, opts.repeat)
     if opts.json:
