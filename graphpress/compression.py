@@ -311,26 +311,49 @@ def _substrings(text: str) -> list[str]:
     return [s.strip() for s in text.split("|") if s.strip()]
 
 
-#: the options of ``compress(recover=...)`` / ``--recover`` (those of :func:`graphpress.recover`)
-RECOVER_OPTIONS = {"epochs": int, "lr": float, "batch_size": int, "temperature": float, "loss": str, "seed": int, "held_out": float, "freeze": _substrings, "schedule": str}
+def _blocks(text: str) -> str | dict[str, str]:
+    """``auto``, or ``in>out|in2>out2``: the blocks of :func:`graphpress.recover_blocks`."""
+    if text.strip() == "auto":
+        return "auto"
+    pairs = [p.split(">") for p in _substrings(text)]
+    if not pairs or any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+        raise ValueError(text)
+    return {a.strip(): b.strip() for a, b in pairs}
+
+
+#: the options of ``compress(recover=...)`` / ``--recover``: those of :func:`graphpress.recover`,
+#: and ``blocks`` (with ``block_epochs``, ``block_mask``): :func:`graphpress.recover_blocks` first
+RECOVER_OPTIONS = {"epochs": int, "lr": float, "batch_size": int, "temperature": float, "loss": str, "seed": int, "held_out": float, "freeze": _substrings, "schedule": str,
+                   "blocks": _blocks, "block_epochs": int, "block_mask": str}  # fmt: skip
+BLOCK_OPTIONS = ("blocks", "block_epochs", "block_mask")
 
 
 def _recovery(original: ir.Model, options: Mapping[str, Any], data: Any, say) -> Callable[[ir.Model], tuple[ir.Model, str]]:
-    from graphpress.recovery import recover
+    from graphpress.recovery import recover, recover_blocks
 
     unknown = sorted(set(options) - set(RECOVER_OPTIONS))
     if unknown:
         raise GraphpressError(f"recover option '{unknown[0]}': choose from {', '.join(RECOVER_OPTIONS)}")
 
+    if any(k in options for k in BLOCK_OPTIONS) and "blocks" not in options:
+        raise GraphpressError("recover options block_epochs/block_mask go with blocks=auto (or blocks=in>out|...)")
+    blocks = {k: options[k] for k in BLOCK_OPTIONS if k in options}
+    options = {k: v for k, v in options.items() if k not in BLOCK_OPTIONS}
+
     def run(model: ir.Model) -> tuple[ir.Model, str]:
+        staged = ""
         try:
+            if blocks:
+                first = recover_blocks(model, original, data, blocks["blocks"], mask=blocks.get("block_mask"), epochs=blocks.get("block_epochs", 5), seed=options.get("seed", 0), progress=say)
+                model = first.model
+                staged = f"{len(first.blocks)} block{'s' if len(first.blocks) != 1 else ''} in {first.seconds:.1f} s, then "
             result = recover(model, original, data, progress=say, **options)
         except GraphpressError:
             raise
         except Exception as e:  # a bug in recovery: the candidate is rolled back with the reason, the run goes on
             raise GraphpressError(f"recovery failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from e
         kept = "" if result.epoch == len(result.history) else ("; every epoch did worse: the weights before training kept" if result.epoch == 0 else f"; epoch {result.epoch} kept")
-        return result.model, f"{len(result.history)} epochs in {result.seconds:.1f} s, held-out {result.metric} {result.before:.4f} -> {result.after:.4f}{kept}"
+        return result.model, f"{staged}{len(result.history)} epochs in {result.seconds:.1f} s, held-out {result.metric} {result.before:.4f} -> {result.after:.4f}{kept}"
 
     return run
 
@@ -346,7 +369,8 @@ def parse_recover(text: str) -> dict[str, Any]:
         try:
             out[key] = RECOVER_OPTIONS[key](value.strip())
         except ValueError:
-            raise GraphpressError(f"--recover {text}: {key}={value} is not a {RECOVER_OPTIONS[key].__name__}") from None
+            what = "auto or INPUT>OUTPUT|INPUT>OUTPUT value names" if key == "blocks" else f"a {RECOVER_OPTIONS[key].__name__}"
+            raise GraphpressError(f"--recover {text}: {key}={value} is not {what}") from None
     return out
 
 

@@ -532,7 +532,7 @@ def recover_blocks(
     student: Any,
     teacher: Any,
     data: Any,
-    blocks: Mapping[str, str],
+    blocks: Mapping[str, str] | str,
     *,
     mask: str | None = None,
     inputs: str = "student",
@@ -561,7 +561,9 @@ def recover_blocks(
             values are named as in the student (the passes keep value names).
         data: the whole model's inputs, as for :func:`recover`.
         blocks: ``{input value: output value}``; the block must read nothing else of the graph
-            but constants.
+            but constants. ``"auto"``: every span from one ``LayerNormalization`` to the next
+            that is such a block and whose weights the compression changed (a transformer's
+            feed-forward networks: the attention between them also reads the mask).
         inputs: ``student`` or ``teacher``: whose value of ``input`` feeds each block.
         mask: an input of the model (``attention_mask``) shaped ``[rows, positions]``: the block
             then trains on positions, one row per position the mask keeps (padding is not
@@ -584,8 +586,10 @@ def recover_blocks(
         teacher = load(teacher)
     except (GraphpressError, TypeError, ValueError) as e:
         raise GraphpressError(f"recover_blocks: give the teacher as a graph (graphpress.load(module, example) for a torch module): {e}") from None
-    if not blocks:
-        raise GraphpressError("recover_blocks: give blocks={input value: output value}")
+    if blocks == "auto":
+        blocks = _auto_blocks(student, teacher)
+    if not blocks or isinstance(blocks, str):
+        raise GraphpressError(f"recover_blocks: blocks={blocks!r}: give {{input value: output value}} or 'auto'")
     say = progress or (lambda line: None)
     names = [v.name for v in teacher.graph.inputs if v.name not in teacher.graph.initializers]
     arrays = _rows(data, names)
@@ -619,6 +623,24 @@ def recover_blocks(
             seconds += result.seconds
         del values
     return BlocksResult(out, done, round(seconds, 2), round(time.perf_counter() - start, 2))
+
+
+def _auto_blocks(student: ir.Model, teacher: ir.Model) -> dict[str, str]:
+    """The spans between consecutive ``LayerNormalization`` outputs that are blocks of their own
+    in both graphs and whose weights differ between them (see :func:`recover_blocks`)."""
+    norms = [n.outputs[0].name for n in teacher.graph if n.op_type == "LayerNormalization" and n.domain in ("", "ai.onnx")]
+    found = {}
+    for first, last in zip(norms, norms[1:]):
+        try:
+            s_block, t_block = _block(student, first, last, "student"), _block(teacher, first, last, "teacher")
+        except GraphpressError:
+            continue
+        s_w, t_w = s_block.graph.initializers, t_block.graph.initializers
+        if s_w.keys() != t_w.keys() or any(s_w[k].const_value.shape != t_w[k].const_value.shape or not np.array_equal(s_w[k].const_value.numpy(), t_w[k].const_value.numpy()) for k in s_w):
+            found[first] = last
+    if not found:
+        raise GraphpressError("recover_blocks: blocks='auto' found no compressed span between two LayerNormalization outputs that reads only its input; name the blocks")
+    return found
 
 
 #: the teacher's block values held at once (the blocks' inputs and outputs on every row): more

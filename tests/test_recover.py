@@ -348,6 +348,9 @@ def test_block_wise_distillation_trains_each_block_on_the_teachers_own_inputs(mo
         got, want = (np.asarray(run_samples(g, [test])[g.graph.outputs[0].name]) for g in (m, model))
         return float(((got * want).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(want, axis=1))).mean())
 
+    from graphpress.recovery import _auto_blocks
+
+    assert _auto_blocks(student, model) == {norms[0]: norms[1]}  # LayerNorm to LayerNorm (the first block starts elsewhere)
     result = gp.recover_blocks(student, model, train, blocks, mask="mask", epochs=12, lr=1e-2, batch_size=16, held_out=0.2)
     assert list(result.blocks) == [f"{a} -> {b}" for a, b in blocks.items()]
     for block in result.blocks.values():
@@ -384,6 +387,19 @@ def test_block_wise_distillation_trains_each_block_on_the_teachers_own_inputs(mo
         with pytest.raises(gp.GraphpressError, match=match) as e:
             gp.recover_blocks(student, model, train, bad, mask="mask", epochs=1)
         assert "\n" not in str(e.value)
+    # from the recipes (compress --recover blocks=auto,block_mask=mask,...): blocks, then end to end
+    from graphpress.compression import _recovery
+
+    assert parse_recover("blocks=a>b|c>d,block_epochs=2") == {"blocks": {"a": "b", "c": "d"}, "block_epochs": 2}
+    for bad in ("blocks=a", "block_epochs=2"):
+        with pytest.raises(gp.GraphpressError, match="blocks") as e:
+            _recovery(model, parse_recover(bad), train, None)
+        assert "\n" not in str(e.value)
+    recovered, line = _recovery(model, parse_recover("blocks=auto,block_mask=mask,block_epochs=3,epochs=1,lr=0.001"), train, None)(student)
+    assert line.startswith("1 block in") and "then 1 epochs" in line, line
+    assert cosine(recovered) > cosine(student)
+    with pytest.raises(gp.GraphpressError, match="found no compressed span"):
+        gp.recover_blocks(model, model, train, "auto")  # nothing compressed: nothing to train
     for kwargs, match in [({"mask": "lengths"}, "mask 'lengths'"), ({"inputs": "both"}, "inputs 'both'")]:
         with pytest.raises(gp.GraphpressError, match=match):
             gp.recover_blocks(student, model, train, blocks, epochs=1, **kwargs)
