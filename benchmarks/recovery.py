@@ -128,8 +128,7 @@ def minilm(rows, sentences: int, ffn_epochs: int, only: tuple[str, ...] = (), pa
     # teacher's (the LayerNorm closing each of the 6 layers: the cut leaves their width alone) at
     # the real tokens (feature_mask), that term weighted 100x, the word embeddings frozen, and
     # `packed` more rows of three training sentences joined (new contexts for the same words)
-    norms = [n.outputs[0].name for n in model.graph if n.op_type == "LayerNormalization"]
-    layer_outputs = norms[2::2]
+    layer_outputs = [n.outputs[0].name for n in model.graph if n.op_type == "LayerNormalization"][2::2]
     judge = 150  # recover's own held-out rows (choosing the epoch kept): the last single sentences
     rng = np.random.default_rng(0)
     joined = [" ".join(texts[j] for j in rng.choice(cut - judge, 3, replace=False)) for _ in range(packed)]
@@ -152,8 +151,8 @@ def minilm(rows, sentences: int, ffn_epochs: int, only: tuple[str, ...] = (), pa
         if "features" in extra_options and block_epochs:
             # block-wise first: each layer's pruned FFN (LayerNorm to LayerNorm) trained alone on
             # the teacher's own inputs, one row per real token; then the whole model end to end
-            blocks = dict(zip(norms[1::2], norms[2::2]))
-            staged = gp.recover_blocks(one_shot, model, data, blocks, mask="attention_mask", epochs=block_epochs, progress=print)
+            # blocks="auto": the LayerNorm-to-LayerNorm spans the cut changed (the FFNs)
+            staged = gp.recover_blocks(one_shot, model, data, "auto", mask="attention_mask", epochs=block_epochs, progress=print)
             start = staged.model
             stages.append(("block-wise", start, staged.seconds))
         result = gp.recover(start, model, data, epochs=epochs, lr=lr, batch_size=16, seed=0, held_out=judge / rows_n if "features" in extra_options else 0.1, progress=print, **extra_options)
