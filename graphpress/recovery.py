@@ -578,6 +578,7 @@ def recover_blocks(
             with ``mask``), or any error of :func:`recover`.
     """
     from graphpress.ir import load
+    from graphpress.ir.io import to_proto
     from graphpress.pipelines import copy_model
 
     start = time.perf_counter()
@@ -599,9 +600,10 @@ def recover_blocks(
         raise GraphpressError(f"recover_blocks: mask {mask!r}: name an input of the model shaped [rows, positions] ({', '.join(names)})")
     out = copy_model(student)
     items = list(blocks.items())
+    t_proto, s_proto = to_proto(teacher), to_proto(out)  # the teacher's never changes
     for first, last in items:  # the names and the blocks' bounds, before the teacher runs
-        for m, where in ((out, "student"), (teacher, "teacher")):
-            _block(m, first, last, where)
+        for proto, where in ((s_proto, "student"), (t_proto, "teacher")):
+            _block(proto, first, last, where)
     done: dict[str, dict[str, Any]] = {}
     seconds = 0.0
     for group in _groups(teacher, arrays, items, mask):
@@ -610,7 +612,9 @@ def recover_blocks(
         for first, last in group:
             label = f"{first} -> {last}"
             x, y = values[first], values[last]
-            s_block, t_block = (_block(m, first, last, where, x.shape[1:], y.shape[1:]) for m, where in ((out, "student"), (teacher, "teacher")))
+            # the student as trained so far (a weight two blocks share keeps the first one's training)
+            s_block = _block(to_proto(out), first, last, "student", x.shape[1:], y.shape[1:])
+            t_block = _block(t_proto, first, last, "teacher", x.shape[1:], y.shape[1:])
             _check_block(t_block, x, y, label, mask)
             if inputs == "student":  # the student as trained so far
                 x = _teacher_values(out, arrays, [first], mask, "the student")[first]
@@ -628,11 +632,14 @@ def recover_blocks(
 def _auto_blocks(student: ir.Model, teacher: ir.Model) -> dict[str, str]:
     """The spans between consecutive ``LayerNormalization`` outputs that are blocks of their own
     in both graphs and whose weights differ between them (see :func:`recover_blocks`)."""
+    from graphpress.ir.io import to_proto
+
     norms = [n.outputs[0].name for n in teacher.graph if n.op_type == "LayerNormalization" and n.domain in ("", "ai.onnx")]
+    s_proto, t_proto = to_proto(student), to_proto(teacher)
     found = {}
     for first, last in zip(norms, norms[1:]):
         try:
-            s_block, t_block = _block(student, first, last, "student"), _block(teacher, first, last, "teacher")
+            s_block, t_block = _block(s_proto, first, last, "student"), _block(t_proto, first, last, "teacher")
         except GraphpressError:
             continue
         s_w, t_w = s_block.graph.initializers, t_block.graph.initializers
@@ -670,14 +677,12 @@ def _groups(teacher: ir.Model, arrays: dict[str, np.ndarray], items: list[tuple[
     return groups
 
 
-def _block(model: ir.Model, first: str, last: str, where: str, x_shape: tuple[int, ...] = (), y_shape: tuple[int, ...] = ()) -> ir.Model:
-    """The nodes of ``model`` that compute ``last`` from ``first`` and constants, as a model of
-    their own: input ``first`` shaped ``[rows, *x_shape]``, output ``last`` ``[rows, *y_shape]``."""
+def _block(proto, first: str, last: str, where: str, x_shape: tuple[int, ...] = (), y_shape: tuple[int, ...] = ()) -> ir.Model:
+    """The nodes of ``proto`` (a model serialized once by the caller) that compute ``last`` from
+    ``first`` and constants, as a model of their own: input ``first`` shaped ``[rows, *x_shape]``,
+    output ``last`` ``[rows, *y_shape]``."""
     import onnx
 
-    from graphpress.ir.io import to_proto
-
-    proto = to_proto(model)
     graph = proto.graph
     producer = {o: n for n in graph.node for o in n.output if o}
     consts = {t.name for t in graph.initializer}
