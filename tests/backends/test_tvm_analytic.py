@@ -236,9 +236,47 @@ def test_a_wide_narrow_stage_takes_the_wider_tile_and_the_panel_blocked_order_an
     module = torch.nn.Sequential(torch.nn.Conv2d(512, 512, 3, padding=1), torch.nn.ReLU()).eval()
     xs = torch.randn(1, 512, 7, 7)
     compiled = compile_model(from_torch(module, xs), "x86", verify=False, measure=False)
+    assert compiled.meta["build"]["packed_weights"] == 1  # the 9.4 MB weight, read panel-major
     with torch.no_grad():
         want = module(xs).numpy()
     np.testing.assert_allclose(compiled(xs.numpy())[0], want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("target", ["x86", "x86:haswell"])
+def test_large_constant_weights_are_packed_panel_major_and_activations_keep_their_layout(target):
+    """A weight over :data:`PANEL_BYTES` that every call passes as a constant is packed at
+    compile time, one contiguous block per column panel (numpy's reshape/moveaxis is the
+    reference for the layout); a right operand that is an activation (attention's
+    ``q @ k``) keeps its layout; values against torch on every x86 path this host runs."""
+    from graphpress.backends.tvm import schedules
+
+    w = np.arange(3 * 3 * 4 * 128, dtype=np.float32).reshape(3, 3, 4, 128)
+    packed = schedules.panel_major(w, 64)
+    assert packed.shape == (2, 3, 3, 4, 64) and packed.flags["C_CONTIGUOUS"]
+    assert packed[1, 2, 0, 3, 5] == w[2, 0, 3, 64 + 5]
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(128, 256, 3, padding=1)  # 3x3x128x256 floats: 1.2 MB
+            self.fc = torch.nn.Linear(256, 1024)  # 1 MB
+
+        def forward(self, x):
+            y = torch.relu(self.conv(x)).flatten(2).transpose(1, 2)  # 1 x 256 x 256
+            y = self.fc(y)  # 1 x 256 x 1024
+            return y.transpose(1, 2) @ y  # activation x activation: its right operand 256 x 1024 (1 MB)
+
+    torch.manual_seed(0)
+    module = Net().eval()
+    xs = torch.randn(1, 128, 16, 16)
+    compiled = compile_model(from_torch(module, xs), target, verify=False, measure=False)
+    build = compiled.meta["build"]
+    assert build["packed_weights"] == 2, build  # the conv's and the linear's weights; not the activation
+    if not _runnable(target):
+        pytest.skip(f"this host cannot run the code of {target}")
+    with torch.no_grad():
+        want = module(xs).numpy()
+    np.testing.assert_allclose(compiled(xs.numpy())[0], want, rtol=1e-4, atol=1e-2 * np.abs(want).max() / 1e3)
 
 
 @pytest.mark.parametrize("target", ["x86", "x86:haswell"])

@@ -24,7 +24,7 @@ from typing import Any
 from graphpress.backends.tvm.fastmath import fast_math_legalization
 from graphpress.backends.tvm.layout import fold_weight_layouts, sink_permutes
 from graphpress.backends.tvm.runtime import Remote, current_remote
-from graphpress.backends.tvm.schedules import schedule_gemm, schedule_injective
+from graphpress.backends.tvm.schedules import packed_kernels, schedule_gemm, schedule_injective
 from graphpress.backends.tvm.targets import TargetSpec, vector_facts
 
 log = logging.getLogger(__name__)
@@ -269,6 +269,7 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
         candidates[name] = (scheduled_mod, {
             "generic_scheduled_kernels": generic,
             "analytic_scheduled_kernels": gemm,
+            "packed_weights": packed_kernels(scheduled_mod),
             "scheduled_kernels": len(scheduled) + gemm,
             "unscheduled_kernels": unscheduled,
             "kernel_names": sorted(now_scheduled + unscheduled),
