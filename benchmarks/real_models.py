@@ -6,7 +6,9 @@ Each model, on its catalog inputs, goes through what a user would type:
 * ``optimize --passes cleanup,fuse,dedup --inputs`` (checked against ONNX Runtime),
 * ``optimize --passes prune:ratio=0.2 --inputs --verify`` (the default 0.99 cosine budget),
 * ``optimize --passes quantize:mode=dynamic --inputs --verify``,
-* ``compile --target x86 --inputs`` (the compiled code checked against ONNX Runtime),
+* ``compile --target x86 --inputs`` (the compiled code checked against ONNX Runtime; the
+  artifact's own side-by-side timing against ONNX Runtime on the model as given, from its
+  ``graphpress.json``, is the ``x86 / ORT`` column: the same work, batch as in the catalog),
 * with ``--arm``: ``compile --target aarch64``, run under qemu and compared with ONNX Runtime.
 
 A step is ``ok``, ``refused`` (exit 2 and one line: the table lists every reason) or
@@ -81,6 +83,9 @@ def run_model(model, work: Path, arm: bool = False) -> dict:
     }
     for step, args in steps.items():
         row[step], row[f"{step}_detail"], row[f"{step}_s"] = _cli(*args)
+    meta = out / "x86" / "graphpress.json"
+    versus = json.loads(meta.read_text()).get("build", {}).get("vs_onnxruntime", {}) if row["x86"] == "ok" and meta.exists() else {}
+    row["x86_ms"], row["ort_ms"] = versus.get("artifact_ms"), versus.get("onnxruntime_ms")
     if arm:
         row["aarch64"], row["aarch64_detail"], row["aarch64_s"] = _aarch64(path, feeds, out / "arm")
     return row
@@ -110,10 +115,12 @@ def _aarch64(path: Path, feeds: dict, out: Path) -> tuple[str, str, float]:
 
 
 def table(rows: list[dict], steps) -> str:
-    lines = ["| model | family | opset | nodes | " + " | ".join(steps) + " |", "|---|---|---|---|" + "---|" * len(steps)]
+    lines = ["| model | family | opset | nodes | " + " | ".join(steps) + " | x86 ms | ORT ms | x86 / ORT |", "|---|---|---|---|" + "---|" * len(steps) + "---:|---:|---:|"]
     for r in rows:
         cells = [f"{r[s]} ({r[s + '_s']:.0f} s)" if r[s] == "ok" else f"**{r[s]}**" for s in steps]
-        lines.append(f"| {r['model']} | {r['family']} | {r['opset']} | {r['nodes']} | " + " | ".join(cells) + " |")
+        x86, ort = r.get("x86_ms"), r.get("ort_ms")
+        speed = [f"{x86:.3g}", f"{ort:.3g}", f"{x86 / ort:.2f}x"] if x86 and ort else ["", "", ""]
+        lines.append(f"| {r['model']} | {r['family']} | {r['opset']} | {r['nodes']} | " + " | ".join(cells + speed) + " |")
     return "\n".join(lines)
 
 

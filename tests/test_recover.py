@@ -403,3 +403,26 @@ def test_block_wise_distillation_trains_each_block_on_the_teachers_own_inputs(mo
     for kwargs, match in [({"mask": "lengths"}, "mask 'lengths'"), ({"inputs": "both"}, "inputs 'both'")]:
         with pytest.raises(gp.GraphpressError, match=match):
             gp.recover_blocks(student, model, train, blocks, epochs=1, **kwargs)
+
+
+def test_the_values_of_early_blocks_come_from_the_nodes_they_need_only():
+    """ONNX Runtime runs every node whatever outputs a run asks for: the teacher's values are
+    taken from the model cut after the nodes they depend on. The same values as a run of the
+    whole model (ONNX Runtime's, independently), with the later layers and their weights gone."""
+    from graphpress.ir.numeric import run
+    from graphpress.recovery import _teacher_values, _up_to
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 6, 8)).astype(np.float32)
+    mask = (np.arange(6)[None, :] < rng.integers(2, 7, size=(40, 1))).astype(np.float32)
+    model = gp.load(_Blocks().eval(), (torch.from_numpy(x[:2]), torch.from_numpy(mask[:2])), dynamic_batch=True)
+    first = next(n.outputs[0].name for n in model.graph if n.op_type == "LayerNormalization")
+    cut = _up_to(model, [first])
+    assert [o.name for o in cut.graph.output] == [first]
+    assert len(cut.graph.node) < len(list(model.graph)) and "LayerNormalization" in [n.op_type for n in cut.graph.node]
+    assert not any("ffn.1" in t.name or "norm.1" in t.name for t in cut.graph.initializer)  # the second layer's weights
+    got = _teacher_values(model, {"x": x, "mask": mask}, [first], "mask")[first]
+    want = np.asarray(run(model, {"x": x, "mask": mask}, [first])[first])[mask.astype(bool)]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert len(list(model.graph)) > len(cut.graph.node)  # the model itself is not cut
