@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from graphpress.backends.tvm.fastmath import fast_math_legalization
-from graphpress.backends.tvm.layout import fold_weight_layouts, sink_permutes
+from graphpress.backends.tvm.layout import convs_to_nhwc, fold_weight_layouts, sink_permutes
 from graphpress.backends.tvm.runtime import Remote, current_remote
 from graphpress.backends.tvm.schedules import packed_kernels, schedule_gemm, schedule_injective
 from graphpress.backends.tvm.targets import TargetSpec, vector_facts
@@ -179,8 +179,8 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
     def lower(fast: bool, nhwc: bool = False):
         steps = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
         if nhwc:  # output channels innermost: the analytic GEMM schedule vectorizes over them
-            steps += [relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"], **KEEP_NCHW}), sink_permutes(), fold_weight_layouts(),
-                      relax.transform.DeadCodeElimination()]  # fmt: skip
+            convert = convs_to_nhwc() if nhwc == "local" else relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"], **KEEP_NCHW})
+            steps += [convert, sink_permutes(), fold_weight_layouts(), relax.transform.DeadCodeElimination()]
         if tuning.int8_lowering is not None:  # integer convolutions onto the ISA's kernels, in the layout they now have
             # the lowered call bound straight to the conv's variable: FuseOps fuses nothing across a
             # variable bound to a variable (the requantization stayed a kernel of its own)
@@ -226,8 +226,13 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
                 try:
                     variants = {name: lower(name == "fast", nhwc=True) for name in variants}
                     stats["conv_layout"] = "NHWC"
-                except Exception as e:  # noqa: BLE001 - TVM could not convert this model: NCHW stays
-                    stats["conv_layout"] = f"NCHW (NHWC failed: {str(e).splitlines()[0][:120]})"
+                except Exception as e:  # noqa: BLE001 - TVM could not convert this model as a whole
+                    failed = str(e).splitlines()[0][:120]
+                    try:  # each convolution alone, transposed in and out
+                        variants = {name: lower(name == "fast", nhwc="local") for name in variants}
+                        stats["conv_layout"] = f"NHWC per convolution (the model's layout could not move: {failed})"
+                    except Exception as e2:  # noqa: BLE001 - NCHW stays
+                        stats["conv_layout"] = f"NCHW (NHWC failed: {failed}; per convolution: {str(e2).splitlines()[0][:120]})"
         _, tasks = kernel_names(next(iter(variants.values())))
         stats["kernels"] = len(tasks)
         if tune_trials > 0:
