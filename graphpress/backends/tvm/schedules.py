@@ -344,6 +344,16 @@ def _pack_constants(packed: dict[str, tuple[int, int]]):
 
     call_tir = tvm.ir.Op.get("relax.call_tir")
     renamed: dict[str, Any] = {}
+    done: list[tuple[Any, int, Any]] = []  # (constant, width, packed): a weight several calls share (an unrolled recurrence's) packed once
+
+    def packed_constant(constant, width: int):
+        for seen, w, result in done:
+            if w == width and seen.same_as(constant):
+                return result
+        array = constant.value.numpy()
+        result = relax.const(panel_major(array, width), str(array.dtype))
+        done.append((constant, width, result))
+        return result
 
     @mutator
     class Pack(PyExprMutator):
@@ -352,8 +362,7 @@ def _pack_constants(packed: dict[str, tuple[int, int]]):
             if call.op.same_as(call_tir) and isinstance(call.args[0], tvm.ir.GlobalVar) and call.args[0].name_hint in packed:
                 index, width = packed[call.args[0].name_hint]
                 fields = list(call.args[1].fields)
-                array = fields[index].value.numpy()
-                fields[index] = relax.const(panel_major(array, width), str(array.dtype))
+                fields[index] = packed_constant(fields[index], width)
                 return relax.Call(call.op, [renamed[call.args[0].name_hint], relax.Tuple(fields), *call.args[2:]], call.attrs, call.ty_args)
             return call
 
@@ -426,7 +435,6 @@ UNROLL_REDUCTION = 32
 
 #: the accumulators of a whole column panel (all its rows) a panel-blocked tile may keep
 ROW_BLOCK_BYTES = 64 * 1024
-
 
 
 def _gemm_kernel(func, lanes: int, registers: int, constant_params: frozenset[int] = frozenset()):

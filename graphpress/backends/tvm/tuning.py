@@ -176,7 +176,7 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
         databases = [open_database(d) for d in dirs]
         return databases[0] if len(databases) == 1 else ms.database.OrderedUnionDatabase(*databases)
 
-    def lower(fast: bool, nhwc: bool = False):
+    def lower(fast: bool, nhwc: bool | str = False):  # nhwc: True (the whole model), "local" (each convolution alone)
         steps = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
         if nhwc:  # output channels innermost: the analytic GEMM schedule vectorizes over them
             convert = convs_to_nhwc() if nhwc == "local" else relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"], **KEEP_NCHW})
