@@ -77,13 +77,14 @@ def test_register_tiles_fit_the_register_file_and_divide_the_output():
 
 
 def test_a_conv_transpose_after_a_conv_keeps_its_layout_and_a_failed_nhwc_build_falls_back(monkeypatch):
-    """A DBNet-style upsampling (Conv then ConvTranspose, PP-OCRv4 det): TVM cannot lower a
-    ConvTranspose in NHWC, so it keeps NCHW; and should the NHWC build fail anyway, the build
-    is redone in the model's own layout instead of refusing the model."""
+    """An upsampling with overlapping windows (Conv then a 3x3 ConvTranspose of stride 2): TVM
+    cannot lower a ConvTranspose in NHWC, so it keeps NCHW; and should the NHWC build fail
+    anyway, the build is redone in the model's own layout instead of refusing the model."""
     from graphpress.backends.tvm import tuning
 
     torch.manual_seed(0)
-    module = torch.nn.Sequential(torch.nn.Conv2d(4, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.ConvTranspose2d(16, 8, 2, stride=2)).eval()
+    module = torch.nn.Sequential(torch.nn.Conv2d(4, 16, 3, padding=1), torch.nn.ReLU(),
+                                 torch.nn.ConvTranspose2d(16, 8, 3, stride=2, padding=1, output_padding=1)).eval()  # fmt: skip
     x = torch.randn(1, 4, 8, 8)
     with torch.no_grad():
         want = module(x).numpy()
@@ -307,3 +308,63 @@ def test_a_classifier_at_batch_one_reads_its_weight_rows_split_among_tasks_and_m
     with torch.no_grad():
         want = module(xs).numpy()
     np.testing.assert_allclose(compiled(xs.numpy())[0], want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("target", ["x86", "x86:haswell"])
+def test_a_1d_convolution_and_output_channels_no_multiple_of_four_get_the_analytic_schedule(target):
+    """An STFT-like front end (openWakeWord's mel spectrogram: a 1-D convolution of 257
+    filters, stride 160): the 1-D convolution becomes a 2-D one of height 1 in NHWC, and its 37
+    output channels, like the 19 of the Linear after it, are padded to whole vectors with zero
+    filters and sliced off after, so both take the register-blocked schedule; values against
+    torch on every x86 path this host runs."""
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stft = torch.nn.Conv1d(1, 37, 64, stride=16, bias=False)
+            self.fc = torch.nn.Linear(37, 19)
+
+        def forward(self, x):
+            y = self.stft(x.unsqueeze(1))  # 1 x 37 x frames
+            return self.fc((y * y).transpose(1, 2))
+
+    torch.manual_seed(0)
+    module = Net().eval()
+    xs = torch.randn(1, 1024)
+    compiled = compile_model(from_torch(module, xs), target, verify=False, measure=False)
+    build = compiled.meta["build"]
+    assert build["conv_layout"] == "NHWC", build
+    assert build["analytic_scheduled_kernels"] >= 2, build  # the convolution and the Linear
+    assert not [k for k in build["unscheduled_kernels"] if "conv" in k or "matmul" in k], build
+    if not _runnable(target):
+        pytest.skip(f"this host cannot run the code of {target}")
+    with torch.no_grad():
+        want = module(xs).numpy()
+    np.testing.assert_allclose(compiled(xs.numpy())[0], want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("target", ["x86", "x86:haswell"])
+def test_a_conv_transpose_whose_windows_do_not_overlap_is_a_1x1_convolution_and_matches_torch(target):
+    """DBNet's head (PP-OCRv4 det): two 2x2 ConvTransposes of stride 2 after a convolution. Each
+    becomes a 1x1 convolution to ``out * 4`` channels and a depth-to-space rearrangement, so no
+    ``conv2d_transpose`` kernel is left (TVM's runs NCHW, a zero-dilated convolution) and the
+    1x1 convolutions take the analytic schedule; values against torch on every x86 path."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                                 torch.nn.ConvTranspose2d(16, 16, 2, stride=2), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                                 torch.nn.ConvTranspose2d(16, 1, 2, stride=2), torch.nn.Sigmoid()).eval()  # fmt: skip
+    with torch.no_grad():
+        for bn in (module[1], module[4]):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(1, 8, 12, 10)
+    compiled = compile_model(from_torch(module, x), target, verify=False, measure=False)
+    build = compiled.meta["build"]
+    assert build["conv_layout"] == "NHWC", build
+    assert not [k for k in build["kernel_names"] if "conv2d_transpose" in k], build
+    assert build["analytic_scheduled_kernels"] >= 3, build
+    if not _runnable(target):
+        pytest.skip(f"this host cannot run the code of {target}")
+    with torch.no_grad():
+        want = module(x).numpy()
+    np.testing.assert_allclose(compiled(x.numpy())[0], want, rtol=1e-4, atol=1e-5)

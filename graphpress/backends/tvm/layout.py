@@ -11,7 +11,7 @@ follow it) and cancels a transpose followed by its inverse; :func:`fold_weight_l
 
 from __future__ import annotations
 
-__all__ = ["convs_to_nhwc", "fold_weight_layouts", "relax_module_pass", "sink_permutes"]
+__all__ = ["conv1d_as_conv2d", "conv_transpose_as_conv", "convs_to_nhwc", "fold_weight_layouts", "pad_output_channels", "relax_module_pass", "sink_permutes"]
 
 
 def relax_module_pass(mutator_class, name: str):
@@ -160,3 +160,151 @@ def convs_to_nhwc():
         return isinstance(dim, tvm.tirx.IntImm) and int(dim) == 1
 
     return relax_module_pass(ToNHWC, "ConvsToNHWC")
+
+
+def conv1d_as_conv2d():
+    """A Relax pass writing each NCW/OIW ``conv1d`` as a 2-D NCHW ``conv2d`` of height 1 (its
+    length as the width, the axis the register tile runs along), reshaped in and out, so the
+    1-D convolutions take the NHWC path and the analytic schedules too. (openWakeWord's
+    mel spectrogram: its STFT is a 1-D convolution of 257 filters of 512 taps, stride 160; left
+    1-D, TVM's default loop nest took 9.9 ms a call.)"""
+    import numpy as np
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    conv1d = tvm.ir.Op.get("relax.nn.conv1d")
+
+    @mutator
+    class To2D(PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not call.op.same_as(conv1d):
+                return call
+            a = call.attrs
+            if str(a.data_layout) != "NCW" or str(a.kernel_layout) != "OIW" or str(a.out_layout) != "NCW":
+                return call
+            x_shape, w_shape, y_shape = call.args[0].ty.shape, call.args[1].ty.shape, call.ty.shape
+            if x_shape is None or w_shape is None or y_shape is None:
+                return call
+            x = self.builder_.emit(relax.op.reshape(call.args[0], [x_shape[0], x_shape[1], 1, x_shape[2]]))
+            w = call.args[1]
+            if isinstance(w, tvm.ir.GenericConst):  # the weight reshaped here, not by a kernel at run time
+                array = w.value.numpy()
+                w = relax.const(np.ascontiguousarray(array[:, :, None, :]), str(array.dtype))
+            else:
+                w = self.builder_.emit(relax.op.reshape(w, [w_shape[0], w_shape[1], 1, w_shape[2]]))
+            out_dtype = str(a.out_dtype)
+            typed = {"out_dtype": out_dtype} if out_dtype not in ("", "None", "void") else {}
+            (pad_left, pad_right), stride, dilation = [int(p) for p in a.padding], int(a.strides[0]), int(a.dilation[0])
+            y = self.builder_.emit(relax.op.nn.conv2d(x, w, strides=[1, stride], padding=[0, pad_left, 0, pad_right], dilation=[1, dilation],
+                                                      groups=int(a.groups), data_layout="NCHW", kernel_layout="OIHW", **typed))  # fmt: skip
+            return relax.op.reshape(y, list(y_shape))
+
+    return relax_module_pass(To2D, "Conv1DAsConv2D")
+
+
+#: the most work padding may add to give a kernel whose output channels are a multiple of 4 but
+#: not of the vector full vectors (24 channels on AVX-512: 32, 1.33x the work on vectors twice as wide)
+WIDEN_GROWTH = 1.0
+
+
+def padded_channels(n: int, lanes: int) -> int | None:
+    """The output channel count ``n`` is padded to for vectors of ``lanes`` floats, or None: a
+    count no multiple of 4 (no register tile at all) of at least ``lanes``, to the next multiple
+    of ``lanes``; a multiple of 4 only while the padding adds at most :data:`WIDEN_GROWTH` x
+    the work."""
+    if n % lanes == 0 or n < lanes:
+        return None
+    padded = -(-n // lanes) * lanes
+    return padded if n % 4 or padded <= WIDEN_GROWTH * n else None
+
+
+def pad_output_channels(lanes: int = 16):
+    """A Relax pass padding the output channels of a float NHWC/HWIO ``conv2d`` (one group) or
+    a ``matmul`` by a constant weight with zero filters (:func:`padded_channels` says to how
+    many), and slicing them off after: the analytic register tile needs whole vectors along the
+    output channels, and without one the kernel runs TVM's default loop nest (the mel
+    spectrogram's 257 frequency bins)."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    conv2d, matmul = tvm.ir.Op.get("relax.nn.conv2d"), tvm.ir.Op.get("relax.matmul")
+
+    @mutator
+    class Pad(PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            is_conv = call.op.same_as(conv2d)
+            if not (is_conv or call.op.same_as(matmul)):
+                return call
+            constant = call.args[1]
+            if isinstance(constant, relax.Var):  # a constant bound to a variable first
+                constant = self.lookup_binding(constant)
+            if not isinstance(constant, tvm.ir.GenericConst):
+                return call
+            weight = constant.value.numpy()
+            width = padded_channels(weight.shape[-1], lanes) if weight.ndim >= 2 else None
+            if weight.dtype != np.float32 or width is None:
+                return call
+            if is_conv and (str(call.attrs.data_layout) != "NHWC" or str(call.attrs.kernel_layout) != "HWIO" or int(call.attrs.groups) != 1):
+                return call
+            n = weight.shape[-1]
+            padded = np.zeros((*weight.shape[:-1], width), np.float32)
+            padded[..., :n] = weight
+            y = self.builder_.emit(relax.Call(call.op, [call.args[0], relax.const(padded, "float32"), *call.args[2:]], call.attrs))
+            ndim = len(call.ty.shape)
+            return relax.op.strided_slice(y, [ndim - 1], [0], [n], assume_inbound=True)
+
+    return relax_module_pass(Pad, "PadOutputChannels")
+
+
+def conv_transpose_as_conv():
+    """A Relax pass writing a ``conv2d_transpose`` whose windows do not overlap (kernel equal to
+    stride, no padding, one group: DBNet's 2x2 upsampling, U-Net decoders) as a 1x1 ``conv2d``
+    to ``out_channels * kh * kw`` channels followed by a depth-to-space rearrangement: every
+    output pixel is one input pixel times one kernel tap. The 1x1 convolution then moves to NHWC
+    and takes the analytic GEMM schedule; TVM lowers ``conv2d_transpose`` only in NCHW, as a
+    zero-dilated convolution four times the work (PP-OCRv4 det's two: most of its time)."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    transpose_op = tvm.ir.Op.get("relax.nn.conv2d_transpose")
+
+    @mutator
+    class ToConv(PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not call.op.same_as(transpose_op):
+                return call
+            a = call.attrs
+            weight = call.args[1]
+            if isinstance(weight, relax.Var):
+                weight = self.lookup_binding(weight)
+            if not isinstance(weight, tvm.ir.GenericConst) or call.ty.shape is None or call.args[0].ty.shape is None:
+                return call
+            w = weight.value.numpy()  # (in, out, kh, kw)
+            if (str(a.data_layout), str(a.kernel_layout), str(a.out_layout)) != ("NCHW", "IOHW", "NCHW") or int(a.groups) != 1 or w.ndim != 4:
+                return call
+            strides = [int(v) for v in a.strides]
+            if (strides != list(w.shape[2:]) or any(int(v) for v in a.padding) or any(int(v) for v in a.output_padding)
+                    or any(int(v) != 1 for v in a.dilation)):  # fmt: skip
+                return call
+            if not all(isinstance(d, tvm.tirx.IntImm) for d in call.args[0].ty.shape):
+                return call
+            n, ci, h, wd = (int(d) for d in call.args[0].ty.shape)
+            co, kh, kw = (int(d) for d in w.shape[1:])
+            # out channel (o, i, j) of the 1x1 convolution: tap (i, j) of output channel o
+            taps = np.ascontiguousarray(w.transpose(1, 2, 3, 0).reshape(co * kh * kw, ci, 1, 1))
+            out_dtype = str(a.out_dtype)
+            typed = {"out_dtype": out_dtype} if out_dtype not in ("", "None", "void") else {}
+            y = self.builder_.emit(relax.op.nn.conv2d(call.args[0], relax.const(taps, str(w.dtype)), **typed))
+            y = self.builder_.emit(relax.op.reshape(y, [n, co, kh, kw, h, wd]))
+            y = self.builder_.emit(relax.op.permute_dims(y, [0, 1, 4, 2, 5, 3]))  # n, o, h, i, w, j
+            return relax.op.reshape(y, [n, co, h * kh, wd * kw])
+
+    return relax_module_pass(ToConv, "ConvTransposeAsConv")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from graphpress.backends.tvm.fastmath import fast_math_legalization
-from graphpress.backends.tvm.layout import convs_to_nhwc, fold_weight_layouts, sink_permutes
+from graphpress.backends.tvm.layout import conv1d_as_conv2d, conv_transpose_as_conv, convs_to_nhwc, fold_weight_layouts, pad_output_channels, sink_permutes
 from graphpress.backends.tvm.runtime import Remote, current_remote
 from graphpress.backends.tvm.schedules import packed_kernels, schedule_gemm, schedule_injective
 from graphpress.backends.tvm.targets import TargetSpec, vector_facts
@@ -180,7 +180,9 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
         steps = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
         if nhwc:  # output channels innermost: the analytic GEMM schedule vectorizes over them
             convert = convs_to_nhwc() if nhwc == "local" else relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"], **KEEP_NCHW})
-            steps += [convert, sink_permutes(), fold_weight_layouts(), relax.transform.DeadCodeElimination()]
+            steps += [conv1d_as_conv2d(), conv_transpose_as_conv(), convert, sink_permutes(), fold_weight_layouts(), relax.transform.DeadCodeElimination()]
+        if analytic:  # output channels in whole vectors for the register tile
+            steps.append(pad_output_channels(vector_facts(spec).lanes))
         if tuning.int8_lowering is not None:  # integer convolutions onto the ISA's kernels, in the layout they now have
             # the lowered call bound straight to the conv's variable: FuseOps fuses nothing across a
             # variable bound to a variable (the requantization stayed a kernel of its own)
@@ -286,17 +288,18 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
 
 
 def _has_conv2d(mod) -> bool:
-    """Whether a Relax function of ``mod`` calls ``relax.nn.conv2d``."""
+    """Whether a Relax function of ``mod`` calls ``relax.nn.conv2d`` (or ``conv1d``, which
+    :func:`~graphpress.backends.tvm.layout.conv1d_as_conv2d` makes one)."""
     import tvm
     from tvm.relax.expr_functor import PyExprVisitor, visitor
 
-    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+    convs = [tvm.ir.Op.get("relax.nn.conv2d"), tvm.ir.Op.get("relax.nn.conv1d")]
     found = []
 
     @visitor
     class Finder(PyExprVisitor):
         def visit_call_(self, call):
-            if call.op.same_as(conv2d):
+            if any(call.op.same_as(c) for c in convs):
                 found.append(call)
             super().visit_call_(call)
 
