@@ -368,3 +368,39 @@ def test_a_conv_transpose_whose_windows_do_not_overlap_is_a_1x1_convolution_and_
     with torch.no_grad():
         want = module(x).numpy()
     np.testing.assert_allclose(compiled(x.numpy())[0], want, rtol=1e-4, atol=1e-5)
+
+
+def test_variadic_max_min_sum_after_convolutions_keep_the_whole_model_nhwc_and_match_onnxruntime():
+    """tf2onnx's ``LeakyRelu`` then ``Max(x, 0)`` after each convolution (openWakeWord's
+    embedding model), a 3-input ``Min`` and a ``Sum``: TVM's importer stacks the inputs on a
+    fifth axis, which ``ConvertLayout`` cannot move, so the whole model fell back to a transpose
+    around every convolution; folded pairwise, the model moves to NHWC as a whole. Values
+    against ONNX Runtime."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    import graphpress as gp
+    from graphpress.ir import numeric
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 4, 3, 3)).astype(np.float32), "W1"),
+             numpy_helper.from_array(rng.standard_normal((16, 16, 1, 3)).astype(np.float32), "W2"),
+             numpy_helper.from_array(np.zeros((1,), np.float32), "zero"),
+             numpy_helper.from_array(rng.standard_normal((16, 1, 1)).astype(np.float32), "cap")]  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "W1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("LeakyRelu", ["c1"], ["l1"], alpha=0.2),
+        helper.make_node("Max", ["l1", "zero"], ["m1"]),
+        helper.make_node("Conv", ["m1", "W2"], ["c2"], pads=[0, 1, 0, 1]),
+        helper.make_node("Min", ["c2", "cap", "m1"], ["m2"]),
+        helper.make_node("Sum", ["m2", "c2", "m1"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 12, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 12, 16])], inits)  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    model = gp.load(proto)
+    compiled = compile_model(model, "x86", verify=False, measure=False)
+    assert compiled.meta["build"]["conv_layout"] == "NHWC", compiled.meta["build"]
+    x = rng.standard_normal((1, 4, 12, 16)).astype(np.float32)
+    want = numeric.run(model, {"x": x})["y"]
+    np.testing.assert_allclose(compiled(x)[0], want, rtol=1e-4, atol=1e-6 * np.abs(want).max())

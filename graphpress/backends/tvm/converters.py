@@ -31,6 +31,9 @@ instead (:mod:`graphpress.backends.tvm.expand`).
   ``minimum``/arithmetic: TVM emits TE calls, which layout passes cannot see through (a
   transpose on each side of every ReLU6 in NHWC, and no fusion with the convolution).
 * ``Unsqueeze`` with a scalar ``axes`` (ONNX Runtime takes it; AffineGrid's body writes it).
+* ``Max``/``Min``/``Sum`` of tensors as a fold of ``maximum``/``minimum``/``add``: TVM stacks
+  the inputs on a new axis and reduces it, a 5-D tensor ``ConvertLayout`` cannot move (a model
+  with a ``Max`` after its convolutions, openWakeWord's embedding, stayed NCHW).
 
 And three TVM has no converter for (nor ONNX a function body):
 
@@ -405,6 +408,21 @@ def _more_converters(table) -> dict:
                 raise ValueError(f"BitCast from {_dtype(x)} to {to}: the types differ in width")
             return bb.emit_te(topi.reinterpret, x, to)
 
+    def pairwise(base):
+        class Pairwise(base):
+            @classmethod
+            def _impl_v1(cls, bb, inputs, attr, params):
+                # folded with the binary op (it broadcasts): TVM stacks the inputs along a new
+                # leading axis and reduces it, a 5-D tensor that ConvertLayout cannot move (the
+                # whole model stays NCHW) and a copy of every input
+                if len(inputs) < 2 or all(isinstance(i, tvm.ir.GenericConst) for i in inputs) or base.binary_op is None:
+                    return base._impl_v1(bb, inputs, attr, params)
+                return base._impl_dynamic(bb, inputs)
+
+        Pairwise.__name__ = base.__name__
+        return Pairwise
+
     return {"ReduceMax": reduce_converter(table["ReduceMax"], True), "ReduceMin": reduce_converter(table["ReduceMin"], False),
             "EyeLike": EyeLike, "Elu": Elu, "BitShift": BitShift, "Mod": Mod, "Split": Split, "Unsqueeze": Unsqueeze, "NonMaxSuppression": NonMaxSuppression,
-            "Clip": Clip, "HardSigmoid": HardSigmoid, "HardSwish": HardSwish, "BitCast": BitCast}  # fmt: skip
+            "Clip": Clip, "HardSigmoid": HardSigmoid, "HardSwish": HardSwish, "BitCast": BitCast,
+            "Max": pairwise(table["Max"]), "Min": pairwise(table["Min"]), "Sum": pairwise(table["Sum"])}  # fmt: skip
