@@ -404,3 +404,40 @@ def test_variadic_max_min_sum_after_convolutions_keep_the_whole_model_nhwc_and_m
     x = rng.standard_normal((1, 4, 12, 16)).astype(np.float32)
     want = numeric.run(model, {"x": x})["y"]
     np.testing.assert_allclose(compiled(x)[0], want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("target", ["x86", "x86:haswell"])
+def test_a_width_one_convolution_is_turned_on_its_side_and_matches_torch(target):
+    """A 1-D convolution written as a 2-D one of width 1 (tf2onnx's, Magika's), strided,
+    padded and dilated along its length: turned on its side (height and width swapped in and
+    out), its length is the width in NHWC, the axis the register tile runs along; values against
+    torch on every x86 path."""
+    import tvm
+
+    from graphpress.backends.tvm.layout import unit_width_convs_along_width
+    from graphpress.backends.tvm.lower import bind_input_shapes, to_relax
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(8, 32, (5, 1), stride=(2, 1), padding=(4, 0), dilation=(2, 1)), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 8, 64, 1)
+    model = from_torch(module, x)
+    mod = unit_width_convs_along_width()(to_relax(model, bind_input_shapes(model)))
+    convs = []
+
+    @tvm.relax.expr_functor.visitor
+    class Convs(tvm.relax.expr_functor.PyExprVisitor):
+        def visit_call_(self, call):
+            if call.op.same_as(tvm.ir.Op.get("relax.nn.conv2d")):
+                convs.append(([int(d) for d in call.args[0].ty.shape], [int(v) for v in call.attrs.strides], [int(v) for v in call.attrs.padding],
+                              [int(v) for v in call.attrs.dilation]))  # fmt: skip
+            super().visit_call_(call)
+
+    Convs().visit_expr(mod["main"])
+    assert convs == [([1, 8, 1, 64], [1, 2], [0, 4, 0, 4], [1, 2])]
+    compiled = compile_model(model, target, verify=False, measure=False)
+    assert compiled.meta["build"]["conv_layout"] == "NHWC" and compiled.meta["build"]["analytic_scheduled_kernels"] >= 1
+    if not _runnable(target):
+        pytest.skip(f"this host cannot run the code of {target}")
+    with torch.no_grad():
+        want = module(x).numpy()
+    np.testing.assert_allclose(compiled(x.numpy())[0], want, rtol=1e-4, atol=1e-4)

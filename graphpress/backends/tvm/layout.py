@@ -11,7 +11,8 @@ follow it) and cancels a transpose followed by its inverse; :func:`fold_weight_l
 
 from __future__ import annotations
 
-__all__ = ["conv1d_as_conv2d", "conv_transpose_as_conv", "convs_to_nhwc", "fold_weight_layouts", "pad_output_channels", "relax_module_pass", "sink_permutes"]
+__all__ = ["conv1d_as_conv2d", "conv_transpose_as_conv", "convs_to_nhwc", "fold_weight_layouts", "pad_output_channels", "relax_module_pass", "sink_permutes",
+           "unit_width_convs_along_width"]
 
 
 def relax_module_pass(mutator_class, name: str):
@@ -117,11 +118,11 @@ def fold_weight_layouts():
 
 def convs_to_nhwc():
     """A Relax pass putting each NCHW/OIHW ``conv2d`` alone in NHWC/HWIO, transposed in and out:
-    for a model whose layout ``ConvertLayout`` cannot move as a whole (its rules fail on ops
-    after a convolution, such as a ``squeeze`` of a 1-D convolution's unit axis: Magika), so the
-    convolutions still get the analytic NHWC schedules instead of TVM's default loop nests
-    (Magika's 1-D convolution: 146 ms). :func:`sink_permutes` then cancels the transposes
-    between consecutive convolutions."""
+    for a model whose layout ``ConvertLayout`` cannot move as a whole (its rules fail on an op
+    after a convolution: a 5-D tensor, as TVM's importer made of a ``Max`` before it was folded
+    pairwise), so the convolutions still get the analytic NHWC schedules instead of TVM's
+    default loop nests (Magika's 1-D convolution: 146 ms). :func:`sink_permutes` then cancels
+    the transposes between consecutive convolutions."""
     import tvm
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
@@ -138,16 +139,7 @@ def convs_to_nhwc():
             if str(a.data_layout) != "NCHW" or str(a.kernel_layout) != "OIHW" or str(a.out_layout) != "NCHW":
                 return call
             strides, padding, dilation = [int(v) for v in a.strides], [int(v) for v in a.padding], [int(v) for v in a.dilation]
-            x_shape, w_shape = call.args[0].ty.shape, call.args[1].ty.shape
-            # a 1-D convolution as a 2-D one of width 1 (Magika's): its length as the width, the
-            # axis the register tile runs along (width 1: one pixel per tile, 166 GFLOP/s)
-            flip = (x_shape is not None and w_shape is not None and _is_one(x_shape[3]) and _is_one(w_shape[3]) and not _is_one(x_shape[2])
-                    and strides[1] == dilation[1] == 1 and padding[1] == padding[3] == 0)  # fmt: skip
-            if flip:
-                into, weights, back = [0, 3, 2, 1], [3, 2, 1, 0], [0, 3, 2, 1]
-                strides, dilation, padding = strides[::-1], dilation[::-1], [padding[1], padding[0], padding[3], padding[2]]
-            else:
-                into, weights, back = [0, 2, 3, 1], [2, 3, 1, 0], [0, 3, 1, 2]
+            into, weights, back = [0, 2, 3, 1], [2, 3, 1, 0], [0, 3, 1, 2]
             x = self.builder_.emit(relax.op.permute_dims(call.args[0], into))
             w = relax.op.permute_dims(call.args[1], weights)
             out_dtype = str(a.out_dtype)
@@ -156,10 +148,56 @@ def convs_to_nhwc():
                                                       data_layout="NHWC", kernel_layout="HWIO", **typed))  # fmt: skip
             return relax.op.permute_dims(y, back)
 
-    def _is_one(dim) -> bool:
-        return isinstance(dim, tvm.tirx.IntImm) and int(dim) == 1
-
     return relax_module_pass(ToNHWC, "ConvsToNHWC")
+
+
+def _is_one(dim) -> bool:
+    import tvm
+
+    return isinstance(dim, tvm.tirx.IntImm) and int(dim) == 1
+
+
+def unit_width_convs_along_width():
+    """A Relax pass turning an NCHW ``conv2d`` of width 1 (a 1-D convolution along the height, as
+    tf2onnx writes them: Magika's) on its side, height and width swapped in and out, so that in
+    NHWC its length is the width, the axis the register tile runs along (left as it was, the
+    tile was one pixel: 4.0 ms at 166 GFLOP/s against 1.5 ms)."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+
+    @mutator
+    class Swap(PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not call.op.same_as(conv2d):
+                return call
+            a = call.attrs
+            if str(a.data_layout) != "NCHW" or str(a.kernel_layout) != "OIHW" or str(a.out_layout) != "NCHW":
+                return call
+            strides, padding, dilation = [int(v) for v in a.strides], [int(v) for v in a.padding], [int(v) for v in a.dilation]
+            x_shape, w_shape = call.args[0].ty.shape, call.args[1].ty.shape
+            if (x_shape is None or w_shape is None or not _is_one(x_shape[3]) or not _is_one(w_shape[3]) or _is_one(x_shape[2])
+                    or strides[1] != 1 or dilation[1] != 1 or padding[1] or padding[3]):  # fmt: skip
+                return call
+            x = self.builder_.emit(relax.op.permute_dims(call.args[0], [0, 1, 3, 2]))
+            w = call.args[1]
+            bound = self.lookup_binding(w) if isinstance(w, relax.Var) else w
+            if isinstance(bound, tvm.ir.GenericConst):  # the weight swapped here, not by a kernel at run time
+                array = bound.value.numpy()
+                w = relax.const(np.ascontiguousarray(array.transpose(0, 1, 3, 2)), str(array.dtype))
+            else:
+                w = relax.op.permute_dims(w, [0, 1, 3, 2])
+            out_dtype = str(a.out_dtype)
+            typed = {"out_dtype": out_dtype} if out_dtype not in ("", "None", "void") else {}
+            y = self.builder_.emit(relax.op.nn.conv2d(x, w, strides=strides[::-1], padding=[padding[1], padding[0], padding[3], padding[2]],
+                                                      dilation=dilation[::-1], groups=int(a.groups), **typed))  # fmt: skip
+            return relax.op.permute_dims(y, [0, 1, 3, 2])
+
+    return relax_module_pass(Swap, "UnitWidthConvsAlongWidth")
 
 
 def conv1d_as_conv2d():

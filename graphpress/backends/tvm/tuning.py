@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from graphpress.backends.tvm.fastmath import fast_math_legalization
-from graphpress.backends.tvm.layout import conv1d_as_conv2d, conv_transpose_as_conv, convs_to_nhwc, fold_weight_layouts, pad_output_channels, sink_permutes
+from graphpress.backends.tvm.layout import (
+    conv1d_as_conv2d,
+    conv_transpose_as_conv,
+    convs_to_nhwc,
+    fold_weight_layouts,
+    pad_output_channels,
+    sink_permutes,
+    unit_width_convs_along_width,
+)
 from graphpress.backends.tvm.runtime import Remote, current_remote
 from graphpress.backends.tvm.schedules import packed_kernels, schedule_gemm, schedule_injective
 from graphpress.backends.tvm.targets import TargetSpec, vector_facts
@@ -180,7 +188,7 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
         steps = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
         if nhwc:  # output channels innermost: the analytic GEMM schedule vectorizes over them
             convert = convs_to_nhwc() if nhwc == "local" else relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"], **KEEP_NCHW})
-            steps += [conv1d_as_conv2d(), conv_transpose_as_conv(), convert, sink_permutes(), fold_weight_layouts(), relax.transform.DeadCodeElimination()]
+            steps += [conv1d_as_conv2d(), conv_transpose_as_conv(), unit_width_convs_along_width(), convert, sink_permutes(), fold_weight_layouts(), relax.transform.DeadCodeElimination()]
         if analytic:  # output channels in whole vectors for the register tile
             steps.append(pad_output_channels(vector_facts(spec).lanes))
         if tuning.int8_lowering is not None:  # integer convolutions onto the ISA's kernels, in the layout they now have
