@@ -1,8 +1,9 @@
 """Vectorizable float math for CPU builds.
 
-TVM lowers ``erf``, ``exp`` and ``tanh`` to scalar libm calls, one per element: MiniLM's GELU
-epilogues took 11.6 of its 26 ms. :func:`fast_math_legalization` maps those ops (and GELU and
-softmax, which contain them) onto TVM's own polynomial forms (``topi.fast_erf``/``fast_exp``/
+TVM lowers ``erf``, ``exp``, ``tanh`` and ``sigmoid`` to scalar libm calls, one per element:
+MiniLM's GELU epilogues took 11.6 of its 26 ms; YOLOv8's SiLU after every convolution
+(nudenet) a sigmoid per output. :func:`fast_math_legalization` maps those ops (and GELU and
+softmax, which contain them; sigmoid as ``1 / (1 + fast_exp(-x))``) onto TVM's own polynomial forms (``topi.fast_erf``/``fast_exp``/
 ``fast_tanh``, from Eigen), which compile to straight-line vector code.
 
 They are approximations: measured over their whole float32 range here, ``fast_erf`` is within
@@ -18,7 +19,7 @@ from typing import Any
 __all__ = ["FAST_MATH_OPS", "fast_math_legalization"]
 
 #: the Relax ops given polynomial forms (float32 only; other dtypes keep TVM's legalization)
-FAST_MATH_OPS = ("relax.erf", "relax.exp", "relax.tanh", "relax.nn.gelu", "relax.nn.softmax")
+FAST_MATH_OPS = ("relax.erf", "relax.exp", "relax.tanh", "relax.sigmoid", "relax.nn.gelu", "relax.nn.softmax")
 
 
 def fast_math_legalization() -> dict[str, Any]:
@@ -44,9 +45,13 @@ def fast_math_legalization() -> dict[str, Any]:
     def gelu(x):
         return x * (tirx.const(0.5, "float32") + topi.fast_erf(x * tirx.const(0.5**0.5, "float32")) * tirx.const(0.5, "float32"))
 
+    def sigmoid(x):  # 1 / (1 + e^-x): fast_exp clamps its argument, so no infinity for very negative x
+        one = tirx.const(1.0, "float32")
+        return one / (one + topi.fast_exp(-x))
+
     def softmax(bb, call):
         return bb.call_te(topi.nn.fast_softmax, call.args[0], call.attrs.axis, primfunc_name_hint="softmax")
 
     return {"relax.erf": unary("relax.erf", topi.fast_erf), "relax.exp": unary("relax.exp", topi.fast_exp),
-             "relax.tanh": unary("relax.tanh", topi.fast_tanh), "relax.nn.gelu": unary("relax.nn.gelu", gelu),
+             "relax.tanh": unary("relax.tanh", topi.fast_tanh), "relax.sigmoid": unary("relax.sigmoid", sigmoid), "relax.nn.gelu": unary("relax.nn.gelu", gelu),
              "relax.nn.softmax": fast("relax.nn.softmax", softmax)}  # fmt: skip
