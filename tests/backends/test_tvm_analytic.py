@@ -441,3 +441,34 @@ def test_a_width_one_convolution_is_turned_on_its_side_and_matches_torch(target)
     with torch.no_grad():
         want = module(x).numpy()
     np.testing.assert_allclose(compiled(x.numpy())[0], want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_softmax_over_a_middle_axis_runs_along_the_last_and_matches_torch():
+    """YOLOv8's box-edge distribution (nudenet): a softmax over axis 1 of a 4-D tensor is
+    computed with that axis moved last (contiguous, independent rows) and moved back; values
+    against torch."""
+    import tvm
+
+    from graphpress.backends.tvm.layout import softmax_on_last_axis
+    from graphpress.backends.tvm.lower import bind_input_shapes, to_relax
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return torch.softmax(x, dim=1) * 2.0
+
+    x = torch.randn(1, 16, 4, 50) * 4
+    model = from_torch(Net().eval(), x)
+    mod = softmax_on_last_axis()(to_relax(model, bind_input_shapes(model)))
+    axes = []
+
+    @tvm.relax.expr_functor.visitor
+    class Softmaxes(tvm.relax.expr_functor.PyExprVisitor):
+        def visit_call_(self, call):
+            if call.op.same_as(tvm.ir.Op.get("relax.nn.softmax")):
+                axes.append((int(call.attrs.axis), [int(d) for d in call.args[0].ty.shape]))
+            super().visit_call_(call)
+
+    Softmaxes().visit_expr(mod["main"])
+    assert axes == [(-1, [1, 4, 50, 16])]
+    compiled = compile_model(model, "x86", verify=False, measure=False)
+    np.testing.assert_allclose(compiled(x.numpy())[0], Net()(x).numpy(), rtol=1e-5, atol=1e-6)

@@ -12,7 +12,7 @@ follow it) and cancels a transpose followed by its inverse; :func:`fold_weight_l
 from __future__ import annotations
 
 __all__ = ["conv1d_as_conv2d", "conv_transpose_as_conv", "convs_to_nhwc", "fold_weight_layouts", "pad_output_channels", "relax_module_pass", "sink_permutes",
-           "unit_width_convs_along_width"]
+           "softmax_on_last_axis", "unit_width_convs_along_width"]
 
 
 def relax_module_pass(mutator_class, name: str):
@@ -346,3 +346,33 @@ def conv_transpose_as_conv():
             return relax.op.reshape(y, [n, co, h * kh, wd * kw])
 
     return relax_module_pass(ToConv, "ConvTransposeAsConv")
+
+
+def softmax_on_last_axis():
+    """A Relax pass moving the axis of a ``softmax`` over any other axis last, and back after:
+    over a middle axis (YOLOv8's distribution of box edges, 16 bins on axis 1) every output row
+    recomputed the maximum and the sum of its whole column, strided (nudenet: 3 ms, a tenth of
+    the model); along the last axis the rows are contiguous and independent."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    softmax = tvm.ir.Op.get("relax.nn.softmax")
+
+    @mutator
+    class Last(PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not call.op.same_as(softmax) or call.ty.shape is None:
+                return call
+            ndim, axis = len(call.ty.shape), int(call.attrs.axis)
+            axis = axis + ndim if axis < 0 else axis
+            if axis == ndim - 1:
+                return call
+            order = [i for i in range(ndim) if i != axis] + [axis]
+            back = [order.index(i) for i in range(ndim)]
+            moved = self.builder_.emit(relax.op.permute_dims(call.args[0], order))
+            y = self.builder_.emit(relax.op.nn.softmax(moved, axis=-1))
+            return relax.op.permute_dims(y, back)
+
+    return relax_module_pass(Last, "SoftmaxOnLastAxis")
