@@ -472,3 +472,41 @@ def test_a_softmax_over_a_middle_axis_runs_along_the_last_and_matches_torch():
     assert axes == [(-1, [1, 4, 50, 16])]
     compiled = compile_model(model, "x86", verify=False, measure=False)
     np.testing.assert_allclose(compiled(x.numpy())[0], Net()(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_one_element_constants_become_scalars_so_a_hardswish_stays_nhwc_and_matches_onnxruntime():
+    """Paddle's HardSwish after a convolution, ``x * clip(x + [3], 0, 6) / [6]`` with
+    one-element rank-1 constants (PicoDet, PP-OCR): ``ConvertLayout`` has no layout for those,
+    so each such op went back to NCHW between two transposes; as scalars the whole chain stays
+    NHWC and fuses into the convolutions' epilogues (no transpose but the model's input and
+    output). Values against ONNX Runtime."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    import graphpress as gp
+    from graphpress.ir import numeric
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 3, 3, 3)).astype(np.float32), "W1"),
+             numpy_helper.from_array(rng.standard_normal((16, 16, 3, 3)).astype(np.float32), "W2"),
+             numpy_helper.from_array(np.array([3.0], np.float32), "three"),
+             numpy_helper.from_array(np.array([6.0], np.float32), "six"),
+             numpy_helper.from_array(np.array(0.0, np.float32), "lo")]  # fmt: skip
+    nodes = []
+    for i, (x, w) in enumerate((("x", "W1"), ("h0", "W2"))):
+        nodes += [helper.make_node("Conv", [x, w], [f"c{i}"], pads=[1, 1, 1, 1]),
+                  helper.make_node("Add", [f"c{i}", "three"], [f"a{i}"]),
+                  helper.make_node("Clip", [f"a{i}", "lo", "six"], [f"r{i}"]),
+                  helper.make_node("Mul", [f"c{i}", f"r{i}"], [f"m{i}"]),
+                  helper.make_node("Div", [f"m{i}", "six"], [f"h{i}"])]  # fmt: skip
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+                              [helper.make_tensor_value_info("h1", TensorProto.FLOAT, [1, 16, 16, 16])], inits)  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    model = gp.load(proto)
+    compiled = compile_model(model, "x86", verify=False, measure=False)
+    build = compiled.meta["build"]
+    assert build["conv_layout"] == "NHWC", build
+    assert sum("transpose" in k for k in build["kernel_names"]) <= 2, build["kernel_names"]
+    x = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
+    want = numeric.run(model, {"x": x})["h1"]
+    np.testing.assert_allclose(compiled(x)[0], want, rtol=1e-4, atol=1e-6 * np.abs(want).max())

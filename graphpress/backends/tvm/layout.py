@@ -11,8 +11,8 @@ follow it) and cancels a transpose followed by its inverse; :func:`fold_weight_l
 
 from __future__ import annotations
 
-__all__ = ["conv1d_as_conv2d", "conv_transpose_as_conv", "convs_to_nhwc", "fold_weight_layouts", "pad_output_channels", "relax_module_pass", "sink_permutes",
-           "softmax_on_last_axis", "unit_width_convs_along_width"]
+__all__ = ["conv1d_as_conv2d", "conv_transpose_as_conv", "convs_to_nhwc", "fold_weight_layouts", "pad_output_channels", "relax_module_pass", "scalar_constants",
+           "sink_permutes", "softmax_on_last_axis", "unit_width_convs_along_width"]
 
 
 def relax_module_pass(mutator_class, name: str):
@@ -376,3 +376,41 @@ def softmax_on_last_axis():
             return relax.op.permute_dims(y, back)
 
     return relax_module_pass(Last, "SoftmaxOnLastAxis")
+
+
+#: the binary elementwise Relax ops whose one-element constant operand becomes a scalar
+_SCALAR_OPERAND_OPS = ("relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.maximum", "relax.minimum", "relax.power")
+
+
+def scalar_constants():
+    """A Relax pass making a one-element constant operand of a binary elementwise op a scalar
+    (rank 0) when the other operand has at least its rank, which leaves the result unchanged.
+    ``ConvertLayout`` has no layout for a rank-1 ``[3.0]`` beside a 4-D activation, so it moved
+    the op back to NCHW with a transpose on each side (Paddle's HardSwish, ``x * clip(x + [3],
+    0, 6) / [6]`` after every convolution of PicoDet: four transposes per layer)."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    ops = [tvm.ir.Op.get(name) for name in _SCALAR_OPERAND_OPS]
+
+    @mutator
+    class Scalar(PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if not any(call.op.same_as(op) for op in ops) or len(call.args) != 2:
+                return call
+            args = list(call.args)
+            for i in (0, 1):
+                value = self.lookup_binding(args[i]) if isinstance(args[i], relax.Var) else args[i]
+                other = args[1 - i].ty
+                if (isinstance(value, tvm.ir.GenericConst) and value.value.numpy().size == 1 and value.value.numpy().ndim >= 1
+                        and getattr(other, "shape", None) is not None and len(other.shape) >= value.value.numpy().ndim):  # fmt: skip
+                    array = value.value.numpy()
+                    args[i] = relax.const(np.asarray(array.reshape(())), str(array.dtype))
+            if all(a.same_as(b) for a, b in zip(args, call.args)):
+                return call
+            return relax.Call(call.op, args, call.attrs)
+
+    return relax_module_pass(Scalar, "ScalarConstants")

@@ -28,6 +28,7 @@ from graphpress.backends.tvm.layout import (
     convs_to_nhwc,
     fold_weight_layouts,
     pad_output_channels,
+    scalar_constants,
     sink_permutes,
     softmax_on_last_axis,
     unit_width_convs_along_width,
@@ -189,7 +190,7 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
         steps = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
         if nhwc:  # output channels innermost: the analytic GEMM schedule vectorizes over them
             convert = convs_to_nhwc() if nhwc == "local" else relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"], **KEEP_NCHW})
-            steps += [conv1d_as_conv2d(), conv_transpose_as_conv(), unit_width_convs_along_width(), convert, sink_permutes(), fold_weight_layouts(), relax.transform.DeadCodeElimination()]
+            steps += [conv1d_as_conv2d(), conv_transpose_as_conv(), unit_width_convs_along_width(), scalar_constants(), convert, sink_permutes(), fold_weight_layouts(), relax.transform.DeadCodeElimination()]
         if analytic:  # output channels in whole vectors for the register tile; softmax rows contiguous
             steps += [pad_output_channels(vector_facts(spec).lanes), softmax_on_last_axis()]
         if tuning.int8_lowering is not None:  # integer convolutions onto the ISA's kernels, in the layout they now have
