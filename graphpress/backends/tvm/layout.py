@@ -336,13 +336,14 @@ def conv_transpose_as_conv():
                 return call
             n, ci, h, wd = (int(d) for d in call.args[0].ty.shape)
             co, kh, kw = (int(d) for d in w.shape[1:])
-            # out channel (o, i, j) of the 1x1 convolution: tap (i, j) of output channel o
-            taps = np.ascontiguousarray(w.transpose(1, 2, 3, 0).reshape(co * kh * kw, ci, 1, 1))
+            # out channel (i, j, o) of the 1x1 convolution: tap (i, j) of output channel o (the
+            # output channels innermost, so in NHWC each output pixel copies a contiguous run)
+            taps = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(kh * kw * co, ci, 1, 1))
             out_dtype = str(a.out_dtype)
             typed = {"out_dtype": out_dtype} if out_dtype not in ("", "None", "void") else {}
             y = self.builder_.emit(relax.op.nn.conv2d(call.args[0], relax.const(taps, str(w.dtype)), **typed))
-            y = self.builder_.emit(relax.op.reshape(y, [n, co, kh, kw, h, wd]))
-            y = self.builder_.emit(relax.op.permute_dims(y, [0, 1, 4, 2, 5, 3]))  # n, o, h, i, w, j
+            y = self.builder_.emit(relax.op.reshape(y, [n, kh, kw, co, h, wd]))
+            y = self.builder_.emit(relax.op.permute_dims(y, [0, 3, 4, 1, 5, 2]))  # n, o, h, i, w, j
             return relax.op.reshape(y, [n, co, h * kh, wd * kw])
 
     return relax_module_pass(ToConv, "ConvTransposeAsConv")
