@@ -37,6 +37,26 @@ def _axes(call, ndim: int) -> list[int]:
     return [int(a) for a in axes] if axes is not None else list(range(ndim))[::-1]
 
 
+def _typed(attrs) -> dict:
+    """The ``out_dtype`` keyword of a convolution's attributes, when it sets one."""
+    out_dtype = str(attrs.out_dtype)
+    return {"out_dtype": out_dtype} if out_dtype not in ("", "None", "void") else {}
+
+
+def _constant(mutator, expr):
+    """The constant ``expr`` is, directly or bound to a variable, else None."""
+    import tvm
+    from tvm import relax
+
+    bound = mutator.lookup_binding(expr) if isinstance(expr, relax.Var) else expr
+    return bound if isinstance(bound, tvm.ir.GenericConst) else None
+
+
+def _nchw_conv2d(call) -> bool:
+    a = call.attrs
+    return str(a.data_layout) == "NCHW" and str(a.kernel_layout) == "OIHW" and str(a.out_layout) == "NCHW"
+
+
 def sink_permutes():
     """A Relax pass: ``quantize/dequantize(permute_dims(x, p))`` becomes
     ``permute_dims(quantize/dequantize(x), p)`` (the channel axis moves with it), a constant
@@ -136,14 +156,13 @@ def convs_to_nhwc():
             if not call.op.same_as(conv2d):
                 return call
             a = call.attrs
-            if str(a.data_layout) != "NCHW" or str(a.kernel_layout) != "OIHW" or str(a.out_layout) != "NCHW":
+            if not _nchw_conv2d(call):
                 return call
             strides, padding, dilation = [int(v) for v in a.strides], [int(v) for v in a.padding], [int(v) for v in a.dilation]
             into, weights, back = [0, 2, 3, 1], [2, 3, 1, 0], [0, 3, 1, 2]
             x = self.builder_.emit(relax.op.permute_dims(call.args[0], into))
             w = relax.op.permute_dims(call.args[1], weights)
-            out_dtype = str(a.out_dtype)
-            typed = {"out_dtype": out_dtype} if out_dtype not in ("", "None", "void") else {}
+            typed = _typed(a)
             y = self.builder_.emit(relax.op.nn.conv2d(x, w, strides=strides, padding=padding, dilation=dilation, groups=int(a.groups),
                                                       data_layout="NHWC", kernel_layout="HWIO", **typed))  # fmt: skip
             return relax.op.permute_dims(y, back)
@@ -176,7 +195,7 @@ def unit_width_convs_along_width():
             if not call.op.same_as(conv2d):
                 return call
             a = call.attrs
-            if str(a.data_layout) != "NCHW" or str(a.kernel_layout) != "OIHW" or str(a.out_layout) != "NCHW":
+            if not _nchw_conv2d(call):
                 return call
             strides, padding, dilation = [int(v) for v in a.strides], [int(v) for v in a.padding], [int(v) for v in a.dilation]
             x_shape, w_shape = call.args[0].ty.shape, call.args[1].ty.shape
@@ -185,14 +204,13 @@ def unit_width_convs_along_width():
                 return call
             x = self.builder_.emit(relax.op.permute_dims(call.args[0], [0, 1, 3, 2]))
             w = call.args[1]
-            bound = self.lookup_binding(w) if isinstance(w, relax.Var) else w
-            if isinstance(bound, tvm.ir.GenericConst):  # the weight swapped here, not by a kernel at run time
+            bound = _constant(self, w)
+            if bound is not None:  # the weight swapped here, not by a kernel at run time
                 array = bound.value.numpy()
                 w = relax.const(np.ascontiguousarray(array.transpose(0, 1, 3, 2)), str(array.dtype))
             else:
                 w = relax.op.permute_dims(w, [0, 1, 3, 2])
-            out_dtype = str(a.out_dtype)
-            typed = {"out_dtype": out_dtype} if out_dtype not in ("", "None", "void") else {}
+            typed = _typed(a)
             y = self.builder_.emit(relax.op.nn.conv2d(x, w, strides=strides[::-1], padding=[padding[1], padding[0], padding[3], padding[2]],
                                                       dilation=dilation[::-1], groups=int(a.groups), **typed))  # fmt: skip
             return relax.op.permute_dims(y, [0, 1, 3, 2])
@@ -226,14 +244,13 @@ def conv1d_as_conv2d():
             if x_shape is None or w_shape is None or y_shape is None:
                 return call
             x = self.builder_.emit(relax.op.reshape(call.args[0], [x_shape[0], x_shape[1], 1, x_shape[2]]))
-            w = call.args[1]
-            if isinstance(w, tvm.ir.GenericConst):  # the weight reshaped here, not by a kernel at run time
-                array = w.value.numpy()
+            w, constant = call.args[1], _constant(self, call.args[1])
+            if constant is not None:  # the weight reshaped here, not by a kernel at run time
+                array = constant.value.numpy()
                 w = relax.const(np.ascontiguousarray(array[:, :, None, :]), str(array.dtype))
             else:
                 w = self.builder_.emit(relax.op.reshape(w, [w_shape[0], w_shape[1], 1, w_shape[2]]))
-            out_dtype = str(a.out_dtype)
-            typed = {"out_dtype": out_dtype} if out_dtype not in ("", "None", "void") else {}
+            typed = _typed(a)
             (pad_left, pad_right), stride, dilation = [int(p) for p in a.padding], int(a.strides[0]), int(a.dilation[0])
             y = self.builder_.emit(relax.op.nn.conv2d(x, w, strides=[1, stride], padding=[0, pad_left, 0, pad_right], dilation=[1, dilation],
                                                       groups=int(a.groups), data_layout="NCHW", kernel_layout="OIHW", **typed))  # fmt: skip
@@ -278,10 +295,8 @@ def pad_output_channels(lanes: int = 16):
             is_conv = call.op.same_as(conv2d)
             if not (is_conv or call.op.same_as(matmul)):
                 return call
-            constant = call.args[1]
-            if isinstance(constant, relax.Var):  # a constant bound to a variable first
-                constant = self.lookup_binding(constant)
-            if not isinstance(constant, tvm.ir.GenericConst):
+            constant = _constant(self, call.args[1])  # maybe bound to a variable first
+            if constant is None:
                 return call
             weight = constant.value.numpy()
             width = padded_channels(weight.shape[-1], lanes) if weight.ndim >= 2 else None
@@ -320,10 +335,8 @@ def conv_transpose_as_conv():
             if not call.op.same_as(transpose_op):
                 return call
             a = call.attrs
-            weight = call.args[1]
-            if isinstance(weight, relax.Var):
-                weight = self.lookup_binding(weight)
-            if not isinstance(weight, tvm.ir.GenericConst) or call.ty.shape is None or call.args[0].ty.shape is None:
+            weight = _constant(self, call.args[1])
+            if weight is None or call.ty.shape is None or call.args[0].ty.shape is None:
                 return call
             w = weight.value.numpy()  # (in, out, kh, kw)
             if (str(a.data_layout), str(a.kernel_layout), str(a.out_layout)) != ("NCHW", "IOHW", "NCHW") or int(a.groups) != 1 or w.ndim != 4:
@@ -339,8 +352,7 @@ def conv_transpose_as_conv():
             # out channel (i, j, o) of the 1x1 convolution: tap (i, j) of output channel o (the
             # output channels innermost, so in NHWC each output pixel copies a contiguous run)
             taps = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(kh * kw * co, ci, 1, 1))
-            out_dtype = str(a.out_dtype)
-            typed = {"out_dtype": out_dtype} if out_dtype not in ("", "None", "void") else {}
+            typed = _typed(a)
             y = self.builder_.emit(relax.op.nn.conv2d(call.args[0], relax.const(taps, str(w.dtype)), **typed))
             y = self.builder_.emit(relax.op.reshape(y, [n, kh, kw, co, h, wd]))
             y = self.builder_.emit(relax.op.permute_dims(y, [0, 3, 4, 1, 5, 2]))  # n, o, h, i, w, j
@@ -404,9 +416,9 @@ def scalar_constants():
                 return call
             args = list(call.args)
             for i in (0, 1):
-                value = self.lookup_binding(args[i]) if isinstance(args[i], relax.Var) else args[i]
+                value = _constant(self, args[i])
                 other = args[1 - i].ty
-                if (isinstance(value, tvm.ir.GenericConst) and value.value.numpy().size == 1 and value.value.numpy().ndim >= 1
+                if (value is not None and value.value.numpy().size == 1 and value.value.numpy().ndim >= 1
                         and getattr(other, "shape", None) is not None and len(other.shape) >= value.value.numpy().ndim):  # fmt: skip
                     array = value.value.numpy()
                     args[i] = relax.const(np.asarray(array.reshape(())), str(array.dtype))
