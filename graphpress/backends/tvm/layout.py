@@ -32,6 +32,28 @@ def relax_module_pass(mutator_class, name: str):
     return run
 
 
+def call_rewrite_pass(op_names, rewrite, name: str):
+    """A module pass calling ``rewrite(mutator, call)`` on every call of one of the Relax ops
+    ``op_names`` (its arguments already rewritten); it returns the replacement (emitting what it
+    needs through ``mutator.builder_``) or None to keep the call."""
+    import tvm
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    ops = [tvm.ir.Op.get(op) for op in op_names]
+
+    @mutator
+    class Rewrite(PyExprMutator):
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if any(call.op.same_as(op) for op in ops):
+                replaced = rewrite(self, call)
+                if replaced is not None:
+                    return replaced
+            return call
+
+    return relax_module_pass(Rewrite, name)
+
+
 def _axes(call, ndim: int) -> list[int]:
     axes = call.attrs.axes
     return [int(a) for a in axes] if axes is not None else list(range(ndim))[::-1]
@@ -143,31 +165,22 @@ def convs_to_nhwc():
     pairwise), so the convolutions still get the analytic NHWC schedules instead of TVM's
     default loop nests (Magika's 1-D convolution: 146 ms). :func:`sink_permutes` then cancels
     the transposes between consecutive convolutions."""
-    import tvm
     from tvm import relax
-    from tvm.relax.expr_functor import PyExprMutator, mutator
 
-    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+    def rewrite(self, call):
+        a = call.attrs
+        if not _nchw_conv2d(call):
+            return None
+        strides, padding, dilation = [int(v) for v in a.strides], [int(v) for v in a.padding], [int(v) for v in a.dilation]
+        into, weights, back = [0, 2, 3, 1], [2, 3, 1, 0], [0, 3, 1, 2]
+        x = self.builder_.emit(relax.op.permute_dims(call.args[0], into))
+        w = relax.op.permute_dims(call.args[1], weights)
+        typed = _typed(a)
+        y = self.builder_.emit(relax.op.nn.conv2d(x, w, strides=strides, padding=padding, dilation=dilation, groups=int(a.groups),
+                                                  data_layout="NHWC", kernel_layout="HWIO", **typed))  # fmt: skip
+        return relax.op.permute_dims(y, back)
 
-    @mutator
-    class ToNHWC(PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if not call.op.same_as(conv2d):
-                return call
-            a = call.attrs
-            if not _nchw_conv2d(call):
-                return call
-            strides, padding, dilation = [int(v) for v in a.strides], [int(v) for v in a.padding], [int(v) for v in a.dilation]
-            into, weights, back = [0, 2, 3, 1], [2, 3, 1, 0], [0, 3, 1, 2]
-            x = self.builder_.emit(relax.op.permute_dims(call.args[0], into))
-            w = relax.op.permute_dims(call.args[1], weights)
-            typed = _typed(a)
-            y = self.builder_.emit(relax.op.nn.conv2d(x, w, strides=strides, padding=padding, dilation=dilation, groups=int(a.groups),
-                                                      data_layout="NHWC", kernel_layout="HWIO", **typed))  # fmt: skip
-            return relax.op.permute_dims(y, back)
-
-    return relax_module_pass(ToNHWC, "ConvsToNHWC")
+    return call_rewrite_pass(["relax.nn.conv2d"], rewrite, "ConvsToNHWC")
 
 
 def _is_one(dim) -> bool:
@@ -182,40 +195,31 @@ def unit_width_convs_along_width():
     NHWC its length is the width, the axis the register tile runs along (left as it was, the
     tile was one pixel: 4.0 ms at 166 GFLOP/s against 1.5 ms)."""
     import numpy as np
-    import tvm
     from tvm import relax
-    from tvm.relax.expr_functor import PyExprMutator, mutator
 
-    conv2d = tvm.ir.Op.get("relax.nn.conv2d")
+    def rewrite(self, call):
+        a = call.attrs
+        if not _nchw_conv2d(call):
+            return None
+        strides, padding, dilation = [int(v) for v in a.strides], [int(v) for v in a.padding], [int(v) for v in a.dilation]
+        x_shape, w_shape = call.args[0].ty.shape, call.args[1].ty.shape
+        if (x_shape is None or w_shape is None or not _is_one(x_shape[3]) or not _is_one(w_shape[3]) or _is_one(x_shape[2])
+                or strides[1] != 1 or dilation[1] != 1 or padding[1] or padding[3]):  # fmt: skip
+            return None
+        x = self.builder_.emit(relax.op.permute_dims(call.args[0], [0, 1, 3, 2]))
+        w = call.args[1]
+        bound = _constant(self, w)
+        if bound is not None:  # the weight swapped here, not by a kernel at run time
+            array = bound.value.numpy()
+            w = relax.const(np.ascontiguousarray(array.transpose(0, 1, 3, 2)), str(array.dtype))
+        else:
+            w = relax.op.permute_dims(w, [0, 1, 3, 2])
+        typed = _typed(a)
+        y = self.builder_.emit(relax.op.nn.conv2d(x, w, strides=strides[::-1], padding=[padding[1], padding[0], padding[3], padding[2]],
+                                                  dilation=dilation[::-1], groups=int(a.groups), **typed))  # fmt: skip
+        return relax.op.permute_dims(y, [0, 1, 3, 2])
 
-    @mutator
-    class Swap(PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if not call.op.same_as(conv2d):
-                return call
-            a = call.attrs
-            if not _nchw_conv2d(call):
-                return call
-            strides, padding, dilation = [int(v) for v in a.strides], [int(v) for v in a.padding], [int(v) for v in a.dilation]
-            x_shape, w_shape = call.args[0].ty.shape, call.args[1].ty.shape
-            if (x_shape is None or w_shape is None or not _is_one(x_shape[3]) or not _is_one(w_shape[3]) or _is_one(x_shape[2])
-                    or strides[1] != 1 or dilation[1] != 1 or padding[1] or padding[3]):  # fmt: skip
-                return call
-            x = self.builder_.emit(relax.op.permute_dims(call.args[0], [0, 1, 3, 2]))
-            w = call.args[1]
-            bound = _constant(self, w)
-            if bound is not None:  # the weight swapped here, not by a kernel at run time
-                array = bound.value.numpy()
-                w = relax.const(np.ascontiguousarray(array.transpose(0, 1, 3, 2)), str(array.dtype))
-            else:
-                w = relax.op.permute_dims(w, [0, 1, 3, 2])
-            typed = _typed(a)
-            y = self.builder_.emit(relax.op.nn.conv2d(x, w, strides=strides[::-1], padding=[padding[1], padding[0], padding[3], padding[2]],
-                                                      dilation=dilation[::-1], groups=int(a.groups), **typed))  # fmt: skip
-            return relax.op.permute_dims(y, [0, 1, 3, 2])
-
-    return relax_module_pass(Swap, "UnitWidthConvsAlongWidth")
+    return call_rewrite_pass(["relax.nn.conv2d"], rewrite, "UnitWidthConvsAlongWidth")
 
 
 def conv1d_as_conv2d():
@@ -225,38 +229,29 @@ def conv1d_as_conv2d():
     mel spectrogram: its STFT is a 1-D convolution of 257 filters of 512 taps, stride 160; left
     1-D, TVM's default loop nest took 9.9 ms a call.)"""
     import numpy as np
-    import tvm
     from tvm import relax
-    from tvm.relax.expr_functor import PyExprMutator, mutator
 
-    conv1d = tvm.ir.Op.get("relax.nn.conv1d")
+    def rewrite(self, call):
+        a = call.attrs
+        if str(a.data_layout) != "NCW" or str(a.kernel_layout) != "OIW" or str(a.out_layout) != "NCW":
+            return None
+        x_shape, w_shape, y_shape = call.args[0].ty.shape, call.args[1].ty.shape, call.ty.shape
+        if x_shape is None or w_shape is None or y_shape is None:
+            return None
+        x = self.builder_.emit(relax.op.reshape(call.args[0], [x_shape[0], x_shape[1], 1, x_shape[2]]))
+        w, constant = call.args[1], _constant(self, call.args[1])
+        if constant is not None:  # the weight reshaped here, not by a kernel at run time
+            array = constant.value.numpy()
+            w = relax.const(np.ascontiguousarray(array[:, :, None, :]), str(array.dtype))
+        else:
+            w = self.builder_.emit(relax.op.reshape(w, [w_shape[0], w_shape[1], 1, w_shape[2]]))
+        typed = _typed(a)
+        (pad_left, pad_right), stride, dilation = [int(p) for p in a.padding], int(a.strides[0]), int(a.dilation[0])
+        y = self.builder_.emit(relax.op.nn.conv2d(x, w, strides=[1, stride], padding=[0, pad_left, 0, pad_right], dilation=[1, dilation],
+                                                  groups=int(a.groups), data_layout="NCHW", kernel_layout="OIHW", **typed))  # fmt: skip
+        return relax.op.reshape(y, list(y_shape))
 
-    @mutator
-    class To2D(PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if not call.op.same_as(conv1d):
-                return call
-            a = call.attrs
-            if str(a.data_layout) != "NCW" or str(a.kernel_layout) != "OIW" or str(a.out_layout) != "NCW":
-                return call
-            x_shape, w_shape, y_shape = call.args[0].ty.shape, call.args[1].ty.shape, call.ty.shape
-            if x_shape is None or w_shape is None or y_shape is None:
-                return call
-            x = self.builder_.emit(relax.op.reshape(call.args[0], [x_shape[0], x_shape[1], 1, x_shape[2]]))
-            w, constant = call.args[1], _constant(self, call.args[1])
-            if constant is not None:  # the weight reshaped here, not by a kernel at run time
-                array = constant.value.numpy()
-                w = relax.const(np.ascontiguousarray(array[:, :, None, :]), str(array.dtype))
-            else:
-                w = self.builder_.emit(relax.op.reshape(w, [w_shape[0], w_shape[1], 1, w_shape[2]]))
-            typed = _typed(a)
-            (pad_left, pad_right), stride, dilation = [int(p) for p in a.padding], int(a.strides[0]), int(a.dilation[0])
-            y = self.builder_.emit(relax.op.nn.conv2d(x, w, strides=[1, stride], padding=[0, pad_left, 0, pad_right], dilation=[1, dilation],
-                                                      groups=int(a.groups), data_layout="NCHW", kernel_layout="OIHW", **typed))  # fmt: skip
-            return relax.op.reshape(y, list(y_shape))
-
-    return relax_module_pass(To2D, "Conv1DAsConv2D")
+    return call_rewrite_pass(["relax.nn.conv1d"], rewrite, "Conv1DAsConv2D")
 
 
 #: the most work padding may add to give a kernel whose output channels are a multiple of 4 but
@@ -282,36 +277,26 @@ def pad_output_channels(lanes: int = 16):
     output channels, and without one the kernel runs TVM's default loop nest (the mel
     spectrogram's 257 frequency bins)."""
     import numpy as np
-    import tvm
     from tvm import relax
-    from tvm.relax.expr_functor import PyExprMutator, mutator
 
-    conv2d, matmul = tvm.ir.Op.get("relax.nn.conv2d"), tvm.ir.Op.get("relax.matmul")
+    def rewrite(self, call):
+        constant = _constant(self, call.args[1])
+        if constant is None:
+            return None
+        weight = constant.value.numpy()
+        width = padded_channels(weight.shape[-1], lanes) if weight.ndim >= 2 else None
+        if weight.dtype != np.float32 or width is None:
+            return None
+        if call.op.name == "relax.nn.conv2d" and (str(call.attrs.data_layout) != "NHWC" or str(call.attrs.kernel_layout) != "HWIO" or int(call.attrs.groups) != 1):
+            return None
+        n = weight.shape[-1]
+        padded = np.zeros((*weight.shape[:-1], width), np.float32)
+        padded[..., :n] = weight
+        y = self.builder_.emit(relax.Call(call.op, [call.args[0], relax.const(padded, "float32"), *call.args[2:]], call.attrs))
+        ndim = len(call.ty.shape)
+        return relax.op.strided_slice(y, [ndim - 1], [0], [n], assume_inbound=True)
 
-    @mutator
-    class Pad(PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            is_conv = call.op.same_as(conv2d)
-            if not (is_conv or call.op.same_as(matmul)):
-                return call
-            constant = _constant(self, call.args[1])  # maybe bound to a variable first
-            if constant is None:
-                return call
-            weight = constant.value.numpy()
-            width = padded_channels(weight.shape[-1], lanes) if weight.ndim >= 2 else None
-            if weight.dtype != np.float32 or width is None:
-                return call
-            if is_conv and (str(call.attrs.data_layout) != "NHWC" or str(call.attrs.kernel_layout) != "HWIO" or int(call.attrs.groups) != 1):
-                return call
-            n = weight.shape[-1]
-            padded = np.zeros((*weight.shape[:-1], width), np.float32)
-            padded[..., :n] = weight
-            y = self.builder_.emit(relax.Call(call.op, [call.args[0], relax.const(padded, "float32"), *call.args[2:]], call.attrs))
-            ndim = len(call.ty.shape)
-            return relax.op.strided_slice(y, [ndim - 1], [0], [n], assume_inbound=True)
-
-    return relax_module_pass(Pad, "PadOutputChannels")
+    return call_rewrite_pass(["relax.nn.conv2d", "relax.matmul"], rewrite, "PadOutputChannels")
 
 
 def conv_transpose_as_conv():
@@ -324,41 +309,33 @@ def conv_transpose_as_conv():
     import numpy as np
     import tvm
     from tvm import relax
-    from tvm.relax.expr_functor import PyExprMutator, mutator
 
-    transpose_op = tvm.ir.Op.get("relax.nn.conv2d_transpose")
+    def rewrite(self, call):
+        a = call.attrs
+        weight = _constant(self, call.args[1])
+        if weight is None or call.ty.shape is None or call.args[0].ty.shape is None:
+            return None
+        w = weight.value.numpy()  # (in, out, kh, kw)
+        if (str(a.data_layout), str(a.kernel_layout), str(a.out_layout)) != ("NCHW", "IOHW", "NCHW") or int(a.groups) != 1 or w.ndim != 4:
+            return None
+        strides = [int(v) for v in a.strides]
+        if (strides != list(w.shape[2:]) or any(int(v) for v in a.padding) or any(int(v) for v in a.output_padding)
+                or any(int(v) != 1 for v in a.dilation)):  # fmt: skip
+            return None
+        if not all(isinstance(d, tvm.tirx.IntImm) for d in call.args[0].ty.shape):
+            return None
+        n, ci, h, wd = (int(d) for d in call.args[0].ty.shape)
+        co, kh, kw = (int(d) for d in w.shape[1:])
+        # out channel (i, j, o) of the 1x1 convolution: tap (i, j) of output channel o (the
+        # output channels innermost, so in NHWC each output pixel copies a contiguous run)
+        taps = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(kh * kw * co, ci, 1, 1))
+        typed = _typed(a)
+        y = self.builder_.emit(relax.op.nn.conv2d(call.args[0], relax.const(taps, str(w.dtype)), **typed))
+        y = self.builder_.emit(relax.op.reshape(y, [n, kh, kw, co, h, wd]))
+        y = self.builder_.emit(relax.op.permute_dims(y, [0, 3, 4, 1, 5, 2]))  # n, o, h, i, w, j
+        return relax.op.reshape(y, [n, co, h * kh, wd * kw])
 
-    @mutator
-    class ToConv(PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if not call.op.same_as(transpose_op):
-                return call
-            a = call.attrs
-            weight = _constant(self, call.args[1])
-            if weight is None or call.ty.shape is None or call.args[0].ty.shape is None:
-                return call
-            w = weight.value.numpy()  # (in, out, kh, kw)
-            if (str(a.data_layout), str(a.kernel_layout), str(a.out_layout)) != ("NCHW", "IOHW", "NCHW") or int(a.groups) != 1 or w.ndim != 4:
-                return call
-            strides = [int(v) for v in a.strides]
-            if (strides != list(w.shape[2:]) or any(int(v) for v in a.padding) or any(int(v) for v in a.output_padding)
-                    or any(int(v) != 1 for v in a.dilation)):  # fmt: skip
-                return call
-            if not all(isinstance(d, tvm.tirx.IntImm) for d in call.args[0].ty.shape):
-                return call
-            n, ci, h, wd = (int(d) for d in call.args[0].ty.shape)
-            co, kh, kw = (int(d) for d in w.shape[1:])
-            # out channel (i, j, o) of the 1x1 convolution: tap (i, j) of output channel o (the
-            # output channels innermost, so in NHWC each output pixel copies a contiguous run)
-            taps = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(kh * kw * co, ci, 1, 1))
-            typed = _typed(a)
-            y = self.builder_.emit(relax.op.nn.conv2d(call.args[0], relax.const(taps, str(w.dtype)), **typed))
-            y = self.builder_.emit(relax.op.reshape(y, [n, kh, kw, co, h, wd]))
-            y = self.builder_.emit(relax.op.permute_dims(y, [0, 3, 4, 1, 5, 2]))  # n, o, h, i, w, j
-            return relax.op.reshape(y, [n, co, h * kh, wd * kw])
-
-    return relax_module_pass(ToConv, "ConvTransposeAsConv")
+    return call_rewrite_pass(["relax.nn.conv2d_transpose"], rewrite, "ConvTransposeAsConv")
 
 
 def softmax_on_last_axis():
@@ -366,29 +343,22 @@ def softmax_on_last_axis():
     over a middle axis (YOLOv8's distribution of box edges, 16 bins on axis 1) every output row
     recomputed the maximum and the sum of its whole column, strided (nudenet: 3 ms, a tenth of
     the model); along the last axis the rows are contiguous and independent."""
-    import tvm
     from tvm import relax
-    from tvm.relax.expr_functor import PyExprMutator, mutator
 
-    softmax = tvm.ir.Op.get("relax.nn.softmax")
+    def rewrite(self, call):
+        if call.ty.shape is None:
+            return None
+        ndim, axis = len(call.ty.shape), int(call.attrs.axis)
+        axis = axis + ndim if axis < 0 else axis
+        if axis == ndim - 1:
+            return None
+        order = [i for i in range(ndim) if i != axis] + [axis]
+        back = [order.index(i) for i in range(ndim)]
+        moved = self.builder_.emit(relax.op.permute_dims(call.args[0], order))
+        y = self.builder_.emit(relax.op.nn.softmax(moved, axis=-1))
+        return relax.op.permute_dims(y, back)
 
-    @mutator
-    class Last(PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if not call.op.same_as(softmax) or call.ty.shape is None:
-                return call
-            ndim, axis = len(call.ty.shape), int(call.attrs.axis)
-            axis = axis + ndim if axis < 0 else axis
-            if axis == ndim - 1:
-                return call
-            order = [i for i in range(ndim) if i != axis] + [axis]
-            back = [order.index(i) for i in range(ndim)]
-            moved = self.builder_.emit(relax.op.permute_dims(call.args[0], order))
-            y = self.builder_.emit(relax.op.nn.softmax(moved, axis=-1))
-            return relax.op.permute_dims(y, back)
-
-    return relax_module_pass(Last, "SoftmaxOnLastAxis")
+    return call_rewrite_pass(["relax.nn.softmax"], rewrite, "SoftmaxOnLastAxis")
 
 
 #: the binary elementwise Relax ops whose one-element constant operand becomes a scalar
@@ -402,28 +372,21 @@ def scalar_constants():
     the op back to NCHW with a transpose on each side (Paddle's HardSwish, ``x * clip(x + [3],
     0, 6) / [6]`` after every convolution of PicoDet: four transposes per layer)."""
     import numpy as np
-    import tvm
     from tvm import relax
-    from tvm.relax.expr_functor import PyExprMutator, mutator
 
-    ops = [tvm.ir.Op.get(name) for name in _SCALAR_OPERAND_OPS]
+    def rewrite(self, call):
+        if len(call.args) != 2:
+            return None
+        args = list(call.args)
+        for i in (0, 1):
+            value = _constant(self, args[i])
+            other = args[1 - i].ty
+            if (value is not None and value.value.numpy().size == 1 and value.value.numpy().ndim >= 1
+                    and getattr(other, "shape", None) is not None and len(other.shape) >= value.value.numpy().ndim):  # fmt: skip
+                array = value.value.numpy()
+                args[i] = relax.const(np.asarray(array.reshape(())), str(array.dtype))
+        if all(a.same_as(b) for a, b in zip(args, call.args)):
+            return None
+        return relax.Call(call.op, args, call.attrs)
 
-    @mutator
-    class Scalar(PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if not any(call.op.same_as(op) for op in ops) or len(call.args) != 2:
-                return call
-            args = list(call.args)
-            for i in (0, 1):
-                value = _constant(self, args[i])
-                other = args[1 - i].ty
-                if (value is not None and value.value.numpy().size == 1 and value.value.numpy().ndim >= 1
-                        and getattr(other, "shape", None) is not None and len(other.shape) >= value.value.numpy().ndim):  # fmt: skip
-                    array = value.value.numpy()
-                    args[i] = relax.const(np.asarray(array.reshape(())), str(array.dtype))
-            if all(a.same_as(b) for a, b in zip(args, call.args)):
-                return call
-            return relax.Call(call.op, args, call.attrs)
-
-    return relax_module_pass(Scalar, "ScalarConstants")
+    return call_rewrite_pass(_SCALAR_OPERAND_OPS, rewrite, "ScalarConstants")
