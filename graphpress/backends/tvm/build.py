@@ -393,6 +393,19 @@ def locate_divergence(
 LOCATE_VALUES = 512
 
 
+def compile_executable(mod, spec: TargetSpec):
+    """``mod`` compiled for ``spec``. On CPUs the Relax VM's own instructions (allocations, shape
+    checks, the calls between kernels) are compiled to native code too (``exec_mode="compiled"``)
+    instead of interpreted bytecode: a small model's time is mostly those (openWakeWord's
+    wake-word classifier 39 -> 27 us, silero 45 -> 38 us; the kernels are the same)."""
+    import tvm
+    from tvm import relax
+
+    if spec.is_cpu:
+        return relax.build(mod, spec.tvm_target(), exec_mode="compiled")
+    return tvm.compile(mod, target=spec.tvm_target())
+
+
 def _build(mod, spec: TargetSpec, tuning: Tuning):
     import tvm
 
@@ -404,7 +417,7 @@ def _build(mod, spec: TargetSpec, tuning: Tuning):
     built = {}
     for name, (scheduled, kernel_stats) in candidates.items():
         try:
-            built[name] = (tvm.compile(scheduled, target=spec.tvm_target()), kernel_stats)
+            built[name] = (compile_executable(scheduled, spec), kernel_stats)
         except Exception as e:
             if stats.get("conv_layout") == "NHWC":  # an op TVM cannot lower in NHWC: the model's own layout
                 executable, retried = _build(mod, spec, dataclasses.replace(tuning, nhwc=False))
