@@ -27,6 +27,7 @@ from __future__ import annotations
 from _machine import banner
 import argparse
 import json
+import os
 import tempfile
 import time
 
@@ -99,7 +100,7 @@ def digits(rows, epochs: int) -> None:
                  onnx_bytes=size, packed_bytes=packed_size, smaller=round(onnx_bytes / (packed_size or size), 1), train_s=train_s)  # fmt: skip
 
 
-def minilm(rows, sentences: int, ffn_epochs: int, only: tuple[str, ...] = (), packed: int = 3000, more: int = 0, block_epochs: int = 5, ffn_lr: float = 3e-4, ffn_prune: str = "prune:ratio=0.5;include=intermediate") -> None:
+def minilm(rows, sentences: int, ffn_epochs: int, only: tuple[str, ...] = (), packed: int = 3000, more: int = 0, block_epochs: int = 5, ffn_lr: float = 3e-4, ffn_prune: str = "prune:ratio=0.5;include=intermediate", save: str | None = None) -> None:
     from graphpress.models.minilm import load_minilm, tokenize
     from graphpress.passes.context import PassContext
 
@@ -159,6 +160,8 @@ def minilm(rows, sentences: int, ffn_epochs: int, only: tuple[str, ...] = (), pa
         result = gp.recover(start, model, data, epochs=epochs, lr=lr, batch_size=16, seed=0, held_out=judge / rows_n if "features" in extra_options else 0.1, progress=print, **extra_options)
         stages.append(("recovered" if len(stages) == 1 else "block-wise, then end to end", result.model, result.seconds + sum(s for _, _, s in stages[1:])))
         for label, m, seconds in stages:
+            if save:  # each stage's model, to go on from (e.g. more epochs end to end)
+                gp.save(m, os.path.join(save, f"minilm-{name}-{label}.onnx".replace(" ", "_").replace(",", "").replace("%", "pct")))
             score = _text.agreement(embeddings(m), ref)
             params = sum(v.const_value.size for v in m.graph.initializers.values() if v.const_value is not None)
             _row(rows, part="minilm", variant=f"{name}, {label}", **{k: round(v, 5) for k, v in score.items()}, train_s=seconds, params=params,
@@ -220,6 +223,7 @@ def main() -> None:
     parser.add_argument("--ffn-prune", default="prune:ratio=0.5;include=intermediate", help="MiniLM FFN cut: the pruning step(s)")
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--minilm-variants", default="", help="comma-separated substrings: only the MiniLM variants naming one (default: all)")
+    parser.add_argument("--save", help="a folder: each MiniLM stage's model is written there")
     parser.add_argument("--json")
     opts = parser.parse_args()
     print(banner())
@@ -229,7 +233,7 @@ def main() -> None:
     if "digits" in parts:
         digits(rows, opts.epochs)
     if "minilm" in parts:
-        minilm(rows, opts.sentences, opts.ffn_epochs, tuple(v for v in opts.minilm_variants.split(",") if v), opts.ffn_packed, opts.ffn_more, opts.ffn_block_epochs, opts.ffn_lr, opts.ffn_prune)
+        minilm(rows, opts.sentences, opts.ffn_epochs, tuple(v for v in opts.minilm_variants.split(",") if v), opts.ffn_packed, opts.ffn_more, opts.ffn_block_epochs, opts.ffn_lr, opts.ffn_prune, opts.save)
     if "resnet" in parts:
         resnet(rows, opts.epochs, opts.repeat)
     if opts.json:

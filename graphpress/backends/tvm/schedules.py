@@ -103,6 +103,23 @@ def schedule_injective(mod) -> tuple[Any, int]:
 #: the trailing loops of an elementwise kernel are fused into one row while it stays this short
 ROW_ELEMENTS = 4096
 
+#: a kernel doing less work than this (elements, or multiply-adds) runs on one core: waking the
+#: others costs more than it saves (openWakeWord's wake-word classifier 24.7 -> 21.8 us, silero
+#: 30.5 -> 26.6 us on a 2-core Xeon; the larger models unchanged within noise)
+PARALLEL_WORK = 16384
+
+
+def _work(sch, block) -> int:
+    """The block's iteration count: its elements, or a reduction's multiply-adds (0 if dynamic)."""
+    extents = [_extent(iv.dom.extent) for iv in sch.get(block).iter_vars]
+    return int(np.prod(extents)) if all(extents) else 0
+
+
+def _parallel(sch, loop, work: int) -> None:
+    """``loop`` over the cores, unless the kernel's ``work`` is under :data:`PARALLEL_WORK`."""
+    if not work or work >= PARALLEL_WORK:
+        sch.parallel(loop)
+
 
 def parallel_rows(sch, block) -> None:
     """Rows over the cores, each row one contiguous loop: the trailing loops are fused while their
@@ -117,12 +134,13 @@ def parallel_rows(sch, block) -> None:
     if any(e is None for e in extents):
         sch.parallel(loops[0])
         return
+    work = int(np.prod(extents))  # too small to pay for waking the other cores: one core
     if len(loops) >= 3 and extents[-1] <= 4 and extents[-2] % 16:
         # a few channels last (an image going NHWC: 3 of them): fused with the width, every
         # element paid a div/mod and the row stayed scalar; the channels unrolled instead, LLVM
         # vectorizes along the width with interleaved stores (MobileNetV2's input quantize, pad
         # and transpose: 48.6 -> 7.2 us)
-        sch.parallel(sch.fuse(*loops[:-2]))
+        _parallel(sch, sch.fuse(*loops[:-2]), work)
         sch.unroll(loops[-1])
         return
     split, row = len(loops) - 1, extents[-1]
@@ -133,9 +151,9 @@ def parallel_rows(sch, block) -> None:
     if split == 0:  # the whole tensor is one short row: chunks of it go to the cores
         if row >= 512:
             outer, inner = sch.split(inner, [None, 256])
-            sch.parallel(outer)
+            _parallel(sch, outer, work)
     else:
-        sch.parallel(sch.fuse(*loops[:split]) if split > 1 else loops[0])
+        _parallel(sch, sch.fuse(*loops[:split]) if split > 1 else loops[0], work)
     if row % 16 == 0 and row >= 16:
         try:
             _, lanes = sch.split(inner, [None, 16])
@@ -177,9 +195,10 @@ def _parallel_reduction(sch, blocks) -> bool:
     if n_rows < 1:
         return False
     row = sch.fuse(*out_loops[:n_rows]) if n_rows > 1 else out_loops[0]
+    work = sum(_work(sch, b) for b in blocks) if all(_work(sch, b) for b in blocks) else 0
     for block in reversed(blocks[:-1]):
         sch.compute_at(block, row)
-    sch.parallel(row)
+    _parallel(sch, row, work)
     for block in sch.get_child_blocks(row):
         _vectorize_last_spatial(sch, block, row)
     return True
@@ -529,6 +548,7 @@ def _gemm_kernel(func, lanes: int, registers: int, constant_params: frozenset[in
     else:
         outer = [no, *spatial[:-2], mo] if panels_first else [*spatial[:-2], mo, no]
         sch.reorder(*outer, *reduction, mi, ni)
+    work = _work(sch, red)
     tiles = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     sch.reverse_compute_at(acc, tiles)
     for block in after:  # the epilogue (bias, activation, residual add) on the hot tile
@@ -541,7 +561,7 @@ def _gemm_kernel(func, lanes: int, registers: int, constant_params: frozenset[in
     for block in [acc, *after]:
         if any(sch.get(block).writes[0].source.same_as(b) for b in intermediates):
             sch.set_scope(block, 0, "local")
-    sch.parallel(tiles)
+    _parallel(sch, tiles, work)
     sch.unroll(mi)
     vectors, lane = sch.split(ni, [None, lanes])
     sch.unroll(vectors)
