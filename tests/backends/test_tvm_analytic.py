@@ -510,3 +510,31 @@ def test_one_element_constants_become_scalars_so_a_hardswish_stays_nhwc_and_matc
     x = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
     want = numeric.run(model, {"x": x})["h1"]
     np.testing.assert_allclose(compiled(x)[0], want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+
+
+def test_a_kernel_under_the_parallel_work_threshold_runs_on_one_core():
+    """Waking the second core costs more than a small kernel's work (a wake-word classifier's
+    16 x 96 elementwise ops): under :data:`PARALLEL_WORK` elements (or multiply-adds) a kernel
+    gets no parallel loop; at and above it, it does. Elementwise and GEMM kernels alike."""
+    import tvm
+    from tvm import te, topi
+
+    from graphpress.backends.tvm import schedules
+
+    def scripts(n: int) -> tuple[str, str]:
+        x = te.placeholder((n, 96), "float32", name="x")
+        y = topi.sigmoid(topi.add(x, topi.full((96,), "float32", 1.0)))
+        w = te.placeholder((96, 64), "float32", name="w")
+        mm = topi.matmul(x, w)
+        elementwise, _ = schedules.schedule_injective(tvm.IRModule({"e": te.create_prim_func([x, y]).with_attr("global_symbol", "e")}))
+        gemm, count = schedules.schedule_gemm(tvm.IRModule({"g": te.create_prim_func([x, w, mm]).with_attr("global_symbol", "g")}), 16, 32)
+        assert count == 1
+        return elementwise["e"].script(), gemm["g"].script()
+
+    small = scripts(16)  # 1,536 elements; 98,304 multiply-adds
+    assert "T.parallel" not in small[0] and "T.parallel" in small[1]
+    tiny = scripts(2)  # 12,288 multiply-adds
+    assert "T.parallel" not in tiny[1]
+    big = scripts(256)  # 24,576 elements
+    assert "T.parallel" in big[0] and "T.parallel" in big[1]
+    assert 2 * 96 * 64 < schedules.PARALLEL_WORK <= 256 * 96
