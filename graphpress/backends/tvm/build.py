@@ -407,7 +407,6 @@ def compile_executable(mod, spec: TargetSpec):
 
 
 def _build(mod, spec: TargetSpec, tuning: Tuning):
-
     stats: dict[str, Any] = {}
     candidates = {"": (mod, {})}
     if spec.is_cpu:
