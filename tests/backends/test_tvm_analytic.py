@@ -538,3 +538,66 @@ def test_a_kernel_under_the_parallel_work_threshold_runs_on_one_core():
     big = scripts(256)  # 24,576 elements
     assert "T.parallel" in big[0] and "T.parallel" in big[1]
     assert 2 * 96 * 64 < schedules.PARALLEL_WORK <= 256 * 96
+
+
+def test_a_prime_output_width_is_padded_to_a_full_register_tile():
+    """A width whose only divisors are 1 and itself (the mel spectrogram's 97 frames) gave the
+    register tile one row: an eighth of the FMA peak. The width is computed a little wider (the
+    convolution's right padding grows) with rows enough for a full tile, and sliced back."""
+    from graphpress.backends.tvm.layout import padded_width, tile_efficiency
+
+    assert tile_efficiency(1, 1) == 0.125 and tile_efficiency(14, 2) == 1.0
+    assert padded_width(97, 272, 16, 32) == 98  # 14 rows x 1 vector instead of 1 x 1
+    assert padded_width(56, 64, 16, 32) is None and padded_width(7, 512, 16, 32) is None  # ResNet's widths keep theirs
+    for m in (17, 61, 97, 149):
+        for lanes, registers in ((16, 32), (8, 16)):
+            width = padded_width(m, 64, lanes, registers)
+            assert width is not None and m < width <= m * 1.125 + 1
+            mr, v = register_tile(width, 64, lanes, registers)
+            assert width % mr == 0 and tile_efficiency(mr, v) >= 0.75 > tile_efficiency(*register_tile(m, 64, lanes, registers))
+
+
+@pytest.mark.parametrize("target", ["x86", "x86:haswell"])
+def test_a_strided_1d_convolution_of_prime_width_is_computed_wider_and_matches_torch(target):
+    """61 frames of a stride-16 window over 1,036 samples: the widened columns read the input's
+    last 12 samples and zeros, and are sliced off; the kernel has the analytic schedule and the
+    values match torch on every x86 path this host runs."""
+    import tvm
+    from tvm import relax
+
+    from graphpress.backends.tvm.layout import pad_output_width, padded_width
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 1, 1036, 1), "float32"))
+    with bb.function("main", [x]):
+        w = relax.const(np.ones((1, 64, 1, 32), np.float32))
+        y = bb.emit(relax.op.nn.conv2d(x, w, strides=[1, 16], data_layout="NHWC", kernel_layout="HWIO"))
+        bb.emit_func_output(y)
+    mod = pad_output_width(16, 32)(bb.get())
+    convs = []
+
+    @tvm.relax.expr_functor.visitor
+    class Convs(tvm.relax.expr_functor.PyExprVisitor):
+        def visit_call_(self, call):
+            if call.op.same_as(tvm.ir.Op.get("relax.nn.conv2d")):
+                convs.append(([int(d) for d in call.ty.shape], [int(v) for v in call.attrs.padding]))
+            super().visit_call_(call)
+
+    Convs().visit_expr(mod["main"])
+    width = padded_width(61, 32, 16, 32)
+    assert convs == [([1, 1, width, 32], [0, 0, 0, (width - 61) * 16])]
+    assert [int(d) for d in mod["main"].ret_ty.shape] == [1, 1, 61, 32]
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv1d(1, 32, 64, stride=16), torch.nn.ReLU()).eval()
+    xs = torch.randn(1, 1, 1036)
+    compiled = compile_model(from_torch(module, xs), target, verify=False, measure=False)
+    build = compiled.meta["build"]
+    assert build["conv_layout"] == "NHWC" and not [k for k in build["unscheduled_kernels"] if "conv" in k], build
+    if not _runnable(target):
+        pytest.skip(f"this host cannot run the code of {target}")
+    with torch.no_grad():
+        want = module(xs).numpy()
+    got = compiled(xs.numpy())[0]
+    assert got.shape == want.shape == (1, 32, 61)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

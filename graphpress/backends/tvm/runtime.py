@@ -179,6 +179,7 @@ class CompiledModel:
         self._local_device = tvm.cuda(0) if (device or kind) == "cuda" else tvm.cpu(0)
         self._vm = None
         self._main = None  # (the VM, its "main"), looked up once
+        self._stage: list[tuple[np.ndarray, Any]] | None = None  # small static inputs' aligned buffers (:meth:`_staged`)
         self._library = library
         self._library_file: Path | None = None  # an artifact's model.so, for a remote device
 
@@ -262,14 +263,51 @@ class CompiledModel:
         return arrays
 
     def __call__(self, *args: Any, **kwargs: Any) -> list[np.ndarray]:
+        """The outputs for these inputs. Not reentrant: one call at a time per model (TVM's VM
+        is not either)."""
         import tvm
 
         local_cpu = self.remote is None and self._local_device.dlpack_device_type() == 1
-        inputs = [_cpu_view(a) if local_cpu else tvm.runtime.tensor(a, self.device) for a in self._arrays(args, kwargs)]
+        inputs = self._staged(args, kwargs) if local_cpu else None
+        if inputs is None:
+            inputs = [_cpu_view(a) if local_cpu else tvm.runtime.tensor(a, self.device) for a in self._arrays(args, kwargs)]
         vm = self.vm
         if self._main is None or self._main[0] is not vm:  # looked up once: 13 us a call on a small model's 22
             self._main = (vm, vm["main"])
-        return _flatten(self._main[1](*inputs))
+        return _flatten(self._main[1](*inputs), local_cpu)
+
+    def _staged(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Any] | None:
+        """The fast path of a small model's call: numpy inputs of the artifact's dtypes and static
+        shapes, each at most :data:`STAGED_BYTES`, copied into 64-byte-aligned buffers made once
+        that TVM reads in place (0.3 us each, against 3 us of checks and conversions and 2 us of
+        alignment test in the general path: the wake-word classifier's call is 20 us of kernels).
+        None when anything else was given: the general path checks and converts it."""
+        if self._stage is None:
+            static = not self.meta.get("frozen_inputs") and all(isinstance(d, int) for i in self.meta["inputs"] for d in i["shape"])
+            try:
+                specs = [(np.dtype(i["dtype"]), tuple(i["shape"])) for i in self.meta["inputs"]]
+            except TypeError:  # a dtype numpy does not have (bfloat16): the general path
+                specs, static = [], False
+            small = static and all(dt.itemsize * int(np.prod(shape)) <= STAGED_BYTES for dt, shape in specs)
+            self._stage = [_aligned_buffer(dt, shape) for dt, shape in specs] if small else []
+        stage = self._stage
+        if not stage:
+            return None
+        if kwargs:
+            if args or len(kwargs) != len(stage):
+                return None
+            try:
+                args = [kwargs[n] for n in self.input_names]
+            except KeyError:
+                return None
+        elif len(args) != len(stage):
+            return None
+        for (buffer, view), value in zip(stage, args):
+            if type(value) is not np.ndarray or value.dtype != buffer.dtype or value.shape != buffer.shape:
+                return None
+        for (buffer, _), value in zip(stage, args):
+            np.copyto(buffer, value)
+        return [view for _, view in stage]
 
     def run_named(self, *args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
         return dict(zip(self.output_names, self(*args, **kwargs)))
@@ -422,12 +460,34 @@ def _cpu_view(array: np.ndarray):
     return tvm.runtime.tensor(array, tvm.cpu(0))
 
 
-def _flatten(out: Any) -> list[np.ndarray]:
+#: inputs up to this size (bytes) are copied into buffers made once (:meth:`CompiledModel._staged`)
+STAGED_BYTES = 1 << 16
+
+
+def _aligned_buffer(dtype: np.dtype, shape: tuple[int, ...]) -> tuple[np.ndarray, Any]:
+    """A C-contiguous numpy array starting on a 64-byte boundary, and a TVM tensor reading it."""
+    import tvm
+
+    size = max(1, int(np.prod(shape))) * dtype.itemsize
+    raw = np.empty(size + 64, np.uint8)
+    offset = -raw.ctypes.data % 64
+    array = raw[offset : offset + size].view(dtype)[: int(np.prod(shape))].reshape(shape)
+    return array, tvm.runtime.from_dlpack(array) if array.size else tvm.runtime.tensor(array, tvm.cpu(0))
+
+
+def _flatten(out: Any, local_cpu: bool = False) -> list[np.ndarray]:
+    """The VM's result as numpy arrays (copies: the caller owns them). On the local CPU the
+    copy is made through DLPack: 0.5 us against 7 for ``Tensor.numpy``."""
     if hasattr(out, "numpy"):
+        if local_cpu:
+            try:
+                return [np.from_dlpack(out).copy()]
+            except (BufferError, TypeError, RuntimeError):  # a dtype numpy's DLPack does not take (bfloat16)
+                pass
         return [out.numpy()]
     result: list[np.ndarray] = []
     for item in out:
-        result.extend(_flatten(item))
+        result.extend(_flatten(item, local_cpu))
     return result
 
 

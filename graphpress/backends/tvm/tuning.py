@@ -28,6 +28,7 @@ from graphpress.backends.tvm.layout import (
     convs_to_nhwc,
     fold_weight_layouts,
     pad_output_channels,
+    pad_output_width,
     scalar_constants,
     sink_permutes,
     softmax_on_last_axis,
@@ -192,7 +193,8 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
             convert = convs_to_nhwc() if nhwc == "local" else relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"], **KEEP_NCHW})
             steps += [conv1d_as_conv2d(), conv_transpose_as_conv(), unit_width_convs_along_width(), scalar_constants(), convert, sink_permutes(), fold_weight_layouts(), relax.transform.DeadCodeElimination()]
         if analytic:  # output channels in whole vectors for the register tile; softmax rows contiguous
-            steps += [pad_output_channels(vector_facts(spec).lanes), softmax_on_last_axis()]
+            facts = vector_facts(spec)
+            steps += [pad_output_channels(facts.lanes), pad_output_width(facts.lanes, facts.registers), softmax_on_last_axis()]
         if tuning.int8_lowering is not None:  # integer convolutions onto the ISA's kernels, in the layout they now have
             # the lowered call bound straight to the conv's variable: FuseOps fuses nothing across a
             # variable bound to a variable (the requantization stayed a kernel of its own)
