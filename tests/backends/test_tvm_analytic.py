@@ -601,3 +601,27 @@ def test_a_strided_1d_convolution_of_prime_width_is_computed_wider_and_matches_t
     got = compiled(xs.numpy())[0]
     assert got.shape == want.shape == (1, 32, 61)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("target", ["x86", "x86:haswell"])
+def test_a_matmul_of_prime_row_count_gets_zero_rows_and_matches_torch(target):
+    """101 frames (NeMo's STFT, decomposed into a framing and a DFT by MatMul) times a constant
+    weight: the left operand gets zero rows up to a full register tile's multiple, the product
+    is sliced back; values against torch on every x86 path this host runs."""
+    from graphpress.backends.tvm.layout import pad_output_width, padded_width
+    from graphpress.backends.tvm.lower import bind_input_shapes, to_relax
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 101, 64)
+    model = from_torch(module, x)
+    mod = pad_output_width(16, 32)(to_relax(model, bind_input_shapes(model)))
+    assert "R.nn.pad" in mod.script() and padded_width(101, 48, 16, 32) > 101
+    assert [int(d) for d in mod["main"].ret_ty.shape] == [1, 101, 48]
+    compiled = compile_model(model, target, verify=False, measure=False)
+    assert not [k for k in compiled.meta["build"]["unscheduled_kernels"] if "matmul" in k], compiled.meta["build"]
+    if not _runnable(target):
+        pytest.skip(f"this host cannot run the code of {target}")
+    with torch.no_grad():
+        want = module(x).numpy()
+    np.testing.assert_allclose(compiled(x.numpy())[0], want, rtol=1e-4, atol=1e-4)

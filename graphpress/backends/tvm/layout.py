@@ -332,32 +332,48 @@ def padded_width(m: int, n: int, lanes: int, registers: int) -> int | None:
 
 
 def pad_output_width(lanes: int = 16, registers: int = 32):
-    """A Relax pass widening the right padding of a float NHWC ``conv2d`` (one group, constant
-    weight) so its output is :func:`padded_width` columns wide, and slicing the extra columns
-    off after: every tile then has a full register block of rows. The extra columns read zeros
-    (or the input's own last samples) and are never seen."""
+    """A Relax pass computing the rows of a float NHWC ``conv2d`` (one group, constant weight)
+    or of a ``matmul`` by a constant weight at :func:`padded_width`, and slicing the extra rows
+    off after, so every tile has a full register block of them: the convolution's right padding
+    grows (the extra columns read zeros, or the input's own last samples); the matmul's left
+    operand gets zero rows (a padded copy, which FuseOps folds into the kernel that produces it:
+    an STFT's framing)."""
     import tvm
     from tvm import relax
 
+    def static(shape) -> bool:
+        return shape is not None and all(isinstance(d, tvm.tirx.IntImm) for d in shape)
+
     def rewrite(self, call):
-        a = call.attrs
         shape = call.ty.shape
-        if (str(a.data_layout), str(a.kernel_layout), str(a.out_layout)) != ("NHWC", "HWIO", "NHWC") or int(a.groups) != 1 or shape is None:
+        if str(call.ty.dtype) != "float32" or not static(shape) or len(shape) < 2 or _constant(self, call.args[1]) is None:
             return None
-        if _constant(self, call.args[1]) is None or str(call.ty.dtype) != "float32" or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
-            return None
-        m, n = int(shape[2]), int(shape[3])
+        m, n = int(shape[-2 if call.op.name == "relax.matmul" else 2]), int(shape[-1])
         if n % lanes:
+            return None
+        if call.op.name == "relax.nn.conv2d":
+            a = call.attrs
+            if (str(a.data_layout), str(a.kernel_layout), str(a.out_layout)) != ("NHWC", "HWIO", "NHWC") or int(a.groups) != 1:
+                return None
+            width = padded_width(m, n, lanes, registers)
+            if width is None:
+                return None
+            top, left, bottom, right = (int(v) for v in a.padding)
+            padding = [top, left, bottom, right + (width - m) * int(a.strides[1])]
+            y = self.builder_.emit(relax.op.nn.conv2d(call.args[0], call.args[1], a.strides, padding, a.dilation, a.groups, a.data_layout, a.kernel_layout, a.out_layout, **_typed(a)))
+            return relax.op.strided_slice(y, [2], [0], [m], assume_inbound=True)
+        x = call.args[0]
+        if x.ty.shape is None or len(x.ty.shape) < 2 or len(call.args[1].ty.shape) != 2 or len(x.ty.shape) != len(shape):
             return None
         width = padded_width(m, n, lanes, registers)
         if width is None:
             return None
-        top, left, bottom, right = (int(v) for v in a.padding)
-        padding = [top, left, bottom, right + (width - m) * int(a.strides[1])]
-        y = self.builder_.emit(relax.op.nn.conv2d(call.args[0], call.args[1], a.strides, padding, a.dilation, a.groups, a.data_layout, a.kernel_layout, a.out_layout, **_typed(a)))
-        return relax.op.strided_slice(y, [2], [0], [m], assume_inbound=True)
+        rank = len(shape)
+        x = self.builder_.emit(relax.op.nn.pad(x, [0, 0] * (rank - 2) + [0, width - m, 0, 0]))
+        y = self.builder_.emit(relax.op.matmul(x, call.args[1], **_typed(call.attrs)))
+        return relax.op.strided_slice(y, [rank - 2], [0], [m], assume_inbound=True)
 
-    return call_rewrite_pass(["relax.nn.conv2d"], rewrite, "PadOutputWidth")
+    return call_rewrite_pass(["relax.nn.conv2d", "relax.matmul"], rewrite, "PadOutputWidth")
 
 
 def conv_transpose_as_conv():
