@@ -7,9 +7,10 @@ For a real signal ``[batch, length, 1]`` (or ``[batch, length]``, which ONNX Run
 
 for ``frames = (length - N) // step + 1`` and ``k < N//2 + 1`` (``onesided``, the default) or
 ``k < N`` is computed as: ``Gather`` of the frames with a constant index matrix, ``Mul`` by
-the window, and two ``MatMul``s with constant cosine and negated sine matrices (``[N, bins]``,
-computed in float64, stored in the signal's dtype), stacked into the trailing real/imaginary
-axis. A complex signal, a frame step or length that is not constant, or a dynamic signal
+the window, and one ``MatMul`` by a constant DFT matrix (``[N, 2 * bins]``: each bin's
+cosine and negated sine side by side, so the product reshapes into the trailing
+real/imaginary axis; a constant window folded into its rows; computed in float64, stored in
+the signal's dtype): one pass over the frames and one weight to pack instead of two. A complex signal, a frame step or length that is not constant, or a dynamic signal
 length leaves the node as it is (the backend then names it). The sums run in another order
 than an FFT's: the ``fusion`` tolerance.
 """
@@ -53,13 +54,15 @@ def _decompose(node: ir.Node, b: _Builder) -> ir.Value | None:
     index = np.arange(frames, dtype=np.int64)[:, None] * step + np.arange(n, dtype=np.int64)[None, :]
     flat = b.op("Reshape", [signal, b.const(np.array([batch, length], np.int64))])
     x = b.op("Gather", [flat, b.const(index)], axis=1)  # [batch, frames, n]
-    if window is not None:
-        x = b.op("Mul", [x, window])
     angle = 2.0 * np.pi * np.outer(np.arange(n), np.arange(bins)) / n
-    real = b.op("MatMul", [x, b.const(np.cos(angle).astype(dtype))])
-    imag = b.op("MatMul", [x, b.const((-np.sin(angle)).astype(dtype))])
-    last = b.const(np.array([-1], np.int64))
-    return b.op("Concat", [b.op("Unsqueeze", [real, last]), b.op("Unsqueeze", [imag, last])], axis=-1)
+    dft = np.stack([np.cos(angle), -np.sin(angle)], axis=-1).reshape(n, 2 * bins)  # real, imaginary interleaved
+    taper = window.const_value.numpy().astype(np.float64).reshape(-1) if window is not None and window.const_value is not None else None
+    if taper is not None and taper.size == n:
+        dft = taper[:, None] * dft  # a constant window folded into the DFT's rows
+    elif window is not None:
+        x = b.op("Mul", [x, window])
+    y = b.op("MatMul", [x, b.const(dft.astype(dtype))])  # [batch, frames, 2 * bins]
+    return b.op("Reshape", [y, b.const(np.array([batch, frames, bins, 2], np.int64))])
 
 
 @register

@@ -45,6 +45,8 @@ def test_decomposed_stft_equals_onnxruntimes(rank, window, onesided):
     model = gp.load(proto)
     result = PassManager(build_passes("decompose_stft"), [InvariantInstrument()]).run(model)
     assert result.records[0].stats["decomposed"] == 1 and not any(n.op_type == "STFT" for n in model.graph)
+    ops = [n.op_type for n in model.graph]
+    assert ops.count("MatMul") == 1 and "Mul" not in ops  # one DFT product, the constant window in its rows
     want = _ort(proto, {"signal": x})
     got = _ort(to_proto(model), {"signal": x})
     assert got.shape == want.shape == (2, (200 - 32) // 8 + 1, 17 if onesided else 32, 2)
@@ -56,3 +58,14 @@ def test_x86_compiles_an_stft_model_and_matches_onnxruntime():
     x = np.random.default_rng(1).standard_normal((2, 200, 1)).astype(np.float32)
     compiled = compile_model(gp.load(proto), "x86")
     np.testing.assert_allclose(compiled(signal=x)[0], _ort(proto, {"signal": x}), rtol=1e-4, atol=2e-5)
+
+
+def test_a_window_given_as_an_input_multiplies_the_frames():
+    proto = _stft(3, True, 1)
+    window = proto.graph.initializer.pop(1)
+    proto.graph.input.append(helper.make_tensor_value_info("window", TensorProto.FLOAT, [32]))
+    feeds = {"signal": np.random.default_rng(2).standard_normal((2, 200, 1)).astype(np.float32), "window": onnx.numpy_helper.to_array(window)}
+    model = gp.load(proto)
+    PassManager(build_passes("decompose_stft"), [InvariantInstrument()]).run(model)
+    assert [n.op_type for n in model.graph].count("Mul") == 1
+    np.testing.assert_allclose(_ort(to_proto(model), feeds), _ort(proto, feeds), rtol=1e-4, atol=2e-5)
