@@ -19,31 +19,34 @@ __all__ = ["ORT_SETTINGS_KEY", "blocked", "blocked_samples", "choose_onnxruntime
            "repeats_for", "session_options"]
 
 
-def blocked(fns: Mapping[str, Callable[[], object]], repeat: int) -> dict[str, float]:
-    """Median milliseconds per engine, run in blocks: A B C, then C B A, ``repeat/2`` timed calls
-    each after 2 warm-up calls.
+def blocked(fns: Mapping[str, Callable[[], object]], repeat: int, rounds: int = 1) -> dict[str, float]:
+    """Median milliseconds per engine, run in blocks: A B C, then C B A (``rounds`` times),
+    ``repeat`` timed calls each in all, after 2 warm-up calls per block.
 
     Blocks rather than one-call-each interleaving: a runtime's spinning worker threads (ORT's
     best setting) keep the cores busy right after its call and would be charged to the next engine;
-    a 50 ms pause before each block lets the previous engine's threads go to sleep.
+    a 50 ms pause before each block lets the previous engine's threads go to sleep. More rounds
+    spread each engine's calls over the whole measurement, so a slow spell of a shared host
+    lands on every engine alike.
     """
-    return {k: statistics.median(v) for k, v in blocked_samples(fns, repeat).items()}
+    return {k: statistics.median(v) for k, v in blocked_samples(fns, repeat, rounds).items()}
 
 
-def blocked_samples(fns: Mapping[str, Callable[[], object]], repeat: int) -> dict[str, list[float]]:
+def blocked_samples(fns: Mapping[str, Callable[[], object]], repeat: int, rounds: int = 1) -> dict[str, list[float]]:
     """Every timed call's milliseconds per engine, in the blocks of :func:`blocked`."""
     times: dict[str, list[float]] = {k: [] for k in fns}
-    half = max(1, repeat // 2)
-    for order in (list(fns), list(fns)[::-1]):
-        for key in order:
-            fn = fns[key]
-            time.sleep(0.05)
-            for _ in range(2):
-                fn()
-            for _ in range(half):
-                start = time.perf_counter()
-                fn()
-                times[key].append((time.perf_counter() - start) * 1e3)
+    per_block = max(1, repeat // (2 * rounds))
+    for _ in range(rounds):
+        for order in (list(fns), list(fns)[::-1]):
+            for key in order:
+                fn = fns[key]
+                time.sleep(0.05)
+                for _ in range(2):
+                    fn()
+                for _ in range(per_block):
+                    start = time.perf_counter()
+                    fn()
+                    times[key].append((time.perf_counter() - start) * 1e3)
     return times
 
 
