@@ -460,22 +460,23 @@ def _rounding_floor(model: ir.Model, rows, names: list[str], want: Mapping[str, 
         for n in model.graph
         if n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") and n.inputs[0] is not None and n.inputs[0].const_value is None and n.inputs[0].dtype == ir.DataType.FLOAT
     }
+    proto = ir.to_proto(model)  # serialized once; each nudge only changes the factor
+    nodes, moved = [], 0
+    for node in proto.graph.node:
+        if node.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") and node.input[0] in quantized:
+            moved += 1
+            nudged = f"{node.input[0]}__graphpress_floor{moved}"
+            nodes.append(helper.make_node("Mul", [node.input[0], "__graphpress_floor"], [nudged]))
+            node.input[0] = nudged
+        nodes.append(node)
+    if not moved:
+        return {}
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    proto.graph.initializer.append(numpy_helper.from_array(np.array(1.0, dtype=np.float32), "__graphpress_floor"))
     floors: dict[str, float] = {}
     for eps in (_FLOOR_EPS, -_FLOOR_EPS):
-        proto = ir.to_proto(model)
-        nodes, moved = [], 0
-        for node in proto.graph.node:
-            if node.op_type in ("QuantizeLinear", "DynamicQuantizeLinear") and node.input[0] in quantized:
-                moved += 1
-                nudged = f"{node.input[0]}__graphpress_floor{moved}"
-                nodes.append(helper.make_node("Mul", [node.input[0], "__graphpress_floor"], [nudged]))
-                node.input[0] = nudged
-            nodes.append(node)
-        if not moved:
-            return {}
-        proto.graph.initializer.append(numpy_helper.from_array(np.array(1.0 + eps, dtype=np.float32), "__graphpress_floor"))
-        del proto.graph.node[:]
-        proto.graph.node.extend(nodes)
+        proto.graph.initializer[-1].CopyFrom(numpy_helper.from_array(np.array(1.0 + eps, dtype=np.float32), "__graphpress_floor"))
         nudged_out = run_samples(proto, rows, where="the compressed model (rounding floor)")
         for name in names:
             a = np.asarray(nudged_out[name], dtype=np.float64).reshape(-1)

@@ -348,27 +348,25 @@ def pad_output_width(lanes: int = 16, registers: int = 32):
         shape = call.ty.shape
         if str(call.ty.dtype) != "float32" or not static(shape) or len(shape) < 2 or _constant(self, call.args[1]) is None:
             return None
-        m, n = int(shape[-2 if call.op.name == "relax.matmul" else 2]), int(shape[-1])
-        if n % lanes:
-            return None
-        if call.op.name == "relax.nn.conv2d":
+        conv = call.op.name == "relax.nn.conv2d"
+        if conv:
             a = call.attrs
             if (str(a.data_layout), str(a.kernel_layout), str(a.out_layout)) != ("NHWC", "HWIO", "NHWC") or int(a.groups) != 1:
                 return None
-            width = padded_width(m, n, lanes, registers)
-            if width is None:
+        else:
+            x = call.args[0]
+            if x.ty.shape is None or len(x.ty.shape) != len(shape) or len(call.args[1].ty.shape) != 2:
                 return None
+        rank = len(shape)
+        m, n = int(shape[2 if conv else -2]), int(shape[-1])
+        width = padded_width(m, n, lanes, registers) if n % lanes == 0 else None
+        if width is None:
+            return None
+        if conv:
             top, left, bottom, right = (int(v) for v in a.padding)
             padding = [top, left, bottom, right + (width - m) * int(a.strides[1])]
             y = self.builder_.emit(relax.op.nn.conv2d(call.args[0], call.args[1], a.strides, padding, a.dilation, a.groups, a.data_layout, a.kernel_layout, a.out_layout, **_typed(a)))
             return relax.op.strided_slice(y, [2], [0], [m], assume_inbound=True)
-        x = call.args[0]
-        if x.ty.shape is None or len(x.ty.shape) < 2 or len(call.args[1].ty.shape) != 2 or len(x.ty.shape) != len(shape):
-            return None
-        width = padded_width(m, n, lanes, registers)
-        if width is None:
-            return None
-        rank = len(shape)
         x = self.builder_.emit(relax.op.nn.pad(x, [0, 0] * (rank - 2) + [0, width - m, 0, 0]))
         y = self.builder_.emit(relax.op.matmul(x, call.args[1], **_typed(call.attrs)))
         return relax.op.strided_slice(y, [rank - 2], [0], [m], assume_inbound=True)
