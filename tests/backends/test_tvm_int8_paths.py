@@ -154,3 +154,56 @@ def test_a_quantized_depthwise_convolution_reads_its_uint8_input(stride):
         feed = torch.randn(1, 8, 14, 14, generator=torch.Generator().manual_seed(seed)).numpy()
         got = next(iter(compiled.run_named(**{name: feed}).values()))
         assert np.abs(got - _ort(model, {name: feed})[0]).max() <= 1.01 * scale
+
+
+def _conv_pool_conv(seed: int = 0):
+    torch.manual_seed(seed)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, stride=2, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2, 1), torch.nn.Conv2d(16, 8, 3, padding=1)).eval()
+    model = gp.load(module, torch.randn(1, 3, 32, 32))
+    name = model.graph.inputs[0].name
+    PassManager(build_passes("cleanup,fuse")).run(model)
+    calibration = [{name: torch.randn(1, 3, 32, 32).numpy()} for _ in range(8)]
+    PassManager(build_passes("quantize:mode=static"), context=PassContext(samples=calibration)).run(model)
+    return model, name
+
+
+def test_a_max_pool_between_quantizers_of_one_grid_pools_the_integers():
+    """conv -> ReLU -> MaxPool -> conv quantized static (MaxPool between a DequantizeLinear and a
+    QuantizeLinear of the same grid): the pool runs on the uint8 values, bit-exact in ONNX
+    Runtime against the QDQ model; a pool whose quantizers differ is left alone."""
+    import onnx_ir as ir
+
+    from graphpress.backends.tvm.int8.qdq import integer_max_pools
+    from graphpress.ir.edit import add_initializer
+    from graphpress.pipelines import copy_model
+
+    model, name = _conv_pool_conv()
+    rewritten = copy_model(model)
+    assert integer_max_pools(rewritten) == 1
+    pool = next(n for n in rewritten.graph if n.op_type == "MaxPool")
+    assert pool.inputs[0].producer().op_type == "QuantizeLinear" and pool.outputs[0].dtype == ir.DataType.UINT8
+    for seed in range(4):
+        feed = {name: torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(seed)).numpy()}
+        np.testing.assert_array_equal(_ort(rewritten, feed)[0], _ort(model, feed)[0])
+    # another grid after the pool: not the same values on the integers
+    other = copy_model(model)
+    after = next(u.node for n in other.graph if n.op_type == "MaxPool" for u in n.outputs[0].uses())
+    assert after.op_type == "QuantizeLinear"
+    after.replace_input_with(1, add_initializer(other.graph, "other_scale", np.asarray(after.inputs[1].const_value.numpy() * 2, np.float32)))
+    assert integer_max_pools(other) == 0
+    assert [n.op_type for n in other.graph].count("MaxPool") == 1
+
+
+def test_a_quantized_max_pool_runs_on_the_uint8_map():
+    """The compiled int8 model: the convolution before the pool writes its requantized uint8
+    output, the pool reads it, and the result is within one output step of ONNX Runtime."""
+    model, name = _conv_pool_conv(1)
+    compiled = compile_model(model, "x86", int8="on", int8_guard=False, measure=False)
+    build = compiled.meta["build"]
+    assert build["int8"]["integer_max_pools"] == 1 and build["int8"]["lowered"] == 2, build["int8"]
+    assert any(k.startswith("fused_graphpress_") and "quantize" in k for k in build["kernel_names"]), build["kernel_names"]
+    scale = _output_scale(model)
+    for seed in range(4):
+        feed = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(seed)).numpy()
+        got = next(iter(compiled.run_named(**{name: feed}).values()))
+        assert np.abs(got - _ort(model, {name: feed})[0]).max() <= 1.01 * scale

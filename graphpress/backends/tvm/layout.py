@@ -82,8 +82,9 @@ def _nchw_conv2d(call) -> bool:
 def sink_permutes():
     """A Relax pass: ``quantize/dequantize(permute_dims(x, p))`` becomes
     ``permute_dims(quantize/dequantize(x), p)`` (the channel axis moves with it), a constant
-    ``pad`` likewise (its widths move with it), and
-    ``permute_dims(permute_dims(x, p), q)`` becomes ``x`` when ``q`` undoes ``p``."""
+    ``pad`` likewise (its widths move with it), an NCHW ``max_pool2d`` of an NHWC tensor made
+    NCHW becomes an NHWC pool (an integer pool after a quantize ``ConvertLayout`` has no rule
+    for), and ``permute_dims(permute_dims(x, p), q)`` becomes ``x`` when ``q`` undoes ``p``."""
     import tvm
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
@@ -123,6 +124,12 @@ def sink_permutes():
                         moved[2 * a : 2 * a + 2] = width[2 * i : 2 * i + 2]
                     padded = self.builder_.emit(relax.op.nn.pad(x, moved, pad_mode="constant", pad_value=float(call.attrs.pad_value)))
                     return relax.op.permute_dims(padded, axes)
+            elif name == "relax.nn.max_pool2d" and str(call.attrs.layout) == "NCHW" and str(call.attrs.out_layout) == "NCHW":
+                inner = self._permuted(call.args[0])
+                if inner is not None and list(inner[1]) == [0, 3, 1, 2]:
+                    a = call.attrs
+                    pooled = self.builder_.emit(relax.op.nn.max_pool2d(inner[0], a.pool_size, a.strides, a.padding, a.dilation, bool(a.ceil_mode), bool(a.count_include_pad), layout="NHWC", out_layout="NHWC"))
+                    return relax.op.permute_dims(pooled, [0, 3, 1, 2])
             elif call.op.same_as(permute):
                 inner = self._permuted(call.args[0])
                 if inner is not None:

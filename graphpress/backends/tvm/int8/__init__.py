@@ -4,7 +4,8 @@ TVM's ONNX importer computes QDQ graphs in float and lowers ``MatMulInteger`` to
 matmul no schedule tensorizes. On the backend's private copy of the model:
 
 1. :mod:`.qdq` rewrites static QDQ dense layers and group-1 convolutions into
-   ``MatMulInteger``/``ConvInteger`` form (exact in integers);
+   ``MatMulInteger``/``ConvInteger`` form, and max pools between quantizers of one grid into
+   pools on the integers (both exact);
 2. :mod:`.guard` times each integer layer's kernel against the fp32 kernel it would otherwise
    get and keeps the slower ones in float;
 3. the layers without an integer kernel get float weights and lose their activation
@@ -33,7 +34,7 @@ from graphpress.backends.tvm.int8.dot import schedule_dot_kernels
 from graphpress.backends.tvm.int8.emit import int8_converters, lower_int8_convs
 from graphpress.backends.tvm.int8.guard import all_to_float, plan_int8
 from graphpress.backends.tvm.int8.isa import ISAS, Isa, select_isa
-from graphpress.backends.tvm.int8.qdq import bypass_float_qdq, fold_weight_dequantize, qdq_to_integer
+from graphpress.backends.tvm.int8.qdq import bypass_float_qdq, fold_weight_dequantize, integer_max_pools, qdq_to_integer
 from graphpress.backends.tvm.runtime import current_remote
 from graphpress.backends.tvm.targets import TargetSpec
 from graphpress.backends.tvm.tuning import Tuning
@@ -53,6 +54,7 @@ def plan(model: ir.Model, spec: TargetSpec, isa: Isa, tuning: Tuning, *, guard: 
     The guard runs where the target's code runs: this host, or the device of the
     :func:`~graphpress.backends.tvm.runtime.running_on` block; returns the int8 report."""
     start = time.perf_counter()
+    pools = integer_max_pools(model)
     rewrite = qdq_to_integer(model)
     remote = current_remote()
     timed = spec.is_host or remote is not None
@@ -63,6 +65,7 @@ def plan(model: ir.Model, spec: TargetSpec, isa: Isa, tuning: Tuning, *, guard: 
     elif guard:
         report["measured_on"] = remote.describe() if remote is not None else "this host"
     report["qdq_rewritten"] = len(rewrite["rewritten"])
+    report["integer_max_pools"] = pools
     report["fp32_layers"] = fold_weight_dequantize(model)["fp32_layers"]
     report["fp32_bypassed_qdq"] = bypass_float_qdq(model, keep_depthwise=True)
     report["fp32_reason"] = _FP32_REASON
