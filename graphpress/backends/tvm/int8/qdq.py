@@ -170,10 +170,12 @@ def integer_max_pools(model: ir.Model) -> int:
     quantized largest value, and quantizing a dequantized value gives it back. The layer before
     then writes its output requantized (1 byte per value instead of 4) and the pool reads that
     (ResNet-18's stem: 3.2 MB of fp32 written and pooled, then quantized, before). ONNX Runtime's
-    QDQ optimizer does the same for MaxPool."""
+    QDQ optimizer does the same for MaxPool. Opset 12 and later (MaxPool on 8-bit integers)."""
     import onnx_ir.passes.common as common_passes
 
     moved = 0
+    if model.opset_imports.get("", 1) < 12:
+        return moved
     for pool in list(model.graph):
         if pool.op_type != "MaxPool" or pool.domain not in ("", "ai.onnx") or len(pool.outputs) != 1:
             continue
