@@ -196,12 +196,15 @@ def test_a_max_pool_between_quantizers_of_one_grid_pools_the_integers():
 
 def test_a_quantized_max_pool_runs_on_the_uint8_map():
     """The compiled int8 model: the convolution before the pool writes its requantized uint8
-    output, the pool reads it, and the result is within one output step of ONNX Runtime."""
+    output, the pool reads it in NHWC (no transposes around it), and the result is within one
+    output step of ONNX Runtime."""
     model, name = _conv_pool_conv(1)
     compiled = compile_model(model, "x86", int8="on", int8_guard=False, measure=False)
     build = compiled.meta["build"]
     assert build["int8"]["integer_max_pools"] == 1 and build["int8"]["lowered"] == 2, build["int8"]
     assert any(k.startswith("fused_graphpress_") and "quantize" in k for k in build["kernel_names"]), build["kernel_names"]
+    # the pool in NHWC with the convolutions: one transpose, the output's back to NCHW
+    assert sum(k.startswith("transpose") for k in build["kernel_names"]) == 1, build["kernel_names"]
     scale = _output_scale(model)
     for seed in range(4):
         feed = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(seed)).numpy()
