@@ -22,8 +22,9 @@ sys.modules[_SPEC.name] = real  # dataclasses look their module up there
 _SPEC.loader.exec_module(real)
 
 # three families: a Paddle image classifier, a Keras/TF byte classifier (tf2onnx), and a
-# PyTorch voice-activity detector with recurrent state and a scalar sample-rate input
-MODELS = ["ppocr-cls", "magika", "silero-vad-ifless"]
+# PyTorch voice-activity detector with recurrent state and a scalar sample-rate input; and a
+# wake-word classifier whose If on its own score runs a second classifier
+MODELS = ["ppocr-cls", "magika", "silero-vad-ifless", "oww-hey-jarvis"]
 
 
 def _ort(path: Path, feeds: dict) -> list[np.ndarray]:

@@ -175,3 +175,59 @@ def test_row_min_max_in_two_steps_match_numpy(keepdims):
     got = compile_model(gp.load(model), "x86").run_named(x=x)
     np.testing.assert_array_equal(got["ReduceMin"], x.min(-1, keepdims=bool(keepdims)))
     np.testing.assert_array_equal(got["ReduceMax"], x.max(-1, keepdims=bool(keepdims)))
+
+
+def _if_on_data_model() -> onnx.ModelProto:
+    """``If(sum(x) > 0)``: the then branch a chain of four ops on ``x``, the else branch two;
+    the condition is computed from the data (more of it than an input frozen to the samples'
+    value may have), so the artifact keeps both branches."""
+
+    def branch(name: str, ops: list[str]) -> onnx.GraphProto:
+        nodes, prev = [], "x"
+        for i, op in enumerate(ops):
+            out = f"{name}_out" if i == len(ops) - 1 else f"{name}{i}"
+            nodes.append(helper.make_node(op, [prev, f"{name}_c{i}"] if op in ("Mul", "Add", "Sub") else [prev], [out]))
+            prev = out
+        inits = [helper.make_tensor(f"{name}_c{i}", TensorProto.FLOAT, [32], np.linspace(0.5, 1.5, 32).astype(np.float32) + i)
+                 for i, op in enumerate(ops) if op in ("Mul", "Add", "Sub")]  # fmt: skip
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [4, 32])], inits)
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+            helper.make_node("Greater", ["s", "zero"], ["c"]),
+            helper.make_node("If", ["c"], ["y"], then_branch=branch("then", ["Mul", "Add", "Tanh", "Mul"]), else_branch=branch("else", ["Sub", "Abs"])),
+        ],
+        "if_on_data",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 32])],
+        [helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+def test_an_if_on_the_data_runs_one_branch_and_fuses_inside_it():
+    """TVM's importer emits a branch's ops into the enclosing block: both branches ran before
+    every If, op by op (a model with an If had no dataflow block, so nothing fused). Each branch
+    is now its own function, called from the If, and fused like the rest of the model."""
+    import onnxruntime as ort
+    from tvm import relax
+
+    from graphpress.backends.tvm.lower import bind_input_shapes, to_relax
+
+    proto = _if_on_data_model()
+    model = gp.load(proto)
+    mod = to_relax(model, bind_input_shapes(model, None))
+    top = [b.value.op.name for blk in mod["main"].body.blocks for b in blk.bindings if isinstance(b.value, relax.Call) and hasattr(b.value.op, "name")]
+    assert "relax.tanh" not in top and "relax.abs" not in top, top  # no branch op before the If
+    branches = [gv.name_hint for gv, f in mod.functions.items() if isinstance(f, relax.Function) and gv.name_hint != "main"]
+    assert len(branches) == 2, branches
+
+    rng = np.random.default_rng(0)
+    compiled = compile_model(model, "x86", samples=[{"x": rng.standard_normal((4, 32)).astype(np.float32)}])
+    fused = [k for k in compiled.meta["build"]["kernel_names"] if k.startswith("fused_") and "tanh" in k]
+    assert fused, compiled.meta["build"]["kernel_names"]  # the then branch's ops in one kernel
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    for sign in (1.0, -1.0):  # each branch in turn
+        x = (sign * np.abs(rng.standard_normal((4, 32)))).astype(np.float32)
+        np.testing.assert_allclose(compiled(x)[0], session.run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)

@@ -42,6 +42,12 @@ And three TVM has no converter for (nor ONNX a function body):
 * ``LpNormalization``: ``x / ||x||_p`` along ``axis`` (p = 1 or 2; a zero vector stays zero),
   as ONNX Runtime computes it;
 * ``BitCast`` (opset 26) between types of one width: a reinterpretation of the bits.
+
+And one correction of the importer itself: TVM converts an ``If``'s branches into the block
+around the ``If``, so both branches ran, op by op, before every ``If`` (openWakeWord's wake-word
+classifier ran its verifier on every call). Each branch is now bound in a block of its own, and
+one that computes more than a value becomes a private function the ``If`` calls, whose ops
+``FuseOps`` fuses (it fuses only a function's top-level blocks).
 """
 
 from __future__ import annotations
@@ -137,11 +143,40 @@ def corrected_converters() -> Iterator[None]:
         return {**original_map(), "IsInf": IsInf, "Constant": Constant, "Pow": Pow, "CumProd": CumProd, "LpNormalization": LpNormalization,
                 **_more_converters(table)}  # fmt: skip
 
+    importer = onnx_frontend.ONNXGraphImporter
+    original_subgraph = importer._convert_subgraph
+
+    def scoped_subgraph(self, bb, graph):
+        # TVM emits a branch's bindings into the enclosing block: both branches of every If
+        # then run before the If. Bound in a block of their own, they become the branch's body,
+        # a function of its own when it computes more than one value: FuseOps fuses only the
+        # top-level blocks of a function, so a branch inline would run one kernel per op.
+        bb._begin_binding_block()
+        try:
+            result = original_subgraph(self, bb, graph)
+            leaf = (relax.Var, tvm.ir.expr.Constant)
+            if isinstance(result, relax.Tuple):  # several outputs
+                result = bb.normalize(relax.Tuple([f if isinstance(f, leaf) else bb.emit(f) for f in result.fields]))
+            elif not isinstance(result, leaf):
+                result = bb.emit(result)
+        finally:
+            block = bb._end_block()
+        if not block.bindings:
+            return result
+        body = relax.SeqExpr([block], result)
+        params = relax.analysis.free_vars(body)
+        if len(block.bindings) < 2 or relax.analysis.free_symbolic_vars(body):
+            return body
+        func = relax.utils.copy_with_new_vars(relax.Function(params, body, ret_ty=result.ty))
+        return relax.Call(bb.add_func(func, f"{graph.name or 'branch'}_branch"), params)
+
     onnx_frontend._get_convert_map = patched
+    importer._convert_subgraph = scoped_subgraph
     try:
         yield
     finally:
         onnx_frontend._get_convert_map = original_map
+        importer._convert_subgraph = original_subgraph
 
 
 def _dtype(expr) -> str:

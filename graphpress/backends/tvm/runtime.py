@@ -194,7 +194,9 @@ class CompiledModel:
         """On a remote device: drop the VM, the uploaded library and the RPC session, freeing the
         device for other sessions; the next call uploads the library again."""
         if self.remote is not None:
-            self._vm = self._library = None
+            # the looked-up entry holds the VM too: kept, it kept the session open, and the
+            # tracker handed the device to no one until the session timed out (600 s)
+            self._vm = self._library = self._main = None
             self.remote.close()
 
     @property

@@ -12,11 +12,15 @@ build to time.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
+import inspect
+import linecache
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -126,6 +130,41 @@ def export_shared_library(cross_compiler: str | None, mod) -> str:
     return path
 
 
+def _quick_stack(context: int = 1) -> list[inspect.FrameInfo]:
+    """``inspect.stack()`` without the module search: TVMScript's parser takes the caller's stack
+    for every ``@T.prim_func``, and ``inspect`` looks each frame's module up among all loaded
+    modules. Importing MetaSchedule's tensor intrinsics (every target's, parsed on first use by
+    the tuning process and by each of its builder and runner workers) took 33 s that way, 2.4 s
+    this way. Frames, names, line numbers and the calling line are the same."""
+    if context != 1:
+        return _STACK(context)
+    frame, out = sys._getframe(1), []
+    while frame is not None:
+        code = frame.f_code
+        line = linecache.getline(code.co_filename, frame.f_lineno, frame.f_globals)
+        out.append(inspect.FrameInfo(frame, code.co_filename, frame.f_lineno, code.co_name, [line] if line else None, 0 if line else None))
+        frame = frame.f_back
+    return out
+
+
+_STACK = inspect.stack
+
+
+def quick_tvmscript_worker() -> None:
+    """Initializer of MetaSchedule's worker processes (they only build or time candidates)."""
+    inspect.stack = _quick_stack
+
+
+@contextlib.contextmanager
+def quick_tvmscript():
+    """:func:`_quick_stack` in place of ``inspect.stack`` while MetaSchedule tunes here."""
+    saved, inspect.stack = inspect.stack, _quick_stack
+    try:
+        yield
+    finally:
+        inspect.stack = saved
+
+
 def measuring_tools(remote: Remote | None):
     """MetaSchedule's builder and runner: local, or candidates linked here and timed on the
     device of ``remote`` through its RPC tracker (MetaSchedule's RPC runner)."""
@@ -133,15 +172,17 @@ def measuring_tools(remote: Remote | None):
 
     if remote is None:
         # LLVM builds of AVX-512 candidates can exceed MetaSchedule's default 30 s on 2 cores
-        return ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S), ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S)
+        return (ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S, initializer=quick_tvmscript_worker),
+                ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S, initializer=quick_tvmscript_worker))
     if not remote.key:
         from graphpress.errors import GraphpressError
 
         raise GraphpressError(f"--rpc {remote.address}: tuning over RPC goes through a tracker; give HOST:PORT:KEY (MetaSchedule's RPC runner asks the tracker for a device)")
     remote.close()  # the runner asks the tracker for sessions of its own: ours would keep the device busy
     config = ms.runner.RPCConfig(tracker_host=remote.host, tracker_port=remote.port, tracker_key=remote.key, session_timeout_sec=int(remote.timeout_s))
-    builder = ms.builder.LocalBuilder(timeout_sec=CROSS_BUILD_TIMEOUT_S, f_export=functools.partial(export_shared_library, remote.cross_compiler))
-    return builder, ms.runner.RPCRunner(config, ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=0))
+    builder = ms.builder.LocalBuilder(timeout_sec=CROSS_BUILD_TIMEOUT_S, f_export=functools.partial(export_shared_library, remote.cross_compiler),
+                                      initializer=quick_tvmscript_worker)  # fmt: skip
+    return builder, ms.runner.RPCRunner(config, ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=0), initializer=quick_tvmscript_worker)
 
 
 def open_database(directory: Path):
@@ -188,7 +229,7 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
         return databases[0] if len(databases) == 1 else ms.database.OrderedUnionDatabase(*databases)
 
     def lower(fast: bool, nhwc: bool | str = False):  # nhwc: True (the whole model), "local" (each convolution alone)
-        steps = [relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
+        steps = [relax.transform.ConvertToDataflow(), relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
         if nhwc:  # output channels innermost: the analytic GEMM schedule vectorizes over them
             convert = convs_to_nhwc() if nhwc == "local" else relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"], **KEEP_NCHW})
             steps += [conv1d_as_conv2d(), conv_transpose_as_conv(), unit_width_convs_along_width(), scalar_constants(), convert, sink_permutes(), fold_weight_layouts(), relax.transform.DeadCodeElimination()]
@@ -255,18 +296,19 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
             builder, runner = measuring_tools(current_remote())
             start = time.perf_counter()
             before = len(open_database(dirs[0]).get_all_tuning_records())
-            ms.relax_integration.tune_relax(
-                next(iter(variants.values())),
-                params={},
-                target=target,
-                work_dir=str(dirs[0]),
-                max_trials_global=tune_trials,
-                max_trials_per_task=per_task,
-                num_trials_per_iter=min(64, per_task),
-                builder=builder,
-                runner=runner,
-                database=open_database(dirs[0]),
-            )
+            with quick_tvmscript():
+                ms.relax_integration.tune_relax(
+                    next(iter(variants.values())),
+                    params={},
+                    target=target,
+                    work_dir=str(dirs[0]),
+                    max_trials_global=tune_trials,
+                    max_trials_per_task=per_task,
+                    num_trials_per_iter=min(64, per_task),
+                    builder=builder,
+                    runner=runner,
+                    database=open_database(dirs[0]),
+                )
             measured = len(open_database(dirs[0]).get_all_tuning_records()) - before  # candidates that built and ran
             if measured <= 0:
                 log.warning("tuning measured no candidate (every build or run failed): the build uses the databases it had, see %s/logs", dirs[0])
