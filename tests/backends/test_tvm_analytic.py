@@ -625,3 +625,33 @@ def test_a_matmul_of_prime_row_count_gets_zero_rows_and_matches_torch(target):
     with torch.no_grad():
         want = module(x).numpy()
     np.testing.assert_allclose(compiled(x.numpy())[0], want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_transpose_to_channels_last_of_a_16_wide_image_runs_along_the_width():
+    """NCHW to NHWC of a 3-channel image whose width is a multiple of 16 (ResNet-18's 224): the
+    channels unrolled inside a loop along the width, not fused with it into rows of 16 lanes that
+    each gathered 16 scalars; an elementwise kernel on the same NHWC shape keeps its fused,
+    contiguous vector rows. Both the same bytes as numpy."""
+    import tvm
+    from tvm import te
+
+    from graphpress.backends.tvm.schedules import schedule_injective
+
+    x = te.placeholder((1, 3, 8, 32), "float32", name="x")
+    moved = te.compute((1, 8, 32, 3), lambda b, y, xx, c: x[b, c, y, xx], name="nhwc")
+    y = te.placeholder((1, 8, 32, 3), "float32", name="y")
+    scaled = te.compute((1, 8, 32, 3), lambda b, h, w, c: y[b, h, w, c] * 2.0, name="scaled")
+    mod = tvm.IRModule({"t": te.create_prim_func([x, moved]).with_attr("global_symbol", "t"), "e": te.create_prim_func([y, scaled]).with_attr("global_symbol", "e")})
+    mod, count = schedule_injective(mod)
+    assert count == 2
+    assert "T.unroll(3)" in mod["t"].script() and "96" not in mod["t"].script(), mod["t"].script()  # 32 x 3 never fused
+    assert "T.unroll(3)" not in mod["e"].script() and "T.vectorized(16)" in mod["e"].script(), mod["e"].script()
+    lib = tvm.compile(mod, target=resolve_target("x86").tvm_target())
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((1, 3, 8, 32)).astype(np.float32)
+    got = tvm.runtime.tensor(np.zeros((1, 8, 32, 3), np.float32))
+    lib["t"](tvm.runtime.tensor(xs), got)
+    np.testing.assert_array_equal(got.numpy(), xs.transpose(0, 2, 3, 1))
+    ys = rng.standard_normal((1, 8, 32, 3)).astype(np.float32)
+    lib["e"](tvm.runtime.tensor(ys), got)
+    np.testing.assert_array_equal(got.numpy(), ys * 2)
