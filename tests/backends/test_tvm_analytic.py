@@ -214,8 +214,9 @@ def test_a_wide_narrow_stage_takes_the_wider_tile_and_the_panel_blocked_order_an
     """ResNet-18's last stage: 7 pixels wide, 512 channels, a 3x3 window. The register file left
     a 7 x 2-vector tile; AVX-512's memory broadcast lets it be 7 x 4, and the 4608 x 64 weight
     panel (1.2 MB, more than a core's share of L2) is read one window position at a time for all
-    rows of the panel: one parallel task per panel (8), not per row of tiles (56). Same values
-    as torch where the host runs AVX-512."""
+    rows of the panel: one parallel task per panel (8), not per row of tiles (56), each slice
+    walked as 16 interleaved streams of 32 input channels. Same values as torch where the host
+    runs AVX-512."""
     import tvm
     from tvm import te, topi
 
@@ -231,6 +232,7 @@ def test_a_wide_narrow_stage_takes_the_wider_tile_and_the_panel_blocked_order_an
     assert count == 1
     script = mod["c"].script()
     assert "T.parallel(8)" in script and "T.unroll(7)" in script, script  # 8 panels of 4 vectors; 7-pixel rows
+    assert "for rc_0 in T.unroll(16)" in script and "rc_0 * 32 + rc_1" in script, script  # k = stream * 32 + step
     if not _runnable("x86"):
         pytest.skip("this host cannot run the x86 target's AVX-512 code")
     torch.manual_seed(0)
