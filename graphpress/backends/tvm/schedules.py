@@ -615,7 +615,10 @@ def _gemm_kernel(func, lanes: int, registers: int, constant_params: frozenset[in
         # instead of a padded copy of the whole input (MobileNetV2: 3.6 -> 3.0 ms); an input
         # the tile broadcasts element by element (a dense convolution's) keeps the copy, its
         # own parallel loop nest (inlined there, the tests per element doubled ResNet-18's time)
-        if _vector_read(sch, red, block, n_var):
+        # A padding of zero (a 1x1 convolution's plain copy of its input) is read in place: no
+        # bounds tests to pay (MobileNetV2's 112x112 projection of 32 channels to 16: 0.12 ->
+        # 0.075 ms; ResNet-18's 1x1 stride-2 downsamples 0.080 -> 0.066 ms)
+        if _vector_read(sch, red, block, n_var) or _is_copy(sch, block):
             try:
                 sch.compute_inline(block)
                 continue
@@ -692,6 +695,16 @@ def _gemv(sch, red, spatial, reduction, after, before, shape: tuple[int, int], l
         except Exception:  # noqa: BLE001 - not inlinable: its own parallel loop nest
             parallel_rows(sch, block)
     return True
+
+
+def _is_copy(sch, block) -> bool:
+    """Whether ``block`` stores exactly what it loads, at the same indices (a padding of zero)."""
+    import tvm
+
+    body = sch.get(block).body
+    if not isinstance(body, tvm.tirx.BufferStore) or not isinstance(body.value, tvm.ir.expr.TensorLoad):
+        return False
+    return len(body.indices) == len(body.value.indices) and all(a.same_as(b) for a, b in zip(body.indices, body.value.indices))
 
 
 def _vector_read_of(read, n_var) -> bool:
