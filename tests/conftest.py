@@ -123,3 +123,17 @@ def minilm_onnx(tmp_path_factory) -> Path:
     with torch.no_grad():
         np.save(path.with_suffix(".ref.npy"), enc(**toks).numpy())
     return path
+
+
+#: Test files that take a quarter of CI's time or more on one worker: scheduled first, so that
+#: with ``--dist loadfile`` the other worker runs the rest beside them instead of one worker
+#: running them alone at the end.
+LONGEST_FILES = ("tests/test_readme.py",)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return LONGEST_FILES.index(path) if path in LONGEST_FILES else len(LONGEST_FILES)
+
+    items.sort(key=rank)  # stable: the order within each group is kept
