@@ -125,10 +125,11 @@ def minilm_onnx(tmp_path_factory) -> Path:
     return path
 
 
-#: Test files that take a quarter of CI's time or more on one worker: scheduled first, so that
-#: with ``--dist loadfile`` the other worker runs the rest beside them instead of one worker
-#: running them alone at the end.
-LONGEST_FILES = ("tests/test_readme.py",)
+#: The longest test files, longest first (CI's ``--durations``): scheduled before the rest, in
+#: this order, so that with ``--dist loadfile --no-loadscope-reorder`` the other worker runs the
+#: rest beside them. xdist's own order (files with the most tests first) handed the README's one
+#: 16-minute test out last, and one worker ran it alone for the last 15 minutes of CI.
+LONGEST_FILES = ("tests/test_readme.py", "tests/test_cli.py", "tests/test_recover.py", "tests/conformance/test_node_tests.py", "tests/test_fuzz_sample.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
