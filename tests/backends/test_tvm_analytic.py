@@ -686,3 +686,35 @@ def test_a_1x1_convolution_reads_its_input_in_place(kernel):
     xp = np.pad(xs.astype(np.float64), ((0, 0), (kernel // 2,) * 2, (kernel // 2,) * 2, (0, 0)))
     want = sum(xp[:, i : i + 8, j : j + 8, :] @ ws[i, j].astype(np.float64) for i in range(kernel) for j in range(kernel))
     np.testing.assert_allclose(got.numpy(), np.maximum(want, 0), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("width", [14, 28])
+def test_a_float_depthwise_convolution_over_a_wide_map_takes_the_generic_schedule(width):
+    """A float 3x3 depthwise convolution (padding 1, ReLU6) keeps the analytic register tile on
+    a small map and takes the generic per-pixel schedule from 28 pixels wide on (faster there:
+    the tile's padding tests put branches between its FMAs); either way the same values as numpy."""
+    import tvm
+    from tvm import te, topi
+
+    from graphpress.backends.tvm import schedules
+
+    c = 48
+    x = te.placeholder((1, width, width, c), "float32", name="x")
+    w = te.placeholder((3, 3, 1, c), "float32", name="w")
+    out = topi.clip(topi.nn.group_conv2d_nhwc(x, w, 1, 1, 1, c, "float32"), 0.0, 6.0)
+    mod = tvm.IRModule({"dw": te.create_prim_func([x, w, out]).with_attr("global_symbol", "dw")})
+    facts = vector_facts(resolve_target("x86:haswell"))
+    mod, analytic = schedules.schedule_gemm(mod, facts.lanes, facts.registers)
+    assert analytic == (1 if width < schedules.GENERIC_DEPTHWISE_WIDTH else 0)
+    mod, generic = schedules.schedule_injective(mod)
+    assert analytic + generic == 1
+    if not _runnable("x86:haswell"):
+        pytest.skip("this host cannot run AVX2 code")
+    lib = tvm.compile(mod, target=resolve_target("x86:haswell").tvm_target())
+    rng = np.random.default_rng(0)
+    xs, ws = rng.standard_normal((1, width, width, c)).astype(np.float32), rng.standard_normal((3, 3, 1, c)).astype(np.float32)
+    got = tvm.runtime.tensor(np.zeros((1, width, width, c), np.float32))
+    lib["dw"](tvm.runtime.tensor(xs), tvm.runtime.tensor(ws), got)
+    xp = np.pad(xs.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    want = sum(xp[:, i : i + width, j : j + width, :] * ws[i, j, 0] for i in range(3) for j in range(3))
+    np.testing.assert_allclose(got.numpy(), np.clip(want, 0, 6), rtol=1e-5, atol=1e-4)

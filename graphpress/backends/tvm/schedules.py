@@ -26,7 +26,8 @@ Weights larger than :data:`PANEL_BYTES` are read one column panel at a time, and
 alone exceeds it one window position at a time for all of its rows; such a weight, when every
 caller passes it as a constant, is packed panel-major at compile time (:func:`panel_major`: each
 panel one contiguous stream, as ONNX Runtime's NCHWc filters are). The tile's intermediate
-stages stay in local scope, and a depthwise window unrolls its last loop.
+stages stay in local scope, and a depthwise window unrolls its last loop. A float depthwise
+convolution over a wide map (:data:`GENERIC_DEPTHWISE_WIDTH`) takes the generic schedule instead.
 """
 
 from __future__ import annotations
@@ -462,6 +463,10 @@ PANEL_BYTES = 512 * 1024
 #: depthwise reductions of at most this many terms (a 3x3 or 5x5 window) unroll their last loop
 UNROLL_REDUCTION = 32
 
+#: a float depthwise convolution whose output is at least this wide takes the generic schedule
+#: (see :func:`_gemm_kernel`)
+GENERIC_DEPTHWISE_WIDTH = 28
+
 #: the accumulators of a whole column panel (all its rows) a panel-blocked tile may keep
 ROW_BLOCK_BYTES = 64 * 1024
 
@@ -498,6 +503,15 @@ def _gemm_kernel(func, lanes: int, registers: int, constant_params: frozenset[in
     n_var = sch.get(red).iter_vars[n_spatial - 1].var
     vector_reads = [r for r in sch.get(red).reads if not r.source.same_as(written) and _vector_read_of(r, n_var)]
     depthwise = len(vector_reads) == len([r for r in sch.get(red).reads if not r.source.same_as(written)])
+    if depthwise and shape[0] >= GENERIC_DEPTHWISE_WIDTH and all(_dtype(p) == "float32" for p in func.params):
+        # a float depthwise convolution over a wide map: the generic schedule (each output pixel's
+        # window padded in a small buffer, then its taps along all channels, pixels in parallel)
+        # was faster than the register tile, whose padding tests put branches between the FMAs,
+        # so that LLVM stored every accumulator back after each one (MobileNetV2, alone, warm:
+        # 56x56x144 149 -> 86 us, 112x112x96 stride 2 156 -> 116, 112x112x32 130 -> 94;
+        # 28x28x192 88 -> 50 on a busier spell). On small maps the tile stays ahead (14x14x576:
+        # 56 against 75 us, 7x7x960: 25 against 44)
+        return None
     if lanes == 16 and mr * v < 20 and not depthwise:
         # AVX-512's FMA reads its broadcast operand from memory ({1to16}): a tile the register
         # file left small may take the broadcast's register too (ResNet-18's 7-pixel-wide last
@@ -695,6 +709,14 @@ def _gemv(sch, red, spatial, reduction, after, before, shape: tuple[int, int], l
         except Exception:  # noqa: BLE001 - not inlinable: its own parallel loop nest
             parallel_rows(sch, block)
     return True
+
+
+def _dtype(param) -> str:
+    """The element type of a kernel parameter (a buffer), or "" for a scalar one."""
+    try:
+        return str(param.dtype)
+    except AttributeError:
+        return ""
 
 
 def _is_copy(sch, block) -> bool:
