@@ -26,7 +26,7 @@ demo: $(STAMP)
 	$(BIN)/graphpress demo
 
 test: $(STAMP) fuzz-env browser-env
-	GRAPHPRESS_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25 tests
+	GRAPHPRESS_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25 tests
 
 # Debian's Chromium: the HTML report is tested in a real headless browser (scripts/browser-env.sh).
 browser-env:

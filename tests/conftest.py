@@ -123,18 +123,3 @@ def minilm_onnx(tmp_path_factory) -> Path:
     with torch.no_grad():
         np.save(path.with_suffix(".ref.npy"), enc(**toks).numpy())
     return path
-
-
-#: The longest test files, longest first (CI's ``--durations``): scheduled before the rest, in
-#: this order, so that with ``--dist loadfile --no-loadscope-reorder`` the other worker runs the
-#: rest beside them. xdist's own order (files with the most tests first) handed the README's one
-#: 16-minute test out last, and one worker ran it alone for the last 15 minutes of CI.
-LONGEST_FILES = ("tests/test_readme.py", "tests/test_cli.py", "tests/test_recover.py", "tests/conformance/test_node_tests.py", "tests/test_fuzz_sample.py")
-
-
-def pytest_collection_modifyitems(session, config, items):
-    def rank(item) -> int:
-        path = item.nodeid.split("::", 1)[0]
-        return LONGEST_FILES.index(path) if path in LONGEST_FILES else len(LONGEST_FILES)
-
-    items.sort(key=rank)  # stable: the order within each group is kept
