@@ -718,3 +718,45 @@ def test_a_float_depthwise_convolution_over_a_wide_map_takes_the_generic_schedul
     xp = np.pad(xs.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
     want = sum(xp[:, i : i + width, j : j + width, :] * ws[i, j, 0] for i in range(3) for j in range(3))
     np.testing.assert_allclose(got.numpy(), np.clip(want, 0, 6), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("target", ["x86", "x86:haswell"])
+def test_a_register_tile_is_a_stack_buffer_not_a_workspace_per_tile(target, monkeypatch):
+    """The accumulators of a 14 x 2-vector tile (1,792 bytes with AVX-512) are over TVM's 1 KB
+    stack limit: its own pipeline asks the runtime's workspace pool for them once per tile. The
+    CPU builds' pipeline keeps buffers up to ``STACK_BYTES`` on the stack (no workspace call
+    left in the module), larger ones stay workspaces, and both compute numpy's product."""
+    import tvm
+    from tvm import te
+
+    from graphpress.backends.tvm import tir_pipeline
+    from graphpress.backends.tvm.schedules import schedule_gemm
+
+    m, k, n = 56, 64, 64
+    a = te.placeholder((m, k), "float32", name="a")
+    b = te.placeholder((k, n), "float32", name="b")
+    r = te.reduce_axis((0, k), name="r")
+    prod = te.compute((m, n), lambda i, j: te.sum(a[i, r] * b[r, j], axis=r), name="prod")
+    out = te.compute((m, n), lambda i, j: tvm.tirx.max(prod[i, j], tvm.tirx.const(0.0, "float32")), name="relu")
+    spec = resolve_target(target)
+    facts = vector_facts(spec)
+    mod, count = schedule_gemm(tvm.IRModule({"mm": te.create_prim_func([a, b, out]).with_attr("global_symbol", "mm")}), facts.lanes, facts.registers)
+    assert count == 1
+    tile = [line for line in mod["mm"].script().splitlines() if "alloc_buffer" in line and 'scope="local"' in line]
+    assert tile, mod["mm"].script()
+
+    def workspace_calls(pipeline) -> int:
+        return tvm.compile(mod, target=spec.tvm_target(), tir_pipeline=pipeline).mod.inspect_source("ll").count("load ptr, ptr @__TVMBackendAllocWorkspace")
+
+    assert workspace_calls("default") > 0  # TVM's own pipeline: the tile is a workspace
+    assert workspace_calls(tir_pipeline.cpu_tir_pipeline()) == 0
+    monkeypatch.setattr(tir_pipeline, "STACK_BYTES", 64)  # a limit under the tile: a workspace again
+    assert workspace_calls(tir_pipeline.cpu_tir_pipeline()) > 0
+    monkeypatch.undo()
+    if _runnable(target):
+        lib = tvm.compile(mod, target=spec.tvm_target(), tir_pipeline=tir_pipeline.cpu_tir_pipeline())
+        rng = np.random.default_rng(0)
+        xa, xb = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
+        got = tvm.runtime.tensor(np.zeros((m, n), np.float32))
+        lib["mm"](tvm.runtime.tensor(xa), tvm.runtime.tensor(xb), got)
+        np.testing.assert_allclose(got.numpy(), np.maximum(xa.astype(np.float64) @ xb, 0), rtol=1e-5, atol=1e-4)

@@ -37,6 +37,7 @@ from graphpress.backends.tvm.lower import (
 )  # fmt: skip
 from graphpress.backends.tvm.runtime import CompiledModel, Remote, concrete_input_specs, current_remote, require_compiler, running_on, time_side_by_side
 from graphpress.backends.tvm.targets import TargetSpec, resolve_target
+from graphpress.backends.tvm.tir_pipeline import cpu_tir_pipeline
 from graphpress.backends.tvm.tuning import Tuning, schedule_cpu
 from graphpress.errors import GraphpressError, one_line
 from graphpress.ir.numeric import NumericReport, as_samples, compare_outputs, lowest_float_precision, random_inputs, run_samples
@@ -400,12 +401,13 @@ def compile_executable(mod, spec: TargetSpec):
     """``mod`` compiled for ``spec``. On CPUs the Relax VM's own instructions (allocations, shape
     checks, the calls between kernels) are compiled to native code too (``exec_mode="compiled"``)
     instead of interpreted bytecode: a small model's time is mostly those (openWakeWord's
-    wake-word classifier 39 -> 27 us, silero 45 -> 38 us; the kernels are the same)."""
+    wake-word classifier 39 -> 27 us, silero 45 -> 38 us; the kernels are the same), and small
+    buffers are stack allocations (:mod:`.tir_pipeline`)."""
     import tvm
     from tvm import relax
 
     if spec.is_cpu:
-        return relax.build(mod, spec.tvm_target(), exec_mode="compiled")
+        return relax.build(mod, spec.tvm_target(), exec_mode="compiled", tir_pipeline=cpu_tir_pipeline())
     return tvm.compile(mod, target=spec.tvm_target())
 
 

@@ -24,6 +24,7 @@ from graphpress.backends.tvm.int8.isa import Isa
 from graphpress.backends.tvm.int8.qdq import const
 from graphpress.backends.tvm.runtime import time_side_by_side
 from graphpress.backends.tvm.schedules import schedule_injective
+from graphpress.backends.tvm.tir_pipeline import cpu_tir_pipeline
 from graphpress.backends.tvm.tuning import Tuning, schedule_cpu
 from graphpress.ir.edit import add_initializer, replace_value
 
@@ -79,7 +80,7 @@ def _compile_pair(emit_int8, emit_fp32, x_int8: np.ndarray, x_fp32: np.ndarray, 
         else:
             candidates, _ = schedule_cpu(bb.get(), spec, dataclasses.replace(tuning, trials=0))
             mod = next(iter(candidates.values()))[0]
-        programs.append((tvm.compile(mod, target=target), [x_np]))
+        programs.append((tvm.compile(mod, target=target, tir_pipeline=cpu_tir_pipeline()), [x_np]))
     int8_ms, fp32_ms = time_side_by_side(programs, number=max(1, repeat // 10), rounds=5)
     return int8_ms, fp32_ms
 

@@ -1,0 +1,85 @@
+"""The TIR lowering pipeline of CPU builds: TVM's own, with small buffers on the stack.
+
+TVM's ``LowerTVMBuiltin`` serves every buffer of 1 KB or more through
+``TVMBackendAllocWorkspace``: a call into the runtime's workspace pool, made wherever the buffer
+is allocated. A register tile's accumulators (14 x 2 vectors of 16 floats: 1,792 bytes) are
+allocated once per tile, inside the loop over the cores, so every tile paid an allocation, a
+``memset`` of its initial zeros and a free; and since the buffer's address escaped into those
+calls, LLVM kept it in memory: the depthwise tiles stored every accumulator back after each FMA.
+On the stack (an ``alloca`` at the entry of the function or of the parallel loop's body) LLVM
+promotes the tile to registers. :func:`cpu_tir_pipeline` marks every buffer of a constant size up
+to :data:`STACK_BYTES` ``disable_lower_builtin`` (TVM's own switch for keeping an allocation a
+stack one) before the host's finalizing passes. Measured side by side, both builds in one process
+(2-core Xeon, AVX-512, 2 threads): MobileNetV2 6.15 -> 4.96 ms (ONNX Runtime 5.64), ResNet-18
+15.66 -> 14.38 ms (ONNX Runtime 13.94), MiniLM 20.8 -> 19.6 ms; on the AVX2 path ResNet-18 38.2 ->
+34.8 ms and MobileNetV2 7.07 -> 5.96 ms.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["STACK_BYTES", "cpu_tir_pipeline"]
+
+#: buffers of a constant size up to this many bytes are stack allocations (TVM's own limit: 1 KB).
+#: A thread's stack is megabytes (8 MB by default on Linux); the largest tile buffer is a few KB
+STACK_BYTES = 8192
+
+#: the name the pipeline is registered under (TVM's ``tirx.build`` takes a pipeline by name)
+NAME = "graphpress_cpu"
+
+
+def _nbytes(buffer) -> int | None:
+    import tvm
+
+    try:
+        elements = int(np.prod([int(s) for s in buffer.shape]))
+    except (TypeError, ValueError):  # a symbolic extent
+        return None
+    dtype = tvm.DataType(str(buffer.dtype))
+    return elements * max(1, dtype.bits * dtype.lanes // 8)
+
+
+def _on_stack(stmt):
+    from tvm import tirx
+
+    size = _nbytes(stmt.buffer)
+    if size is None or size > STACK_BYTES or stmt.buffer.scope() not in ("global", "local"):
+        return stmt
+    annotations = dict(stmt.annotations)
+    annotations["disable_lower_builtin"] = tirx.IntImm("bool", 1)
+    return tirx.AllocBuffer(stmt.buffer, annotations=annotations)
+
+
+def _keep_small_buffers_on_stack():
+    import tvm_ffi
+
+    from tvm import tirx
+
+    @tirx.transform.prim_func_pass(opt_level=0, name="graphpress.KeepSmallBuffersOnStack")
+    def keep(func, _mod, _ctx):
+        return tvm_ffi.structural_map(func, [(tirx.AllocBuffer, _on_stack)])
+
+    return keep
+
+
+def _factory():
+    import tvm
+
+    from tvm.s_tir import pipeline
+
+    lower, finalize_host, finalize_device = pipeline.default_s_tir_pipeline()
+
+    def host():
+        return tvm.ir.transform.Sequential([_keep_small_buffers_on_stack(), finalize_host()])
+
+    return lower, host, finalize_device
+
+
+def cpu_tir_pipeline() -> str:
+    """The name of the pipeline (registered with TVM on first use) to pass as ``tir_pipeline``."""
+    from tvm.tirx import compilation_pipeline
+
+    if NAME not in compilation_pipeline.PIPELINE_MAP:
+        compilation_pipeline.register_tir_pipeline(NAME, _factory)
+    return NAME
