@@ -210,13 +210,13 @@ def test_a_uint8_depthwise_tile_converts_each_input_vector_once_and_keeps_its_st
         np.testing.assert_allclose(got.numpy(), np.maximum(want, 0), rtol=1e-5, atol=1e-3)
 
 
-def test_a_wide_narrow_stage_takes_the_wider_tile_and_the_panel_blocked_order_and_matches_torch():
-    """ResNet-18's last stage: 7 pixels wide, 512 channels, a 3x3 window. The register file left
-    a 7 x 2-vector tile; AVX-512's memory broadcast lets it be 7 x 4, and the 4608 x 64 weight
-    panel (1.2 MB, more than a core's share of L2) is read one window position at a time for all
-    rows of the panel: one parallel task per panel (8), not per row of tiles (56), each slice
-    walked as 16 interleaved streams of 32 input channels. Same values as torch where the host
-    runs AVX-512."""
+def test_a_wide_narrow_stage_reduces_block_by_block_of_input_channels_for_all_rows_and_matches_torch():
+    """ResNet-18's last stage: 7 pixels wide, 512 channels, a 3x3 window. The register file
+    leaves a 7 x 2-vector tile, and the 4608 x 32 weight panel (590 KB, more than a core's share
+    of L2) is read one block of 8 input channels at a time, every window position of it, for all
+    rows of the panel: one parallel task per panel (16), not per row of tiles. Compiled from
+    torch, the weight is packed with each block of a panel contiguous; same values as torch
+    where the host runs AVX-512."""
     import tvm
     from tvm import te, topi
 
@@ -224,22 +224,22 @@ def test_a_wide_narrow_stage_takes_the_wider_tile_and_the_panel_blocked_order_an
 
     facts = vector_facts(resolve_target("x86"))
     assert schedules.register_tile(7, 512, facts.lanes, facts.registers) == (7, 2)
-    assert schedules.register_tile(7, 512, facts.lanes, facts.registers + 1) == (7, 4)
     x = te.placeholder((1, 9, 9, 512), "float32", name="x")  # padded already
     w = te.placeholder((3, 3, 512, 512), "float32", name="w")
     out = topi.nn.relu(topi.nn.conv2d_nhwc(x, w, 1, 0, 1))
     mod, count = schedules.schedule_gemm(tvm.IRModule({"c": te.create_prim_func([x, w, out]).with_attr("global_symbol", "c")}), facts.lanes, facts.registers)
     assert count == 1
     script = mod["c"].script()
-    assert "T.parallel(8)" in script and "T.unroll(7)" in script, script  # 8 panels of 4 vectors; 7-pixel rows
-    assert "for rc_0 in T.unroll(16)" in script and "rc_0 * 32 + rc_1" in script, script  # k = stream * 32 + step
+    assert "T.parallel(16)" in script and "T.unroll(7)" in script, script  # 16 panels of 2 vectors; 7-pixel rows
+    # the input channels' blocks outermost, then the rows, the window and the block's channels
+    assert "for rc_0, yy, xx_0, ry, rx, rc_1 in T.grid(64, 7, 1, 3, 3, 8)" in script and "rc_0 * 8 + rc_1" in script, script
     if not _runnable("x86"):
         pytest.skip("this host cannot run the x86 target's AVX-512 code")
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.Conv2d(512, 512, 3, padding=1), torch.nn.ReLU()).eval()
     xs = torch.randn(1, 512, 7, 7)
     compiled = compile_model(from_torch(module, xs), "x86", verify=False, measure=False)
-    assert compiled.meta["build"]["packed_weights"] == 1  # the 9.4 MB weight, read panel-major
+    assert compiled.meta["build"]["packed_weights"] == 1  # the 9.4 MB weight, read panel-major, block by block
     with torch.no_grad():
         want = module(xs).numpy()
     np.testing.assert_allclose(compiled(xs.numpy())[0], want, rtol=1e-4, atol=1e-4)
@@ -257,6 +257,9 @@ def test_large_constant_weights_are_packed_panel_major_and_activations_keep_thei
     packed = schedules.panel_major(w, 64)
     assert packed.shape == (2, 3, 3, 4, 64) and packed.flags["C_CONTIGUOUS"]
     assert packed[1, 2, 0, 3, 5] == w[2, 0, 3, 64 + 5]
+    blocked = schedules.panel_major(w, 64, block=2)  # (panel, block of input channels, ky, kx, channel in block, column)
+    assert blocked.shape == (2, 2, 3, 3, 2, 64) and blocked.flags["C_CONTIGUOUS"]
+    assert blocked[1, 1, 2, 0, 1, 5] == w[2, 0, 1 * 2 + 1, 64 + 5]
 
     class Net(torch.nn.Module):
         def __init__(self):

@@ -20,18 +20,19 @@ accumulated in registers over the whole reduction (one broadcast of the left ope
 ``v`` vector loads of the right one per ``mr * v`` FMAs), written back with its epilogue
 (bias, activation) while it is hot, tiles spread over the cores. ``mr`` and ``v`` are the
 largest tile whose ``mr * v`` accumulators, ``v`` loads and one broadcast fit the register
-file (:func:`register_tile`) and divide the kernel's extents (on AVX-512, a tile that leaves
-under 20 accumulators may take the broadcast's register too: the FMA reads it from memory).
-Weights larger than :data:`PANEL_BYTES` are read one column panel at a time, and a panel that
-alone exceeds it one window position at a time for all of its rows; such a weight, when every
-caller passes it as a constant, is packed panel-major at compile time (:func:`panel_major`: each
-panel one contiguous stream, as ONNX Runtime's NCHWc filters are). The tile's intermediate
+file (:func:`register_tile`) and divide the kernel's extents. Weights larger than
+:data:`PANEL_BYTES` are read one column panel at a time, and a convolution's panel that alone
+exceeds it one block of :data:`IC_BLOCK` input channels at a time for all of its rows; such a
+weight, when every caller passes it as a constant, is packed panel-major at compile time
+(:func:`panel_major`: each panel, and each block of a panel, one contiguous stream, as ONNX
+Runtime's NCHWc filters are). The tile's intermediate
 stages stay in local scope, and a depthwise window unrolls its last loop. A float depthwise
 convolution over a wide map (:data:`GENERIC_DEPTHWISE_WIDTH`) takes the generic schedule instead.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -215,6 +216,9 @@ def _parallel_reduction(sch, blocks) -> bool:
     return True
 
 
+LOCAL_ACC = 0
+
+
 def _vectorize_last_spatial(sch, block, row) -> None:
     """Move the block's last spatial loop under ``row`` innermost (inside its reduction loops) and
     vectorize it. Blocks made by TE list spatial loops first, then reduction loops."""
@@ -233,6 +237,10 @@ def _vectorize_last_spatial(sch, block, row) -> None:
         extent = sch.get(last).extent
         if not hasattr(extent, "value") or int(extent) < 8:
             return
+        acc = None
+        if LOCAL_ACC and reduce_ and len(spatial) == 1 and int(extent) % 16 == 0 and int(extent) // 16 <= LOCAL_ACC:
+            acc = sch.cache_write(block, 0, "local")
+            sch.reverse_compute_at(acc, row)
         if reduce_:
             sch.reorder(*reduce_, last)
         # vectorized before the init is split off: a reduction block without its init is neither
@@ -240,8 +248,12 @@ def _vectorize_last_spatial(sch, block, row) -> None:
         # global average pool ran scalar: MobileNetV2's 7x7x1280 mean took 0.04 ms)
         try:
             if int(extent) % 16 == 0:
-                _, lanes = sch.split(last, [None, 16])
+                vectors, lanes = sch.split(last, [None, 16])
                 sch.vectorize(lanes)
+                if acc is not None:
+                    sch.unroll(vectors)
+                    acc_vectors, acc_lanes = sch.split(sch.get_loops(acc)[-1], [None, 16])
+                    sch.vectorize(acc_lanes)
             elif int(extent) % 8 == 0 and int(extent) > 16:
                 _, lanes = sch.split(last, [None, 8])
                 sch.vectorize(lanes)
@@ -311,7 +323,7 @@ def schedule_gemm(mod, lanes: int, registers: int) -> tuple[Any, int]:
         if scheduled is not None:
             pack = (scheduled.attrs or {}).get(PACKED_ATTR)
             if pack is not None:
-                packed[gv.name_hint] = (int(pack[0]), int(pack[1]))
+                packed[gv.name_hint] = (int(pack[0]), int(pack[1]), int(pack[2]))
             mod[gv] = scheduled
             count += 1
     if packed:
@@ -355,16 +367,22 @@ def _constant_params(mod) -> dict[str, frozenset[int]]:
     return {name: frozenset(indices) for name, indices in seen.items()}
 
 
-def panel_major(array: np.ndarray, width: int) -> np.ndarray:
+def panel_major(array: np.ndarray, width: int, block: int = 0) -> np.ndarray:
     """``(..., n)`` weights as ``(n / width, ..., width)``: each column panel of ``width`` one
-    contiguous block, read front to back by the tiles of that panel."""
+    contiguous block, read front to back by the tiles of that panel. With ``block``, ``(..., c, n)``
+    weights (a convolution's HWIO) as ``(n / width, c / block, ..., block, width)``: within a
+    panel, each block of ``block`` input channels (all window positions) one contiguous piece."""
+    if block:
+        *rest, c, n = array.shape
+        blocks = array.reshape(*rest, c // block, block, n // width, width)
+        return np.ascontiguousarray(np.moveaxis(blocks, [-2, -4], [0, 1]))
     *rest, n = array.shape
     panels = array.reshape(*rest, n // width, width)
     return np.ascontiguousarray(np.moveaxis(panels, -2, 0))
 
 
-def _pack_constants(packed: dict[str, tuple[int, int]]):
-    """A module pass giving the kernels of ``packed`` (name -> (parameter, panel width)) their
+def _pack_constants(packed: dict[str, tuple[int, int, int]]):
+    """A module pass giving the kernels of ``packed`` (name -> (parameter, panel width, block)) their
     weight constants in panel-major order (:func:`panel_major`), the layout they now read. The
     kernels' signatures changed, so each is added again under a new global (calls are checked
     against the type their global was given) and its callers are pointed at it."""
@@ -374,15 +392,15 @@ def _pack_constants(packed: dict[str, tuple[int, int]]):
 
     call_tir = tvm.ir.Op.get("relax.call_tir")
     renamed: dict[str, Any] = {}
-    done: list[tuple[Any, int, Any]] = []  # (constant, width, packed): a weight several calls share (an unrolled recurrence's) packed once
+    done: list[tuple[Any, tuple[int, int], Any]] = []  # (constant, (width, block), packed): a weight several calls share (an unrolled recurrence's) packed once
 
-    def packed_constant(constant, width: int):
-        for seen, w, result in done:
-            if w == width and seen.same_as(constant):
+    def packed_constant(constant, width: int, block: int):
+        for seen, layout, result in done:
+            if layout == (width, block) and seen.same_as(constant):
                 return result
         array = constant.value.numpy()
-        result = relax.const(panel_major(array, width), str(array.dtype))
-        done.append((constant, width, result))
+        result = relax.const(panel_major(array, width, block), str(array.dtype))
+        done.append((constant, (width, block), result))
         return result
 
     @mutator
@@ -390,9 +408,9 @@ def _pack_constants(packed: dict[str, tuple[int, int]]):
         def visit_call_(self, call):
             call = super().visit_call_(call)
             if call.op.same_as(call_tir) and isinstance(call.args[0], tvm.ir.GlobalVar) and call.args[0].name_hint in packed:
-                index, width = packed[call.args[0].name_hint]
+                index, width, block = packed[call.args[0].name_hint]
                 fields = list(call.args[1].fields)
-                fields[index] = packed_constant(fields[index], width)
+                fields[index] = packed_constant(fields[index], width, block)
                 return relax.Call(call.op, [renamed[call.args[0].name_hint], relax.Tuple(fields), *call.args[2:]], call.attrs, call.ty_args)
             return call
 
@@ -470,8 +488,9 @@ GENERIC_DEPTHWISE_WIDTH = 28
 #: the accumulators of a whole column panel (all its rows) a panel-blocked tile may keep
 ROW_BLOCK_BYTES = 64 * 1024
 
-#: a panel-blocked tile reads its weight slice as this many interleaved streams (see :func:`_gemm_kernel`)
-ROW_BLOCK_STREAMS = 16
+#: a panel-blocked tile (see :func:`_gemm_kernel`) reduces over this many input channels at a
+#: time, every window position of them, before the next rows' turn
+IC_BLOCK = 8
 
 
 def _gemm_kernel(func, lanes: int, registers: int, constant_params: frozenset[int] = frozenset()):
@@ -512,14 +531,6 @@ def _gemm_kernel(func, lanes: int, registers: int, constant_params: frozenset[in
         # 28x28x192 88 -> 50 on a busier spell). On small maps the tile stays ahead (14x14x576:
         # 56 against 75 us, 7x7x960: 25 against 44)
         return None
-    if lanes == 16 and mr * v < 20 and not depthwise:
-        # AVX-512's FMA reads its broadcast operand from memory ({1to16}): a tile the register
-        # file left small may take the broadcast's register too (ResNet-18's 7-pixel-wide last
-        # stage: 7 x 4 vectors instead of 7 x 2; its 3x3 convolutions 1.15 -> 1.0 ms. Not for
-        # every tile: 7 x 4 instead of 14 x 2 made the 56-, 28- and 14-wide stages slower)
-        wider = register_tile(*shape, lanes, registers + 1)
-        if wider is not None and wider[0] * wider[1] > mr * v:
-            mr, v = wider
     at = next(i for i, b in enumerate(blocks) if b.same_as(red))
     before, after = blocks[:at], blocks[at + 1 :]
     if not all(_is_spatial(sch, b) for b in after):
@@ -554,7 +565,6 @@ def _gemm_kernel(func, lanes: int, registers: int, constant_params: frozenset[in
     extents = [_extent(iv.dom.extent) for iv in sch.get(red).iter_vars[n_spatial:]]
     k = int(np.prod([e or 1 for e in extents]))
     panels_first = k * shape[1] * 4 > PANEL_BYTES
-    packed = _pack_weight(sch, func, red, n_var, v * lanes, constant_params) if panels_first else None
     row_block = None
     if panels_first and len(reduction) > 1 and len(spatial) > 2 and k * v * lanes * 4 > PANEL_BYTES:
         rows_var = sch.get(red).iter_vars[n_spatial - 3].var
@@ -564,29 +574,26 @@ def _gemm_kernel(func, lanes: int, registers: int, constant_params: frozenset[in
         # fit a core's L1/L2 share, and enough panels to keep the cores busy
         if not any(_reads_var(r, rows_var) for r in vector_reads) and 0 < rows * shape[0] * v * lanes * 4 <= ROW_BLOCK_BYTES and tasks >= 8:
             row_block = spatial[-3]
+    ic_block = math.gcd(_extent(sch.get(reduction[-1]).extent) or 1, IC_BLOCK) if row_block is not None else 0
+    packed = _pack_weight(sch, func, red, n_var, v * lanes, constant_params, ic_block) if panels_first else None
     if row_block is not None:
         # the column panel itself larger than a core's share of L2 (ResNet-18's last stage: 4608 x
-        # 64 floats, 1.2 MB): every row of tiles streamed it again from L3. Instead, each panel's
-        # rows all take one window position (ky, kx) after the other, so the 128 KB of the panel
-        # that position reads serves every row from L2; the accumulators of all the panel's rows
-        # wait in the tile's local buffer between positions (its 3x3 convolutions: 1.0 -> 0.8 ms)
+        # 32 floats, 590 KB): every row of tiles would stream it again from L2 or L3. Instead, as
+        # ONNX Runtime's NCHWc kernels do, all the panel's rows take one block of IC_BLOCK input
+        # channels after the other, every window position of it: the block's weights (8 channels
+        # x 9 positions x 32 columns, 9 KB, one contiguous piece of the panel as packed) serve
+        # every row from L1, the accumulators of all the panel's rows waiting in the tile's local
+        # buffer between blocks. ResNet-18's last-stage 3x3 convolutions in the model 1.06-1.29 ->
+        # 0.85-0.88 ms (2-core Zen 5; ONNX Runtime 0.80). Before, each panel's rows took one
+        # window position after the other, its slice of 128 KB read from L2, and the tile was 7 x
+        # 4 vectors: that needs 33 registers (LLVM does not fold the broadcast into the FMAs) and
+        # spilled one accumulator in every step (the model 10.5 ms with 7 x 2, 11.1 with 7 x 4;
+        # the stride-2 convolution, whose 7 x 2 panels of 295 KB now fit L2 and take the plain
+        # panel order, 0.51 -> 0.38 ms, ONNX Runtime 0.41)
         outer = [no, *spatial[:-3]]
-        sch.reorder(*outer, *reduction[:-1], spatial[-3], mo, reduction[-1], mi, ni)
-        depth = _extent(sch.get(reduction[-1]).extent) or 0
-        streams = next((s for s in (ROW_BLOCK_STREAMS, 8, 4) if depth % (8 * s) == 0), 1)
-        if streams > 1:
-            # the first row of a panel reads each position's slice from memory; walked in order
-            # it is one sequential stream, and the hardware prefetcher keeps only a few lines of
-            # one stream in flight: the row waited on memory (the same convolution took 1.22 ms
-            # in the model against 0.81 alone, warm). Split into interleaved streams that far
-            # apart (k = stream * depth / streams + step, the streams unrolled inside the step), the
-            # prefetchers follow each one and the misses overlap: ResNet-18's last-stage 3x3
-            # convolutions 1.22 -> 1.00 ms, its stride-2 one 0.64 -> 0.52 ms, the model 15.0 ->
-            # 14.25 ms (2-core Xeon, AVX-512; ONNX Runtime's 0.99 ms for the same convolutions)
-            stream, step = sch.split(reduction[-1], [streams, None])
-            sch.reorder(step, stream)
-            sch.unroll(stream)
-            reduction = [*reduction[:-1], step, stream]
+        ico, ici = sch.split(reduction[-1], [None, ic_block])
+        sch.reorder(*outer, ico, spatial[-3], mo, *reduction[:-1], ici, mi, ni)
+        reduction = [ico, *reduction[:-1], ici]
     else:
         outer = [no, *spatial[:-2], mo] if panels_first else [*spatial[:-2], mo, no]
         sch.reorder(*outer, *reduction, mi, ni)
@@ -640,14 +647,16 @@ def _gemm_kernel(func, lanes: int, registers: int, constant_params: frozenset[in
                 pass
         parallel_rows(sch, block)
     scheduled = sch.mod["main"].with_attr("tirx.is_scheduled", True)
-    return scheduled if packed is None else scheduled.with_attr(PACKED_ATTR, [packed, v * lanes])
+    return scheduled if packed is None else scheduled.with_attr(PACKED_ATTR, [packed[0], v * lanes, packed[1]])
 
 
-def _pack_weight(sch, func, red, n_var, width: int, constant_params: frozenset[int]) -> int | None:
+def _pack_weight(sch, func, red, n_var, width: int, constant_params: frozenset[int], ic_block: int = 0) -> tuple[int, int] | None:
     """Make ``red`` read its right operand (a weight parameter every caller passes as a constant,
     indexed by ``n`` in its last axis only, read by no other block) in panel-major order
     (:func:`panel_major`, panels ``width`` wide): each tile's column panel one contiguous stream
-    instead of ``width``-float pieces a whole row apart. Returns the parameter's index, or None
+    instead of ``width``-float pieces a whole row apart; with ``ic_block``, each block of that many
+    input channels (a convolution's, the last reduction axis) one contiguous piece of its panel.
+    Returns the parameter's index and the block it was packed with (0: panels alone), or None
     when there is no such weight. (ResNet-18's 3x3 convolutions of 256 and 512 channels, run
     with cold caches as inside the model: 586 -> 508 and 726 -> 647 us.)"""
     import tvm
@@ -663,8 +672,14 @@ def _pack_weight(sch, func, red, n_var, width: int, constant_params: frozenset[i
         if len(readers) != 1:
             continue
         ndim = len(read.source.shape)
-        sch.transform_layout(red, ("read", ri), tvm.tirx.IndexMap.from_func(lambda *i: [i[-1] // width, *i[:-1], i[-1] % width], ndim=ndim, index_dtype=str(read.source.shape[-1].ty)))
-        return index
+        if ic_block and (ndim < 3 or not read.region[-2].min.same_as(block.iter_vars[-1].var) or int(read.source.shape[-2]) % ic_block):
+            ic_block = 0  # not a convolution's input channels: panels alone
+        if ic_block:
+            index_map = lambda *i: [i[-1] // width, i[-2] // ic_block, *i[:-2], i[-2] % ic_block, i[-1] % width]  # noqa: E731
+        else:
+            index_map = lambda *i: [i[-1] // width, *i[:-1], i[-1] % width]  # noqa: E731
+        sch.transform_layout(red, ("read", ri), tvm.tirx.IndexMap.from_func(index_map, ndim=ndim, index_dtype=str(read.source.shape[-1].ty)))
+        return index, ic_block
     return None
 
 
