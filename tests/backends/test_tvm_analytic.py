@@ -763,3 +763,39 @@ def test_a_register_tile_is_a_stack_buffer_not_a_workspace_per_tile(target, monk
         got = tvm.runtime.tensor(np.zeros((m, n), np.float32))
         lib["mm"](tvm.runtime.tensor(xa), tvm.runtime.tensor(xb), got)
         np.testing.assert_allclose(got.numpy(), np.maximum(xa.astype(np.float64) @ xb, 0), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("target", ["x86", "x86:haswell"])
+def test_a_max_pool_accumulates_each_pixel_in_registers_and_matches_torch(target):
+    """ResNet's 3x3/2 max pool in NHWC: each output pixel's 64 channels accumulate in a local
+    buffer, its 4 vectors unrolled (registers over the window, one store per vector), not read
+    and written back in the output at every tap; values (with the padding's -inf borders)
+    against torch on every x86 path this host runs."""
+    import tvm
+    from tvm import te, topi
+
+    from graphpress.backends.tvm import schedules
+
+    x = te.placeholder((1, 16, 16, 64), "float32", name="x")
+    out = topi.nn.pool2d(x, (3, 3), (2, 2), (1, 1), (1, 1, 1, 1), "max", layout="NHWC")
+    mod, count = schedules.schedule_injective(tvm.IRModule({"p": te.create_prim_func([x, out]).with_attr("global_symbol", "p")}))
+    script = mod["p"].script()
+    assert count == 1 and 'scope="local"' in script and "T.unroll(4)" in script, script
+    without = schedules.POOL_ACCUMULATORS
+    try:  # the reference schedule: accumulated in the output itself
+        schedules.POOL_ACCUMULATORS = 0
+        plain, _ = schedules.schedule_injective(tvm.IRModule({"p": te.create_prim_func([x, out]).with_attr("global_symbol", "p")}))
+    finally:
+        schedules.POOL_ACCUMULATORS = without
+    assert 'scope="local"' not in plain["p"].script()
+    if not _runnable(target):
+        pytest.skip(f"this host cannot run the code of {target}")
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.MaxPool2d(3, 2, 1)).eval()
+    with torch.no_grad():
+        module[0].bias.fill_(-4.0)  # negative maxima: a padding of 0 instead of -inf would show
+    xs = torch.randn(1, 3, 30, 30)
+    compiled = compile_model(from_torch(module, xs), target, verify=False, measure=False)
+    with torch.no_grad():
+        want = module(xs).numpy()
+    np.testing.assert_allclose(compiled(xs.numpy())[0], want, rtol=1e-5, atol=1e-5)
