@@ -7,8 +7,9 @@ loop nest. :func:`schedule_injective` gives each such kernel a parallel, vectori
   in parallel, the innermost loop vectorized (fusing all loops would put a div/mod per
   vector lane: 9x on a requantization);
 * reductions: every block computed per output row, rows in parallel, the last spatial loop
-  innermost and vectorized (depthwise convs included); whole-tensor reductions use
-  ``rfactor`` into vector lanes.
+  innermost and vectorized (depthwise convs included; a pooling kernel's row accumulated in
+  registers, :data:`POOL_ACCUMULATORS`); whole-tensor reductions use ``rfactor`` into vector
+  lanes.
 
 Used by the fp32 builds (:mod:`graphpress.backends.tvm.tuning`) and by the int8 path
 (:mod:`graphpress.backends.tvm.int8`), which is why it lives apart from both.
