@@ -217,8 +217,9 @@ def _parallel_reduction(sch, blocks) -> bool:
     return True
 
 
-#: at most this many vectors of a pooling kernel's row accumulate in registers (:func:`_vectorize_last_spatial`)
-POOL_ACCUMULATORS = 16
+#: at most this many 16-float vectors of a pooling kernel's row accumulate in registers
+#: (:func:`_vectorize_last_spatial`): 4 zmm, or 8 of AVX2's 16 ymm registers
+POOL_ACCUMULATORS = 4
 
 
 def _vectorize_last_spatial(sch, block, row) -> None:
@@ -341,7 +342,8 @@ def schedule_gemm(mod, lanes: int, registers: int) -> tuple[Any, int]:
     return mod, count
 
 
-#: the attribute of a kernel that reads a weight packed panel-major: ``(parameter index, panel width)``
+#: the attribute of a kernel that reads a weight packed panel-major: ``(parameter index, panel
+#: width, input-channel block)``, the block 0 for panels alone (:func:`panel_major`)
 PACKED_ATTR = "graphpress.packed_weight"
 
 
