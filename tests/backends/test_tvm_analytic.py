@@ -214,9 +214,10 @@ def test_a_wide_narrow_stage_reduces_block_by_block_of_input_channels_for_all_ro
     """ResNet-18's last stage: 7 pixels wide, 512 channels, a 3x3 window. The register file
     leaves a 7 x 2-vector tile, and the 4608 x 32 weight panel (590 KB, more than a core's share
     of L2) is read one block of 8 input channels at a time, every window position of it, for all
-    rows of the panel: one parallel task per panel (16), not per row of tiles. Compiled from
-    torch, the weight is packed with each block of a panel contiguous; same values as torch
-    where the host runs AVX-512."""
+    rows of the panel: one parallel task per panel (16), not per row of tiles; the padded copy
+    of its input is written in the same blocks of 8 channels (a block's window one contiguous
+    piece). Compiled from torch, the weight is packed with each block of a panel contiguous;
+    same values as torch where the host runs AVX-512."""
     import tvm
     from tvm import te, topi
 
@@ -224,15 +225,16 @@ def test_a_wide_narrow_stage_reduces_block_by_block_of_input_channels_for_all_ro
 
     facts = vector_facts(resolve_target("x86"))
     assert schedules.register_tile(7, 512, facts.lanes, facts.registers) == (7, 2)
-    x = te.placeholder((1, 9, 9, 512), "float32", name="x")  # padded already
+    x = te.placeholder((1, 7, 7, 512), "float32", name="x")
     w = te.placeholder((3, 3, 512, 512), "float32", name="w")
-    out = topi.nn.relu(topi.nn.conv2d_nhwc(x, w, 1, 0, 1))
+    out = topi.nn.relu(topi.nn.conv2d_nhwc(x, w, 1, 1, 1))
     mod, count = schedules.schedule_gemm(tvm.IRModule({"c": te.create_prim_func([x, w, out]).with_attr("global_symbol", "c")}), facts.lanes, facts.registers)
     assert count == 1
     script = mod["c"].script()
     assert "T.parallel(16)" in script and "T.unroll(7)" in script, script  # 16 panels of 2 vectors; 7-pixel rows
     # the input channels' blocks outermost, then the rows, the window and the block's channels
     assert "for rc_0, yy, xx_0, ry, rx, rc_1 in T.grid(64, 7, 1, 3, 3, 8)" in script and "rc_0 * 8 + rc_1" in script, script
+    assert "pad_temp = T.sblock_alloc_buffer((1, 64, 9, 9, 8))" in script, script  # (n, c / 8, h, w, 8)
     if not _runnable("x86"):
         pytest.skip("this host cannot run the x86 target's AVX-512 code")
     torch.manual_seed(0)
@@ -799,3 +801,68 @@ def test_a_max_pool_accumulates_each_pixel_in_registers_and_matches_torch(target
     with torch.no_grad():
         want = module(xs).numpy()
     np.testing.assert_allclose(compiled(xs.numpy())[0], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("target", ["x86", "x86:haswell"])
+@pytest.mark.parametrize(
+    ("kernel", "stride", "pad", "dilation", "skips"),
+    [
+        ((3, 3), 1, (1, 1, 1, 1), 1, True),  # ResNet's 3x3: the first and last rows read a row of zeros
+        ((3, 3), 2, (1, 1, 1, 1), 1, True),  # strided: only the first row does
+        ((1, 3), 1, (1, 1, 1, 1), 1, True),  # one window row: the output's first and last rows read only zeros
+        ((3, 3), 1, (0, 1, 2, 1), 1, True),  # asymmetric: two rows of zeros at the bottom, none on top
+        ((3, 3), 1, (2, 2, 2, 2), 2, False),  # dilated: the window steps by 2, left whole
+    ],
+)
+def test_window_rows_that_read_only_padding_are_skipped_and_convolutions_match_numpy(target, kernel, stride, pad, dilation, skips):
+    """A padded convolution's register tile skips the window rows that fall in the zero padding
+    (as ONNX Runtime's NCHWc kernels do): the scheduled kernel marks its window-row loop with the
+    rows that hold input, the CPU pipeline clips the loop to them once the tile's buffers are
+    allocated (a 1 x 3 window over padded rows: whole output rows of zero sums, the epilogue still
+    applied). Not a dilated window. Same values as numpy, with and without the skip."""
+    import tvm
+    from tvm import te, topi
+
+    from graphpress.backends.tvm import schedules, tir_pipeline
+
+    h, w, c, n = 7, 7, 32, 64
+    facts = vector_facts(resolve_target(target))
+    x = te.placeholder((1, h, w, c), "float32", name="x")
+    wt = te.placeholder((*kernel, c, n), "float32", name="w")
+    out = topi.nn.relu(topi.nn.conv2d_nhwc(x, wt, stride, list(pad), dilation))
+
+    def scheduled():
+        mod, count = schedules.schedule_gemm(tvm.IRModule({"c": te.create_prim_func([x, wt, out]).with_attr("global_symbol", "c")}), facts.lanes, facts.registers)
+        assert count == 1
+        return mod
+
+    mod = scheduled()
+    assert (schedules.WINDOW_ROWS_ATTR in mod["c"].script()) == skips, mod["c"].script()
+    without = schedules.SKIP_PADDED_ROWS
+    try:
+        schedules.SKIP_PADDED_ROWS = False
+        plain = scheduled()
+    finally:
+        schedules.SKIP_PADDED_ROWS = without
+    assert schedules.WINDOW_ROWS_ATTR not in plain["c"].script()
+    clipped = tir_pipeline._clip_loops(mod["c"]).script()  # what the pipeline does once buffers are placed
+    assert schedules.WINDOW_ROWS_ATTR not in clipped and ("for ry in range(T.max(" in clipped) == skips, clipped
+    if not _runnable(target):
+        pytest.skip(f"this host cannot run the code of {target}")
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((1, h, w, c)).astype(np.float32)
+    ws = rng.standard_normal((*kernel, c, n)).astype(np.float32)
+    top, left, bottom, right = pad
+    xp = np.pad(xs.astype(np.float64), ((0, 0), (top, bottom), (left, right), (0, 0)))
+    oh = (h + top + bottom - dilation * (kernel[0] - 1) - 1) // stride + 1
+    ow = (w + left + right - dilation * (kernel[1] - 1) - 1) // stride + 1
+    want = sum(
+        xp[:, i * dilation : i * dilation + stride * (oh - 1) + 1 : stride, j * dilation : j * dilation + stride * (ow - 1) + 1 : stride, :] @ ws[i, j].astype(np.float64)
+        for i in range(kernel[0])
+        for j in range(kernel[1])
+    )
+    for module in (mod, plain):
+        lib = tvm.compile(module, target=resolve_target(target).tvm_target(), tir_pipeline=tir_pipeline.cpu_tir_pipeline())
+        got = tvm.runtime.tensor(np.zeros((1, oh, ow, n), np.float32))
+        lib["c"](tvm.runtime.tensor(xs), tvm.runtime.tensor(ws), got)
+        np.testing.assert_allclose(got.numpy(), np.maximum(want, 0), rtol=1e-5, atol=1e-4)

@@ -63,6 +63,63 @@ def _keep_small_buffers_on_stack():
     return keep
 
 
+def _clip_loops(func):
+    """Clip every loop annotated :data:`~.schedules.WINDOW_ROWS_ATTR` to the rows it names. The
+    bounds were written in the scheduled kernel's loop variables, which ``NarrowDataType`` has
+    since replaced by 32-bit ones of the same names: each is mapped back to the one loop variable
+    of its name (a loop whose bounds cannot be is left whole: it only runs rows of zeros)."""
+    import tvm_ffi
+
+    from tvm import tirx
+
+    from graphpress.backends.tvm.schedules import WINDOW_ROWS_ATTR
+
+    loops = []
+    tvm_ffi.structural_map(func.body, [(tirx.For, lambda f: loops.append(f) or f)])
+    if not any(f.annotations and WINDOW_ROWS_ATTR in f.annotations for f in loops):
+        return func
+    by_name: dict[str, list] = {}
+    for f in loops:
+        by_name.setdefault(f.loop_var.name, []).append(f.loop_var)
+
+    def clip(loop):
+        if not loop.annotations or WINDOW_ROWS_ATTR not in loop.annotations:
+            return loop
+        annotations = {k: v for k, v in loop.annotations.items() if k != WINDOW_ROWS_ATTR}
+        bounds = []
+        for bound in loop.annotations[WINDOW_ROWS_ATTR]:
+            unknown = []
+
+            def remap(v):
+                if any(v.same_as(lv) for lvs in by_name.values() for lv in lvs):
+                    return v
+                found = by_name.get(v.name, [])
+                if len(found) != 1:
+                    unknown.append(v)
+                    return v
+                return tirx.Cast(str(v.ty), found[0]) if str(found[0].ty) != str(v.ty) else found[0]
+
+            bound = tvm_ffi.structural_map(bound, [(tirx.Var, remap)])
+            if unknown:
+                return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, loop.body, loop.thread_binding, annotations or None)
+            bounds.append(bound if str(bound.ty) == str(loop.loop_var.ty) else tirx.Cast(str(loop.loop_var.ty), bound))
+        first, end = bounds
+        extent = tirx.Max(end - first, tirx.IntImm(str(loop.loop_var.ty), 0))
+        return tirx.For(loop.loop_var, first, extent, loop.kind, loop.body, loop.thread_binding, annotations or None)
+
+    return func.with_body(tvm_ffi.structural_map(func.body, [(tirx.For, clip)]))
+
+
+def _clip_window_rows():
+    from tvm import tirx
+
+    @tirx.transform.prim_func_pass(opt_level=0, name="graphpress.ClipWindowRows")
+    def clip(func, _mod, _ctx):
+        return _clip_loops(func)
+
+    return clip
+
+
 def _factory():
     import tvm
 
@@ -71,7 +128,7 @@ def _factory():
     lower, finalize_host, finalize_device = pipeline.default_s_tir_pipeline()
 
     def host():
-        return tvm.ir.transform.Sequential([_keep_small_buffers_on_stack(), finalize_host()])
+        return tvm.ir.transform.Sequential([_clip_window_rows(), _keep_small_buffers_on_stack(), finalize_host()])
 
     return lower, host, finalize_device
 
