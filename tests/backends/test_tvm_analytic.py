@@ -819,7 +819,9 @@ def test_window_rows_that_read_only_padding_are_skipped_and_convolutions_match_n
     (as ONNX Runtime's NCHWc kernels do): the scheduled kernel marks its window-row loop with the
     rows that hold input, the CPU pipeline clips the loop to them once the tile's buffers are
     allocated (a 1 x 3 window over padded rows: whole output rows of zero sums, the epilogue still
-    applied). Not a dilated window. Same values as numpy, with and without the skip."""
+    applied; not a dilated window). A tile as wide as the output (7 pixels: AVX-512's tiles; the
+    strided 4-pixel output takes tiles of 2 with AVX2) also drops the products of its edge pixels
+    with the window columns of zeros. Same values as numpy, with and without."""
     import tvm
     from tvm import te, topi
 
@@ -837,14 +839,25 @@ def test_window_rows_that_read_only_padding_are_skipped_and_convolutions_match_n
         return mod
 
     mod = scheduled()
-    assert (schedules.WINDOW_ROWS_ATTR in mod["c"].script()) == skips, mod["c"].script()
-    without = schedules.SKIP_PADDED_ROWS
+    script = mod["c"].script()
+    assert (schedules.WINDOW_ROWS_ATTR in script) == skips, script
+    # the tile spans the width (7 pixels): the columns of zeros are dropped by a predicate that is
+    # a constant once the pixels and the window's columns are unrolled
+    def column_predicates(text: str) -> int:
+        return sum("T.where(" in line and "rx" in line for line in text.splitlines())
+
+    top, left, bottom, right = pad
+    oh = (h + top + bottom - dilation * (kernel[0] - 1) - 1) // stride + 1
+    ow = (w + left + right - dilation * (kernel[1] - 1) - 1) // stride + 1
+    full_width = register_tile(ow, n, facts.lanes, facts.registers)[0] == ow  # else tiles of a row's part: no column skip
+    assert column_predicates(script) == full_width and (f"for rx in T.unroll({kernel[1]})" in script) == full_width, script
+    saved = schedules.SKIP_PADDED_ROWS, schedules.SKIP_PADDED_COLUMNS
     try:
-        schedules.SKIP_PADDED_ROWS = False
+        schedules.SKIP_PADDED_ROWS = schedules.SKIP_PADDED_COLUMNS = False
         plain = scheduled()
     finally:
-        schedules.SKIP_PADDED_ROWS = without
-    assert schedules.WINDOW_ROWS_ATTR not in plain["c"].script()
+        schedules.SKIP_PADDED_ROWS, schedules.SKIP_PADDED_COLUMNS = saved
+    assert schedules.WINDOW_ROWS_ATTR not in plain["c"].script() and column_predicates(plain["c"].script()) == 0
     clipped = tir_pipeline._clip_loops(mod["c"]).script()  # what the pipeline does once buffers are placed
     assert schedules.WINDOW_ROWS_ATTR not in clipped and ("for ry in range(T.max(" in clipped) == skips, clipped
     if not _runnable(target):
@@ -852,10 +865,7 @@ def test_window_rows_that_read_only_padding_are_skipped_and_convolutions_match_n
     rng = np.random.default_rng(0)
     xs = rng.standard_normal((1, h, w, c)).astype(np.float32)
     ws = rng.standard_normal((*kernel, c, n)).astype(np.float32)
-    top, left, bottom, right = pad
     xp = np.pad(xs.astype(np.float64), ((0, 0), (top, bottom), (left, right), (0, 0)))
-    oh = (h + top + bottom - dilation * (kernel[0] - 1) - 1) // stride + 1
-    ow = (w + left + right - dilation * (kernel[1] - 1) - 1) // stride + 1
     want = sum(
         xp[:, i * dilation : i * dilation + stride * (oh - 1) + 1 : stride, j * dilation : j * dilation + stride * (ow - 1) + 1 : stride, :] @ ws[i, j].astype(np.float64)
         for i in range(kernel[0])
