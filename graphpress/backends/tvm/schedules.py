@@ -27,7 +27,9 @@ exceeds it one block of :data:`IC_BLOCK` input channels at a time for all of its
 weight, when every caller passes it as a constant, is packed panel-major at compile time
 (:func:`panel_major`: each panel, and each block of a panel, one contiguous stream, as ONNX
 Runtime's NCHWc filters are). The tile's intermediate
-stages stay in local scope, and a depthwise window unrolls its last loop. A float depthwise
+stages stay in local scope, and a depthwise window unrolls its last loop. A padded convolution
+skips the window rows, and a tile as wide as the output the window columns, that read only the
+padding's zeros (:func:`_skip_padded_rows`). A float depthwise
 convolution over a wide map (:data:`GENERIC_DEPTHWISE_WIDTH`) takes the generic schedule instead.
 """
 
