@@ -73,8 +73,9 @@ def _keep_small_buffers_on_stack():
 def _clip_loops(func):
     """Clip every loop annotated :data:`~.schedules.WINDOW_ROWS_ATTR` to the rows it names. The
     bounds were written in the scheduled kernel's loop variables, which ``NarrowDataType`` has
-    since replaced by 32-bit ones of the same names: each is mapped back to the one loop variable
-    of its name (a loop whose bounds cannot be is left whole: it only runs rows of zeros)."""
+    since replaced by 32-bit ones of the same names: each is mapped back to the one loop of its
+    name around the annotated loop (a loop whose bounds cannot be is left whole: the rows it
+    would skip only read zeros)."""
     import tvm_ffi
 
     from tvm import tirx
@@ -85,22 +86,25 @@ def _clip_loops(func):
     tvm_ffi.structural_map(func.body, [(tirx.For, lambda f: loops.append(f) or f)])
     if not any(f.annotations and WINDOW_ROWS_ATTR in f.annotations for f in loops):
         return func
-    by_name: dict[str, list] = {}
-    for f in loops:
-        by_name.setdefault(f.loop_var.name, []).append(f.loop_var)
+
+    def inside(outer, var) -> bool:  # whether the loop of ``var`` is in ``outer``'s body
+        found = []
+        tvm_ffi.structural_map(outer.body, [(tirx.For, lambda f: found.append(f.loop_var.same_as(var)) or f)])
+        return any(found)
 
     def clip(loop):
         if not loop.annotations or WINDOW_ROWS_ATTR not in loop.annotations:
             return loop
         annotations = {k: v for k, v in loop.annotations.items() if k != WINDOW_ROWS_ATTR}
+        around = [f for f in loops if inside(f, loop.loop_var)]
         bounds = []
         for bound in loop.annotations[WINDOW_ROWS_ATTR]:
             unknown = []
 
             def remap(v):
-                if any(v.same_as(lv) for lvs in by_name.values() for lv in lvs):
+                if any(v.same_as(f.loop_var) for f in around):
                     return v
-                found = by_name.get(v.name, [])
+                found = [f.loop_var for f in around if f.loop_var.name == v.name]
                 if len(found) != 1:
                     unknown.append(v)
                     return v
