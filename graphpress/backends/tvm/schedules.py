@@ -785,8 +785,7 @@ def _skip_padded_rows(func, update: str, m_name: str, padded: str, axes):
             if blocks != [update] or any(f.loop_var.same_as(v) for f in inner for v in used):
                 return loop  # other blocks inside, or not the innermost loop the index uses
             at = lambda value: analyzer.simplify(tvm_ffi.structural_map(index, [(tvm.tirx.Var, lambda v: value if v.same_as(var) else v)]))  # noqa: E731
-            start, step = at(tvm.tirx.IntImm(str(var.ty), 0)), at(var + 1) - at(var)
-            step = analyzer.simplify(step)
+            start, step = at(tvm.tirx.IntImm(str(var.ty), 0)), analyzer.simplify(at(var + 1) - at(var))
             if not isinstance(step, tvm.tirx.IntImm) or int(step) != 1:
                 return loop  # a dilated window
             first = analyzer.simplify(tvm.tirx.Max(loop.min, tvm.tirx.IntImm(str(var.ty), offset) - start))
@@ -815,11 +814,11 @@ def _skip_padded_columns(func, update: str, index, offset: int, extent: int, spa
     import tvm
     import tvm_ffi
 
-    loops = {}
-    tvm_ffi.structural_map(func.body, [(tvm.tirx.For, lambda f: loops.setdefault(f.loop_var.name, []).append(f) or f)])
+    loops = []
+    tvm_ffi.structural_map(func.body, [(tvm.tirx.For, lambda f: loops.append(f) or f)])
     columns = []
     for var in tvm.tirx.analysis.undefined_vars(index):
-        found = [f for f in loops.get(var.name, []) if f.loop_var.same_as(var)]
+        found = [f for f in loops if f.loop_var.same_as(var)]
         if len(found) != 1:
             return func
         loop = found[0]
@@ -981,9 +980,7 @@ def _vector_read_of(read, n_var) -> bool:
 
 def _reads_var(read, var) -> bool:
     """Whether any index of ``read`` (a buffer region) uses ``var``."""
-    import tvm
-
-    return any(any(v.same_as(var) for v in tvm.tirx.analysis.undefined_vars(r.min)) for r in read.region)
+    return any(_reads_var_expr(r.min, var) for r in read.region)
 
 
 def _vector_read(sch, red, producer, n_var) -> bool:
