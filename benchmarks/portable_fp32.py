@@ -11,7 +11,10 @@ ONNX Runtime: ``ORT_ENABLE_ALL``, one intra-op thread per usable core, on the sa
 model. Latency: median over blocks of runs (``_timing.blocked``), both engines on the same
 threads.
 
-GFLOP/s = 2 x the model's MACs (``graphpress.summarize``) / latency, for ORT too. The peak is
+GFLOP/s = 2 x the model's MACs (``graphpress.summarize``: a direct convolution's) / latency,
+for ORT too. A convolution graphpress computes with Winograd's transforms
+(:mod:`graphpress.backends.tvm.winograd`, column "Winograd convs") multiplies 2.25-4x less, so
+its GFLOP/s are *effective* (the direct work over the time) and may exceed the peak. The peak is
 measured, per path, on this machine (``_machine.measured_peak_gflops``: independent vector FMA
 chains, one process per core at once): ``/proc/cpuinfo``'s MHz is not the clock vector code
 runs at (an earlier version of this benchmark computed peaks from it, 2.6 GHz on a part that
@@ -89,13 +92,13 @@ def main() -> int:
             gflops = flops / ms[target] / 1e6
             build = compiled.meta["build"]
             rows.append((name, ms["ort"], flops / ms["ort"] / 1e6, target, path, ms[target], ms[target] / ms["ort"], gflops, 100 * gflops / peak if peak else float("nan"),
-                         build.get("analytic_scheduled_kernels", 0), len(build.get("unscheduled_kernels", []))))  # fmt: skip
+                         build.get("analytic_scheduled_kernels", 0), len(build.get("unscheduled_kernels", [])), len(build.get("winograd_convolutions", []))))  # fmt: skip
         print(f"{name}: done", flush=True)
     print()
-    print("| model | ORT fp32 ms | ORT GFLOP/s | graphpress path | graphpress ms | graphpress / ORT | GFLOP/s | % of the path's measured peak | analytic kernels | other kernels |")
-    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|")
-    for name, ort_ms, ort_gflops, target, path, tvm_ms, ratio, gflops, pct, analytic, other in rows:
-        print(f"| {name} | {ort_ms:.2f} | {ort_gflops:.0f} | {target} ({path}) | {tvm_ms:.2f} | {ratio:.2f}x | {gflops:.0f} | {pct:.0f}% | {analytic} | {other} |")
+    print("| model | ORT fp32 ms | ORT GFLOP/s | graphpress path | graphpress ms | graphpress / ORT | GFLOP/s | % of the path's measured peak | analytic kernels | other kernels | Winograd convs |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, ort_ms, ort_gflops, target, path, tvm_ms, ratio, gflops, pct, analytic, other, winograd in rows:
+        print(f"| {name} | {ort_ms:.2f} | {ort_gflops:.0f} | {target} ({path}) | {tvm_ms:.2f} | {ratio:.2f}x | {gflops:.0f} | {pct:.0f}% | {analytic} | {other} | {winograd} |")
     return 0
 
 

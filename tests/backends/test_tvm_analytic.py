@@ -277,7 +277,7 @@ def test_large_constant_weights_are_packed_panel_major_and_activations_keep_thei
     torch.manual_seed(0)
     module = Net().eval()
     xs = torch.randn(1, 128, 16, 16)
-    compiled = compile_model(from_torch(module, xs), target, verify=False, measure=False)
+    compiled = compile_model(from_torch(module, xs), target, verify=False, measure=False, winograd=False)  # the direct convolution's weights
     build = compiled.meta["build"]
     assert build["packed_weights"] == 2, build  # the conv's and the linear's weights; not the activation
     if not _runnable(target):
@@ -876,3 +876,51 @@ def test_window_rows_that_read_only_padding_are_skipped_and_convolutions_match_n
         got = tvm.runtime.tensor(np.zeros((1, oh, ow, n), np.float32))
         lib["c"](tvm.runtime.tensor(xs), tvm.runtime.tensor(ws), got)
         np.testing.assert_allclose(got.numpy(), np.maximum(want, 0), rtol=1e-5, atol=1e-4)
+
+
+class _Winograd(torch.nn.Module):
+    """3x3 stride-1 convolutions of the kinds Winograd's transforms take (a 16 x 16 map: F(4,3);
+    a 14 x 14 one, unpadded: F(2,3)) with a bias, a residual add and a ReLU after them, and two
+    it must leave direct (stride 2; a 7 x 7 map, whose tiles would not cover it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv2d(16, 32, 3, padding=1)
+        self.b = torch.nn.Conv2d(32, 32, 3, padding=1)
+        self.c = torch.nn.Conv2d(32, 32, 3)
+        self.d = torch.nn.Conv2d(32, 32, 3, stride=2, padding=1)
+        self.e = torch.nn.Conv2d(32, 32, 3, padding=1)
+
+    def forward(self, x):
+        y = torch.relu(self.a(x))
+        y = torch.relu(self.b(y) + y)
+        y = torch.relu(self.c(y))
+        return self.e(self.d(y))
+
+
+@pytest.mark.parametrize("target", ["x86", "x86:haswell"])
+def test_winograd_convolutions_are_chosen_where_tiles_cover_the_map_and_match_torch_in_float64(target):
+    """A 3x3 stride-1 convolution becomes input transform, batched matmul (the analytic GEMM)
+    and output transform (the bias, residual and ReLU fused into it): F(4,3) where 4 divides the
+    map, F(2,3) where 2 does, direct otherwise. Its results differ from the exact ones by
+    rounding only: within 1e-5 of the output's magnitude, against torch in float64."""
+    torch.manual_seed(0)
+    module = _Winograd().eval()
+    x = torch.randn(2, 16, 16, 16)
+    compiled = compile_model(from_torch(module, x), target, verify=False, measure=False)
+    build = compiled.meta["build"]
+    assert build["winograd_convolutions"] == ["16x16 16->32 F(4,3)", "16x16 32->32 F(4,3)", "14x14 32->32 F(2,3)"], build
+    assert {"winograd_input", "matmul"} <= {name.rstrip("0123456789") for name in build["kernel_names"]}, build
+    # the epilogues ride on the output transforms: no kernel of their own
+    assert not [name for name in build["kernel_names"] if name.startswith("fused_add") or name.startswith("relu")], build
+    if not _runnable(target):
+        pytest.skip(f"this host cannot run the code of {target}")
+    with torch.no_grad():
+        want = module.double()(x.double()).numpy()
+    got = compiled(x.numpy())[0]
+    err = float(np.abs(got - want).max()) / float(np.abs(want).max())
+    assert err < 1e-5, err
+    direct = compile_model(from_torch(module.float(), x), target, verify=False, measure=False, winograd=False)
+    assert "winograd_convolutions" not in direct.meta["build"]
+    exact = float(np.abs(direct(x.numpy())[0] - want).max()) / float(np.abs(want).max())
+    assert exact < 1e-5 and err < 30 * max(exact, 1e-7), (err, exact)

@@ -58,6 +58,7 @@ def compile_model(
     int8: str = "auto",
     int8_guard: bool = True,
     fast_math: bool = True,
+    winograd: bool = True,
     verify: bool = True,
     samples: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
     dynamic: Sequence[str] | None = None,
@@ -91,6 +92,11 @@ def compile_model(
             code instead of one libm call per element (:mod:`graphpress.backends.tvm.fastmath`;
             within a few float32 ulps), unless the tuning databases schedule more of the libm
             kernels than of the fast ones (the report's ``fast_math`` says which was used).
+        winograd: CPU targets: 3x3 stride-1 float convolutions whose maps Winograd's tiles cover
+            are computed with its transforms (:mod:`graphpress.backends.tvm.winograd`: 2.25-4x
+            fewer multiplications, results within rounding of the direct ones, which the check
+            against ONNX Runtime measures; the report's ``winograd_convolutions`` lists them);
+            False keeps every convolution direct.
         verify: host targets: run the compiled code and ONNX Runtime on ``samples`` and raise a
             :class:`GraphpressError` naming the first diverging node when they differ beyond the
             backend's tolerance (:func:`check_against_onnxruntime`); the report's
@@ -150,7 +156,7 @@ def compile_model(
             spec = dataclasses.replace(spec, config={**spec.config, "num-cores": remote.num_threads()})
     runs = spec.is_host or remote is not None  # the compiled code can be timed and checked
     with running_on(remote):
-        tuning = Tuning(tune_trials, max_trials_per_task, database, shipped_databases, fast_math)
+        tuning = Tuning(tune_trials, max_trials_per_task, database, shipped_databases, fast_math, winograd=winograd)
         given = as_samples(samples) if samples else None
         if given:  # symbolic dims take the samples' sizes, never a silent 1
             input_shapes = shapes_of_samples(model, given, input_shapes, "samples", dynamic_dims(model, dynamic) if dynamic else None)

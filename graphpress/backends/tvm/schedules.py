@@ -91,13 +91,18 @@ def schedule_injective(mod) -> tuple[Any, int]:
                     mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
                     count += 1
                 continue
+            tile = transform_tile(sch, blocks)
             for block in blocks[:-1]:
                 try:
                     sch.compute_inline(block)
                 except Exception:  # noqa: BLE001 - not inlinable: keep it as its own loop nest
                     pass
-            for block in sch.get_child_blocks(root):
-                parallel_rows(sch, block)
+            remaining = sch.get_child_blocks(root)
+            if tile is not None and len(remaining) == 1:  # a Winograd transform and its epilogue
+                schedule_transform(sch, remaining[0], tile)
+            else:
+                for block in remaining:
+                    parallel_rows(sch, block)
             mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
             count += 1
         except Exception:  # noqa: BLE001 - leave the kernel to TVM's default (listed as unscheduled)
@@ -998,3 +1003,48 @@ def _has_root(sch) -> bool:
         return True
     except Exception:  # noqa: BLE001
         return False
+
+
+#: the block annotation of a Winograd transform (:mod:`.winograd`): ``m``, the tile's output size
+WINOGRAD_TILE_ATTR = "graphpress.winograd_tile"
+
+
+def schedule_transform(sch, block, m: int) -> None:
+    """A transform's (or its fused epilogue's) loops: the tile's positions unrolled, so every
+    coefficient is a constant, the channels innermost in vectors, the tiles over the cores.
+    Input transform ``(alpha^2, tiles, c)``: tiles outermost, positions, channels. Output
+    ``(n, oh, ow, k)``: rows and columns split by ``m``."""
+    loops = sch.get_loops(block)
+    work = _work(sch, block)
+    if len(loops) == 3:  # input transform
+        e, p, c = loops
+        positions = [e]
+        outer = p
+    else:
+        n, y, x, c = loops
+        yo, yi = sch.split(y, [None, m])
+        xo, xi = sch.split(x, [None, m])
+        positions = [yi, xi]
+        sch.reorder(n, yo, xo, yi, xi, c)
+        outer = sch.fuse(n, yo, xo)
+    extent = int(sch.get(c).extent)
+    lanes = 16 if extent % 16 == 0 else (8 if extent % 8 == 0 else 1)
+    co, ci = sch.split(c, [None, lanes])
+    # a vector of channels at a time, all the tile's positions of it: the tile's loads are
+    # shared by its positions once unrolled
+    sch.reorder(outer, co, *positions, ci)
+    for loop in positions:
+        sch.unroll(loop)
+    if lanes > 1:
+        sch.vectorize(ci)
+    _parallel(sch, outer, work)
+
+
+def transform_tile(sch, blocks) -> int | None:
+    """``m`` when one of ``blocks`` is a Winograd transform, else None."""
+    for block in blocks:
+        tile = sch.get(block).annotations.get(WINOGRAD_TILE_ATTR)
+        if tile is not None:
+            return int(tile)
+    return None
+

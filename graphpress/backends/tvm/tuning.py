@@ -41,6 +41,7 @@ from graphpress.backends.tvm.layout import (
 from graphpress.backends.tvm.runtime import Remote, current_remote
 from graphpress.backends.tvm.schedules import packed_kernels, schedule_gemm, schedule_injective
 from graphpress.backends.tvm.targets import TargetSpec, vector_facts
+from graphpress.backends.tvm.winograd import winograd_convs
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class Tuning:
             (:func:`~graphpress.backends.tvm.schedules.schedule_gemm`).
         nhwc: convert convolutions to NHWC for it (the build retries without when TVM cannot
             build the converted model).
+        winograd: 3x3 stride-1 NHWC float convolutions that Winograd's tiles cover run as
+            its transforms and a batched matmul (:mod:`graphpress.backends.tvm.winograd`).
         int8_lowering: the Relax pass that puts integer convolutions on the int8 ISA's kernels
             (:func:`~graphpress.backends.tvm.int8.emit.lower_int8_convs`), run after the layout
             conversion; None for a build without an int8 ISA.
@@ -80,6 +83,7 @@ class Tuning:
     nhwc: bool = True
     int8_lowering: Any = None
     int8_schedule: Any = None
+    winograd: bool = True
 
 
 SHIPPED_DATABASES = Path(__file__).parent / "databases"
@@ -227,12 +231,13 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
 
     def lower(fast: bool, nhwc: bool | str = False):  # nhwc: True (the whole model), "local" (each convolution alone)
         steps = [relax.transform.ConvertToDataflow(), relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
+        winograd: list[str] = []  # the convolutions computed by Winograd's transforms
         if nhwc:  # output channels innermost: the analytic GEMM schedule vectorizes over them
             convert = convs_to_nhwc() if nhwc == "local" else relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"], **KEEP_NCHW})
             steps += [conv1d_as_conv2d(), conv_transpose_as_conv(), unit_width_convs_along_width(), scalar_constants(), convert, sink_permutes(), fold_weight_layouts(), relax.transform.DeadCodeElimination()]
         if analytic:  # output channels in whole vectors for the register tile; softmax rows contiguous
             facts = vector_facts(spec)
-            steps += [pad_output_channels(facts.lanes), pad_output_width(facts.lanes, facts.registers), softmax_on_last_axis()]
+            steps += [*([winograd_convs(winograd)] if nhwc and tuning.winograd else []), pad_output_channels(facts.lanes), pad_output_width(facts.lanes, facts.registers), softmax_on_last_axis()]
         if tuning.int8_lowering is not None:  # integer convolutions onto the ISA's kernels, in the layout they now have
             # the lowered call bound straight to the conv's variable: FuseOps fuses nothing across a
             # variable bound to a variable (the requantization stayed a kernel of its own)
@@ -240,6 +245,8 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
         if fast:
             steps.append(relax.transform.LegalizeOps(customize_legalize_map=fast_math_legalization()))
         lowered = tvm.transform.Sequential([*steps, relax.get_pipeline("zero")])(mod)
+        if winograd:
+            stats["winograd_convolutions"] = winograd
         if tuning.int8_schedule is not None:  # scheduled before tuning or databases see them
             lowered, stats["int8_fused_kernels"] = tuning.int8_schedule(lowered)
         return lowered
