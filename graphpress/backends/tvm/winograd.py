@@ -38,7 +38,7 @@ WINOGRAD = True
 
 #: the transformed weights of one convolution, at most (bytes): ``alpha^2 / 9`` times the 3x3
 #: weights, read once per tile of rows
-MAX_WEIGHT_BYTES = 2 * 1024 * 1024
+MAX_WEIGHT_BYTES = 8 * 1024 * 1024
 
 #: tiles a map must have at least: each transformed weight is used once per tile
 MIN_TILES = 32
@@ -122,10 +122,10 @@ def input_transform(x, m: int, pads: tuple[int, int]):
             inside = tvm.tirx.all(row >= 0, row < h, col >= 0, col < w)
             return tvm.tirx.if_then_else(inside, x[bn, row, col, ch], tvm.tirx.const(0.0, "float32"))
 
-        leaves = []
-        for e1 in range(alpha):
-            for e2 in range(alpha):
-                leaves.append(_weighted_sum([(b[u, e1] * b[v, e2], d(u, v)) for u in range(alpha) for v in range(alpha) if b[u, e1] * b[v, e2] != 0]))
+        # B^T d first along the rows, then along the columns: the row sums are the same
+        # expressions in every position that uses them, which LLVM computes once per tile
+        rows = [[_weighted_sum([(b[u, e1], d(u, v)) for u in range(alpha) if b[u, e1] != 0]) for v in range(alpha)] for e1 in range(alpha)]
+        leaves = [_weighted_sum([(b[v, e2], rows[e1][v]) for v in range(alpha) if b[v, e2] != 0]) for e1 in range(alpha) for e2 in range(alpha)]
         return _select(e, leaves)
 
     return te.compute(_int64((alpha * alpha, n * th * tw, c)), compute, name="winograd_input", attrs={TILE_ATTR: m})
@@ -142,10 +142,8 @@ def output_transform(prod, m: int, shape: tuple[int, int, int, int]):
 
     def compute(bn, y, x, ch):
         p = (bn * th + y // m) * tw + x // m
-        leaves = []
-        for r in range(m):
-            for s in range(m):
-                leaves.append(_weighted_sum([(a[e1, r] * a[e2, s], prod[e1 * alpha + e2, p, ch]) for e1 in range(alpha) for e2 in range(alpha) if a[e1, r] * a[e2, s] != 0]))
+        rows = [[_weighted_sum([(a[e1, r], prod[e1 * alpha + e2, p, ch]) for e1 in range(alpha) if a[e1, r] != 0]) for e2 in range(alpha)] for r in range(m)]
+        leaves = [_weighted_sum([(a[e2, s], rows[r][e2]) for e2 in range(alpha) if a[e2, s] != 0]) for r in range(m) for s in range(m)]
         return _select((y % m) * m + x % m, leaves)
 
     return te.compute(_int64((n, oh, ow, k)), compute, name="winograd_output", attrs={TILE_ATTR: m})
