@@ -5,7 +5,9 @@ its real weights at seq 128) the engines run in blocks (``_timing.blocked``: A B
 D C B A, after a warm-up and a pause each), and the table gives medians, ratios to ORT, achieved GFLOP/s (2 FLOP per
 multiply-accumulate, MACs from ``graphpress inspect``) against the machine's nominal fp32
 peak (measured on this machine for the target's vector path: ``_machine.measured_peak_gflops``),
-and compile/tuning time.
+and compile/tuning time. The MACs are a direct convolution's: a 3x3 convolution graphpress
+computes with Winograd's transforms (:mod:`graphpress.backends.tvm.winograd`) multiplies
+2.25-4x less, so a build with them shows *effective* GFLOP/s, which may exceed the peak.
 
 Engines:
 

@@ -902,19 +902,23 @@ class _Winograd(torch.nn.Module):
         return self.g(self.f(y))
 
 
-@pytest.mark.parametrize("target", ["x86", "x86:haswell"])
-def test_winograd_convolutions_are_chosen_where_tiles_cover_the_map_and_match_torch_in_float64(target):
+@pytest.mark.parametrize("target, tiles", [("x86", (2,)), ("x86:haswell", (2,)), ("x86", (4, 2))])
+def test_winograd_convolutions_are_chosen_where_tiles_cover_the_map_and_match_torch_in_float64(target, tiles, monkeypatch):
     """A 3x3 stride-1 convolution becomes input transform, batched matmul (the analytic GEMM)
-    and output transform (the bias, residual and ReLU fused into it): F(4,3) where the map
-    has enough 4 x 4 tiles, even overhanging its edge, else F(2,3), else direct. Its results
-    differ from the exact ones by rounding only: within 1e-5 of the output's magnitude, against
-    torch in float64, and within 30x the direct convolution's own rounding."""
+    and output transform (the bias, residual and ReLU fused into it): F(2,3) (or, opted in,
+    F(4,3) first) where the map has enough tiles, even overhanging its edge, else direct. Its
+    results differ from the exact ones by rounding only: within 1e-5 of the output's magnitude,
+    against torch in float64, and within 30x the direct convolution's own rounding."""
+    from graphpress.backends.tvm import winograd
+
+    monkeypatch.setattr(winograd, "TILES", tiles)
     torch.manual_seed(0)
     module = _Winograd().eval()
     x = torch.randn(2, 16, 16, 16)
     compiled = compile_model(from_torch(module, x), target, verify=False, measure=False)
     build = compiled.meta["build"]
-    assert build["winograd_convolutions"] == ["16x16 16->32 F(4,3)", "16x16 32->32 F(4,3)", "14x14 32->32 F(4,3)", "7x7 32->32 F(2,3)"], build
+    big = "F(4,3)" if 4 in tiles else "F(2,3)"
+    assert build["winograd_convolutions"] == [f"16x16 16->32 {big}", f"16x16 32->32 {big}", f"14x14 32->32 {big}", "7x7 32->32 F(2,3)"], build
     assert {"winograd_input", "matmul"} <= {name.rstrip("0123456789") for name in build["kernel_names"]}, build
     # the epilogues ride on the output transforms: no kernel of their own
     assert not [name for name in build["kernel_names"] if name.startswith("fused_add") or name.startswith("relu")], build

@@ -100,6 +100,9 @@ def schedule_injective(mod) -> tuple[Any, int]:
             remaining = sch.get_child_blocks(root)
             if tile is not None and len(remaining) == 1:  # a Winograd transform and its epilogue
                 schedule_transform(sch, remaining[0], tile)
+                mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr(NO_CSE_ATTR, True)
+                count += 1
+                continue
             else:
                 for block in remaining:
                     parallel_rows(sch, block)
@@ -1004,6 +1007,11 @@ def _has_root(sch) -> bool:
     except Exception:  # noqa: BLE001
         return False
 
+
+#: a kernel the CPU pipeline lowers without TIR's common-subexpression elimination
+#: (:mod:`.tir_pipeline`): a Winograd transform's unrolled positions took it 3.6 of the kernel's
+#: 6.9 s to lower, and LLVM eliminates the same subexpressions anyway
+NO_CSE_ATTR = "graphpress.no_tir_cse"
 
 #: the block annotation of a Winograd transform (:mod:`.winograd`): ``m``, the tile's output size
 WINOGRAD_TILE_ATTR = "graphpress.winograd_tile"

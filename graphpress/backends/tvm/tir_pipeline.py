@@ -131,12 +131,38 @@ def _clip_window_rows():
     return clip
 
 
+def _without_cse_for(attr: str, lower):
+    """``lower``, with the functions that carry ``attr`` lowered in a pass context that
+    disables ``CommonSubexprElim``."""
+    import tvm
+
+    @tvm.transform.module_pass(opt_level=0, name="graphpress.LowerWithoutCSE")
+    def run(mod, ctx):
+        marked = {gv for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc) and (f.attrs or {}).get(attr, False)}
+        if not marked:
+            return lower(mod)
+        rest = tvm.IRModule({gv: f for gv, f in mod.functions.items() if gv not in marked}, attrs=mod.attrs)
+        alone = tvm.IRModule({gv: f for gv, f in mod.functions.items() if gv in marked}, attrs=mod.attrs)
+        out = lower(rest) if len(rest.functions) else rest
+        with tvm.transform.PassContext(opt_level=ctx.opt_level, config={**dict(ctx.config), "tirx.disable_cse_tir": True},
+                                       required_pass=list(ctx.required_pass), disabled_pass=list(ctx.disabled_pass)):  # fmt: skip
+            done = lower(alone)
+        out.update(done)
+        return out
+
+    return run
+
+
 def _factory():
     import tvm
 
     from tvm.s_tir import pipeline
 
-    lower, finalize_host, finalize_device = pipeline.default_s_tir_pipeline()
+    default_lower, finalize_host, finalize_device = pipeline.default_s_tir_pipeline()
+
+    from graphpress.backends.tvm.schedules import NO_CSE_ATTR
+
+    lower = _without_cse_for(NO_CSE_ATTR, default_lower)
 
     def host():
         return tvm.ir.transform.Sequential([_clip_window_rows(), _keep_small_buffers_on_stack(), finalize_host()])
