@@ -1024,7 +1024,10 @@ def schedule_transform(sch, block, m: int) -> None:
     ``(n, oh, ow, k)``: rows and columns split by ``m``."""
     loops = sch.get_loops(block)
     work = _work(sch, block)
-    if len(loops) == 3:  # input transform
+    if len(loops) == 2:  # input transform, written out position by position
+        outer, c = loops
+        positions = []
+    elif len(loops) == 3:  # input transform
         e, p, c = loops
         positions = [e]
         outer = p

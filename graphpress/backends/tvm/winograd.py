@@ -20,9 +20,11 @@ from a direct convolution by rounding (the transforms scale and cancel terms): a
 the output's magnitude at ``m = 2`` and 1e-5 at ``m = 4``, which the build's check against ONNX
 Runtime measures like any other difference.
 
-The transforms' loops are written so that, once the schedule unrolls a tile's positions
-(``schedules.schedule_transform``), every coefficient is a constant and the zero ones vanish: the
-compute selects, by the position, among expressions holding only the nonzero terms.
+The input transform writes every position of a tile from one block, each position an expression
+of the nonzero terms only (:func:`input_transform`). The output transform, into which the
+epilogue must fuse, is a TE compute that selects, by the position, among such expressions; once
+the schedule unrolls a tile's positions (``schedules.schedule_transform``) every selection is a
+constant.
 """
 
 from __future__ import annotations
@@ -41,11 +43,16 @@ WINOGRAD = True
 #: (32 MB of L3 per 8 cores), on AVX-512 and AVX2
 MAX_WEIGHT_BYTES = 16 * 1024 * 1024
 
+#: input and output channels a convolution must have at least: the matmul's reduction and
+#: width (an image's 3 channels: the transforms would cost more than they save)
+MIN_CHANNELS = 16
+
 #: the output tiles tried, in order. F(4,3) multiplies 4x less than the direct convolution
 #: (F(2,3): 2.25x) and ran ResNet-18 7 % faster than F(2,3) alone (Zen 5, AVX-512: 0.69x against
-#: 0.75x ONNX Runtime), but TVM takes about 4 s to lower each of its input transforms (36
-#: unrolled positions of a 36-leaf select): ResNet-18 compiled in 94 s instead of 15. Opt in
-#: with ``(4, 2)``
+#: 0.75x ONNX Runtime), but TVM took about 4 s to lower each of its input transforms as a TE
+#: compute (36 unrolled positions of a 36-leaf select): ResNet-18 compiled in 94 s instead of
+#: 15. Written out position by position (:func:`input_transform`) one F(4,3) convolution's
+#: kernels lower in 0.4 s; until a whole model is measured that way, opt in with ``(4, 2)``
 TILES = (2,)
 
 #: tiles a map must have at least: each transformed weight is used once per tile
@@ -67,16 +74,16 @@ def _matrices(m: int):
 
 def winograd_tile(height: int, width: int, in_channels: int, out_channels: int, batch: int = 1) -> int | None:
     """The output tile ``m`` for a 3x3 stride-1 convolution producing ``batch`` maps of
-    ``height x width``, or None to keep it direct: F(4,3), else F(2,3), the first whose
+    ``height x width``, or None to keep it direct: the first of :data:`TILES` whose
     transformed weights (``alpha^2 / 9`` times the 3x3 weights) stay under
     :data:`MAX_WEIGHT_BYTES` and whose tiles number at least :data:`MIN_TILES` (each transformed
-    weight is used once per tile). Tiles that overhang the map's edge (a 14 x 14 map in 4 x 4
+    weight is used once per tile), with at least :data:`MIN_CHANNELS` channels in and out. Tiles that overhang the map's edge (a 14 x 14 map in 4 x 4
     tiles) compute outputs that are dropped: F(4,3) there still multiplies 2.9x less than the
     direct convolution per output kept."""
     for m in TILES:
         alpha = m + 2
         tiles = batch * -(-height // m) * -(-width // m)
-        if alpha * alpha * in_channels * out_channels * 4 > MAX_WEIGHT_BYTES or tiles < MIN_TILES:
+        if alpha * alpha * in_channels * out_channels * 4 > MAX_WEIGHT_BYTES or tiles < MIN_TILES or min(in_channels, out_channels) < MIN_CHANNELS:
             continue
         return m
     return None
@@ -110,33 +117,47 @@ def _weighted_sum(terms):
     return expr if expr is not None else tvm.tirx.const(0.0, "float32")
 
 
-def input_transform(x, m: int, pads: tuple[int, int]):
-    """TE: ``x`` (n, h, w, c) to ``V`` (alpha^2, n * th * tw, c), the tiles' ``B^T d B``."""
+def input_transform(shape: tuple[int, int, int, int], m: int, pads: tuple[int, int]):
+    """The kernel from ``x`` (n, h, w, c) to ``V`` (alpha^2, n * th * tw, c), the tiles'
+    ``B^T d B``: one block per tile and channel that writes all ``alpha^2`` positions, each an
+    expression of its own. Not a loop over the positions selecting among their expressions, as
+    the output transform is: TVM lowered F(4,3)'s select among 36 expressions, unrolled 36 times,
+    in 58 s. The ``B^T d`` row sums recur in every position that uses them; LLVM computes each
+    once. Built with TVM's IR builder: TE cannot write several elements of one tensor from one
+    block."""
     import tvm
-    from tvm import te
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.tirx.script import builder as T
 
     _, b, _ = _matrices(m)
     alpha = m + 2
-    n, h, w, c = (int(d) for d in x.shape)
+    n, h, w, c = shape
     top, left = pads
     th, tw = -(-(h + 2 * top - 2) // m), -(-(w + 2 * left - 2) // m)  # the last tiles may overhang
+    zero = tvm.tirx.const(0.0, "float32")
+    with IRBuilder() as builder:
+        with T.prim_func(private=True, s_tir=True):
+            T.func_name("winograd_input")
+            x = T.arg("x", T.buffer((n, h, w, c), "float32"))
+            v = T.arg("v", T.buffer((alpha * alpha, n * th * tw, c), "float32"))
+            T.func_attr({"tirx.noalias": True})
+            with T.grid(n * th * tw, c) as (tile, channel):
+                with T.sblock("winograd_input"):
+                    p, ch = T.axis.remap("SS", [tile, channel])
+                    T.reads(x[0:n, 0:h, 0:w, ch])
+                    T.writes(v[0 : alpha * alpha, p, ch])
+                    T.sblock_attr({TILE_ATTR: m})
+                    bn, y0, x0 = p // (th * tw), p % (th * tw) // tw * m - top, p % tw * m - left
 
-    def compute(e, p, ch):
-        bn, rest = p // (th * tw), p % (th * tw)
-        i, j = rest // tw, rest % tw
+                    def d(u, col):
+                        inside = tvm.tirx.all(y0 + u >= 0, y0 + u < h, x0 + col >= 0, x0 + col < w)
+                        return tvm.tirx.if_then_else(inside, x[bn, y0 + u, x0 + col, ch], zero)
 
-        def d(u, v):
-            row, col = i * m + u - top, j * m + v - left
-            inside = tvm.tirx.all(row >= 0, row < h, col >= 0, col < w)
-            return tvm.tirx.if_then_else(inside, x[bn, row, col, ch], tvm.tirx.const(0.0, "float32"))
-
-        # B^T d first along the rows, then along the columns: the row sums are the same
-        # expressions in every position that uses them, which LLVM computes once per tile
-        rows = [[_weighted_sum([(b[u, e1], d(u, v)) for u in range(alpha) if b[u, e1] != 0]) for v in range(alpha)] for e1 in range(alpha)]
-        leaves = [_weighted_sum([(b[v, e2], rows[e1][v]) for v in range(alpha) if b[v, e2] != 0]) for e1 in range(alpha) for e2 in range(alpha)]
-        return _select(e, leaves)
-
-    return te.compute(_int64((alpha * alpha, n * th * tw, c)), compute, name="winograd_input", attrs={TILE_ATTR: m})
+                    rows = [[_weighted_sum([(b[u, e1], d(u, col)) for u in range(alpha) if b[u, e1] != 0]) for col in range(alpha)] for e1 in range(alpha)]
+                    for e1 in range(alpha):
+                        for e2 in range(alpha):
+                            T.buffer_store(v, _weighted_sum([(b[col, e2], rows[e1][col]) for col in range(alpha) if b[col, e2] != 0]), [e1 * alpha + e2, p, ch])
+    return builder.get()
 
 
 def output_transform(prod, m: int, shape: tuple[int, int, int, int]):
@@ -201,7 +222,9 @@ def winograd_convs(record: list | None = None):
             return None
         if record is not None:
             record.append(f"{ys[1]}x{ys[2]} {xs[3]}->{ys[3]} F({m},3)")
-        v = self.builder_.emit(_call_te(self.builder_, input_transform, call.args[0], xs, (m, (top, left)), "winograd_input", _OPAQUE))
+        kernel = input_transform(tuple(xs), m, (top, left)).with_attr("op_pattern", _OPAQUE)
+        v = self.builder_.emit(relax.call_tir(self.builder_.add_func(kernel, "winograd_input"), [call.args[0]],
+                                              relax.TensorType([(m + 2) ** 2, ys[0] * -(-ys[1] // m) * -(-ys[2] // m), xs[3]], "float32")))
         prod = self.builder_.emit(relax.op.matmul(v, relax.const(weight_transform(weight, m), "float32")))
         alpha = m + 2
         return _call_te(self.builder_, output_transform, prod, [alpha * alpha, ys[0] * -(-ys[1] // m) * -(-ys[2] // m), ys[3]], (m, tuple(ys)), "winograd_output", _OUT_EWISE_FUSABLE)
