@@ -48,12 +48,12 @@ MAX_WEIGHT_BYTES = 16 * 1024 * 1024
 MIN_CHANNELS = 16
 
 #: the output tiles tried, in order. F(4,3) multiplies 4x less than the direct convolution
-#: (F(2,3): 2.25x) and ran ResNet-18 7 % faster than F(2,3) alone (Zen 5, AVX-512: 0.69x against
-#: 0.75x ONNX Runtime), but TVM took about 4 s to lower each of its input transforms as a TE
-#: compute (36 unrolled positions of a 36-leaf select): ResNet-18 compiled in 94 s instead of
-#: 15. Written out position by position (:func:`input_transform`) one F(4,3) convolution's
-#: kernels lower in 0.4 s; until a whole model is measured that way, opt in with ``(4, 2)``
-TILES = (2,)
+#: (F(2,3): 2.25x) and ran ResNet-18 4-9 % faster than F(2,3) alone (Zen 5, A/B runs: 0.54x
+#: against 0.56x ONNX Runtime on AVX-512, 1.28x against 1.40x on AVX2); F(2,3) takes the maps
+#: too small for 16 tiles of 4 x 4 and the weights too big at 36 positions (ResNet-18's
+#: 7-pixel stage). F(6,3) was slower than F(4,3) (0.74x against 0.69x ONNX Runtime in one A/B
+#: run): its transforms cost more than the matmul saves at these channel counts
+TILES = (4, 2)
 
 #: tiles a map must have at least: each transformed weight is used once per tile
 MIN_TILES = 16
@@ -82,11 +82,16 @@ def winograd_tile(height: int, width: int, in_channels: int, out_channels: int, 
     direct convolution per output kept."""
     for m in TILES:
         alpha = m + 2
-        tiles = batch * -(-height // m) * -(-width // m)
+        tiles = _tile_count(batch, height, width, m)
         if alpha * alpha * in_channels * out_channels * 4 > MAX_WEIGHT_BYTES or tiles < MIN_TILES or min(in_channels, out_channels) < MIN_CHANNELS:
             continue
         return m
     return None
+
+
+def _tile_count(batch: int, height: int, width: int, m: int) -> int:
+    """The ``m x m`` output tiles covering ``batch`` maps of ``height x width``, overhanging tiles included."""
+    return batch * -(-height // m) * -(-width // m)
 
 
 def _int64(shape):
@@ -222,12 +227,11 @@ def winograd_convs(record: list | None = None):
             return None
         if record is not None:
             record.append(f"{ys[1]}x{ys[2]} {xs[3]}->{ys[3]} F({m},3)")
+        positions, tiles = (m + 2) ** 2, _tile_count(ys[0], ys[1], ys[2], m)
         kernel = input_transform(tuple(xs), m, (top, left)).with_attr("op_pattern", _OPAQUE)
-        v = self.builder_.emit(relax.call_tir(self.builder_.add_func(kernel, "winograd_input"), [call.args[0]],
-                                              relax.TensorType([(m + 2) ** 2, ys[0] * -(-ys[1] // m) * -(-ys[2] // m), xs[3]], "float32")))
+        v = self.builder_.emit(relax.call_tir(self.builder_.add_func(kernel, "winograd_input"), [call.args[0]], relax.TensorType([positions, tiles, xs[3]], "float32")))
         prod = self.builder_.emit(relax.op.matmul(v, relax.const(weight_transform(weight, m), "float32")))
-        alpha = m + 2
-        return _call_te(self.builder_, output_transform, prod, [alpha * alpha, ys[0] * -(-ys[1] // m) * -(-ys[2] // m), ys[3]], (m, tuple(ys)), "winograd_output", _OUT_EWISE_FUSABLE)
+        return _call_te(self.builder_, output_transform, prod, [positions, tiles, ys[3]], (m, tuple(ys)), "winograd_output", _OUT_EWISE_FUSABLE)
 
     return call_rewrite_pass(["relax.nn.conv2d"], rewrite, "WinogradConvs")
 
