@@ -897,7 +897,7 @@ class _Winograd(torch.nn.Module):
     def forward(self, x):
         y = torch.relu(self.a(x))
         y = torch.relu(self.b(y) + y)
-        y = torch.relu(self.c(y))
+        y = torch.nn.functional.silu(self.c(y))
         y = torch.relu(self.e(self.d(y)))
         return self.g(self.f(y))
 
@@ -922,7 +922,7 @@ def test_winograd_convolutions_are_chosen_where_tiles_cover_the_map_and_match_to
     assert build["winograd_convolutions"] == [f"16x16 16->32 {big}", f"16x16 32->32 {big}", f"14x14 32->32 {big}", "7x7 32->32 F(2,3)"], build
     assert {"winograd_input", "matmul"} <= {name.rstrip("0123456789") for name in build["kernel_names"]}, build
     # the epilogues ride on the output transforms: no kernel of their own
-    assert not [name for name in build["kernel_names"] if name.startswith("fused_add") or name.startswith("relu")], build
+    assert not [name for name in build["kernel_names"] if name.startswith(("fused_add", "relu", "sigmoid", "multiply", "fused_sigmoid"))], build
     if not _runnable(target):
         pytest.skip(f"this host cannot run the code of {target}")
     with torch.no_grad():
