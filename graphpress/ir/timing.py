@@ -16,16 +16,19 @@ from typing import Any
 import onnx_ir as ir
 
 __all__ = ["ORT_SETTINGS_KEY", "blocked", "blocked_samples", "choose_onnxruntime_settings", "onnxruntime_best", "onnxruntime_settings",
-           "repeats_for", "session_options"]
+           "repeats_for", "session_options", "wait_until_idle", "warm_up"]
 
 
 def blocked(fns: Mapping[str, Callable[[], object]], repeat: int, rounds: int = 1) -> dict[str, float]:
     """Median milliseconds per engine, run in blocks: A B C, then C B A (``rounds`` times),
-    ``repeat`` timed calls each in all, after 2 warm-up calls per block.
+    ``repeat`` timed calls each in all, after :data:`WARM_UP_SECONDS` of untimed calls per block.
 
     Blocks rather than one-call-each interleaving: a runtime's spinning worker threads (ORT's
-    best setting) keep the cores busy right after its call and would be charged to the next engine;
-    a 50 ms pause before each block lets the previous engine's threads go to sleep. More rounds
+    best setting; TVM's pool spins too) keep the cores busy right after its call and would be
+    charged to the next engine. Before each block the process waits until its own threads are
+    idle (:func:`wait_until_idle`): a fixed 50 ms pause was too short for TVM's workers, which
+    spun 50-100 ms on the 2-core Zen 5 and made ONNX Runtime's MobileNetV2 calls right after
+    a TVM block twice as slow (5.8 against 2.9 ms), in ONNX Runtime's disfavour. More rounds
     spread each engine's calls over the whole measurement, so a slow spell of a shared host
     lands on every engine alike.
     """
@@ -40,14 +43,47 @@ def blocked_samples(fns: Mapping[str, Callable[[], object]], repeat: int, rounds
         for order in (list(fns), list(fns)[::-1]):
             for key in order:
                 fn = fns[key]
-                time.sleep(0.05)
-                for _ in range(2):
-                    fn()
+                wait_until_idle()
+                warm_up(fn)
                 for _ in range(per_block):
                     start = time.perf_counter()
                     fn()
                     times[key].append((time.perf_counter() - start) * 1e3)
     return times
+
+
+#: each block's untimed calls: at least this many seconds of them (and 2 calls): an engine whose
+#: threads went to sleep takes several calls to run at its speed again (MobileNetV2, 2.5 ms a
+#: call: 6-8 calls, for ONNX Runtime and TVM alike)
+WARM_UP_SECONDS = 0.03
+
+
+def warm_up(fn: Callable[[], object], seconds: float = WARM_UP_SECONDS, least: int = 2, most: int = 1000) -> int:
+    """Call ``fn`` untimed for ``seconds`` (between ``least`` and ``most`` calls); returns the calls made."""
+    start = time.perf_counter()
+    calls = 0
+    while calls < least or (calls < most and time.perf_counter() - start < seconds):
+        fn()
+        calls += 1
+    return calls
+
+
+#: the process counts as idle when its threads used under this share of a core over a slice
+IDLE_SHARE = 0.05
+
+
+def wait_until_idle(slice_s: float = 0.02, at_most_s: float = 1.0) -> float:
+    """Sleep until this process's threads (an engine's spinning workers) used under
+    :data:`IDLE_SHARE` of a core over a ``slice_s`` slice, at least one slice and at most
+    ``at_most_s``; returns the seconds waited. ``time.process_time`` counts every thread of
+    the process."""
+    start = time.perf_counter()
+    while True:
+        cpu = time.process_time()
+        time.sleep(slice_s)
+        waited = time.perf_counter() - start
+        if time.process_time() - cpu < IDLE_SHARE * slice_s or waited >= at_most_s:
+            return waited
 
 
 def repeats_for(fns: Mapping[str, Callable[[], object]], seconds: float, *, least: int = 6, most: int = 40) -> int:

@@ -547,6 +547,61 @@ def test_a_kernel_under_the_parallel_work_threshold_runs_on_one_core():
     assert 2 * 96 * 64 < schedules.PARALLEL_WORK <= 256 * 96
 
 
+def test_the_transpose_after_a_width_one_convolution_sinks_to_the_reduction_that_ends_its_chain():
+    """Magika's pattern (tf2onnx): a width-1 convolution, a slice of everything, the width
+    squeezed away, a bias of lower rank, a tanh GELU, a global max pool and a squeeze. The
+    NHWC convolution's output is not transposed back to NCHW: the permute moves past the
+    slice, squeezes, elementwise ops and the max, and vanishes at the vector they end in.
+    Values against ONNX Runtime."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    import graphpress as gp
+    from graphpress.ir import numeric
+
+    rng = np.random.default_rng(0)
+    c, k, length = 8, 32, 40
+    inits = [numpy_helper.from_array((rng.standard_normal((k, c, 5, 1)) * 0.3).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.standard_normal((k, 1)).astype(np.float32), "bias"),
+             numpy_helper.from_array(np.array([0, 0, 0, 0], np.int64), "begin"),
+             numpy_helper.from_array(np.full(4, np.iinfo(np.int64).max, np.int64), "end"),
+             numpy_helper.from_array(np.array([3], np.int64), "three"),
+             numpy_helper.from_array(np.array([2], np.int64), "two"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+             numpy_helper.from_array(np.array(0.044715, np.float32), "cube"),
+             numpy_helper.from_array(np.array(0.7978846, np.float32), "scale"),
+             numpy_helper.from_array(np.array(1.0, np.float32), "one")]  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "W"], ["conv"]),
+        helper.make_node("Slice", ["conv", "begin", "end"], ["sliced"]),
+        helper.make_node("Squeeze", ["sliced", "three"], ["seq"]),
+        helper.make_node("Add", ["seq", "bias"], ["h"]),
+        helper.make_node("Mul", ["h", "h"], ["h2"]),
+        helper.make_node("Mul", ["h2", "h"], ["h3"]),
+        helper.make_node("Mul", ["h3", "cube"], ["c3"]),
+        helper.make_node("Add", ["h", "c3"], ["inner"]),
+        helper.make_node("Mul", ["inner", "scale"], ["arg"]),
+        helper.make_node("Tanh", ["arg"], ["t"]),
+        helper.make_node("Add", ["t", "one"], ["t1"]),
+        helper.make_node("Mul", ["h", "t1"], ["ht"]),
+        helper.make_node("Mul", ["ht", "half"], ["gelu"]),
+        helper.make_node("GlobalMaxPool", ["gelu"], ["pooled"]),
+        helper.make_node("Squeeze", ["pooled", "two"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, length, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, k])], inits)  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    model = gp.load(proto)
+    compiled = compile_model(model, "x86", verify=False, measure=False)
+    build = compiled.meta["build"]
+    assert build["conv_layout"] == "NHWC" and build["analytic_scheduled_kernels"] >= 1, build
+    # one transpose: the input's, to NHWC and on its side; none after the convolution
+    assert len([name for name in build["kernel_names"] if "transpose" in name]) == 1, build["kernel_names"]
+    x = rng.standard_normal((1, c, length, 1)).astype(np.float32)
+    want = numeric.run(model, {"x": x})["y"]
+    np.testing.assert_allclose(compiled(x)[0], want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
 def test_a_prime_output_width_is_padded_to_a_full_register_tile():
     """A width whose only divisors are 1 and itself (the mel spectrogram's 97 frames) gave the
     register tile one row: an eighth of the FMA peak. The width is computed a little wider (the

@@ -6,10 +6,14 @@ pooling, reductions) to NHWC, and puts a ``permute_dims`` in front of the first 
 activations back to NCHW at every quantize (and at the zero-point padding of an integer
 convolution) and forth again at the next convolution. :func:`sink_permutes` moves a transpose
 below a quantize/dequantize (their channel axis follows it) or a constant pad (its widths
-follow it) and cancels a transpose followed by its inverse; :func:`fold_weight_layouts` computes the transposed constants.
+follow it), past elementwise ops, slices, squeezes and reductions (what a 1-D model's NCHW
+chain after its convolution has) and cancels a transpose followed by its inverse;
+:func:`fold_weight_layouts` computes the transposed constants.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 __all__ = ["conv1d_as_conv2d", "conv_transpose_as_conv", "convs_to_nhwc", "fold_weight_layouts", "pad_output_channels", "pad_output_width", "relax_module_pass", "scalar_constants",
            "sink_permutes", "softmax_on_last_axis", "unit_width_convs_along_width"]
@@ -79,12 +83,47 @@ def _nchw_conv2d(call) -> bool:
     return str(a.data_layout) == "NCHW" and str(a.kernel_layout) == "OIHW" and str(a.out_layout) == "NCHW"
 
 
+#: elementwise ops of one tensor (other arguments, if any, scalars): a permute moves past them
+_UNARY = {f"relax.{op}" for op in ("tanh", "sigmoid", "exp", "log", "sqrt", "rsqrt", "negative", "abs", "erf", "square", "round", "floor", "ceil",
+                                   "clip", "astype", "nn.relu", "nn.gelu", "nn.gelu_tanh", "nn.silu", "nn.leakyrelu")}  # fmt: skip
+#: elementwise ops of two tensors: a permute moves past them when the other operand is permuted
+#: the same way, a constant or of one element
+_BINARY = {f"relax.{op}" for op in ("add", "subtract", "multiply", "divide", "maximum", "minimum", "power")}
+#: reductions over given axes (``relax.op.<name>(x, axis, keepdims)``)
+_REDUCTIONS = {f"relax.{op}" for op in ("max", "min", "sum", "mean", "prod")}
+
+
+def _whole_slice(call) -> bool:
+    """Whether a ``strided_slice`` takes every element of its input, in order."""
+    import tvm
+
+    shape = call.args[0].ty.shape
+    if shape is None:
+        return False
+    try:
+        axes, begins, ends = (arg.fields for arg in call.args[1:4])
+        strides = [int(v.value) for v in call.args[4].fields] if len(call.args) > 4 else [1] * len(axes)
+        for axis, begin, end, stride in zip(axes, begins, ends, strides):
+            dim = shape[int(axis.value)]
+            if not isinstance(dim, tvm.tirx.IntImm) or stride != 1 or int(begin.value) not in (0, -int(dim)) or int(end.value) < int(dim):
+                return False
+    except (AttributeError, TypeError):  # a begin or end computed at run time
+        return False
+    return True
+
+
 def sink_permutes():
     """A Relax pass: ``quantize/dequantize(permute_dims(x, p))`` becomes
     ``permute_dims(quantize/dequantize(x), p)`` (the channel axis moves with it), a constant
     ``pad`` likewise (its widths move with it), an NCHW ``max_pool2d`` of an NHWC tensor made
     NCHW becomes an NHWC pool (an integer pool after a quantize ``ConvertLayout`` has no rule
-    for), and ``permute_dims(permute_dims(x, p), q)`` becomes ``x`` when ``q`` undoes ``p``."""
+    for), and ``permute_dims(permute_dims(x, p), q)`` becomes ``x`` when ``q`` undoes ``p``.
+    A permute also moves past elementwise ops (the other operand of a binary one permuted the
+    same way, a constant, transposed here, or one element), ``strided_slice``, ``squeeze`` and
+    reductions over given axes, their axes mapped: the NCHW transpose after an NHWC
+    convolution then reaches the reduction that ends the chain (Magika's 1-D convolution, its
+    GELU and max over the sequence: the transpose was 1 MB; after the max it is 2 KB) and the
+    chain fuses into the convolution's NHWC output, its channels in vectors."""
     import tvm
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
@@ -97,6 +136,8 @@ def sink_permutes():
         def _permuted(self, expr):
             """(x, axes) when ``expr`` is bound to ``permute_dims(x, axes)``."""
             bound = self.lookup_binding(expr) if isinstance(expr, relax.Var) else expr
+            while isinstance(bound, relax.Var):  # a variable bound to a variable (a slice of everything, dropped)
+                bound = self.lookup_binding(bound)
             if isinstance(bound, relax.Call) and bound.op.same_as(permute) and bound.args[0].ty.shape is not None:
                 x = bound.args[0]
                 return x, _axes(bound, len(x.ty.shape))
@@ -137,7 +178,73 @@ def sink_permutes():
                     second = _axes(call, len(first))
                     if [first[a] for a in second] == list(range(len(first))):
                         return x
+            elif name in _UNARY:
+                inner = self._permuted(call.args[0])
+                if inner is not None:
+                    x, axes = inner
+                    return relax.op.permute_dims(self.builder_.emit(relax.Call(call.op, [x, *call.args[1:]], call.attrs)), axes)
+            elif name in _BINARY:
+                moved = self._binary(call)
+                if moved is not None:
+                    return moved
+            elif name in _REDUCTIONS or name == "relax.squeeze":
+                inner = self._permuted(call.args[0])
+                if inner is not None and call.attrs.axis is not None:
+                    x, axes = inner
+                    rank = len(axes)
+                    dropped = sorted({int(a) % rank for a in call.attrs.axis})
+                    kept = name != "relax.squeeze" and bool(call.attrs.keepdims)
+                    source = [axes[a] for a in dropped]  # the same axes of x
+                    if name == "relax.squeeze":
+                        out = self.builder_.emit(relax.op.squeeze(x, source))
+                    else:
+                        out = self.builder_.emit(getattr(relax.op, name[len("relax."):])(x, source, kept))
+                    if kept:
+                        return relax.op.permute_dims(out, axes)
+                    left = [a for a in range(rank) if a not in source]  # x's axes that remain, in order
+                    order = [left.index(axes[i]) for i in range(rank) if i not in dropped]
+                    return out if order == list(range(len(order))) else relax.op.permute_dims(out, order)
+            elif name == "relax.strided_slice":
+                if _whole_slice(call):  # tf2onnx's x[:, :, :, :]: between a convolution and its epilogue it keeps them apart
+                    return call.args[0]
+                inner = self._permuted(call.args[0])
+                if inner is not None:
+                    x, axes = inner
+                    rank = len(axes)
+                    sliced = [axes[int(a.value) % rank] for a in call.args[1].fields]
+                    out = self.builder_.emit(relax.op.strided_slice(x, sliced, *call.args[2:], assume_inbound=bool(call.attrs.assume_inbound)))
+                    return relax.op.permute_dims(out, axes)
             return call
+
+        def _binary(self, call):
+            """``op(permute(x, p), b)`` as ``permute(op(x, b'), p)``: ``b`` permuted the same way,
+            a constant (transposed here), or of one element; else None."""
+            a, b = call.args
+            left, right = self._permuted(a), self._permuted(b)
+            if left is not None and right is not None:
+                if list(left[1]) != list(right[1]):
+                    return None
+                return relax.op.permute_dims(self.builder_.emit(relax.Call(call.op, [left[0], right[0]], call.attrs)), left[1])
+            inner, other = (left, b) if left is not None else (right, a)
+            if inner is None:
+                return None
+            x, axes = inner
+            if other.ty.shape is None:
+                return None
+            dims = [int(d) if isinstance(d, tvm.tirx.IntImm) else None for d in other.ty.shape]
+            if all(d == 1 for d in dims):  # a scalar, or ones: the same in any layout
+                moved = other
+            elif len(dims) <= len(axes) and _constant(self, other) is not None:
+                inverse = [0] * len(axes)
+                for i, j in enumerate(axes):
+                    inverse[j] = i
+                value = _constant(self, other).value.numpy()
+                value = value.reshape((1,) * (len(axes) - value.ndim) + value.shape)  # broadcast's leading ones
+                moved = relax.const(np.ascontiguousarray(np.transpose(value, inverse)))
+            else:
+                return None
+            operands = [x, moved] if left is not None else [moved, x]
+            return relax.op.permute_dims(self.builder_.emit(relax.Call(call.op, operands, call.attrs)), axes)
 
     return relax_module_pass(Sink, "SinkPermutes")
 
