@@ -21,7 +21,7 @@ runs at (an earlier version of this benchmark computed peaks from it, 2.6 GHz on
 runs FMAs at 4.1 GHz, and overstated every percentage by 1.6x), nor does it say how wide the
 FMA units are (a Zen 4 runs 512-bit FMAs as two halves).
 
-    python benchmarks/portable_fp32.py [--models resnet18,minilm] [--sse] [--repeat 20]
+    python benchmarks/portable_fp32.py [--models resnet18,minilm] [--sse] [--repeat 80]
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(SPEED_MODELS))
     ap.add_argument("--sse", action="store_true", help="also the SSE path (x86-64)")
-    ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--repeat", type=int, default=80)
     args = ap.parse_args()
 
     import onnxruntime as ort
@@ -85,7 +85,7 @@ def main() -> int:
                 compiled = compile_model(model, target, shipped_databases=False, database=empty, samples=[feeds], measure=False)
                 builds[target] = compiled
                 engines[target] = lambda c=compiled: c(**feeds)
-        ms = blocked(engines, args.repeat)
+        ms = blocked(engines, args.repeat, rounds=4)
         for target, compiled in builds.items():
             path = vector_facts(resolve_target(target)).name
             peak = peaks[path]

@@ -260,7 +260,7 @@ def speed(workdir: Path, repeat: int, tvm: bool = True, isa_paths: list[str] | N
                 key = "graphpress-tvm int8 per-token, SmoothQuant 0.4 [host ISA]"
                 extra[key] = {"compile_s": round(time.perf_counter() - t0, 1), "lowered": compiled.meta["build"].get("int8", {}).get("lowered")}
                 runs[key] = lambda c=compiled: next(iter(c.run_named(**feeds).values()))
-        ms = blocked(runs, repeat)
+        ms = blocked(runs, repeat, rounds=3)
         best = "ORT dynamic MatMul-only (best)" if name == "minilm" else "ORT static U8S8 per-channel (best)"
         for key in runs:
             if key.startswith("graphpress-tvm int8"):
