@@ -27,7 +27,7 @@ def blocked(fns: Mapping[str, Callable[[], object]], repeat: int, rounds: int = 
     best setting; TVM's pool spins too) keep the cores busy right after its call and would be
     charged to the next engine. Before each block the process waits until its own threads are
     idle (:func:`wait_until_idle`): a fixed 50 ms pause was too short for TVM's workers, which
-    spun 50-100 ms on the 2-core Zen 5 and made ONNX Runtime's MobileNetV2 calls right after
+    spun 50-160 ms on the 2-core Zen 5 and made ONNX Runtime's MobileNetV2 calls right after
     a TVM block twice as slow (5.8 against 2.9 ms), in ONNX Runtime's disfavour. More rounds
     spread each engine's calls over the whole measurement, so a slow spell of a shared host
     lands on every engine alike.

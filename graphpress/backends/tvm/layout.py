@@ -104,7 +104,7 @@ def _whole_slice(call) -> bool:
         axes, begins, ends = (arg.fields for arg in call.args[1:4])
         strides = [int(v.value) for v in call.args[4].fields] if len(call.args) > 4 else [1] * len(axes)
         for axis, begin, end, stride in zip(axes, begins, ends, strides):
-            dim = shape[int(axis.value)]
+            dim = shape[int(axis.value) % len(shape)]  # a negative axis counts from the end
             if not isinstance(dim, tvm.tirx.IntImm) or stride != 1 or int(begin.value) not in (0, -int(dim)) or int(end.value) < int(dim):
                 return False
     except (AttributeError, TypeError):  # a begin or end computed at run time
@@ -234,11 +234,11 @@ def sink_permutes():
             dims = [int(d) if isinstance(d, tvm.tirx.IntImm) else None for d in other.ty.shape]
             if all(d == 1 for d in dims):  # a scalar, or ones: the same in any layout
                 moved = other
-            elif len(dims) <= len(axes) and _constant(self, other) is not None:
+            elif len(dims) <= len(axes) and (constant := _constant(self, other)) is not None:
                 inverse = [0] * len(axes)
                 for i, j in enumerate(axes):
                     inverse[j] = i
-                value = _constant(self, other).value.numpy()
+                value = constant.value.numpy()
                 value = value.reshape((1,) * (len(axes) - value.ndim) + value.shape)  # broadcast's leading ones
                 moved = relax.const(np.ascontiguousarray(np.transpose(value, inverse)))
             else:
