@@ -21,7 +21,13 @@ runs at (an earlier version of this benchmark computed peaks from it, 2.6 GHz on
 runs FMAs at 4.1 GHz, and overstated every percentage by 1.6x), nor does it say how wide the
 FMA units are (a Zen 4 runs 512-bit FMAs as two halves).
 
+On a host with AVX-512, ONNX Runtime runs its AVX-512 kernels, so the AVX2 row compares 256-bit
+code with 512-bit code. ``--ort-isa avx2`` times ORT's own AVX2 kernels instead (a cached copy of
+ONNX Runtime that picks them as on a CPU without AVX-512, see ``_ort_isa``) beside graphpress's
+AVX2 path (and SSE with ``--sse``): what a user of an AVX2 machine gets from each.
+
     python benchmarks/portable_fp32.py [--models resnet18,minilm] [--sse] [--repeat 80]
+    python benchmarks/portable_fp32.py --ort-isa avx2
 """
 
 from __future__ import annotations
@@ -33,6 +39,11 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _ort_isa  # noqa: E402
+
+# before onnxruntime is imported: --ort-isa runs ORT's kernels for a CPU without AVX-512
+ORT_ISA = _ort_isa.install_from_argv()
 
 from _machine import banner, measured_peak_gflops  # noqa: E402
 from _models import SPEED_MODELS, speed_model  # noqa: E402
@@ -52,6 +63,8 @@ def main() -> int:
     ap.add_argument("--models", default=",".join(SPEED_MODELS))
     ap.add_argument("--sse", action="store_true", help="also the SSE path (x86-64)")
     ap.add_argument("--repeat", type=int, default=80)
+    ap.add_argument("--ort-isa", choices=["host", *_ort_isa.EMULATIONS], default="host",
+                    help="ONNX Runtime's kernels: the host's choice (default), or those of a CPU without AVX-512 (then only graphpress's AVX2 and SSE paths run)")  # fmt: skip
     args = ap.parse_args()
 
     import onnxruntime as ort
@@ -62,9 +75,12 @@ def main() -> int:
     from graphpress.ir.io import to_proto
 
     print(banner())
+    print(_ort_isa.describe(ORT_ISA))
     cores = len(os.sched_getaffinity(0))
     flags = _flags()
     targets = ["x86"] + (["x86:haswell"] if "avx2" in flags and resolve_target("x86").config.get("mcpu") != "haswell" else [])
+    if ORT_ISA:  # the paths of a CPU without AVX-512
+        targets = [t for t in targets if vector_facts(resolve_target(t)).name == "avx2"] or ["x86:haswell"]
     targets += ["x86:x86-64"] if args.sse else []
     print(f"paths: {', '.join(f'{t} ({vector_facts(resolve_target(t)).name})' for t in targets)}; ORT {ort.__version__} ORT_ENABLE_ALL, {cores} threads")
     peaks = {path: measured_peak_gflops(path, cores) for path in {vector_facts(resolve_target(t)).name for t in targets}}

@@ -21,11 +21,15 @@ graphpress-tvm fp32 and int8 (``--no-tvm`` skips those) on every x86 ISA path th
 fp32 paths ``avx512``, ``avx2`` the host has; and the model quantized for the AVX2 target, with
 7-bit weights, on its ``vpmaddubsw`` kernel). ONNX Runtime picks its own kernels from the
 host's CPUID (no switch selects them): its rows are the best code it has here, so an AVX2
-row is the AVX2 code against ORT's best, not against ORT on an AVX2 machine.
+row is the AVX2 code against ORT's best, not against ORT on an AVX2 machine. ``--ort-isa avx2``
+(or ``avx2_vnni``) runs every ORT row on a copy of ONNX Runtime that picks its kernels as on a
+CPU without AVX-512 (and without AVX-VNNI), see ``_ort_isa``; the TVM rows then default to the
+paths that CPU has, so that each row is measured against the ORT that CPU's user runs.
 
 Usage::
 
     python benchmarks/quantization.py [--repeat 30] [--sentences 300] [--paths avx512_vnni,avx2]
+    python benchmarks/quantization.py --speed-only --ort-isa avx2
 """
 
 from __future__ import annotations
@@ -42,6 +46,11 @@ from pathlib import Path
 # before TVM loads: the same two threads as ORT and torch. Every engine keeps its default (best)
 # thread-pool spinning; the engines are timed in blocks with a pause between them (_timing.blocked)
 os.environ.setdefault("TVM_NUM_THREADS", "2")
+
+import _ort_isa
+
+# before onnxruntime is imported: --ort-isa runs ORT's kernels for a CPU without AVX-512
+ORT_ISA = _ort_isa.install_from_argv()
 
 import _text
 import numpy as np
@@ -177,6 +186,9 @@ PER_TOKEN = "quantize:mode=dynamic;ops=MatMul;activations=token"
 
 #: the x86 paths with int8 kernels of their own (``avx512`` without VNNI runs AVX2's) and the fp32 ones
 INT8_PATHS = ("amx", "avx512_vnni", "avx2_vnni", "avx2")
+
+#: the x86 paths a CPU of each ``--ort-isa`` emulation has (the TVM rows' default under it)
+EMULATED_PATHS = {"avx2_vnni": ("avx2_vnni", "avx2"), "avx2": ("avx2",)}
 FP32_PATHS = ("avx512", "avx2")
 
 
@@ -193,7 +205,8 @@ def speed(workdir: Path, repeat: int, tvm: bool = True, isa_paths: list[str] | N
     from graphpress.backends.tvm.targets import host_x86_paths
     from graphpress.ir.numeric import make_inputs
 
-    isa_paths = host_x86_paths() if isa_paths is None else isa_paths
+    if isa_paths is None:
+        isa_paths = [p for p in host_x86_paths() if ORT_ISA is None or p in EMULATED_PATHS[ORT_ISA]]
 
     rows = []
     for name in models:
@@ -256,8 +269,11 @@ def speed(workdir: Path, repeat: int, tvm: bool = True, isa_paths: list[str] | N
                     extra[key]["max_abs_diff_vs_ort_same_model"] = float(np.abs(runs[key]() - ort_q).max())
             if name == "minilm":
                 t0 = time.perf_counter()
-                compiled = compile_model(gp.load(paths["graphpress dynamic per-token, SmoothQuant 0.4"]), "x86", int8="auto")
-                key = "graphpress-tvm int8 per-token, SmoothQuant 0.4 [host ISA]"
+                # the host's best int8 path, or under --ort-isa the best one of the emulated CPU
+                best_path = "host ISA" if ORT_ISA is None else EMULATED_PATHS[ORT_ISA][0]
+                target = "x86" if ORT_ISA is None else f"x86:{best_path}"
+                compiled = compile_model(gp.load(paths["graphpress dynamic per-token, SmoothQuant 0.4"]), target, int8="auto")
+                key = f"graphpress-tvm int8 per-token, SmoothQuant 0.4 [{best_path}]"
                 extra[key] = {"compile_s": round(time.perf_counter() - t0, 1), "lowered": compiled.meta["build"].get("int8", {}).get("lowered")}
                 runs[key] = lambda c=compiled: next(iter(c.run_named(**feeds).values()))
         ms = blocked(runs, repeat, rounds=3)
@@ -284,8 +300,11 @@ def main() -> None:
     parser.add_argument("--speed-only", action="store_true", help="skip the accuracy runs")
     parser.add_argument("--models", default=",".join(SPEED_MODELS), help="comma-separated speed models (default: all)")
     parser.add_argument("--paths", help="comma-separated x86 ISA paths for the TVM rows (default: every path this host runs)")
+    parser.add_argument("--ort-isa", choices=["host", *_ort_isa.EMULATIONS], default="host",
+                        help="the kernels ONNX Runtime may pick: the host's (default), or those of a CPU without AVX-512 (avx2_vnni) or without AVX-512 and AVX-VNNI (avx2)")  # fmt: skip
     args = parser.parse_args()
     print(banner(), flush=True)
+    print(_ort_isa.describe(ORT_ISA), flush=True)
     torch.set_num_threads(THREADS)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
