@@ -119,9 +119,12 @@ def package(emulation: str) -> Path:
 def install(emulation: str) -> Path:
     """Put the patched copy first on ``sys.path`` (and ``PYTHONPATH``, for child processes); must run
     before ``onnxruntime`` is imported."""
-    if "onnxruntime" in sys.modules:
-        raise RuntimeError("--ort-isa must take effect before onnxruntime is imported")
     root = package(emulation)
+    loaded = sys.modules.get("onnxruntime")
+    if loaded is not None:
+        if Path(loaded.__file__).resolve().is_relative_to(root.resolve()):
+            return root  # installed already (a second script of the same run)
+        raise RuntimeError("--ort-isa must take effect before onnxruntime is imported")
     sys.path.insert(0, str(root))
     os.environ["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [os.environ.get("PYTHONPATH")])])
     return root

@@ -32,7 +32,8 @@ def conv_geometry(x_shape, w_shape, attrs, isa: Isa, weight: np.ndarray | None =
     channels padded to whole 4-byte dot-product groups, or for a tile ISA until a row of the
     unfolded input is whole tiles (the tile ISA is chosen only while that pads K by at most half,
     plus one tile: not for a 7x7 stem of 3 channels; its fallback runs the rest). ``Mp``: output
-    pixels padded to the kernel's row block."""
+    pixels padded to the kernel's row block (:attr:`Isa.row_block`; a 1x1 convolution's to 4 where
+    that pads none)."""
     n, c, h, w = (int(d) for d in x_shape)
     oc, _, kh, kw = (int(d) for d in w_shape)
     pads = [int(p) for p in attrs.get("pads", (0, 0, 0, 0))]
@@ -52,8 +53,11 @@ def conv_geometry(x_shape, w_shape, attrs, isa: Isa, weight: np.ndarray | None =
     if weight is not None:
         isa = isa.for_weight(unfolded_weight(weight, cp))
     m = n * oh * ow
+    # a 1x1 convolution's pixels padded only to 4 where its kernel runs any multiple of 4 rows
+    # (not AMX's tiles): with no padding its NHWC input is read in place (:func:`pointwise`)
+    unit = 4 if kh == kw == 1 and (sh, sw) == (1, 1) and not any(pads) and isa.tiles is None and m % 4 == 0 else isa.row_block
     return {"n": n, "c": c, "h": h, "w": w, "oc": oc, "kh": kh, "kw": kw, "pads": pads, "strides": (sh, sw), "dilations": (dh, dw),
-            "oh": oh, "ow": ow, "m": m, "mp": -(-m // isa.row_block) * isa.row_block, "k": c * kh * kw, "cp": cp, "kp": cp * kh * kw,
+            "oh": oh, "ow": ow, "m": m, "mp": -(-m // unit) * unit, "k": c * kh * kw, "cp": cp, "kp": cp * kh * kw,
             "hp": h + pads[0] + pads[2], "wp": w + pads[1] + pads[3], "isa": isa}  # fmt: skip
 
 

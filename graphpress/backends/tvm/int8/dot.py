@@ -89,23 +89,26 @@ def registered(name: str) -> bool:
     return name in _registered
 
 
-def _micro_tile(m: int, blocks: int, accumulators: int) -> tuple[int, int]:
+def _micro_tile(m: int, blocks: int, accumulators: int, registers: int | None = None, max_rows: int = 4) -> tuple[int, int]:
     """Rows x column blocks of a micro-tile: as many accumulator registers as the budget allows
-    (``rows`` dividing ``m``, ``cols`` dividing ``blocks``), then the fewest loads per step
-    (``rows`` broadcasts + ``cols`` weight vectors)."""
-    options = [(r, c) for r in (4, 3, 2, 1) for c in (4, 3, 2, 1) if m % r == 0 and blocks % c == 0 and r * c <= accumulators]
+    (``rows`` dividing ``m``, at most ``max_rows``; ``cols`` dividing ``blocks``; with
+    ``registers``, the accumulators, the ``cols`` weight vectors and one broadcast must fit them),
+    then the fewest loads per step (``rows`` broadcasts + ``cols`` weight vectors)."""
+    options = [(r, c) for r in range(max_rows, 0, -1) for c in (4, 3, 2, 1)
+               if m % r == 0 and blocks % c == 0 and r * c <= accumulators and (registers is None or r * c + c + 1 <= registers)]  # fmt: skip
     return max(options, key=lambda rc: (rc[0] * rc[1], -(rc[0] + rc[1]), rc[0]))
 
 
 def dot_dense_kernel(
     m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, prefix: str, depth: int = 4, b_dtype: str = "int8", accumulators: int = 16,
-    widen_a: bool = False, conv: dict[str, Any] | None = None, out_shape: tuple[int, ...] | None = None,
+    widen_a: bool = False, conv: dict[str, Any] | None = None, out_shape: tuple[int, ...] | None = None, registers: int | None = None, max_rows: int = 4,
 ):
     """Scheduled TIR ``C[m, n] (int32) = A[m, k] (a_dtype) · B^T`` with ``B`` packed
     ``[n/lanes, k/depth, lanes, depth]`` (``b_dtype``) and ``intrin`` (``lanes`` int32 outputs x
     ``depth`` of K) tensorizing the innermost ``lanes x depth``: micro-tiles of rows x blocks of
     ``lanes`` columns holding at most ``accumulators`` vector registers (16 of AVX-512's 32
-    registers; 8 of AVX2's 16, which also hold the broadcast A and the products).
+    registers; 8 of AVX2's 16, which also hold the broadcast A and the products; ``registers`` and
+    ``max_rows``: see :func:`_micro_tile`).
 
     ``widen_a``: A is first converted to ``b_dtype`` in a workspace of the kernel (one vector pass),
     so that the innermost loop broadcasts it straight from memory (``intrin`` takes A in
@@ -124,8 +127,9 @@ def dot_dense_kernel(
     output is already the next layer's layout) and :func:`schedule_dot_kernels` schedules the
     fused kernel, the write-back computed on each micro-tile while it is in registers and L1."""
     geometry = None if conv is None else tuple(conv[f] for f in _CONV_FIELDS)
-    key = (prefix, m, n, k, depth, b_dtype, accumulators, widen_a, geometry, None if out_shape is None else tuple(out_shape))
-    return cached(key, lambda: _dot_dense(m, n, k, a_dtype, lanes, intrin, prefix, depth, b_dtype, accumulators, widen_a, conv, out_shape))
+    key = (prefix, m, n, k, depth, b_dtype, accumulators, registers, max_rows, widen_a, geometry, None if out_shape is None else tuple(out_shape))
+    tile = (accumulators, registers, max_rows)
+    return cached(key, lambda: _dot_dense(m, n, k, a_dtype, lanes, intrin, prefix, depth, b_dtype, tile, widen_a, conv, out_shape))
 
 
 #: a fused kernel whose int8 weight is at most half this many bytes runs rows outermost (about
@@ -140,7 +144,7 @@ _CONV_FIELDS = ("n", "hp", "wp", "cp", "kh", "kw", "oh", "ow", "m", "strides", "
 _DOT_BLOCKS: dict[str, dict[str, Any]] = {}
 
 
-def _dot_dense(m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, prefix: str, depth: int, b_dtype: str, accumulators: int, widen_a: bool,
+def _dot_dense(m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, prefix: str, depth: int, b_dtype: str, tile: tuple, widen_a: bool,
                conv: dict[str, Any] | None, out_shape: tuple[int, ...] | None):  # fmt: skip
     import tvm
     from tvm import te
@@ -171,7 +175,7 @@ def _dot_dense(m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, pr
     r = te.reduce_axis(dims(0, k), name="k")
     c = te.compute(dims(m, n), lambda i, j: te.sum(read(i, r).astype("int32") * b[j // lanes, r // depth, j % lanes, r % depth].astype("int32"), axis=r), name=block)
     _DOT_BLOCKS[block] = {
-        "m": m, "n": n, "k": k, "lanes": lanes, "depth": depth, "intrin": intrin, "accumulators": accumulators,
+        "m": m, "n": n, "k": k, "lanes": lanes, "depth": depth, "intrin": intrin, "tile": tile,
         "widen": f"{block}_widen" if widen_a else None, "k_runs": None if conv is None else (g["kh"], g["kw"], g["cp"] // depth),
     }  # fmt: skip
     if out_shape is None:
@@ -206,7 +210,7 @@ def _schedule_dot(sch, block, p: dict[str, Any], at_tile: Callable[[Any], None] 
         sch.vectorize(sch.split(wk, [None, 16] if extent % 16 == 0 else [None, extent])[1])
     lanes, depth = p["lanes"], p["depth"]
     i, j, kk = sch.get_loops(block)[-3:]
-    rows, cols = _micro_tile(p["m"], p["n"] // lanes, p["accumulators"])
+    rows, cols = _micro_tile(p["m"], p["n"] // lanes, *p["tile"])
     io, ii = sch.split(i, [None, rows])
     jo, ji = sch.split(j, [None, lanes])
     joo, joi = sch.split(jo, [None, cols])

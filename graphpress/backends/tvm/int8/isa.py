@@ -67,6 +67,8 @@ class Isa:
         implicit_conv: ``dense`` takes ``conv=`` and ``out_shape=`` (the dot-product kernels of
             :mod:`.dot`; not the tile ISAs, whose tile loads want whole rows of the unfolded
             input): convolutions without im2col, the write-back fused with the requantization.
+        rows: a convolution's output pixels are padded to a multiple of this (its kernel's
+            micro-tile rows; AVX-VNNI's 6).
     """
 
     name: str
@@ -84,6 +86,7 @@ class Isa:
     narrow: Isa | None = None
     narrow_fits: Callable[[Any], bool] | None = None
     implicit_conv: bool = False
+    rows: int = 4
 
     def __repr__(self) -> str:
         return f"Isa({self.name})"
@@ -108,7 +111,7 @@ class Isa:
     @property
     def row_block(self) -> int:
         """Rows (output pixels of a convolution) are padded to a multiple of this."""
-        return self.tiles.rows if self.tiles else 4
+        return self.tiles.rows if self.tiles else self.rows
 
     def count(self, asm: str) -> dict[str, int]:
         """Each counted instruction's occurrences in an assembly listing, by report key."""
@@ -126,7 +129,7 @@ _YMM_VPMADDUBSW = Counter("ymm_vpmaddubsw", "ymm vpmaddubsw", kernels_x86.ymm_vp
 VNNI = Isa("vnni", "VNNI", "uint8", 16, kernels_x86.vnni_dense_kernel, (_ZMM_VPDPBUSD, _TDPBUSD), has_vnni, timed=True, implicit_conv=True)
 AMX = Isa("amx", "AMX", "uint8", 16, kernels_x86.amx_dense_kernel, (_TDPBUSD, _ZMM_VPDPBUSD), has_amx, timed=True, tiles=Tiles(32, 32, 64), fallback=VNNI)
 AVX_VNNI = Isa("avx_vnni", "AVX-VNNI", "uint8", 8, kernels_x86.avx_vnni_dense_kernel, (_YMM_VPDPBUSD, _ZMM_VPDPBUSD), has_avx_vnni, timed=True,
-               implicit_conv=True)  # fmt: skip
+               implicit_conv=True, rows=6)  # fmt: skip
 _AVX2_COUNTERS = (_YMM_VPMADDWD, _YMM_VPMADDUBSW, _ZMM_VPDPBUSD)
 AVX2_U8S8 = Isa("avx2_u8s8", "AVX2 u8s8", "uint8", 8, kernels_x86.avx2_u8s8_dense_kernel, _AVX2_COUNTERS, has_avx2, timed=True, implicit_conv=True)
 AVX2 = Isa("avx2", "AVX2", "uint8", 8, kernels_x86.avx2_dense_kernel, _AVX2_COUNTERS, has_avx2, timed=True, depth=2, weight="int16",
