@@ -59,13 +59,16 @@ def test_matmul_integer_is_exact_on_every_path(path, a_shape, n, a_dtype):
 
 
 @pytest.mark.parametrize("path", list(PATHS))
-def test_conv_integer_is_exact_on_every_path(path):
+@pytest.mark.parametrize("oc", [20, 16])
+def test_conv_integer_is_exact_on_every_path(path, oc):
     """ConvInteger with asymmetric padding, stride 2 and a zero point (the extremes of both
-    operands, where a saturating u8 x s8 pair sum would overflow int16): numpy's integers."""
+    operands, where a saturating u8 x s8 pair sum would overflow int16): numpy's integers. 55
+    output pixels (padded rows), 20 output channels (padded columns; AVX-VNNI's 4 x 3 tile) or 16
+    (its 6 x 2)."""
     _skip_unless_host_runs(path)
     rng = np.random.default_rng(7)
     x = rng.choice(np.array([0, 255, 254, 1], np.uint8), (1, 6, 9, 11))
-    w = rng.choice(np.array([-128, 127, -127, 0], np.int8), (20, 6, 3, 3))
+    w = rng.choice(np.array([-128, 127, -127, 0], np.int8), (oc, 6, 3, 3))
     zx, pads, strides = 3, [1, 0, 1, 2], [2, 1]
     proto = make_model(
         [helper.make_node("ConvInteger", ["x", "W", "zx"], ["y"], pads=pads, strides=strides, name="ci")],
@@ -210,3 +213,24 @@ def test_a_quantized_max_pool_runs_on_the_uint8_map():
         feed = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(seed)).numpy()
         got = next(iter(compiled.run_named(**{name: feed}).values()))
         assert np.abs(got - _ort(model, {name: feed})[0]).max() <= 1.01 * scale
+
+
+def test_avx_vnni_tiles_hold_twelve_accumulators_and_a_pointwise_conv_is_still_read_in_place():
+    """AVX-VNNI's micro-tile: 12 accumulators of the 16 ymm registers beside its weight vectors and
+    one broadcast (6 rows x 2 vectors, 4 x 3 where the columns allow; never 3 x 4, which needs 17);
+    a convolution's pixels padded to its 6 rows, a 1x1 one's only to 4 so that its NHWC input
+    stays the unfolded one."""
+    from graphpress.backends.tvm.int8.conv_layout import conv_geometry, pointwise
+    from graphpress.backends.tvm.int8.dot import _micro_tile
+
+    assert _micro_tile(3138, 8, 12, 16, 6) == (6, 2)
+    assert _micro_tile(128, 48, 12, 16, 6) == (4, 3)
+    assert _micro_tile(132, 8, 12, 16, 6) == (6, 2)
+    assert _micro_tile(128, 8, 12, 16, 6) == (4, 2)  # 3 x 4 would need 17 registers
+    assert _micro_tile(3136, 8, 8) == (4, 2)  # the other ISAs' budget
+    conv3 = conv_geometry((1, 64, 56, 56), (64, 64, 3, 3), {"pads": (1, 1, 1, 1)}, AVX_VNNI)
+    assert conv3["m"] == 3136 and conv3["mp"] == 3138
+    conv1 = conv_geometry((1, 64, 56, 56), (64, 64, 1, 1), {}, AVX_VNNI)
+    assert conv1["mp"] == 3136 and pointwise(conv1)
+    assert conv_geometry((1, 64, 7, 7), (64, 64, 1, 1), {}, AVX_VNNI)["mp"] == 54  # 49 pixels: no multiple of 4
+    assert conv_geometry((1, 64, 56, 56), (64, 64, 3, 3), {"pads": (1, 1, 1, 1)}, VNNI)["mp"] == 3136
