@@ -84,7 +84,7 @@ def test_compile_with_rpc_times_the_guard_and_checks_on_the_device(tracker_and_s
     # the guard ran there: every layer's int8 and fp32 kernels were timed, and the whole model too
     assert i8["isa"] == "sdot" and i8["measured_on"] == where and i8["guard"] is True
     assert i8["nodes"] and all(n["int8_ms"] > 0 and n["fp32_ms"] > 0 for n in i8["nodes"])
-    assert i8["model_guard"]["chosen"] in ("int8", "fp32") and i8["model_guard"]["int8_ms"] > 0
+    assert i8["model_guard"]["chosen"] in ("int8", "close_calls_int8", "fp32") and i8["model_guard"]["int8_ms"] > 0
     assert build["check_vs_onnxruntime"]["ran_on"] == where and build["check_vs_onnxruntime"]["passed"]
     assert "not measured" in build["vs_onnxruntime_note"]
     # what ran there is what was written: the artifact under qemu here gives the same outputs

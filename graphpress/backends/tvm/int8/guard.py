@@ -176,12 +176,17 @@ class _Planner:
     guard: bool
     repeat: int
     timings: dict[tuple, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    only: frozenset[str] | None = None
 
     def decide(self, node: ir.Node, w: np.ndarray, mnk, kernel: str, key: tuple, measure) -> Int8Decision:
-        """Lower ``node`` to its integer kernel unless the guard measured it slower than fp32."""
+        """Lower ``node`` to its integer kernel unless the guard measured it slower than fp32 (or,
+        given ``only``, unless it is not among those nodes: nothing timed)."""
         int8_ms = fp32_ms = None
         lowered, why = True, f"{kernel} (guard off)"
-        if self.guard:
+        if self.only is not None:
+            lowered = (node.name or node.outputs[0].name) in self.only
+            why = f"{kernel} (chosen by name)"
+        elif self.guard:
             if key not in self.timings:
                 self.timings[key] = measure()
             int8_ms, fp32_ms = self.timings[key]
@@ -239,21 +244,23 @@ class _Planner:
 
 
 def plan_int8(
-    model: ir.Model, spec, isa: Isa, tuning: Tuning | None = None, *, guard: bool = True, repeat: int = 50, progress: Callable[[str], None] | None = None
+    model: ir.Model, spec, isa: Isa, tuning: Tuning | None = None, *, guard: bool = True, repeat: int = 50, progress: Callable[[str], None] | None = None,
+    only: frozenset[str] | None = None,
 ) -> dict[str, Any]:
     """Mark the integer layers of ``model`` (in place) that take ``isa``'s kernels.
 
     With ``guard``, each distinct layer shape is timed both ways first (the fp32 side with the fp32
     build's schedules and the ``tuning`` databases); layers whose int8 kernel is not faster are
     rewritten to float compute; ``progress`` gets a line per layer, with the time left at the
-    pace so far. Returns the report: decisions per node.
+    pace so far. ``only``: the names of the nodes to lower, the others to float (nothing timed).
+    Returns the report: decisions per node.
     """
-    planner = _Planner(model.graph, spec, isa, tuning or Tuning(), guard, repeat)
+    planner = _Planner(model.graph, spec, isa, tuning or Tuning(), guard, repeat, only=only)
     decisions = []
     layers = [n for n in model.graph if n.domain in ("", "ai.onnx") and n.op_type in ("ConvInteger", "MatMulInteger")]
     start = time.perf_counter()
     for i, node in enumerate(layers):
-        if guard and progress is not None:
+        if guard and only is None and progress is not None:
             left = f", ~{(time.perf_counter() - start) / i * (len(layers) - i):.0f} s left" if i else ""
             progress(f"int8 guard: layer {i + 1} of {len(layers)}, its integer kernel timed against fp32{left}")
         decisions.append(planner.conv(node) if node.op_type == "ConvInteger" else planner.dense(node))
