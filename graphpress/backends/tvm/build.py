@@ -466,8 +466,8 @@ def _signature_inputs(mod) -> list:
 
 
 def _side_by_side(executables: dict[str, Any], inputs) -> dict[str, float]:
-    """Median ms of ``main`` of each executable, by key, timed in blocks in one run (in rotating
-    order): one after the other, the first was often timed cold -- the digits CNN's int8 build
+    """Median ms of ``main`` of each executable, by key, timed in blocks in one run (A B C, then
+    C B A): one after the other, the first was often timed cold -- the digits CNN's int8 build
     measured 1.2 ms first and 0.6 ms second, and the guard's verdict followed the order."""
     import tvm
     from tvm import relax
