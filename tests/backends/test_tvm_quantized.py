@@ -198,7 +198,7 @@ def test_a_quantized_model_the_guard_ships_in_fp32_is_checked_against_its_fp32_c
     samples = [{name: data.x_test[i : i + 1]} for i in range(8)]
     compiled = compile_model(model, "x86", samples=samples)
     report = compiled.meta["build"]
-    assert report["int8"]["model_guard"]["chosen"] == "fp32" and report["int8"]["lowered"] == 0
+    assert report["int8"]["model_guard"]["chosen"] == "fp32" and report["int8"]["lowered"] == 0 and report["int8"]["kept_fp32"] == 2
     check = report["check_vs_onnxruntime"]
     assert check["passed"] and check["max_abs_diff"] <= 1e-4 and "fp32 counterpart" in check["against"]
     steps = [np.abs(compiled(x)[0] - _ort(model, {name: x})[0]).max() / _output_scale(model) for x in (data.x_test[i : i + 1] for i in range(8))]

@@ -534,7 +534,7 @@ def _model_guard(model, prepare, shapes, spec, isa, int8_exe, report, tuning: Tu
         report.update(every_stats)
         return every_exe, report
     guard["reason"] = "the int8 build of the whole model was not faster than its fp32 build: shipping fp32"
-    report["int8"]["lowered"] = 0
+    report["int8"].update(lowered=0, kept_fp32=len(report["int8"]["nodes"]))
     _count_instructions(report["int8"], isa, fp32_exe)  # of the library that ships
     report.update(fp32_stats)
     return fp32_exe, report
