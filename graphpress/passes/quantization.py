@@ -49,6 +49,7 @@ from graphpress.ir.edit import add_initializer
 from graphpress.ir.numeric import output_similarity
 from graphpress.ir.io import MAX_IR_VERSION, to_proto
 from graphpress.passes.context import TargetFacts
+from graphpress.passes.int16_sums import fit_int16_quads
 from graphpress.passes.base import Pass, PassResult, option
 from graphpress.passes.per_token import per_token_activations
 from graphpress.passes.registry import register
@@ -163,9 +164,56 @@ def quantize_model(
             raise GraphpressError(f"quantize: unknown mode '{mode}'")
         out = onnx.load(dst)
     _replace_contents(model, out)
+    if reduce_range:
+        info["int16_quads_fitted"], info["int16_quads"] = fit_weight_quads(model)
     if mode == "dynamic" and activations == "token":
         info["per_token_activations"] = per_token_activations(model)
     return info
+
+
+def _kernel_order(node: ir.Node, w: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]] | None:
+    """An int8 weight of ``node`` as the ``[K, N]`` its integer kernel reads (a convolution's K in
+    ky, kx, channel order) and the way back; None where no kernel groups its K by 8."""
+    attrs = {k: v.value for k, v in node.attributes.items()}
+    if node.op_type in ("Conv", "ConvInteger") and w.ndim == 4 and attrs.get("group", 1) == 1 and w.shape[1] % 8 == 0:
+        o, c, kh, kw = w.shape
+        return w.transpose(2, 3, 1, 0).reshape(kh * kw * c, o), lambda kn: kn.reshape(kh, kw, c, o).transpose(3, 2, 0, 1)
+    if node.op_type in ("MatMul", "MatMulInteger") and w.ndim == 2:
+        return w, lambda kn: kn
+    if node.op_type == "Gemm" and w.ndim == 2:
+        return (w.T, lambda kn: kn.T) if attrs.get("transB", 0) else (w, lambda kn: kn)
+    return None
+
+
+def fit_weight_quads(model: ir.Model) -> tuple[int, int]:
+    """Every int8 weight of a Conv/MatMul/Gemm (behind its DequantizeLinear) or a
+    ConvInteger/MatMulInteger with no four-weight int16 group over the limit of AVX2's
+    ``vpmaddubsw`` kernels (:func:`~graphpress.passes.int16_sums.fit_int16_quads`); returns
+    (groups changed, groups). A weight its consumers read in different K orders stays."""
+    consumers: dict[ir.Value, list[ir.Node]] = collections.defaultdict(list)
+    for node in model.graph:
+        for i, v in enumerate(node.inputs):
+            if v is None:
+                continue
+            if node.op_type in ("ConvInteger", "MatMulInteger") and i == 1:
+                consumers[v].append(node)
+            elif node.op_type == "DequantizeLinear" and i == 0:
+                consumers[v].extend(c for c, j in node.outputs[0].uses() if j == 1 and c.op_type in ("Conv", "MatMul", "Gemm"))
+    changed = total = 0
+    for v, nodes in consumers.items():
+        if v.const_value is None or v.dtype != ir.DataType.INT8 or not nodes:
+            continue
+        w = v.const_value.numpy()
+        orders = [_kernel_order(n, w) for n in nodes]
+        if any(o is None for o in orders) or len({n.op_type.replace("Integer", "") for n in nodes}) > 1:
+            continue
+        kn, back = orders[0]
+        fitted, count = fit_int16_quads(kn)
+        total += kn.shape[0] // 4 * kn.shape[1] if kn.shape[0] % 8 == 0 else 0
+        if count:
+            changed += count
+            v.const_value = ir.tensor(np.ascontiguousarray(back(fitted)), name=v.const_value.name)
+    return changed, total
 
 
 _OTHER_FLOATS = {onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from graphpress.backends.tvm.int8.emit import pack_weight
-from graphpress.backends.tvm.int8.isa import AVX2_U8S8, ISAS
+from graphpress.backends.tvm.int8.isa import AVX2_U8S8, AVX2_U8S8_QUADS, ISAS
 from graphpress.backends.tvm.int8.kernels_x86 import VNNI_INTRIN, register_vnni_intrinsic, zmm_vpdpbusd_count
 from graphpress.backends.tvm.targets import resolve_target
 from graphpress.backends.tvm.tuning import drop_unnamed_tuning_log_handlers
@@ -22,6 +22,7 @@ ISA_TARGETS = {
     "avx_vnni": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "alderlake"},
     "avx2": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"},
     "avx2_u8s8": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"},
+    "avx2_u8s8_quads": {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "haswell"},
     "sdot": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod"]},
     "i8mm": {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon", "+dotprod", "+i8mm"]},
 }
@@ -51,7 +52,7 @@ def test_pack_weight_int16_pairs():
     np.testing.assert_array_equal(colsum, w_kn.astype(np.int32).sum(0))
 
 
-@pytest.mark.parametrize("isa", [*ISAS, AVX2_U8S8], ids=lambda isa: isa.name)
+@pytest.mark.parametrize("isa", [*ISAS, AVX2_U8S8, AVX2_U8S8_QUADS], ids=lambda isa: isa.name)
 def test_every_isa_kernel_emits_its_instructions(isa):
     """Each ISA's dense kernel, compiled for a target with that ISA: the instructions its record
     counts are in the assembly (a record whose kernel or counter were wrong would count 0)."""

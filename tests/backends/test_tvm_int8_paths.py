@@ -83,6 +83,33 @@ def test_conv_integer_is_exact_on_every_path(path, oc):
 
 
 @pytest.mark.parametrize("path", list(PATHS))
+def test_a_stem_convolution_reads_each_window_row_as_one_run_exactly(path):
+    """ResNet's stem (7x7, stride 2, 3 channels): each window row's 7 taps are 21 contiguous bytes
+    of the unpadded NHWC input, read as one run of 24 (K = 168, not 7 x 7 x 4 = 196); the 3 bytes
+    past the row belong to the next pixels, or to the extra row of padding below the input, and
+    meet zero weights. Operands at their extremes, a zero point: bit for bit a numpy convolution."""
+    from graphpress.backends.tvm.int8.conv_layout import conv_geometry
+
+    _skip_unless_host_runs(path)
+    rng = np.random.default_rng(11)
+    x = rng.choice(np.array([0, 255, 254, 1], np.uint8), (1, 3, 21, 18))
+    w = rng.choice(np.array([-128, 127, -127, 0], np.int8), (16, 3, 7, 7))
+    zx, pads, strides = 5, [3, 3, 3, 3], [2, 2]
+    g = conv_geometry(x.shape, w.shape, {"pads": pads, "strides": strides}, PATHS[path][0], w)
+    assert (g["rp"], g["kp"]) == (24, 168), g
+    proto = make_model(
+        [helper.make_node("ConvInteger", ["x", "W", "zx"], ["y"], pads=pads, strides=strides, name="stem")],
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
+        [tensor("W", w), tensor("zx", np.array(zx, np.uint8))],
+    )
+    compiled = compile_model(gp.load(proto), f"x86:{path}", int8="on", int8_guard=False)
+    report = compiled.meta["build"]["int8"]
+    assert report["lowered"] == 1 and report["nodes"][0]["shape"][2] == 147, report["nodes"]
+    np.testing.assert_array_equal(compiled.run_named(x=x)["y"], _conv_reference(x, w, zx, pads, strides))
+
+
+@pytest.mark.parametrize("path", list(PATHS))
 def test_a_quantized_cnn_agrees_with_ort_on_every_path(digits_cnn, path):
     """The digits CNN quantized static, every layer on the path's integer kernels in NHWC, each
     kernel writing its requantized uint8 output itself (the write-back fused into its micro-tiles):
@@ -105,16 +132,32 @@ def test_a_quantized_cnn_agrees_with_ort_on_every_path(digits_cnn, path):
     assert lsb.max() <= 1.01 and (lsb < 0.01).mean() >= 0.8, (lsb.max(), (lsb < 0.01).mean())
 
 
-@pytest.mark.parametrize("saturating_pair", [False, True])
-def test_avx2_takes_vpmaddubsw_only_where_no_weight_pair_can_saturate(saturating_pair):
-    """7-bit weights (at their extremes, next to each other, with activations of 255) run on the
-    u8 x s8 vpmaddubsw kernel; one pair of adjacent weights that could saturate its int16 sum
-    (127, 127: 255 * 254 > 32767) sends the layer to the int16 vpmaddwd kernel. Both exact."""
+#: weights of each class the AVX2 path tells apart, and the kernel each takes
+AVX2_WEIGHTS = {
+    # 6-bit extremes: no group of four (K offsets 0, 1, 4, 5 / 2, 3, 6, 7 of each 8) sums past
+    # 128, though a pair of pairs the kernel does not add ((0, 1) + (2, 3): 64 + 64 + 64 + 64) would
+    "quads": ("AVX2 u8s8 quads kernel", lambda rng, k, n: np.tile(np.array([64, 64, 64, 64, 0, 0, 0, 0], np.int8), k // 8)[:, None]
+              * rng.choice(np.array([1, 0], np.int8), (1, n)) + rng.choice(np.array([-32, 0], np.int8), (k, n)) * (np.arange(k) % 8 >= 4)[:, None]),
+    # 7-bit extremes, next to each other: pairs fit int16, groups of four do not
+    "pairs": ("AVX2 u8s8 kernel", lambda rng, k, n: rng.choice(np.array([-64, 64, 63, -1, 0], np.int8), (k, n))),
+    # one pair that could saturate (127, 127: 255 * 254 > 32767)
+    "saturating": ("AVX2 kernel", lambda rng, k, n: np.where((np.arange(k) // 2 == 5)[:, None] & (np.arange(n) == 5), np.int8(127),
+                                                              rng.choice(np.array([-64, 64, 63, -1, 0], np.int8), (k, n)))),
+}
+
+
+@pytest.mark.parametrize("weights", list(AVX2_WEIGHTS))
+def test_avx2_takes_the_kernel_whose_int16_sums_the_weight_cannot_saturate(weights):
+    """The AVX2 path's three kernels, chosen per layer by its weight (with activations of 255):
+    two vpmaddubsw added in int16 where no group of four weights can saturate it, one where no
+    pair can, the int16 vpmaddwd kernel otherwise. All exact."""
+    from graphpress.passes.int16_sums import fits_int16_quads
+
     _skip_unless_host_runs("avx2")
     k, n = 64, 24
-    w = np.random.default_rng(3).choice(np.array([-64, 64, 63, -1, 0], np.int8), (k, n))
-    if saturating_pair:
-        w[10:12, 5] = 127
+    kernel, make = AVX2_WEIGHTS[weights]
+    w = make(np.random.default_rng(3), k, n).astype(np.int8)
+    assert fits_int16_quads(w) == (weights == "quads")
     proto = make_model(
         [helper.make_node("MatMulInteger", ["a", "W", "za"], ["y"], name="mmi")],
         [helper.make_tensor_value_info("a", TensorProto.UINT8, [5, k])],
@@ -123,11 +166,34 @@ def test_avx2_takes_vpmaddubsw_only_where_no_weight_pair_can_saturate(saturating
     )
     model = gp.load(proto)
     a = np.random.default_rng(4).choice(np.array([255, 254, 0], np.uint8), (5, k))
+    a[0] = 255
     compiled = compile_model(model, "x86:avx2", int8="on", int8_guard=False)
     report = compiled.meta["build"]["int8"]
-    assert report["nodes"][0]["kernel"] == ("AVX2 kernel" if saturating_pair else "AVX2 u8s8 kernel"), report["nodes"]
-    assert (report["instructions"]["ymm vpmaddubsw"] > 0) != saturating_pair, report["instructions"]
+    assert report["nodes"][0]["kernel"] == kernel, report["nodes"]
+    assert (report["instructions"]["ymm vpmaddubsw"] > 0) == (weights != "saturating"), report["instructions"]
     np.testing.assert_array_equal(compiled.run_named(a=a)["y"], _ort(model, {"a": a})[0])
+
+
+@pytest.mark.parametrize("c", [16, 12])
+def test_an_avx2_convolution_of_quad_fitting_weights_is_exact(c):
+    """A 3x3 ConvInteger (stride 2, asymmetric padding, a zero point) whose weights fit the quads
+    kernel at its limit: 16 channels run on it, read in place in runs of 8; 12 (runs of 12, not
+    whole steps of 8) on the pairs kernel. Bit for bit a numpy convolution."""
+    _skip_unless_host_runs("avx2")
+    rng = np.random.default_rng(5)
+    x = rng.choice(np.array([0, 255, 255, 1], np.uint8), (1, c, 9, 11))
+    w = rng.choice(np.array([-32, 32, 31, 0], np.int8), (8, c, 3, 3))
+    zx, pads, strides = 3, [1, 0, 1, 2], [2, 1]
+    proto = make_model(
+        [helper.make_node("ConvInteger", ["x", "W", "zx"], ["y"], pads=pads, strides=strides, name="ci")],
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
+        [tensor("W", w), tensor("zx", np.array(zx, np.uint8))],
+    )
+    compiled = compile_model(gp.load(proto), "x86:avx2", int8="on", int8_guard=False)
+    node = compiled.meta["build"]["int8"]["nodes"][0]
+    assert node["kernel"] == ("AVX2 u8s8 quads" if c == 16 else "AVX2 u8s8") + " kernel, unfolded in place", node
+    np.testing.assert_array_equal(compiled.run_named(x=x)["y"], _conv_reference(x, w, zx, pads, strides))
 
 
 @pytest.mark.parametrize("stride", [1, 2])

@@ -9,18 +9,23 @@ from typing import Any
 
 import numpy as np
 
-from graphpress.backends.tvm.int8.dot import cached
+from graphpress.backends.tvm.int8.dot import cached, padded_shape
 from graphpress.backends.tvm.int8.isa import Isa
 
-__all__ = ["conv_geometry", "im2col_kernel", "implicit", "kernel_label", "nhwc_pad_kernel", "pointwise", "to_nchw_kernel"]
+__all__ = ["conv_geometry", "im2col_kernel", "implicit", "kernel_label", "nhwc_pad_kernel", "padded_shape", "pointwise", "to_nchw_kernel", "unfolded_weight"]
 
 _made = [0]  # layout kernels made in this process: their names stay unique
 
 
-def unfolded_weight(w_oihw: np.ndarray, cp: int) -> np.ndarray:
+def unfolded_weight(w_oihw: np.ndarray, cp: int, rp: int = 0) -> np.ndarray:
     """The int8 ``[Kp, O]`` weight of the unfolded convolution: rows ordered ky, kx, channel, the
-    channels padded with zeros to ``cp``."""
+    channels padded with zeros to ``cp``; with ``rp`` (:func:`conv_geometry`'s row runs) each ky
+    a run of ``kw * C`` rows padded with zeros to ``rp``."""
     oc, c, kh, kw = w_oihw.shape
+    if rp:
+        padded = np.zeros((oc, kh, rp), np.int8)
+        padded[..., : kw * c] = w_oihw.transpose(0, 2, 3, 1).reshape(oc, kh, kw * c)
+        return np.ascontiguousarray(padded.reshape(oc, kh * rp).T)
     padded = np.zeros((oc, kh, kw, cp), np.int8)
     padded[..., :c] = w_oihw.transpose(0, 2, 3, 1)
     return np.ascontiguousarray(padded.reshape(oc, kh * kw * cp).T)
@@ -33,7 +38,14 @@ def conv_geometry(x_shape, w_shape, attrs, isa: Isa, weight: np.ndarray | None =
     unfolded input is whole tiles (the tile ISA is chosen only while that pads K by at most half,
     plus one tile: not for a 7x7 stem of 3 channels; its fallback runs the rest). ``Mp``: output
     pixels padded to the kernel's row block (:attr:`Isa.row_block`; a 1x1 convolution's to 4 where
-    that pads none)."""
+    that pads none).
+
+    ``rp`` (row runs; 0 where not used): for a kernel that reads the unfolded rows in place, where
+    the channels would be padded, each window row's ``kw`` taps are ``kw * C`` contiguous bytes of
+    the unpadded NHWC input (the taps are adjacent pixels), read as one run padded to ``rp``, a
+    multiple of 4; the bytes past ``kw * C`` belong to the next pixels (or to one extra row of
+    padding at the bottom of the input) and meet zero weights. ResNet's 7x7 stem of 3 channels:
+    K = 7 x 24 = 168 instead of 7 x 7 x 4 = 196, in 7 runs instead of 49."""
     n, c, h, w = (int(d) for d in x_shape)
     oc, _, kh, kw = (int(d) for d in w_shape)
     pads = [int(p) for p in attrs.get("pads", (0, 0, 0, 0))]
@@ -50,15 +62,20 @@ def conv_geometry(x_shape, w_shape, attrs, isa: Isa, weight: np.ndarray | None =
             cp = ca
         else:
             isa = isa.fallback or isa
+    rp = -(-kw * c // 4) * 4
+    if not (isa.tiles is None and isa.implicit_conv and dw == 1 and kw > 1 and rp < kw * cp):
+        rp = 0
+    else:
+        cp = c  # the input keeps its channels: rows of kw * C bytes
     if weight is not None:
-        isa = isa.for_weight(unfolded_weight(weight, cp))
+        isa = isa.for_weight(unfolded_weight(weight, cp, rp), run=rp or cp)
     m = n * oh * ow
     # a 1x1 convolution's pixels padded only to 4 where its kernel runs any multiple of 4 rows
     # (not AMX's tiles): with no padding its NHWC input is read in place (:func:`pointwise`)
     unit = 4 if kh == kw == 1 and (sh, sw) == (1, 1) and not any(pads) and isa.tiles is None and m % 4 == 0 else isa.row_block
     return {"n": n, "c": c, "h": h, "w": w, "oc": oc, "kh": kh, "kw": kw, "pads": pads, "strides": (sh, sw), "dilations": (dh, dw),
-            "oh": oh, "ow": ow, "m": m, "mp": -(-m // unit) * unit, "k": c * kh * kw, "cp": cp, "kp": cp * kh * kw,
-            "hp": h + pads[0] + pads[2], "wp": w + pads[1] + pads[3], "isa": isa}  # fmt: skip
+            "oh": oh, "ow": ow, "m": m, "mp": -(-m // unit) * unit, "k": c * kh * kw, "cp": cp, "kp": kh * rp if rp else cp * kh * kw,
+            "hp": h + pads[0] + pads[2], "wp": w + pads[1] + pads[3], "rp": rp, "isa": isa}  # fmt: skip
 
 
 def pointwise(g: dict[str, Any]) -> bool:
@@ -94,7 +111,7 @@ def nhwc_pad_kernel(g: dict[str, Any], zero_point: int, layout: str = "NCHW"):
     """Scheduled TIR: uint8 ``X`` (``layout`` NCHW or NHWC) -> ``XP[N, Hp, Wp, Cp]``, the spatially
     padded NHWC copy (padding and channels ``C..Cp`` hold ``zero_point``). From NCHW it is
     transposed in 16 x 16 (pixel, channel) tiles. For a pointwise convolution it is written as the
-    2-D ``[N*H*W, Cp]`` the dense kernel reads."""
+    2-D ``[N*H*W, Cp]`` the dense kernel reads; with row runs as :func:`padded_shape`."""
     return cached(_key("nhwc", g, zero_point, layout), lambda: _nhwc_pad(g, zero_point, layout))
 
 
@@ -111,7 +128,8 @@ def _nhwc_pad(g: dict[str, Any], zero_point: int, layout: str):
         inside = te.all(ci < g["c"], iy >= 0, iy < g["h"], ix >= 0, ix < g["w"])
         return te.if_then_else(inside, x[b, ci, iy, ix] if nchw else x[b, iy, ix, ci], tvm.tirx.const(zero_point, "uint8"))
 
-    out = te.compute((g["n"], g["hp"], g["wp"], g["cp"]), value, name="xp")
+    rows = g["hp"] + (1 if g["rp"] else 0)  # row runs: one more row of padding
+    out = te.compute((g["n"], rows, g["wp"], g["cp"]), value, name="xp")
     sch = tvm.s_tir.Schedule(te.create_prim_func([x, out]))
     block = sch.get_sblock("xp")
     b, y, xx, ci = sch.get_loops(block)
@@ -125,6 +143,9 @@ def _nhwc_pad(g: dict[str, Any], zero_point: int, layout: str):
     if pointwise(g):
         hp, wp = g["hp"], g["wp"]
         sch.transform_layout(block, ("write", 0), lambda b, y, xx, c: ((b * hp + y) * wp + xx, c))
+    elif g["rp"]:
+        cp = g["cp"]
+        sch.transform_layout(block, ("write", 0), lambda b, y, xx, c: (b, y, xx * cp + c))
     return _kernel_func(sch, "nhwc_pad")
 
 

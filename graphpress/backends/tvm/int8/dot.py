@@ -10,7 +10,7 @@ from typing import Any
 
 from graphpress.backends.tvm.schedules import parallel_rows
 
-__all__ = ["cached", "dot_dense_kernel", "register_dot_intrinsic", "register_intrinsic", "registered", "schedule_dot_kernels"]
+__all__ = ["cached", "dot_dense_kernel", "padded_shape", "register_dot_intrinsic", "register_intrinsic", "registered", "schedule_dot_kernels"]
 
 _registered: set[str] = set()
 
@@ -19,7 +19,7 @@ LOCAL = "_local"
 _KERNELS: dict[tuple, Any] = {}
 
 
-def register_dot_intrinsic(name: str, a_dtype: str, lanes: int, product: str | Callable[[Any, Any, Any], Any], depth: int = 4, b_dtype: str = "int8") -> str:
+def register_dot_intrinsic(name: str, a_dtype: str, lanes: int, product: str | Callable[[Any, Any, Any], Any], depth: int = 4, b_dtype: str = "int8", halves: int = 1) -> str:
     """Register ``C[lanes] (int32) += A[depth] (a_dtype) · B[lanes, depth] (b_dtype)`` as a tensor
     intrinsic, the ``depth`` values of A broadcast to every lane; once per process.
 
@@ -28,9 +28,15 @@ def register_dot_intrinsic(name: str, a_dtype: str, lanes: int, product: str | C
     ``lanes * depth`` of ``a_dtype`` and of ``b_dtype`` (instructions that do not accumulate).
 
     Not via ``tvm.s_tir.tensor_intrin``: importing that package parses every target's intrinsics
-    (CUDA, ARM, Hexagon, ...) in TVMScript first, about 30 s on 2 cores."""
+    (CUDA, ARM, Hexagon, ...) in TVMScript first, about 30 s on 2 cores.
+
+    ``halves``: B holds the ``depth`` products of each lane as that many blocks of ``lanes x
+    depth/halves`` (``B[halves, lanes, depth/halves]``: consecutive blocks of the ``depth/halves``
+    layout), and ``product(c, a, b)`` takes lists of one broadcast A and one B vector per block."""
     if name in _registered:
         return name
+    if halves > 1:
+        return _register_split_intrinsic(name, a_dtype, lanes, product, depth, b_dtype, halves)
     from tvm.script import tirx as T
 
     width = depth * lanes
@@ -71,6 +77,40 @@ def register_dot_intrinsic(name: str, a_dtype: str, lanes: int, product: str | C
     return name
 
 
+def _register_split_intrinsic(name: str, a_dtype: str, lanes: int, product: Callable[[Any, Any, Any], Any], depth: int, b_dtype: str, halves: int) -> str:
+    from tvm.script import tirx as T
+
+    sub = depth // halves
+    width = sub * lanes
+
+    def split_product(C, A, B):  # one broadcast A and one B vector per block
+        a = [T.reinterpret(T.broadcast(T.reinterpret(A.vload([h * sub], f"{a_dtype}x{sub}"), dtype="int32"), lanes), dtype=f"{a_dtype}x{width}") for h in range(halves)]
+        return product(C.vload([0], dtype=f"int32x{lanes}"), a, [B.vload([h, 0, 0], dtype=f"{b_dtype}x{width}") for h in range(halves)])
+
+    for scope, registered_name in (("global", name), ("local", name + LOCAL)):
+
+        @T.prim_func(s_tir=True)
+        def desc(A: T.Buffer((depth,), a_dtype, offset_factor=1), B: T.Buffer((halves, lanes, sub), b_dtype, offset_factor=1), C: T.Buffer((lanes,), "int32", offset_factor=1, scope=scope)) -> None:
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:depth], B[0:halves, 0:lanes, 0:sub])
+                T.writes(C[0:lanes])
+                for i in T.serial(0, lanes):
+                    for k in T.serial(0, depth):
+                        with T.sblock("update"):
+                            vi, vk = T.axis.remap("SR", [i, k])
+                            C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vk // sub, vi, vk % sub], "int32")
+
+        @T.prim_func(s_tir=True)
+        def impl(A: T.Buffer((depth,), a_dtype, offset_factor=1), B: T.Buffer((halves, lanes, sub), b_dtype, offset_factor=1), C: T.Buffer((lanes,), "int32", offset_factor=1, scope=scope)) -> None:
+            with T.sblock("root"):
+                T.reads(C[0:lanes], A[0:depth], B[0:halves, 0:lanes, 0:sub])
+                T.writes(C[0:lanes])
+                C[T.ramp(T.int32(0), 1, lanes)] = split_product(C, A, B)
+
+        register_intrinsic(registered_name, desc, impl)
+    return name
+
+
 def register_intrinsic(name: str, desc, impl) -> str:
     """Register a tensor intrinsic once per process (another caller may have registered it)."""
     from tvm.s_tir import TensorIntrin
@@ -102,6 +142,7 @@ def _micro_tile(m: int, blocks: int, accumulators: int, registers: int | None = 
 def dot_dense_kernel(
     m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, prefix: str, depth: int = 4, b_dtype: str = "int8", accumulators: int = 16,
     widen_a: bool = False, conv: dict[str, Any] | None = None, out_shape: tuple[int, ...] | None = None, registers: int | None = None, max_rows: int = 4,
+    halves: int = 1,
 ):
     """Scheduled TIR ``C[m, n] (int32) = A[m, k] (a_dtype) · B^T`` with ``B`` packed
     ``[n/lanes, k/depth, lanes, depth]`` (``b_dtype``) and ``intrin`` (``lanes`` int32 outputs x
@@ -118,7 +159,12 @@ def dot_dense_kernel(
     first argument is then its padded NHWC input ``XP[N, Hp, Wp, Cp]`` and A its unfolded rows
     read in place -- row ``i`` is output pixel ``min(i, M - 1)``, column ``(ky, kx, c)`` the byte
     ``XP[.., y + ky, x + kx, c]`` -- with the reduction split into ``ky·kx`` runs of ``Cp``
-    contiguous bytes, so no im2col copy is written and read back.
+    contiguous bytes, so no im2col copy is written and read back; with row runs (``rp``), ``XP``
+    is :func:`padded_shape`'s rows of bytes and the reduction ``ky`` runs of ``rp`` bytes.
+
+    ``halves``: the intrinsic takes B as that many consecutive ``[lanes, depth/halves]`` blocks
+    (:func:`register_dot_intrinsic`), ``B`` packed ``[n/lanes, k/depth, halves, lanes,
+    depth/halves]``, the same bytes as the ``depth/halves`` layout.
 
     ``out_shape``: the kernel writes ``out[..., j] = C[row, j] - corr[j]`` of that shape instead
     (its leading dims flattened are the rows, its last at most ``n`` columns; ``corr`` an int32
@@ -127,9 +173,9 @@ def dot_dense_kernel(
     output is already the next layer's layout) and :func:`schedule_dot_kernels` schedules the
     fused kernel, the write-back computed on each micro-tile while it is in registers and L1."""
     geometry = None if conv is None else tuple(conv[f] for f in _CONV_FIELDS)
-    key = (prefix, m, n, k, depth, b_dtype, accumulators, registers, max_rows, widen_a, geometry, None if out_shape is None else tuple(out_shape))
+    key = (prefix, m, n, k, depth, b_dtype, accumulators, registers, max_rows, widen_a, geometry, None if out_shape is None else tuple(out_shape), halves)
     tile = (accumulators, registers, max_rows)
-    return cached(key, lambda: _dot_dense(m, n, k, a_dtype, lanes, intrin, prefix, depth, b_dtype, tile, widen_a, conv, out_shape))
+    return cached(key, lambda: _dot_dense(m, n, k, a_dtype, lanes, intrin, prefix, depth, b_dtype, tile, widen_a, conv, out_shape, halves))
 
 
 #: a fused kernel whose int8 weight is at most half this many bytes runs rows outermost (about
@@ -137,7 +183,15 @@ def dot_dense_kernel(
 PANEL_BYTES = 512 * 1024
 
 #: the geometry fields an implicit-im2col kernel depends on
-_CONV_FIELDS = ("n", "hp", "wp", "cp", "kh", "kw", "oh", "ow", "m", "strides", "dilations")
+_CONV_FIELDS = ("n", "hp", "wp", "cp", "kh", "kw", "oh", "ow", "m", "strides", "dilations", "rp")
+
+
+def padded_shape(g: dict[str, Any]) -> tuple[int, ...]:
+    """The shape of :func:`~.conv_layout.nhwc_pad_kernel`'s output for geometry ``g``: ``[N, Hp,
+    Wp, Cp]``, or with row runs (``g["rp"]``) ``[N, Hp + 1, Wp * C]``: rows of bytes, and one
+    more row of padding that the last windows' run padding reads."""
+    return (g["n"], g["hp"] + 1, g["wp"] * g["cp"]) if g["rp"] else (g["n"], g["hp"], g["wp"], g["cp"])
+
 
 #: the schedule of every dot-product block made in this process, by the block's name (which
 #: Relax's fusion keeps): what :func:`schedule_dot_kernels` needs to schedule a fused kernel
@@ -145,7 +199,7 @@ _DOT_BLOCKS: dict[str, dict[str, Any]] = {}
 
 
 def _dot_dense(m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, prefix: str, depth: int, b_dtype: str, tile: tuple, widen_a: bool,
-               conv: dict[str, Any] | None, out_shape: tuple[int, ...] | None):  # fmt: skip
+               conv: dict[str, Any] | None, out_shape: tuple[int, ...] | None, halves: int = 1):  # fmt: skip
     import tvm
     from tvm import te
 
@@ -159,24 +213,36 @@ def _dot_dense(m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, pr
         name = f"graphpress_{prefix}_dense_{m}x{n}x{k}"
     else:
         g = conv
-        a = te.placeholder(dims(g["n"], g["hp"], g["wp"], g["cp"]), a_dtype, name="XP")
+        a = te.placeholder(dims(*padded_shape(g)), a_dtype, name="XP")
         (sh, sw), (dh, dw) = g["strides"], g["dilations"]
         name = f"graphpress_{prefix}_conv_{m}x{n}x{k}_in{g['hp']}x{g['wp']}_k{g['kh']}x{g['kw']}_s{sh}x{sw}_d{dh}x{dw}"
-    b = te.placeholder(dims(n // lanes, k // depth, lanes, depth), b_dtype, name="B")
+    sub = depth // halves
+    if halves == 1:
+        b = te.placeholder(dims(n // lanes, k // depth, lanes, depth), b_dtype, name="B")
+    else:  # the same bytes as [n/lanes, k/sub, lanes, sub]: each step takes `halves` consecutive blocks
+        b = te.placeholder(dims(n // lanes, k // depth, halves, lanes, sub), b_dtype, name="B")
+
+    def weight(j, r):
+        if halves == 1:
+            return b[j // lanes, r // depth, j % lanes, r % depth]
+        return b[j // lanes, r // depth, r % depth // sub, j % lanes, r % sub]
+
     a_wide = te.compute(a.shape, lambda *idx: a(*idx).astype(b_dtype), name=f"{block}_widen") if widen_a else a
 
     def read(i, kk):
         if conv is None:
             return a_wide[i, kk]
-        q, kwc, cp = te.min(i, g["m"] - 1), g["kw"] * g["cp"], g["cp"]
+        q, kwc, cp, rp = te.min(i, g["m"] - 1), g["kw"] * g["cp"], g["cp"], g["rp"]
+        if rp:  # row runs: rp bytes from the window row's first tap on
+            return a_wide[q // (g["oh"] * g["ow"]), (q // g["ow"]) % g["oh"] * sh + kk // rp * dh, q % g["ow"] * sw * cp + kk % rp]
         y, x = (q // g["ow"]) % g["oh"] * sh + kk // kwc * dh, q % g["ow"] * sw + (kk // cp) % g["kw"] * dw
         return a_wide[q // (g["oh"] * g["ow"]), y, x, kk % cp]
 
     r = te.reduce_axis(dims(0, k), name="k")
-    c = te.compute(dims(m, n), lambda i, j: te.sum(read(i, r).astype("int32") * b[j // lanes, r // depth, j % lanes, r % depth].astype("int32"), axis=r), name=block)
+    c = te.compute(dims(m, n), lambda i, j: te.sum(read(i, r).astype("int32") * weight(j, r).astype("int32"), axis=r), name=block)
     _DOT_BLOCKS[block] = {
         "m": m, "n": n, "k": k, "lanes": lanes, "depth": depth, "intrin": intrin, "tile": tile,
-        "widen": f"{block}_widen" if widen_a else None, "k_runs": None if conv is None else (g["kh"], g["kw"], g["cp"] // depth),
+        "widen": f"{block}_widen" if widen_a else None, "k_runs": None if conv is None else (g["kh"], g["rp"] // depth) if g["rp"] else (g["kh"], g["kw"], g["cp"] // depth),
     }  # fmt: skip
     if out_shape is None:
         sch = tvm.s_tir.Schedule(te.create_prim_func([a, b, c]))

@@ -21,7 +21,7 @@ import contextlib
 
 import numpy as np
 
-from graphpress.backends.tvm.int8.conv_layout import conv_geometry, im2col_kernel, implicit, nhwc_pad_kernel, pointwise, to_nchw_kernel, unfolded_weight
+from graphpress.backends.tvm.int8.conv_layout import conv_geometry, im2col_kernel, implicit, nhwc_pad_kernel, padded_shape, pointwise, to_nchw_kernel, unfolded_weight
 from graphpress.backends.tvm.int8.depthwise import depthwise_call, is_uint8_depthwise
 from graphpress.backends.tvm.int8.isa import Isa
 from graphpress.backends.tvm.layout import relax_module_pass
@@ -61,7 +61,10 @@ def pack_weight(w_kn: np.ndarray, multiple: int, lanes: int, depth: int = 4, dty
 
 
 def _pack(w_kn: np.ndarray, isa: Isa) -> tuple[np.ndarray, np.ndarray, int]:
-    return pack_weight(w_kn, isa.n_multiple, isa.lanes, isa.depth, isa.weight)
+    packed, colsum, npad = pack_weight(w_kn, isa.n_multiple, isa.lanes, isa.depth // isa.halves, isa.weight)
+    if isa.halves > 1:  # the same bytes, `halves` blocks per step of the kernel
+        packed = packed.reshape(npad // isa.lanes, w_kn.shape[0] // isa.depth, isa.halves, isa.lanes, isa.depth // isa.halves)
+    return packed, colsum, npad
 
 
 def _dtype(ty) -> str:
@@ -153,15 +156,15 @@ def _lower_conv(bb, call, w: np.ndarray, isa: Isa):
     conv_attrs = {"pads": [int(p) for p in attrs.padding], "strides": [int(v) for v in attrs.strides], "dilations": [int(v) for v in attrs.dilation]}
     g = conv_geometry(nchw_shape, w_oihw.shape, conv_attrs, isa, w_oihw)
     isa = g["isa"]
-    packed, colsum, npad = _pack(unfolded_weight(w_oihw, g["cp"]), isa)
-    unpadded = not any(g["pads"]) and g["c"] == g["cp"]
+    packed, colsum, npad = _pack(unfolded_weight(w_oihw, g["cp"], g["rp"]), isa)
+    unpadded = not any(g["pads"]) and g["c"] == g["cp"] and not g["rp"]
     in_place = implicit(g)  # the dot-product kernels read the unfolded rows from the padded input
     if layout == "NHWC" and pointwise(g) and g["c"] == g["cp"]:
         col = bb.emit(relax.op.reshape(x, (g["mp"], g["kp"])))  # the NHWC input is the unfolded one
     elif pointwise(g):
         col = _call(bb, nhwc_pad_kernel(g, 0, layout), [x], (g["mp"], g["kp"]), "uint8")
     else:
-        xp = x if layout == "NHWC" and unpadded else _call(bb, nhwc_pad_kernel(g, 0, layout), [x], (g["n"], g["hp"], g["wp"], g["cp"]), "uint8")
+        xp = x if layout == "NHWC" and unpadded else _call(bb, nhwc_pad_kernel(g, 0, layout), [x], padded_shape(g), "uint8")
         col = xp if in_place else _call(bb, im2col_kernel(g), [xp], (g["mp"], g["kp"]), "uint8")
     corr = np.zeros(npad, np.int64)  # acc - corr is the zero-padded convolution
     if isa.activation == "int8":  # int8 x int8: the unfolded input moves down by 128

@@ -85,14 +85,15 @@ def _compile_pair(emit_int8, emit_fp32, x_int8: np.ndarray, x_fp32: np.ndarray, 
     return int8_ms, fp32_ms
 
 
-def _random_weight(shape, narrow: bool) -> np.ndarray:
-    """A random int8 weight for timing; ``narrow``: within 7 bits, so that it takes the ISA's
-    narrow kernel as the layer's own weight does (:meth:`Isa.for_weight`)."""
-    bound = 64 if narrow else 127
+def _random_weight(shape, narrow: int) -> np.ndarray:
+    """A random int8 weight for timing, that takes the kernel ``narrow`` steps down the ISA's
+    chain of narrow ones as the layer's own weight does (:meth:`Isa.for_weight`): 7 bits for
+    one step (no pair saturates int16), 6 for two (no group of four)."""
+    bound = 127 >> narrow
     return np.random.default_rng(0).integers(-bound, bound + 1, shape, dtype=np.int8)
 
 
-def _dense_pair_ms(m: int, n: int, k: int, a_dtype: str, spec, tuning: Tuning, repeat: int, isa: Isa, narrow: bool) -> tuple[float, float]:
+def _dense_pair_ms(m: int, n: int, k: int, a_dtype: str, spec, tuning: Tuning, repeat: int, isa: Isa, narrow: int) -> tuple[float, float]:
     """(int8 ms, fp32 ms) of one dense layer compiled both ways for ``spec``."""
     from tvm import relax
 
@@ -105,7 +106,7 @@ def _dense_pair_ms(m: int, n: int, k: int, a_dtype: str, spec, tuning: Tuning, r
     )  # fmt: skip
 
 
-def _conv_pair_ms(x_shape, w_shape, attrs: dict, zero_point: int, spec, tuning: Tuning, repeat: int, isa: Isa, narrow: bool) -> tuple[float, float]:
+def _conv_pair_ms(x_shape, w_shape, attrs: dict, zero_point: int, spec, tuning: Tuning, repeat: int, isa: Isa, narrow: int) -> tuple[float, float]:
     """(int8 ms, fp32 ms) of one convolution compiled both ways for ``spec``, both in NHWC (the
     layout the model build gives convolutions and their neighbours)."""
     from tvm import relax
@@ -215,7 +216,7 @@ class _Planner:
             return Int8Decision(node.name or node.outputs[0].name, (0, 0, 0), None, None, False, reason + ": kept in fp32")
         g = conv_geometry(shape, w.shape, attrs, self.isa, w)
         zp = int(zx.reshape(-1)[0])
-        narrow = g["isa"] is self.isa.narrow
+        narrow = self.isa.narrowing(g["isa"])
 
         def measure():
             return _conv_pair_ms(shape, w.shape, attrs, zp, self.spec, self.tuning, self.repeat, self.isa, narrow)
@@ -235,7 +236,7 @@ class _Planner:
         m = int(np.prod(shape[:-1]))
 
         isa = self.isa.for_shape(m, k).for_weight(w)
-        narrow = isa is self.isa.narrow
+        narrow = self.isa.narrowing(isa)
 
         def measure():
             return _dense_pair_ms(m, n, k, a_dtype, self.spec, self.tuning, self.repeat, self.isa, narrow)

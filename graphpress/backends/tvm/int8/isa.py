@@ -19,7 +19,7 @@ from graphpress.backends.tvm.int8 import kernels_arm, kernels_x86
 from graphpress.backends.tvm.targets import TargetSpec, has_amx, has_avx2, has_avx_vnni, has_dotprod, has_i8mm, has_vnni
 from graphpress.errors import GraphpressError
 
-__all__ = ["AMX", "AVX2", "AVX2_U8S8", "AVX_VNNI", "I8MM", "ISAS", "SDOT", "VNNI", "Counter", "Isa", "Tiles", "select_isa"]
+__all__ = ["AMX", "AVX2", "AVX2_U8S8", "AVX2_U8S8_QUADS", "AVX_VNNI", "I8MM", "ISAS", "SDOT", "VNNI", "Counter", "Isa", "Tiles", "select_isa"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +63,11 @@ class Isa:
         depth: products per int32 sum of one instruction (4 bytes; 2 for ``vpmaddwd``'s int16).
         weight: the dtype the packed weight is stored in (int8; int16 for ``vpmaddwd``).
         narrow: the ISA that runs the layers whose ``[K, N]`` int8 weight ``narrow_fits`` accepts
-            (AVX2: ``vpmaddubsw`` where no pair of weights can saturate its int16 sums).
+            (AVX2: ``vpmaddubsw`` where no pair of weights can saturate its int16 sums; and its
+            own narrow one, where no group of four can), and whose contiguous runs of K (a
+            convolution's padded channels) are whole steps of its ``depth``.
+        halves: the packed weight's ``depth`` bytes per lane are this many consecutive blocks of
+            ``[lanes, depth / halves]`` (``[N/lanes, K/depth, halves, lanes, depth/halves]``).
         implicit_conv: ``dense`` takes ``conv=`` and ``out_shape=`` (the dot-product kernels of
             :mod:`.dot`; not the tile ISAs, whose tile loads want whole rows of the unfolded
             input): convolutions without im2col, the write-back fused with the requantization.
@@ -87,6 +91,7 @@ class Isa:
     narrow_fits: Callable[[Any], bool] | None = None
     implicit_conv: bool = False
     rows: int = 4
+    halves: int = 1
 
     def __repr__(self) -> str:
         return f"Isa({self.name})"
@@ -99,9 +104,20 @@ class Isa:
         """This ISA, or its fallback where the shape does not fill the tiles."""
         return self if self.fits(m, k) or self.fallback is None else self.fallback
 
-    def for_weight(self, w_kn) -> Isa:
-        """This ISA, or its narrow one where the int8 ``[K, N]`` weight fits it."""
-        return self.narrow if self.narrow is not None and self.narrow_fits(w_kn) else self
+    def for_weight(self, w_kn, run: int | None = None) -> Isa:
+        """This ISA, or the narrowest of its narrow ones the int8 ``[K, N]`` weight fits (K, and
+        ``run``, the length of its contiguous runs where K is read in runs, whole steps of it)."""
+        narrow = self.narrow
+        if narrow is None or w_kn.shape[0] % narrow.depth or (run is not None and run % narrow.depth) or not self.narrow_fits(w_kn):
+            return self
+        return narrow.for_weight(w_kn, run)
+
+    def narrowing(self, isa: Isa) -> int:
+        """How many steps down the chain of narrow ISAs ``isa`` is from this one (0: itself)."""
+        steps, at = 0, self
+        while at is not isa and at.narrow is not None:
+            steps, at = steps + 1, at.narrow
+        return steps if at is isa else 0
 
     @property
     def n_multiple(self) -> int:
@@ -131,7 +147,10 @@ AMX = Isa("amx", "AMX", "uint8", 16, kernels_x86.amx_dense_kernel, (_TDPBUSD, _Z
 AVX_VNNI = Isa("avx_vnni", "AVX-VNNI", "uint8", 8, kernels_x86.avx_vnni_dense_kernel, (_YMM_VPDPBUSD, _ZMM_VPDPBUSD), has_avx_vnni, timed=True,
                implicit_conv=True, rows=6)  # fmt: skip
 _AVX2_COUNTERS = (_YMM_VPMADDWD, _YMM_VPMADDUBSW, _ZMM_VPDPBUSD)
-AVX2_U8S8 = Isa("avx2_u8s8", "AVX2 u8s8", "uint8", 8, kernels_x86.avx2_u8s8_dense_kernel, _AVX2_COUNTERS, has_avx2, timed=True, implicit_conv=True)
+AVX2_U8S8_QUADS = Isa("avx2_u8s8_quads", "AVX2 u8s8 quads", "uint8", 8, kernels_x86.avx2_u8s8_quad_dense_kernel, _AVX2_COUNTERS, has_avx2, timed=True,
+                      depth=8, implicit_conv=True, halves=2)  # fmt: skip
+AVX2_U8S8 = Isa("avx2_u8s8", "AVX2 u8s8", "uint8", 8, kernels_x86.avx2_u8s8_dense_kernel, _AVX2_COUNTERS, has_avx2, timed=True, implicit_conv=True,
+                narrow=AVX2_U8S8_QUADS, narrow_fits=kernels_x86.fits_u8s8_quads)  # fmt: skip
 AVX2 = Isa("avx2", "AVX2", "uint8", 8, kernels_x86.avx2_dense_kernel, _AVX2_COUNTERS, has_avx2, timed=True, depth=2, weight="int16",
            narrow=AVX2_U8S8, narrow_fits=kernels_x86.fits_u8s8_pairs, implicit_conv=True)  # fmt: skip
 _SDOT = Counter("sdot", "sdot", kernels_arm.sdot_count)
