@@ -6,7 +6,8 @@ from __future__ import annotations
 import threading
 import time
 
-from graphpress.ir.timing import blocked_samples, wait_until_idle, warm_up
+from graphpress.ir import timing
+from graphpress.ir.timing import best_block, blocked, blocked_samples, wait_until_idle, warm_up
 
 
 def _spin(seconds: float) -> threading.Thread:
@@ -54,3 +55,27 @@ def test_warm_up_calls_for_its_time_and_at_least_twice():
     assert warm_up(lambda: calls.append(time.sleep(0.01)), seconds=0.05) == len(calls)
     assert 4 <= len(calls) <= 7, len(calls)
     assert warm_up(lambda: None, seconds=0.0) == 2
+
+
+def test_a_slow_spell_over_some_blocks_does_not_decide_between_builds(monkeypatch):
+    """Two builds on a fake clock: ``fast`` takes 10 ms a call but a slow spell of the host makes
+    its first 7 calls (two blocks and one call of a third) take 30; ``slow`` takes 12 ms
+    throughout. The median over all calls makes ``fast`` the slower; its best block does not."""
+    clock = [0.0]
+    calls = {"fast": 0}
+    per_block = 3  # repeat 12, rounds 2: A B, B A, A B, B A
+
+    def fast():
+        calls["fast"] += 1
+        clock[0] += 0.030 if calls["fast"] <= 2 * per_block + 1 else 0.010
+
+    def slow():
+        clock[0] += 0.012
+
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(timing, "wait_until_idle", lambda: 0.0)
+    monkeypatch.setattr(timing, "warm_up", lambda fn: 0)
+    assert blocked({"fast": fast, "slow": slow}, 12, rounds=2)["fast"] > 12
+    calls["fast"] = 0
+    ms = best_block({"fast": fast, "slow": slow}, 12, rounds=2)
+    assert abs(ms["fast"] - 10) < 1e-6 and abs(ms["slow"] - 12) < 1e-6, ms

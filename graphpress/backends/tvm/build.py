@@ -466,13 +466,15 @@ def _signature_inputs(mod) -> list:
 
 
 def _side_by_side(executables: dict[str, Any], inputs) -> dict[str, float]:
-    """Median ms of ``main`` of each executable, by key, timed in blocks in one run (A B C, then
-    C B A): one after the other, the first was often timed cold -- the digits CNN's int8 build
-    measured 1.2 ms first and 0.6 ms second, and the guard's verdict followed the order."""
+    """ms of ``main`` of each executable, by key, timed in blocks in one run (A B C, then C B A,
+    twice): one after the other, the first was often timed cold -- the digits CNN's int8 build
+    measured 1.2 ms first and 0.6 ms second, and the guard's verdict followed the order. Each
+    executable's best block median (:func:`~graphpress.ir.timing.best_block`): a slow spell of
+    a shared host lands on one block, not on the build."""
     import tvm
     from tvm import relax
 
-    from graphpress.ir.timing import blocked, repeats_for
+    from graphpress.ir.timing import best_block, repeats_for
 
     if current_remote() is not None:  # on the device: TVM's time evaluator there, alternating
         ms = time_side_by_side([(exe, inputs) for exe in executables.values()], number=5, rounds=3)
@@ -483,7 +485,7 @@ def _side_by_side(executables: dict[str, Any], inputs) -> dict[str, float]:
     for key, exe in executables.items():
         vm = relax.VirtualMachine(exe, device)
         fns[key] = lambda vm=vm: vm["main"](*args)
-    return blocked(fns, repeats_for(fns, 1.0, least=10, most=60))
+    return best_block(fns, repeats_for(fns, 1.0, least=12, most=60), rounds=2)
 
 
 #: a layer the layer guard kept in fp32 whose integer kernel timed less than this many times its
