@@ -58,6 +58,20 @@ def test_matmul_integer_is_exact_on_every_path(path, a_shape, n, a_dtype):
     np.testing.assert_array_equal(compiled.run_named(a=a)["y"], _ort(model, {"a": a})[0])
 
 
+def _exact_conv_integer(x, w, zx, pads, strides, target):
+    """``ConvInteger(x, w, zx)`` compiled for ``target`` with every layer on its integer kernel:
+    bit for bit a numpy convolution; returns the build's int8 report."""
+    proto = make_model(
+        [helper.make_node("ConvInteger", ["x", "W", "zx"], ["y"], pads=pads, strides=strides, name="ci")],
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
+        [tensor("W", w), tensor("zx", np.array(zx, np.uint8))],
+    )
+    compiled = compile_model(gp.load(proto), target, int8="on", int8_guard=False)
+    np.testing.assert_array_equal(compiled.run_named(x=x)["y"], _conv_reference(x, w, zx, pads, strides))
+    return compiled.meta["build"]["int8"]
+
+
 @pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("oc", [20, 16])
 def test_conv_integer_is_exact_on_every_path(path, oc):
@@ -70,16 +84,8 @@ def test_conv_integer_is_exact_on_every_path(path, oc):
     x = rng.choice(np.array([0, 255, 254, 1], np.uint8), (1, 6, 9, 11))
     w = rng.choice(np.array([-128, 127, -127, 0], np.int8), (oc, 6, 3, 3))
     zx, pads, strides = 3, [1, 0, 1, 2], [2, 1]
-    proto = make_model(
-        [helper.make_node("ConvInteger", ["x", "W", "zx"], ["y"], pads=pads, strides=strides, name="ci")],
-        [helper.make_tensor_value_info("x", TensorProto.UINT8, list(x.shape))],
-        [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
-        [tensor("W", w), tensor("zx", np.array(zx, np.uint8))],
-    )
-    compiled = compile_model(gp.load(proto), f"x86:{path}", int8="on", int8_guard=False)
-    report = compiled.meta["build"]["int8"]
+    report = _exact_conv_integer(x, w, zx, pads, strides, f"x86:{path}")
     assert report["lowered"] == 1 and report["nodes"][0]["kernel"] == f"{PATHS[path][0].label} kernel, unfolded in place", report["nodes"]
-    np.testing.assert_array_equal(compiled.run_named(x=x)["y"], _conv_reference(x, w, zx, pads, strides))
 
 
 @pytest.mark.parametrize("path", list(PATHS))
@@ -97,16 +103,8 @@ def test_a_stem_convolution_reads_each_window_row_as_one_run_exactly(path):
     zx, pads, strides = 5, [3, 3, 3, 3], [2, 2]
     g = conv_geometry(x.shape, w.shape, {"pads": pads, "strides": strides}, PATHS[path][0], w)
     assert (g["rp"], g["kp"]) == (24, 168), g
-    proto = make_model(
-        [helper.make_node("ConvInteger", ["x", "W", "zx"], ["y"], pads=pads, strides=strides, name="stem")],
-        [helper.make_tensor_value_info("x", TensorProto.UINT8, list(x.shape))],
-        [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
-        [tensor("W", w), tensor("zx", np.array(zx, np.uint8))],
-    )
-    compiled = compile_model(gp.load(proto), f"x86:{path}", int8="on", int8_guard=False)
-    report = compiled.meta["build"]["int8"]
+    report = _exact_conv_integer(x, w, zx, pads, strides, f"x86:{path}")
     assert report["lowered"] == 1 and report["nodes"][0]["shape"][2] == 147, report["nodes"]
-    np.testing.assert_array_equal(compiled.run_named(x=x)["y"], _conv_reference(x, w, zx, pads, strides))
 
 
 @pytest.mark.parametrize("path", list(PATHS))
@@ -184,16 +182,8 @@ def test_an_avx2_convolution_of_quad_fitting_weights_is_exact(c):
     x = rng.choice(np.array([0, 255, 255, 1], np.uint8), (1, c, 9, 11))
     w = rng.choice(np.array([-32, 32, 31, 0], np.int8), (8, c, 3, 3))
     zx, pads, strides = 3, [1, 0, 1, 2], [2, 1]
-    proto = make_model(
-        [helper.make_node("ConvInteger", ["x", "W", "zx"], ["y"], pads=pads, strides=strides, name="ci")],
-        [helper.make_tensor_value_info("x", TensorProto.UINT8, list(x.shape))],
-        [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
-        [tensor("W", w), tensor("zx", np.array(zx, np.uint8))],
-    )
-    compiled = compile_model(gp.load(proto), "x86:avx2", int8="on", int8_guard=False)
-    node = compiled.meta["build"]["int8"]["nodes"][0]
+    node = _exact_conv_integer(x, w, zx, pads, strides, "x86:avx2")["nodes"][0]
     assert node["kernel"] == ("AVX2 u8s8 quads" if c == 16 else "AVX2 u8s8") + " kernel, unfolded in place", node
-    np.testing.assert_array_equal(compiled.run_named(x=x)["y"], _conv_reference(x, w, zx, pads, strides))
 
 
 @pytest.mark.parametrize("stride", [1, 2])
