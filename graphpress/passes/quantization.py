@@ -20,7 +20,10 @@ Scheme (``scheme=auto``): uint8 activations (asymmetric) × int8 weights (symmet
 per output channel), "U8S8", the fast recipe of ONNX Runtime's x86 and ARM kernels; S8S8 is
 what its default recipe uses and is slower than fp32 on this project's machine. ``reduce_range``
 (7-bit weights, where u8×s8 products can saturate) is used only when the pass context's target
-says it has no int8 dot product (x86 without VNNI); the host this runs on is never read.
+says it has no int8 dot product (x86 without VNNI); the host this runs on is never read. For
+such a target the few groups of four weights that could saturate the int16 sums of AVX2's
+fastest kernel are brought within range too (:func:`fit_weight_quads`,
+:mod:`~graphpress.passes.int16_sums`).
 
 Accuracy control (``tolerance > 0``): quantize everything, score each quantized layer by its
 SQNR (signal-to-quantization-noise ratio of its output, in dB; for dense layers their own error,
@@ -55,7 +58,7 @@ from graphpress.passes.per_token import per_token_activations
 from graphpress.passes.registry import register
 from graphpress.passes.smooth import smooth_activations
 
-__all__ = ["Quantize", "layer_errors", "mse_ranges", "quantize_model"]
+__all__ = ["Quantize", "fit_weight_quads", "layer_errors", "mse_ranges", "quantize_model"]
 
 QUANTIZABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
