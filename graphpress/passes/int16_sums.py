@@ -15,9 +15,11 @@ on that kernel or on ONNX Runtime.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-__all__ = ["QUAD_LIMIT", "QUAD_NOISE", "fit_int16_quads", "fits_int16_quads", "quad_sums"]
+__all__ = ["QUAD_LIMIT", "QUAD_NOISE", "conv_kernel_order", "fit_int16_quads", "fits_int16_quads", "quad_sums", "row_run"]
 
 #: a weight is fitted only where that adds at most this fraction of the noise power its rounding
 #: to integers already added (size / 12 in squared integer steps): ResNet-18's 3x3 convolutions
@@ -28,6 +30,33 @@ QUAD_NOISE = 0.5
 #: the largest sum of a group's positive weights (and of its negative ones, negated) whose
 #: products with any uint8 activations fit int16: 255 x 128 <= 32767, 255 x -128 >= -32768
 QUAD_LIMIT = 128
+
+
+def row_run(channels: int, kw: int, dilation: int = 1) -> int:
+    """The bytes of one window row that a dot-product kernel reading a convolution's unfolded rows
+    in place takes as one run of the unpadded NHWC input -- ``kw * channels`` padded to a multiple
+    of 4 -- or 0 where each tap's channels are a run of their own: where the taps are not adjacent
+    pixels (dilation), or where padding each tap's channels to 4 pads no more (channels a multiple
+    of 4). ResNet's 7x7 stem of 3 channels: 24 bytes per row (K 168) instead of 7 x 4 (K 196)."""
+    rp = -(-kw * channels // 4) * 4
+    return rp if dilation == 1 and kw > 1 and rp < kw * (-(-channels // 4) * 4) else 0
+
+
+def conv_kernel_order(w_oihw: np.ndarray, dilation: int = 1) -> tuple[np.ndarray, int, Callable[[np.ndarray], np.ndarray]] | None:
+    """An OIHW convolution weight (one group) as the ``[K, N]`` the integer kernels read with K in
+    steps of 8: K ordered ky, kx, channel for channels a multiple of 8; with row runs
+    (:func:`row_run`, a multiple of 8 bytes) each ky's ``kw * C`` weights then zeros to the run's
+    length. Returns (``[K, N]``, its real weights, the way back to OIHW), or None where no kernel
+    groups the weight's K by 8."""
+    o, c, kh, kw = w_oihw.shape
+    if c % 8 == 0:
+        return w_oihw.transpose(2, 3, 1, 0).reshape(kh * kw * c, o), w_oihw.size, lambda kn: kn.reshape(kh, kw, c, o).transpose(3, 2, 0, 1)
+    rp = row_run(c, kw, dilation)
+    if not rp or rp % 8:
+        return None
+    rows = np.zeros((kh, rp, o), w_oihw.dtype)
+    rows[:, : kw * c] = w_oihw.transpose(2, 3, 1, 0).reshape(kh, kw * c, o)
+    return rows.reshape(kh * rp, o), w_oihw.size, lambda kn: kn.reshape(kh, rp, o)[:, : kw * c].reshape(kh, kw, c, o).transpose(3, 2, 0, 1)
 
 
 def _groups(w_kn: np.ndarray) -> np.ndarray:
@@ -53,7 +82,7 @@ def fits_int16_quads(w_kn: np.ndarray) -> bool:
     return bool(pos.max(initial=0) <= QUAD_LIMIT and neg.min(initial=0) >= -QUAD_LIMIT)
 
 
-def fit_int16_quads(w_kn: np.ndarray, noise: float | None = QUAD_NOISE) -> tuple[np.ndarray, int]:
+def fit_int16_quads(w_kn: np.ndarray, noise: float | None = QUAD_NOISE, weights: int | None = None) -> tuple[np.ndarray, int]:
     """(``w_kn`` with every four-weight group within :data:`QUAD_LIMIT`, how many groups changed).
 
     A group over the limit loses the same amount from each of its weights of that sign (the
@@ -61,7 +90,8 @@ def fit_int16_quads(w_kn: np.ndarray, noise: float | None = QUAD_NOISE) -> tuple
     so the sum ends at most 3 under the limit. ``w_kn`` itself is returned (0 groups) where none
     is over the limit, where K
     is not a multiple of 8 (no kernel groups its weights then), or where the change would add
-    more than ``noise`` times the weight's rounding noise power (:data:`QUAD_NOISE`; None: any)."""
+    more than ``noise`` times the weight's rounding noise power (:data:`QUAD_NOISE`; None: any;
+    ``weights``: how many of ``w_kn``'s entries are weights, not padding, all by default)."""
     if w_kn.ndim != 2 or w_kn.shape[0] % 8:
         return w_kn, 0
     k, n = w_kn.shape
@@ -82,6 +112,6 @@ def fit_int16_quads(w_kn: np.ndarray, noise: float | None = QUAD_NOISE) -> tuple
     if not changed.any():
         return w_kn, 0
     fitted = g.reshape(k // 8, 2, n, 2, 2).transpose(0, 3, 1, 4, 2).reshape(k, n)
-    if noise is not None and float(((fitted - np.asarray(w_kn, np.int32)) ** 2).sum()) > noise * w_kn.size / 12:
+    if noise is not None and float(((fitted - np.asarray(w_kn, np.int32)) ** 2).sum()) > noise * (w_kn.size if weights is None else weights) / 12:
         return w_kn, 0
     return fitted.astype(w_kn.dtype), int(changed.sum())

@@ -52,7 +52,7 @@ from graphpress.ir.edit import add_initializer
 from graphpress.ir.numeric import output_similarity
 from graphpress.ir.io import MAX_IR_VERSION, to_proto
 from graphpress.passes.context import TargetFacts
-from graphpress.passes.int16_sums import fit_int16_quads
+from graphpress.passes.int16_sums import conv_kernel_order, fit_int16_quads
 from graphpress.passes.base import Pass, PassResult, option
 from graphpress.passes.per_token import per_token_activations
 from graphpress.passes.registry import register
@@ -174,17 +174,17 @@ def quantize_model(
     return info
 
 
-def _kernel_order(node: ir.Node, w: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]] | None:
-    """An int8 weight of ``node`` as the ``[K, N]`` its integer kernel reads (a convolution's K in
-    ky, kx, channel order) and the way back; None where no kernel groups its K by 8."""
+def _kernel_order(node: ir.Node, w: np.ndarray) -> tuple[np.ndarray, int, Callable[[np.ndarray], np.ndarray]] | None:
+    """An int8 weight of ``node`` as the ``[K, N]`` its integer kernel reads
+    (:func:`~graphpress.passes.int16_sums.conv_kernel_order` for a convolution), how many of its
+    entries are weights, and the way back; None where no kernel groups its K by 8."""
     attrs = {k: v.value for k, v in node.attributes.items()}
-    if node.op_type in ("Conv", "ConvInteger") and w.ndim == 4 and attrs.get("group", 1) == 1 and w.shape[1] % 8 == 0:
-        o, c, kh, kw = w.shape
-        return w.transpose(2, 3, 1, 0).reshape(kh * kw * c, o), lambda kn: kn.reshape(kh, kw, c, o).transpose(3, 2, 0, 1)
+    if node.op_type in ("Conv", "ConvInteger") and w.ndim == 4 and attrs.get("group", 1) == 1:
+        return conv_kernel_order(w, int(attrs.get("dilations", (1, 1))[-1]))
     if node.op_type in ("MatMul", "MatMulInteger") and w.ndim == 2:
-        return w, lambda kn: kn
+        return w, w.size, lambda kn: kn
     if node.op_type == "Gemm" and w.ndim == 2:
-        return (w.T, lambda kn: kn.T) if attrs.get("transB", 0) else (w, lambda kn: kn)
+        return (w.T, w.size, lambda kn: kn.T) if attrs.get("transB", 0) else (w, w.size, lambda kn: kn)
     return None
 
 
@@ -210,8 +210,8 @@ def fit_weight_quads(model: ir.Model) -> tuple[int, int]:
         orders = [_kernel_order(n, w) for n in nodes]
         if any(o is None for o in orders) or len({n.op_type.replace("Integer", "") for n in nodes}) > 1:
             continue
-        kn, back = orders[0]
-        fitted, count = fit_int16_quads(kn)
+        kn, weights, back = orders[0]
+        fitted, count = fit_int16_quads(kn, weights=weights)
         total += kn.shape[0] // 4 * kn.shape[1] if kn.shape[0] % 8 == 0 else 0
         if count:
             changed += count

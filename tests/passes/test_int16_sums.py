@@ -140,3 +140,57 @@ def test_the_quantizer_fits_weights_for_a_target_without_an_int8_dot_product_onl
         return min(float(np.dot(a[k].ravel(), r[k].ravel()) / np.linalg.norm(a[k]) / np.linalg.norm(r[k])) for a, r in zip(outs, reference) for k in r)
 
     assert cosine(quantized[True]) >= cosine(quantized[False]) - 1e-3 and cosine(quantized[True]) > 0.99
+
+
+@pytest.mark.parametrize(
+    ("shape", "dilation", "run"),
+    [((16, 3, 7, 7), 1, 24), ((8, 3, 5, 5), 1, 16), ((8, 1, 1, 8), 1, 8), ((8, 16, 3, 3), 1, 0), ((8, 16, 3, 3), 2, 0),
+     ((8, 3, 3, 3), 1, None), ((8, 3, 7, 7), 2, None), ((8, 3, 11, 11), 1, None), ((8, 12, 3, 3), 1, None)],
+)  # fmt: skip
+def test_a_convolution_is_grouped_in_the_order_its_kernel_reads_it(shape, dilation, run):
+    """The quantizer's K order of a convolution weight is the backend's unfolded weight for the
+    geometry the AVX2 kernels take (row runs where a pixel's channels would be padded: a 7x7 stem
+    of 3 channels, 24 bytes a row); None where no kernel reads K in steps of 8 (3x3 of 3 channels:
+    taps of 4 bytes; 11x11 of 3: rows of 36; 12 channels: runs of 12), and the way back is exact."""
+    from graphpress.backends.tvm.int8.conv_layout import conv_geometry, unfolded_weight
+    from graphpress.backends.tvm.int8.isa import AVX2
+    from graphpress.passes.int16_sums import conv_kernel_order
+
+    w = np.random.default_rng(3).integers(-64, 65, shape).astype(np.int8)
+    order = conv_kernel_order(w, dilation)
+    k = shape[2] // 2
+    g = conv_geometry([1, shape[1], 16, 16], shape, {"pads": [k, k, k, k], "dilations": [dilation, dilation]}, AVX2)
+    if run is None:
+        assert order is None
+        return
+    assert g["rp"] == run
+    kn, weights, back = order
+    np.testing.assert_array_equal(kn, unfolded_weight(w, g["cp"], g["rp"]))
+    assert weights == w.size and kn.shape[0] % 8 == 0
+    np.testing.assert_array_equal(back(kn), w)
+
+
+def test_a_stem_of_three_channels_is_fitted_in_its_rows():
+    """A 5x5 convolution of 3 channels takes row runs of 16 bytes on AVX2; the quantizer fits its
+    weight in that order, and the backend then picks the quads kernel for it."""
+    from graphpress.backends.tvm.int8.conv_layout import conv_geometry, unfolded_weight
+    from graphpress.backends.tvm.int8.isa import AVX2, AVX2_U8S8_QUADS
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 5, stride=2, padding=2), torch.nn.ReLU()).eval()
+    with torch.no_grad():  # heavy-tailed, as trained first layers are: a fit within the noise budget
+        module[0].weight.copy_(torch.from_numpy(np.random.default_rng(0).standard_t(3, (32, 3, 5, 5)).astype(np.float32) * 0.05))
+    x = torch.rand(1, 3, 16, 16)
+    model = gp.load(module, x)
+    name = model.graph.inputs[0].name
+    samples = [{name: torch.rand(1, 3, 16, 16).numpy()} for _ in range(4)]
+    context = PassContext(samples=samples, target=TargetFacts("x86", False))
+    stats = PassManager(build_passes("quantize:mode=static"), context=context).run(model).records[0].stats
+    conv = next(n for n in model.graph if n.op_type == "Conv")
+    w = conv.inputs[1].producer().inputs[0].const_value.numpy()
+    attrs = {"pads": [2, 2, 2, 2], "strides": [2, 2]}
+    g = conv_geometry([1, 3, 16, 16], w.shape, attrs, AVX2)
+    assert g["rp"] == 16
+    assert stats["int16_quads_fitted"] > 0, stats
+    assert fits_int16_quads(unfolded_weight(w, g["cp"], g["rp"]))
+    assert conv_geometry([1, 3, 16, 16], w.shape, attrs, AVX2, w)["isa"] is AVX2_U8S8_QUADS

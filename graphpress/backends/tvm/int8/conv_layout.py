@@ -11,6 +11,7 @@ import numpy as np
 
 from graphpress.backends.tvm.int8.dot import cached, padded_shape
 from graphpress.backends.tvm.int8.isa import Isa
+from graphpress.passes.int16_sums import row_run
 
 __all__ = ["conv_geometry", "im2col_kernel", "implicit", "kernel_label", "nhwc_pad_kernel", "padded_shape", "pointwise", "to_nchw_kernel", "unfolded_weight"]
 
@@ -40,7 +41,8 @@ def conv_geometry(x_shape, w_shape, attrs, isa: Isa, weight: np.ndarray | None =
     pixels padded to the kernel's row block (:attr:`Isa.row_block`; a 1x1 convolution's to 4 where
     that pads none).
 
-    ``rp`` (row runs; 0 where not used): for a kernel that reads the unfolded rows in place, where
+    ``rp`` (row runs, :func:`~graphpress.passes.int16_sums.row_run`; 0 where not used): for a
+    kernel that reads the unfolded rows in place, where
     the channels would be padded, each window row's ``kw`` taps are ``kw * C`` contiguous bytes of
     the unpadded NHWC input (the taps are adjacent pixels), read as one run padded to ``rp``, a
     multiple of 4; the bytes past ``kw * C`` belong to the next pixels (or to one extra row of
@@ -62,10 +64,8 @@ def conv_geometry(x_shape, w_shape, attrs, isa: Isa, weight: np.ndarray | None =
             cp = ca
         else:
             isa = isa.fallback or isa
-    rp = -(-kw * c // 4) * 4
-    if not (isa.tiles is None and isa.implicit_conv and dw == 1 and kw > 1 and rp < kw * cp):
-        rp = 0
-    else:
+    rp = row_run(c, kw, dw) if isa.tiles is None and isa.implicit_conv else 0
+    if rp:
         cp = c  # the input keeps its channels: rows of kw * C bytes
     if weight is not None:
         isa = isa.for_weight(unfolded_weight(weight, cp, rp), run=rp or cp)
