@@ -229,7 +229,10 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
         databases = [open_database(d) for d in dirs]
         return databases[0] if len(databases) == 1 else ms.database.OrderedUnionDatabase(*databases)
 
-    def lower(fast: bool, nhwc: bool | str = False):  # nhwc: True (the whole model), "local" (each convolution alone)
+    layout: dict[str, bool | str] = {"nhwc": False}  # the layout every variant is lowered in, once decided
+
+    def lower(fast: bool, nhwc: bool | str | None = None):  # nhwc: True (the whole model), "local" (each convolution alone)
+        nhwc = layout["nhwc"] if nhwc is None else nhwc
         steps = [relax.transform.ConvertToDataflow(), relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings()]
         winograd: list[str] = []  # the convolutions computed by Winograd's transforms
         if nhwc:  # output channels innermost: the analytic GEMM schedule vectorizes over them
@@ -257,8 +260,30 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
         with target, db:
             return relax.transform.MetaScheduleApplyDatabase()(lowered)
 
+    def in_nhwc(names) -> dict | None:
+        """The variants ``names`` lowered in NHWC: the whole model, else each convolution alone
+        (transposed in and out); ``None`` when TVM could convert neither (``conv_layout`` says why)."""
+        try:
+            out = {name: lower(name == "fast", nhwc=True) for name in names}
+            layout["nhwc"], stats["conv_layout"] = True, "NHWC"
+            return out
+        except Exception as e:  # noqa: BLE001 - TVM could not convert this model as a whole
+            failed = str(e).splitlines()[0][:120]
+            try:
+                out = {name: lower(name == "fast", nhwc="local") for name in names}
+                layout["nhwc"], stats["conv_layout"] = "local", f"NHWC per convolution (the model's layout could not move: {failed})"
+                return out
+            except Exception as e2:  # noqa: BLE001 - NCHW stays
+                stats["conv_layout"] = f"NCHW (NHWC failed: {failed}; per convolution: {str(e2).splitlines()[0][:120]})"
+                return None
+
+    nhwc = tune_trials == 0 and analytic and tuning.nhwc and _has_conv2d(mod)
+    # integer convolutions take NHWC whatever the databases hold, so a model with them is lowered
+    # in it from the start: the NCHW lowering only asked the databases (ResNet-18: 1.7 s a build,
+    # three builds and the layer guard's in every compile)
+    nhwc_first = nhwc and tuning.int8_lowering is not None
     with target:
-        variants = {"libm": lower(False)}
+        variants = (in_nhwc(["libm"]) if nhwc_first else None) or {"libm": lower(False)}
         if fast_math:
             if not any(isinstance(f, tvm.tirx.PrimFunc) and _calls_libm(f) for f in variants["libm"].functions.values()):
                 stats["fast_math"] = "no libm math in this model"
@@ -276,22 +301,12 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
                 elif untuned_libm:
                     variants["fast"] = fast
                 stats["fast_math_records"] = {"tuned_kernels_lost": lost, "untuned_libm_kernels": untuned_libm}
-        if tune_trials == 0 and analytic and tuning.nhwc and _has_conv2d(mod):
+        if nhwc and not nhwc_first:
             # convolutions no tuning record covers get the analytic schedule, which needs
-            # NHWC; a database that schedules the NCHW convolutions keeps them, unless integer
-            # convolutions are there: NHWC is what keeps transposes from between them
+            # NHWC; a database that schedules the NCHW convolutions keeps them
             tuned_convs = {name: sum(1 for k in kernel_names(apply_database(lowered))[0] if "conv" in k) for name, lowered in variants.items()}
-            if not any(tuned_convs.values()) or tuning.int8_lowering is not None:
-                try:
-                    variants = {name: lower(name == "fast", nhwc=True) for name in variants}
-                    stats["conv_layout"] = "NHWC"
-                except Exception as e:  # noqa: BLE001 - TVM could not convert this model as a whole
-                    failed = str(e).splitlines()[0][:120]
-                    try:  # each convolution alone, transposed in and out
-                        variants = {name: lower(name == "fast", nhwc="local") for name in variants}
-                        stats["conv_layout"] = f"NHWC per convolution (the model's layout could not move: {failed})"
-                    except Exception as e2:  # noqa: BLE001 - NCHW stays
-                        stats["conv_layout"] = f"NCHW (NHWC failed: {failed}; per convolution: {str(e2).splitlines()[0][:120]})"
+            if not any(tuned_convs.values()):
+                variants = in_nhwc(list(variants)) or variants
         _, tasks = kernel_names(next(iter(variants.values())))
         stats["kernels"] = len(tasks)
         if tune_trials > 0:
