@@ -245,6 +245,7 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
             # the lowered call bound straight to the conv's variable: FuseOps fuses nothing across a
             # variable bound to a variable (the requantization stayed a kernel of its own)
             steps += [tuning.int8_lowering, relax.transform.CanonicalizeBindings()]
+        steps.append(fold_weight_layouts())  # constants reshaped or transposed by the steps above, in numpy
         if fast:
             steps.append(relax.transform.LegalizeOps(customize_legalize_map=fast_math_legalization()))
         lowered = tvm.transform.Sequential([*steps, relax.get_pipeline("zero")])(mod)
