@@ -406,6 +406,43 @@ def test_transposes_move_below_quantize_and_cancel():
     assert int(quantize.attrs.axis) == 3 and quantize.args[0].same_as(mod["main"].params[0])
 
 
+def test_constants_transposed_or_reshaped_are_folded_in_numpy():
+    """``layout.fold_weight_layouts``: a constant bound to a variable and transposed (the bias
+    ConvertLayout moves to NHWC) and a constant reshaped to a static shape (the importer's
+    broadcast bias) become constants with numpy's values, so ``FoldConstant`` builds no kernel
+    for them; a reshape of the data stays."""
+    import tvm
+    from tvm import relax
+
+    from graphpress.backends.tvm.layout import fold_weight_layouts
+
+    rng = np.random.default_rng(0)
+    bias, weight = rng.standard_normal((1, 8, 1, 1)).astype(np.float32), rng.standard_normal((8,)).astype(np.float32)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 4, 4, 8), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            b = bb.emit(relax.const(bias))
+            t = bb.emit(relax.op.permute_dims(b, [0, 2, 3, 1]))
+            r = bb.emit(relax.op.reshape(relax.const(weight), (1, 1, 1, 8)))
+            y = bb.emit(relax.op.reshape(x, (1, 16, 8)))
+            out = bb.emit_output(relax.op.add(relax.op.add(relax.op.reshape(y, (1, 4, 4, 8)), t), r))
+        bb.emit_func_output(out)
+    mod = tvm.transform.Sequential([fold_weight_layouts(), relax.transform.DeadCodeElimination()])(bb.get())
+    calls, consts = [], []
+    relax.analysis.post_order_visit(mod["main"].body, lambda e: calls.append(e.op.name) if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) else None)
+    relax.analysis.post_order_visit(mod["main"].body, lambda e: consts.append(e.value.numpy()) if isinstance(e, tvm.ir.GenericConst) else None)
+    assert "relax.permute_dims" not in calls and calls.count("relax.reshape") == 2, calls  # the data's two reshapes
+    assert len(consts) == 2
+    np.testing.assert_array_equal(consts[0], bias.transpose(0, 2, 3, 1))
+    np.testing.assert_array_equal(consts[1], weight.reshape(1, 1, 1, 8))
+    # and the function computes what it did
+    dev = tvm.cpu()
+    xs = rng.standard_normal((1, 4, 4, 8)).astype(np.float32)
+    got = relax.VirtualMachine(tvm.compile(mod, target="llvm"), dev)["main"](tvm.runtime.tensor(xs, dev)).numpy()
+    np.testing.assert_allclose(got, xs + bias.transpose(0, 2, 3, 1) + weight.reshape(1, 1, 1, 8), rtol=1e-6)
+
+
 def test_an_integer_branch_fused_into_an_fp32_convolutions_epilogue_is_computed_once(monkeypatch):
     """Two ConvIntegers of one input, added: the guard keeps one in fp32 (measurements
     injected); the addition joins them inside one convolution's kernel (the integer one's, whose

@@ -252,10 +252,10 @@ def sink_permutes():
 def fold_weight_layouts():
     """A Relax pass that computes ``permute_dims`` of constants (the HWIO weights ConvertLayout
     asks for, and the transposes it puts on each convolution's bias) and ``reshape`` of
-    constants to static shapes (the bias, as the importer broadcasts it) once, in numpy. Not ``FoldConstant``: that builds and runs every
-    constant subexpression -- a TVM build and a code generation each, ResNet-18's 20 bias
-    reshapes or transposes 0.6-1.4 s of every lowering -- and an integer division by zero among them kills
-    the compiler (SIGFPE)."""
+    constants to static shapes (the bias, as the importer broadcasts it) once, in numpy. Not
+    ``FoldConstant``: that builds and runs every constant subexpression -- a TVM build and a
+    code generation each, ResNet-18's 20 bias transposes 0.6-1.4 s of every lowering -- and an
+    integer division by zero among them kills the compiler (SIGFPE)."""
     import numpy as np
     import tvm
     from tvm import relax

@@ -280,8 +280,8 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
 
     nhwc = tune_trials == 0 and analytic and tuning.nhwc and _has_conv2d(mod)
     # integer convolutions take NHWC whatever the databases hold, so a model with them is lowered
-    # in it from the start: the NCHW lowering only asked the databases (ResNet-18: 1.7 s a build,
-    # three builds and the layer guard's in every compile)
+    # in it from the start: the NCHW lowering only asked the databases (ResNet-18: 0.8-1.3 s a
+    # build, up to three builds in a compile, and the layer guard's)
     nhwc_first = nhwc and tuning.int8_lowering is not None
     with target:
         variants = (in_nhwc(["libm"]) if nhwc_first else None) or {"libm": lower(False)}
