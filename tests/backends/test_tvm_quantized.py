@@ -407,14 +407,14 @@ def test_transposes_move_below_quantize_and_cancel():
 
 
 def test_constants_transposed_or_reshaped_are_folded_in_numpy():
-    """``layout.fold_weight_layouts``: a constant bound to a variable and transposed (the bias
+    """``layout.fold_constants``: a constant bound to a variable and transposed (the bias
     ConvertLayout moves to NHWC) and a constant reshaped to a static shape (the importer's
     broadcast bias) become constants with numpy's values, so ``FoldConstant`` builds no kernel
     for them; a reshape of the data stays."""
     import tvm
     from tvm import relax
 
-    from graphpress.backends.tvm.layout import fold_weight_layouts
+    from graphpress.backends.tvm.layout import fold_constants
 
     rng = np.random.default_rng(0)
     bias, weight = rng.standard_normal((1, 8, 1, 1)).astype(np.float32), rng.standard_normal((8,)).astype(np.float32)
@@ -428,7 +428,7 @@ def test_constants_transposed_or_reshaped_are_folded_in_numpy():
             y = bb.emit(relax.op.reshape(x, (1, 16, 8)))
             out = bb.emit_output(relax.op.add(relax.op.add(relax.op.reshape(y, (1, 4, 4, 8)), t), r))
         bb.emit_func_output(out)
-    mod = tvm.transform.Sequential([fold_weight_layouts(), relax.transform.DeadCodeElimination()])(bb.get())
+    mod = tvm.transform.Sequential([fold_constants(), relax.transform.DeadCodeElimination()])(bb.get())
     calls, consts = [], []
     relax.analysis.post_order_visit(mod["main"].body, lambda e: calls.append(e.op.name) if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) else None)
     relax.analysis.post_order_visit(mod["main"].body, lambda e: consts.append(e.value.numpy()) if isinstance(e, tvm.ir.GenericConst) else None)
@@ -441,6 +441,46 @@ def test_constants_transposed_or_reshaped_are_folded_in_numpy():
     xs = rng.standard_normal((1, 4, 4, 8)).astype(np.float32)
     got = relax.VirtualMachine(tvm.compile(mod, target="llvm"), dev)["main"](tvm.runtime.tensor(xs, dev)).numpy()
     np.testing.assert_allclose(got, xs + bias.transpose(0, 2, 3, 1) + weight.reshape(1, 1, 1, 8), rtol=1e-6)
+
+
+def test_a_batch_norms_constant_statistics_are_folded_in_numpy():
+    """A ``BatchNormalization`` left after a quantized convolution (its weights are not float
+    constants, so it cannot fold into them) is decomposed by TVM into ``expand_dims``, ``add``
+    and ``sqrt`` of its statistics: ``fold_constants`` computes those in numpy (TVM's
+    ``FoldConstant`` built a kernel for each, 704 for PP-OCR's classifier), leaving only the ops
+    on the data; the function computes what the unfolded one does (TVM), and the batch norm's
+    formula (numpy). An integer division and a float-to-int cast of constants stay calls."""
+    import tvm
+    from tvm import relax
+
+    from graphpress.backends.tvm.layout import fold_constants
+
+    rng = np.random.default_rng(1)
+    gamma, beta, mean = (rng.standard_normal(8).astype(np.float32) for _ in range(3))
+    var = rng.random(8).astype(np.float32) + 0.5
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 8, 4, 4), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            bn = bb.emit(relax.op.nn.batch_norm(x, *(relax.const(a) for a in (gamma, beta, mean, var)), axis=1, epsilon=1e-5)[0])
+            q = bb.emit(relax.op.astype(relax.op.divide(relax.const(np.array([7, 9], np.int32)), relax.const(np.array([2, 4], np.int32))), "float32"))
+            c = bb.emit(relax.op.astype(relax.const(np.array([1.5], np.float32)), "int32"))
+            out = bb.emit_output(relax.op.add(relax.op.add(bn, relax.op.sum(q)), relax.op.astype(c, "float32")))
+        bb.emit_func_output(out)
+    decomposed = relax.transform.DecomposeOpsForInference()(bb.get())
+    mod = tvm.transform.Sequential([fold_constants(), relax.transform.DeadCodeElimination()])(decomposed)
+    calls = []
+    relax.analysis.post_order_visit(mod["main"].body, lambda e: calls.append(e.op.name) if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) else None)
+    assert "relax.expand_dims" not in calls and "relax.sqrt" not in calls, calls
+    assert "relax.divide" in calls and calls.count("relax.astype") == 3, calls  # the integer division and the cast to int32 stay
+    dev = tvm.cpu()
+    xs = rng.standard_normal((1, 8, 4, 4)).astype(np.float32)
+    run = lambda m: relax.VirtualMachine(tvm.compile(m, target="llvm"), dev)["main"](tvm.runtime.tensor(xs, dev)).numpy()  # noqa: E731
+    got = run(mod)
+    np.testing.assert_array_equal(got, run(decomposed))
+    c4 = lambda a: a.reshape(1, 8, 1, 1)  # noqa: E731
+    want = (xs - c4(mean)) / np.sqrt(c4(var) + np.float32(1e-5)) * c4(gamma) + c4(beta)
+    np.testing.assert_allclose(got, want + (7 // 2 + 9 // 4) + 1, rtol=1e-5, atol=1e-5)  # and the sum of the quotients, the int of 1.5
 
 
 def test_an_integer_branch_fused_into_an_fp32_convolutions_epilogue_is_computed_once(monkeypatch):

@@ -8,14 +8,14 @@ convolution) and forth again at the next convolution. :func:`sink_permutes` move
 below a quantize/dequantize (their channel axis follows it) or a constant pad (its widths
 follow it), past elementwise ops, slices, squeezes and reductions (what a 1-D model's NCHW
 chain after its convolution has) and cancels a transpose followed by its inverse;
-:func:`fold_weight_layouts` computes the transposed constants.
+:func:`fold_constants` computes the transposed constants (and what else is constant) in numpy.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["conv1d_as_conv2d", "conv_transpose_as_conv", "convs_to_nhwc", "fold_weight_layouts", "pad_output_channels", "pad_output_width", "relax_module_pass", "scalar_constants",
+__all__ = ["conv1d_as_conv2d", "conv_transpose_as_conv", "convs_to_nhwc", "fold_constants", "pad_output_channels", "pad_output_width", "relax_module_pass", "scalar_constants",
            "sink_permutes", "softmax_on_last_axis", "unit_width_convs_along_width"]
 
 
@@ -249,44 +249,80 @@ def sink_permutes():
     return relax_module_pass(Sink, "SinkPermutes")
 
 
-def fold_weight_layouts():
-    """A Relax pass that computes ``permute_dims`` of constants (the HWIO weights ConvertLayout
-    asks for, and the transposes it puts on each convolution's bias) and ``reshape`` of
-    constants to static shapes (the bias, as the importer broadcasts it) once, in numpy. Not
-    ``FoldConstant``: that builds and runs every constant subexpression -- a TVM build and a
-    code generation each, ResNet-18's 20 bias transposes 0.6-1.4 s of every lowering -- and an
-    integer division by zero among them kills the compiler (SIGFPE)."""
-    import numpy as np
+#: elementwise ops computed in numpy when every operand is a constant: exact in IEEE arithmetic
+#: (and wrapping for integers) as TVM's kernels are. Not exp/log/erf (libm and TVM's polynomials
+#: differ in the last bit), not integer division (TVM's rounding; a zero divisor kills the
+#: compiler with SIGFPE), not float-to-integer casts (NaN handling)
+_FOLD_UNARY = {"relax.sqrt": np.sqrt, "relax.rsqrt": lambda a: np.ones((), a.dtype) / np.sqrt(a), "relax.negative": np.negative, "relax.abs": np.abs}
+_FOLD_BINARY = {"relax.add": np.add, "relax.subtract": np.subtract, "relax.multiply": np.multiply, "relax.divide": np.divide}
+#: the ops :func:`fold_constants` computes whose first argument alone is the tensor
+_FOLD_SHAPE = {f"relax.{op}" for op in ("permute_dims", "reshape", "broadcast_to", "expand_dims", "squeeze", "astype")}
+_FOLDED = _FOLD_SHAPE | set(_FOLD_UNARY) | set(_FOLD_BINARY)
+
+
+def _fold(call, args: list[np.ndarray]) -> np.ndarray | None:
+    """``call`` (a Relax op) computed in numpy on the constant ``args``, or None where it is not
+    one :func:`fold_constants` computes."""
+    import tvm
+    from tvm import relax
+
+    name, a = call.op.name, args[0]
+    if name == "relax.permute_dims":
+        return a.transpose(_axes(call, a.ndim))
+    if name in ("relax.reshape", "relax.broadcast_to"):
+        shape = call.args[1]
+        if not (isinstance(shape, relax.ShapeExpr) and all(isinstance(v, tvm.tirx.IntImm) for v in shape.values)):
+            return None
+        dims = [int(v) for v in shape.values]
+        return a.reshape(dims) if name == "relax.reshape" else np.broadcast_to(a, dims)
+    if name == "relax.expand_dims":
+        return np.expand_dims(a, tuple(int(x) for x in call.attrs.axis))
+    if name == "relax.squeeze":
+        return np.squeeze(a, None if call.attrs.axis is None else tuple(int(x) for x in call.attrs.axis))
+    if name == "relax.astype":  # to a float type (exact, or rounded to nearest as TVM does) or between integers
+        dtype = np.dtype(str(call.attrs.dtype))
+        return a.astype(dtype) if dtype.kind == "f" or (dtype.kind in "iu" and a.dtype.kind in "iub") else None
+    if name in _FOLD_UNARY and a.dtype.kind == "f":
+        return _FOLD_UNARY[name](a)
+    if name in _FOLD_BINARY and len(args) == 2 and args[1].dtype == a.dtype and (a.dtype.kind == "f" or name != "relax.divide"):
+        return _FOLD_BINARY[name](a, args[1])
+    return None
+
+
+def fold_constants():
+    """A Relax pass that computes once, in numpy, every op of :func:`_fold`'s list whose operands
+    are all constants (directly or bound to variables): the HWIO weights and the bias transposes
+    ``ConvertLayout`` asks for, the importer's bias reshapes, and the per-channel constants of a
+    ``BatchNormalization`` that could not fold into its convolution (decomposed into
+    ``expand_dims``, ``add``, ``sqrt`` of its statistics; a quantized convolution's). Not
+    ``FoldConstant``: that builds and runs a TVM kernel for each constant subexpression -- a code
+    generation each: ResNet-18's 20 bias transposes 0.6-1.4 s of every lowering, PP-OCR's
+    classifier's 35 batch norms 704 kernels and 35 s -- and an integer division by zero among them
+    kills the compiler (SIGFPE). A result whose shape or dtype is not the call's stays a call."""
     import tvm
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
-
-    permute, reshape = tvm.ir.Op.get("relax.permute_dims"), tvm.ir.Op.get("relax.reshape")
-
-    def static_shape(shape) -> list[int] | None:
-        if isinstance(shape, relax.ShapeExpr) and all(isinstance(v, tvm.tirx.IntImm) for v in shape.values):
-            return [int(v) for v in shape.values]
-        return None
 
     @mutator
     class Folder(PyExprMutator):
         def visit_call_(self, call):
             call = super().visit_call_(call)
-            if not call.args or not (call.op.same_as(permute) or call.op.same_as(reshape)):
+            if not call.args or not isinstance(call.op, tvm.ir.Op) or call.op.name not in _FOLDED:
                 return call
-            x = call.args[0]
-            if isinstance(x, relax.Var):  # a constant bound to a variable (ConvertLayout's bias transposes)
-                x = self.lookup_binding(x)
-            if not isinstance(x, tvm.ir.GenericConst):
+            tensors = call.args[:1] if call.op.name in _FOLD_SHAPE else call.args
+            consts = [_constant(self, x) for x in tensors]
+            if any(c is None for c in consts):
                 return call
-            array = x.value.numpy()
-            if call.op.same_as(permute):
-                return relax.const(np.ascontiguousarray(array.transpose(_axes(call, array.ndim))), str(array.dtype))
-            if (shape := static_shape(call.args[1])) is not None:
-                return relax.const(np.ascontiguousarray(array.reshape(shape)), str(array.dtype))
-            return call
+            with np.errstate(all="ignore"):  # a zero divisor gives inf, as the kernel would
+                value = _fold(call, [c.value.numpy() for c in consts])
+            info = self.builder_.normalize(call).ty
+            if value is None or not isinstance(info, relax.TensorType) or str(info.dtype) != str(value.dtype) or info.shape is None:
+                return call
+            if [int(d) if isinstance(d, tvm.tirx.IntImm) else None for d in info.shape] != list(value.shape):
+                return call
+            return relax.const(np.ascontiguousarray(value), str(value.dtype))
 
-    return relax_module_pass(Folder, "FoldWeightLayouts")
+    return relax_module_pass(Folder, "FoldConstantsInNumpy")
 
 
 def convs_to_nhwc():

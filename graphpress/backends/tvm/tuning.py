@@ -30,7 +30,7 @@ from graphpress.backends.tvm.layout import (
     conv1d_as_conv2d,
     conv_transpose_as_conv,
     convs_to_nhwc,
-    fold_weight_layouts,
+    fold_constants,
     pad_output_channels,
     pad_output_width,
     scalar_constants,
@@ -237,7 +237,7 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
         winograd: list[str] = []  # the convolutions computed by Winograd's transforms
         if nhwc:  # output channels innermost: the analytic GEMM schedule vectorizes over them
             convert = convs_to_nhwc() if nhwc == "local" else relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"], **KEEP_NCHW})
-            steps += [conv1d_as_conv2d(), conv_transpose_as_conv(), unit_width_convs_along_width(), scalar_constants(), convert, sink_permutes(), fold_weight_layouts(), relax.transform.DeadCodeElimination()]
+            steps += [conv1d_as_conv2d(), conv_transpose_as_conv(), unit_width_convs_along_width(), scalar_constants(), convert, sink_permutes(), fold_constants(), relax.transform.DeadCodeElimination()]
         if analytic:  # output channels in whole vectors for the register tile; softmax rows contiguous
             facts = vector_facts(spec)
             steps += [*([winograd_convs(winograd)] if nhwc and tuning.winograd else []), pad_output_channels(facts.lanes), pad_output_width(facts.lanes, facts.registers), softmax_on_last_axis()]
@@ -245,7 +245,7 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
             # the lowered call bound straight to the conv's variable: FuseOps fuses nothing across a
             # variable bound to a variable (the requantization stayed a kernel of its own)
             steps += [tuning.int8_lowering, relax.transform.CanonicalizeBindings()]
-        steps.append(fold_weight_layouts())  # constants reshaped or transposed by the steps above, in numpy
+        steps.append(fold_constants())  # constants reshaped or transposed by the steps above, in numpy
         if fast:
             steps.append(relax.transform.LegalizeOps(customize_legalize_map=fast_math_legalization()))
         lowered = tvm.transform.Sequential([*steps, relax.get_pipeline("zero")])(mod)
