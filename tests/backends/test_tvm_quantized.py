@@ -86,7 +86,7 @@ def test_guard_times_both_kernels_and_what_it_reports_is_what_ships():
     (node,) = report["nodes"]
     assert node["int8_ms"] > 0 and node["fp32_ms"] > 0
     # the long steps say what they are doing (the CLI shows these lines)
-    assert lines[0].startswith("int8 guard: layer 1 of 1") and (report["lowered"] == 0 or "whole int8 build" in lines[-1]), lines
+    assert lines[0].startswith("int8 guard: 1 layer shape(s) of the 1 integer layers") and (report["lowered"] == 0 or "whole int8 build" in lines[-1]), lines
     # the report's verdict (layer and whole model) matches the instructions in the shipped library
     assert (report["lowered"] == 1) == (_shipped_int8_instructions(compiled) > 0), report
     a = np.random.default_rng(2).integers(0, 256, (64, 256)).astype(np.uint8)
@@ -97,7 +97,7 @@ def test_guard_times_both_kernels_and_what_it_reports_is_what_ships():
 def test_the_guard_follows_its_measurements(monkeypatch, int8_ms, fp32_ms):
     """Measurements injected: a layer whose int8 kernel is not faster is computed in float (no
     integer instructions ship), a faster one on its kernel; the integers are ORT's either way."""
-    monkeypatch.setattr(guard, "_dense_pair_ms", lambda *args, **kw: (int8_ms, fp32_ms))
+    monkeypatch.setattr(guard, "_time_pairs", lambda pairs, *args, **kw: [(int8_ms, fp32_ms)] * len(pairs))
     model = _matmul_integer_model((8, 64), 32)
     compiled = compile_model(model, "x86", int8="on")
     report = compiled.meta["build"]["int8"]
@@ -131,7 +131,7 @@ def test_a_layer_kept_in_fp32_feeds_its_float_consumer_without_the_int32_round_t
     guard.to_float(direct.graph, node, w)
     ops = [(n.op_type, n.attributes.get_int("to", 0)) for n in direct.graph]
     assert ("Cast", int(ir.DataType.INT32)) not in ops and ("Cast", int(ir.DataType.FLOAT)) in ops  # only the activation's Cast stays
-    monkeypatch.setattr(guard, "_dense_pair_ms", lambda *args, **kw: (2.0, 1.0))  # int8 slower: kept in float
+    monkeypatch.setattr(guard, "_time_pairs", lambda pairs, *args, **kw: [(2.0, 1.0)] * len(pairs))  # int8 slower: kept in float
     compiled = compile_model(model, "x86", int8="on")
     assert compiled.meta["build"]["int8"]["kept_fp32"] == 1
     a = rng.integers(0, 256, (6, 64)).astype(np.uint8)
@@ -192,7 +192,7 @@ def test_a_quantized_model_the_guard_ships_in_fp32_is_checked_against_its_fp32_c
     from graphpress.backends.tvm import build as build_module
 
     model, data, name = _digits_mlp_qdq()
-    monkeypatch.setattr(guard, "_dense_pair_ms", lambda *args, **kw: (0.5, 1.0))  # each layer: int8 faster
+    monkeypatch.setattr(guard, "_time_pairs", lambda pairs, *args, **kw: [(0.5, 1.0)] * len(pairs))  # each layer: int8 faster
     # the whole model, the int8 build and the fp32 build timed side by side: fp32 faster
     monkeypatch.setattr(build_module, "_side_by_side", lambda builds, inputs: {key: 1.0 if key == "fp32" else 2.0 for key in builds})
     samples = [{name: data.x_test[i : i + 1]} for i in range(8)]
@@ -216,7 +216,7 @@ def test_the_whole_model_guard_decides_the_layer_guards_close_calls(monkeypatch)
 
     model, data, name = _digits_mlp_qdq()
     timings = iter([(0.5, 1.0), (1.2, 1.0)])  # the second layer kept by a close call
-    monkeypatch.setattr(guard, "_dense_pair_ms", lambda *a, **k: next(timings))
+    monkeypatch.setattr(guard, "_time_pairs", lambda pairs, *a, **k: [next(timings) for _ in pairs])
     timed = []
 
     def side_by_side(builds, inputs):
@@ -493,7 +493,7 @@ def test_an_integer_branch_fused_into_an_fp32_convolutions_epilogue_is_computed_
     from graphpress.backends.tvm import build as build_module
 
     timings = iter([(0.5, 1.0), (2.0, 1.0)])
-    monkeypatch.setattr(guard, "_conv_pair_ms", lambda *a, **k: next(timings))
+    monkeypatch.setattr(guard, "_time_pairs", lambda pairs, *a, **k: [next(timings) for _ in pairs])
     # the whole model: the layer guard's mix fastest (not every layer in int8, not fp32)
     monkeypatch.setattr(build_module, "_side_by_side", lambda builds, inputs: {key: 1.0 if key == "int8" else 2.0 for key in builds})
     rng = np.random.default_rng(5)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ARTIFACT_LIB", "ARTIFACT_META", "CompiledModel", "Remote", "current_remote", "load", "running_on", "set_num_threads", "time_side_by_side",
+__all__ = ["ARTIFACT_LIB", "ARTIFACT_META", "CompiledModel", "Remote", "current_remote", "load", "load_program", "running_on", "set_num_threads", "time_side_by_side",
            "vm_timings"]
 
 ARTIFACT_LIB = "model.so"
@@ -371,20 +371,31 @@ class CompiledModel:
         return dest
 
 
-def vm_timings(vm: Any, device: Any, args: Sequence[Any], *, number: int = 1, repeat: int = 10) -> list[float]:
-    """Milliseconds per call of ``vm["main"](*args)``, one figure per ``repeat`` (each the mean of
-    ``number`` calls), from TVM's own time evaluator (it synchronizes the device). The one timer
-    of the backend: builds, guards and :meth:`CompiledModel.benchmark` use it."""
-    evaluator = vm.time_evaluator("main", device, number=number, repeat=repeat)
+def vm_timings(vm: Any, device: Any, args: Sequence[Any], *, number: int = 1, repeat: int = 10, function: str = "main") -> list[float]:
+    """Milliseconds per call of ``vm[function](*args)``, one figure per ``repeat`` (each the mean
+    of ``number`` calls), from TVM's own time evaluator (it synchronizes the device). The one
+    timer of the backend: builds, guards and :meth:`CompiledModel.benchmark` use it."""
+    evaluator = vm.time_evaluator(function, device, number=number, repeat=repeat)
     return [t * 1e3 for t in evaluator(*args).results]
 
 
-def time_side_by_side(programs: Sequence[tuple[Any, Sequence[np.ndarray]]], *, number: int = 10, rounds: int = 5) -> list[float]:
-    """Median milliseconds of ``main`` of each ``(program, input arrays)``, timed in the same run
-    in alternating order (A B, then B A, ``rounds`` times; each figure the mean of ``number``
-    calls). One after the other instead, a burst of other work on a shared host lands on one of
-    them: ResNet-18's int8 stem measured slower than its fp32 kernel in one compile of two (0.50
-    ms against 0.27 in the other) and shipped in fp32, 0.3 ms more per inference."""
+def load_program(program: Any) -> Any:
+    """A Relax VM of the executable ``program``, on the device of the current :func:`running_on`
+    block (uploaded there) or this machine's CPU: to time several of its functions."""
+    import tvm
+    from tvm import relax
+
+    remote = current_remote()
+    return relax.VirtualMachine(remote.load_executable(program) if remote is not None else program, remote.device if remote is not None else tvm.cpu())
+
+
+def time_side_by_side(programs: Sequence[tuple[Any, Sequence[np.ndarray]]], *, number: int = 10, rounds: int = 5, function: str = "main") -> list[float]:
+    """Median milliseconds of ``function`` of each ``(program, input arrays)`` (an executable, or
+    a VM from :func:`load_program`), timed in the same run in alternating order (A B, then B A,
+    ``rounds`` times; each figure the mean of ``number`` calls). One after the other instead, a
+    burst of other work on a shared host lands on one of them: ResNet-18's int8 stem measured
+    slower than its fp32 kernel in one compile of two (0.50 ms against 0.27 in the other) and
+    shipped in fp32, 0.3 ms more per inference."""
     import tvm
     from tvm import relax
 
@@ -392,15 +403,15 @@ def time_side_by_side(programs: Sequence[tuple[Any, Sequence[np.ndarray]]], *, n
     device = remote.device if remote is not None else tvm.cpu()
     runs = []
     for program, arrays in programs:
-        vm = relax.VirtualMachine(remote.load_executable(program) if remote is not None else program, device)
+        vm = program if isinstance(program, relax.VirtualMachine) else load_program(program)
         args = [tvm.runtime.tensor(a, device) for a in arrays]
-        vm["main"](*args)
+        vm[function](*args)
         runs.append((vm, args))
     samples: list[list[float]] = [[] for _ in runs]
     order = list(range(len(runs)))
     for r in range(2 * rounds):
         for i in order if r % 2 == 0 else order[::-1]:
-            samples[i] += vm_timings(runs[i][0], device, runs[i][1], number=number, repeat=1)
+            samples[i] += vm_timings(runs[i][0], device, runs[i][1], number=number, repeat=1, function=function)
     return [float(np.median(s)) for s in samples]
 
 

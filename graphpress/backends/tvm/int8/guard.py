@@ -10,7 +10,6 @@ integer kernel takes (dynamic shapes, a weight zero point) says why.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +21,7 @@ from graphpress.backends.tvm.int8.dot import schedule_dot_kernels
 from graphpress.backends.tvm.int8.emit import INT8_ATTR, dense_unsupported, emit_conv, emit_matmul, lower_int8_convs
 from graphpress.backends.tvm.int8.isa import Isa
 from graphpress.backends.tvm.int8.qdq import const
-from graphpress.backends.tvm.runtime import time_side_by_side
+from graphpress.backends.tvm.runtime import load_program, time_side_by_side
 from graphpress.backends.tvm.schedules import schedule_injective
 from graphpress.backends.tvm.tir_pipeline import cpu_tir_pipeline
 from graphpress.backends.tvm.tuning import Tuning, schedule_cpu
@@ -60,29 +59,46 @@ def _int8_pipeline(mod, target, isa: Isa):
     return schedule_injective(schedule_dot_kernels(mod)[0])[0]
 
 
-def _compile_pair(emit_int8, emit_fp32, x_int8: np.ndarray, x_fp32: np.ndarray, spec, tuning: Tuning, repeat: int, isa: Isa) -> tuple[float, float]:
-    """(int8 ms, fp32 ms) of one layer built both ways for ``spec`` (``emit_*(bb, x)`` emit it),
-    timed side by side."""
+@dataclasses.dataclass
+class _Pair:
+    """One layer to time both ways: ``emit_*(bb, x)`` emit it on an input like ``x_*``."""
+
+    emit_int8: Callable
+    emit_fp32: Callable
+    x_int8: np.ndarray
+    x_fp32: np.ndarray
+
+
+def _time_pairs(pairs: list[_Pair], spec, tuning: Tuning, repeat: int, isa: Isa) -> list[tuple[float, float]]:
+    """(int8 ms, fp32 ms) of each layer of ``pairs`` built both ways for ``spec``: every layer's
+    integer kernel a function of one module (through the int8 build's pipeline), every fp32 one
+    a function of another (the fp32 build's schedules and databases), so a model's guard is two
+    builds and two loads however many layers it times (it was two per layer: PP-OCR's
+    classifier, 33 layer shapes, 6 s); each layer's two functions timed side by side."""
     import tvm
     from tvm import relax
 
     target = spec.tvm_target()
-    programs = []
-    for emit, x_np, integer in ((emit_int8, x_int8, True), (emit_fp32, x_fp32, False)):
+
+    def module(integer: bool):
         bb = relax.BlockBuilder()
-        x = relax.Var("x", relax.TensorType(x_np.shape, str(x_np.dtype)))
-        with bb.function("main", [x]):
-            with bb.dataflow():
-                out = bb.emit_output(emit(bb, x))
-            bb.emit_func_output(out)
-        if integer:
-            mod = _int8_pipeline(bb.get(), target, isa)
-        else:
-            candidates, _ = schedule_cpu(bb.get(), spec, dataclasses.replace(tuning, trials=0))
-            mod = next(iter(candidates.values()))[0]
-        programs.append((tvm.compile(mod, target=target, tir_pipeline=cpu_tir_pipeline()), [x_np]))
-    int8_ms, fp32_ms = time_side_by_side(programs, number=max(1, repeat // 10), rounds=5)
-    return int8_ms, fp32_ms
+        for i, pair in enumerate(pairs):
+            x_np = pair.x_int8 if integer else pair.x_fp32
+            x = relax.Var("x", relax.TensorType(x_np.shape, str(x_np.dtype)))
+            with bb.function(f"layer{i}", [x]):
+                with bb.dataflow():
+                    out = bb.emit_output((pair.emit_int8 if integer else pair.emit_fp32)(bb, x))
+                bb.emit_func_output(out)
+        return bb.get()
+
+    int8_mod = _int8_pipeline(module(True), target, isa)
+    candidates, _ = schedule_cpu(module(False), spec, dataclasses.replace(tuning, trials=0))
+    int8_vm, fp32_vm = (load_program(tvm.compile(mod, target=target, tir_pipeline=cpu_tir_pipeline())) for mod in (int8_mod, next(iter(candidates.values()))[0]))
+    timings = []
+    for i, pair in enumerate(pairs):
+        int8_ms, fp32_ms = time_side_by_side([(int8_vm, [pair.x_int8]), (fp32_vm, [pair.x_fp32])], number=max(1, repeat // 10), rounds=5, function=f"layer{i}")
+        timings.append((int8_ms, fp32_ms))
+    return timings
 
 
 def _random_weight(shape, narrow: int) -> np.ndarray:
@@ -93,22 +109,22 @@ def _random_weight(shape, narrow: int) -> np.ndarray:
     return np.random.default_rng(0).integers(-bound, bound + 1, shape, dtype=np.int8)
 
 
-def _dense_pair_ms(m: int, n: int, k: int, a_dtype: str, spec, tuning: Tuning, repeat: int, isa: Isa, narrow: int) -> tuple[float, float]:
-    """(int8 ms, fp32 ms) of one dense layer compiled both ways for ``spec``."""
+def _dense_pair(m: int, n: int, k: int, a_dtype: str, isa: Isa, narrow: int) -> _Pair:
+    """One dense layer to time both ways."""
     from tvm import relax
 
     rng = np.random.default_rng(0)
     w = _random_weight((k, n), narrow)
-    return _compile_pair(
+    return _Pair(
         lambda bb, x: emit_matmul(bb, x, w, relax.const(3, a_dtype), isa),
         lambda bb, x: relax.op.matmul(x, relax.const(w.astype(np.float32))),
-        rng.integers(0, 128, (m, k)).astype(a_dtype), rng.standard_normal((m, k)).astype(np.float32), spec, tuning, repeat, isa,
+        rng.integers(0, 128, (m, k)).astype(a_dtype), rng.standard_normal((m, k)).astype(np.float32),
     )  # fmt: skip
 
 
-def _conv_pair_ms(x_shape, w_shape, attrs: dict, zero_point: int, spec, tuning: Tuning, repeat: int, isa: Isa, narrow: int) -> tuple[float, float]:
-    """(int8 ms, fp32 ms) of one convolution compiled both ways for ``spec``, both in NHWC (the
-    layout the model build gives convolutions and their neighbours)."""
+def _conv_pair(x_shape, w_shape, attrs: dict, zero_point: int, narrow: int) -> _Pair:
+    """One convolution to time both ways, both in NHWC (the layout the model build gives
+    convolutions and their neighbours)."""
     from tvm import relax
 
     rng = np.random.default_rng(0)
@@ -121,9 +137,9 @@ def _conv_pair_ms(x_shape, w_shape, attrs: dict, zero_point: int, spec, tuning: 
                                   padding=(pads[0], pads[1], pads[2], pads[3]), dilation=tuple(attrs.get("dilations", (1, 1))),
                                   data_layout="NHWC", kernel_layout="HWIO")  # fmt: skip
 
-    return _compile_pair(
+    return _Pair(
         lambda bb, x: emit_conv(bb, x, w, zero_point, attrs, layout="NHWC"), fp32,
-        rng.integers(0, 256, (n, h, wd, c)).astype(np.uint8), rng.standard_normal((n, h, wd, c)).astype(np.float32), spec, tuning, repeat, isa,
+        rng.integers(0, 256, (n, h, wd, c)).astype(np.uint8), rng.standard_normal((n, h, wd, c)).astype(np.float32),
     )  # fmt: skip
 
 
@@ -168,39 +184,25 @@ def _static(value: ir.Value) -> list[int | None]:
     return [d if isinstance(d, int) else None for d in (value.shape or [])]
 
 
+@dataclasses.dataclass(eq=False)
+class _Layer:
+    """An integer layer an integer kernel takes: what its decision needs, and the pair of kernels
+    the guard times for it (layers with one ``key`` share one timing)."""
+
+    node: ir.Node
+    w: np.ndarray
+    mnk: tuple[int, int, int]
+    kernel: str
+    key: tuple
+    pair: Callable[[], _Pair]
+
+
 @dataclasses.dataclass
 class _Planner:
     graph: ir.Graph
-    spec: Any
     isa: Isa
-    tuning: Tuning
-    guard: bool
-    repeat: int
-    timings: dict[tuple, tuple[float, float]] = dataclasses.field(default_factory=dict)
-    only: frozenset[str] | None = None
 
-    def decide(self, node: ir.Node, w: np.ndarray, mnk, kernel: str, key: tuple, measure) -> Int8Decision:
-        """Lower ``node`` to its integer kernel unless the guard measured it slower than fp32 (or,
-        given ``only``, unless it is not among those nodes: nothing timed)."""
-        int8_ms = fp32_ms = None
-        lowered, why = True, f"{kernel} (guard off)"
-        if self.only is not None:
-            lowered = (node.name or node.outputs[0].name) in self.only
-            why = f"{kernel} (chosen by name)"
-        elif self.guard:
-            if key not in self.timings:
-                self.timings[key] = measure()
-            int8_ms, fp32_ms = self.timings[key]
-            lowered = int8_ms < fp32_ms
-            why = f"int8 {int8_ms:.4f} ms {'<' if lowered else '>='} fp32 {fp32_ms:.4f} ms"
-        if lowered:
-            node.attributes[INT8_ATTR] = ir.AttrInt64(INT8_ATTR, 1)
-        else:
-            to_float(self.graph, node, w)
-            why += ": kept in fp32"
-        return Int8Decision(node.name or node.outputs[0].name, mnk, int8_ms, fp32_ms, lowered, why, kernel if lowered else "")
-
-    def conv(self, node: ir.Node) -> Int8Decision:
+    def conv(self, node: ir.Node) -> Int8Decision | _Layer:
         x, w = node.inputs[0], const(node.inputs[1])
         zx = const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else np.zeros((), np.uint8)
         shape = _static(x)
@@ -217,14 +219,10 @@ class _Planner:
         g = conv_geometry(shape, w.shape, attrs, self.isa, w)
         zp = int(zx.reshape(-1)[0])
         narrow = self.isa.narrowing(g["isa"])
-
-        def measure():
-            return _conv_pair_ms(shape, w.shape, attrs, zp, self.spec, self.tuning, self.repeat, self.isa, narrow)
-
         key = ("conv", tuple(shape), w.shape, tuple(sorted(attrs.items())), narrow)
-        return self.decide(node, w, (g["m"], g["oc"], g["k"]), kernel_label(g), key, measure)
+        return _Layer(node, w, (g["m"], g["oc"], g["k"]), kernel_label(g), key, lambda: _conv_pair(shape, w.shape, attrs, zp, narrow))
 
-    def dense(self, node: ir.Node) -> Int8Decision:
+    def dense(self, node: ir.Node) -> Int8Decision | _Layer:
         a, w = node.inputs[0], const(node.inputs[1])
         zb = const(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else None
         shape = _static(a)
@@ -234,14 +232,30 @@ class _Planner:
             return Int8Decision(node.name or node.outputs[0].name, (0, 0, 0), None, None, False, reason)
         k, n = w.shape
         m = int(np.prod(shape[:-1]))
-
         isa = self.isa.for_shape(m, k).for_weight(w)
         narrow = self.isa.narrowing(isa)
+        return _Layer(node, w, (m, n, k), f"{isa.label} kernel", (m, n, k, a_dtype, narrow), lambda: _dense_pair(m, n, k, a_dtype, self.isa, narrow))
 
-        def measure():
-            return _dense_pair_ms(m, n, k, a_dtype, self.spec, self.tuning, self.repeat, self.isa, narrow)
 
-        return self.decide(node, w, (m, n, k), f"{isa.label} kernel", (m, n, k, a_dtype, narrow), measure)
+def _decide(graph: ir.Graph, layer: _Layer, timing: tuple[float, float] | None, only: frozenset[str] | None) -> Int8Decision:
+    """Lower ``layer`` to its integer kernel unless the guard's ``timing`` (int8 ms, fp32 ms) has it
+    no faster than fp32 (or, given ``only``, unless it is not among those nodes: nothing timed)."""
+    node = layer.node
+    name = node.name or node.outputs[0].name
+    int8_ms = fp32_ms = None
+    lowered, why = True, f"{layer.kernel} (guard off)"
+    if only is not None:
+        lowered, why = name in only, f"{layer.kernel} (chosen by name)"
+    elif timing is not None:
+        int8_ms, fp32_ms = timing
+        lowered = int8_ms < fp32_ms
+        why = f"int8 {int8_ms:.4f} ms {'<' if lowered else '>='} fp32 {fp32_ms:.4f} ms"
+    if lowered:
+        node.attributes[INT8_ATTR] = ir.AttrInt64(INT8_ATTR, 1)
+    else:
+        to_float(graph, node, layer.w)
+        why += ": kept in fp32"
+    return Int8Decision(name, layer.mnk, int8_ms, fp32_ms, lowered, why, layer.kernel if lowered else "")
 
 
 def plan_int8(
@@ -250,21 +264,25 @@ def plan_int8(
 ) -> dict[str, Any]:
     """Mark the integer layers of ``model`` (in place) that take ``isa``'s kernels.
 
-    With ``guard``, each distinct layer shape is timed both ways first (the fp32 side with the fp32
-    build's schedules and the ``tuning`` databases); layers whose int8 kernel is not faster are
-    rewritten to float compute; ``progress`` gets a line per layer, with the time left at the
-    pace so far. ``only``: the names of the nodes to lower, the others to float (nothing timed).
+    With ``guard``, each distinct layer shape is timed both ways first (:func:`_time_pairs`: the
+    fp32 side with the fp32 build's schedules and the ``tuning`` databases); layers whose int8
+    kernel is not faster are rewritten to float compute; ``progress`` gets a line saying what is
+    timed. ``only``: the names of the nodes to lower, the others to float (nothing timed).
     Returns the report: decisions per node.
     """
-    planner = _Planner(model.graph, spec, isa, tuning or Tuning(), guard, repeat, only=only)
-    decisions = []
+    planner = _Planner(model.graph, isa)
     layers = [n for n in model.graph if n.domain in ("", "ai.onnx") and n.op_type in ("ConvInteger", "MatMulInteger")]
-    start = time.perf_counter()
-    for i, node in enumerate(layers):
-        if guard and only is None and progress is not None:
-            left = f", ~{(time.perf_counter() - start) / i * (len(layers) - i):.0f} s left" if i else ""
-            progress(f"int8 guard: layer {i + 1} of {len(layers)}, its integer kernel timed against fp32{left}")
-        decisions.append(planner.conv(node) if node.op_type == "ConvInteger" else planner.dense(node))
+    found = [planner.conv(node) if node.op_type == "ConvInteger" else planner.dense(node) for node in layers]
+    timings: dict[tuple, tuple[float, float]] = {}
+    first: dict[tuple, _Layer] = {}  # the first layer of each key, in the graph's order
+    for f in found:
+        if isinstance(f, _Layer):
+            first.setdefault(f.key, f)
+    if guard and only is None and first:
+        if progress is not None:
+            progress(f"int8 guard: {len(first)} layer shape(s) of the {len(layers)} integer layers built with integer and with fp32 kernels, each timed both ways")
+        timings = dict(zip(first, _time_pairs([f.pair() for f in first.values()], spec, tuning or Tuning(), repeat, isa)))
+    decisions = [f if isinstance(f, Int8Decision) else _decide(model.graph, f, timings.get(f.key), only) for f in found]
     return {
         "lowered": sum(d.lowered for d in decisions),
         "kept_fp32": sum(1 for d in decisions if not d.lowered),

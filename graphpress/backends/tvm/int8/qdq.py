@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from graphpress.ir.edit import add_initializer, replace_value
+from graphpress.ir.edit import add_initializer, graph_names, replace_value
 
 __all__ = ["bypass_float_qdq", "const", "fold_weight_dequantize", "integer_max_pools", "producer", "qdq_to_integer"]
 
@@ -246,6 +246,7 @@ def bypass_float_qdq(model: ir.Model, keep_depthwise: bool = False) -> int:
     import onnx_ir.passes.common as common_passes
 
     bypassed = 0
+    taken = graph_names(model.graph)  # once: a Clip's two bounds per pair
     for node in list(model.graph):
         if node.op_type != "DequantizeLinear" or node.outputs[0].is_graph_output():
             continue
@@ -260,9 +261,10 @@ def bypass_float_qdq(model: ir.Model, keep_depthwise: bool = False) -> int:
         info = np.iinfo(zp.dtype)
         step, zero = float(scale.reshape(())), int(zp.reshape(()))
         base = node.name or x.name
-        bounds = [add_initializer(model.graph, f"{base}/clip_{side}", np.array((edge - zero) * step, np.float32)) for side, edge in (("min", info.min), ("max", info.max))]
+        bounds = [add_initializer(model.graph, f"{base}/clip_{side}", np.array((edge - zero) * step, np.float32), taken) for side, edge in (("min", info.min), ("max", info.max))]
         clip = ir.node("Clip", [x, *bounds], name=f"{base}/clip")
         model.graph.insert_before(node, clip)
+        taken.update(out.name for out in clip.outputs if out.name)
         clip.outputs[0].shape, clip.outputs[0].type = x.shape, x.type
         node.outputs[0].replace_all_uses_with(clip.outputs[0])
         model.graph.remove(node, safe=True)
