@@ -648,9 +648,31 @@ class Quantize(Pass):
         }
         if o.tolerance > 0 and value < baseline - o.tolerance:
             stats["budget_met"] = False
-        if not stats["quantized_nodes"] and o.mode in ("static", "dynamic"):
-            stats["warnings"] = [_nothing_quantized(fp32, o.mode, ops or QUANTIZABLE)]
+        warnings = [_nothing_quantized(fp32, o.mode, ops or QUANTIZABLE)] if not stats["quantized_nodes"] and o.mode in ("static", "dynamic") else []
+        if stats["quantized_nodes"] and (norms := _norms_after_layers(model)):
+            warnings.append(f"{norms} BatchNormalization(s) after quantized layers stay in float beside them (their layers' weights are no longer float "
+                            "constants to fold them into): run 'fuse' before 'quantize' (--passes cleanup,fuse,quantize) to fold them first")  # fmt: skip
+        if warnings:
+            stats["warnings"] = warnings
         return PassResult(model, modified, stats)
+
+
+def _norms_after_layers(model: ir.Model) -> int:
+    """How many inference-mode BatchNormalizations read a quantized layer's output (a
+    Conv/ConvTranspose/Gemm/MatMul whose weight is dequantized), directly or through the
+    activation's Quantize/Dequantize pair."""
+    count = 0
+    for node in model.graph:
+        if node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx") or node.attributes.get_int("training_mode", 0):
+            continue
+        layer = node.inputs[0].producer() if node.inputs[0] is not None else None
+        while layer is not None and layer.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            layer = layer.inputs[0].producer()
+        if layer is None or layer.op_type not in QUANTIZABLE or len(layer.inputs) < 2 or layer.inputs[1] is None:
+            continue
+        weight = layer.inputs[1].producer()
+        count += weight is not None and weight.op_type == "DequantizeLinear"
+    return count
 
 
 def _nothing_quantized(model: ir.Model, mode: str, ops: Iterable[str]) -> str:

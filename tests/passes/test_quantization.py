@@ -304,3 +304,27 @@ def test_a_run_that_quantizes_nothing_says_so_and_what_would(tmp_path, capsys):
     assert main(["optimize", str(src), "-o", str(tmp_path / "s.onnx"), "--passes", "quantize:mode=static"]) == 0
     assert "quantized 0 nodes" not in capsys.readouterr().err
     assert any(n.op_type == "DequantizeLinear" for n in gp.load(tmp_path / "s.onnx").graph)
+
+
+def test_batch_norms_left_after_quantized_layers_are_named_with_the_pass_that_folds_them(tmp_path, capsys):
+    """Conv -> BatchNormalization quantized without ``fuse``: the batch norm stays in float after
+    the quantized convolution (its weight is no longer a float constant to fold it into), and the
+    pass says to run ``fuse`` first; with ``fuse`` first it folds and nothing is said."""
+    rng = np.random.default_rng(0)
+    proto = make_model(
+        [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+         helper.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["n"], name="bn"), helper.make_node("Relu", ["n"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [tensor("w", rng.standard_normal((4, 3, 3, 3)).astype(np.float32)), tensor("g", rng.random(4).astype(np.float32) + 0.5),
+         tensor("b", rng.standard_normal(4).astype(np.float32)), tensor("m", rng.standard_normal(4).astype(np.float32)), tensor("v", rng.random(4).astype(np.float32) + 0.5)],
+    )  # fmt: skip
+    src = tmp_path / "conv_bn.onnx"
+    onnx.save(proto, src)
+    assert main(["optimize", str(src), "-o", str(tmp_path / "q.onnx"), "--passes", "quantize:mode=static"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: pass 'quantize': 1 BatchNormalization(s) after quantized layers" in err and "cleanup,fuse,quantize" in err, err
+    assert [n.op_type for n in gp.load(tmp_path / "q.onnx").graph].count("BatchNormalization") == 1
+    assert main(["optimize", str(src), "-o", str(tmp_path / "f.onnx"), "--passes", "cleanup,fuse,quantize:mode=static"]) == 0
+    assert "BatchNormalization" not in capsys.readouterr().err
+    assert not any(n.op_type == "BatchNormalization" for n in gp.load(tmp_path / "f.onnx").graph)
