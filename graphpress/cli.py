@@ -578,6 +578,8 @@ def cmd_compile(args) -> int:
               f"{i8['kept_fp32']} kept fp32 by the speed guard{timed}, {len(i8.get('fp32_layers', []))} QDQ layer(s) in fp32 (no integer kernel)")
         if (i8.get("model_guard") or {}).get("reason"):
             print(f"int8 whole-model guard: {i8['model_guard']['reason']}")
+        if i8.get("hint"):
+            print(f"int8 hint: {i8['hint']}")
     check = build.get("check_vs_onnxruntime")
     if check is not None:
         ran = f" (compiled code run on {check['ran_on']})" if check.get("ran_on", "this host") != "this host" else ""

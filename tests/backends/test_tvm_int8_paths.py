@@ -148,7 +148,8 @@ AVX2_WEIGHTS = {
 def test_avx2_takes_the_kernel_whose_int16_sums_the_weight_cannot_saturate(weights):
     """The AVX2 path's three kernels, chosen per layer by its weight (with activations of 255):
     two vpmaddubsw added in int16 where no group of four weights can saturate it, one where no
-    pair can, the int16 vpmaddwd kernel otherwise. All exact."""
+    pair can, the int16 vpmaddwd kernel otherwise. All exact. A weight on the int16 kernel is
+    counted in the report, with the hint that quantizing for the target gives the others."""
     from graphpress.passes.int16_sums import fits_int16_quads
 
     _skip_unless_host_runs("avx2")
@@ -169,6 +170,7 @@ def test_avx2_takes_the_kernel_whose_int16_sums_the_weight_cannot_saturate(weigh
     report = compiled.meta["build"]["int8"]
     assert report["nodes"][0]["kernel"] == kernel, report["nodes"]
     assert (report["instructions"]["ymm vpmaddubsw"] > 0) == (weights != "saturating"), report["instructions"]
+    assert report.get("wide_weights", 0) == (weights == "saturating") and ("quantize:mode=static" in report.get("hint", "")) == (weights == "saturating"), report
     np.testing.assert_array_equal(compiled.run_named(a=a)["y"], _ort(model, {"a": a})[0])
 
 

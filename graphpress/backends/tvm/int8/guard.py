@@ -195,6 +195,7 @@ class _Layer:
     kernel: str
     key: tuple
     pair: Callable[[], _Pair]
+    narrow: int  # steps down the ISA's chain of narrow kernels the weight fits (0: the ISA's own)
 
 
 @dataclasses.dataclass
@@ -220,7 +221,7 @@ class _Planner:
         zp = int(zx.reshape(-1)[0])
         narrow = self.isa.narrowing(g["isa"])
         key = ("conv", tuple(shape), w.shape, tuple(sorted(attrs.items())), narrow)
-        return _Layer(node, w, (g["m"], g["oc"], g["k"]), kernel_label(g), key, lambda: _conv_pair(shape, w.shape, attrs, zp, narrow))
+        return _Layer(node, w, (g["m"], g["oc"], g["k"]), kernel_label(g), key, lambda: _conv_pair(shape, w.shape, attrs, zp, narrow), narrow)
 
     def dense(self, node: ir.Node) -> Int8Decision | _Layer:
         a, w = node.inputs[0], const(node.inputs[1])
@@ -234,7 +235,7 @@ class _Planner:
         m = int(np.prod(shape[:-1]))
         isa = self.isa.for_shape(m, k).for_weight(w)
         narrow = self.isa.narrowing(isa)
-        return _Layer(node, w, (m, n, k), f"{isa.label} kernel", (m, n, k, a_dtype, narrow), lambda: _dense_pair(m, n, k, a_dtype, self.isa, narrow))
+        return _Layer(node, w, (m, n, k), f"{isa.label} kernel", (m, n, k, a_dtype, narrow), lambda: _dense_pair(m, n, k, a_dtype, self.isa, narrow), narrow)
 
 
 def _decide(graph: ir.Graph, layer: _Layer, timing: tuple[float, float] | None, only: frozenset[str] | None) -> Int8Decision:
@@ -283,12 +284,21 @@ def plan_int8(
             progress(f"int8 guard: {len(first)} layer shape(s) of the {len(layers)} integer layers built with integer and with fp32 kernels, each timed both ways")
         timings = dict(zip(first, _time_pairs([f.pair() for f in first.values()], spec, tuning or Tuning(), repeat, isa)))
     decisions = [f if isinstance(f, Int8Decision) else _decide(model.graph, f, timings.get(f.key), only) for f in found]
-    return {
+    report = {
         "lowered": sum(d.lowered for d in decisions),
         "kept_fp32": sum(1 for d in decisions if not d.lowered),
         "guard": guard,
         "nodes": [d.to_dict() for d in decisions],
     }
+    wide = sum(1 for f in found if isinstance(f, _Layer) and f.narrow == 0)
+    if isa.narrow is not None and wide:
+        # the AVX2 class: 8-bit weights take the exact int16 kernel (vpmaddwd), twice the
+        # multiplies of vpmaddubsw, whose int16 pair sums 8-bit weights can saturate
+        report["wide_weights"] = wide
+        report["hint"] = (f"{wide} of the {len(layers)} integer layers have weights that use all 8 bits, so their products take the {isa.label} int16 kernel; "
+                          f"quantized for this target instead (compile the fp32 model with --passes cleanup,fuse,quantize:mode=static), their weights get 7 bits "
+                          f"and the {isa.narrow.label} kernels (vpmaddubsw: half the multiplies)")  # fmt: skip
+    return report
 
 
 def all_to_float(model: ir.Model) -> None:
