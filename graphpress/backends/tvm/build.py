@@ -22,6 +22,8 @@ ahead of time.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import os
 import time
@@ -467,11 +469,12 @@ def _signature_inputs(mod) -> list:
 
 
 def _side_by_side(executables: dict[str, Any], inputs) -> dict[str, float]:
-    """ms of ``main`` of each executable, by key, timed in blocks in one run (A B C, then C B A,
-    twice): one after the other, the first was often timed cold -- the digits CNN's int8 build
-    measured 1.2 ms first and 0.6 ms second, and the guard's verdict followed the order. Each
-    executable's best block median (:func:`~graphpress.ir.timing.best_block`): a slow spell of
-    a shared host lands on one block, not on the build."""
+    """ms of ``main`` of each executable (or its VM, from :class:`_Loader`), by key, timed in
+    blocks in one run (A B C, then C B A, twice): one after the other, the first was often timed
+    cold -- the digits CNN's int8 build measured 1.2 ms first and 0.6 ms second, and the guard's
+    verdict followed the order. Each executable's best block median
+    (:func:`~graphpress.ir.timing.best_block`): a slow spell of a shared host lands on one block,
+    not on the build."""
     import tvm
     from tvm import relax
 
@@ -484,9 +487,33 @@ def _side_by_side(executables: dict[str, Any], inputs) -> dict[str, float]:
     args = [tvm.runtime.tensor(x, device) for x in inputs]
     fns = {}
     for key, exe in executables.items():
-        vm = relax.VirtualMachine(exe, device)
+        vm = exe if isinstance(exe, relax.VirtualMachine) else relax.VirtualMachine(exe, device)
         fns[key] = lambda vm=vm: vm["main"](*args)
     return best_block(fns, repeats_for(fns, 1.0, least=12, most=60), rounds=2)
+
+
+class _Loader:
+    """Executables loaded (their VMs made) in one worker thread while this one builds the next:
+    on a CPU, making the VM is LLVM's machine-code generation of the whole library (3-5 s for a
+    model, TVM releases the GIL), which overlapped the whole-model guard's other builds instead
+    of following them (three loads, 14 s of PP-OCR's classifier's compile). Where the code runs
+    on an RPC device the executables stay as they are (uploaded when timed)."""
+
+    def __init__(self, stack: contextlib.ExitStack):
+        self.pool = None if current_remote() is not None else stack.enter_context(concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="graphpress-load"))
+        self.loading: dict[str, Any] = {}
+
+    def add(self, key: str, executable) -> None:
+        if self.pool is None:
+            self.loading[key] = executable
+            return
+        import tvm
+        from tvm import relax
+
+        self.loading[key] = self.pool.submit(relax.VirtualMachine, executable, tvm.cpu())
+
+    def loaded(self) -> dict[str, Any]:
+        return {key: f.result() if isinstance(f, concurrent.futures.Future) else f for key, f in self.loading.items()}
 
 
 #: a layer the layer guard kept in fp32 whose integer kernel timed less than this many times its
@@ -503,21 +530,25 @@ def _model_guard(model, prepare, shapes, spec, isa, int8_exe, report, tuning: Tu
     kernels' timings can be noise apart -- ResNet-18 on the AVX2 path kept 7 of 21 layers in fp32
     (int8 1.12-1.30x slower alone) and measured 15.3 ms, its fp32 build 13.8, every layer in int8
     10.7."""
-    fp32_copy, _ = prepare_for_lowering(model, prepare, shapes, frozen)
-    int8_path.to_fp32(fp32_copy)
-    fp32_exe, fp32_stats = _build(to_relax(fp32_copy, shapes, spec.name), spec, tuning)
-    builds = {"int8": int8_exe, "fp32": fp32_exe}
-    every = None
-    # the layers the layer guard kept in fp32 by less than CLOSE_CALL, lowered too
-    close = frozenset(n["node"] for n in report["int8"]["nodes"]
-                      if n["lowered"] or (n["int8_ms"] is not None and n["fp32_ms"] is not None and n["int8_ms"] < CLOSE_CALL * n["fp32_ms"]))  # fmt: skip
-    if len(close) > report["int8"]["lowered"]:
-        every_copy, _ = prepare_for_lowering(model, prepare, shapes, frozen)
-        every_report = int8_path.plan(every_copy, spec, isa, tuning, guard=False, only=close)
-        with int8_path.int8_converters(isa):
-            every_exe, every_stats = _build(to_relax(every_copy, shapes, spec.name), spec, tuning)
-        builds["close_calls_int8"] = every_exe
-        every = (every_report, every_exe, every_stats)
+    with contextlib.ExitStack() as stack:
+        loader = _Loader(stack)
+        loader.add("int8", int8_exe)
+        fp32_copy, _ = prepare_for_lowering(model, prepare, shapes, frozen)
+        int8_path.to_fp32(fp32_copy)
+        fp32_exe, fp32_stats = _build(to_relax(fp32_copy, shapes, spec.name), spec, tuning)
+        loader.add("fp32", fp32_exe)
+        every = None
+        # the layers the layer guard kept in fp32 by less than CLOSE_CALL, lowered too
+        close = frozenset(n["node"] for n in report["int8"]["nodes"]
+                          if n["lowered"] or (n["int8_ms"] is not None and n["fp32_ms"] is not None and n["int8_ms"] < CLOSE_CALL * n["fp32_ms"]))  # fmt: skip
+        if len(close) > report["int8"]["lowered"]:
+            every_copy, _ = prepare_for_lowering(model, prepare, shapes, frozen)
+            every_report = int8_path.plan(every_copy, spec, isa, tuning, guard=False, only=close)
+            with int8_path.int8_converters(isa):
+                every_exe, every_stats = _build(to_relax(every_copy, shapes, spec.name), spec, tuning)
+            loader.add("close_calls_int8", every_exe)
+            every = (every_report, every_exe, every_stats)
+        builds = loader.loaded()
     inputs = list(random_inputs([{"name": n, **v} for n, v in shapes.items()]).values())
     ms = _side_by_side(builds, inputs)
     chosen = min(ms, key=ms.get)
