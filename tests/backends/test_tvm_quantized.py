@@ -13,6 +13,7 @@ from onnx import TensorProto, helper
 import graphpress as gp
 from graphpress.backends.tvm import compile_model
 from graphpress.backends.tvm.int8 import guard
+from graphpress.backends.tvm.int8.isa import select_isa
 from graphpress.backends.tvm.int8.kernels_x86 import amx_dot_product_count, zmm_vpdpbusd_count
 from graphpress.backends.tvm.int8.qdq import qdq_to_integer
 from graphpress.backends.tvm.targets import has_amx, has_vnni, resolve_target
@@ -515,6 +516,10 @@ def test_an_integer_branch_fused_into_an_fp32_convolutions_epilogue_is_computed_
     compiled = compile_model(model, "x86", int8="on", verify=False, measure=False)
     build = compiled.meta["build"]
     assert [n["lowered"] for n in build["int8"]["nodes"]] == [True, False] and build["int8"]["model_guard"]["chosen"] == "int8", build["int8"]
+    # counted while the fp32 build was made (the int8 build ships): the library's own instructions
+    asm = compiled._executable.mod.imports[0].inspect_source("asm")
+    assert build["int8"]["instructions"] == {c.label: c.count(asm) for c in select_isa(resolve_target("x86"), "on").counters}, build["int8"]
+    assert sum(build["int8"]["instructions"].values()) > 0
     joined = [k for k in build["kernel_names"] if ("conv2d" in k or "_vnni_conv_" in k) and "add" in k]
     assert joined, build["kernel_names"]  # the branches join in a convolution's kernel
     x = rng.integers(0, 256, (1, 32, 14, 14)).astype(np.uint8)

@@ -199,8 +199,10 @@ def compile_model(
                 if progress is not None:
                     progress("int8 guard: the whole int8 build timed against the model's all-fp32 build (one more build; two where the layer guard kept layers in fp32 by a close call)")
                 executable, report = _model_guard(model, prepare, shapes, spec, isa, executable, report, tuning, frozen)
-            # in the library that ships, once: each listing is a code generation of its own (3 s for ResNet-18)
-            _count_instructions(report["int8"], isa, executable)
+            # in the library that ships, once: each listing is a code generation of its own (3 s for
+            # ResNet-18); the whole-model guard made it already when the int8 build ships
+            if "instructions" not in report["int8"]:
+                _count_instructions(report["int8"], isa, executable)
         meta = {
             "graphpress_version": graphpress.__version__,
             "tvm_version": tvm.__version__,
@@ -449,10 +451,16 @@ def _build(mod, spec: TargetSpec, tuning: Tuning):
     return executable, stats
 
 
-def _count_instructions(report: dict[str, Any], isa, executable) -> None:
+def _asm_counts(isa, executable) -> dict[str, int]:
+    """The ISA's instructions in the library's assembly, by report key (a code generation of its
+    own: 2-6 s for a model)."""
+    return isa.count(executable.mod.imports[0].inspect_source("asm"))
+
+
+def _count_instructions(report: dict[str, Any], isa, executable, counts: dict[str, int] | None = None) -> None:
     """The ISA's instructions in the library's assembly (tensorization failures are only warnings
-    in TVM): by report key, and by name under ``instructions``."""
-    counts = isa.count(executable.mod.imports[0].inspect_source("asm"))
+    in TVM), or ``counts`` made of it already: by report key, and by name under ``instructions``."""
+    counts = counts if counts is not None else _asm_counts(isa, executable)
     report.update(counts)
     report["instructions"] = {c.label: counts[c.key] for c in isa.counters}
 
@@ -502,6 +510,16 @@ class _Loader:
     def __init__(self, stack: contextlib.ExitStack):
         self.pool = None if current_remote() is not None else stack.enter_context(concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="graphpress-load"))
         self.loading: dict[str, Any] = {}
+        self.counting: dict[str, concurrent.futures.Future] = {}
+
+    def count(self, key: str, isa, executable) -> None:
+        """The ISA's instructions in ``executable``'s assembly, in the worker too (the int8 build's,
+        which usually ships, while the fp32 build is made)."""
+        if self.pool is not None:
+            self.counting[key] = self.pool.submit(_asm_counts, isa, executable)
+
+    def counts(self, key: str) -> dict[str, int] | None:
+        return self.counting[key].result() if key in self.counting else None
 
     def add(self, key: str, executable) -> None:
         if self.pool is None:
@@ -533,6 +551,7 @@ def _model_guard(model, prepare, shapes, spec, isa, int8_exe, report, tuning: Tu
     with contextlib.ExitStack() as stack:
         loader = _Loader(stack)
         loader.add("int8", int8_exe)
+        loader.count("int8", isa, int8_exe)
         fp32_copy, _ = prepare_for_lowering(model, prepare, shapes, frozen)
         int8_path.to_fp32(fp32_copy)
         fp32_exe, fp32_stats = _build(to_relax(fp32_copy, shapes, spec.name), spec, tuning)
@@ -549,9 +568,11 @@ def _model_guard(model, prepare, shapes, spec, isa, int8_exe, report, tuning: Tu
             loader.add("close_calls_int8", every_exe)
             every = (every_report, every_exe, every_stats)
         builds = loader.loaded()
-    inputs = list(random_inputs([{"name": n, **v} for n, v in shapes.items()]).values())
-    ms = _side_by_side(builds, inputs)
-    chosen = min(ms, key=ms.get)
+        inputs = list(random_inputs([{"name": n, **v} for n, v in shapes.items()]).values())
+        ms = _side_by_side(builds, inputs)
+        chosen = min(ms, key=ms.get)
+        if (counts := loader.counts(chosen)) is not None:
+            _count_instructions(report["int8"], isa, None, counts)
     guard = report["int8"]["model_guard"] = {f"{key}_ms": round(value, 4) for key, value in ms.items()} | {"chosen": chosen}
     if chosen == "int8":
         return int8_exe, report
