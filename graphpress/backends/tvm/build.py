@@ -37,7 +37,7 @@ from graphpress.backends.tvm import int8 as int8_path
 from graphpress.backends.tvm.lower import (
     PREPARE_SPEC, bind_input_shapes, dynamic_dims, freeze_inputs, output_specs, prepare_for_lowering, shapes_of_samples, to_relax,
 )  # fmt: skip
-from graphpress.backends.tvm.runtime import CompiledModel, Remote, concrete_input_specs, current_remote, require_compiler, running_on, time_side_by_side
+from graphpress.backends.tvm.runtime import CompiledModel, Remote, concrete_input_specs, current_remote, load_program, require_compiler, running_on, time_side_by_side
 from graphpress.backends.tvm.targets import TargetSpec, resolve_target
 from graphpress.backends.tvm.tir_pipeline import cpu_tir_pipeline
 from graphpress.backends.tvm.tuning import Tuning, schedule_cpu
@@ -202,7 +202,7 @@ def compile_model(
             # in the library that ships, once: each listing is a code generation of its own (3 s for
             # ResNet-18); the whole-model guard made it already when the int8 build ships
             if "instructions" not in report["int8"]:
-                _count_instructions(report["int8"], isa, executable)
+                _record_instructions(report["int8"], isa, _asm_counts(isa, executable))
         meta = {
             "graphpress_version": graphpress.__version__,
             "tvm_version": tvm.__version__,
@@ -457,10 +457,10 @@ def _asm_counts(isa, executable) -> dict[str, int]:
     return isa.count(executable.mod.imports[0].inspect_source("asm"))
 
 
-def _count_instructions(report: dict[str, Any], isa, executable, counts: dict[str, int] | None = None) -> None:
-    """The ISA's instructions in the library's assembly (tensorization failures are only warnings
-    in TVM), or ``counts`` made of it already: by report key, and by name under ``instructions``."""
-    counts = counts if counts is not None else _asm_counts(isa, executable)
+def _record_instructions(report: dict[str, Any], isa, counts: dict[str, int]) -> None:
+    """The ISA's instructions in the library's assembly (:func:`_asm_counts`; tensorization
+    failures are only warnings in TVM) into the report: by report key, and by name under
+    ``instructions``."""
     report.update(counts)
     report["instructions"] = {c.label: counts[c.key] for c in isa.counters}
 
@@ -522,13 +522,7 @@ class _Loader:
         return self.counting[key].result() if key in self.counting else None
 
     def add(self, key: str, executable) -> None:
-        if self.pool is None:
-            self.loading[key] = executable
-            return
-        import tvm
-        from tvm import relax
-
-        self.loading[key] = self.pool.submit(relax.VirtualMachine, executable, tvm.cpu())
+        self.loading[key] = executable if self.pool is None else self.pool.submit(load_program, executable)
 
     def loaded(self) -> dict[str, Any]:
         return {key: f.result() if isinstance(f, concurrent.futures.Future) else f for key, f in self.loading.items()}
@@ -572,7 +566,7 @@ def _model_guard(model, prepare, shapes, spec, isa, int8_exe, report, tuning: Tu
         ms = _side_by_side(builds, inputs)
         chosen = min(ms, key=ms.get)
         if (counts := loader.counts(chosen)) is not None:
-            _count_instructions(report["int8"], isa, None, counts)
+            _record_instructions(report["int8"], isa, counts)
     guard = report["int8"]["model_guard"] = {f"{key}_ms": round(value, 4) for key, value in ms.items()} | {"chosen": chosen}
     if chosen == "int8":
         return int8_exe, report
