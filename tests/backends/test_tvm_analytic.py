@@ -4,6 +4,8 @@ compared with torch."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -479,6 +481,56 @@ def test_a_softmax_over_a_middle_axis_runs_along_the_last_and_matches_torch():
     assert axes == [(-1, [1, 4, 50, 16])]
     compiled = compile_model(model, "x86", verify=False, measure=False)
     np.testing.assert_allclose(compiled(x.numpy())[0], Net()(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_row_reductions_run_in_vector_lanes_and_match_numpy():
+    """Softmax's max and sum and layer norm's mean and variance along a row of 128 / 384: each a
+    reduction into 16 partial sums side by side in a vector (an ``rfactor`` block, vectorized),
+    then one reduce of those 16, instead of one chain of dependent scalar adds per row (MiniLM's
+    softmax 0.16 -> 0.08 ms, its layer norm 0.050 -> 0.007 ms on 2 Zen 4 cores). A reduction
+    over a middle axis keeps its scalar loop (its lanes would be a gather). Values against numpy,
+    built and run for the host."""
+    import tvm
+    from tvm import te, topi
+
+    from graphpress.backends.tvm.schedules import ROW_REDUCTION_LANES, schedule_injective
+    from graphpress.backends.tvm.tir_pipeline import cpu_tir_pipeline
+
+    def scheduled(shape, make, params=()):
+        x = te.placeholder(shape, "float32", name="x")
+        mod, count = schedule_injective(tvm.IRModule({"main": te.create_prim_func([x, *params, make(x)])}))
+        assert count == 1
+        return mod
+
+    def lane_blocks(mod) -> list[tuple[str, int]]:
+        """(name, lanes) of each rfactor block (``*_rf_update``) right under a vectorized loop."""
+        found = re.findall(r'for \w+ in T\.vectorized\((\d+)\):\n\s+with T\.sblock\("(\w+_rf_update)"\)', mod["main"].script())
+        return sorted({(name, int(lanes)) for lanes, name in found})
+
+    def run(mod, x, *params):
+        lib = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"}), tir_pipeline=cpu_tir_pipeline())
+        out = tvm.runtime.tensor(np.zeros_like(x))
+        (lib.mod if hasattr(lib, "mod") else lib)["main"](*(tvm.runtime.tensor(a) for a in (x, *params)), out)
+        return out.numpy()
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((1, 12, 128, 128)) * 4).astype(np.float32)
+    softmax = scheduled(x.shape, lambda t: topi.nn.fast_softmax(t, -1))
+    assert [name for name, lanes in lane_blocks(softmax) if lanes == ROW_REDUCTION_LANES] == ["T_softmax_expsum_rf_update", "T_softmax_maxelem_rf_update"]
+    want = np.exp(x - x.max(-1, keepdims=True))
+    np.testing.assert_allclose(run(softmax, x), want / want.sum(-1, keepdims=True), rtol=1e-5, atol=1e-7)
+
+    y = (rng.standard_normal((1, 128, 384)) * 3 + 1).astype(np.float32)
+    gamma, beta = te.placeholder((384,), "float32", name="gamma"), te.placeholder((384,), "float32", name="beta")
+    norm = scheduled(y.shape, lambda t: topi.nn.layer_norm(t, gamma, beta, [-1], 1e-5), (gamma, beta))
+    assert [name for name, _ in lane_blocks(norm)] == ["x_sum_rf_update", "x_var_sum_rf_update"]
+    g, b = rng.standard_normal(384).astype(np.float32), rng.standard_normal(384).astype(np.float32)
+    mean = y.mean(-1, keepdims=True)
+    want = (y - mean) / np.sqrt(((y - mean) ** 2).mean(-1, keepdims=True) + 1e-5) * g + b
+    np.testing.assert_allclose(run(norm, y, g, b), want, rtol=1e-4, atol=1e-4)
+
+    middle = scheduled((4, 64, 32), lambda t: topi.sum(t, axis=1))  # summed over axis 1: strided reads
+    assert lane_blocks(middle) == []
 
 
 def test_one_element_constants_become_scalars_so_a_hardswish_stays_nhwc_and_matches_onnxruntime():

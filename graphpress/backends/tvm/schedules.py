@@ -219,6 +219,8 @@ def _parallel_reduction(sch, blocks) -> bool:
     n_rows = len(out_loops) - 1 if _is_spatial(sch, out) else sum(1 for iv in sch.get(out).iter_vars if iv.iter_type == 0) - 1
     if n_rows < 1:
         return False
+    if _is_spatial(sch, out) and any([_row_reduction_in_lanes(sch, b) for b in blocks[:-1] if not _is_spatial(sch, b)]):
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))  # each such reduction now two blocks: the lanes', and theirs reduced
     row = sch.fuse(*out_loops[:n_rows]) if n_rows > 1 else out_loops[0]
     work = sum(_work(sch, b) for b in blocks) if all(_work(sch, b) for b in blocks) else 0
     for block in reversed(blocks[:-1]):
@@ -285,6 +287,48 @@ def _vectorize_last_spatial(sch, block, row) -> None:
                 sch.decompose_reduction(block, reduce_[0])
     except Exception:  # noqa: BLE001 - keep the serial loop
         return
+
+
+#: the lanes of a row reduction's partial results (:func:`_row_reduction_in_lanes`)
+ROW_REDUCTION_LANES = 16
+
+
+def _row_reduction_in_lanes(sch, block) -> bool:
+    """A reduction along the last axis of what it reads (softmax's max and sum, layer norm's mean
+    and variance), made :data:`ROW_REDUCTION_LANES` partial results side by side in a vector
+    (``rfactor``, before the blocks move under their row), then one reduce of those. Scalar,
+    each row was one chain of dependent adds: MiniLM's softmax over 12 x 128 rows of 128, six
+    calls, 0.16 ms each. False (nothing changed) unless the block has one reduction loop, of a
+    static extent that is a multiple of the lanes and at least two vectors, that indexes the
+    last axis of every buffer it reads (else the vector would be a gather), and a combiner
+    ``rfactor`` knows."""
+    iters = sch.get(block).iter_vars
+    reduce_ = [iv for iv in iters if iv.iter_type != 0]
+    if len(reduce_) != 1:
+        return False
+    var, extent = reduce_[0].var, reduce_[0].dom.extent
+    if not hasattr(extent, "value") or int(extent) % ROW_REDUCTION_LANES or int(extent) < 2 * ROW_REDUCTION_LANES:
+        return False
+    along_rows = False
+    for read in sch.get(block).reads:
+        *leading, last = list(read.region) or [None]
+        if any(_reads_var_expr(r.min, var) for r in leading) or (last is not None and not last.min.same_as(var) and _reads_var_expr(last.min, var)):
+            return False
+        along_rows |= last is not None and last.min.same_as(var)
+    if not along_rows:
+        return False
+
+    def apply(schedule) -> None:
+        loop = schedule.get_loops(block)[-1]
+        _, lanes = schedule.split(loop, [None, ROW_REDUCTION_LANES])
+        schedule.rfactor(lanes, len(schedule.get(block).iter_vars) - 1)
+
+    try:  # on a copy first: a step that fails leaves the schedule as it was
+        apply(sch.copy())
+    except Exception:  # noqa: BLE001 - the scalar loop stays
+        return False
+    apply(sch)
+    return True
 
 
 def _vector_reduction(sch, red) -> bool:
