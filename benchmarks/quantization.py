@@ -26,6 +26,14 @@ row is the AVX2 code against ORT's best, not against ORT on an AVX2 machine. ``-
 CPU without AVX-512 (and without AVX-VNNI), see ``_ort_isa``; the TVM rows then default to the
 paths that CPU has, so that each row is measured against the ORT that CPU's user runs.
 
+Every int8 row with a kernel of its own (graphpress-tvm int8, ORT's best int8) also shows its
+GOP/s (two per product of the fp32 model's convolutions and matrix products, over its time) and
+their share of the measured peak of the instruction mix its kernels step with
+(``_machine.measured_int8_peak_gops``, printed first): ``avx2_pairs`` for ORT's AVX2 u8s8
+kernels and graphpress's pairs and int16 kernels, ``avx2_quads`` for the model quantized for the
+AVX2 target, ``zmm_vnni``/``ymm_vnni`` for ``vpdpbusd``. The ratio of two mixes' peaks is the
+most one kernel can be ahead of another at equal efficiency.
+
 Usage::
 
     python benchmarks/quantization.py [--repeat 30] [--sentences 300] [--paths avx512_vnni,avx2]
@@ -34,7 +42,7 @@ Usage::
 
 from __future__ import annotations
 
-from _machine import banner
+from _machine import banner, measured_int8_peak_gops
 from _models import SPEED_MODELS, speed_model
 import argparse
 import json
@@ -191,6 +199,38 @@ INT8_PATHS = ("amx", "avx512_vnni", "avx2_vnni", "avx2")
 EMULATED_PATHS = {"avx2_vnni": ("avx2_vnni", "avx2"), "avx2": ("avx2",)}
 FP32_PATHS = ("avx512", "avx2")
 
+#: the int8 instruction mix (``_machine.INT8_MIXES``) whose measured peak each TVM int8 row is
+#: compared with: the innermost step of the kernel its layers take on that path
+TVM_MIX = {"avx512_vnni": "zmm_vnni", "avx2_vnni": ("ymm_avx_vnni", "ymm_vnni"), "avx2": "avx2_pairs", "avx2, quantized for it": "avx2_quads"}
+
+#: ONNX Runtime's int8 mix under each ``--ort-isa`` (None: the host's kernels)
+ORT_MIX = {"avx2": "avx2_pairs", "avx2_vnni": ("ymm_avx_vnni", "ymm_vnni"), None: ("zmm_vnni", "ymm_avx_vnni", "avx2_pairs")}
+
+
+def int8_peaks(mixes) -> dict:
+    """Measured peak GOP/s of each int8 instruction mix in ``mixes`` (a name, or a tuple of names:
+    the first the host runs) on :data:`THREADS` cores: ``{as given: (mix measured, GOP/s)}``,
+    without those the host runs none of."""
+    measured: dict[str, float | None] = {}  # each mix measured once
+    peaks = {}
+    for want in mixes:
+        for mix in (want,) if isinstance(want, str) else want:
+            if mix not in measured:
+                measured[mix] = measured_int8_peak_gops(mix, THREADS)
+            if measured[mix] is not None:
+                peaks[want] = (mix, measured[mix])
+                break
+    return peaks
+
+
+def _mix_of(key: str) -> str | tuple | None:
+    """The instruction mix of a speed row's int8 kernels (None: not an int8 row with one)."""
+    if key.startswith("graphpress-tvm int8 ["):
+        return TVM_MIX.get(key[len("graphpress-tvm int8 ["):].rstrip("]"))
+    if key.startswith("ORT static U8S8") or key.startswith("ORT dynamic MatMul-only"):
+        return ORT_MIX[ORT_ISA]
+    return None
+
 
 def _tvm_targets(paths: list[str]) -> list[tuple[str, str, str]]:
     """(row label, target, int8 mode) for each requested path: fp32 builds of the fp32 paths, int8
@@ -208,9 +248,13 @@ def speed(workdir: Path, repeat: int, tvm: bool = True, isa_paths: list[str] | N
     if isa_paths is None:
         isa_paths = [p for p in host_x86_paths() if ORT_ISA is None or p in EMULATED_PATHS[ORT_ISA]]
 
+    labels = [key for key, _, _ in _tvm_targets(isa_paths)] if tvm else []
+    peaks = int8_peaks({m for m in map(_mix_of, [*labels, "ORT static U8S8 per-channel (best)"]) if m is not None})
+    print(f"measured int8 peaks, {THREADS} cores: " + ", ".join(sorted(f"{mix} {gops:.0f} GOP/s" for mix, gops in set(peaks.values()))), flush=True)
     rows = []
     for name in models:
         model, args = speed_model(name)
+        macs = gp.summarize(model).macs
         feeds = {i.name: a.numpy() for i, a in zip(model.graph.inputs, args)}
         src = gp.save(model, workdir / f"{name}.onnx")
         paths = {"ORT fp32": src}
@@ -285,6 +329,9 @@ def speed(workdir: Path, repeat: int, tvm: bool = True, isa_paths: list[str] | N
             out = fn()
             cos = float((out.ravel() @ ref.ravel()) / np.linalg.norm(out) / np.linalg.norm(ref))
             size = os.path.getsize(paths[key]) if key in paths else None
+            if (peak := peaks.get(_mix_of(key))) is not None:  # the model's products over the time, against its kernels' peak
+                gops = 2 * macs / ms[key] / 1e6
+                extra.setdefault(key, {}).update({"GOP/s": round(gops), "of_peak": f"{100 * gops / peak[1]:.0f}% of {peak[0]}"})
             rows.append({"model": name, "variant": key, "ms": ms[key], "vs_fp32": ms["ORT fp32"] / ms[key], "cosine_to_fp32": cos,
                          "mb": size / 1e6 if size else None, **extra.get(key, {})})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
