@@ -604,6 +604,43 @@ class BenchResult:
         return {"rows": self.rows, "machine": self.machine}
 
 
+#: layers on integers (ONNX's, and ONNX Runtime's QOperator and dynamic forms)
+INTEGER_LAYERS = frozenset({"MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul", "QGemm", "QAttention", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"})
+
+#: the ops of a model that is quantized already
+QUANTIZED_OPS = INTEGER_LAYERS | {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+
+#: :func:`bench`'s row of ONNX Runtime on a model that came quantized
+QUANTIZED_AS_GIVEN = "ONNX Runtime int8 (the model as given)"
+
+
+def quantized(model: ir.Model) -> bool:
+    """True when ``model`` (any of its graphs) computes with quantized tensors already."""
+    return any(node.op_type in QUANTIZED_OPS for node in ir.traversal.RecursiveGraphIterator(model.graph))
+
+
+def _fp32_counterpart(model: ir.Model) -> ir.Model | None:
+    """``model`` with its quantized layers in float (the TVM int8 path's rewrite), or None for a
+    quantized form that rewrite does not cover (ONNX Runtime's QOperator ops)."""
+    from graphpress.backends.tvm.int8 import to_fp32
+    from graphpress.ir.io import to_proto
+
+    fp32 = ir.serde.deserialize_model(to_proto(model))
+    try:
+        to_fp32(fp32)
+    except Exception:  # noqa: BLE001 - not a form it rewrites: no fp32 row
+        return None
+    for node in ir.traversal.RecursiveGraphIterator(fp32.graph):
+        # an integer layer left, or a float one on dequantized weights (a lone quantize/dequantize
+        # pair of an activation, which the rewrite keeps, is not the layers' work)
+        weight = node.inputs[1] if node.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm") and len(node.inputs) > 1 else None
+        if node.op_type in INTEGER_LAYERS or (
+            weight is not None and weight.producer() is not None and weight.producer().op_type == "DequantizeLinear"
+        ):
+            return None
+    return fp32
+
+
 def bench(
     model: ir.Model | str | os.PathLike | None = None,
     *,
@@ -618,6 +655,9 @@ def bench(
     it (:func:`onnxruntime_int8`, calibrated on ``inputs``), torch eager on ``module`` (when the
     model came from torch), and ``artifact`` (a :class:`~graphpress.backends.tvm.CompiledModel`
     or the directory of one), on the first of ``inputs`` (default: generated from the shapes).
+    A ``model`` that is quantized already (:func:`quantized`) is ONNX Runtime's int8 row itself
+    (:data:`QUANTIZED_AS_GIVEN`: the same work as an artifact compiled from it), and its fp32
+    row runs the model's float counterpart (its quantized layers in float).
 
     With ``rpc`` (``HOST:PORT[:KEY]``), the artifact directory is run and timed on that device
     through TVM's RPC (TVM's time evaluator there) and nothing else is timed: the peers run on
@@ -651,12 +691,23 @@ def bench(
         if m is not None:
             session = onnxruntime_best(m, threads, "the model")
             names = {i.name for i in session.session.get_inputs()}
-            engines["ONNX Runtime fp32"] = lambda: session.session.run(None, {k: v for k, v in feeds.items() if k in names})
-            if int8:
-                from graphpress.ir import load
 
-                q = onnxruntime_best(load(onnxruntime_int8(m, samples, tmp)), threads, "ONNX Runtime's int8")
-                engines["ONNX Runtime int8 (its quantizer, best settings)"] = lambda: q.session.run(None, {k: v for k, v in feeds.items() if k in names})
+            def ort_run(s):
+                return lambda: s.session.run(None, {k: v for k, v in feeds.items() if k in names})
+
+            if quantized(m):
+                # already int8: the model as given is ONNX Runtime's int8 row (quantizing it again
+                # made a graph ONNX Runtime refuses), and the fp32 row is its float counterpart
+                fp32 = _fp32_counterpart(m)
+                if fp32 is not None:
+                    engines["ONNX Runtime fp32"] = ort_run(onnxruntime_best(fp32, threads, "its fp32 counterpart"))
+                engines[QUANTIZED_AS_GIVEN] = ort_run(session)
+            else:
+                engines["ONNX Runtime fp32"] = ort_run(session)
+                if int8:
+                    from graphpress.ir import load
+
+                    engines["ONNX Runtime int8 (its quantizer, best settings)"] = ort_run(onnxruntime_best(load(onnxruntime_int8(m, samples, tmp)), threads, "ONNX Runtime's int8"))
         if module is not None:
             import torch
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 import torch
@@ -183,6 +184,49 @@ def test_cli_compress_with_the_users_metric(tmp_path, capsys, monkeypatch, digit
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and says in err[0] and "--metric" in err[0], err
         assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_cli_bench_of_a_quantized_model_times_it_as_ort_int8_beside_its_float_counterpart(tmp_path, capsys, digits_mlp):
+    """A model that comes quantized (graphpress QDQ, or ONNX Runtime's QOperator form) is ONNX
+    Runtime's int8 row as given: quantizing it again made a graph ONNX Runtime refused, and
+    `bench` exited 2 calling the user's model malformed. Its fp32 row runs its float
+    counterpart, which computes what the QDQ model computes up to the activations' rounding."""
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    from graphpress.cli import main
+    from graphpress.compression import QUANTIZED_AS_GIVEN, _fp32_counterpart, quantized
+    from graphpress.passes import PassManager, build_passes
+    from graphpress.passes.context import PassContext
+
+    model, name, x, _ = digits_mlp
+    q = gp.load(to_proto(model))
+    PassManager(build_passes("quantize:mode=static"), context=PassContext(samples=[{name: x[:64]}])).run(q)
+    assert quantized(q) and not quantized(model)
+    src, samples = tmp_path / "mlp.q.onnx", tmp_path / "s.npz"
+    gp.save(q, src)
+    np.savez(samples, **{name: x[:8]})
+    before = src.read_bytes()
+    assert main(["bench", str(src), "--inputs", str(samples), "--json", "--seconds", "0.5"]) == 0, capsys.readouterr().err
+    rows = [r["engine"] for r in json.loads(capsys.readouterr().out)["rows"]]
+    assert rows == ["ONNX Runtime fp32", QUANTIZED_AS_GIVEN] and src.read_bytes() == before
+    fp32 = _fp32_counterpart(q)
+    layers = [n for n in fp32.graph if n.op_type in ("MatMul", "Gemm")] if fp32 is not None else []
+    assert len(layers) == 2 and all(n.inputs[1].const_value is not None and n.inputs[1].const_value.dtype == ir.DataType.FLOAT for n in layers)
+    assert (_ort_logits(fp32, name, x).argmax(1) == _ort_logits(q, name, x).argmax(1)).mean() >= 0.97
+
+    class Reader:
+        def __init__(self):
+            self.rows = iter([{name: x[i : i + 1]} for i in range(16)])
+
+        def get_next(self):
+            return next(self.rows, None)
+
+    plain, qop = tmp_path / "mlp.onnx", tmp_path / "mlp.qop.onnx"
+    fixed = gp.load(to_proto(model))
+    gp.save(fixed, plain)
+    quantize_static(str(plain), str(qop), Reader(), quant_format=QuantFormat.QOperator)
+    assert main(["bench", str(qop), "--inputs", str(samples), "--json", "--seconds", "0.5"]) == 0, capsys.readouterr().err
+    assert [r["engine"] for r in json.loads(capsys.readouterr().out)["rows"]] == [QUANTIZED_AS_GIVEN]  # no float form of QLinear ops
 
 
 def test_cli_bench_times_torch_eager_beside_the_peers(tmp_path, capsys, monkeypatch):
