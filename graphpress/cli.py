@@ -761,7 +761,8 @@ def cmd_bench(args) -> int:
     from rich.table import Table
 
     t = Table(title=f"latency, batch as given: {result.machine['cpu']}, {result.machine['threads']} threads")
-    for col in ("engine", "median ms", "p10 ms", "p90 ms", "runs", "vs ORT fp32"):
+    base = "vs ORT fp32" if any(r["engine"] == "ONNX Runtime fp32" for r in result.rows) else f"vs {result.rows[0]['engine']}"
+    for col in ("engine", "median ms", "p10 ms", "p90 ms", "runs", base):
         t.add_column(col, justify="left" if col == "engine" else "right")
     for row in result.rows:
         speedup = f"{row['speedup']:.2f}x" if row["speedup"] is not None else "-"

@@ -491,11 +491,17 @@ def _fastest(results: dict[str, RecipeResult], target: str, held_out, original, 
     return chosen, compiled.get(chosen)
 
 
+#: the first row of compress's table: the model the user gave, on ONNX Runtime
+ORIGINAL = "original, ONNX Runtime fp32"
+ORIGINAL_QUANTIZED = "original (quantized already), ONNX Runtime"
+
+
 def _rows(original, compressed, compiled, target, choose, held_out, judge: Quality, measure: bool, say, pack: bool) -> tuple[list[dict], dict]:
     """The before/after table: the original on ONNX Runtime (fp32), ONNX Runtime's best int8 of the
     original, the compressed ONNX on ONNX Runtime, and the artifact (``pack``: with packed sizes)."""
     from graphpress.ir import summarize
     from graphpress.ir.timing import onnxruntime_best
+    from graphpress.passes.quantization import is_quantized
 
     threads = _threads()
     feeds = held_out[0]
@@ -503,14 +509,17 @@ def _rows(original, compressed, compiled, target, choose, held_out, judge: Quali
     with tempfile.TemporaryDirectory(prefix="graphpress-compress-") as tmp:
         from graphpress.ir import load
 
-        say("ONNX Runtime's best int8 of the original (its own quantizer)")
-        try:
-            ort_int8 = load(onnxruntime_int8(original, choose, tmp))
-            judge.loss(ort_int8)  # the quantizer can write what ONNX Runtime refuses (per-channel DequantizeLinear below opset 13)
-        except Exception as e:  # the peer's quantizer refused this model, or ORT refused its result: its row says why
-            ort_int8, peer_note = None, f"not made: {str(e).splitlines()[0][:160]}"
-        models = {"original, ONNX Runtime fp32": original, "ONNX Runtime int8 (its quantizer, best settings)": ort_int8,
-                  "graphpress, ONNX on ONNX Runtime": compressed}  # fmt: skip
+        if is_quantized(original):  # its own row is ONNX Runtime's int8 (quantizing it again: a graph ORT refuses)
+            ort_int8, peer_note = None, "not made: the original is quantized already (its own row is ONNX Runtime's int8)"
+        else:
+            say("ONNX Runtime's best int8 of the original (its own quantizer)")
+            try:
+                ort_int8 = load(onnxruntime_int8(original, choose, tmp))
+                judge.loss(ort_int8)  # the quantizer can write what ONNX Runtime refuses (per-channel DequantizeLinear below opset 13)
+            except Exception as e:  # the peer's quantizer refused this model, or ORT refused its result: its row says why
+                ort_int8, peer_note = None, f"not made: {str(e).splitlines()[0][:160]}"
+        first = ORIGINAL_QUANTIZED if is_quantized(original) else ORIGINAL
+        models = {first: original, "ONNX Runtime int8 (its quantizer, best settings)": ort_int8, "graphpress, ONNX on ONNX Runtime": compressed}
         engines = {}
         for label, m in models.items():
             if m is None:  # the peer's int8: its row says why it is missing
@@ -542,7 +551,7 @@ def _rows(original, compressed, compiled, target, choose, held_out, judge: Quali
         if engines:
             say("timing, side by side")
             timed = _timed(engines, 4.0)
-            base = timed["original, ONNX Runtime fp32"]["median_ms"]
+            base = timed[first]["median_ms"]
             for label, t in timed.items():
                 variants[label].update({k: round(v, 4) for k, v in t.items() if k != "runs"}, runs=t["runs"], speedup=round(base / t["median_ms"], 3))
     machine = {"cpu": cpu_model(), "threads": threads}
@@ -604,19 +613,8 @@ class BenchResult:
         return {"rows": self.rows, "machine": self.machine}
 
 
-#: layers on integers (ONNX's, and ONNX Runtime's QOperator and dynamic forms)
-INTEGER_LAYERS = frozenset({"MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul", "QGemm", "QAttention", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"})
-
-#: the ops of a model that is quantized already
-QUANTIZED_OPS = INTEGER_LAYERS | {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
-
 #: :func:`bench`'s row of ONNX Runtime on a model that came quantized
 QUANTIZED_AS_GIVEN = "ONNX Runtime int8 (the model as given)"
-
-
-def quantized(model: ir.Model) -> bool:
-    """True when ``model`` (any of its graphs) computes with quantized tensors already."""
-    return any(node.op_type in QUANTIZED_OPS for node in ir.traversal.RecursiveGraphIterator(model.graph))
 
 
 def _fp32_counterpart(model: ir.Model) -> ir.Model | None:
@@ -624,6 +622,7 @@ def _fp32_counterpart(model: ir.Model) -> ir.Model | None:
     quantized form that rewrite does not cover (ONNX Runtime's QOperator ops)."""
     from graphpress.backends.tvm.int8 import to_fp32
     from graphpress.ir.io import to_proto
+    from graphpress.passes.quantization import INTEGER_LAYERS
 
     fp32 = ir.serde.deserialize_model(to_proto(model))
     try:
@@ -655,7 +654,7 @@ def bench(
     it (:func:`onnxruntime_int8`, calibrated on ``inputs``), torch eager on ``module`` (when the
     model came from torch), and ``artifact`` (a :class:`~graphpress.backends.tvm.CompiledModel`
     or the directory of one), on the first of ``inputs`` (default: generated from the shapes).
-    A ``model`` that is quantized already (:func:`quantized`) is ONNX Runtime's int8 row itself
+    A ``model`` that is quantized already (:func:`~graphpress.passes.quantization.is_quantized`) is ONNX Runtime's int8 row itself
     (:data:`QUANTIZED_AS_GIVEN`: the same work as an artifact compiled from it), and its fp32
     row runs the model's float counterpart (its quantized layers in float).
 
@@ -664,6 +663,7 @@ def bench(
     this machine, and a ratio across two machines would mean nothing."""
     from graphpress.ir.numeric import as_samples, make_inputs, random_inputs
     from graphpress.ir.timing import onnxruntime_best
+    from graphpress.passes.quantization import is_quantized
 
     if model is None and artifact is None:
         raise GraphpressError("bench: give a model, an artifact, or both")
@@ -695,7 +695,7 @@ def bench(
             def ort_run(s):
                 return lambda: s.session.run(None, {k: v for k, v in feeds.items() if k in names})
 
-            if quantized(m):
+            if is_quantized(m):
                 # already int8: the model as given is ONNX Runtime's int8 row (quantizing it again
                 # made a graph ONNX Runtime refuses), and the fp32 row is its float counterpart
                 fp32 = _fp32_counterpart(m)

@@ -194,14 +194,15 @@ def test_cli_bench_of_a_quantized_model_times_it_as_ort_int8_beside_its_float_co
     from onnxruntime.quantization import QuantFormat, quantize_static
 
     from graphpress.cli import main
-    from graphpress.compression import QUANTIZED_AS_GIVEN, _fp32_counterpart, quantized
+    from graphpress.compression import QUANTIZED_AS_GIVEN, _fp32_counterpart
     from graphpress.passes import PassManager, build_passes
     from graphpress.passes.context import PassContext
+    from graphpress.passes.quantization import is_quantized
 
     model, name, x, _ = digits_mlp
     q = gp.load(to_proto(model))
     PassManager(build_passes("quantize:mode=static"), context=PassContext(samples=[{name: x[:64]}])).run(q)
-    assert quantized(q) and not quantized(model)
+    assert is_quantized(q) and not is_quantized(model)
     src, samples = tmp_path / "mlp.q.onnx", tmp_path / "s.npz"
     gp.save(q, src)
     np.savez(samples, **{name: x[:8]})
@@ -227,6 +228,17 @@ def test_cli_bench_of_a_quantized_model_times_it_as_ort_int8_beside_its_float_co
     quantize_static(str(plain), str(qop), Reader(), quant_format=QuantFormat.QOperator)
     assert main(["bench", str(qop), "--inputs", str(samples), "--json", "--seconds", "0.5"]) == 0, capsys.readouterr().err
     assert [r["engine"] for r in json.loads(capsys.readouterr().out)["rows"]] == [QUANTIZED_AS_GIVEN]  # no float form of QLinear ops
+    # quantize refuses a quantized model in one line (it ended as "a bug in that pass")
+    assert main(["optimize", str(src), "-o", str(tmp_path / "twice.onnx"), "--passes", "quantize"]) == 2
+    err = capsys.readouterr().err
+    assert "quantized already (" in err and "DequantizeLinear" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "twice.onnx").exists()
+    # compress of it: its own row is ONNX Runtime's int8, the peer's quantizer is not run on it
+    from graphpress.compression import ORIGINAL_QUANTIZED
+
+    result = gp.compress(q, "onnxruntime", samples={name: x[:64]}, recipe="int8", budget="2%", measure=False)
+    rows = {r["variant"]: r for r in result.rows}
+    assert ORIGINAL_QUANTIZED in rows and "quantized already" in rows["ONNX Runtime int8 (its quantizer, best settings)"]["note"]
+    assert any("quantized already" in str(c) for c in result.steps[-1]["tried"]), result.steps
 
 
 def test_cli_bench_times_torch_eager_beside_the_peers(tmp_path, capsys, monkeypatch):

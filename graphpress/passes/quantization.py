@@ -58,9 +58,20 @@ from graphpress.passes.per_token import per_token_activations
 from graphpress.passes.registry import register
 from graphpress.passes.smooth import smooth_activations
 
-__all__ = ["Quantize", "fit_weight_quads", "layer_errors", "mse_ranges", "quantize_model"]
+__all__ = ["INTEGER_LAYERS", "QUANTIZED_OPS", "Quantize", "fit_weight_quads", "is_quantized", "layer_errors", "mse_ranges", "quantize_model"]
 
 QUANTIZABLE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+#: layers on integers (ONNX's, and ONNX Runtime's QOperator and dynamic forms)
+INTEGER_LAYERS = frozenset({"MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul", "QGemm", "QAttention", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"})
+
+#: the ops of a model that is quantized already
+QUANTIZED_OPS = INTEGER_LAYERS | {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+
+
+def is_quantized(model: ir.Model) -> collections.Counter:
+    """The quantized ops of ``model`` (any of its graphs) by type: empty (false) for a float model."""
+    return collections.Counter(n.op_type for n in ir.traversal.RecursiveGraphIterator(model.graph) if n.op_type in QUANTIZED_OPS)
 
 
 class _Reader:
@@ -557,6 +568,11 @@ class Quantize(Pass):
 
     def call(self, model: ir.Model) -> PassResult:
         o = self.options
+        if found := is_quantized(model):
+            # ONNX Runtime's quantizer wrote a second quantizer beside each one (a graph that
+            # fails to load) and the pass ended as "a bug in that pass"
+            ops = ", ".join(f"{n} {op}" for op, n in sorted(found.items()))
+            raise GraphpressError(f"quantize: the model is quantized already ({ops}): quantize its float original, or leave 'quantize' out")
         if o.activations == "token" and o.mode != "dynamic":
             raise GraphpressError(f"quantize: activations=token quantizes activations at run time: use it with mode=dynamic (not mode={o.mode})")
         ops = [t for t in o.ops.split("|") if t] if o.ops != "auto" else None
