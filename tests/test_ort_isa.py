@@ -105,3 +105,40 @@ def test_the_copy_runs_onnxruntime_without_avx512_and_computes_the_same(tmp_path
     if avx512:  # the same probe sees the AVX-512 kernels of the installed ONNX Runtime
         _, host = _run(tmp_path, None, 1.5, perf=True)
         assert host is not None and host["zmm"] > 0.2, host
+
+
+def test_onnxruntime_avx2_u8s8_saturates_on_8bit_weights_where_graphpress_avx2_is_exact(tmp_path, monkeypatch):
+    """What "the same work" means on an AVX2 CPU: ONNX Runtime's u8 x s8 kernel there adds each
+    pair of products in int16 (``vpmaddubsw``), which saturates on 8-bit weights (its docs advise
+    7-bit ones, ``reduce_range``): 64 products of 255 x 127 come out as 1,048,544 instead of
+    2,072,640. graphpress's AVX2 path runs such weights on its exact int16 kernel (``vpmaddwd``)
+    and computes the exact sum; on VNNI both are exact."""
+    from graphpress.backends.tvm import compile_model
+    from graphpress.backends.tvm.targets import host_x86_paths
+    from graphpress.ir import load
+
+    if "avx2" not in host_x86_paths():
+        pytest.skip("the host does not run AVX2 code")
+    monkeypatch.setenv("GRAPHPRESS_ORT_ISA_CACHE", str(tmp_path / "cache"))
+    try:
+        root = ort_isa.package("avx2")
+    except RuntimeError as e:  # another ONNX Runtime build
+        pytest.skip(str(e))
+    k, n, m = 64, 16, 4
+    one, u0, s0 = numpy_helper.from_array(np.float32(1.0), "s"), numpy_helper.from_array(np.uint8(0), "zu"), numpy_helper.from_array(np.int8(0), "zs")
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "s", "zu"], ["xq"]), helper.make_node("DequantizeLinear", ["xq", "s", "zu"], ["xd"]),
+         helper.make_node("DequantizeLinear", ["w", "s", "zs"], ["wd"]), helper.make_node("MatMul", ["xd", "wd"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+        [one, u0, s0, numpy_helper.from_array(np.full((k, n), 127, np.int8), "w")])  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10), tmp_path / "m.onnx")
+    x = np.full((m, k), 255, np.float32)
+    np.save(tmp_path / "x.npy", x)
+    exact = 255 * 127 * k
+    y, _ = _run(tmp_path, root, 0.0, perf=False)
+    assert float(y.max()) < 0.6 * exact  # pairs saturated at 32767
+    compiled = compile_model(load(tmp_path / "m.onnx"), "x86:avx2", int8="auto", int8_guard=False, verify=False, measure=False)
+    i8 = compiled.meta["build"]["int8"]
+    assert [node["kernel"] for node in i8["nodes"]] == ["AVX2 kernel"]  # 8-bit weights: the int16 kernel, not vpmaddubsw
+    assert i8["instructions"].get("ymm vpmaddwd") and not i8["instructions"].get("ymm vpmaddubsw"), i8["instructions"]
+    assert np.array_equal(compiled(x)[0], np.full((m, n), exact, np.float32))
