@@ -392,8 +392,9 @@ def run_recipe(
                     path.append((stage.name, cand))
                     break
                 step["tried"].append([spec, f"over its share of the budget{recovered}: {val.describe(loss)} (room {room:.4g})"])
-            if step["chosen"] is None:
-                step["skipped"] = "no candidate fits its share of the budget"
+            if step["chosen"] is None:  # over the budget, or every candidate refused to run (a quantized model's quantize)
+                ran = any(not outcome.startswith("rolled back") for _, outcome in step["tried"])
+                step["skipped"] = "no candidate fits its share of the budget" if ran else "no candidate could run (each one's reason below)"
             steps.append(step)
         return current, steps, path
 

@@ -239,6 +239,7 @@ def test_cli_bench_of_a_quantized_model_times_it_as_ort_int8_beside_its_float_co
     rows = {r["variant"]: r for r in result.rows}
     assert ORIGINAL_QUANTIZED in rows and "quantized already" in rows["ONNX Runtime int8 (its quantizer, best settings)"]["note"]
     assert any("quantized already" in str(c) for c in result.steps[-1]["tried"]), result.steps
+    assert result.steps[-1]["skipped"] == "no candidate could run (each one's reason below)"
 
 
 def test_cli_bench_times_torch_eager_beside_the_peers(tmp_path, capsys, monkeypatch):
