@@ -319,11 +319,11 @@ def speed(workdir: Path, repeat: int, tvm: bool = True, isa_paths: list[str] | N
                     extra[key]["max_abs_diff_vs_ort_same_model"] = float(np.abs(runs[key]() - ort_q).max())
             # the same work as ONNX Runtime's best int8 row: its own file, compiled (8-bit weights:
             # the int16 kernel on AVX2, where ONNX Runtime's u8s8 kernel saturates instead)
-            best_file = "ORT dynamic MatMul-only (best)" if name == "minilm" else "ORT static U8S8 per-channel (best)"
+            best_file = gp.load(paths["ORT dynamic MatMul-only (best)" if name == "minilm" else "ORT static U8S8 per-channel (best)"])
             for p in [p for p in isa_paths if p in INT8_PATHS]:
                 key = f"graphpress-tvm int8 of ORT's best file [{p}]"
                 t0 = time.perf_counter()
-                compiled = compile_model(gp.load(paths[best_file]), f"x86:{p}", int8="auto")
+                compiled = compile_model(best_file, f"x86:{p}", int8="auto")
                 i8 = compiled.meta["build"].get("int8", {})
                 extra[key] = {"compile_s": round(time.perf_counter() - t0, 1), **{k: i8[k] for k in ("lowered", "kept_fp32") if k in i8}}
                 runs[key] = lambda c=compiled: next(iter(c.run_named(**feeds).values()))

@@ -509,7 +509,8 @@ def _rows(original, compressed, compiled, target, choose, held_out, judge: Quali
     with tempfile.TemporaryDirectory(prefix="graphpress-compress-") as tmp:
         from graphpress.ir import load
 
-        if is_quantized(original):  # its own row is ONNX Runtime's int8 (quantizing it again: a graph ORT refuses)
+        quantized = bool(is_quantized(original))
+        if quantized:  # its own row is ONNX Runtime's int8 (quantizing it again: a graph ORT refuses)
             ort_int8, peer_note = None, "not made: the original is quantized already (its own row is ONNX Runtime's int8)"
         else:
             say("ONNX Runtime's best int8 of the original (its own quantizer)")
@@ -518,7 +519,7 @@ def _rows(original, compressed, compiled, target, choose, held_out, judge: Quali
                 judge.loss(ort_int8)  # the quantizer can write what ONNX Runtime refuses (per-channel DequantizeLinear below opset 13)
             except Exception as e:  # the peer's quantizer refused this model, or ORT refused its result: its row says why
                 ort_int8, peer_note = None, f"not made: {str(e).splitlines()[0][:160]}"
-        first = ORIGINAL_QUANTIZED if is_quantized(original) else ORIGINAL
+        first = ORIGINAL_QUANTIZED if quantized else ORIGINAL
         models = {first: original, "ONNX Runtime int8 (its quantizer, best settings)": ort_int8, "graphpress, ONNX on ONNX Runtime": compressed}
         engines = {}
         for label, m in models.items():

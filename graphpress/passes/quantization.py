@@ -571,8 +571,8 @@ class Quantize(Pass):
         if found := is_quantized(model):
             # ONNX Runtime's quantizer wrote a second quantizer beside each one (a graph that
             # fails to load) and the pass ended as "a bug in that pass"
-            ops = ", ".join(f"{n} {op}" for op, n in sorted(found.items()))
-            raise GraphpressError(f"quantize: the model is quantized already ({ops}): quantize its float original, or leave 'quantize' out")
+            listed = ", ".join(f"{n} {op}" for op, n in sorted(found.items()))
+            raise GraphpressError(f"quantize: the model is quantized already ({listed}): quantize its float original, or leave 'quantize' out")
         if o.activations == "token" and o.mode != "dynamic":
             raise GraphpressError(f"quantize: activations=token quantizes activations at run time: use it with mode=dynamic (not mode={o.mode})")
         ops = [t for t in o.ops.split("|") if t] if o.ops != "auto" else None
