@@ -17,7 +17,8 @@ CPU (``llvm``) targets:
 
 CUDA targets use TVM's default CUDA pipeline, which schedules every kernel with dlight's
 GPU rules (Matmul, GEMV, Reduction, GeneralReduction, Fallback); ``nvcc`` compiles them
-ahead of time.
+ahead of time into a fatbin for the target's architecture, on a machine with or without a GPU
+(:mod:`.cuda`), so the artifact loads with TVM's runtime and the driver alone.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from graphpress.backends.tvm.lower import (
     PREPARE_SPEC, bind_input_shapes, dynamic_dims, freeze_inputs, output_specs, prepare_for_lowering, shapes_of_samples, to_relax,
 )  # fmt: skip
 from graphpress.backends.tvm.runtime import CompiledModel, Remote, concrete_input_specs, current_remote, load_program, require_compiler, running_on, time_side_by_side
-from graphpress.backends.tvm.targets import TargetSpec, resolve_target
+from graphpress.backends.tvm.targets import TargetSpec, _cuda_arch, resolve_target
 from graphpress.backends.tvm.tir_pipeline import cpu_tir_pipeline
 from graphpress.backends.tvm.tuning import Tuning, schedule_cpu
 from graphpress.errors import GraphpressError, one_line
@@ -419,6 +420,11 @@ def compile_executable(mod, spec: TargetSpec):
 
     if spec.is_cpu:
         return relax.build(mod, spec.tvm_target(), exec_mode="compiled", tir_pipeline=cpu_tir_pipeline())
+    if spec.kind == "cuda":  # kernels compiled here by nvcc, not CUDA source compiled where it loads
+        from graphpress.backends.tvm.cuda import ahead_of_time
+
+        with ahead_of_time(str(spec.config.get("arch") or _cuda_arch())):
+            return tvm.compile(mod, target=spec.tvm_target())
     return tvm.compile(mod, target=spec.tvm_target())
 
 

@@ -204,14 +204,12 @@ class CompiledModel:
     @property
     def vm(self):
         if self._vm is None:
-            from tvm import relax
-
             program = self._library if self._library is not None else self._executable
             if self.remote is not None and self._library is None:  # uploaded now (again after release)
                 program = self._library = (self.remote.load_executable(self._executable) if self._executable is not None
                                            else self.remote.load_file(self._library_file, f"graphpress-{os.getpid()}-{Path(self._library_file).parent.name}.so"))  # fmt: skip
             try:
-                self._vm = relax.VirtualMachine(program, self.device)
+                self._vm = _vm_class()(program, self.device)
             except Exception as e:  # TVM's own serialization fails (e.g. a zero-size constant tensor)
                 first = (str(e).strip().splitlines() or [type(e).__name__])[-1][:200]
                 raise _error(f"TVM's runtime cannot load the compiled library ({first}); export ONNX for ONNX Runtime instead") from e
@@ -383,10 +381,9 @@ def load_program(program: Any) -> Any:
     """A Relax VM of the executable ``program``, on the device of the current :func:`running_on`
     block (uploaded there) or this machine's CPU: to time several of its functions."""
     import tvm
-    from tvm import relax
 
     remote = current_remote()
-    return relax.VirtualMachine(remote.load_executable(program) if remote is not None else program, remote.device if remote is not None else tvm.cpu())
+    return _vm_class()(remote.load_executable(program) if remote is not None else program, remote.device if remote is not None else tvm.cpu())
 
 
 def time_side_by_side(programs: Sequence[tuple[Any, Sequence[np.ndarray]]], *, number: int = 10, rounds: int = 5, function: str = "main") -> list[float]:
@@ -397,13 +394,12 @@ def time_side_by_side(programs: Sequence[tuple[Any, Sequence[np.ndarray]]], *, n
     slower than its fp32 kernel in one compile of two (0.50 ms against 0.27 in the other) and
     shipped in fp32, 0.3 ms more per inference."""
     import tvm
-    from tvm import relax
 
     remote = current_remote()
     device = remote.device if remote is not None else tvm.cpu()
     runs = []
     for program, arrays in programs:
-        vm = program if isinstance(program, relax.VirtualMachine) else load_program(program)
+        vm = program if isinstance(program, _vm_class()) else load_program(program)
         args = [tvm.runtime.tensor(a, device) for a in arrays]
         vm[function](*args)
         runs.append((vm, args))
@@ -444,6 +440,36 @@ def require_compiler(cxx: str) -> None:
     if shutil.which(cxx) is None:
         hint = "run 'make arm-env' or install Debian's g++-aarch64-linux-gnu" if "aarch64" in cxx else f"install {cxx}"
         raise _error(f"the C++ cross compiler '{cxx}' that links this target's library is not installed; {hint}")
+
+
+def _vm_class() -> type:
+    """Relax's virtual machine, from TVM's runtime package: the same class as
+    ``tvm.relax.VirtualMachine``, which TVM's runtime alone cannot import (``TVM_USE_RUNTIME_LIB=1``,
+    or a wheel without ``libtvm_compiler``: what a GPU server or a board deploys)."""
+    from tvm.runtime.vm import VirtualMachine
+
+    return VirtualMachine
+
+
+def _runtime_backend(kind: str) -> str | None:
+    """Load the device runtime a ``kind`` artifact needs; why it could not be loaded, or None. A
+    full ``import tvm`` loads ``libtvm_runtime_cuda`` itself (its backend hooks) where the CUDA
+    driver is present; TVM's runtime alone does not, and its loader then refuses the library ("a
+    loader of that name is not registered"). Loaded here for CUDA artifacts when missing."""
+    if kind != "cuda":
+        return None
+    from tvm.base import _LOADED_LIBS
+
+    if "tvm_runtime_cuda" in _LOADED_LIBS:
+        return None
+    from tvm_ffi.libinfo import load_lib_ctypes
+
+    try:
+        _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(package="tvm", target_name="tvm_runtime_cuda", extra_lib_paths=[Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent],
+                                                           mode="RTLD_LOCAL")  # fmt: skip
+    except (OSError, RuntimeError) as e:
+        return str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+    return None
 
 
 def _error(message: str) -> Exception:
@@ -549,10 +575,14 @@ def load(path: str | os.PathLike, *, num_threads: int | None = None, remote: Rem
         model._library_file = root / ARTIFACT_LIB
         model.vm  # uploaded and loaded now: a library the device refuses is refused here
         return model
+    backend_missing = _runtime_backend(meta["target"]["kind"])
     try:
         with quiet_native_stderr():
             library = tvm.runtime.load_module(str(root / ARTIFACT_LIB))
     except Exception as e:
+        if backend_missing is not None:  # the reason, not TVM's "no loader registered"
+            raise _error(f"{root / ARTIFACT_LIB}: cannot load: TVM's {meta['target']['kind'].upper()} runtime did not load ({backend_missing}); "
+                         "run it on a machine with the device and its driver") from e  # fmt: skip
         raise _error(f"{root / ARTIFACT_LIB}: cannot load ({str(e).strip().splitlines()[-1][:200]}); was it built for this machine? target: {json.dumps(meta['target'])}") from e
     if num_threads:
         set_num_threads(num_threads)
