@@ -253,6 +253,27 @@ def test_cuda_artifact_holds_machine_code_compiled_ahead_of_time(tmp_path, cnn_m
     assert sorted(set(_fatbin_entries((other / "model.so").read_bytes()))) == [("elf", 80), ("ptx", 80)]
 
 
+@pytest.mark.parametrize(("m", "n", "k", "dlight_blocks", "ours"), [(49, 512, 4608, 16, 64), (3136, 128, 576, 196, None)])
+def test_cuda_matmul_with_few_blocks_gets_smaller_tiles(m, n, k, dlight_blocks, ours):
+    """ResNet-18's last convolutions as GEMMs (49 x 512 outputs, K = 4608): dlight's CUDA rule
+    tiles them into 16 thread blocks (an H200 has 132 multiprocessors); graphpress's rule gives
+    the same GEMM 4x the blocks, and leaves a GEMM with enough blocks to dlight (None)."""
+    import tvm
+    from tvm import te
+    from tvm.s_tir import dlight as dl
+
+    from graphpress.backends.tvm.cuda import _thread_blocks, small_grid_matmul
+
+    a, b = te.placeholder((m, k), name="A"), te.placeholder((n, k), name="B")
+    r = te.reduce_axis((0, k), name="k")
+    func = te.create_prim_func([a, b, te.compute((m, n), lambda i, j: te.sum(a[i, r] * b[j, r], axis=r), name="C")])
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"})
+    with target:
+        assert _thread_blocks(dl.gpu.Matmul().apply(func, target, False)) == dlight_blocks
+        small = small_grid_matmul().apply(func, target, False)
+    assert (None if small is None else _thread_blocks(small)) == ours
+
+
 def test_an_artifact_runs_with_tvm_runtime_alone(tmp_path, cnn_model):
     """What a server deploys: TVM's runtime without its compiler (``TVM_USE_RUNTIME_LIB=1``) and
     no graphpress API but the standalone runner. An x86 artifact gives what it gives in this

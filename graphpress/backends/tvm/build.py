@@ -421,10 +421,11 @@ def compile_executable(mod, spec: TargetSpec):
     if spec.is_cpu:
         return relax.build(mod, spec.tvm_target(), exec_mode="compiled", tir_pipeline=cpu_tir_pipeline())
     if spec.kind == "cuda":  # kernels compiled here by nvcc, not CUDA source compiled where it loads
-        from graphpress.backends.tvm.cuda import ahead_of_time
+        from graphpress.backends.tvm.cuda import ahead_of_time, relax_pipeline
 
+        target = tvm.target.Target(spec.tvm_target())
         with ahead_of_time(str(spec.config.get("arch") or _cuda_arch())):
-            return tvm.compile(mod, target=spec.tvm_target())
+            return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target))
     return tvm.compile(mod, target=spec.tvm_target())
 
 
