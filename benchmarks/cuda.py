@@ -172,6 +172,17 @@ def _torch_module(name: str, entry: dict, directory: Path):
     return module
 
 
+def _cpu_model() -> str:
+    """The host CPU's model name (it launches every kernel: batch-1 latency depends on it too)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _agreement(out: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     o, r = out.astype(np.float64).ravel(), ref.astype(np.float64).ravel()
     return {"rel_l2": float(np.linalg.norm(o - r) / np.linalg.norm(r)), "cosine": float(o @ r / (np.linalg.norm(o) * np.linalg.norm(r))), "max_abs": float(np.abs(o - r).max()),
@@ -209,7 +220,7 @@ def run(directory: Path, blocks: int, json_path: Path | None) -> None:
     on_gpu = manifest["target"].startswith("cuda")
     props = torch.cuda.get_device_properties(0) if on_gpu else None
     machine = {"gpu": props.name if on_gpu else "none (a CPU dry run)", "sms": props.multi_processor_count if on_gpu else 0, "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-               "tvm": tvm.__version__, "tvm_runtime_only": bool(getattr(tvm, "_RUNTIME_ONLY", False)), "cpu": platform.processor() or platform.machine(), "python": platform.python_version()}  # fmt: skip
+               "tvm": tvm.__version__, "tvm_runtime_only": bool(getattr(tvm, "_RUNTIME_ONLY", False)), "cpu": _cpu_model(), "python": platform.python_version()}  # fmt: skip
     print("machine:", json.dumps(machine), flush=True)
     torch.backends.cudnn.benchmark = True
     results: dict = {"machine": machine, "models": {}}
