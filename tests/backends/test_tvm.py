@@ -251,6 +251,11 @@ def test_cuda_artifact_holds_machine_code_compiled_ahead_of_time(tmp_path, cnn_m
     assert json.loads((art / "graphpress.json").read_text())["target"] == {"kind": "cuda", "arch": "sm_90"}
     other = gtvm.compile_model(cnn_model, "cuda:sm_80").save(tmp_path / "cnn.sm80")
     assert sorted(set(_fatbin_entries((other / "model.so").read_bytes()))) == [("elf", 80), ("ptx", 80)]
+    import ctypes.util
+
+    if ctypes.util.find_library("cuda") is None:  # no GPU driver here: calling it says so, in one line
+        with pytest.raises(gp.GraphpressError, match="runs on a CUDA GPU and TVM finds none usable here"):
+            compiled(np.zeros((1, 3, 16, 16), np.float32))
 
 
 @pytest.mark.parametrize(("m", "n", "k", "dlight_blocks", "ours"), [(49, 512, 4608, 16, 64), (3136, 128, 576, 196, None)])

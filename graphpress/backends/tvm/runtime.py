@@ -204,6 +204,9 @@ class CompiledModel:
     @property
     def vm(self):
         if self._vm is None:
+            if self.remote is None and self.meta["target"]["kind"] == "cuda" and not _usable(self._local_device):
+                raise _error("this artifact runs on a CUDA GPU and TVM finds none usable here (no device, or no NVIDIA driver); "
+                             "run it on a machine with the GPU and its driver")  # fmt: skip
             program = self._library if self._library is not None else self._executable
             if self.remote is not None and self._library is None:  # uploaded now (again after release)
                 program = self._library = (self.remote.load_executable(self._executable) if self._executable is not None
@@ -270,10 +273,10 @@ class CompiledModel:
         import tvm
 
         local_cpu = self.remote is None and self._local_device.dlpack_device_type() == 1
+        vm = self.vm  # first: it says so when the device is not usable here, before inputs go there
         inputs = self._staged(args, kwargs) if local_cpu else None
         if inputs is None:
             inputs = [_cpu_view(a) if local_cpu else tvm.runtime.tensor(a, self.device) for a in self._arrays(args, kwargs)]
-        vm = self.vm
         if self._main is None or self._main[0] is not vm:  # looked up once: 13 us a call on a small model's 22
             self._main = (vm, vm["main"])
         return _flatten(self._main[1](*inputs), local_cpu)
@@ -328,8 +331,8 @@ class CompiledModel:
         """Median/mean/min latency in milliseconds of ``repeat`` runs after ``warmup`` runs."""
         import tvm
 
-        inputs = [tvm.runtime.tensor(a, self.device) for a in self._arrays(args, kwargs)]
         fn = self.vm["main"]
+        inputs = [tvm.runtime.tensor(a, self.device) for a in self._arrays(args, kwargs)]
         for _ in range(warmup):
             fn(*inputs)
         times = vm_timings(self.vm, self.device, inputs, number=1, repeat=repeat)
@@ -440,6 +443,15 @@ def require_compiler(cxx: str) -> None:
     if shutil.which(cxx) is None:
         hint = "run 'make arm-env' or install Debian's g++-aarch64-linux-gnu" if "aarch64" in cxx else f"install {cxx}"
         raise _error(f"the C++ cross compiler '{cxx}' that links this target's library is not installed; {hint}")
+
+
+def _usable(device) -> bool:
+    """Whether TVM can run on ``device`` here (its query raises where CUDA's runtime finds no
+    driver, or only the stub a GPU-less build loads)."""
+    try:
+        return bool(device.exist)
+    except Exception:
+        return False
 
 
 def _vm_class() -> type:
