@@ -14,6 +14,10 @@ against a stub of the driver's entry points where the driver is absent (built he
 compiler; building only creates modules, it never calls the driver), and compiles the source
 with ``nvcc`` into a fatbin for the target's architecture (its machine code, and its PTX for
 newer GPUs). The artifact then loads with TVM's runtime and the driver alone.
+
+:func:`relax_pipeline` is TVM's CUDA pipeline with one schedule rule before dlight's:
+:func:`small_grid_matmul`, smaller tiles for a GEMM that dlight's would launch as too few
+thread blocks to fill the GPU.
 """
 
 from __future__ import annotations
@@ -30,27 +34,23 @@ from pathlib import Path
 
 from graphpress.errors import GraphpressError
 
-__all__ = ["ahead_of_time"]
+__all__ = ["MIN_BLOCKS", "ahead_of_time", "relax_pipeline", "small_grid_matmul"]
 
 #: the driver entry points TVM 0.27's CUDA runtime links against (more are added as the loader
 #: names them: :func:`_driver_stub`)
 DRIVER_ENTRY_POINTS = ("cuDeviceGetName", "cuFuncSetAttribute", "cuGetErrorName", "cuGetErrorString", "cuLaunchKernelEx", "cuModuleGetFunction", "cuModuleLoadData",
                        "cuModuleUnload", "cuTensorMapEncodeTiled")  # fmt: skip
 
-_stub_dir: Path | None = None
-
-
 def _driver_stub(names: tuple[str, ...]) -> Path:
     """A ``libcuda.so.1`` whose entry points all return CUDA_ERROR_STUB_LIBRARY (34), built with
     the C compiler into a directory of this process."""
-    global _stub_dir
     cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
     if cc is None:
         raise GraphpressError("target cuda: no C compiler (cc, gcc or clang) to build against TVM's CUDA runtime on this machine without a GPU driver; install one")
-    _stub_dir = Path(tempfile.mkdtemp(prefix="graphpress-cuda-stub-"))
-    source = _stub_dir / "stub.c"
+    directory = Path(tempfile.mkdtemp(prefix="graphpress-cuda-stub-"))
+    source = directory / "stub.c"
     source.write_text("".join(f"int {n}(void) {{ return 34; }}\n" for n in names))
-    library = _stub_dir / "libcuda.so.1"
+    library = directory / "libcuda.so.1"
     subprocess.run([cc, "-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o", str(library), str(source)], check=True, capture_output=True)
     return library
 
@@ -77,7 +77,7 @@ def _load_cuda_runtime() -> None:
             raise GraphpressError(f"target cuda: TVM's CUDA runtime does not load ({str(e).strip()[:200]})") from e
     names = DRIVER_ENTRY_POINTS
     for _ in range(64):  # the dynamic loader names one missing entry point at a time
-        stub = ctypes.CDLL(str(_driver_stub(names)), mode=ctypes.RTLD_GLOBAL)
+        ctypes.CDLL(str(_driver_stub(names)), mode=ctypes.RTLD_GLOBAL)  # the soname TVM's runtime asks for, loaded first
         try:
             load()
             return
@@ -86,7 +86,6 @@ def _load_cuda_runtime() -> None:
             if missing is None or missing.group(1) in names:
                 raise GraphpressError(f"target cuda: TVM's CUDA runtime does not load against a driver stub ({str(e).strip()[:200]})") from e
             names = (*names, missing.group(1))
-            del stub
     raise GraphpressError("target cuda: TVM's CUDA runtime needs more driver entry points than a stub can give")
 
 
@@ -118,10 +117,9 @@ def ahead_of_time(arch: str):
             tvm_ffi.register_global_func("tvm_callback_cuda_compile", previous, override=True)
 
 
-
 #: a matmul-like kernel (a convolution as a GEMM too) that dlight's CUDA tiles (32 x 64 outputs a
 #: block) would launch as fewer thread blocks than this is scheduled with smaller tiles
-#: (:class:`SmallGridMatmul`)
+#: (:func:`small_grid_matmul`)
 MIN_BLOCKS = 128
 
 
@@ -180,7 +178,10 @@ def relax_pipeline(target, matmul_rule=None):
     from tvm.s_tir import dlight as dl
 
     legalize = cuda.legalize_passes(target)
-    legalize[-1] = dl.ApplyDefaultSchedule(matmul_rule or small_grid_matmul(), dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback())
+    at = next((i for i, p in enumerate(legalize) if type(p).__name__ == "ApplyDefaultSchedule"), None)
+    if at is None:  # a TVM whose CUDA pipeline changed: its own schedules, as they are
+        return "default"
+    legalize[at] = dl.ApplyDefaultSchedule(matmul_rule or small_grid_matmul(), dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback())
 
     @tvm.transform.module_pass(opt_level=0)
     def pipeline(mod, _ctx):
