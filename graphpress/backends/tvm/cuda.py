@@ -56,36 +56,29 @@ def _driver_stub(names: tuple[str, ...]) -> Path:
 
 
 def _load_cuda_runtime() -> None:
-    """TVM's CUDA runtime loaded (its module factory registered), against a driver stub where
-    the driver is absent."""
+    """TVM's CUDA runtime loaded (its module factory registered; ``runtime._runtime_backend``),
+    against a driver stub where the driver is absent."""
     import tvm_ffi
-    from tvm.base import _LOADED_LIBS
-    from tvm_ffi.libinfo import load_lib_ctypes
+
+    from graphpress.backends.tvm.runtime import _runtime_backend
 
     if tvm_ffi.get_global_func("ffi.Module.create.cuda", allow_missing=True) is not None:
         return
-    runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
-
-    def load():
-        _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(package="tvm", target_name="tvm_runtime_cuda", extra_lib_paths=[runtime_dir], mode="RTLD_LOCAL")
-
-    try:
-        load()
+    error = _runtime_backend("cuda")
+    if error is None:
         return
-    except (OSError, RuntimeError) as e:
-        if "libcuda.so.1" not in str(e):
-            raise GraphpressError(f"target cuda: TVM's CUDA runtime does not load ({str(e).strip()[:200]})") from e
+    if "libcuda.so.1" not in error:
+        raise GraphpressError(f"target cuda: TVM's CUDA runtime does not load ({error})")
     names = DRIVER_ENTRY_POINTS
     for _ in range(64):  # the dynamic loader names one missing entry point at a time
         ctypes.CDLL(str(_driver_stub(names)), mode=ctypes.RTLD_GLOBAL)  # the soname TVM's runtime asks for, loaded first
-        try:
-            load()
+        error = _runtime_backend("cuda")
+        if error is None:
             return
-        except (OSError, RuntimeError) as e:
-            missing = re.search(r"undefined symbol: (\w+)", str(e))
-            if missing is None or missing.group(1) in names:
-                raise GraphpressError(f"target cuda: TVM's CUDA runtime does not load against a driver stub ({str(e).strip()[:200]})") from e
-            names = (*names, missing.group(1))
+        missing = re.search(r"undefined symbol: (\w+)", error)
+        if missing is None or missing.group(1) in names:
+            raise GraphpressError(f"target cuda: TVM's CUDA runtime does not load against a driver stub ({error})")
+        names = (*names, missing.group(1))
     raise GraphpressError("target cuda: TVM's CUDA runtime needs more driver entry points than a stub can give")
 
 
