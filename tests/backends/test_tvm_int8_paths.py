@@ -188,6 +188,56 @@ def test_an_avx2_convolution_of_quad_fitting_weights_is_exact(c):
     assert node["kernel"] == ("AVX2 u8s8 quads" if c == 16 else "AVX2 u8s8") + " kernel, unfolded in place", node
 
 
+@pytest.mark.parametrize(
+    "x_shape,oc,pads",
+    [
+        ((1, 32, 9, 11), 20, [1, 1, 1, 1]),  # 5 x 6 tiles, the last row and column overhanging; 20 output channels padded to 24
+        ((1, 16, 8, 7), 24, [1, 0, 1, 2]),  # asymmetric padding: 8 x 8 outputs from a 8 x 7 map
+        ((1, 512, 7, 7), 16, [1, 1, 1, 1]),  # the most channels it takes: 512 products of 1020 x 1152 at most
+    ],
+)
+def test_an_avx2_3x3_convolution_runs_as_an_exact_integer_winograd(x_shape, oc, pads):
+    """A 3x3 stride-1 ConvInteger on the AVX2 path (8-bit weights at their extremes, a zero
+    point): input transform, 16 int16 products on vpmaddwd and output transform, in the NHWC
+    build, bit for bit a numpy convolution."""
+    _skip_unless_host_runs("avx2")
+    rng = np.random.default_rng(13)
+    x = rng.choice(np.array([0, 255, 254, 1], np.uint8), x_shape)
+    w = rng.choice(np.array([-128, 127, -127, 0], np.int8), (oc, x_shape[1], 3, 3))
+    proto = make_model(
+        [helper.make_node("ConvInteger", ["x", "W", "zx"], ["y"], pads=pads, name="ci")],
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, list(x.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, None)],
+        [tensor("W", w), tensor("zx", np.array(3, np.uint8))],
+    )
+    compiled = compile_model(gp.load(proto), "x86:avx2", int8="on", int8_guard=False, measure=False)
+    build = compiled.meta["build"]
+    assert build["conv_layout"] == "NHWC", build["conv_layout"]
+    assert build["int8"]["nodes"][0]["kernel"].startswith("Winograd F(2,3)"), build["int8"]["nodes"]
+    asm = compiled._executable.mod.imports[0].inspect_source("asm")
+    assert "winograd_int_input" in asm and "graphpress_avx2i16_dense_16x" in asm
+    assert build["int8"]["instructions"]["ymm vpmaddwd"] > 0
+    np.testing.assert_array_equal(compiled.run_named(x=x)["y"], _conv_reference(x, w, 3, pads, [1, 1]))
+
+
+def test_integer_winograd_takes_only_what_it_computes_exactly_and_faster():
+    """F(2,3) is for AVX2's 3x3 stride-1 convolutions with 16 to 512 channels in (more: the
+    int32 sums could overflow), an even number of them, and 16 tiles or more."""
+    from graphpress.backends.tvm.int8.conv_layout import conv_geometry
+    from graphpress.backends.tvm.int8.isa import AVX2_U8S8_QUADS
+    from graphpress.backends.tvm.int8.winograd import applies, weight_transform
+
+    def geometry(c, hw, isa=AVX2, k=3, stride=1, oc=64):
+        return conv_geometry((1, c, hw, hw), (oc, c, k, k), {"pads": [k // 2] * 4, "strides": [stride] * 2}, isa)
+
+    assert applies(geometry(64, 56)) and applies(geometry(512, 7)) and applies(geometry(64, 56, AVX2_U8S8_QUADS))
+    assert not applies(geometry(64, 56, VNNI)) and not applies(geometry(64, 56, AVX_VNNI))  # a dot product of 4 bytes: no gain
+    assert not applies(geometry(514, 7)) and not applies(geometry(63, 56)) and not applies(geometry(8, 56))
+    assert not applies(geometry(64, 56, stride=2)) and not applies(geometry(64, 56, k=1)) and not applies(geometry(64, 6))
+    w = np.full((4, 3, 3, 3), -128, np.int8)
+    assert np.abs(weight_transform(w)).max() == 9 * 128 and weight_transform(w).dtype == np.int16
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_a_quantized_depthwise_convolution_reads_its_uint8_input(stride):
     """pointwise -> depthwise -> pointwise, quantized static: the depthwise layer (float weights,

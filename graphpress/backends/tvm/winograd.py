@@ -112,19 +112,23 @@ def _select(index, leaves):
     return expr
 
 
-def _weighted_sum(terms):
+def _weighted_sum(terms, dtype: str = "float32"):
+    """``sum(coef * value)``; an integer ``dtype`` takes coefficients of +-1 only (F(2,3)'s)."""
     import tvm
 
     expr = None
     for coef, value in terms:
-        term = value if coef == 1 else (-value if coef == -1 else value * tvm.tirx.const(float(coef), "float32"))
+        term = value if coef == 1 else (-value if coef == -1 else value * tvm.tirx.const(float(coef), dtype))
         expr = term if expr is None else expr + term
-    return expr if expr is not None else tvm.tirx.const(0.0, "float32")
+    return expr if expr is not None else tvm.tirx.const(0, dtype)
 
 
-def input_transform(shape: tuple[int, int, int, int], m: int, pads: tuple[int, int]):
+def input_transform(shape: tuple[int, int, int, int], m: int, pads: tuple[int, int], dtypes: tuple[str, str] = ("float32", "float32"),
+                    out_hw: tuple[int, int] | None = None, tile_multiple: int = 1):  # fmt: skip
     """The kernel from ``x`` (n, h, w, c) to ``V`` (alpha^2, n * th * tw, c), the tiles'
-    ``B^T d B``: one block per tile and channel that writes all ``alpha^2`` positions, each an
+    ``B^T d B`` (``dtypes``: of ``x`` and of ``V``, which each value of ``x`` is cast to first;
+    ``out_hw``: the convolution's output size, when its padding is not the same on both sides;
+    ``tile_multiple``: the tiles padded to a multiple of it, the padding tiles zero): one block per tile and channel that writes all ``alpha^2`` positions, each an
     expression of its own. Not a loop over the positions selecting among their expressions, as
     the output transform is: TVM lowered F(4,3)'s select among 36 expressions, unrolled 36 times,
     in 58 s. The ``B^T d`` row sums recur in every position that uses them; LLVM computes each
@@ -138,15 +142,19 @@ def input_transform(shape: tuple[int, int, int, int], m: int, pads: tuple[int, i
     alpha = m + 2
     n, h, w, c = shape
     top, left = pads
-    th, tw = -(-(h + 2 * top - 2) // m), -(-(w + 2 * left - 2) // m)  # the last tiles may overhang
-    zero = tvm.tirx.const(0.0, "float32")
+    oh, ow = out_hw if out_hw is not None else (h + 2 * top - 2, w + 2 * left - 2)
+    th, tw = -(-oh // m), -(-ow // m)  # the last tiles may overhang
+    tiles = n * th * tw
+    padded = -(-tiles // tile_multiple) * tile_multiple
+    in_dtype, dtype = dtypes
+    zero = tvm.tirx.const(0, dtype)
     with IRBuilder() as builder:
         with T.prim_func(private=True, s_tir=True):
             T.func_name("winograd_input")
-            x = T.arg("x", T.buffer((n, h, w, c), "float32"))
-            v = T.arg("v", T.buffer((alpha * alpha, n * th * tw, c), "float32"))
+            x = T.arg("x", T.buffer((n, h, w, c), in_dtype))
+            v = T.arg("v", T.buffer((alpha * alpha, padded, c), dtype))
             T.func_attr({"tirx.noalias": True})
-            with T.grid(n * th * tw, c) as (tile, channel):
+            with T.grid(padded, c) as (tile, channel):
                 with T.sblock("winograd_input"):
                     p, ch = T.axis.remap("SS", [tile, channel])
                     T.reads(x[0:n, 0:h, 0:w, ch])
@@ -155,18 +163,22 @@ def input_transform(shape: tuple[int, int, int, int], m: int, pads: tuple[int, i
                     bn, y0, x0 = p // (th * tw), p % (th * tw) // tw * m - top, p % tw * m - left
 
                     def d(u, col):
-                        inside = tvm.tirx.all(y0 + u >= 0, y0 + u < h, x0 + col >= 0, x0 + col < w)
-                        return tvm.tirx.if_then_else(inside, x[bn, y0 + u, x0 + col, ch], zero)
+                        inside = tvm.tirx.all(y0 + u >= 0, y0 + u < h, x0 + col >= 0, x0 + col < w, *([p < tiles] if padded != tiles else []))
+                        value = x[bn, y0 + u, x0 + col, ch]
+                        return tvm.tirx.if_then_else(inside, value if in_dtype == dtype else value.astype(dtype), zero)
 
-                    rows = [[_weighted_sum([(b[u, e1], d(u, col)) for u in range(alpha) if b[u, e1] != 0]) for col in range(alpha)] for e1 in range(alpha)]
+                    rows = [[_weighted_sum([(b[u, e1], d(u, col)) for u in range(alpha) if b[u, e1] != 0], dtype) for col in range(alpha)] for e1 in range(alpha)]
                     for e1 in range(alpha):
                         for e2 in range(alpha):
-                            T.buffer_store(v, _weighted_sum([(b[col, e2], rows[e1][col]) for col in range(alpha) if b[col, e2] != 0]), [e1 * alpha + e2, p, ch])
+                            T.buffer_store(v, _weighted_sum([(b[col, e2], rows[e1][col]) for col in range(alpha) if b[col, e2] != 0], dtype), [e1 * alpha + e2, p, ch])
     return builder.get()
 
 
-def output_transform(prod, m: int, shape: tuple[int, int, int, int]):
-    """TE: the products ``M`` (alpha^2, tiles, k) to ``Y`` (n, oh, ow, k), the tiles' ``A^T M A``."""
+def output_transform(prod, m: int, shape: tuple[int, int, int, int], shift: int = 0):
+    """TE: the products ``M`` (alpha^2, tiles, k) to ``Y`` (n, oh, ow, k), the tiles' ``A^T M A``
+    (of ``prod``'s dtype; ``shift``: an integer ``Y`` shifted right by that many bits, exact
+    where the weights were scaled by ``2^shift``)."""
+    import tvm
     from tvm import te
 
     a, _, _ = _matrices(m)
@@ -176,8 +188,11 @@ def output_transform(prod, m: int, shape: tuple[int, int, int, int]):
 
     def compute(bn, y, x, ch):
         p = (bn * th + y // m) * tw + x // m
-        rows = [[_weighted_sum([(a[e1, r], prod[e1 * alpha + e2, p, ch]) for e1 in range(alpha) if a[e1, r] != 0]) for e2 in range(alpha)] for r in range(m)]
-        leaves = [_weighted_sum([(a[e2, s], rows[r][e2]) for e2 in range(alpha) if a[e2, s] != 0]) for r in range(m) for s in range(m)]
+        dtype = prod.dtype
+        rows = [[_weighted_sum([(a[e1, r], prod[e1 * alpha + e2, p, ch]) for e1 in range(alpha) if a[e1, r] != 0], dtype) for e2 in range(alpha)] for r in range(m)]
+        leaves = [_weighted_sum([(a[e2, s], rows[r][e2]) for e2 in range(alpha) if a[e2, s] != 0], dtype) for r in range(m) for s in range(m)]
+        if shift:
+            leaves = [tvm.tirx.shift_right(leaf, tvm.tirx.const(shift, dtype)) for leaf in leaves]
         return _select((y % m) * m + x % m, leaves)
 
     return te.compute(_int64((n, oh, ow, k)), compute, name="winograd_output", attrs={TILE_ATTR: m})
@@ -236,14 +251,14 @@ def winograd_convs(record: list | None = None):
     return call_rewrite_pass(["relax.nn.conv2d"], rewrite, "WinogradConvs")
 
 
-def _call_te(bb, compute, arg, shape, params, name: str, pattern: int):
+def _call_te(bb, compute, arg, shape, params, name: str, pattern: int, dtype: str = "float32"):
     """A call of ``compute(placeholder, *params)`` as a kernel of its own on ``arg``, with the
     ``op_pattern`` FuseOps is to see (AnnotateTIROpPattern keeps a given one). Not bound: the
     rewrite's result is bound to the convolution's variable itself (FuseOps fuses nothing
     across a variable bound to a variable)."""
     from tvm import relax, te
 
-    placeholder = te.placeholder(_int64(shape), "float32", "x")
+    placeholder = te.placeholder(_int64(shape), dtype, "x")
     out = compute(placeholder, *params)
     func = te.create_prim_func([placeholder, out]).without_attr("global_symbol").with_attr("op_pattern", pattern)
-    return relax.call_tir(bb.add_func(func, name), [arg], relax.TensorType([int(d) for d in out.shape], "float32"))
+    return relax.call_tir(bb.add_func(func, name), [arg], relax.TensorType([int(d) for d in out.shape], dtype))

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from graphpress.backends.tvm.int8 import winograd
 from graphpress.backends.tvm.int8.dot import cached, padded_shape
 from graphpress.backends.tvm.int8.isa import Isa
 from graphpress.passes.int16_sums import row_run
@@ -93,6 +94,8 @@ def implicit(g: dict[str, Any]) -> bool:
 def kernel_label(g: dict[str, Any]) -> str:
     """How the convolution of geometry ``g`` runs, for the report."""
     label = g["isa"].label
+    if winograd.applies(g):
+        return f"Winograd F(2,3), int16 products on vpmaddwd ({label} layers)"
     if pointwise(g):
         return f"{label} kernel (pointwise)"
     return f"{label} kernel, unfolded in place" if implicit(g) else f"im2col + {label} kernel"

@@ -142,7 +142,7 @@ def _micro_tile(m: int, blocks: int, accumulators: int, registers: int | None = 
 def dot_dense_kernel(
     m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, prefix: str, depth: int = 4, b_dtype: str = "int8", accumulators: int = 16,
     widen_a: bool = False, conv: dict[str, Any] | None = None, out_shape: tuple[int, ...] | None = None, registers: int | None = None, max_rows: int = 4,
-    halves: int = 1,
+    halves: int = 1, batch: int = 0,
 ):
     """Scheduled TIR ``C[m, n] (int32) = A[m, k] (a_dtype) · B^T`` with ``B`` packed
     ``[n/lanes, k/depth, lanes, depth]`` (``b_dtype``) and ``intrin`` (``lanes`` int32 outputs x
@@ -166,6 +166,11 @@ def dot_dense_kernel(
     (:func:`register_dot_intrinsic`), ``B`` packed ``[n/lanes, k/depth, halves, lanes,
     depth/halves]``, the same bytes as the ``depth/halves`` layout.
 
+    ``batch``: ``batch`` independent products in one kernel, ``C[batch, m, n] = A[batch, m, k] ·
+    B[batch]^T`` (``B`` packed ``[batch, n/lanes, k/depth, lanes, depth]``; not with ``conv``,
+    ``out_shape``, ``widen_a`` or ``halves``), the products' column panels over the cores
+    together (a Winograd convolution's 16, :mod:`.winograd`).
+
     ``out_shape``: the kernel writes ``out[..., j] = C[row, j] - corr[j]`` of that shape instead
     (its leading dims flattened are the rows, its last at most ``n`` columns; ``corr`` an int32
     ``[n]`` third argument), and is returned *unscheduled*, fusable (``op_pattern`` 4) and
@@ -173,9 +178,11 @@ def dot_dense_kernel(
     output is already the next layer's layout) and :func:`schedule_dot_kernels` schedules the
     fused kernel, the write-back computed on each micro-tile while it is in registers and L1."""
     geometry = None if conv is None else tuple(conv[f] for f in _CONV_FIELDS)
-    key = (prefix, m, n, k, depth, b_dtype, accumulators, registers, max_rows, widen_a, geometry, None if out_shape is None else tuple(out_shape), halves)
+    if batch and (conv is not None or out_shape is not None or widen_a or halves != 1):
+        raise ValueError("a batched dot kernel reads a plain A, writes C and takes B whole")
+    key = (prefix, m, n, k, depth, b_dtype, accumulators, registers, max_rows, widen_a, geometry, None if out_shape is None else tuple(out_shape), halves, batch)
     tile = (accumulators, registers, max_rows)
-    return cached(key, lambda: _dot_dense(m, n, k, a_dtype, lanes, intrin, prefix, depth, b_dtype, tile, widen_a, conv, out_shape, halves))
+    return cached(key, lambda: _dot_dense(m, n, k, a_dtype, lanes, intrin, prefix, depth, b_dtype, tile, widen_a, conv, out_shape, halves, batch))
 
 
 #: a fused kernel whose int8 weight is at most half this many bytes runs rows outermost (about
@@ -199,7 +206,7 @@ _DOT_BLOCKS: dict[str, dict[str, Any]] = {}
 
 
 def _dot_dense(m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, prefix: str, depth: int, b_dtype: str, tile: tuple, widen_a: bool,
-               conv: dict[str, Any] | None, out_shape: tuple[int, ...] | None, halves: int = 1):  # fmt: skip
+               conv: dict[str, Any] | None, out_shape: tuple[int, ...] | None, halves: int = 1, batch: int = 0):  # fmt: skip
     import tvm
     from tvm import te
 
@@ -208,9 +215,10 @@ def _dot_dense(m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, pr
     def dims(*extents):  # a fusable kernel's buffers in the int64 shapes of Relax's (FuseTIR matches them by type)
         return tuple(tvm.tirx.IntImm("int64", e) for e in extents) if out_shape is not None else extents
 
+    lead = (batch,) if batch else ()
     if conv is None:
-        a = te.placeholder(dims(m, k), a_dtype, name="A")
-        name = f"graphpress_{prefix}_dense_{m}x{n}x{k}"
+        a = te.placeholder(dims(*lead, m, k), a_dtype, name="A")
+        name = f"graphpress_{prefix}_dense_{f'{batch}x' if batch else ''}{m}x{n}x{k}"
     else:
         g = conv
         a = te.placeholder(dims(*padded_shape(g)), a_dtype, name="XP")
@@ -218,7 +226,7 @@ def _dot_dense(m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, pr
         name = f"graphpress_{prefix}_conv_{m}x{n}x{k}_in{g['hp']}x{g['wp']}_k{g['kh']}x{g['kw']}_s{sh}x{sw}_d{dh}x{dw}"
     sub = depth // halves
     if halves == 1:
-        b = te.placeholder(dims(n // lanes, k // depth, lanes, depth), b_dtype, name="B")
+        b = te.placeholder(dims(*lead, n // lanes, k // depth, lanes, depth), b_dtype, name="B")
     else:  # the same bytes as [n/lanes, k/sub, lanes, sub]: each step takes `halves` consecutive blocks
         b = te.placeholder(dims(n // lanes, k // depth, halves, lanes, sub), b_dtype, name="B")
 
@@ -239,10 +247,14 @@ def _dot_dense(m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, pr
         return a_wide[q // (g["oh"] * g["ow"]), y, x, kk % cp]
 
     r = te.reduce_axis(dims(0, k), name="k")
-    c = te.compute(dims(m, n), lambda i, j: te.sum(read(i, r).astype("int32") * weight(j, r).astype("int32"), axis=r), name=block)
+    if batch:
+        c = te.compute(dims(batch, m, n), lambda e, i, j: te.sum(a[e, i, r].astype("int32") * b[e, j // lanes, r // depth, j % lanes, r % depth].astype("int32"), axis=r),
+                       name=block)  # fmt: skip
+    else:
+        c = te.compute(dims(m, n), lambda i, j: te.sum(read(i, r).astype("int32") * weight(j, r).astype("int32"), axis=r), name=block)
     _DOT_BLOCKS[block] = {
         "m": m, "n": n, "k": k, "lanes": lanes, "depth": depth, "intrin": intrin, "tile": tile,
-        "widen": f"{block}_widen" if widen_a else None, "k_runs": None if conv is None else (g["kh"], g["rp"] // depth) if g["rp"] else (g["kh"], g["kw"], g["cp"] // depth),
+        "widen": f"{block}_widen" if widen_a else None, "batch": batch, "k_runs": None if conv is None else (g["kh"], g["rp"] // depth) if g["rp"] else (g["kh"], g["kw"], g["cp"] // depth),
     }  # fmt: skip
     if out_shape is None:
         sch = tvm.s_tir.Schedule(te.create_prim_func([a, b, c]))
@@ -275,7 +287,7 @@ def _schedule_dot(sch, block, p: dict[str, Any], at_tile: Callable[[Any], None] 
         extent = int(sch.get(wk).extent)
         sch.vectorize(sch.split(wk, [None, 16] if extent % 16 == 0 else [None, extent])[1])
     lanes, depth = p["lanes"], p["depth"]
-    i, j, kk = sch.get_loops(block)[-3:]
+    *outer, i, j, kk = sch.get_loops(block)
     rows, cols = _micro_tile(p["m"], p["n"] // lanes, *p["tile"])
     io, ii = sch.split(i, [None, rows])
     jo, ji = sch.split(j, [None, lanes])
@@ -293,6 +305,11 @@ def _schedule_dot(sch, block, p: dict[str, Any], at_tile: Callable[[Any], None] 
         sch.reorder(io, joo, *k_loops, ii, joi, ji, ki)
         sch.parallel(sch.split(io, [None, _per_iteration(p["m"] // rows)])[0])
         tile = joo
+    elif p.get("batch"):  # each product's column panels, all products' together over the cores
+        e = outer[-1]
+        sch.reorder(e, joo, io, *k_loops, ii, joi, ji, ki)
+        sch.parallel(sch.fuse(e, joo))
+        tile = io
     else:
         # column panels outermost (parallel): a panel of B (cols x lanes x K) stays in L1 while
         # every row block passes over it; 91.8 vs 121 us with rows outermost at 128x512x512 (VNNI)

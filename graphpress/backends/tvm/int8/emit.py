@@ -22,6 +22,7 @@ import contextlib
 import numpy as np
 
 from graphpress.backends.tvm.int8.conv_layout import conv_geometry, im2col_kernel, implicit, nhwc_pad_kernel, padded_shape, pointwise, to_nchw_kernel, unfolded_weight
+from graphpress.backends.tvm.int8 import winograd
 from graphpress.backends.tvm.int8.depthwise import depthwise_call, is_uint8_depthwise
 from graphpress.backends.tvm.int8.isa import Isa
 from graphpress.backends.tvm.layout import relax_module_pass
@@ -155,6 +156,8 @@ def _lower_conv(bb, call, w: np.ndarray, isa: Isa):
     nchw_shape = shape if layout == "NCHW" else [shape[0], shape[3], shape[1], shape[2]]
     conv_attrs = {"pads": [int(p) for p in attrs.padding], "strides": [int(v) for v in attrs.strides], "dilations": [int(v) for v in attrs.dilation]}
     g = conv_geometry(nchw_shape, w_oihw.shape, conv_attrs, isa, w_oihw)
+    if layout == "NHWC" and winograd.applies(g):
+        return winograd.emit_winograd(bb, x, w_oihw, g)
     isa = g["isa"]
     packed, colsum, npad = _pack(unfolded_weight(w_oihw, g["cp"], g["rp"]), isa)
     unpadded = not any(g["pads"]) and g["c"] == g["cp"] and not g["rp"]

@@ -73,6 +73,8 @@ class Isa:
             input): convolutions without im2col, the write-back fused with the requantization.
         rows: a convolution's output pixels are padded to a multiple of this (its kernel's
             micro-tile rows; AVX-VNNI's 6).
+        winograd: 3x3 stride-1 convolutions take the integer Winograd F(2,3) on ``vpmaddwd``
+            (:mod:`.winograd`; the AVX2 ISAs, whose products are their bound).
     """
 
     name: str
@@ -92,6 +94,7 @@ class Isa:
     implicit_conv: bool = False
     rows: int = 4
     halves: int = 1
+    winograd: bool = False
 
     def __repr__(self) -> str:
         return f"Isa({self.name})"
@@ -148,11 +151,11 @@ AVX_VNNI = Isa("avx_vnni", "AVX-VNNI", "uint8", 8, kernels_x86.avx_vnni_dense_ke
                implicit_conv=True, rows=6)  # fmt: skip
 _AVX2_COUNTERS = (_YMM_VPMADDWD, _YMM_VPMADDUBSW, _ZMM_VPDPBUSD)
 AVX2_U8S8_QUADS = Isa("avx2_u8s8_quads", "AVX2 u8s8 quads", "uint8", 8, kernels_x86.avx2_u8s8_quad_dense_kernel, _AVX2_COUNTERS, has_avx2, timed=True,
-                      depth=8, implicit_conv=True, halves=2)  # fmt: skip
+                      depth=8, implicit_conv=True, halves=2, winograd=True)  # fmt: skip
 AVX2_U8S8 = Isa("avx2_u8s8", "AVX2 u8s8", "uint8", 8, kernels_x86.avx2_u8s8_dense_kernel, _AVX2_COUNTERS, has_avx2, timed=True, implicit_conv=True,
-                narrow=AVX2_U8S8_QUADS, narrow_fits=kernels_x86.fits_u8s8_quads)  # fmt: skip
+                narrow=AVX2_U8S8_QUADS, narrow_fits=kernels_x86.fits_u8s8_quads, winograd=True)  # fmt: skip
 AVX2 = Isa("avx2", "AVX2", "uint8", 8, kernels_x86.avx2_dense_kernel, _AVX2_COUNTERS, has_avx2, timed=True, depth=2, weight="int16",
-           narrow=AVX2_U8S8, narrow_fits=kernels_x86.fits_u8s8_pairs, implicit_conv=True)  # fmt: skip
+           narrow=AVX2_U8S8, narrow_fits=kernels_x86.fits_u8s8_pairs, implicit_conv=True, winograd=True)  # fmt: skip
 _SDOT = Counter("sdot", "sdot", kernels_arm.sdot_count)
 SDOT = Isa("sdot", "SDOT", "int8", 4, kernels_arm.sdot_dense_kernel, (_SDOT,), has_dotprod, timed=False, implicit_conv=True)
 I8MM = Isa("i8mm", "I8MM", "uint8", 2, kernels_arm.i8mm_dense_kernel, (Counter("usmmla", "usmmla", kernels_arm.usmmla_count), _SDOT), has_i8mm,

@@ -31,7 +31,7 @@ from graphpress.backends.tvm.int8.dot import cached, dot_dense_kernel, register_
 from graphpress.passes.int16_sums import fits_int16_quads
 
 __all__ = [
-    "VNNI_INTRIN", "amx_dense_kernel", "amx_dot_product_count", "avx2_dense_kernel", "avx2_u8s8_dense_kernel", "avx2_u8s8_quad_dense_kernel",
+    "VNNI_INTRIN", "amx_dense_kernel", "amx_dot_product_count", "avx2_dense_kernel", "avx2_int16_batched_kernel", "avx2_u8s8_dense_kernel", "avx2_u8s8_quad_dense_kernel",
     "avx_vnni_dense_kernel", "fits_u8s8_pairs", "fits_u8s8_quads", "register_vnni_intrinsic", "vnni_dense_kernel", "ymm_vpdpbusd_count", "ymm_vpmaddubsw_count", "ymm_vpmaddwd_count",
     "zmm_vpdpbusd_count",
 ]  # fmt: skip
@@ -81,10 +81,20 @@ def avx2_dense_kernel(m: int, n: int, k: int, conv=None, out_shape=None):
     16 ymm registers (each product needs a register before it is added). 0.42 TOP/s at
     196x256x1152 on 2 Zen 5 cores; 0.26-0.37 with 12 accumulators, 0.29 widening A inside the
     loop (zero-extend and broadcast: four instructions per pair)."""
-    intrin = register_dot_intrinsic(
+    return dot_dense_kernel(m, n, k, "uint8", 8, _pmaddwd_intrinsic(), "avx2", depth=2, b_dtype="int16", accumulators=8, widen_a=True, conv=conv, out_shape=out_shape)
+
+
+def _pmaddwd_intrinsic() -> str:
+    return register_dot_intrinsic(
         "graphpress_dot_8x2_avx2_pmaddwd", "int16", 8, lambda c, a, b: c + _llvm("llvm.x86.avx2.pmadd.wd", "int32x8", a, b), depth=2, b_dtype="int16"
     )
-    return dot_dense_kernel(m, n, k, "uint8", 8, intrin, "avx2", depth=2, b_dtype="int16", accumulators=8, widen_a=True, conv=conv, out_shape=out_shape)
+
+
+def avx2_int16_batched_kernel(batch: int, m: int, n: int, k: int):
+    """Scheduled TIR ``C[e, m, n] (int32) = A[e, m, k] (int16) · B[e]^T`` for ``e < batch``, ``B``
+    packed ``[batch, n/8, k/2, 8, 2]`` (int16): ``vpmaddwd`` as in :func:`avx2_dense_kernel`, A
+    broadcast from memory as it is (a Winograd convolution's transformed input, :mod:`.winograd`)."""
+    return dot_dense_kernel(m, n, k, "int16", 8, _pmaddwd_intrinsic(), "avx2i16", depth=2, b_dtype="int16", accumulators=8, batch=batch)
 
 
 def avx2_u8s8_dense_kernel(m: int, n: int, k: int, conv=None, out_shape=None):
