@@ -189,6 +189,10 @@ def dot_dense_kernel(
 #: half a core's L2 cache; :data:`~graphpress.backends.tvm.schedules.PANEL_BYTES`)
 PANEL_BYTES = 512 * 1024
 
+#: a batched product whose weight per product is at most this many bytes runs blocks of rows
+#: over the cores (else column panels)
+BATCH_ROWS_BYTES = 256 * 1024
+
 #: the geometry fields an implicit-im2col kernel depends on
 _CONV_FIELDS = ("n", "hp", "wp", "cp", "kh", "kw", "oh", "ow", "m", "strides", "dilations", "rp")
 
@@ -304,6 +308,14 @@ def _schedule_dot(sch, block, p: dict[str, Any], at_tile: Callable[[Any], None] 
         # 96 expansion took 0.16 ms); the weight is small enough to stay cached for every row
         sch.reorder(io, joo, *k_loops, ii, joi, ji, ki)
         sch.parallel(sch.split(io, [None, _per_iteration(p["m"] // rows)])[0])
+        tile = joo
+    elif p.get("batch") and p["k"] * p["n"] * 2 <= BATCH_ROWS_BYTES:
+        # a product's weight small enough to stay in L2 for all its rows: blocks of rows over the
+        # cores, each block's rows read once for every column panel
+        e = outer[-1]
+        sch.reorder(e, io, joo, *k_loops, ii, joi, ji, ki)
+        ioo, _ = sch.split(io, [None, _per_iteration(p["m"] // rows)])
+        sch.parallel(sch.fuse(e, ioo))
         tile = joo
     elif p.get("batch"):  # each product's column panels, all products' together over the cores
         e = outer[-1]
