@@ -223,7 +223,7 @@ def test_an_avx2_3x3_convolution_runs_as_an_exact_integer_winograd(x_shape, oc, 
 def test_integer_winograd_takes_only_what_it_computes_exactly_and_faster():
     """F(2,3) is for AVX2's 3x3 stride-1 convolutions with 16 to 512 channels in (more: the
     int32 sums could overflow), an even number of them, 16 tiles or more, and transformed
-    weights of at most 2 MB."""
+    weights of at most 2 MB where the direct kernel would be a vpmaddubsw one."""
     from graphpress.backends.tvm.int8.conv_layout import conv_geometry
     from graphpress.backends.tvm.int8.isa import AVX2_U8S8_QUADS
     from graphpress.backends.tvm.int8.winograd import applies, weight_transform
@@ -235,7 +235,8 @@ def test_integer_winograd_takes_only_what_it_computes_exactly_and_faster():
     assert not applies(geometry(64, 56, VNNI)) and not applies(geometry(64, 56, AVX_VNNI))  # a dot product of 4 bytes: no gain
     assert not applies(geometry(514, 7)) and not applies(geometry(63, 56)) and not applies(geometry(8, 56))
     assert not applies(geometry(64, 56, stride=2)) and not applies(geometry(64, 56, k=1)) and not applies(geometry(64, 6))
-    assert not applies(geometry(512, 7, oc=512))  # 8 MB of transformed weights, read from memory every call
+    # 8 MB of transformed weights, read from memory every call: not where the direct kernel is vpmaddubsw's
+    assert applies(geometry(512, 7, oc=512)) and not applies(geometry(512, 7, AVX2_U8S8_QUADS, oc=512))
     w = np.full((4, 3, 3, 3), -128, np.int8)
     assert np.abs(weight_transform(w)).max() == 9 * 128 and weight_transform(w).dtype == np.int16
 

@@ -55,10 +55,12 @@ MIN_CHANNELS = 16
 #: transform's partial sums of three of them stay under 2^31
 MAX_CHANNELS = 512
 
-#: the transformed weights of one convolution, at most (bytes): 16 int16 per 3x3 int8 weights
-#: (3.6x the bytes), read from memory once per call. ResNet-18's 7-pixel stage (512 x 512
-#: channels, 8 MB) took 620 us a convolution against the direct kernel's 490-576 inside the
-#: model (2 Zen 4 cores), its 14-pixel one (2 MB) 380 against 455
+#: the transformed weights of one convolution, at most (bytes), where the direct kernel is a
+#: ``vpmaddubsw`` one: 16 int16 per 3x3 int8 weights (3.6x the bytes), read from memory once
+#: per call. ResNet-18's 7-pixel stage (512 x 512 channels, 8 MB) took 620 us a convolution
+#: against the quads kernel's 490-576 inside the model (2 Zen 4 cores), its 14-pixel one (2 MB)
+#: 380 against 455. Weights on the int16 kernel (8-bit ones) take F(2,3) whatever its size:
+#: their direct kernel multiplies int16 pairs too, 2.25x as many
 MAX_WEIGHT_BYTES = 2 * 1024 * 1024
 
 #: output tiles a map must have at least (each transformed weight is used once per tile)
@@ -75,12 +77,13 @@ def applies(g: dict[str, Any]) -> bool:
     """Whether the convolution of geometry ``g`` (:func:`~.conv_layout.conv_geometry`) runs as
     F(2,3) here: an ISA whose kernels take the Winograd path (``Isa.winograd``: AVX2's), 3x3,
     stride and dilation 1, an even number of channels from :data:`MIN_CHANNELS` to
-    :data:`MAX_CHANNELS` in, at least :data:`MIN_CHANNELS` out, :data:`MIN_TILES` tiles, and
-    transformed weights of at most :data:`MAX_WEIGHT_BYTES`."""
+    :data:`MAX_CHANNELS` in, at least :data:`MIN_CHANNELS` out, :data:`MIN_TILES` tiles, and,
+    where the direct kernel would be a ``vpmaddubsw`` one, transformed weights of at most
+    :data:`MAX_WEIGHT_BYTES`."""
     return (
         WINOGRAD and g["isa"].winograd and g["kh"] == g["kw"] == 3 and g["strides"] == (1, 1) and g["dilations"] == (1, 1)
         and g["c"] % 2 == 0 and MIN_CHANNELS <= g["c"] <= MAX_CHANNELS and g["oc"] >= MIN_CHANNELS and _tiles(g) >= MIN_TILES
-        and _POSITIONS * g["c"] * g["oc"] * 2 <= MAX_WEIGHT_BYTES
+        and (g["isa"].weight == "int16" or _POSITIONS * g["c"] * g["oc"] * 2 <= MAX_WEIGHT_BYTES)
     )  # fmt: skip
 
 
