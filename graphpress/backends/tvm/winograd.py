@@ -118,6 +118,8 @@ def _weighted_sum(terms, dtype: str = "float32"):
 
     expr = None
     for coef, value in terms:
+        if "float" not in str(dtype) and coef not in (1, -1):
+            raise ValueError(f"an integer transform with the coefficient {coef}")
         term = value if coef == 1 else (-value if coef == -1 else value * tvm.tirx.const(float(coef), dtype))
         expr = term if expr is None else expr + term
     return expr if expr is not None else tvm.tirx.const(0, dtype)
@@ -128,8 +130,8 @@ def input_transform(shape: tuple[int, int, int, int], m: int, pads: tuple[int, i
     """The kernel from ``x`` (n, h, w, c) to ``V`` (alpha^2, n * th * tw, c), the tiles'
     ``B^T d B`` (``dtypes``: of ``x`` and of ``V``, which each value of ``x`` is cast to first;
     ``out_hw``: the convolution's output size, when its padding is not the same on both sides;
-    ``tile_multiple``: the tiles padded to a multiple of it, the padding tiles zero): one block per tile and channel that writes all ``alpha^2`` positions, each an
-    expression of its own. Not a loop over the positions selecting among their expressions, as
+    ``tile_multiple``: the tiles padded to a multiple of it, the padding tiles zero): one block
+    per tile and channel that writes all ``alpha^2`` positions, each an expression of its own. Not a loop over the positions selecting among their expressions, as
     the output transform is: TVM lowered F(4,3)'s select among 36 expressions, unrolled 36 times,
     in 58 s. The ``B^T d`` row sums recur in every position that uses them; LLVM computes each
     once. Built with TVM's IR builder: TE cannot write several elements of one tensor from one
@@ -188,7 +190,7 @@ def output_transform(prod, m: int, shape: tuple[int, int, int, int], shift: int 
 
     def compute(bn, y, x, ch):
         p = (bn * th + y // m) * tw + x // m
-        dtype = prod.dtype
+        dtype = str(prod.dtype)
         rows = [[_weighted_sum([(a[e1, r], prod[e1 * alpha + e2, p, ch]) for e1 in range(alpha) if a[e1, r] != 0], dtype) for e2 in range(alpha)] for r in range(m)]
         leaves = [_weighted_sum([(a[e2, s], rows[r][e2]) for e2 in range(alpha) if a[e2, s] != 0], dtype) for r in range(m) for s in range(m)]
         if shift:

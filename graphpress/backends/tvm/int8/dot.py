@@ -168,8 +168,9 @@ def dot_dense_kernel(
 
     ``batch``: ``batch`` independent products in one kernel, ``C[batch, m, n] = A[batch, m, k] ·
     B[batch]^T`` (``B`` packed ``[batch, n/lanes, k/depth, lanes, depth]``; not with ``conv``,
-    ``out_shape``, ``widen_a`` or ``halves``), the products' column panels over the cores
-    together (a Winograd convolution's 16, :mod:`.winograd`).
+    ``out_shape``, ``widen_a`` or ``halves``; a Winograd convolution's 16, :mod:`.winograd`): blocks
+    of rows of all the products over the cores where one product's weight stays in L2
+    (:data:`BATCH_ROWS_BYTES`), else the products' column panels.
 
     ``out_shape``: the kernel writes ``out[..., j] = C[row, j] - corr[j]`` of that shape instead
     (its leading dims flattened are the rows, its last at most ``n`` columns; ``corr`` an int32
