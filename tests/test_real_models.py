@@ -65,3 +65,39 @@ def test_x86_build_matches_onnxruntime_on_the_shipped_file(shipped):
         assert build["analytic_scheduled_kernels"] >= 2 and build["packed_weights"] == 1, build
     for want, got in zip(_ort(path, feeds), compiled(**feeds)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_shipped_classifier_quantized_for_an_avx2_cpu_runs_on_its_integer_kernels(tmp_path):
+    """PP-OCR's text-direction classifier (a Paddle MobileNetV3, not written here) quantized
+    static for the AVX2 path (``compile --passes ...,quantize:mode=static --target x86:avx2``:
+    7-bit weights, the ``vpmaddubsw`` kernels) and compiled for it with every integer layer on its
+    kernel (the guard off: what runs does not depend on this host's timing): its dense,
+    depthwise and pointwise convolutions on AVX2 code only, and the code computes what ONNX
+    Runtime computes on the quantized file: the same class, within a few steps of the output's
+    grid (each integer layer rounds where ONNX Runtime's QLinearConv rounds a little
+    differently, one step at most per layer, tested kernel by kernel in
+    ``tests/backends/test_tvm_int8_paths.py``; through its 43 integer layers the two probabilities
+    differ by 3 steps of 1/255 on this input)."""
+    from graphpress.backends.tvm.targets import host_x86_paths, resolve_target, target_facts
+    from graphpress.passes.context import PassContext
+
+    if "avx2" not in host_x86_paths():
+        pytest.skip("this host does not run the AVX2 path")
+    entry = real.BY_NAME["ppocr-cls"]
+    path = real.fetch(entry)
+    before = path.read_bytes()
+    feeds = entry.feeds()
+    model = gp.load(path)
+    context = PassContext(samples=[feeds], target=target_facts(resolve_target("x86:avx2")))
+    stats = PassManager(build_passes("cleanup,fuse,quantize:mode=static"), context=context).run(model).records[-1].stats
+    assert stats["reduce_range"], stats
+    quantized = gp.save(model, tmp_path / "q.onnx")
+    compiled = compile_model(gp.load(quantized), "x86:avx2", input_shapes={n: list(a.shape) for n, a in feeds.items()}, int8="on", int8_guard=False, samples=[feeds], measure=False)
+    i8 = compiled.meta["build"]["int8"]
+    assert i8["isa"] == "avx2" and i8["lowered"] >= 20 and i8["kept_fp32"] == 0, i8
+    assert i8["instructions"]["ymm vpmaddubsw"] > 0 and not i8["instructions"].get("zmm vpdpbusd"), i8["instructions"]
+    assert compiled.meta["build"]["check_vs_onnxruntime"]["passed"]
+    got, want = compiled(**feeds)[0], _ort(quantized, feeds)[0]
+    assert got.argmax() == want.argmax()
+    np.testing.assert_allclose(got, want, atol=5 / 255)  # the softmax output's grid: steps of 1/255
+    assert path.read_bytes() == before

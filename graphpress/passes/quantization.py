@@ -48,7 +48,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common  # noqa: F401  (ir.passes.common)
 
 from graphpress.errors import GraphpressError, one_line
-from graphpress.ir.edit import add_initializer
+from graphpress.ir.edit import add_initializer, graph_names
 from graphpress.ir.numeric import output_similarity
 from graphpress.ir.io import MAX_IR_VERSION, to_proto
 from graphpress.passes.context import TargetFacts
@@ -131,8 +131,11 @@ def quantize_model(
         scheme = "u8s8"
     act_type = QuantType.QUInt8 if scheme == "u8s8" else QuantType.QInt8
     reduce_range = scheme == "u8s8" and target is not None and target.int8_dot_product is False
+    flattened = _gemm_biases_1d(model.graph) if mode == "static" else 0  # biases ORT's weight-scale adjustment cannot index
     proto = to_proto(model)
     info: dict[str, Any] = {"mode": mode, "scheme": scheme, "per_channel": per_channel, "reduce_range": reduce_range}
+    if flattened:
+        info["gemm_biases_flattened"] = flattened
     if mode == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -231,6 +234,27 @@ def fit_weight_quads(model: ir.Model) -> tuple[int, int]:
 
 
 _OTHER_FLOATS = {onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+
+def _gemm_biases_1d(graph: ir.Graph) -> int:
+    """Every Gemm's constant ``C`` of shape ``[1, N]`` (tf2onnx's and Keras's Dense layers; what
+    ``fuse`` makes of ``MatMul + Add`` with such a bias) as ``[N]`` -- the same broadcast -- in a
+    new initializer (the old one dropped when nothing else reads it); returns how many. ORT's
+    static quantizer (1.32) adjusts a per-channel weight's scales so that its int32 bias fits,
+    indexing the bias one output channel at a time: on a ``[1, N]`` bias the first index is the
+    whole row, and it stops with numpy's "truth value of an array is ambiguous" (Magika's
+    classifier)."""
+    taken = graph_names(graph)
+    count = 0
+    for node in list(graph):
+        c = node.inputs[2] if node.op_type == "Gemm" and len(node.inputs) == 3 else None
+        if c is None or c.const_value is None or not c.is_initializer() or c.shape is None or len(c.shape) != 2 or c.shape[0] != 1:
+            continue
+        node.replace_input_with(2, add_initializer(graph, f"{c.name}_1d", c.const_value.numpy().reshape(-1), taken))
+        if not c.uses() and not c.is_graph_output():
+            graph.initializers.pop(c.name)
+        count += 1
+    return count
 
 
 def _unquantizable(proto: onnx.ModelProto, mode: str) -> dict[str, str]:

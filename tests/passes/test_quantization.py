@@ -286,6 +286,31 @@ def test_layers_ort_quantizer_mishandles_stay_float():
         np.testing.assert_allclose(out["conv"], run(gp.load(proto), feeds)["conv"], rtol=1e-6)
 
 
+def test_a_dense_layers_row_bias_is_quantized_static():
+    """A Keras/tf2onnx Dense layer, ``MatMul + Add`` with a ``[1, N]`` bias, fused into a Gemm whose
+    ``C`` is ``[1, N]`` (Magika's classifier): ORT's static quantizer (1.32) stopped on it ("truth
+    value of an array is ambiguous", indexing the bias per output channel). The bias goes to ORT
+    as ``[N]``, the Gemm is quantized, the output stays within the quantization's noise of the
+    float model, and the old ``[1, N]`` initializer, read by nothing else, is gone."""
+    rng = np.random.default_rng(3)
+    proto = make_model(
+        [helper.make_node("MatMul", ["x", "W"], ["mm"]), helper.make_node("Add", ["mm", "b"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [tensor("W", rng.standard_normal((32, 24)).astype(np.float32)), tensor("b", rng.standard_normal((1, 24)).astype(np.float32))],
+    )  # fmt: skip
+    calibration = [{"x": rng.standard_normal((8, 32)).astype(np.float32)} for _ in range(4)]
+    model = gp.load(proto)
+    records = PassManager(build_passes("cleanup,fuse,quantize:mode=static"), [InvariantInstrument()], context=PassContext(samples=calibration)).run(model).records
+    stats = records[-1].stats
+    assert stats["gemm_biases_flattened"] == 1 and stats["quantized_nodes"] >= 1, stats
+    gemm = next(n for n in model.graph if n.op_type == "Gemm")
+    assert gemm.inputs[2].producer().op_type == "DequantizeLinear" and list(gemm.inputs[2].shape) == [24]
+    assert "b" not in model.graph.initializers
+    want, got = (run(m, calibration[0])["y"] for m in (gp.load(proto), model))
+    assert np.abs(got - want).max() < 0.05 * np.abs(want).max()
+
+
 def test_a_run_that_quantizes_nothing_says_so_and_what_would(tmp_path, capsys):
     """A convolution-only model under mode=dynamic: nothing is quantized (ORT's dynamic quantizer
     takes MatMul/Gemm), the pass says so and names the mode that would; static does quantize it."""
