@@ -108,6 +108,41 @@ def test_a_stem_convolution_reads_each_window_row_as_one_run_exactly(path):
 
 
 @pytest.mark.parametrize("path", list(PATHS))
+def test_a_quantized_1d_convolution_runs_on_the_integer_kernel(path):
+    """A static QDQ 1-D convolution (a spectrogram's STFT filters: one input channel, a long
+    window, a large stride; openWakeWord's mel spectrogram ran its two in fp32) takes the integer
+    kernel as a 2-D one of height 1: the compiled float output is the integer sums of a numpy
+    convolution rescaled, plus the bias, and agrees with ONNX Runtime on the QDQ model."""
+    _skip_unless_host_runs(path)
+    rng = np.random.default_rng(5)
+    sx, zx = np.float32(0.02), np.uint8(131)
+    wq = rng.integers(-63, 64, (20, 1, 64)).astype(np.int8)  # 7 bits: every AVX2 kernel takes it
+    sw = (rng.random(20) * 0.01 + 0.001).astype(np.float32)
+    bias = rng.standard_normal(20).astype(np.float32)
+    proto = make_model(
+        [
+            helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
+            helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"]),
+            helper.make_node("DequantizeLinear", ["wq", "sw"], ["wd"], axis=0),
+            helper.make_node("Conv", ["xd", "wd", "b"], ["y"], kernel_shape=[64], strides=[16], pads=[8, 3], name="stft"),
+        ],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 800])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [tensor("sx", np.array(sx)), tensor("zx", np.array(zx)), tensor("wq", wq), tensor("sw", sw), tensor("b", bias)],
+    )  # fmt: skip
+    x = (rng.standard_normal((1, 1, 800)) * 2).astype(np.float32)
+    compiled = compile_model(gp.load(proto), f"x86:{path}", int8="on", int8_guard=False, measure=False)
+    report = compiled.meta["build"]["int8"]
+    assert report["lowered"] == 1 and tuple(report["nodes"][0]["shape"]) == (47, 20, 64), report["nodes"]
+    xq = np.clip(np.round(x / sx) + zx, 0, 255).astype(np.uint8)
+    sums = _conv_reference(xq[:, :, None, :], wq[:, :, None, :], int(zx), [0, 8, 0, 3], [1, 16])[:, :, 0, :]
+    want = (sums * (sx * sw.astype(np.float64))[None, :, None] + bias[None, :, None]).astype(np.float32)
+    got = compiled.run_named(x=x)["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, _ort(gp.load(proto), {"x": x})[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
 def test_a_quantized_cnn_agrees_with_ort_on_every_path(digits_cnn, path):
     """The digits CNN quantized static, every layer on the path's integer kernels in NHWC, each
     kernel writing its requantized uint8 output itself (the write-back fused into its micro-tiles):

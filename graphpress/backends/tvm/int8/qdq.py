@@ -5,7 +5,9 @@ TVM's ONNX importer computes QDQ graphs in float and has no ``ConvInteger``. Her
 * :func:`qdq_to_integer`: a static QDQ dense layer ``DQ(xq) -> MatMul/Gemm(DQ(Wq int8,
   per-channel, zero point 0)) [+ bias]`` becomes ``MatMulInteger(xq, Wq, zx) -> Cast ->
   Mul(sx*sw) [-> Add(bias)]``, a group-1 QDQ Conv with uint8 activations the same with
-  ``ConvInteger``. Exact in integers.
+  ``ConvInteger``; a 1-D one as a 2-D one of height 1 between an ``Unsqueeze`` of its uint8 input
+  and a ``Squeeze`` of its int32 sums (what the fp32 lowering does with ``conv1d``). Exact in
+  integers.
 * :func:`fold_weight_dequantize`: layers with no integer kernel get float weights holding the
   quantized values.
 * :func:`bypass_float_qdq`: activation Quantize/Dequantize pairs that only feed float layers go.
@@ -83,7 +85,8 @@ def _dense_match(node: ir.Node) -> dict[str, Any] | str:
 
 
 def _conv_match(node: ir.Node) -> dict[str, Any] | str:
-    """The pieces of a static QDQ 2-D convolution (group 1, uint8 activations) at ``node``."""
+    """The pieces of a static QDQ 1-D or 2-D convolution (group 1, uint8 activations) at
+    ``node``; a 1-D one's weight and attributes as those of a 2-D one of height 1 (``"rank": 1``)."""
     a = {k: v.value for k, v in node.attributes.items()}
     if a.get("group", 1) != 1:
         return "grouped/depthwise convolution"
@@ -99,9 +102,9 @@ def _conv_match(node: ir.Node) -> dict[str, Any] | str:
         return "activation is not constant per-tensor uint8"
     wq, sw = const(dqw.inputs[0]), const(dqw.inputs[1])
     zw = const(dqw.inputs[2]) if len(dqw.inputs) > 2 and dqw.inputs[2] is not None else np.zeros(1, np.int8)
-    if wq is None or sw is None or wq.dtype != np.int8 or wq.ndim != 4 or np.any(zw != 0):
-        return "weight is not constant symmetric int8 (2-D conv)"
-    oc = wq.shape[0]
+    if wq is None or sw is None or wq.dtype != np.int8 or wq.ndim not in (3, 4) or np.any(zw != 0):
+        return "weight is not constant symmetric int8 (1-D or 2-D conv)"
+    oc, rank = wq.shape[0], wq.ndim - 2
     if sw.size not in (1, oc):
         return "weight scale is neither per-tensor nor per output channel"
     bias = None
@@ -115,14 +118,28 @@ def _conv_match(node: ir.Node) -> dict[str, Any] | str:
         if bias is None:
             return "bias is not constant"
     scale = (sx.astype(np.float64) * np.broadcast_to(sw.astype(np.float64).reshape(-1), (oc,))).astype(np.float32)
-    return {"xq": dqx.inputs[0], "zx": dqx.inputs[2], "w": wq, "scale": scale.reshape(1, oc, 1, 1),
-            "bias": None if bias is None else bias.reshape(1, oc, 1, 1),
-            "attrs": {k: a[k] for k in ("pads", "strides", "dilations") if k in a}}  # fmt: skip
+    attrs = {k: list(a[k]) for k in ("pads", "strides", "dilations") if k in a}
+    if rank == 1:  # along the width of a 2-D convolution of height 1
+        wq = wq[:, :, None, :]
+        attrs = {k: ([0, v[0], 0, v[1]] if k == "pads" else [1, v[0]]) for k, v in attrs.items()}
+    out = (1, oc) + (1,) * rank
+    return {"xq": dqx.inputs[0], "zx": dqx.inputs[2], "w": wq, "scale": scale.reshape(out), "bias": None if bias is None else bias.reshape(out),
+            "attrs": attrs, "rank": rank}  # fmt: skip
+
+
+def _typed(value: ir.Value, like: ir.Value, shape_of) -> ir.Value:
+    """``value`` with ``like``'s type and the shape ``shape_of(like's dims)`` (where known): the
+    int8 planner reads a convolution's input shape from its value."""
+    value.type = like.type
+    if like.shape is not None:
+        value.shape = ir.Shape(shape_of(list(like.shape)))
+    return value
 
 
 def qdq_to_integer(model: ir.Model) -> dict[str, Any]:
     """Rewrite static QDQ MatMul/Gemm layers of ``model`` (in place) into MatMulInteger form and
-    group-1 2-D convolutions with uint8 activations into ConvInteger form (+ Cast, rescale, bias)."""
+    group-1 1-D and 2-D convolutions with uint8 activations into ConvInteger form (+ Cast,
+    rescale, bias; a 1-D one as a 2-D one of height 1)."""
     import onnx_ir.passes.common as common_passes
 
     graph = model.graph
@@ -136,14 +153,24 @@ def qdq_to_integer(model: ir.Model) -> dict[str, Any]:
             continue
         base = node.name or node.outputs[0].name
         w = add_initializer(graph, f"{base}.int8_weight", m["w"])
-        inputs = [m["xq"], w] + ([m["zx"]] if m["zx"] is not None else [])
+        new = []
+        xq = m["xq"]
+        if m.get("rank") == 1:  # NCW -> NC1W: a 2-D convolution of height 1
+            axis = add_initializer(graph, f"{base}.height_axis", np.array([2], np.int64))
+            new.append(ir.node("Unsqueeze", [xq, axis], name=f"{base}/as_2d"))
+            xq = _typed(new[-1].outputs[0], xq, lambda d: [*d[:2], 1, *d[2:]])
+        inputs = [xq, w] + ([m["zx"]] if m["zx"] is not None else [])
         if node.op_type == "Conv":
-            mmi = ir.node("ConvInteger", inputs, attributes=m["attrs"] or None, name=f"{base}/conv_integer")
+            new.append(ir.node("ConvInteger", inputs, attributes=m["attrs"] or None, name=f"{base}/conv_integer"))
         else:
-            mmi = ir.node("MatMulInteger", inputs, name=f"{base}/matmul_integer")
-        cast = ir.node("Cast", [mmi.outputs[0]], attributes={"to": ir.DataType.FLOAT}, name=f"{base}/cast")
+            new.append(ir.node("MatMulInteger", inputs, name=f"{base}/matmul_integer"))
+        sums = new[-1].outputs[0]
+        if m.get("rank") == 1:  # the int32 sums back to NCW
+            new.append(ir.node("Squeeze", [sums, axis], name=f"{base}/as_1d"))
+            sums = new[-1].outputs[0]
+        cast = ir.node("Cast", [sums], attributes={"to": ir.DataType.FLOAT}, name=f"{base}/cast")
         mul = ir.node("Mul", [cast.outputs[0], add_initializer(graph, f"{base}.int8_scale", m["scale"])], name=f"{base}/rescale")
-        new = [mmi, cast, mul]
+        new += [cast, mul]
         if m["bias"] is not None:
             new.append(ir.node("Add", [mul.outputs[0], add_initializer(graph, f"{base}.bias", m["bias"])], name=f"{base}/bias"))
         graph.insert_before(node, new)
