@@ -248,7 +248,7 @@ def _gemm_biases_1d(graph: ir.Graph) -> int:
     count = 0
     for node in list(graph):
         c = node.inputs[2] if node.op_type == "Gemm" and len(node.inputs) == 3 else None
-        if c is None or c.const_value is None or not c.is_initializer() or c.shape is None or len(c.shape) != 2 or c.shape[0] != 1:
+        if c is None or c.const_value is None or not c.is_initializer() or len(c.const_value.shape) != 2 or c.const_value.shape[0] != 1:
             continue
         node.replace_input_with(2, add_initializer(graph, f"{c.name}_1d", c.const_value.numpy().reshape(-1), taken))
         if not c.uses() and not c.is_graph_output():
