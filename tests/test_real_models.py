@@ -77,7 +77,7 @@ def test_a_shipped_classifier_quantized_for_an_avx2_cpu_runs_on_its_integer_kern
     probabilities near its own. Not bit for bit: the integer kernels are exact (tested kernel by
     kernel in ``tests/backends/test_tvm_int8_paths.py``), ONNX Runtime's QLinearConv rounds
     differently, and through 43 layers calibrated on one input the two probabilities differ by
-    10 steps of the output's 1/255 grid on this input (0.5255 against 0.5647, one thread)."""
+    10 steps of the output's 1/255 grid on this input (0.5255 against 0.5647)."""
     from graphpress.backends.tvm.targets import host_x86_paths, resolve_target, target_facts
     from graphpress.passes.context import PassContext
 

@@ -88,6 +88,34 @@ def test_conv_integer_is_exact_on_every_path(path, oc):
     assert report["lowered"] == 1 and report["nodes"][0]["kernel"] == f"{PATHS[path][0].label} kernel, unfolded in place", report["nodes"]
 
 
+_ONE_PIXEL = """
+import numpy as np
+from tests.backends.test_tvm_int8_paths import _exact_conv_integer
+rng = np.random.default_rng(1)
+for bound in (20, 127):  # 7-bit weights (the quads kernel) and 8-bit ones (the int16 kernel)
+    x = rng.integers(0, 256, (1, 88, 1, 1), dtype=np.uint8)
+    w = rng.integers(-bound, bound + 1, (22, 88, 1, 1)).astype(np.int8)
+    _exact_conv_integer(x, w, 3, [0, 0, 0, 0], [1, 1], "x86:avx2")
+"""
+
+
+def test_a_one_pixel_convolution_is_exact_on_two_threads():
+    """A squeeze-and-excitation block's 1x1 convolution on a 1x1 map (88 -> 22 channels, PP-OCR's
+    MobileNetV3) on the AVX2 kernels: one real output row, 4 padded rows in tiles of 2. Over the
+    cores the block of padding rows had a C tile of its own and wrote the real row's write-back
+    from it (the zero-point correction alone); exact on one thread. The test workers run TVM on
+    one thread each, so this runs in a process of its own with two."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _skip_unless_host_runs("avx2")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")} | {"TVM_NUM_THREADS": "2"}
+    proc = subprocess.run([sys.executable, "-c", _ONE_PIXEL], env=env, cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 @pytest.mark.parametrize("path", list(PATHS))
 def test_a_stem_convolution_reads_each_window_row_as_one_run_exactly(path):
     """ResNet's stem (7x7, stride 2, 3 channels): each window row's 7 taps are 21 contiguous bytes

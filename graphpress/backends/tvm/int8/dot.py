@@ -5,6 +5,7 @@ it. The ISA files (:mod:`.kernels_x86`, :mod:`.kernels_arm`) instantiate it."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -260,6 +261,7 @@ def _dot_dense(m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, pr
     _DOT_BLOCKS[block] = {
         "m": m, "n": n, "k": k, "lanes": lanes, "depth": depth, "intrin": intrin, "tile": tile,
         "widen": f"{block}_widen" if widen_a else None, "batch": batch, "k_runs": None if conv is None else (g["kh"], g["rp"] // depth) if g["rp"] else (g["kh"], g["kw"], g["cp"] // depth),
+        "rows_real": m if out_shape is None else math.prod(int(d) for d in out_shape[:-1]),
     }  # fmt: skip
     if out_shape is None:
         sch = tvm.s_tir.Schedule(te.create_prim_func([a, b, c]))
@@ -308,7 +310,13 @@ def _schedule_dot(sch, block, p: dict[str, Any], at_tile: Callable[[Any], None] 
         # (column panels over the cores wrote halves of the same cache lines: MobileNetV2's 16 ->
         # 96 expansion took 0.16 ms); the weight is small enough to stay cached for every row
         sch.reorder(io, joo, *k_loops, ii, joi, ji, ki)
-        sch.parallel(sch.split(io, [None, _per_iteration(p["m"] // rows)])[0])
+        blocks = sch.split(io, [None, _per_iteration(p["m"] // rows)])[0]
+        # a block of padding rows only (one output pixel, 4 padded rows, tiles of 2) gets the
+        # write-back of the first real row (its region cannot be empty): over the cores each
+        # block has a C tile of its own, and that block wrote -corr over the real row (PP-OCR's
+        # squeeze-and-excitation convolutions, 1 pixel, on two threads); in order they share one
+        if p["rows_real"] > p["m"] - rows:
+            sch.parallel(blocks)
         tile = joo
     elif p.get("batch") and p["k"] * p["n"] * 2 <= BATCH_ROWS_BYTES:
         # a product's weight small enough to stay in L2 for all its rows: blocks of rows over the
