@@ -209,6 +209,7 @@ def main() -> int:
     print(_ort_isa.describe(ORT_ISA))
     models = [BY_NAME[n] for n in args.only.split(",")] if args.only else CATALOG
     steps = (*STEPS, "aarch64") if args.arm else STEPS
+    shown = (*steps, "quantize static", *(s for s, _, _ in SAME_WORK)) if args.same_work else steps
     work = Path(tempfile.mkdtemp(prefix="graphpress-real-")) if args.keep is None else args.keep
     work.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -216,8 +217,7 @@ def main() -> int:
         for model in models:
             row = run_model(model, work, args.arm, args.same_work)
             rows.append(row)
-            done = [*steps, *(("quantize static", *(s for s, _, _ in SAME_WORK)) if args.same_work else ())]
-            print(f"{model.name}: " + ", ".join(f"{s}={row[s]}" for s in done), flush=True)
+            print(f"{model.name}: " + ", ".join(f"{s}={row[s]}" for s in shown), flush=True)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -225,11 +225,10 @@ def main() -> int:
     print(table(rows, steps))
     print()
     if args.same_work:
-        steps = (*steps, "quantize static", *(s for s, _, _ in SAME_WORK))
         print(same_work_table(rows))
         print()
     for r in rows:
-        for s in steps:
+        for s in shown:
             if r[s] != "ok":
                 print(f"- {r['model']} {s}: {r[s]}: {r[s + '_detail']}")
     if args.json:

@@ -127,15 +127,6 @@ def _conv_match(node: ir.Node) -> dict[str, Any] | str:
             "attrs": attrs, "rank": rank}  # fmt: skip
 
 
-def _typed(value: ir.Value, like: ir.Value, shape_of) -> ir.Value:
-    """``value`` with ``like``'s type and the shape ``shape_of(like's dims)`` (where known): the
-    int8 planner reads a convolution's input shape from its value."""
-    value.type = like.type
-    if like.shape is not None:
-        value.shape = ir.Shape(shape_of(list(like.shape)))
-    return value
-
-
 def qdq_to_integer(model: ir.Model) -> dict[str, Any]:
     """Rewrite static QDQ MatMul/Gemm layers of ``model`` (in place) into MatMulInteger form and
     group-1 1-D and 2-D convolutions with uint8 activations into ConvInteger form (+ Cast,
@@ -158,7 +149,10 @@ def qdq_to_integer(model: ir.Model) -> dict[str, Any]:
         if m.get("rank") == 1:  # NCW -> NC1W: a 2-D convolution of height 1
             axis = add_initializer(graph, f"{base}.height_axis", np.array([2], np.int64))
             new.append(ir.node("Unsqueeze", [xq, axis], name=f"{base}/as_2d"))
-            xq = _typed(new[-1].outputs[0], xq, lambda d: [*d[:2], 1, *d[2:]])
+            x2d = new[-1].outputs[0]
+            x2d.type = xq.type  # the int8 planner reads the convolution's input shape from its value
+            x2d.shape = None if xq.shape is None else ir.Shape([*xq.shape[:2], 1, *xq.shape[2:]])
+            xq = x2d
         inputs = [xq, w] + ([m["zx"]] if m["zx"] is not None else [])
         if node.op_type == "Conv":
             new.append(ir.node("ConvInteger", inputs, attributes=m["attrs"] or None, name=f"{base}/conv_integer"))
