@@ -42,10 +42,11 @@ def test_each_path_selects_its_own_isa():
 
 
 @pytest.mark.parametrize("path", list(PATHS))
-@pytest.mark.parametrize("a_shape,n,a_dtype", [((4, 64), 48, np.uint8), ((2, 5, 64), 40, np.int8), ((6, 36), 17, np.uint8)])
+@pytest.mark.parametrize("a_shape,n,a_dtype", [((4, 64), 48, np.uint8), ((2, 5, 64), 40, np.int8), ((6, 36), 17, np.uint8), ((7, 257), 20, np.int8)])
 def test_matmul_integer_is_exact_on_every_path(path, a_shape, n, a_dtype):
     """MatMulInteger with an activation zero point, int8 activations moved by 128, K and N not
-    multiples of the vector: bit for bit ONNX Runtime's."""
+    multiples of the vector, K not even a multiple of 4 (zero weight rows pad it, and as many
+    activation columns): bit for bit ONNX Runtime's."""
     _skip_unless_host_runs(path)
     isa, counter = PATHS[path]
     model = _matmul_integer_model(a_shape, n, a_dtype)
@@ -88,31 +89,58 @@ def test_conv_integer_is_exact_on_every_path(path, oc):
     assert report["lowered"] == 1 and report["nodes"][0]["kernel"] == f"{PATHS[path][0].label} kernel, unfolded in place", report["nodes"]
 
 
-_ONE_PIXEL = """
-import numpy as np
-from tests.backends.test_tvm_int8_paths import _exact_conv_integer
-rng = np.random.default_rng(1)
-for bound in (20, 127):  # 7-bit weights (the quads kernel) and 8-bit ones (the int16 kernel)
-    x = rng.integers(0, 256, (1, 88, 1, 1), dtype=np.uint8)
-    w = rng.integers(-bound, bound + 1, (22, 88, 1, 1)).astype(np.int8)
-    _exact_conv_integer(x, w, 3, [0, 0, 0, 0], [1, 1], "x86:avx2")
-"""
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("oc", [22, 72])
+def test_a_convolution_of_one_output_pixel_is_exact(path, oc):
+    """A squeeze-and-excitation block's 1x1 convolution on a 1x1 map (88 -> 22 channels,
+    PP-OCR's MobileNetV3; and 72 outputs, three column panels): one real output row padded to 4.
+    In tiles of 2 rows, the tile of padding rows wrote the real row from its own C tile, read
+    before the start of its local buffer; tiles of 4 rows now. 7-bit and 8-bit weights (on the
+    AVX2 path, each its own kernel): bit for bit a numpy convolution."""
+    _skip_unless_host_runs(path)
+    rng = np.random.default_rng(1)
+    for bound in (20, 127):
+        x = rng.integers(0, 256, (1, 88, 1, 1), dtype=np.uint8)
+        w = rng.integers(-bound, bound + 1, (oc, 88, 1, 1)).astype(np.int8)
+        _exact_conv_integer(x, w, 3, [0, 0, 0, 0], [1, 1], f"x86:{path}")
 
 
-def test_a_one_pixel_convolution_is_exact_on_two_threads():
-    """A squeeze-and-excitation block's 1x1 convolution on a 1x1 map (88 -> 22 channels, PP-OCR's
-    MobileNetV3) on the AVX2 kernels: one real output row, 4 padded rows in tiles of 2. Over the
-    cores the block of padding rows had a C tile of its own and wrote the real row's write-back
-    from it (the zero-point correction alone); exact on one thread. The test workers run TVM on
-    one thread each, so this runs in a process of its own with two."""
+def exact_on_this_many_threads(paths: list[str]) -> None:
+    """The integer kernels of few-row convolutions and of dense layers of every kind of schedule
+    (rows outermost with the write-back on the tiles, column panels over the cores), each bit for
+    bit its numpy or ONNX Runtime reference, on every path in ``paths``: run in a process whose
+    TVM has more than one thread (:func:`test_the_integer_kernels_are_exact_on_two_threads`)."""
+    rng = np.random.default_rng(0)
+    for path in paths:
+        target = f"x86:{path}"
+        for bound in (16, 127) if path == "avx2" else (127,):
+            for (h, w), c, oc in [((1, 1), 88, 72), ((1, 2), 16, 24), ((1, 3), 88, 40), ((1, 5), 88, 22), ((7, 7), 64, 72)]:
+                x = rng.integers(0, 256, (1, c, h, w), dtype=np.uint8)
+                _exact_conv_integer(x, rng.integers(-bound, bound + 1, (oc, c, 1, 1)).astype(np.int8), 3, [0] * 4, [1, 1], target)
+            for h, c, oc, stride in [(1, 16, 24, 1), (3, 32, 72, 2), (6, 64, 24, 1), (14, 32, 32, 2)]:
+                x = rng.integers(0, 256, (1, c, h, h + 1), dtype=np.uint8)
+                _exact_conv_integer(x, rng.integers(-bound, bound + 1, (oc, c, 3, 3)).astype(np.int8), 5, [1] * 4, [stride] * 2, target)
+        for m, n, k in [(1, 48, 64), (3, 1536, 384), (33, 17, 36), (128, 384, 384), (7, 64, 257)]:
+            model = _matmul_integer_model((m, k), n)
+            a = rng.integers(0, 256, (m, k)).astype(np.uint8)
+            compiled = compile_model(model, target, int8="on", int8_guard=False, measure=False)
+            np.testing.assert_array_equal(compiled.run_named(a=a)["y"], _ort(model, {"a": a})[0], err_msg=f"{path} {m}x{n}x{k}")
+
+
+def test_the_integer_kernels_are_exact_on_two_threads():
+    """The test workers run TVM on one thread each; a schedule's parallel loops (each iteration a
+    C tile of its own) only run over the cores in a process of more threads: this one, with two."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    _skip_unless_host_runs("avx2")
+    paths = [p for p in PATHS if p in host_x86_paths()]
+    if not paths:
+        pytest.skip("this host runs none of the x86 int8 paths")
+    code = f"from tests.backends.test_tvm_int8_paths import exact_on_this_many_threads; exact_on_this_many_threads({paths!r})"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")} | {"TVM_NUM_THREADS": "2"}
-    proc = subprocess.run([sys.executable, "-c", _ONE_PIXEL], env=env, cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -240,6 +268,29 @@ def test_avx2_takes_the_kernel_whose_int16_sums_the_weight_cannot_saturate(weigh
     assert report["nodes"][0]["kernel"] == kernel, report["nodes"]
     assert (report["instructions"]["ymm vpmaddubsw"] > 0) == (weights != "saturating"), report["instructions"]
     assert report.get("wide_weights", 0) == (weights == "saturating") and ("quantize:mode=static" in report.get("hint", "")) == (weights == "saturating"), report
+    np.testing.assert_array_equal(compiled.run_named(a=a)["y"], _ort(model, {"a": a})[0])
+
+
+def test_a_one_hot_layer_of_257_values_runs_on_the_quads_kernel():
+    """Magika's first layer: a one-hot of 257 byte values (its 256 bytes and padding) times an
+    int8 weight quantized for the AVX2 path (6-bit). K = 257 is padded to 264 by zero weight rows
+    (and activation columns) and takes the quads kernel -- it had no integer kernel, and ran as a
+    float matmul of the dequantized one-hot -- bit for bit ONNX Runtime's."""
+    _skip_unless_host_runs("avx2")
+    k, n = 257, 64
+    w = np.random.default_rng(2).integers(-32, 32, (k, n)).astype(np.int8)
+    proto = make_model(
+        [helper.make_node("MatMulInteger", ["a", "W", "za"], ["y"], name="mmi")],
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [2, 48, k])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [2, 48, n])],
+        [tensor("W", w), tensor("za", np.array(0, np.uint8))],
+    )
+    model = gp.load(proto)
+    a = np.zeros((2, 48, k), np.uint8)
+    a[np.arange(2)[:, None], np.arange(48), np.random.default_rng(3).integers(0, k, (2, 48))] = 255
+    compiled = compile_model(model, "x86:avx2", int8="on", int8_guard=False, measure=False)
+    node = compiled.meta["build"]["int8"]["nodes"][0]
+    assert node["lowered"] and node["kernel"] == "AVX2 u8s8 quads kernel", node
     np.testing.assert_array_equal(compiled.run_named(a=a)["y"], _ort(model, {"a": a})[0])
 
 

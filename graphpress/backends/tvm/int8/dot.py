@@ -130,12 +130,12 @@ def registered(name: str) -> bool:
     return name in _registered
 
 
-def _micro_tile(m: int, blocks: int, accumulators: int, registers: int | None = None, max_rows: int = 4) -> tuple[int, int]:
+def _micro_tile(m: int, blocks: int, accumulators: int, registers: int | None = None, max_rows: int = 4, min_rows: int = 1) -> tuple[int, int]:
     """Rows x column blocks of a micro-tile: as many accumulator registers as the budget allows
-    (``rows`` dividing ``m``, at most ``max_rows``; ``cols`` dividing ``blocks``; with
+    (``rows`` dividing ``m``, from ``min_rows`` to ``max_rows``; ``cols`` dividing ``blocks``; with
     ``registers``, the accumulators, the ``cols`` weight vectors and one broadcast must fit them),
     then the fewest loads per step (``rows`` broadcasts + ``cols`` weight vectors)."""
-    options = [(r, c) for r in range(max_rows, 0, -1) for c in (4, 3, 2, 1)
+    options = [(r, c) for r in range(max_rows, min_rows - 1, -1) for c in (4, 3, 2, 1)
                if m % r == 0 and blocks % c == 0 and r * c <= accumulators and (registers is None or r * c + c + 1 <= registers)]  # fmt: skip
     return max(options, key=lambda rc: (rc[0] * rc[1], -(rc[0] + rc[1]), rc[0]))
 
@@ -295,7 +295,12 @@ def _schedule_dot(sch, block, p: dict[str, Any], at_tile: Callable[[Any], None] 
         sch.vectorize(sch.split(wk, [None, 16] if extent % 16 == 0 else [None, extent])[1])
     lanes, depth = p["lanes"], p["depth"]
     *outer, i, j, kk = sch.get_loops(block)
-    rows, cols = _micro_tile(p["m"], p["n"] // lanes, *p["tile"])
+    # a write-back on the tiles: no tile of padding rows only (rows padded to 4 for one output
+    # pixel, tiles of 2). TVM cannot give such a tile an empty write-back, so it wrote the first
+    # real row from the tile's own C, whose rows it holds in local memory from its first one on:
+    # read 2 rows before the buffer (PP-OCR's squeeze-and-excitation convolutions, 1 pixel)
+    min_rows = 1 if at_tile is None else p["m"] - p["rows_real"] + 1
+    rows, cols = _micro_tile(p["m"], p["n"] // lanes, *p["tile"], min_rows=min_rows)
     io, ii = sch.split(i, [None, rows])
     jo, ji = sch.split(j, [None, lanes])
     joo, joi = sch.split(jo, [None, cols])
@@ -310,13 +315,7 @@ def _schedule_dot(sch, block, p: dict[str, Any], at_tile: Callable[[Any], None] 
         # (column panels over the cores wrote halves of the same cache lines: MobileNetV2's 16 ->
         # 96 expansion took 0.16 ms); the weight is small enough to stay cached for every row
         sch.reorder(io, joo, *k_loops, ii, joi, ji, ki)
-        blocks = sch.split(io, [None, _per_iteration(p["m"] // rows)])[0]
-        # a block of padding rows only (one output pixel, 4 padded rows, tiles of 2) gets the
-        # write-back of the first real row (its region cannot be empty): over the cores each
-        # block has a C tile of its own, and that block wrote -corr over the real row (PP-OCR's
-        # squeeze-and-excitation convolutions, 1 pixel, on two threads); in order they share one
-        if p["rows_real"] > p["m"] - rows:
-            sch.parallel(blocks)
+        sch.parallel(sch.split(io, [None, _per_iteration(p["m"] // rows)])[0])
         tile = joo
     elif p.get("batch") and p["k"] * p["n"] * 2 <= BATCH_ROWS_BYTES:
         # a product's weight small enough to stay in L2 for all its rows: blocks of rows over the

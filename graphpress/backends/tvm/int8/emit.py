@@ -27,7 +27,7 @@ from graphpress.backends.tvm.int8.depthwise import depthwise_call, is_uint8_dept
 from graphpress.backends.tvm.int8.isa import Isa
 from graphpress.backends.tvm.layout import relax_module_pass
 
-__all__ = ["INT8_ATTR", "dense_unsupported", "emit_conv", "emit_matmul", "int8_converters", "is_int8_conv", "lower_int8_convs", "pack_weight"]
+__all__ = ["INT8_ATTR", "dense_unsupported", "emit_conv", "emit_matmul", "int8_converters", "is_int8_conv", "k_padded", "lower_int8_convs", "pack_weight"]
 
 #: attribute set on MatMulInteger/ConvInteger nodes (in the backend's copy only) that get an integer kernel
 INT8_ATTR = "_graphpress_int8"
@@ -44,9 +44,22 @@ def dense_unsupported(w: np.ndarray | None, zb: np.ndarray | None, a_dtype: str,
         return "activation is not uint8/int8"
     if not shape or None in shape:
         return "activation shape is not static"
-    if w.shape[0] % 4:
-        return f"K={w.shape[0]} is not a multiple of 4"
     return None
+
+
+#: a K that is not a multiple of 4 (a one-hot of 257 byte values, Magika's first layer) is padded
+#: to a multiple of this, the widest step of any kernel (AVX2's quads): zero weight rows, and as
+#: many activation columns, whose products are 0
+K_STEP = 8
+
+
+def k_padded(w_kn: np.ndarray) -> np.ndarray:
+    """The int8 ``[K, N]`` weight as its kernel takes it: as it is where K is a multiple of 4,
+    else with zero rows to a multiple of :data:`K_STEP`."""
+    k = w_kn.shape[0]
+    if k % 4 == 0:
+        return w_kn
+    return np.concatenate([w_kn, np.zeros((-k % K_STEP, w_kn.shape[1]), w_kn.dtype)])
 
 
 def pack_weight(w_kn: np.ndarray, multiple: int, lanes: int, depth: int = 4, dtype: str = "int8") -> tuple[np.ndarray, np.ndarray, int]:
@@ -97,11 +110,15 @@ def emit_matmul(bb, a, w_kn: np.ndarray, za, isa: Isa):
     from tvm import relax
 
     shape = [int(d) for d in a.ty.shape]
+    k_given = w_kn.shape[0]
+    w_kn = k_padded(w_kn)
     k, n = w_kn.shape
     m = int(np.prod(shape[:-1]))
     isa = isa.for_shape(m, k).for_weight(w_kn)
     packed, colsum, npad = _pack(w_kn, isa)
-    a2, za = _to_kernel_dtype(relax.op.reshape(a, (m, k)), _dtype(a.ty), za, isa)
+    a2, za = _to_kernel_dtype(relax.op.reshape(a, (m, k_given)), _dtype(a.ty), za, isa)
+    if k != k_given:  # columns that meet the weight's zero rows
+        a2 = relax.op.nn.pad(a2, [0, 0, 0, k - k_given])
     if isa.implicit_conv:  # the kernel writes the result's shape, the correction and what follows fused in
         out_shape = (*shape[:-1], n)
         corr = relax.const(np.zeros(npad, np.int32)) if za is None else relax.op.multiply(relax.op.astype(relax.op.reshape(za, ()), "int32"), relax.const(colsum))

@@ -18,7 +18,7 @@ import onnx_ir as ir
 
 from graphpress.backends.tvm.int8.conv_layout import conv_geometry, kernel_label
 from graphpress.backends.tvm.int8.dot import schedule_dot_kernels
-from graphpress.backends.tvm.int8.emit import INT8_ATTR, dense_unsupported, emit_conv, emit_matmul, lower_int8_convs
+from graphpress.backends.tvm.int8.emit import INT8_ATTR, dense_unsupported, emit_conv, emit_matmul, k_padded, lower_int8_convs
 from graphpress.backends.tvm.int8.isa import Isa
 from graphpress.backends.tvm.int8.qdq import const
 from graphpress.backends.tvm.runtime import load_program, time_side_by_side
@@ -233,7 +233,7 @@ class _Planner:
             return Int8Decision(node.name or node.outputs[0].name, (0, 0, 0), None, None, False, reason)
         k, n = w.shape
         m = int(np.prod(shape[:-1]))
-        isa = self.isa.for_shape(m, k).for_weight(w)
+        isa = self.isa.for_shape(m, k).for_weight(k_padded(w))
         narrow = self.isa.narrowing(isa)
         return _Layer(node, w, (m, n, k), f"{isa.label} kernel", (m, n, k, a_dtype, narrow), lambda: _dense_pair(m, n, k, a_dtype, self.isa, narrow), narrow)
 
