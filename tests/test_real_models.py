@@ -62,6 +62,8 @@ def test_x86_build_matches_onnxruntime_on_the_shipped_file(shipped):
         # convolution on its side, its length as the width the register tile runs along
         build = compiled.meta["build"]
         assert build["conv_layout"] == "NHWC", build["conv_layout"]
+        # its one-hot of 257 byte values times the first Dense layer's weight: a Gather of its rows
+        assert build["prepare"]["one_hot_gathers"] == 1, build["prepare"]
         assert build["analytic_scheduled_kernels"] >= 2 and build["packed_weights"] == 1, build
     for want, got in zip(_ort(path, feeds), compiled(**feeds)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

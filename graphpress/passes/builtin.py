@@ -5,6 +5,6 @@ The one list of built-in pass modules. ``graphpress.passes`` imports it last, so
 itself: the registry is a leaf the passes import, not the other way round.
 """
 
-from graphpress.passes import cleanup, decompose, dedup, fold_batchnorm, fusion, parallel, pruning, quantization, recurrent, share, spectral  # noqa: F401
+from graphpress.passes import cleanup, decompose, dedup, fold_batchnorm, fusion, one_hot, parallel, pruning, quantization, recurrent, share, spectral  # noqa: F401
 
 __all__: list[str] = []

@@ -327,7 +327,7 @@ def to_relax(model: ir.Model, shapes: Mapping[str, Mapping[str, Any]], target_na
 #: their static sequence length: :mod:`graphpress.passes.recurrent`), nor STFT (a DFT by MatMul:
 #: :mod:`graphpress.passes.spectral`); convolutions of one input become one
 #: (:mod:`graphpress.passes.parallel`: the input read once, the channels in fuller vectors).
-PREPARE_SPEC = "cleanup,unroll_recurrent,decompose_stft,fold_batchnorm,merge_parallel_convs,cleanup"
+PREPARE_SPEC = "cleanup,unroll_recurrent,decompose_stft,one_hot_gather,fold_batchnorm,merge_parallel_convs,cleanup"
 
 
 def prepare_for_lowering(
@@ -382,7 +382,7 @@ def prepare_for_lowering(
             set_input_shapes(copy, shapes)
             PassManager(build_passes("cleanup"), [InvariantInstrument()]).run(copy)
     return copy, {**info, "folded_bn": stats.get("folded_bn", 0), "unrolled_recurrent": stats.get("unrolled", 0),
-                  "decomposed_stft": stats.get("decomposed", 0), "merged_parallel_convs": stats.get("merged", 0)}  # fmt: skip
+                  "decomposed_stft": stats.get("decomposed", 0), "one_hot_gathers": stats.get("one_hot_gathers", 0), "merged_parallel_convs": stats.get("merged", 0)}  # fmt: skip
 
 
 def set_input_shapes(model: ir.Model, shapes: Mapping[str, Mapping[str, Any]]) -> None:
