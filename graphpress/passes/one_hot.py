@@ -71,8 +71,8 @@ def _index(x: ir.Value, one_hot: ir.Value, b: _Builder) -> ir.Value | None:
         return None
     if list(shape)[:-1] != list(one_hot.shape)[:-1]:
         return None
-    # the last axis by its number: TVM's layout conversion stopped on a Squeeze of axis -1
-    # (std::bad_alloc: it allocated its -1 dimensions)
+    # the last axis by its number (TVM's ConvertLayout stops on a negative one; the backend's
+    # ``layout.positive_squeeze_axes`` mends any Squeeze, this one needs no mending)
     index = b.op("Squeeze", [source, b.const(np.array([len(shape) - 1], np.int64))])
     index.dtype = source.dtype
     return index

@@ -571,6 +571,32 @@ def test_one_element_constants_become_scalars_so_a_hardswish_stays_nhwc_and_matc
     np.testing.assert_allclose(compiled(x)[0], want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
 
 
+def test_a_squeeze_of_a_negative_axis_leaves_the_model_in_nhwc():
+    """``Squeeze(axes=[-1])`` after a convolution and a mean over the width: TVM's
+    ``ConvertLayout`` stopped on the negative axis (std::bad_alloc), so the whole model kept
+    NCHW and each convolution ran between two transposes; with the axis as a number the model
+    moves to NHWC as a whole. Values against ONNX Runtime."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    import graphpress as gp
+    from graphpress.ir import numeric
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((16, 8, 3, 3)).astype(np.float32), "W"),
+             numpy_helper.from_array(np.array([3], np.int64), "width"), numpy_helper.from_array(np.array([-1], np.int64), "last")]  # fmt: skip
+    nodes = [helper.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Relu", ["c"], ["r"]),
+             helper.make_node("ReduceMean", ["r", "width"], ["m"], keepdims=1), helper.make_node("Squeeze", ["m", "last"], ["y"])]  # fmt: skip
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 6])], inits)  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    proto.ir_version = 8
+    model = gp.load(proto)
+    compiled = compile_model(model, "x86", verify=False, measure=False)
+    assert compiled.meta["build"]["conv_layout"] == "NHWC", compiled.meta["build"]["conv_layout"]
+    x = rng.standard_normal((1, 8, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(compiled(x)[0], numeric.run(model, {"x": x})["y"], rtol=1e-4, atol=1e-5)
+
+
 def test_a_kernel_under_the_parallel_work_threshold_runs_on_one_core():
     """Waking the second core costs more than a small kernel's work (a wake-word classifier's
     16 x 96 elementwise ops): under :data:`PARALLEL_WORK` elements (or multiply-adds) a kernel

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["conv1d_as_conv2d", "conv_transpose_as_conv", "convs_to_nhwc", "fold_constants", "pad_output_channels", "pad_output_width", "relax_module_pass", "scalar_constants",
+__all__ = ["conv1d_as_conv2d", "conv_transpose_as_conv", "convs_to_nhwc", "fold_constants", "pad_output_channels", "pad_output_width", "positive_squeeze_axes", "relax_module_pass", "scalar_constants",
            "sink_permutes", "softmax_on_last_axis", "unit_width_convs_along_width"]
 
 
@@ -601,6 +601,23 @@ def softmax_on_last_axis():
         return relax.op.permute_dims(y, back)
 
     return call_rewrite_pass(["relax.nn.softmax"], rewrite, "SoftmaxOnLastAxis")
+
+
+def positive_squeeze_axes():
+    """A Relax pass giving each ``squeeze`` of a known rank its axes as non-negative numbers.
+    ``ConvertLayout`` stops on a negative one (``std::bad_alloc``: TVM 0.27's layout inference of
+    ``squeeze`` sizes a vector by it), so a model with ``Squeeze(axes=[-1])`` anywhere kept NCHW
+    and ran each convolution between two transposes."""
+    from tvm import relax
+
+    def rewrite(self, call):
+        axes = call.attrs.axis
+        rank = getattr(call.args[0].ty, "ndim", -1)
+        if axes is None or rank is None or rank < 0 or all(int(a) >= 0 for a in axes):
+            return None
+        return relax.op.squeeze(call.args[0], [int(a) % rank for a in axes])
+
+    return call_rewrite_pass(["relax.squeeze"], rewrite, "PositiveSqueezeAxes")
 
 
 #: the binary elementwise Relax ops whose one-element constant operand becomes a scalar

@@ -33,6 +33,7 @@ from graphpress.backends.tvm.layout import (
     fold_constants,
     pad_output_channels,
     pad_output_width,
+    positive_squeeze_axes,
     scalar_constants,
     sink_permutes,
     softmax_on_last_axis,
@@ -237,7 +238,7 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
         winograd: list[str] = []  # the convolutions computed by Winograd's transforms
         if nhwc:  # output channels innermost: the analytic GEMM schedule vectorizes over them
             convert = convs_to_nhwc() if nhwc == "local" else relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"], **KEEP_NCHW})
-            steps += [conv1d_as_conv2d(), conv_transpose_as_conv(), unit_width_convs_along_width(), scalar_constants(), convert, sink_permutes(), fold_constants(), relax.transform.DeadCodeElimination()]
+            steps += [conv1d_as_conv2d(), conv_transpose_as_conv(), unit_width_convs_along_width(), scalar_constants(), positive_squeeze_axes(), convert, sink_permutes(), fold_constants(), relax.transform.DeadCodeElimination()]
         if analytic:  # output channels in whole vectors for the register tile; softmax rows contiguous
             facts = vector_facts(spec)
             steps += [*([winograd_convs(winograd)] if nhwc and tuning.winograd else []), pad_output_channels(facts.lanes), pad_output_width(facts.lanes, facts.registers), softmax_on_last_axis()]
