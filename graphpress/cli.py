@@ -50,6 +50,9 @@ def _add_optimize(sub):
     p.add_argument("--dump-ir", metavar="DIR", help="save the model after every pass into DIR")
     p.add_argument("--external-data", action="store_true",
                    help="store weights in OUT.data beside the .onnx (default: one file below 2 GB, OUT.data above)")
+    p.add_argument("--target", help="the machine the output will run on, as compile takes it (x86[:PATH], aarch64[:i8mm]): quantize fits "
+                   "its int8 weights to that machine's instructions (x86:avx2: 7 bits, whose vpmaddubsw pair sums cannot saturate, "
+                   "for ONNX Runtime's AVX2 kernels and graphpress's alike); default: any machine")
     p.set_defaults(func=cmd_optimize)
 
 
@@ -315,6 +318,11 @@ def cmd_optimize(args) -> int:
     from graphpress.passes.report import build_report, write_json_atomic
 
     passes = build_passes(args.passes)
+    facts = None
+    if args.target:
+        from graphpress.backends.tvm.targets import resolve_target, target_facts
+
+        facts = target_facts(resolve_target(args.target))
     input_path = Path(args.model)
     out = check_writable(args.output, "output", input_path)
     for extra, what in ((args.report, "report"), (args.report_html, "--report-html")):
@@ -334,7 +342,7 @@ def cmd_optimize(args) -> int:
     numeric_inst = None
     samples = load_samples(args.inputs, model) if args.inputs else None
     # every pass gets the samples (quantize: calibration; prune, dedup: activations)
-    context = PassContext(samples=samples, samples_source=str(args.inputs) if samples else "generated")
+    context = PassContext(samples=samples, samples_source=str(args.inputs) if samples else "generated", target=facts)
     # inputs the user gives are used, never refused: by the passes that read samples, else by the check
     if args.verify or (samples is not None and not any(p.uses_samples for p in passes)):
         source = str(args.inputs) if samples is not None else "generated from declared shapes (seed 0)"

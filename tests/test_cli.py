@@ -79,6 +79,31 @@ def test_optimize_with_inputs_npz(capsys, tmp_path, mlp_path):
     assert json.loads(rep.read_text())["verification"]["inputs"] == str(npz)
 
 
+def test_optimize_quantizes_for_the_target_it_is_given(capsys, tmp_path, mlp_path):
+    """``--target x86:avx2``: a CPU without an int8 dot product, whose vpmaddubsw sums pairs of
+    products in int16: the static quantizer gives the weights 7 bits (no pair can saturate,
+    for ONNX Runtime's AVX2 kernels and graphpress's); without a target they take all 8. A
+    target that does not exist: one line, exit 2, nothing written."""
+    npz = tmp_path / "x.npz"
+    np.savez(npz, x=np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32))
+
+    def weights(out):
+        model = onnx.load(out)
+        init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        return [init[n.input[0]] for n in model.graph.node if n.op_type == "DequantizeLinear" and init.get(n.input[0], np.zeros(0, np.uint8)).dtype == np.int8]
+
+    for target in (None, "x86:avx2"):
+        out = tmp_path / f"q{target is not None}.onnx"
+        argv = ["optimize", str(mlp_path), "-o", str(out), "--passes", "quantize:mode=static", "--inputs", str(npz)] + (["--target", target] if target else [])
+        assert main(argv) == 0, capsys.readouterr().err
+        ws = weights(out)
+        assert len(ws) == 2, ws
+        widest = max(int(np.abs(w.astype(np.int32)).max()) for w in ws)
+        assert (widest <= 64) if target else (widest >= 127), (target, widest)
+    _fail(capsys, ["optimize", str(mlp_path), "-o", str(tmp_path / "bad.onnx"), "--passes", "cleanup", "--target", "x86:avx9"],
+          [mlp_path], [tmp_path / "bad.onnx"], "x86:avx9")  # fmt: skip
+
+
 def test_missing_file(capsys, tmp_path):
     out = tmp_path / "o.onnx"
     _fail(capsys, ["optimize", str(tmp_path / "nope.onnx"), "-o", str(out), "--passes", "cleanup"], [], [out], "nope.onnx: no such file")
