@@ -35,14 +35,9 @@ __all__ = ["OneHotGather"]
 
 
 def _const(value: ir.Value | None) -> np.ndarray | None:
-    if value is None:
-        return None
-    if value.const_value is not None:
-        return value.const_value.numpy()
-    node = value.producer()
-    if node is not None and node.op_type == "Constant" and node.attributes.get("value") is not None:
-        return node.attributes["value"].as_tensor().numpy()
-    return None
+    """An initializer's or a ``Constant`` node's value."""
+    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
+    return tensor.numpy() if tensor is not None else None
 
 
 def _producer(value: ir.Value | None, op: str) -> ir.Node | None:
@@ -135,8 +130,8 @@ def _float_weight(value: ir.Value) -> np.ndarray | None:
     if w is None:
         dq = _producer(value, "DequantizeLinear")
         q, scale = (_const(dq.inputs[0]), _const(dq.inputs[1])) if dq is not None else (None, None)
-        if q is None or scale is None:
-            return None
+        if q is None or scale is None or scale.ndim > 1 or dq.attributes.get_int("block_size", 0):
+            return None  # blocked quantization: not a scale per tensor or per column
         zero = _const(dq.inputs[2]) if len(dq.inputs) > 2 and dq.inputs[2] is not None else None
         w = _dequantize(q, scale, zero, dq.attributes.get_int("axis", 1) % max(q.ndim, 1))
     if w.ndim != 2 or w.dtype.kind != "f" or not np.all(np.isfinite(w)):
@@ -156,8 +151,8 @@ def _rewrite_float(matmul: ir.Node, b: _Builder) -> ir.Value | None:
         if q is None or len(q.inputs) < 3 or not _only_use(dq.inputs[0], dq):
             return None
         qs, qz, ds, dz = (_const(v) for v in (q.inputs[1], q.inputs[2], dq.inputs[1], dq.inputs[2] if len(dq.inputs) > 2 else None))
-        if any(v is None or v.size != 1 for v in (qs, qz, ds, dz)) or qs.item() != ds.item() or qz.item() != dz.item():
-            return None
+        if any(v is None or v.size != 1 for v in (qs, qz, ds, dz)) or qs.item() != ds.item() or qz.item() != dz.item() or qz.dtype.kind not in "iu":
+            return None  # (a float8 or 4-bit grid rounds otherwise)
         info = np.iinfo(qz.dtype)
         level = int(np.clip(np.rint(np.float32(1.0) / qs.astype(np.float32).reshape(())) + int(qz.reshape(())), info.min, info.max))
         one = _dequantize(np.array(level), ds, dz, 0).reshape(()).astype(np.float32)
