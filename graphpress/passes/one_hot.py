@@ -35,8 +35,9 @@ __all__ = ["OneHotGather"]
 
 
 def _const(value: ir.Value | None) -> np.ndarray | None:
-    """An initializer's or a ``Constant`` node's value."""
-    tensor = ir.convenience.get_const_tensor(value) if value is not None else None
+    """An initializer's or a ``Constant`` node's value (not an initializer that is also a graph
+    input: the caller may give it another)."""
+    tensor = ir.convenience.get_const_tensor(value) if value is not None and not value.is_graph_input() else None
     return tensor.numpy() if tensor is not None else None
 
 
@@ -53,10 +54,10 @@ def _rank(value: ir.Value) -> int | None:
     return len(value.shape) if value.shape is not None else None
 
 
-def _index(x: ir.Value, one_hot: ir.Value, b: _Builder) -> ir.Value | None:
-    """``x`` (an integer tensor constant along its last axis) as the index tensor of the one-hot
-    ``one_hot`` (its shape but the last axis): the input of its ``Expand`` from size 1 there, or
-    ``x`` itself of size 1 there; the other axes as the one-hot's."""
+def _index(x: ir.Value, one_hot: ir.Value) -> ir.Value | None:
+    """The ``[..., 1]`` tensor whose last axis ``x`` (an integer tensor constant along it)
+    repeats, with the other axes of the one-hot ``one_hot``: the input of its ``Expand`` from
+    size 1 there, or ``x`` itself of size 1 there."""
     if x.dtype not in (ir.DataType.INT32, ir.DataType.INT64) or not _rank(x) or one_hot.shape is None:
         return None
     expand = _producer(x, "Expand")
@@ -66,16 +67,12 @@ def _index(x: ir.Value, one_hot: ir.Value, b: _Builder) -> ir.Value | None:
         return None
     if list(shape)[:-1] != list(one_hot.shape)[:-1]:
         return None
-    # the last axis by its number (TVM's ConvertLayout stops on a negative one; the backend's
-    # ``layout.positive_squeeze_axes`` mends any Squeeze, this one needs no mending)
-    index = b.op("Squeeze", [source, b.const(np.array([len(shape) - 1], np.int64))])
-    index.dtype = source.dtype
-    return index
+    return source
 
 
-def _one_hot(value: ir.Value, b: _Builder) -> tuple[ir.Value, int, bool] | None:
-    """The index tensor, K and whether negative indices count from the back, where ``value``
-    is a float one-hot over its last axis (else None)."""
+def _one_hot(value: ir.Value) -> tuple[ir.Value, bool, int, bool] | None:
+    """Where ``value`` is a float one-hot over its last axis: the index tensor, whether it has
+    a last axis of 1 to squeeze, K, and whether negative indices count from the back (else None)."""
     cast = _producer(value, "Cast")
     if cast is not None:
         equal = _producer(cast.inputs[0], "Equal")
@@ -88,9 +85,9 @@ def _one_hot(value: ir.Value, b: _Builder) -> tuple[ir.Value, int, bool] | None:
             k = table.shape[-1]
             if table.size != k or not np.array_equal(table.reshape(-1), np.arange(k)) or (isinstance(x.shape[-1], int) and x.shape[-1] not in (1, k)):
                 continue
-            index = _index(x, value, b)
-            if index is not None:
-                return index, k, False
+            source = _index(x, value)
+            if source is not None:
+                return source, True, k, False
         return None
     one_hot = _producer(value, "OneHot")
     if one_hot is None or one_hot.attributes.get_int("axis", -1) not in (-1, _rank(one_hot.inputs[0])):
@@ -101,12 +98,16 @@ def _one_hot(value: ir.Value, b: _Builder) -> tuple[ir.Value, int, bool] | None:
     x = one_hot.inputs[0]
     if x.dtype not in (ir.DataType.INT32, ir.DataType.INT64):
         return None
-    return x, int(depth.reshape(())), True
+    return x, False, int(depth.reshape(())), True
 
 
-def _rows(b: _Builder, index: ir.Value, k: int, table: np.ndarray, wrap: bool) -> ir.Value:
-    """``table[index]`` where ``0 <= index < K`` (from the back too with ``wrap``), zeros elsewhere."""
+def _rows(b: _Builder, found: tuple[ir.Value, bool, int, bool], table: np.ndarray) -> ir.Value:
+    """``table[index]`` where ``0 <= index < K`` (from the back too with ``wrap``), zeros
+    elsewhere, for the one-hot ``found`` (:func:`_one_hot`)."""
+    index, squeeze, k, wrap = found
     dtype = index.dtype.numpy()
+    if squeeze:  # the last axis by its number (TVM's ConvertLayout stopped on -1; mended there too)
+        index = b.op("Squeeze", [index, b.const(np.array([len(index.shape) - 1], np.int64))])
     table = np.concatenate([table, np.zeros((1, table.shape[1]), table.dtype)])
     if wrap:  # OneHot: -K..-1 count from the back
         index = b.op("Where", [b.op("Less", [index, b.const(np.array(0, dtype))]), b.op("Add", [index, b.const(np.array(k, dtype))]), index])
@@ -130,8 +131,8 @@ def _float_weight(value: ir.Value) -> np.ndarray | None:
     if w is None:
         dq = _producer(value, "DequantizeLinear")
         q, scale = (_const(dq.inputs[0]), _const(dq.inputs[1])) if dq is not None else (None, None)
-        if q is None or scale is None or scale.ndim > 1 or dq.attributes.get_int("block_size", 0):
-            return None  # blocked quantization: not a scale per tensor or per column
+        if q is None or scale is None or scale.ndim > 1 or scale.dtype != np.float32 or dq.attributes.get_int("block_size", 0):
+            return None  # blocked quantization, or a float16 one (computed here in float32)
         zero = _const(dq.inputs[2]) if len(dq.inputs) > 2 and dq.inputs[2] is not None else None
         w = _dequantize(q, scale, zero, dq.attributes.get_int("axis", 1) % max(q.ndim, 1))
     if w.ndim != 2 or w.dtype.kind != "f" or not np.all(np.isfinite(w)):
@@ -151,17 +152,17 @@ def _rewrite_float(matmul: ir.Node, b: _Builder) -> ir.Value | None:
         if q is None or len(q.inputs) < 3 or not _only_use(dq.inputs[0], dq):
             return None
         qs, qz, ds, dz = (_const(v) for v in (q.inputs[1], q.inputs[2], dq.inputs[1], dq.inputs[2] if len(dq.inputs) > 2 else None))
-        if any(v is None or v.size != 1 for v in (qs, qz, ds, dz)) or qs.item() != ds.item() or qz.item() != dz.item() or qz.dtype.kind not in "iu":
-            return None  # (a float8 or 4-bit grid rounds otherwise)
+        if (any(v is None or v.size != 1 for v in (qs, qz, ds, dz)) or qs.item() != ds.item() or qz.item() != dz.item()
+                or qz.dtype.kind not in "iu" or qs.dtype != np.float32):  # fmt: skip
+            return None  # (a float8 or 4-bit grid rounds otherwise; float16 scales too)
         info = np.iinfo(qz.dtype)
         level = int(np.clip(np.rint(np.float32(1.0) / qs.astype(np.float32).reshape(())) + int(qz.reshape(())), info.min, info.max))
         one = _dequantize(np.array(level), ds, dz, 0).reshape(()).astype(np.float32)
         a = q.inputs[0]
-    found = _one_hot(a, b)
-    if found is None or found[1] != w.shape[0]:
+    found = _one_hot(a)
+    if found is None or found[2] != w.shape[0]:
         return None
-    index, k, wrap = found
-    return _rows(b, index, k, (one * w).astype(w.dtype), wrap)
+    return _rows(b, found, (one * w).astype(w.dtype))
 
 
 def _rewrite_dynamic(mul: ir.Node, b: _Builder) -> ir.Value | None:
@@ -183,12 +184,11 @@ def _rewrite_dynamic(mul: ir.Node, b: _Builder) -> ir.Value | None:
         # the quantized one-hot's other outputs feed this product only
         if not (_only_use(dql.outputs[0], mmi) and _only_use(dql.outputs[2], mmi) and _only_use(scale, smul) and _only_use(smul.outputs[0], mul)):
             continue
-        found = _one_hot(dql.inputs[0], b)
-        if found is None or found[1] != wq.shape[0]:
+        found = _one_hot(dql.inputs[0])
+        if found is None or found[2] != wq.shape[0]:
             return None
-        index, k, wrap = found
         sums = (255 * (wq.astype(np.int32) - wz.astype(np.int32).reshape(-1 if wz.size > 1 else ()))).astype(np.float32)
-        rows = _rows(b, index, k, sums, wrap)
+        rows = _rows(b, found, sums)
         return b.op("Mul", [rows, b.const((np.float32(np.float32(1.0) / np.float32(255.0)) * ws).astype(np.float32))])
     return None
 
@@ -198,8 +198,12 @@ class OneHotGather(Pass):
     """Rewrite a one-hot vector times a constant matrix as a Gather of its rows."""
 
     name = "one_hot_gather"
+    min_opset = 13  # Squeeze with its axes as an input; GreaterOrEqual (12)
     family = "exact"
     description = "MatMul of a one-hot (Cast(Equal(x, arange)) or OneHot) by a constant weight, float, dynamic or static int8, as a Gather of its rows"
+
+    def required_opset(self, model: ir.Model) -> int:
+        return self.min_opset if any(n.op_type in ("Equal", "OneHot") for n in model.graph) else 0
 
     def call(self, model: ir.Model) -> PassResult:
         import onnx_ir.passes.common as common_passes
@@ -208,10 +212,11 @@ class OneHotGather(Pass):
             return PassResult(model, False, {"one_hot_gathers": 0})
         infer_shapes(model)  # the index's shape, where no pass has inferred it yet
         done = 0
-        for node in list(model.graph):
+        for i, node in enumerate(list(model.graph)):
             if node.domain not in ("", "ai.onnx") or node.op_type not in ("MatMul", "Mul") or node.graph is None:
                 continue
-            b = _Builder(node, f"{node.name or node.op_type}/one_hot_gather", model.opset_imports.get("", 0))
+            # the node's position in the name: unnamed products would share one
+            b = _Builder(node, f"{node.name or node.op_type}/one_hot_gather{i}", model.opset_imports.get("", 0))
             out = _rewrite_float(node, b) if node.op_type == "MatMul" else _rewrite_dynamic(node, b)
             if out is None:
                 continue

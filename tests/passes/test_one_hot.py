@@ -25,9 +25,10 @@ def _run(model, feeds) -> np.ndarray:
     return ort.InferenceSession(to_proto(model).SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
 
 
-def _byte_model(table=None, relu: bool = True):
+def _byte_model(table=None, relu: bool = True, opset: int = 18, weight_input: bool = False, second: bool = False):
     """Magika's front (tf2onnx's one_hot): Reshape to [..., 1], Expand, Equal with arange(K),
-    Cast, MatMul by a [K, N] weight, its bias and an activation."""
+    Cast, MatMul by a [K, N] weight, its bias and an activation; ``second``: another unnamed
+    MatMul of the one-hot, added to the first; ``weight_input``: the weight also a graph input."""
     rng = np.random.default_rng(0)
     table = np.arange(K, dtype=np.int32).reshape(1, 1, K) if table is None else table
     nodes = [
@@ -35,13 +36,19 @@ def _byte_model(table=None, relu: bool = True):
         helper.make_node("Expand", ["x1", "shapek"], ["xk"]),
         helper.make_node("Equal", ["xk", "table"], ["eq"]),
         helper.make_node("Cast", ["eq"], ["hot"], to=TensorProto.FLOAT),
-        helper.make_node("MatMul", ["hot", "W"], ["mm"], name="dense"),
+        helper.make_node("MatMul", ["hot", "W"], ["mm"]),
         helper.make_node("Add", ["mm", "b"], ["y0"]),
-        helper.make_node("Relu" if relu else "Identity", ["y0"], ["y"]),
+        helper.make_node("Relu" if relu else "Identity", ["y0"], ["y1"]),
     ]
+    if second:
+        nodes += [helper.make_node("MatMul", ["hot", "W2"], ["mm2"]), helper.make_node("Add", ["y1", "mm2"], ["y"])]
+    else:
+        nodes.append(helper.make_node("Identity", ["y1"], ["y"]))
     inits = [tensor("shape1", np.array([B, S, 1], np.int64)), tensor("shapek", np.array([B, S, K], np.int64)), tensor("table", table),
-             tensor("W", rng.standard_normal((K, N)).astype(np.float32)), tensor("b", rng.standard_normal(N).astype(np.float32))]  # fmt: skip
-    return gp.load(make_model(nodes, [helper.make_tensor_value_info("x", TensorProto.INT32, [B, S])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [B, S, N])], inits))
+             tensor("W", rng.standard_normal((K, N)).astype(np.float32)), tensor("b", rng.standard_normal(N).astype(np.float32)),
+             tensor("W2", rng.standard_normal((K, N)).astype(np.float32))]  # fmt: skip
+    inputs = [helper.make_tensor_value_info("x", TensorProto.INT32, [B, S])] + ([helper.make_tensor_value_info("W", TensorProto.FLOAT, [K, N])] if weight_input else [])
+    return gp.load(make_model(nodes, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [B, S, N])], inits, opset=opset))
 
 
 def _indices(dtype=np.int32) -> np.ndarray:
@@ -102,3 +109,21 @@ def test_what_is_not_a_one_hot_of_arange_stays():
     model = _byte_model(table=np.arange(K, dtype=np.int32)[::-1].reshape(1, 1, K).copy())
     PassManager(build_passes("one_hot_gather")).run(model)
     assert {"MatMul", "Equal"} <= _ops(model)
+
+
+def test_two_unnamed_products_of_an_opset_11_model_each_become_a_gather():
+    """Two MatMuls of one one-hot, neither named (their Gathers' constants need names of their
+    own), in an opset-11 model: converted to opset 13 first (the Squeeze's axes are an input)."""
+    model, x = _byte_model(opset=11, second=True), _indices()
+    before = _run(model, {"x": x})
+    PassManager(build_passes("one_hot_gather")).run(model)
+    assert model.opset_imports[""] >= 13 and [n.op_type for n in model.graph].count("Gather") == 2 and "MatMul" not in _ops(model), _ops(model)
+    np.testing.assert_array_equal(_run(model, {"x": x}), before)
+
+
+def test_a_weight_the_caller_can_replace_stays_a_product():
+    """An initializer that is also a graph input is the default of an input, not a constant."""
+    model = _byte_model(weight_input=True)
+    PassManager(build_passes("one_hot_gather")).run(model)
+    assert "MatMul" in _ops(model) and "Gather" not in _ops(model)
+

@@ -233,7 +233,8 @@ class _Planner:
             return Int8Decision(node.name or node.outputs[0].name, (0, 0, 0), None, None, False, reason)
         k, n = w.shape
         m = int(np.prod(shape[:-1]))
-        isa = self.isa.for_shape(m, k).for_weight(k_padded(w))
+        padded = k_padded(w)  # as emit_matmul takes it: a tile ISA may fit the padded K only
+        isa = self.isa.for_shape(m, padded.shape[0]).for_weight(padded)
         narrow = self.isa.narrowing(isa)
         return _Layer(node, w, (m, n, k), f"{isa.label} kernel", (m, n, k, a_dtype, narrow), lambda: _dense_pair(m, n, k, a_dtype, self.isa, narrow), narrow)
 
