@@ -56,18 +56,19 @@ def _rank(value: ir.Value) -> int | None:
 
 def _index(x: ir.Value, one_hot: ir.Value) -> ir.Value | None:
     """The ``[..., 1]`` tensor whose last axis ``x`` (an integer tensor constant along it)
-    repeats, with the other axes of the one-hot ``one_hot``: the input of its ``Expand`` from
-    size 1 there, or ``x`` itself of size 1 there."""
-    if x.dtype not in (ir.DataType.INT32, ir.DataType.INT64) or not _rank(x) or one_hot.shape is None:
+    repeats, with the other axes of the one-hot ``one_hot``: ``x`` itself where that axis is 1
+    (the table's other axes are 1: ``Equal`` broadcasts only the last axis, whatever the others
+    are, symbolic batch included), else the input of its ``Expand`` from 1 there, where static
+    shapes show the ``Expand`` broadcast nothing else."""
+    if x.dtype not in (ir.DataType.INT32, ir.DataType.INT64) or not _rank(x) or one_hot.shape is None or len(x.shape) != len(one_hot.shape):
         return None
+    if x.shape[-1] == 1:
+        return x
     expand = _producer(x, "Expand")
-    source = expand.inputs[0] if expand is not None else x
-    shape = source.shape
+    shape = expand.inputs[0].shape if expand is not None else None
     if shape is None or len(shape) != len(one_hot.shape) or shape[-1] != 1 or not all(isinstance(d, int) for d in (*shape, *one_hot.shape)):
         return None
-    if list(shape)[:-1] != list(one_hot.shape)[:-1]:
-        return None
-    return source
+    return expand.inputs[0] if list(shape)[:-1] == list(one_hot.shape)[:-1] else None
 
 
 def _one_hot(value: ir.Value) -> tuple[ir.Value, bool, int, bool] | None:

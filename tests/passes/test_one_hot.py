@@ -127,3 +127,25 @@ def test_a_weight_the_caller_can_replace_stays_a_product():
     PassManager(build_passes("one_hot_gather")).run(model)
     assert "MatMul" in _ops(model) and "Gather" not in _ops(model)
 
+
+
+def test_a_one_hot_of_a_symbolic_batch_is_rewritten_too():
+    """Magika as shipped: ``bytes[batch, 2048]`` reshaped to ``[-1, 2048, 1]``, the Equal
+    broadcasting its last axis only: the batch stays symbolic, and the file ONNX Runtime runs
+    gets the Gather (any batch, bit for bit)."""
+    rng = np.random.default_rng(3)
+    proto = make_model(
+        [helper.make_node("Reshape", ["x", "shape1"], ["x1"]), helper.make_node("Equal", ["x1", "table"], ["eq"]),
+         helper.make_node("Cast", ["eq"], ["hot"], to=TensorProto.FLOAT), helper.make_node("MatMul", ["hot", "W"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.INT32, ["batch", S])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", S, N])],
+        [tensor("shape1", np.array([-1, S, 1], np.int64)), tensor("table", np.arange(K, dtype=np.int32).reshape(1, 1, K)),
+         tensor("W", rng.standard_normal((K, N)).astype(np.float32))],
+    )  # fmt: skip
+    model = gp.load(proto)
+    feeds = [{"x": rng.integers(-2, K + 2, (b, S)).astype(np.int32)} for b in (1, 3)]
+    before = [_run(model, f) for f in feeds]
+    PassManager(build_passes("one_hot_gather")).run(model)
+    assert "Gather" in _ops(model) and "MatMul" not in _ops(model), _ops(model)
+    for f, want in zip(feeds, before):
+        np.testing.assert_array_equal(_run(model, f), want)
