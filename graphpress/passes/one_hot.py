@@ -194,6 +194,17 @@ def _rewrite_dynamic(mul: ir.Node, b: _Builder) -> ir.Value | None:
     return None
 
 
+def _candidates(model: ir.Model) -> bool:
+    """Whether a one-hot (``Cast`` of an ``Equal``, or ``OneHot``) feeds a product or its
+    quantizer: the models the pass converts to opset 13 and runs shape inference on (a model
+    with an unrelated ``Equal`` keeps its opset)."""
+    for node in model.graph:
+        if (node.op_type == "Cast" and _producer(node.inputs[0], "Equal") is not None) or node.op_type == "OneHot":
+            if any(use.node.op_type in ("MatMul", "QuantizeLinear", "DynamicQuantizeLinear") for use in node.outputs[0].uses()):
+                return True
+    return False
+
+
 @register
 class OneHotGather(Pass):
     """Rewrite a one-hot vector times a constant matrix as a Gather of its rows."""
@@ -204,12 +215,12 @@ class OneHotGather(Pass):
     description = "MatMul of a one-hot (Cast(Equal(x, arange)) or OneHot) by a constant weight, float, dynamic or static int8, as a Gather of its rows"
 
     def required_opset(self, model: ir.Model) -> int:
-        return self.min_opset if any(n.op_type in ("Equal", "OneHot") for n in model.graph) else 0
+        return self.min_opset if _candidates(model) else 0
 
     def call(self, model: ir.Model) -> PassResult:
         import onnx_ir.passes.common as common_passes
 
-        if not any(n.op_type in ("Equal", "OneHot") for n in model.graph):
+        if not _candidates(model):
             return PassResult(model, False, {"one_hot_gathers": 0})
         infer_shapes(model)  # the index's shape, where no pass has inferred it yet
         done = 0

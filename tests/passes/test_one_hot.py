@@ -149,3 +149,18 @@ def test_a_one_hot_of_a_symbolic_batch_is_rewritten_too():
     assert "Gather" in _ops(model) and "MatMul" not in _ops(model), _ops(model)
     for f, want in zip(feeds, before):
         np.testing.assert_array_equal(_run(model, f), want)
+
+
+def test_a_model_with_no_one_hot_product_keeps_its_opset():
+    """An ``Equal`` that feeds no product: nothing to rewrite, so an opset-11 model is not
+    converted (compile runs the pass on every model)."""
+    proto = make_model(
+        [helper.make_node("Equal", ["x", "k"], ["eq"]), helper.make_node("Cast", ["eq"], ["y"], to=TensorProto.FLOAT)],
+        [helper.make_tensor_value_info("x", TensorProto.INT32, [B, S])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [B, S])],
+        [tensor("k", np.array(3, np.int32))],
+        opset=11,
+    )
+    model = gp.load(proto)
+    PassManager(build_passes("one_hot_gather")).run(model)
+    assert model.opset_imports[""] == 11 and _ops(model) == {"Equal", "Cast"}
