@@ -310,7 +310,7 @@ def _conv_reference(x, w, zx, pads, strides, dilations=(1, 1)):
         # a strided 1x1 reads every other pixel in place
         ((1, 32, 7, 7), (16, 32, 1, 1), [0, 0, 0, 0], [2, 2], [1, 1], "VNNI", "VNNI kernel, unfolded in place"),
         ((1, 64, 9, 7), (40, 64, 3, 3), [1, 1, 1, 1], [1, 1], [1, 1], "AMX", "im2col + AMX kernel"),  # 63 pixels: rows padded to 64
-        ((1, 48, 6, 6), (24, 48, 1, 1), [0, 0, 0, 0], [1, 1], [1, 1], "AMX", "AMX kernel (pointwise)"),  # K padded 48 -> 64
+        ((1, 48, 8, 8), (24, 48, 1, 1), [0, 0, 0, 0], [1, 1], [1, 1], "AMX", "AMX kernel (pointwise)"),  # K padded 48 -> 64; 64 pixels, whole tiles
         ((1, 64, 7, 7), (32, 64, 1, 1), [0, 0, 0, 0], [2, 2], [1, 1], "AMX", "im2col + AMX kernel"),  # strided pointwise
     ],
 )
@@ -330,7 +330,8 @@ def test_conv_integer_equals_a_reference_bit_for_bit(x_shape, w_shape, pads, str
         [tensor("W", w), tensor("zx", np.array(zx, np.uint8))],
     )
     model = gp.load(proto)
-    compiled = compile_model(model, "x86", int8="on", int8_guard=False)
+    # the VNNI cases on the VNNI path itself: on an AMX host, the host's path gives AMX's tiles the shapes that fill them
+    compiled = compile_model(model, "x86:avx512_vnni" if kernel == "VNNI" else "x86", int8="on", int8_guard=False)
     report = compiled.meta["build"]["int8"]
     assert report["lowered"] == 1 and report["nodes"][0]["kernel"] == how, report["nodes"]
     assert (report["amx_tile_products"] > 0) == (kernel == "AMX")
@@ -548,3 +549,69 @@ def test_an_activation_pair_before_a_float_layer_keeps_its_calibrated_clip():
     compiled = compile_model(model, "x86", samples={"x": x}, measure=False)
     assert compiled.meta["build"]["int8"]["fp32_bypassed_qdq"] == 1
     np.testing.assert_allclose(compiled.run_named(x=x)["y"], _ort(model, {"x": x})[0], atol=5e-3)
+
+
+def _amx_and_fallback_model() -> tuple[ir.Model, dict[str, np.ndarray]]:
+    """Three layers AMX's tiles take: a 3x3 convolution with a zero point and padding (63
+    pixels), a 1x1 one of the same input, a 64x128x48 MatMulInteger; and inputs at the extremes."""
+    rng = np.random.default_rng(11)
+    w3 = rng.choice(np.array([-128, 127, -1, 0], np.int8), (40, 64, 3, 3))
+    w1 = rng.integers(-128, 128, (24, 64, 1, 1), dtype=np.int8)
+    wm = rng.integers(-128, 128, (128, 48), dtype=np.int8)
+    proto = make_model(
+        [helper.make_node("ConvInteger", ["x", "W3", "zx"], ["y3"], pads=[1, 1, 1, 1], name="conv3x3"),
+         helper.make_node("ConvInteger", ["x", "W1", "zx"], ["y1"], name="conv1x1"),
+         helper.make_node("MatMulInteger", ["a", "Wm", "za"], ["ym"], name="matmul")],
+        [helper.make_tensor_value_info("x", TensorProto.UINT8, [1, 64, 9, 7]), helper.make_tensor_value_info("a", TensorProto.UINT8, [64, 128])],
+        [helper.make_tensor_value_info(n, TensorProto.INT32, None) for n in ("y3", "y1", "ym")],
+        [tensor("W3", w3), tensor("W1", w1), tensor("Wm", wm), tensor("zx", np.array(17, np.uint8)), tensor("za", np.array(5, np.uint8))],
+    )  # fmt: skip
+    feeds = {"x": rng.choice(np.array([0, 255, 254, 1], np.uint8), (1, 64, 9, 7)), "a": rng.integers(0, 256, (64, 128)).astype(np.uint8)}
+    return gp.load(proto), feeds
+
+
+def test_a_layer_the_guard_times_faster_on_the_tile_isas_fallback_is_built_there():
+    """AMX's per-layer choice, as the build carries it: the layers named for the fallback (the
+    3x3 convolution, whose zero point moves its padding into a pad op of its own, and the
+    MatMulInteger) are built on VNNI's kernels, the 1x1 convolution on AMX's; the report lists
+    the fallback's convolution shapes. Built for ``x86:amx`` on any host, nothing run."""
+    import tvm
+
+    from graphpress.backends.tvm.int8 import int8_converters, lower_int8_convs, plan
+    from graphpress.backends.tvm.int8.isa import AMX
+    from graphpress.backends.tvm.lower import bind_input_shapes, to_relax
+    from graphpress.backends.tvm.tuning import Tuning
+
+    model, _ = _amx_and_fallback_model()
+    spec = resolve_target("x86:amx")
+    report = plan(model, spec, AMX, Tuning(), guard=False, only=frozenset({"conv3x3", "conv1x1", "matmul"}), fallback=frozenset({"conv3x3", "matmul"}))
+    kernels = {n["node"]: (n["kernel"], n["isa"]) for n in report["nodes"]}
+    assert kernels == {"conv3x3": ("VNNI kernel, unfolded in place", "vnni"), "conv1x1": ("im2col + AMX kernel", "amx"), "matmul": ("VNNI kernel", "vnni")}, kernels
+    assert report["fallback_convs"] == [[1, 64, 11, 9, 40, 64, 3, 3, 0, 0, 0, 0, 1, 1, 1, 1]], report["fallback_convs"]  # the padded input, no padding left
+    with int8_converters(AMX):
+        mod = to_relax(model, bind_input_shapes(model))
+    with spec.tvm_target():
+        mod = lower_int8_convs(AMX, report["fallback_convs"])(mod)
+    names = sorted(gv.name_hint for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc) and ("_dense_" in gv.name_hint or "_conv_" in gv.name_hint))
+    assert [n.split("_")[1] for n in names] == ["amx", "vnni", "vnni"], names
+
+
+def test_on_an_amx_host_each_layer_runs_on_the_kernel_its_guard_timed_faster(monkeypatch):
+    """Measurements injected (the fallback faster for the 3x3 convolution and the MatMulInteger,
+    AMX for the 1x1 convolution): both instruction sets ship, each layer's report names its
+    kernel, and every output is bit for bit numpy's (convolutions) and ONNX Runtime's."""
+    if not HAS_AMX:
+        pytest.skip(host_lacks("amx_tile", "amx_int8") or "the x86 target has no AMX-INT8")
+    monkeypatch.setattr(guard, "_time_pairs", lambda pairs, spec, tuning, repeat, isa, fallback: [
+        (1.0, 3.0, 0.5 if i != 1 else 2.0) for i in range(len(pairs))])  # fmt: skip
+    model, feeds = _amx_and_fallback_model()
+    compiled = compile_model(model, "x86", int8="on")
+    report = compiled.meta["build"]["int8"]
+    assert report["isa"] == "amx" and report["lowered"] == 3, report
+    assert {n["node"]: n["isa"] for n in report["nodes"]} == {"conv3x3": "vnni", "conv1x1": "amx", "matmul": "vnni"}, report["nodes"]
+    assert report["instructions"]["AMX tile products"] > 0 and report["instructions"]["zmm vpdpbusd"] > 0, report["instructions"]
+    out = compiled.run_named(**feeds)
+    w3, w1 = (next(v for v in model.graph.initializers.values() if v.name == n).const_value.numpy() for n in ("W3", "W1"))
+    np.testing.assert_array_equal(out["y3"], _conv_reference(feeds["x"], w3, 17, [1, 1, 1, 1], [1, 1]))
+    np.testing.assert_array_equal(out["y1"], _conv_reference(feeds["x"], w1, 17, [0, 0, 0, 0], [1, 1]))
+    np.testing.assert_array_equal(out["ym"], _ort(model, feeds)[2])

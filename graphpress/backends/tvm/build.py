@@ -174,7 +174,7 @@ def compile_model(
         isa = isa if isa is not None and int8_path.is_quantized(prepared) else None
         if isa is not None:
             report["int8"] = int8_path.plan(prepared, spec, isa, tuning, guard=int8_guard, progress=progress)
-            tuning = dataclasses.replace(tuning, int8_lowering=int8_path.lower_int8_convs(isa), int8_schedule=int8_path.schedule_dot_kernels)
+            tuning = dataclasses.replace(tuning, int8_lowering=int8_path.lower_int8_convs(isa, report["int8"]["fallback_convs"]), int8_schedule=int8_path.schedule_dot_kernels)
             with int8_path.int8_converters(isa):
                 mod = to_relax(prepared, shapes, spec.name)
         else:
@@ -565,7 +565,8 @@ def _model_guard(model, prepare, shapes, spec, isa, int8_exe, report, tuning: Tu
                           if n["lowered"] or (n["int8_ms"] is not None and n["fp32_ms"] is not None and n["int8_ms"] < CLOSE_CALL * n["fp32_ms"]))  # fmt: skip
         if len(close) > report["int8"]["lowered"]:
             every_copy, _ = prepare_for_lowering(model, prepare, shapes, frozen)
-            every_report = int8_path.plan(every_copy, spec, isa, tuning, guard=False, only=close)
+            fallback = frozenset(n["node"] for n in report["int8"]["nodes"] if isa.fallback is not None and n.get("isa") == isa.fallback.name)
+            every_report = int8_path.plan(every_copy, spec, isa, tuning, guard=False, only=close, fallback=fallback)
             with int8_path.int8_converters(isa):
                 every_exe, every_stats = _build(to_relax(every_copy, shapes, spec.name), spec, tuning)
             loader.add("close_calls_int8", every_exe)

@@ -50,17 +50,18 @@ def is_quantized(model: ir.Model) -> bool:
 
 
 def plan(model: ir.Model, spec: TargetSpec, isa: Isa, tuning: Tuning, *, guard: bool, progress: Callable[[str], None] | None = None,
-         only: frozenset[str] | None = None) -> dict[str, Any]:
+         only: frozenset[str] | None = None, fallback: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Steps 1-3 on ``model`` (the backend's copy, its input shapes static; changed in place).
     The guard runs where the target's code runs: this host, or the device of the
     :func:`~graphpress.backends.tvm.runtime.running_on` block; ``only``: lower these nodes (by
-    name) and no others, untimed. Returns the int8 report."""
+    name) and no others, untimed (those in ``fallback`` on the tile ISA's fallback). Returns the
+    int8 report."""
     start = time.perf_counter()
     pools = integer_max_pools(model)
     rewrite = qdq_to_integer(model)
     remote = current_remote()
     timed = spec.is_host or remote is not None
-    report = plan_int8(model, spec, isa, tuning, guard=guard and timed, progress=progress, only=only)
+    report = plan_int8(model, spec, isa, tuning, guard=guard and timed, progress=progress, only=only, fallback=fallback)
     report.update({"isa": isa.name, "amx": isa.name == "amx"})
     if guard and not timed:
         report["guard"] = "not run: a cross-compiled target cannot be timed on this host (give --rpc to time it on the device)"

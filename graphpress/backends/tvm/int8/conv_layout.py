@@ -14,7 +14,7 @@ from graphpress.backends.tvm.int8.dot import cached, padded_shape
 from graphpress.backends.tvm.int8.isa import Isa
 from graphpress.passes.int16_sums import row_run
 
-__all__ = ["conv_geometry", "im2col_kernel", "implicit", "kernel_label", "nhwc_pad_kernel", "padded_shape", "pointwise", "to_nchw_kernel", "unfolded_weight"]
+__all__ = ["conv_geometry", "conv_key", "im2col_kernel", "implicit", "kernel_label", "nhwc_pad_kernel", "onnx_conv_key", "padded_shape", "pointwise", "to_nchw_kernel", "unfolded_weight"]
 
 _made = [0]  # layout kernels made in this process: their names stay unique
 
@@ -77,6 +77,25 @@ def conv_geometry(x_shape, w_shape, attrs, isa: Isa, weight: np.ndarray | None =
     return {"n": n, "c": c, "h": h, "w": w, "oc": oc, "kh": kh, "kw": kw, "pads": pads, "strides": (sh, sw), "dilations": (dh, dw),
             "oh": oh, "ow": ow, "m": m, "mp": -(-m // unit) * unit, "k": c * kh * kw, "cp": cp, "kp": kh * rp if rp else cp * kh * kw,
             "hp": h + pads[0] + pads[2], "wp": w + pads[1] + pads[3], "rp": rp, "isa": isa}  # fmt: skip
+
+
+def conv_key(x_nchw, w_oihw, pads, strides, dilations) -> tuple[int, ...]:
+    """A convolution's shapes and attributes as the Relax ``conv2d`` that
+    :func:`~.emit.lower_int8_convs` lowers has them (the layer guard's decisions by shape)."""
+    pads = [int(p) for p in pads]
+    pads = pads * 2 if len(pads) == 2 else pads
+    return (*(int(d) for d in x_nchw), *(int(d) for d in w_oihw), *pads, *(int(v) for v in strides), *(int(v) for v in dilations))
+
+
+def onnx_conv_key(x_nchw, w_oihw, attrs: dict, zero_point: int) -> tuple[int, ...]:
+    """:func:`conv_key` of a ``ConvInteger`` (``attrs``: its pads, strides, dilations) as
+    :func:`~.emit.emit_conv` writes it: with a zero point, the padding is a ``pad`` op of its own
+    in front of an unpadded convolution of the padded input."""
+    n, c, h, w = (int(d) for d in x_nchw)
+    pads = [int(p) for p in attrs.get("pads", (0, 0, 0, 0))]
+    if zero_point and any(pads):
+        h, w, pads = h + pads[0] + pads[2], w + pads[1] + pads[3], [0, 0, 0, 0]
+    return conv_key((n, c, h, w), w_oihw, pads, attrs.get("strides", (1, 1)), attrs.get("dilations", (1, 1)))
 
 
 def pointwise(g: dict[str, Any]) -> bool:

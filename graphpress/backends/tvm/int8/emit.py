@@ -21,16 +21,18 @@ import contextlib
 
 import numpy as np
 
-from graphpress.backends.tvm.int8.conv_layout import conv_geometry, im2col_kernel, implicit, nhwc_pad_kernel, padded_shape, pointwise, to_nchw_kernel, unfolded_weight
+from graphpress.backends.tvm.int8.conv_layout import conv_geometry, conv_key, im2col_kernel, implicit, nhwc_pad_kernel, padded_shape, pointwise, to_nchw_kernel, unfolded_weight
 from graphpress.backends.tvm.int8 import winograd
 from graphpress.backends.tvm.int8.depthwise import depthwise_call, is_uint8_depthwise
 from graphpress.backends.tvm.int8.isa import Isa
 from graphpress.backends.tvm.layout import relax_module_pass
 
-__all__ = ["INT8_ATTR", "dense_unsupported", "emit_conv", "emit_matmul", "int8_converters", "is_int8_conv", "k_padded", "lower_int8_convs", "pack_weight"]
+__all__ = ["FALLBACK", "INT8_ATTR", "dense_unsupported", "emit_conv", "emit_matmul", "int8_converters", "is_int8_conv", "k_padded", "lower_int8_convs", "pack_weight"]
 
 #: attribute set on MatMulInteger/ConvInteger nodes (in the backend's copy only) that get an integer kernel
 INT8_ATTR = "_graphpress_int8"
+#: :data:`INT8_ATTR`'s value for a layer a tile ISA (AMX) takes that runs on the ISA's fallback instead
+FALLBACK = 2
 
 
 def dense_unsupported(w: np.ndarray | None, zb: np.ndarray | None, a_dtype: str, shape: list[int | None] | None) -> str | None:
@@ -157,7 +159,7 @@ def emit_conv(bb, x, w_oihw: np.ndarray, zero_point: int, attrs, layout: str = "
     return relax.op.subtract(bb.emit(acc), relax.const(corr.reshape((1, 1, 1, -1) if nhwc else (1, -1, 1, 1))))
 
 
-def _lower_conv(bb, call, w: np.ndarray, isa: Isa):
+def _lower_conv(bb, call, w: np.ndarray, isa: Isa, fallback: frozenset[tuple[int, ...]] = frozenset()):
     """The ISA's kernels for an int8 ``conv2d`` (NCHW/OIHW or NHWC/HWIO, zero padding): a padded
     NHWC copy (none for an NHWC input that needs no padding), im2col (none for a pointwise
     convolution, nor for an ISA whose kernel reads the unfolded rows in place from the padded
@@ -172,6 +174,8 @@ def _lower_conv(bb, call, w: np.ndarray, isa: Isa):
     w_oihw = w if str(attrs.kernel_layout) == "OIHW" else w.transpose(3, 2, 0, 1)
     nchw_shape = shape if layout == "NCHW" else [shape[0], shape[3], shape[1], shape[2]]
     conv_attrs = {"pads": [int(p) for p in attrs.padding], "strides": [int(v) for v in attrs.strides], "dilations": [int(v) for v in attrs.dilation]}
+    if isa.fallback is not None and conv_key(nchw_shape, w_oihw.shape, conv_attrs["pads"], conv_attrs["strides"], conv_attrs["dilations"]) in fallback:
+        isa = isa.fallback  # the layer guard timed the fallback's kernel faster for this shape
     g = conv_geometry(nchw_shape, w_oihw.shape, conv_attrs, isa, w_oihw)
     if layout == "NHWC" and winograd.applies(g):
         return winograd.emit_winograd(bb, x, w_oihw, g)
@@ -225,10 +229,13 @@ def is_int8_conv(call, weight) -> bool:
     )  # fmt: skip
 
 
-def lower_int8_convs(isa: Isa):
-    """A Relax module pass: every conv2d :func:`is_int8_conv` accepts onto ``isa``'s kernels, and
-    every depthwise conv2d of a dequantized uint8 map onto one kernel that reads the uint8 map
-    (:mod:`.depthwise`); run after layout conversion, before legalization."""
+def lower_int8_convs(isa: Isa, fallback=()):
+    """A Relax module pass: every conv2d :func:`is_int8_conv` accepts onto ``isa``'s kernels (those
+    whose :func:`~.conv_layout.conv_key` is in ``fallback`` onto ``isa.fallback``'s: the layer
+    guard's ``fallback_convs``), and every depthwise conv2d of a dequantized uint8 map onto one
+    kernel that reads the uint8 map (:mod:`.depthwise`); run after layout conversion, before
+    legalization."""
+    fallback = frozenset(tuple(k) for k in fallback)
     import tvm
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
@@ -241,7 +248,7 @@ def lower_int8_convs(isa: Isa):
                 return call
             weight, data = (self.resolve(a) for a in call.args[:2][::-1])
             if is_int8_conv(call, weight):
-                return _lower_conv(self.builder_, call, weight.value.numpy(), isa)
+                return _lower_conv(self.builder_, call, weight.value.numpy(), isa, fallback)
             if is_uint8_depthwise(call, data, weight):
                 return depthwise_call(self.builder_, call, data, weight)
             return call
@@ -284,7 +291,7 @@ def int8_converters(isa: Isa):
                 w = constant(inputs[1])
                 zb_np = None if zb is None else (constant(zb) if constant(zb) is not None else np.array([1]))
                 if dense_unsupported(w, zb_np, _dtype(a.ty), _static_shape(a.ty)) is None:
-                    return emit_matmul(bb, a, w, za, isa)
+                    return emit_matmul(bb, a, w, za, isa.fallback if attr.get(INT8_ATTR) == FALLBACK and isa.fallback is not None else isa)
             return base._impl_v10(bb, inputs, attr, params)
 
     class Int8ConvInteger(onnx_frontend.OnnxOpConverter):

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from graphpress.backends.tvm.int8.conv_layout import conv_geometry, kernel_label
+from graphpress.backends.tvm.int8.conv_layout import conv_geometry, kernel_label, onnx_conv_key
 from graphpress.backends.tvm.int8.dot import schedule_dot_kernels
-from graphpress.backends.tvm.int8.emit import INT8_ATTR, dense_unsupported, emit_conv, emit_matmul, k_padded, lower_int8_convs
+from graphpress.backends.tvm.int8.emit import FALLBACK, INT8_ATTR, dense_unsupported, emit_conv, emit_matmul, k_padded, lower_int8_convs
 from graphpress.backends.tvm.int8.isa import Isa
 from graphpress.backends.tvm.int8.qdq import const
 from graphpress.backends.tvm.runtime import load_program, time_side_by_side
@@ -41,6 +41,7 @@ class Int8Decision:
     lowered: bool
     reason: str
     kernel: str = ""  # the integer kernel a lowered node runs on
+    isa: str = ""  # the ISA of the faster integer kernel where two were timed (a tile ISA and its fallback)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -69,20 +70,22 @@ class _Pair:
     x_fp32: np.ndarray
 
 
-def _time_pairs(pairs: list[_Pair], spec, tuning: Tuning, repeat: int, isa: Isa) -> list[tuple[float, float]]:
-    """(int8 ms, fp32 ms) of each layer of ``pairs`` built both ways for ``spec``: every layer's
-    integer kernel a function of one module (through the int8 build's pipeline), every fp32 one
-    a function of another (the fp32 build's schedules and databases), so a model's guard is two
-    builds and two loads however many layers it times (it was two per layer: PP-OCR's
-    classifier, 33 layer shapes, 6 s); each layer's two functions timed side by side."""
+def _time_pairs(pairs: list[_Pair], spec, tuning: Tuning, repeat: int, isa: Isa, fallback: list[_Pair | None] | None = None) -> list[tuple[float, float, float | None]]:
+    """(int8 ms, fp32 ms, fallback int8 ms) of each layer of ``pairs`` built both ways for
+    ``spec``: every layer's integer kernel a function of one module (through the int8 build's
+    pipeline), every fp32 one a function of another (the fp32 build's schedules), so a model's
+    guard is two builds and two loads however many layers it times (it was two per layer:
+    PP-OCR's classifier, 33 layer shapes, 6 s); each layer's functions timed side by side.
+    ``fallback``: for a tile ISA, each layer's integer kernel on ``isa.fallback`` too (``None``
+    where the layer does not take the tile ISA): a third module, timed with the other two."""
     import tvm
     from tvm import relax
 
     target = spec.tvm_target()
 
-    def module(integer: bool):
+    def module(chosen: list[tuple[int, _Pair]], integer: bool):
         bb = relax.BlockBuilder()
-        for i, pair in enumerate(pairs):
+        for i, pair in chosen:
             x_np = pair.x_int8 if integer else pair.x_fp32
             x = relax.Var("x", relax.TensorType(x_np.shape, str(x_np.dtype)))
             with bb.function(f"layer{i}", [x]):
@@ -91,13 +94,23 @@ def _time_pairs(pairs: list[_Pair], spec, tuning: Tuning, repeat: int, isa: Isa)
                 bb.emit_func_output(out)
         return bb.get()
 
-    int8_mod = _int8_pipeline(module(True), target, isa)
-    candidates, _ = schedule_cpu(module(False), spec, dataclasses.replace(tuning, trials=0))
-    int8_vm, fp32_vm = (load_program(tvm.compile(mod, target=target, tir_pipeline=cpu_tir_pipeline())) for mod in (int8_mod, next(iter(candidates.values()))[0]))
+    def load(mod):
+        return load_program(tvm.compile(mod, target=target, tir_pipeline=cpu_tir_pipeline()))
+
+    every = list(enumerate(pairs))
+    int8_vm = load(_int8_pipeline(module(every, True), target, isa))
+    candidates, _ = schedule_cpu(module(every, False), spec, dataclasses.replace(tuning, trials=0))
+    fp32_vm = load(next(iter(candidates.values()))[0])
+    others = [(i, p) for i, p in enumerate(fallback or []) if p is not None]
+    fallback_vm = load(_int8_pipeline(module(others, True), target, isa.fallback)) if others and isa.fallback is not None else None
     timings = []
     for i, pair in enumerate(pairs):
-        int8_ms, fp32_ms = time_side_by_side([(int8_vm, [pair.x_int8]), (fp32_vm, [pair.x_fp32])], number=max(1, repeat // 10), rounds=5, function=f"layer{i}")
-        timings.append((int8_ms, fp32_ms))
+        runs = [(int8_vm, [pair.x_int8]), (fp32_vm, [pair.x_fp32])]
+        alternative = fallback[i] if fallback_vm is not None and fallback is not None else None
+        if alternative is not None:
+            runs.append((fallback_vm, [alternative.x_int8]))
+        ms = time_side_by_side(runs, number=max(1, repeat // 10), rounds=5, function=f"layer{i}")
+        timings.append((ms[0], ms[1], ms[2] if alternative is not None else None))
     return timings
 
 
@@ -196,6 +209,10 @@ class _Layer:
     key: tuple
     pair: Callable[[], _Pair]
     narrow: int  # steps down the ISA's chain of narrow kernels the weight fits (0: the ISA's own)
+    # a layer on a tile ISA (AMX): the same layer on the ISA's fallback, timed too, and its kernel
+    fallback: Callable[[], _Pair] | None = None
+    fallback_kernel: str = ""
+    conv: tuple[int, ...] = ()  # a convolution's :func:`~.conv_layout.conv_key`
 
 
 @dataclasses.dataclass
@@ -221,7 +238,11 @@ class _Planner:
         zp = int(zx.reshape(-1)[0])
         narrow = self.isa.narrowing(g["isa"])
         key = ("conv", tuple(shape), w.shape, tuple(sorted(attrs.items())), narrow)
-        return _Layer(node, w, (g["m"], g["oc"], g["k"]), kernel_label(g), key, lambda: _conv_pair(shape, w.shape, attrs, zp, narrow), narrow)
+        layer = _Layer(node, w, (g["m"], g["oc"], g["k"]), kernel_label(g), key, lambda: _conv_pair(shape, w.shape, attrs, zp, narrow), narrow)
+        layer.conv = onnx_conv_key(shape, w.shape, attrs, zp)
+        if g["isa"].tiles is not None and g["isa"].fallback is not None:  # the same pair: the int8 module's pipeline picks the ISA
+            layer.fallback, layer.fallback_kernel = layer.pair, kernel_label(conv_geometry(shape, w.shape, attrs, g["isa"].fallback, w))
+        return layer
 
     def dense(self, node: ir.Node) -> Int8Decision | _Layer:
         a, w = node.inputs[0], const(node.inputs[1])
@@ -236,46 +257,66 @@ class _Planner:
         padded = k_padded(w)  # as emit_matmul takes it: a tile ISA may fit the padded K only
         isa = self.isa.for_shape(m, padded.shape[0]).for_weight(padded)
         narrow = self.isa.narrowing(isa)
-        return _Layer(node, w, (m, n, k), f"{isa.label} kernel", (m, n, k, a_dtype, narrow), lambda: _dense_pair(m, n, k, a_dtype, self.isa, narrow), narrow)
+        layer = _Layer(node, w, (m, n, k), f"{isa.label} kernel", (m, n, k, a_dtype, narrow), lambda: _dense_pair(m, n, k, a_dtype, self.isa, narrow), narrow)
+        if isa.tiles is not None and isa.fallback is not None:
+            layer.fallback, layer.fallback_kernel = (lambda: _dense_pair(m, n, k, a_dtype, isa.fallback, 0)), f"{isa.fallback.label} kernel"
+        return layer
 
 
-def _decide(graph: ir.Graph, layer: _Layer, timing: tuple[float, float] | None, only: frozenset[str] | None) -> Int8Decision:
-    """Lower ``layer`` to its integer kernel unless the guard's ``timing`` (int8 ms, fp32 ms) has it
-    no faster than fp32 (or, given ``only``, unless it is not among those nodes: nothing timed)."""
+def _decide(graph: ir.Graph, layer: _Layer, timing: tuple[float, float, float | None] | None, only: frozenset[str] | None, isa: Isa,
+            fallback: frozenset[str] = frozenset()) -> Int8Decision:  # fmt: skip
+    """Lower ``layer`` to its integer kernel unless the guard's ``timing`` (int8 ms, fp32 ms,
+    fallback int8 ms) has it no faster than fp32 (or, given ``only``, unless it is not among those
+    nodes: nothing timed; those in ``fallback`` on the ISA's fallback). A layer a tile ISA takes
+    runs on the ISA's fallback where that kernel was faster (marked :data:`~.emit.FALLBACK`)."""
     node = layer.node
     name = node.name or node.outputs[0].name
     int8_ms = fp32_ms = None
+    kernel, mark, chosen = layer.kernel, 1, ""
     lowered, why = True, f"{layer.kernel} (guard off)"
     if only is not None:
-        lowered, why = name in only, f"{layer.kernel} (chosen by name)"
+        if layer.fallback is not None:
+            kernel, mark, chosen = (layer.fallback_kernel, FALLBACK, isa.fallback.name) if name in fallback else (layer.kernel, 1, isa.name)
+        lowered, why = name in only, f"{kernel} (chosen by name)"
     elif timing is not None:
-        int8_ms, fp32_ms = timing
+        int8_ms, fp32_ms, other_ms = (*timing, None)[:3]  # no third figure: nothing timed on the fallback
+        why = ""
+        if other_ms is not None:
+            first = other_ms < int8_ms
+            why = f"{isa.label} {int8_ms:.4f} ms {'>=' if first else '<'} {isa.fallback.label} {other_ms:.4f} ms; "
+            kernel, mark, chosen = (layer.fallback_kernel, FALLBACK, isa.fallback.name) if first else (layer.kernel, 1, isa.name)
+            int8_ms = min(int8_ms, other_ms)
         lowered = int8_ms < fp32_ms
-        why = f"int8 {int8_ms:.4f} ms {'<' if lowered else '>='} fp32 {fp32_ms:.4f} ms"
+        why += f"int8 {int8_ms:.4f} ms {'<' if lowered else '>='} fp32 {fp32_ms:.4f} ms"
     if lowered:
-        node.attributes[INT8_ATTR] = ir.AttrInt64(INT8_ATTR, 1)
+        node.attributes[INT8_ATTR] = ir.AttrInt64(INT8_ATTR, mark)
     else:
         to_float(graph, node, layer.w)
         why += ": kept in fp32"
-    return Int8Decision(name, layer.mnk, int8_ms, fp32_ms, lowered, why, layer.kernel if lowered else "")
+    return Int8Decision(name, layer.mnk, int8_ms, fp32_ms, lowered, why, kernel if lowered else "", chosen)
 
 
 def plan_int8(
     model: ir.Model, spec, isa: Isa, tuning: Tuning | None = None, *, guard: bool = True, repeat: int = 50, progress: Callable[[str], None] | None = None,
-    only: frozenset[str] | None = None,
+    only: frozenset[str] | None = None, fallback: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """Mark the integer layers of ``model`` (in place) that take ``isa``'s kernels.
 
     With ``guard``, each distinct layer shape is timed both ways first (:func:`_time_pairs`: the
     fp32 side with the fp32 build's schedules and the ``tuning`` databases); layers whose int8
     kernel is not faster are rewritten to float compute; ``progress`` gets a line saying what is
-    timed. ``only``: the names of the nodes to lower, the others to float (nothing timed).
-    Returns the report: decisions per node.
+    timed. ``only``: the names of the nodes to lower, the others to float (nothing timed), those
+    in ``fallback`` on ``isa.fallback``. For a tile ISA (AMX) each layer it takes is timed on
+    its fallback's kernel too, and runs on the faster one: the tile kernel reads an im2col copy
+    and writes its int32 result whole, the fallback's reads the input in place and requantizes on
+    its tiles (MobileNetV2's 1x1 convolutions: 4-6x faster on VNNI, ResNet-18's 3x3 ones on AMX).
+    Returns the report: decisions per node (``fallback_convs``: the convolution shapes that run
+    on the fallback, for :func:`~.emit.lower_int8_convs`).
     """
     planner = _Planner(model.graph, isa)
     layers = [n for n in model.graph if n.domain in ("", "ai.onnx") and n.op_type in ("ConvInteger", "MatMulInteger")]
     found = [planner.conv(node) if node.op_type == "ConvInteger" else planner.dense(node) for node in layers]
-    timings: dict[tuple, tuple[float, float]] = {}
+    timings: dict[tuple, tuple[float, float, float | None]] = {}
     first: dict[tuple, _Layer] = {}  # the first layer of each key, in the graph's order
     for f in found:
         if isinstance(f, _Layer):
@@ -283,13 +324,18 @@ def plan_int8(
     if guard and only is None and first:
         if progress is not None:
             progress(f"int8 guard: {len(first)} layer shape(s) of the {len(layers)} integer layers built with integer and with fp32 kernels, each timed both ways")
-        timings = dict(zip(first, _time_pairs([f.pair() for f in first.values()], spec, tuning or Tuning(), repeat, isa)))
-    decisions = [f if isinstance(f, Int8Decision) else _decide(model.graph, f, timings.get(f.key), only) for f in found]
+        pairs = [f.pair() for f in first.values()]
+        alternatives = [(p if f.fallback is f.pair else f.fallback()) if f.fallback is not None else None for f, p in zip(first.values(), pairs)]
+        timings = dict(zip(first, _time_pairs(pairs, spec, tuning or Tuning(), repeat, isa, alternatives)))
+    decisions = [f if isinstance(f, Int8Decision) else _decide(model.graph, f, timings.get(f.key), only, isa, fallback) for f in found]
     report = {
         "lowered": sum(d.lowered for d in decisions),
         "kept_fp32": sum(1 for d in decisions if not d.lowered),
         "guard": guard,
         "nodes": [d.to_dict() for d in decisions],
+        # every convolution the fallback was faster for, lowered or not (a close call may lower it later)
+        "fallback_convs": [list(k) for k in sorted({f.conv for f in found if isinstance(f, _Layer) and f.conv and f.fallback is not None
+                                                    and ((f.node.name or f.node.outputs[0].name) in fallback if only is not None else _prefers_fallback(timings.get(f.key)))})],
     }
     wide = sum(1 for f in found if isinstance(f, _Layer) and f.narrow == 0)
     if isa.narrow is not None and wide:
@@ -300,6 +346,11 @@ def plan_int8(
                           f"quantized for this target instead (compile the fp32 model with --passes cleanup,fuse,quantize:mode=static), their weights get 7 bits "
                           f"and the {isa.narrow.label} kernels (vpmaddubsw: half the multiplies)")  # fmt: skip
     return report
+
+
+def _prefers_fallback(timing: tuple[float, float, float | None] | None) -> bool:
+    other = (*timing, None)[2] if timing is not None else None
+    return other is not None and other < timing[0]
 
 
 def all_to_float(model: ir.Model) -> None:
