@@ -598,12 +598,15 @@ def test_a_layer_the_guard_times_faster_on_the_tile_isas_fallback_is_built_there
 
 def test_on_an_amx_host_each_layer_runs_on_the_kernel_its_guard_timed_faster(monkeypatch):
     """Measurements injected (the fallback faster for the 3x3 convolution and the MatMulInteger,
-    AMX for the 1x1 convolution): both instruction sets ship, each layer's report names its
+    AMX for the 1x1 convolution; the whole model fastest so): both instruction sets ship, each layer's report names its
     kernel, and every output is bit for bit numpy's (convolutions) and ONNX Runtime's."""
     if not HAS_AMX:
         pytest.skip(host_lacks("amx_tile", "amx_int8") or "the x86 target has no AMX-INT8")
     monkeypatch.setattr(guard, "_time_pairs", lambda pairs, spec, tuning, repeat, isa, fallback: [
         (1.0, 3.0, 0.5 if i != 1 else 2.0) for i in range(len(pairs))])  # fmt: skip
+    from graphpress.backends.tvm import build
+
+    monkeypatch.setattr(build, "_side_by_side", lambda builds, inputs: {key: 0.5 if key == "int8" else 1.0 for key in builds})  # the layer guard's mix ships
     model, feeds = _amx_and_fallback_model()
     compiled = compile_model(model, "x86", int8="on")
     report = compiled.meta["build"]["int8"]
@@ -614,4 +617,26 @@ def test_on_an_amx_host_each_layer_runs_on_the_kernel_its_guard_timed_faster(mon
     w3, w1 = (next(v for v in model.graph.initializers.values() if v.name == n).const_value.numpy() for n in ("W3", "W1"))
     np.testing.assert_array_equal(out["y3"], _conv_reference(feeds["x"], w3, 17, [1, 1, 1, 1], [1, 1]))
     np.testing.assert_array_equal(out["y1"], _conv_reference(feeds["x"], w1, 17, [0, 0, 0, 0], [1, 1]))
+    np.testing.assert_array_equal(out["ym"], _ort(model, feeds)[2])
+
+
+def test_on_an_amx_host_the_whole_model_guard_times_every_layer_on_the_tiles_too(monkeypatch):
+    """Where the layer guard put layers on the fallback, the build with all of them on AMX's tiles
+    is one of the whole-model guard's candidates; measurements injected (it is the fastest): it
+    ships, and the report says so layer by layer. Its outputs are numpy's and ONNX Runtime's."""
+    if not HAS_AMX:
+        pytest.skip(host_lacks("amx_tile", "amx_int8") or "the x86 target has no AMX-INT8")
+    from graphpress.backends.tvm import build
+
+    monkeypatch.setattr(guard, "_time_pairs", lambda pairs, spec, tuning, repeat, isa, fallback: [(1.0, 3.0, 0.5)] * len(pairs))
+    monkeypatch.setattr(build, "_side_by_side", lambda builds, inputs: {key: 0.5 if key == "tiles_int8" else 1.0 for key in builds})
+    model, feeds = _amx_and_fallback_model()
+    compiled = compile_model(model, "x86", int8="on")
+    report = compiled.meta["build"]["int8"]
+    assert report["model_guard"]["chosen"] == "tiles_int8" and report["fallback_convs"] == [], report["model_guard"]
+    assert {n["node"]: n["isa"] for n in report["nodes"]} == {"conv3x3": "amx", "conv1x1": "amx", "matmul": "amx"}, report["nodes"]
+    assert all("AMX" in n["kernel"] for n in report["nodes"]) and report["instructions"]["AMX tile products"] > 0, report
+    out = compiled.run_named(**feeds)
+    w3 = next(v for v in model.graph.initializers.values() if v.name == "W3").const_value.numpy()
+    np.testing.assert_array_equal(out["y3"], _conv_reference(feeds["x"], w3, 17, [1, 1, 1, 1], [1, 1]))
     np.testing.assert_array_equal(out["ym"], _ort(model, feeds)[2])

@@ -550,7 +550,10 @@ def _model_guard(model, prepare, shapes, spec, isa, int8_exe, report, tuning: Tu
     (the data around it changes type, its weights come from memory), and on a shared host two
     kernels' timings can be noise apart -- ResNet-18 on the AVX2 path kept 7 of 21 layers in fp32
     (int8 1.12-1.30x slower alone) and measured 15.3 ms, its fp32 build 13.8, every layer in int8
-    10.7."""
+    10.7. Where layers a tile ISA (AMX) takes run on its fallback (timed faster alone), the build
+    with every one of them on the tiles is timed too: alone, each layer reads warm data
+    (ResNet-18's three 1x1 downsampling convolutions timed faster on VNNI, the model 2-5 %
+    slower with them there)."""
     with contextlib.ExitStack() as stack:
         loader = _Loader(stack)
         loader.add("int8", int8_exe)
@@ -571,6 +574,17 @@ def _model_guard(model, prepare, shapes, spec, isa, int8_exe, report, tuning: Tu
                 every_exe, every_stats = _build(to_relax(every_copy, shapes, spec.name), spec, tuning)
             loader.add("close_calls_int8", every_exe)
             every = (every_report, every_exe, every_stats)
+        tiles = None
+        on_fallback = [n["node"] for n in report["int8"]["nodes"] if n["lowered"] and isa.fallback is not None and n.get("isa") == isa.fallback.name]
+        if on_fallback and isa.tiles is not None:
+            tiles_copy, _ = prepare_for_lowering(model, prepare, shapes, frozen)
+            tiles_report = int8_path.plan(tiles_copy, spec, isa, tuning, guard=False, only=frozenset(n["node"] for n in report["int8"]["nodes"] if n["lowered"]))
+            tiles_tuning = dataclasses.replace(tuning, int8_lowering=int8_path.lower_int8_convs(isa))
+            with int8_path.int8_converters(isa):
+                tiles_exe, tiles_stats = _build(to_relax(tiles_copy, shapes, spec.name), spec, tiles_tuning)
+            loader.add("tiles_int8", tiles_exe)
+            loader.count("tiles_int8", isa, tiles_exe)
+            tiles = (tiles_report, tiles_exe, tiles_stats)
         builds = loader.loaded()
         inputs = list(random_inputs([{"name": n, **v} for n, v in shapes.items()]).values())
         ms = _side_by_side(builds, inputs)
@@ -580,6 +594,17 @@ def _model_guard(model, prepare, shapes, spec, isa, int8_exe, report, tuning: Tu
     guard = report["int8"]["model_guard"] = {f"{key}_ms": round(value, 4) for key, value in ms.items()} | {"chosen": chosen}
     if chosen == "int8":
         return int8_exe, report
+    if chosen == "tiles_int8":
+        tiles_report, tiles_exe, tiles_stats = tiles
+        guard["reason"] = (f"every integer layer on {isa.label}'s tiles ({ms[chosen]:.3f} ms) was faster than the layer guard's mix with {isa.fallback.label} "
+                           f"({ms['int8']:.3f} ms) and than fp32 ({ms['fp32']:.3f} ms): shipping it")  # fmt: skip
+        kernels = {n["node"]: n for n in tiles_report["nodes"]}
+        for node in report["int8"]["nodes"]:
+            if node["lowered"] and node.get("isa") == isa.fallback.name:
+                node.update(kernel=kernels[node["node"]]["kernel"], isa=isa.name, reason=node["reason"] + f"; on {isa.label} all the same: the whole model was faster so")
+        report["int8"]["fallback_convs"] = []
+        report.update(tiles_stats)
+        return tiles_exe, report
     if chosen == "close_calls_int8":
         every_report, every_exe, every_stats = every
         guard["reason"] = (f"the layer guard's close calls in int8 too ({ms[chosen]:.3f} ms) were faster than its choice ({ms['int8']:.3f} ms) "
