@@ -200,19 +200,34 @@ def test_tuning_database_is_reused(tmp_path, monkeypatch):
     db = tmp_path / "db"
     first = gtvm.compile_model(model, "x86", tune_trials=4, max_trials_per_task=2, database=db)
     build = first.meta["build"]
-    assert build["kernels"] == 2 and build["tune_trials"] == 4
+    assert build["kernels"] == 2 and build["tune_trials"] == 4 and build["tuning_records_added"] > 0
     assert build["scheduled_kernels"] == 2 and build["unscheduled_kernels"] == []
     start = time.perf_counter()
     again = gtvm.compile_model(model, "x86", database=db)
     assert time.perf_counter() - start < 30, "a cached re-compile takes seconds"
-    assert again.meta["build"]["scheduled_kernels"] == 2
     x = np.random.default_rng(1).standard_normal((1, 32)).astype(np.float32)
     np.testing.assert_allclose(again(x)[0], mlp(torch.from_numpy(x)).detach().numpy(), atol=ATOL, rtol=RTOL)
+    # the records were timed against the analytic schedules, and the faster build shipped
+    for compiled in (first, again):
+        guard = compiled.meta["build"]["database_guard"]
+        assert guard["chosen"] == min(("records", "analytic"), key=lambda k: guard[f"{k}_ms"])
+        shipped = compiled.meta["build"]
+        assert shipped["scheduled_kernels"] == 2 and shipped["analytic_scheduled_kernels"] == (2 if guard["chosen"] == "analytic" else 0)
     # without the database the two matrix products get the analytic schedule, and the report says so
     plain = gtvm.compile_model(model, "x86", database=tmp_path / "empty")
     assert plain.meta["build"]["analytic_scheduled_kernels"] == 2 and plain.meta["build"]["unscheduled_kernels"] == []
-    # with the database, its records win: the analytic schedule takes only what they leave
-    assert again.meta["build"]["analytic_scheduled_kernels"] == 0
+    assert plain.meta["build"]["database_kernels"] == 0 and "database_guard" not in plain.meta["build"]
+    # each way of the guard's verdict, the timings given: the records ship where they were faster,
+    # the analytic schedules where they were (records from another machine, or from 4 trials)
+    from graphpress.backends.tvm import build as build_module
+
+    for faster, analytic_kernels, database_kernels in (("records", 0, 2), ("analytic", 2, 0)):
+        monkeypatch.setattr(build_module, "_side_by_side", lambda exes, inputs, faster=faster: {k: 1.0 if k == faster else 2.0 for k in exes})
+        compiled = gtvm.compile_model(model, "x86", database=db)
+        shipped = compiled.meta["build"]
+        assert shipped["database_guard"]["chosen"] == faster and shipped["databases"] == [str(db)]
+        assert shipped["analytic_scheduled_kernels"] == analytic_kernels and shipped["database_kernels"] == database_kernels
+        np.testing.assert_allclose(compiled(x)[0], mlp(torch.from_numpy(x)).detach().numpy(), atol=ATOL, rtol=RTOL)
 
 
 # ----------------------------------------------------------------------------- CUDA (no GPU needed to build)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import dataclasses
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -46,6 +47,8 @@ from graphpress.errors import GraphpressError, one_line
 from graphpress.ir.numeric import NumericReport, as_samples, compare_outputs, lowest_float_precision, random_inputs, run_samples
 
 __all__ = ["CHECK_SAMPLES", "check_against_onnxruntime", "compile_model", "locate_divergence", "measure_against_onnxruntime"]
+
+log = logging.getLogger(__name__)
 
 
 def compile_model(
@@ -181,7 +184,7 @@ def compile_model(
             mod = to_relax(prepared, shapes, spec.name)
         report["import_seconds"] = round(time.perf_counter() - t0, 3)
         try:
-            executable, stats = _build(mod, spec, tuning)
+            executable, stats = _build(mod, spec, tuning, records_guard=runs)
         except GraphpressError:
             raise
         except Exception as e:  # TVM's lowering refused the module: say what it was built for
@@ -192,6 +195,8 @@ def compile_model(
                    "(symbolic dims are 1 unless given): give the real shapes with --input-shape or --inputs")
             ) from e
         report.update(stats)
+        if stats.get("database_guard", {}).get("chosen") == "analytic":  # the other builds of this compile take none either
+            tuning = dataclasses.replace(tuning, records=False, trials=0)
         if isa is not None and report["int8"]["lowered"]:
             if int8_guard and runs:
                 # the whole model, too: layers that stay fp32 compile differently around integer ones
@@ -431,7 +436,32 @@ def compile_executable(mod, spec: TargetSpec):
     return tvm.compile(mod, target=spec.tvm_target())
 
 
-def _build(mod, spec: TargetSpec, tuning: Tuning):
+#: what a build's report keeps of the tuning run whichever build ships
+_TUNING_STATS = ("databases", "tune_trials", "max_trials_per_task", "tuning_seconds", "tuning_records_added", "tuned_on")
+
+
+def _build(mod, spec: TargetSpec, tuning: Tuning, records_guard: bool = False):
+    """Schedule and build ``mod``; ``(executable, stats)``. With ``records_guard`` (the code can
+    be timed), a build whose kernels took tuning records is timed against the build without any
+    record (the analytic and generic schedules) and the faster ships: records measured on
+    another machine, under other load or by too few trials can be slower than the analytic
+    schedules (the Sapphire Rapids records graphpress once shipped made ResNet-18 46.6 ms
+    against 11.9 there) -- the report's ``database_guard`` says what was timed."""
+    executable, stats = _build_once(mod, spec, tuning)
+    if not (records_guard and stats.get("database_kernels")):
+        return executable, stats
+    plain, plain_stats = _build_once(mod, spec, dataclasses.replace(tuning, records=False, trials=0))
+    ms = _side_by_side({"records": executable, "analytic": plain}, _signature_inputs(mod))
+    chosen = min(ms, key=ms.get)
+    guard = {"records_ms": round(ms["records"], 4), "analytic_ms": round(ms["analytic"], 4), "chosen": chosen,
+             "reason": f"{stats['database_kernels']} kernel(s) from tuning records: {ms['records']:.3f} ms; the analytic schedules: {ms['analytic']:.3f} ms"}  # fmt: skip
+    if chosen == "records":
+        return executable, {**stats, "database_guard": guard}
+    log.warning("the tuning records for %s were slower than the analytic schedules (%.3f against %.3f ms): shipping the build without them", spec.name, ms["records"], ms["analytic"])
+    return plain, {**plain_stats, **{k: stats[k] for k in _TUNING_STATS if k in stats}, "database_guard": guard}
+
+
+def _build_once(mod, spec: TargetSpec, tuning: Tuning):
     stats: dict[str, Any] = {}
     candidates = {"": (mod, {})}
     if spec.is_cpu:
@@ -443,7 +473,7 @@ def _build(mod, spec: TargetSpec, tuning: Tuning):
             built[name] = (compile_executable(scheduled, spec), kernel_stats)
         except Exception as e:
             if stats.get("conv_layout") == "NHWC":  # an op TVM cannot lower in NHWC: the model's own layout
-                executable, retried = _build(mod, spec, dataclasses.replace(tuning, nhwc=False))
+                executable, retried = _build_once(mod, spec, dataclasses.replace(tuning, nhwc=False))
                 retried["conv_layout"] = f"NCHW (the NHWC build failed: {one_line(e, 120, last=True)})"
                 return executable, retried
             raise GraphpressError(f"target {spec.name}: TVM build failed ({one_line(e, 300, last=True)})") from e
@@ -566,25 +596,27 @@ def _model_guard(model, prepare, shapes, spec, isa, int8_exe, report, tuning: Tu
         # the layers the layer guard kept in fp32 by less than CLOSE_CALL, lowered too
         close = frozenset(n["node"] for n in report["int8"]["nodes"]
                           if n["lowered"] or (n["int8_ms"] is not None and n["fp32_ms"] is not None and n["int8_ms"] < CLOSE_CALL * n["fp32_ms"]))  # fmt: skip
+
+        def candidate(name, only, fallback, candidate_tuning, count=False):
+            """Build the int8 model with the layers in ``only`` lowered (those in ``fallback`` on
+            the ISA's fallback) for the side-by-side timing below; ``count``: list its
+            instructions in the worker too, as it may ship."""
+            copy, _ = prepare_for_lowering(model, prepare, shapes, frozen)
+            plan = int8_path.plan(copy, spec, isa, candidate_tuning, guard=False, only=only, fallback=fallback)
+            with int8_path.int8_converters(isa):
+                exe, stats = _build(to_relax(copy, shapes, spec.name), spec, candidate_tuning)
+            loader.add(name, exe)
+            if count:
+                loader.count(name, isa, exe)
+            return plan, exe, stats
+
+        on_fallback = frozenset(n["node"] for n in report["int8"]["nodes"] if n["lowered"] and isa.fallback is not None and n.get("isa") == isa.fallback.name)
         if len(close) > report["int8"]["lowered"]:
-            every_copy, _ = prepare_for_lowering(model, prepare, shapes, frozen)
-            fallback = frozenset(n["node"] for n in report["int8"]["nodes"] if isa.fallback is not None and n.get("isa") == isa.fallback.name)
-            every_report = int8_path.plan(every_copy, spec, isa, tuning, guard=False, only=close, fallback=fallback)
-            with int8_path.int8_converters(isa):
-                every_exe, every_stats = _build(to_relax(every_copy, shapes, spec.name), spec, tuning)
-            loader.add("close_calls_int8", every_exe)
-            every = (every_report, every_exe, every_stats)
+            every = candidate("close_calls_int8", close, on_fallback, tuning)
         tiles = None
-        on_fallback = [n["node"] for n in report["int8"]["nodes"] if n["lowered"] and isa.fallback is not None and n.get("isa") == isa.fallback.name]
         if on_fallback and isa.tiles is not None:
-            tiles_copy, _ = prepare_for_lowering(model, prepare, shapes, frozen)
-            tiles_report = int8_path.plan(tiles_copy, spec, isa, tuning, guard=False, only=frozenset(n["node"] for n in report["int8"]["nodes"] if n["lowered"]))
-            tiles_tuning = dataclasses.replace(tuning, int8_lowering=int8_path.lower_int8_convs(isa))
-            with int8_path.int8_converters(isa):
-                tiles_exe, tiles_stats = _build(to_relax(tiles_copy, shapes, spec.name), spec, tiles_tuning)
-            loader.add("tiles_int8", tiles_exe)
-            loader.count("tiles_int8", isa, tiles_exe)
-            tiles = (tiles_report, tiles_exe, tiles_stats)
+            lowered = frozenset(n["node"] for n in report["int8"]["nodes"] if n["lowered"])
+            tiles = candidate("tiles_int8", lowered, frozenset(), dataclasses.replace(tuning, int8_lowering=int8_path.lower_int8_convs(isa)), count=True)
         builds = loader.loaded()
         inputs = list(random_inputs([{"name": n, **v} for n, v in shapes.items()]).values())
         ms = _side_by_side(builds, inputs)

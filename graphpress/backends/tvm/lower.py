@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import warnings
 
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -309,7 +310,10 @@ def to_relax(model: ir.Model, shapes: Mapping[str, Mapping[str, Any]], target_na
     symbols: dict[str, Any] = {}  # one variable per dynamic dim, shared by the inputs that have it
     shape_dict = {k: [symbols.setdefault(d, tvm.tirx.Var(d, "int64")) if isinstance(d, str) else d for d in v["shape"]] for k, v in shapes.items()}
     try:
-        with corrected_converters():
+        with corrected_converters(), warnings.catch_warnings():
+            # the importer runs ONNX's checker first and warns what it finds: the int8 guard's marks
+            # (attributes named _graphpress_*, which the converters read) are not ONNX's
+            warnings.filterwarnings("ignore", message=r"Unrecognized attribute: _graphpress_", category=UserWarning)
             return from_onnx(
                 proto,
                 shape_dict=shape_dict,

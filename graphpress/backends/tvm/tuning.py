@@ -73,6 +73,8 @@ class Tuning:
         int8_schedule: schedules the int8 kernels Relax fused with their write-back
             (:func:`~graphpress.backends.tvm.int8.dot.schedule_dot_kernels`), before any other
             schedule sees them; None for a build without an int8 ISA.
+        records: consult tuning databases at all; False: the analytic and generic schedules
+            only (the build a database's records are timed against, ``build._build``).
     """
 
     trials: int = 0
@@ -85,6 +87,7 @@ class Tuning:
     int8_lowering: Any = None
     int8_schedule: Any = None
     winograd: bool = True
+    records: bool = True
 
 
 SHIPPED_DATABASES = Path(__file__).parent / "databases"
@@ -224,11 +227,13 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
 
     target = spec.tvm_target()
     stats: dict[str, Any] = {}
-    dirs = database_dirs(spec, tuning.database, shipped=tuning.shipped)
+    dirs = database_dirs(spec, tuning.database, shipped=tuning.shipped) if tuning.records else []
+    if tune_trials > 0 and not dirs:
+        raise ValueError("tuning writes its records to a database: Tuning(records=False) cannot tune")
 
     def union():
         databases = [open_database(d) for d in dirs]
-        return databases[0] if len(databases) == 1 else ms.database.OrderedUnionDatabase(*databases)
+        return None if not databases else databases[0] if len(databases) == 1 else ms.database.OrderedUnionDatabase(*databases)
 
     layout: dict[str, bool | str] = {"nhwc": False}  # the layout every variant is lowered in, once decided
 
@@ -259,6 +264,8 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
     db = union()
 
     def apply_database(lowered):
+        if db is None:
+            return lowered
         with target, db:
             return relax.transform.MetaScheduleApplyDatabase()(lowered)
 
@@ -339,6 +346,7 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
             db = union()  # with the new records
     candidates = {}
     for name, lowered in variants.items():
+        scheduled_before = len(kernel_names(lowered)[0])  # the int8 kernels, scheduled as they were lowered
         scheduled_mod = apply_database(lowered)
         scheduled, _ = kernel_names(scheduled_mod)
         gemm = 0
@@ -353,6 +361,7 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
             "analytic_scheduled_kernels": gemm,
             "packed_weights": packed_kernels(scheduled_mod),
             "scheduled_kernels": len(scheduled) + gemm,
+            "database_kernels": len(scheduled) - scheduled_before,
             "unscheduled_kernels": unscheduled,
             "kernel_names": sorted(now_scheduled + unscheduled),
         })  # fmt: skip
