@@ -483,6 +483,34 @@ def test_a_softmax_over_a_middle_axis_runs_along_the_last_and_matches_torch():
     np.testing.assert_allclose(compiled(x.numpy())[0], Net()(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
+def test_whole_tensor_reductions_run_in_independent_vector_lanes_and_match_numpy():
+    """A dynamically quantized activation's range: a max, min (or sum) of the whole tensor to one
+    value, in REDUCTION_LANES partial results side by side (8 ymm registers, independent chains)
+    split off the last axis where it is a multiple of them (contiguous loads, no division per
+    index), else over the fused loops. Values against numpy, built and run for the host."""
+    import tvm
+    from tvm import te, topi
+
+    from graphpress.backends.tvm.schedules import REDUCTION_LANES, schedule_injective
+    from graphpress.backends.tvm.tir_pipeline import cpu_tir_pipeline
+
+    rng = np.random.default_rng(3)
+    cases = [((1, 128, 384), topi.max, np.max, REDUCTION_LANES), ((1, 128, 1536), topi.min, np.min, REDUCTION_LANES),
+             ((1, 10, 48), topi.sum, np.sum, 16), ((4, 100), topi.max, np.max, 16)]  # fmt: skip
+    for shape, reduce_, want, lanes in cases:
+        x = te.placeholder(shape, "float32", name="x")
+        mod, count = schedule_injective(tvm.IRModule({"main": te.create_prim_func([x, reduce_(x)])}))
+        assert count == 1, shape
+        found = re.findall(r'for \w+ in T\.vectorized\((\d+)\):\n\s+with T\.sblock\("\w+_rf"\)', mod["main"].script())
+        assert found == [str(lanes)], (shape, mod["main"].script())
+        assert "//" not in mod["main"].script() or lanes == 16, shape
+        data = (rng.standard_normal(shape) * 5).astype(np.float32)
+        lib = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"}), tir_pipeline=cpu_tir_pipeline())
+        out = tvm.runtime.tensor(np.zeros((), np.float32))
+        (lib.mod if hasattr(lib, "mod") else lib)["main"](tvm.runtime.tensor(data), out)
+        np.testing.assert_allclose(out.numpy(), want(data), rtol=1e-5, atol=1e-4)
+
+
 def test_row_reductions_run_in_vector_lanes_and_match_numpy():
     """Softmax's max and sum and layer norm's mean and variance along a row of 128 / 384: each a
     reduction into 16 partial sums side by side in a vector (an ``rfactor`` block, vectorized),

@@ -331,17 +331,32 @@ def _row_reduction_in_lanes(sch, block) -> bool:
     return True
 
 
+#: partial results of a whole-tensor reduction side by side (:func:`_vector_reduction`): 8 ymm or
+#: 4 zmm registers, independent chains that hide the latency of each max/min/add
+REDUCTION_LANES = 64
+
+
 def _vector_reduction(sch, red) -> bool:
     """A reduction of a whole tensor to one value (the range of a dynamically quantized
-    activation): 16 partial results side by side in a vector (``rfactor``), then one reduce of
-    those 16. Serial scalar code took 0.23 ms for a 128 x 1536 min."""
+    activation): :data:`REDUCTION_LANES` partial results side by side in vectors (``rfactor``),
+    then one reduce of those. The lanes are split off the last axis alone where it is a multiple
+    of them, so the loads stay contiguous without a division per index (the loops fused, each
+    index was divided by the last axis' extent). Serial scalar code took 0.23 ms for a
+    128 x 1536 min; one vector of 16 lanes over the fused loops 15.6 us, 64 lanes over the last
+    axis 8.5 us (MiniLM's 6 such mins and 18 of 128 x 384: 0.26 -> 0.10 ms a call in all, AVX2
+    on a 2-core Xeon)."""
     loops = sch.get_loops(red)
-    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    extent = sch.get(fused).extent
-    if not hasattr(extent, "value") or int(extent) < 64 or int(extent) % 16:
-        return False
-    _, lanes = sch.split(fused, [None, 16])
-    partial = sch.rfactor(lanes, 0)
+    last = sch.get(loops[-1]).extent
+    if hasattr(last, "value") and int(last) % 16 == 0 and len(loops) > 1:
+        lanes = next(n for n in (REDUCTION_LANES, 32, 16) if int(last) % n == 0)
+        _, inner = sch.split(loops[-1], [None, lanes])
+    else:
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        extent = sch.get(fused).extent
+        if not hasattr(extent, "value") or int(extent) < 64 or int(extent) % 16:
+            return False
+        _, inner = sch.split(fused, [None, next(n for n in (REDUCTION_LANES, 32, 16) if int(extent) % n == 0)])
+    partial = sch.rfactor(inner, 0)
     sch.vectorize(sch.get_loops(partial)[-1])
     return True
 
