@@ -12,6 +12,9 @@ extension, the conditional jumps that pick the kernels into unconditional ones:
   AVX-VNNI, its 256-bit VNNI int8 kernels: an Alder Lake or Zen 5 laptop.
 * ``avx2``: also the AVX-VNNI branch (``cpuid(7, 1).eax`` bit 4): ``vpmaddubsw`` int8 kernels, a
   Haswell-to-Zen 3 machine.
+* ``avx512_vnni``: only the AMX branch (``cpuid(7).edx`` AMX-TILE and AMX-INT8): ORT's AVX-512
+  VNNI int8 kernels, a Cascade Lake, Ice Lake or Zen 4 server. Every emulation removes the AMX
+  branch (none of those CPUs has AMX).
 
 The copy is found by its byte patterns, each of which must occur exactly once; another build of
 ONNX Runtime (another version) gets a :class:`RuntimeError` saying so, never a guess. The
@@ -31,6 +34,7 @@ Use it before anything imports ``onnxruntime``::
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import re
@@ -40,12 +44,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-#: (what the jump decides, the bytes around it, the offset of the ``je`` opcode in them)
+#: (what the jump decides, the bytes around it, the offset of the jump's opcode in them): a short
+#: ``je`` that skips the kernels when taken, or a near ``jne`` (AMX: "cpuid(7).edx lacks
+#: AMX-TILE or AMX-INT8") that skips them
 _AVX512 = ("the AVX-512 kernels", bytes.fromhex("41f7c20000010074 0e4c89c048f7d0a8e0".replace(" ", "")), 7)
 _AVX_VNNI = ("the AVX-VNNI int8 kernels", bytes.fromhex("b807000000b9010000000fa2a81074 38".replace(" ", "")), 14)
+_AMX = ("the AMX int8 kernels", bytes.fromhex("41f7d1 4181e100000003 0f85".replace(" ", "")), 10)
 
-#: the ISA each emulation leaves ORT, and the branches it removes
-EMULATIONS = {"avx2_vnni": (_AVX512,), "avx2": (_AVX512, _AVX_VNNI)}
+#: the ISA each emulation leaves ORT, and the branches it removes; none of them has AMX (without
+#: its removal, ORT's AMX int8 kernels ran under ``avx2`` on a Sapphire Rapids: ``tileloadd``
+#: among the hottest sampled instructions of MiniLM)
+EMULATIONS = {"avx512_vnni": (_AMX,), "avx2_vnni": (_AVX512, _AMX), "avx2": (_AVX512, _AVX_VNNI, _AMX)}
 
 _EXTENSION_PREFIX = "onnxruntime_pybind11_state"
 
@@ -78,9 +87,12 @@ def patch_extension(data: bytearray, emulation: str) -> list[tuple[str, int]]:
             found = "not found" if first < 0 else "found more than once"
             raise RuntimeError(f"the branch that picks {what} is {found} in this onnxruntime build; "
                                "the --ort-isa emulation knows ONNX Runtime 1.32's x86-64 Linux wheel only")  # fmt: skip
-        if data[first + at] != 0x74:  # je rel8
-            raise RuntimeError(f"the branch that picks {what}: expected a short je, found byte {data[first + at]:#x}")
-        data[first + at] = 0xEB  # jmp rel8: the branch is never taken
+        if data[first + at] == 0x74:  # je rel8 -> jmp rel8: the kernels are always skipped
+            data[first + at] = 0xEB
+        elif data[first + at : first + at + 2] == b"\x0f\x85":  # jne rel32 -> nop; jmp rel32 (same end, same target)
+            data[first + at : first + at + 2] = b"\x90\xe9"
+        else:
+            raise RuntimeError(f"the branch that picks {what}: expected a je rel8 or jne rel32, found byte {data[first + at]:#x}")
         done.append((what, first + at))
     return done
 
@@ -91,7 +103,9 @@ def package(emulation: str) -> Path:
     if emulation not in EMULATIONS:
         raise ValueError(f"--ort-isa {emulation!r}: expected one of {', '.join(EMULATIONS)}")
     source = _installed()
-    root = cache_dir() / f"onnxruntime-{_version(source)}-{emulation}"
+    # keyed by the patches too: a copy made before a branch was added would run the kernels it skips
+    patches = hashlib.sha1(repr(EMULATIONS[emulation]).encode()).hexdigest()[:8]
+    root = cache_dir() / f"onnxruntime-{_version(source)}-{emulation}-{patches}"
     if (root / "onnxruntime").is_dir():
         return root
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +166,8 @@ def describe(emulation: str | None) -> str:
     if not emulation:
         return "ONNX Runtime: the host's own kernel choice (CPUID)"
     patches = (package(emulation) / "PATCHES.txt").read_text().strip().replace("\n", "; ")
-    return f"ONNX Runtime: kernels as on a CPU without AVX-512{' or AVX-VNNI' if emulation == 'avx2' else ''} (--ort-isa {emulation}; a cached copy: {patches})"
+    cpu = {"avx512_vnni": "without AMX", "avx2_vnni": "without AVX-512 or AMX", "avx2": "without AVX-512, AVX-VNNI or AMX"}[emulation]
+    return f"ONNX Runtime: kernels as on a CPU {cpu} (--ort-isa {emulation}; a cached copy: {patches})"
 
 
 def sampled_instructions(command: list[str], library: Path, env: dict | None = None) -> dict[str, float] | None:
@@ -188,7 +203,7 @@ def sampled_instructions(command: list[str], library: Path, env: dict | None = N
             m = re.match(r"\s*([0-9a-f]+):\s+(.*)", line)
             if m:
                 at[int(m.group(1), 16)] = m.group(2)
-    total, shares = 0.0, {"zmm": 0.0, "ymm": 0.0, "vpdpbusd": 0.0, "vpmaddubsw": 0.0}
+    total, shares = 0.0, {"zmm": 0.0, "ymm": 0.0, "vpdpbusd": 0.0, "vpmaddubsw": 0.0, "tmm": 0.0}  # tmm: AMX's tiles
     for address, share in samples:
         instruction = at.get(address, "")
         total += share

@@ -23,9 +23,10 @@ fp32 paths ``avx512``, ``avx2`` the host has; and the model quantized for the AV
 7-bit weights, on its ``vpmaddubsw`` kernel). ONNX Runtime picks its own kernels from the
 host's CPUID (no switch selects them): its rows are the best code it has here, so an AVX2
 row is the AVX2 code against ORT's best, not against ORT on an AVX2 machine. ``--ort-isa avx2``
-(or ``avx2_vnni``) runs every ORT row on a copy of ONNX Runtime that picks its kernels as on a
-CPU without AVX-512 (and without AVX-VNNI), see ``_ort_isa``; the TVM rows then default to the
-paths that CPU has, so that each row is measured against the ORT that CPU's user runs.
+(or ``avx2_vnni``, ``avx512_vnni``) runs every ORT row on a copy of ONNX Runtime that picks its
+kernels as on a CPU without AVX-512 (and without AVX-VNNI; or, ``avx512_vnni``, only without
+AMX), see ``_ort_isa``; the TVM rows then default to the paths that CPU has, so that each row is
+measured against the ORT that CPU's user runs.
 
 Every int8 row with a kernel of its own (graphpress-tvm int8, ORT's best int8) also shows its
 GOP/s (two per product of the fp32 model's convolutions and matrix products, over its time) and
@@ -199,7 +200,7 @@ PER_TOKEN = "quantize:mode=dynamic;ops=MatMul;activations=token"
 INT8_PATHS = ("amx", "avx512_vnni", "avx2_vnni", "avx2")
 
 #: the x86 paths a CPU of each ``--ort-isa`` emulation has (the TVM rows' default under it)
-EMULATED_PATHS = {"avx2_vnni": ("avx2_vnni", "avx2"), "avx2": ("avx2",)}
+EMULATED_PATHS = {"avx512_vnni": ("avx512_vnni", "avx512"), "avx2_vnni": ("avx2_vnni", "avx2"), "avx2": ("avx2",)}
 FP32_PATHS = ("avx512", "avx2")
 
 #: the int8 instruction mix (``_machine.INT8_MIXES``) whose measured peak each TVM int8 row is
@@ -207,7 +208,7 @@ FP32_PATHS = ("avx512", "avx2")
 TVM_MIX = {"avx512_vnni": "zmm_vnni", "avx2_vnni": ("ymm_avx_vnni", "ymm_vnni"), "avx2": "avx2_pairs", "avx2, quantized for it": "avx2_quads"}
 
 #: ONNX Runtime's int8 mix under each ``--ort-isa`` (None: the host's kernels)
-ORT_MIX = {"avx2": "avx2_pairs", "avx2_vnni": ("ymm_avx_vnni", "ymm_vnni"), None: ("zmm_vnni", "ymm_avx_vnni", "avx2_pairs")}
+ORT_MIX = {"avx2": "avx2_pairs", "avx2_vnni": ("ymm_avx_vnni", "ymm_vnni"), "avx512_vnni": "zmm_vnni", None: ("zmm_vnni", "ymm_avx_vnni", "avx2_pairs")}
 
 
 def int8_peaks(mixes) -> dict:
@@ -366,7 +367,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(SPEED_MODELS), help="comma-separated speed models (default: all)")
     parser.add_argument("--paths", help="comma-separated x86 ISA paths for the TVM rows (default: every path this host runs)")
     parser.add_argument("--ort-isa", choices=["host", *_ort_isa.EMULATIONS], default="host",
-                        help="the kernels ONNX Runtime may pick: the host's (default), or those of a CPU without AVX-512 (avx2_vnni) or without AVX-512 and AVX-VNNI (avx2)")  # fmt: skip
+                        help="the kernels ONNX Runtime may pick: the host's (default), or those of a CPU without AMX (avx512_vnni), without AVX-512 (avx2_vnni) or without AVX-512 and AVX-VNNI (avx2)")  # fmt: skip
     args = parser.parse_args()
     print(banner(), flush=True)
     print(_ort_isa.describe(ORT_ISA), flush=True)

@@ -23,13 +23,22 @@ _SPEC.loader.exec_module(ort_isa)
 
 
 def test_each_branch_becomes_unconditional_and_another_build_is_refused():
-    what, pattern, at = ort_isa.EMULATIONS["avx2"][0]
-    data = bytearray(b"\x90" * 64 + pattern + b"\x90" * 8)
-    done = ort_isa.patch_extension(bytearray(data), "avx2_vnni")
-    assert done == [(what, 64 + at)]
+    """A short ``je`` that skips the kernels becomes a ``jmp``; the near ``jne`` that skips AMX's
+    becomes ``nop; jmp`` to the same target (the same end, so the same displacement). Every
+    emulation removes AMX: without it ORT ran its AMX int8 kernels under ``avx2`` on a
+    Sapphire Rapids."""
+    (avx512, avx512_bytes, avx512_at), (amx, amx_bytes, amx_at) = ort_isa.EMULATIONS["avx2_vnni"]
+    assert amx == ort_isa.EMULATIONS["avx2"][-1][0] == ort_isa.EMULATIONS["avx512_vnni"][0][0] == "the AMX int8 kernels"
+    jne = amx_bytes + bytes.fromhex("1234ffff")  # jne rel32 (its displacement after the pattern)
+    data = bytearray(b"\x90" * 64 + avx512_bytes + b"\x90" * 8 + jne + b"\x90" * 8)
+    at_avx512, at_amx = 64 + avx512_at, 64 + len(avx512_bytes) + 8 + amx_at
     patched = bytearray(data)
-    ort_isa.patch_extension(patched, "avx2_vnni")
-    assert patched[64 + at] == 0xEB and patched[: 64 + at] == data[: 64 + at] and patched[64 + at + 1 :] == data[64 + at + 1 :]
+    assert ort_isa.patch_extension(patched, "avx2_vnni") == [(avx512, at_avx512), (amx, at_amx)]
+    assert patched[at_avx512] == 0xEB and patched[at_amx : at_amx + 6] == bytes.fromhex("90e91234ffff")
+    changed = [i for i in range(len(data)) if patched[i] != data[i]]
+    assert changed == [at_avx512, at_amx, at_amx + 1]
+    only_amx = bytearray(data)
+    assert ort_isa.patch_extension(only_amx, "avx512_vnni") == [(amx, at_amx)] and only_amx[at_avx512] == data[at_avx512]
     with pytest.raises(RuntimeError, match="not found"):
         ort_isa.patch_extension(bytearray(data), "avx2")  # the AVX-VNNI branch is missing
     with pytest.raises(RuntimeError, match="more than once"):
