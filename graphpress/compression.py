@@ -622,10 +622,10 @@ def _fp32_counterpart(model: ir.Model) -> ir.Model | None:
     """``model`` with its quantized layers in float (the TVM int8 path's rewrite), or None for a
     quantized form that rewrite does not cover (ONNX Runtime's QOperator ops)."""
     from graphpress.backends.tvm.int8 import to_fp32
-    from graphpress.ir.io import to_proto
+    from graphpress.ir.io import clone
     from graphpress.passes.quantization import INTEGER_LAYERS
 
-    fp32 = ir.serde.deserialize_model(to_proto(model))
+    fp32 = clone(model)
     try:
         to_fp32(fp32)
     except Exception:  # noqa: BLE001 - not a form it rewrites: no fp32 row

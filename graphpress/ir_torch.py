@@ -226,9 +226,9 @@ class GraphModule(nn.Module):
     def write_back(self) -> ir.Model:
         """A copy of the graph with this module's trained values (integers requantized on their
         own grids)."""
-        from graphpress.ir.io import to_proto
+        from graphpress.ir.io import clone
 
-        out = ir.serde.deserialize_model(to_proto(self.model))
+        out = clone(self.model)
         inits = out.graph.initializers
         with torch.no_grad():
             for name, key in self._param_of.items():

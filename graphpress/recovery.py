@@ -46,6 +46,7 @@ import numpy as np
 import onnx_ir as ir
 
 from graphpress.errors import GraphpressError
+from graphpress.ir.external_data import rebase
 
 __all__ = ["BlocksResult", "RecoverResult", "recover", "recover_blocks"]
 
@@ -602,8 +603,8 @@ def recover_blocks(
     items = list(blocks.items())
     t_proto, s_proto = to_proto(teacher), to_proto(out)  # the teacher's never changes
     for first, last in items:  # the names and the blocks' bounds, before the teacher runs
-        for proto, where in ((s_proto, "student"), (t_proto, "teacher")):
-            _block(proto, first, last, where)
+        for source, proto, where in ((out, s_proto, "student"), (teacher, t_proto, "teacher")):
+            _block(source, proto, first, last, where)
     done: dict[str, dict[str, Any]] = {}
     seconds = 0.0
     for group in _groups(teacher, arrays, items, mask):
@@ -613,8 +614,8 @@ def recover_blocks(
             label = f"{first} -> {last}"
             x, y = values[first], values[last]
             # the student as trained so far (a weight two blocks share keeps the first one's training)
-            s_block = _block(to_proto(out), first, last, "student", x.shape[1:], y.shape[1:])
-            t_block = _block(t_proto, first, last, "teacher", x.shape[1:], y.shape[1:])
+            s_block = _block(out, to_proto(out), first, last, "student", x.shape[1:], y.shape[1:])
+            t_block = _block(teacher, t_proto, first, last, "teacher", x.shape[1:], y.shape[1:])
             _check_block(t_block, x, y, label, mask)
             if inputs == "student":  # the student as trained so far
                 x = _teacher_values(out, arrays, [first], mask, "the student")[first]
@@ -639,7 +640,7 @@ def _auto_blocks(student: ir.Model, teacher: ir.Model) -> dict[str, str]:
     found = {}
     for first, last in zip(norms, norms[1:]):
         try:
-            s_block, t_block = _block(s_proto, first, last, "student"), _block(t_proto, first, last, "teacher")
+            s_block, t_block = _block(student, s_proto, first, last, "student"), _block(teacher, t_proto, first, last, "teacher")
         except GraphpressError:
             continue
         s_w, t_w = s_block.graph.initializers, t_block.graph.initializers
@@ -677,10 +678,10 @@ def _groups(teacher: ir.Model, arrays: dict[str, np.ndarray], items: list[tuple[
     return groups
 
 
-def _block(proto, first: str, last: str, where: str, x_shape: tuple[int, ...] = (), y_shape: tuple[int, ...] = ()) -> ir.Model:
-    """The nodes of ``proto`` (a model serialized once by the caller) that compute ``last`` from
+def _block(source: ir.Model, proto, first: str, last: str, where: str, x_shape: tuple[int, ...] = (), y_shape: tuple[int, ...] = ()) -> ir.Model:
+    """The nodes of ``proto`` (``source`` serialized once by the caller) that compute ``last`` from
     ``first`` and constants, as a model of their own: input ``first`` shaped ``[rows, *x_shape]``,
-    output ``last`` ``[rows, *y_shape]``."""
+    output ``last`` ``[rows, *y_shape]``; weights kept in ``source``'s data file are read from there."""
     import onnx
 
     graph = proto.graph
@@ -715,7 +716,7 @@ def _block(proto, first: str, last: str, where: str, x_shape: tuple[int, ...] = 
     y = onnx.helper.make_tensor_value_info(last, elem.get(last, onnx.TensorProto.FLOAT), ["rows", *y_shape])
     sub = onnx.helper.make_graph(keep, f"block_{first}_{last}", [x], [y], [t for t in graph.initializer if t.name in used])
     block = onnx.helper.make_model(sub, opset_imports=proto.opset_import, ir_version=proto.ir_version)
-    return ir.serde.deserialize_model(block)
+    return rebase(ir.serde.deserialize_model(block), source)
 
 
 def _teacher_values(teacher: ir.Model, arrays: dict[str, np.ndarray], names: list[str], mask: str | None, where: str = "the teacher") -> dict[str, np.ndarray]:

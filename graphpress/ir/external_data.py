@@ -38,6 +38,7 @@ __all__ = [
     "DataLayout",
     "check_references",
     "externalized",
+    "rebase",
     "inlined",
     "relocate",
     "tensor_protos",
@@ -86,6 +87,26 @@ def _external(model: ir.Model) -> Iterator[tuple[str, ir.ExternalTensor]]:
 def referenced_files(model: ir.Model) -> set[str]:
     """Real paths of every file the model's external tensors refer to."""
     return {os.path.realpath(t.path) for _, t in _external(model)}
+
+
+def rebase(copy: ir.Model, source: ir.Model) -> ir.Model:
+    """Point ``copy``'s external tensors at the directories ``source``'s were read from.
+
+    A copy made through a ``ModelProto`` (``ir.serde.deserialize_model(to_proto(model))``)
+    keeps each external tensor's file name, which is relative to the model's directory, but
+    not the directory: its weights would be looked up in the working directory. Tensors are
+    matched by file name; a copy's tensor whose name ``source`` does not use takes the
+    directory of ``source``'s first. Returns ``copy``.
+    """
+    dirs: dict[str, str] = {}
+    for _, t in _external(source):
+        dirs.setdefault(os.fspath(t.location), t.base_dir)
+    if dirs:
+        first = next(iter(dirs.values()))
+        for _, t in _external(copy):
+            if not t.base_dir:
+                t.base_dir = dirs.get(os.fspath(t.location), first)
+    return copy
 
 
 def check_references(model: ir.Model, where: str) -> None:

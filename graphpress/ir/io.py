@@ -27,6 +27,11 @@ above it or on request -- never a reference to the input's files), whole or not 
 (:mod:`graphpress.ir.atomic`), never over the model's own source or data files, and stamps
 an IR version ONNX Runtime reads (``onnx`` 1.23 would otherwise write IR 14, which ORT
 1.31 rejects).
+
+:func:`clone` copies a model through its proto (what passes do before they try something): a
+proto names an external tensor's file relative to the model's directory, so the copy's tensors
+are pointed back at that directory -- a copy made from another working directory still finds
+its weights (:func:`graphpress.ir.external_data.rebase`).
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ __all__ = [
     "from_torch",
     "load",
     "check_writable",
+    "clone",
     "upgrade_opset",
     "save",
     "serialize",
@@ -379,7 +385,7 @@ def to_graphsurgeon(model: ir.Model) -> gs.Graph:
     """Convert an onnx-ir model to an onnx-graphsurgeon ``Graph`` (a copy)."""
     import onnx_graphsurgeon as gs
 
-    return gs.import_onnx(to_proto(model))
+    return gs.import_onnx(_materialize(to_proto(model), model))
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:
@@ -387,6 +393,27 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
     proto = ir.serde.serialize_model(model)
     proto.ir_version = _ir_version_for(proto)
     return proto
+
+
+def _materialize(proto: onnx.ModelProto, model: ir.Model | onnx.ModelProto) -> onnx.ModelProto:
+    """Read external data into ``proto`` so ORT can run it from memory."""
+    if not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        return proto
+    base_dir = ""
+    if isinstance(model, ir.Model):
+        for value in model.graph.initializers.values():
+            if isinstance(value.const_value, ir.ExternalTensor):
+                base_dir = value.const_value.base_dir
+                break
+    onnx.load_external_data_for_model(proto, base_dir)
+    return proto
+
+
+def clone(model: ir.Model) -> ir.Model:
+    """An independent copy of ``model`` (through its ``ModelProto``) whose weights that are
+    external data of the file ``model`` was loaded from are still read from that file's
+    directory, whatever the working directory."""
+    return external_data_mod.rebase(ir.serde.deserialize_model(to_proto(model)), model)
 
 
 def _ir_version_for(proto: onnx.ModelProto) -> int:

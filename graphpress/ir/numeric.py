@@ -26,7 +26,7 @@ import onnx
 import onnx_ir as ir
 
 from graphpress.errors import GraphpressError, one_line
-from graphpress.ir.io import to_proto
+from graphpress.ir.io import _materialize, to_proto  # noqa: F401 - _materialize: imported from here by other modules
 
 __all__ = [
     "TOLERANCES",
@@ -538,20 +538,6 @@ def _proto_with_outputs(model: ir.Model | onnx.ModelProto, extra: list[str]) -> 
         for name in extra:
             if name not in present:
                 proto.graph.output.append(onnx.ValueInfoProto(name=name))
-    return proto
-
-
-def _materialize(proto: onnx.ModelProto, model: ir.Model | onnx.ModelProto) -> onnx.ModelProto:
-    """Read external data into ``proto`` so ORT can run it from memory."""
-    if not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
-        return proto
-    base_dir = ""
-    if isinstance(model, ir.Model):
-        for value in model.graph.initializers.values():
-            if isinstance(value.const_value, ir.ExternalTensor):
-                base_dir = value.const_value.base_dir
-                break
-    onnx.load_external_data_for_model(proto, base_dir)
     return proto
 
 

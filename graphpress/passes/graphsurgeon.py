@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import onnx_ir as ir
 
 from graphpress.ir.io import to_proto
+from graphpress.ir.numeric import _materialize
 from graphpress.passes.base import Pass, PassResult, graph_counts
 from graphpress.passes.registry import register
 
@@ -42,7 +43,7 @@ class GraphSurgeonPass(Pass):
     def call(self, model: ir.Model) -> PassResult:
         import onnx_graphsurgeon as gs
 
-        proto = to_proto(model)
+        proto = _materialize(to_proto(model), model)  # graphsurgeon reads constants from the proto
         baseline = gs.export_onnx(gs.import_onnx(proto)).graph.SerializeToString(deterministic=True)
         graph = gs.import_onnx(proto)
         returned = type(self).function(graph)

@@ -49,8 +49,9 @@ import onnx_ir.passes.common  # noqa: F401  (ir.passes.common)
 
 from graphpress.errors import GraphpressError, one_line
 from graphpress.ir.edit import add_initializer, graph_names
-from graphpress.ir.numeric import output_similarity
-from graphpress.ir.io import MAX_IR_VERSION, to_proto
+from graphpress.ir.numeric import _materialize, output_similarity
+from graphpress.ir.external_data import rebase
+from graphpress.ir.io import MAX_IR_VERSION, clone, to_proto
 from graphpress.passes.context import TargetFacts
 from graphpress.passes.int16_sums import conv_kernel_order, fit_int16_quads
 from graphpress.passes.base import Pass, PassResult, option
@@ -132,7 +133,7 @@ def quantize_model(
     act_type = QuantType.QUInt8 if scheme == "u8s8" else QuantType.QInt8
     reduce_range = scheme == "u8s8" and target is not None and target.int8_dot_product is False
     flattened = _gemm_biases_1d(model.graph) if mode == "static" else 0  # biases ORT's weight-scale adjustment cannot index
-    proto = to_proto(model)
+    proto = _materialize(to_proto(model), model)  # ORT's tools read the weights from this proto or its copy
     info: dict[str, Any] = {"mode": mode, "scheme": scheme, "per_channel": per_channel, "reduce_range": reduce_range}
     if flattened:
         info["gemm_biases_flattened"] = flattened
@@ -317,7 +318,7 @@ def mse_ranges(model: ir.Model, calibration: list[Mapping[str, np.ndarray]], *, 
     up to ``samples`` values of each tensor. What ``method=mse`` gives ONNX Runtime's quantizer."""
     import onnxruntime as ort
 
-    copy = ir.serde.deserialize_model(to_proto(model))
+    copy = clone(model)
     names = {v.name for v in copy.graph.outputs}
     for node in copy.graph:
         for out in node.outputs:
@@ -604,7 +605,7 @@ class Quantize(Pass):
         ctx = self.context
         calibration, generated = ctx.calibration(model, o.samples, seed=o.seed)
         given = to_proto(model)
-        fp32 = ir.serde.deserialize_model(given)
+        fp32 = rebase(ir.serde.deserialize_model(given), model)
         probe_feeds = ctx.feeds(model, seed=o.seed)
         metric = ctx.metric or output_similarity(fp32, probe_feeds)
         baseline = metric(fp32)  # the model given: a smoothed copy is measured against it too
@@ -616,7 +617,7 @@ class Quantize(Pass):
             exclude = [*exclude, *smoothing.pop("nodes")]
 
         def attempt(excluded: list[str]) -> tuple[ir.Model, dict[str, Any]]:
-            candidate = ir.serde.deserialize_model(to_proto(fp32))
+            candidate = clone(fp32)
             info = quantize_model(
                 candidate, mode=o.mode, calibration=calibration, method=o.method, per_channel=o.per_channel, scheme=o.scheme, ops=ops,
                 exclude=excluded, bits=o.bits, block_size=o.block_size, target=ctx.target, activations=o.activations,

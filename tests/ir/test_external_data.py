@@ -113,6 +113,42 @@ def test_load_from_another_working_directory(tmp_path, torch_export, monkeypatch
     np.testing.assert_allclose(run(model, x)[model.graph.outputs[0].name], _ort(torch_export, x)[0], rtol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "passes",
+    ["cleanup,fuse,quantize:mode=dynamic", "quantize:mode=static", "quantize:mode=fp16", "prune:ratio=0.25", "prune:ratio=0.5;tolerance=0.2"],
+)
+def test_passes_that_copy_the_model_find_its_data_from_any_directory(tmp_path, torch_export, monkeypatch, capsys, passes):
+    """Quantizing (ORT's quantizer reads a copy), pruning (checked on copies) and the numeric check
+    of each pass copy the model through its proto, which names the data file relative to the
+    model's directory: run from another directory, each copy must still find the weights."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    out = tmp_path / "out.onnx"
+    assert main(["optimize", str(torch_export), "-o", str(out), "--passes", passes]) == 0, capsys.readouterr().err
+    x = {_ort_input(torch_export): np.random.default_rng(1).standard_normal((1, 16)).astype(np.float32)}
+    got, ref = _ort(out, x)[0], _ort(torch_export, x)[0]
+    assert got.shape == ref.shape and np.isfinite(got).all()
+    if passes.startswith("quantize"):  # the quantized model still computes the function
+        assert np.corrcoef(got.ravel(), ref.ravel())[0, 1] > 0.95
+    assert not os.listdir(elsewhere)
+
+
+def test_compile_finds_the_data_from_any_directory(tmp_path, torch_export, monkeypatch, capsys):
+    """``compile`` prepares a copy of the model and hands TVM's importer a proto: both read the
+    weights from the model's directory, not the working one."""
+    pytest.importorskip("tvm")
+    monkeypatch.chdir("/")
+    out = tmp_path / "artifact"
+    assert main(["compile", str(torch_export), "--target", "x86", "-o", str(out), "--no-measure"]) == 0, capsys.readouterr().err
+    from graphpress.backends import tvm as gtvm
+
+    name = _ort_input(torch_export)
+    x = np.random.default_rng(2).standard_normal((1, 16)).astype(np.float32)
+    got = next(iter(gtvm.load(out).run_named(**{name: x}).values()))
+    np.testing.assert_allclose(got, _ort(torch_export, {name: x})[0], rtol=1e-5, atol=1e-5)
+
+
 def test_save_refuses_the_inputs_data_file(tmp_path, torch_export):
     model = gp.load(torch_export)
     data = torch_export.parent / "model.onnx.data"

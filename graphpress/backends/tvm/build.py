@@ -266,7 +266,7 @@ def measure_against_onnxruntime(compiled: CompiledModel, baseline: ir.Model, fee
     as TVM's pool. Speed-ups are ORT ms / artifact ms (above 1: the artifact is faster)."""
     import tvm
 
-    from graphpress.ir.io import to_proto
+    from graphpress.ir.io import clone
     from graphpress.ir.timing import blocked, onnxruntime_best, repeats_for
 
     threads = int(tvm.get_global_func("runtime.NumThreads")())
@@ -279,7 +279,7 @@ def measure_against_onnxruntime(compiled: CompiledModel, baseline: ir.Model, fee
     out: dict[str, Any] = {"threads": threads, "onnxruntime": "ORT_ENABLE_ALL, CPU", "model_as_given": "int8 (quantized)" if quantized else "fp32"}
     if quantized:  # the same model in float: what the user had before quantizing it
         try:
-            fp32 = ir.serde.deserialize_model(to_proto(baseline))
+            fp32 = clone(baseline)
             int8_path.to_fp32(fp32)
             engines["onnxruntime_fp32"] = (lambda s: lambda: s.session.run(None, ort_feeds))(onnxruntime_best(fp32, threads, "its fp32 counterpart"))
         except Exception as e:  # a quantized form the float rewrite does not cover: the one ratio
@@ -338,9 +338,9 @@ def check_against_onnxruntime(
     int8_report = compiled.meta["build"].get("int8") or {}
     shipped_fp32 = (int8_report.get("model_guard") or {}).get("chosen") == "fp32"
     if shipped_fp32:
-        from graphpress.ir.io import to_proto
+        from graphpress.ir.io import clone
 
-        model = ir.serde.deserialize_model(to_proto(model))
+        model = clone(model)
         int8_path.to_fp32(model)
     given = as_samples(samples)[:CHECK_SAMPLES] if samples else None
     feeds = given or [random_inputs(concrete_input_specs(compiled.meta["inputs"]))]
@@ -385,6 +385,7 @@ def locate_divergence(
     each is computed and kept) and compares them in graph order. Returns ``None`` when none
     differs, or when that build fails.
     """
+    from graphpress.ir.external_data import rebase
     from graphpress.ir.io import to_proto
     from graphpress.ir.numeric import _diff, _ordered_value_names, _proto_with_outputs, run
 
@@ -393,7 +394,7 @@ def locate_divergence(
     extra = [n for n in names if n not in outputs][:LOCATE_VALUES]
     feeds = dict(feeds) if feeds is not None else random_inputs([{"name": n, **s} for n, s in shapes.items()])
     try:
-        exposed = ir.serde.deserialize_model(_proto_with_outputs(to_proto(prepared), extra))
+        exposed = rebase(ir.serde.deserialize_model(_proto_with_outputs(to_proto(prepared), extra)), prepared)
         ref = run(exposed, feeds)
         executable, _ = _build(to_relax(exposed, shapes, spec.name), spec, dataclasses.replace(tuning, trials=0))
         got = CompiledModel(executable, {"target": spec.config, "inputs": [{"name": n, **s} for n, s in shapes.items()]})(**feeds)

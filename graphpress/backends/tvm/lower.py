@@ -294,7 +294,9 @@ def to_relax(model: ir.Model, shapes: Mapping[str, Mapping[str, Any]], target_na
 
     from graphpress.backends.tvm.converters import corrected_converters
 
-    proto = to_proto(model)
+    from graphpress.ir.numeric import _materialize
+
+    proto = _materialize(to_proto(model), model)  # TVM's importer reads external data relative to the working directory
     _constants_as_tensors(proto.graph)
     missing = unsupported_ops(proto)
     if missing:
@@ -346,6 +348,7 @@ def prepare_for_lowering(
 
     from graphpress.passes import InvariantInstrument, PassManager, build_passes
     from graphpress.passes.share import TAG, Unshare
+    from graphpress.ir.external_data import rebase
 
     from graphpress.backends.tvm.expand import TvmDecompose, expand_functions, tvm_lowers_wrong
 
@@ -353,7 +356,7 @@ def prepare_for_lowering(
     proto, expanded = expand_functions(
         to_proto(model), lambda n: (n.op_type not in supported and n.op_type not in NOT_EXPANDED) or tvm_lowers_wrong(n)
     )
-    copy = ir.serde.deserialize_model(proto)
+    copy = rebase(ir.serde.deserialize_model(proto), model)
     if frozen:
         _freeze(copy, frozen)
     inlined = len(copy.functions)

@@ -31,6 +31,7 @@ import onnx_ir as ir
 from graphpress.errors import SpecError
 from graphpress.ir.analysis import infer_shapes
 from graphpress.ir.edit import add_initializer
+from graphpress.ir.io import clone
 from graphpress.ir.numeric import output_similarity
 from graphpress.passes.base import Pass, PassResult, option
 from graphpress.passes.pruning.groups import DependencyGraph, Group
@@ -303,9 +304,7 @@ def masked_reference(model: ir.Model, plan: PrunePlan) -> ir.Model:
     The removed channels then influence nothing downstream, which is exactly what deleting them
     does: the pruned model must compute the same outputs (within fp32 rounding).
     """
-    from graphpress.ir.io import to_proto
-
-    copy = ir.serde.deserialize_model(to_proto(model))
+    copy = clone(model)
     for p in plan.graph.params:
         if p.role != "consumer":
             continue
@@ -337,8 +336,6 @@ def prune_progressive(
     Returns the chosen ratio (0.0: nothing passed, the model is unchanged) and the history
     ``[{"ratio", "metric", "params"}]``.
     """
-    from graphpress.ir.io import to_proto
-
     if recover is not None:
         return _progressive_recovered(model, metric, recover, tolerance, max_ratio, step, options)
     baseline = metric(model)
@@ -346,7 +343,7 @@ def prune_progressive(
     best = 0.0
     ratios = [round(step * k, 6) for k in range(1, int(max_ratio / step + 1e-9) + 1)]
     for ratio in ratios:
-        candidate = ir.serde.deserialize_model(to_proto(model))
+        candidate = clone(model)
         plan = plan_pruning(candidate, ratio=ratio, **options)
         apply_plan(candidate, plan)
         value = metric(candidate)
@@ -360,14 +357,12 @@ def prune_progressive(
 
 
 def _progressive_recovered(model: ir.Model, metric, recover, tolerance: float, max_ratio: float, step: float, options: dict) -> tuple[float, list]:
-    from graphpress.ir.io import to_proto
-
     baseline = metric(model)
     history = [{"ratio": 0.0, "metric": baseline, "params": _params(model)}]
     best, kept, current, done = 0.0, None, model, 0.0
     for k in range(1, int(max_ratio / step + 1e-9) + 1):
         ratio = round(step * k, 6)
-        candidate = ir.serde.deserialize_model(to_proto(current))
+        candidate = clone(current)
         apply_plan(candidate, plan_pruning(candidate, ratio=1 - (1 - ratio) / (1 - done), **options))  # to `ratio` of the original
         candidate = recover(candidate)
         value = metric(candidate)
@@ -430,14 +425,12 @@ class Prune(Pass):
             # masks change the function and have no exact reference but themselves: measure them
             # with an accuracy metric (benchmarks/pruning.py, plan_progressive)
             stats["verified_against"] = "the masked model itself"
-            reference = ir.serde.deserialize_model(ir.serde.serialize_model(model)) if stats["weights_zeroed"] else None
+            reference = clone(model) if stats["weights_zeroed"] else None
             return PassResult(model, stats["weights_zeroed"] > 0, stats, reference=reference)
         ratio = o.ratio
         history = None
         if o.tolerance > 0:
-            from graphpress.ir.io import to_proto
-
-            probe = ir.serde.deserialize_model(to_proto(model))
+            probe = clone(model)
             metric = output_similarity(probe, self.context.feeds(probe, seed=o.seed))
             ratio, history = prune_progressive(
                 probe, metric, tolerance=o.tolerance, max_ratio=o.ratio, importance=o.importance, global_ranking=o.global_,
