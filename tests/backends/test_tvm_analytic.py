@@ -491,7 +491,7 @@ def test_whole_tensor_reductions_run_in_independent_vector_lanes_and_match_numpy
     import tvm
     from tvm import te, topi
 
-    from graphpress.backends.tvm.schedules import REDUCTION_LANES, schedule_injective
+    from graphpress.backends.tvm.schedules import PARALLEL_WORK, REDUCTION_LANES, schedule_injective
     from graphpress.backends.tvm.tir_pipeline import cpu_tir_pipeline
 
     rng = np.random.default_rng(3)
@@ -504,6 +504,8 @@ def test_whole_tensor_reductions_run_in_independent_vector_lanes_and_match_numpy
         found = re.findall(r'for \w+ in T\.vectorized\((\d+)\):\n\s+with T\.sblock\("\w+_rf"\)', mod["main"].script())
         assert found == [str(lanes)], (shape, mod["main"].script())
         assert "//" not in mod["main"].script() or lanes == 16, shape
+        # a large one: chunks of the outer loop over the cores, each chunk in lanes
+        assert ("T.parallel(" in mod["main"].script()) == (np.prod(shape) >= PARALLEL_WORK), shape
         data = (rng.standard_normal(shape) * 5).astype(np.float32)
         lib = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"}), tir_pipeline=cpu_tir_pipeline())
         out = tvm.runtime.tensor(np.zeros((), np.float32))
