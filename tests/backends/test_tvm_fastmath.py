@@ -66,3 +66,41 @@ def test_softmax_multiplies_by_each_rows_inverted_sum():
     np.testing.assert_allclose(compiled(x)[0], want, rtol=1e-5, atol=1e-7)
     asm = compiled._executable.mod.imports[0].inspect_source("asm")
     assert "vdivss" in asm and "vdivps" not in asm
+
+
+def test_quantize_by_one_scale_multiplies_and_corrects_to_the_divisions_integers():
+    """``quantize`` by one scale as ``x * (1 / s)`` and two FMAs: the integers of the division
+    (``numpy``'s float32 ``x / s``, rounded half to even), bit for bit, on quotients that are
+    exact ties and their float neighbours, infinities, huge values and scales from 2^-30 to
+    2^30; the vector division gone from the kernel's loop."""
+    import tvm
+    from tvm import relax
+
+    from graphpress.backends.tvm.fastmath import exact_quantize_legalization
+    from graphpress.backends.tvm.schedules import schedule_injective
+    from graphpress.backends.tvm.targets import resolve_target
+    from graphpress.backends.tvm.tir_pipeline import cpu_tir_pipeline
+
+    n = 1 << 16
+    bb = relax.BlockBuilder()
+    x, s, z = relax.Var("x", relax.TensorType((n,), "float32")), relax.Var("s", relax.TensorType((), "float32")), relax.Var("z", relax.TensorType((), "uint8"))
+    with bb.function("main", [x, s, z]):
+        with bb.dataflow():
+            y = bb.emit_output(relax.op.quantize(x, s, z, axis=0, out_dtype="uint8"))
+        bb.emit_func_output(y)
+    mod, _ = schedule_injective(relax.transform.LegalizeOps(customize_legalize_map=exact_quantize_legalization())(bb.get()))
+    ex = tvm.compile(mod, target=tvm.target.Target(resolve_target("x86").config), tir_pipeline=cpu_tir_pipeline())
+    asm = (ex.mod.imports[0] if ex.mod.imports else ex.mod).inspect_source("asm")
+    assert re.search(r"vfmadd\w*ps", asm)
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    rng = np.random.default_rng(0)
+    for scale in [1 / 255, 0.1, 3.0, 0.0123, *(np.float32(2.0**e * 1.37) for e in (-30, -11, 7, 30))]:
+        sc, zp = np.float32(scale), np.uint8(rng.integers(0, 256))
+        xs = (rng.uniform(-140, 140, n) * sc).astype(np.float32)
+        ties = ((rng.integers(-130, 130, n // 4) + 0.5) * sc).astype(np.float32)  # quotient k + 0.5 where representable
+        xs[: n // 4], xs[n // 4 : n // 2], xs[n // 2 : 3 * n // 4] = ties, np.nextafter(ties, np.float32(np.inf)), np.nextafter(ties, np.float32(-np.inf))
+        xs[-4:] = [np.inf, -np.inf, 3e38, -3e38]
+        with np.errstate(over="ignore"):
+            want = np.clip(np.rint(xs / sc) + np.float32(zp), 0, 255).astype(np.uint8)
+        got = vm["main"](tvm.runtime.tensor(xs), tvm.runtime.tensor(np.array(sc)), tvm.runtime.tensor(np.array(zp))).numpy()
+        np.testing.assert_array_equal(got, want, err_msg=f"scale {sc}")

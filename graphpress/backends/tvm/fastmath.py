@@ -10,13 +10,18 @@ They are approximations: measured over their whole float32 range here, ``fast_er
 3.3e-7 absolute of ``math.erf`` (libm: 4.9e-8), ``fast_exp`` within 2.8e-7 relative
 (libm: 5.9e-8), ``fast_tanh`` within 2.7e-7 — a few float32 ulps, inside the fp32 tolerance
 every build is checked with. ``compile_model(fast_math=False)`` keeps libm.
+
+:func:`exact_quantize_legalization` is no approximation: a ``quantize`` by one scale divides
+each element by it (a vector division, about ten cycles a vector), and computes the same
+quotient as a multiply by the inverted scale and two FMAs (Markstein's correction), so the
+integers are those of ONNX Runtime's division.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["FAST_MATH_OPS", "fast_math_legalization"]
+__all__ = ["FAST_MATH_OPS", "exact_quantize_legalization", "fast_math_legalization"]
 
 #: the Relax ops given polynomial forms (float32 only; other dtypes keep TVM's legalization)
 FAST_MATH_OPS = ("relax.erf", "relax.exp", "relax.tanh", "relax.sigmoid", "relax.nn.gelu", "relax.nn.softmax")
@@ -81,3 +86,55 @@ def _fast_softmax(x, axis: int):
     expsum = te.compute(reduced, lambda *i: te.sum(exp[at(i, k2)], axis=k2), name="T_softmax_expsum")
     one = tirx.const(1.0, x.dtype)
     return te.compute(shape, lambda *i: exp[i] * (one / expsum[row(i)]), name="T_softmax_norm", attrs={"axis": axis})
+
+
+#: the scales whose quotients :func:`exact_quantize_legalization` corrects: every intermediate
+#: stays a normal float for quotients up to :data:`_EXACT_QUOTIENT`; others divide
+_SCALE_RANGE = (2.0**-100, 2.0**100)
+#: quotients beyond this are clipped to the integer range anyway: taken as the multiply gave them
+_EXACT_QUOTIENT = 2.0**22
+
+
+def exact_quantize_legalization() -> dict[str, Any]:
+    """A ``customize_legalize_map`` entry for ``relax.quantize`` of float32 data by one scale:
+    ``round(x / s)`` computed as ``q = x * (1 / s)``, ``e = fma(-q, s, x)`` (exact), ``q + e / s``
+    as ``fma(e, 1 / s, q)``: with ``1 / s`` correctly rounded and ``q`` within an ulp of the
+    quotient, that is the correctly rounded quotient (Markstein's theorem; no overflow or
+    underflow in the range used), so rounding it gives the integers a division gives. One
+    division per call instead of one per element (MiniLM's dynamic quantizers). Per-channel
+    scales, other dtypes and scales outside :data:`_SCALE_RANGE` keep TVM's legalization."""
+    import tvm
+    from tvm import te, tirx
+    from tvm.relax.transform.legalize_ops.common import _try_convert_to_scalar_const
+
+    default = tvm.ir.Op.get("relax.quantize").get_attr("FLegalize")
+
+    def legalize(bb, call):
+        x, scale, zp = call.args[0], _try_convert_to_scalar_const(call.args[1]), _try_convert_to_scalar_const(call.args[2])
+        out_dtype = str(call.attrs.out_dtype)
+        if not (hasattr(x.ty, "dtype") and str(x.ty.dtype.dtype) == "float32" and "int" in out_dtype):
+            return default(bb, call)
+        if isinstance(scale, tvm.relax.Expr) and not all(int(d) == 1 for d in getattr(getattr(scale.ty, "shape", None), "values", [0])):
+            return default(bb, call)  # one scale per channel (or a shape not known here)
+
+        def compute(data, s, z):
+            def at(t):  # the one element of a scale or zero point, or the constant
+                return t[(0,) * len(t.shape)] if isinstance(t, te.Tensor) else t
+
+            def element(*i):
+                sv, zv = at(s), at(z).astype("float32")
+                inv = tirx.const(1.0, "float32") / sv
+                xv = data[i]
+                q = xv * inv
+                e = tirx.call_llvm_pure_intrin("float32", "llvm.fma", -q, sv, xv)
+                fixed = tirx.Select(tirx.abs(q) < tirx.const(_EXACT_QUOTIENT, "float32"), tirx.call_llvm_pure_intrin("float32", "llvm.fma", e, inv, q), q)
+                normal = tirx.all(sv >= tirx.const(_SCALE_RANGE[0], "float32"), sv <= tirx.const(_SCALE_RANGE[1], "float32"))
+                quotient = tirx.if_then_else(normal, fixed, xv / sv)
+                rounded = te.round(quotient) + zv
+                return te.max(te.min(rounded, tirx.max_value(out_dtype).astype("float32")), tirx.min_value(out_dtype).astype("float32")).astype(out_dtype)
+
+            return te.compute(data.shape, element, name="quantized")
+
+        return bb.call_te(compute, x, scale, zp, primfunc_name_hint="quantize")
+
+    return {"relax.quantize": legalize}
