@@ -26,8 +26,7 @@ from typing import Any, ClassVar
 
 import onnx_ir as ir
 
-from graphpress.ir.io import to_proto
-from graphpress.ir.numeric import _materialize
+from graphpress.ir.io import _materialize, to_proto
 from graphpress.passes.base import Pass, PassResult, graph_counts
 from graphpress.passes.registry import register
 

@@ -49,9 +49,9 @@ import onnx_ir.passes.common  # noqa: F401  (ir.passes.common)
 
 from graphpress.errors import GraphpressError, one_line
 from graphpress.ir.edit import add_initializer, graph_names
-from graphpress.ir.numeric import _materialize, output_similarity
+from graphpress.ir.numeric import output_similarity
 from graphpress.ir.external_data import rebase
-from graphpress.ir.io import MAX_IR_VERSION, clone, to_proto
+from graphpress.ir.io import MAX_IR_VERSION, _materialize, clone, to_proto
 from graphpress.passes.context import TargetFacts
 from graphpress.passes.int16_sums import conv_kernel_order, fit_int16_quads
 from graphpress.passes.base import Pass, PassResult, option
@@ -328,7 +328,7 @@ def mse_ranges(model: ir.Model, calibration: list[Mapping[str, np.ndarray]], *, 
     for value in copy.graph.inputs:
         if value.dtype == ir.DataType.FLOAT and value.name not in names and value.name not in copy.graph.initializers:
             copy.graph.outputs.append(value)
-    sess = ort.InferenceSession(to_proto(copy).SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(_materialize(to_proto(copy), copy).SerializeToString(), providers=["CPUExecutionProvider"])
     out_names = [o.name for o in sess.get_outputs()]
     collected: dict[str, list[np.ndarray]] = {}
     for feeds in calibration:

@@ -115,7 +115,7 @@ def test_load_from_another_working_directory(tmp_path, torch_export, monkeypatch
 
 @pytest.mark.parametrize(
     "passes",
-    ["cleanup,fuse,quantize:mode=dynamic", "quantize:mode=static", "quantize:mode=fp16", "prune:ratio=0.25", "prune:ratio=0.5;tolerance=0.2"],
+    ["cleanup,fuse,quantize:mode=dynamic", "quantize:mode=static", "quantize:mode=static;method=mse", "quantize:mode=fp16", "prune:ratio=0.25", "prune:ratio=0.5;tolerance=0.2"],
 )
 def test_passes_that_copy_the_model_find_its_data_from_any_directory(tmp_path, torch_export, monkeypatch, capsys, passes):
     """Quantizing (ORT's quantizer reads a copy), pruning (checked on copies) and the numeric check

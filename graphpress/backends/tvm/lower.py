@@ -29,7 +29,7 @@ import onnx_ir as ir
 
 from graphpress.errors import GraphpressError, one_line
 from graphpress.ir.analysis import with_input_shapes
-from graphpress.ir.io import to_proto
+from graphpress.ir.io import _materialize, to_proto
 
 __all__ = ["PREPARE_SPEC", "bind_input_shapes", "dynamic_dims", "shapes_of_samples", "freeze_inputs", "shape_deciding_inputs", "output_specs", "prepare_for_lowering", "set_input_shapes", "to_relax", "unsupported_ops"]
 
@@ -294,8 +294,6 @@ def to_relax(model: ir.Model, shapes: Mapping[str, Mapping[str, Any]], target_na
 
     from graphpress.backends.tvm.converters import corrected_converters
 
-    from graphpress.ir.numeric import _materialize
-
     proto = _materialize(to_proto(model), model)  # TVM's importer reads external data relative to the working directory
     _constants_as_tensors(proto.graph)
     missing = unsupported_ops(proto)
@@ -346,9 +344,9 @@ def prepare_for_lowering(
     the input is not changed."""
     import onnx_ir.passes.common as common_passes
 
+    from graphpress.ir.external_data import rebase
     from graphpress.passes import InvariantInstrument, PassManager, build_passes
     from graphpress.passes.share import TAG, Unshare
-    from graphpress.ir.external_data import rebase
 
     from graphpress.backends.tvm.expand import TvmDecompose, expand_functions, tvm_lowers_wrong
 
