@@ -1097,3 +1097,25 @@ def test_winograd_convolutions_are_chosen_where_tiles_cover_the_map_and_match_to
     assert "winograd_convolutions" not in direct.meta["build"]
     exact = float(np.abs(direct(x.numpy())[0] - want).max()) / float(np.abs(want).max())
     assert exact < 1e-5 and err < 30 * max(exact, 1e-7), (err, exact)
+
+
+def test_a_row_padded_at_its_end_vectorizes_its_whole_vectors():
+    """A row padded at its end (an activation's K of 257 padded to 264 for an integer product),
+    with the index arithmetic a reshape leaves (``(j // 257 + i) % 97``, ``j % 257``): its 16
+    whole vectors a loop of their own, vectorized (the padding's test and the divisions simplify
+    away there), the rest scalar; the values numpy's."""
+    import tvm
+    from tvm import te, tirx
+
+    from graphpress.backends.tvm.schedules import schedule_injective
+    from graphpress.backends.tvm.tir_pipeline import cpu_tir_pipeline
+
+    x = te.placeholder((97, 257), "float32", name="x")
+    y = te.compute((97, 264), lambda i, j: tirx.if_then_else(j < 257, x[(j // 257 + i) % 97, j % 257] * tirx.const(2.0, "float32"), tirx.const(0.0, "float32")), name="PadInput")
+    mod, count = schedule_injective(tvm.IRModule({"main": te.create_prim_func([x, y])}))
+    assert count == 1 and "T.vectorized(16)" in mod["main"].script(), mod["main"].script()
+    lib = tvm.compile(mod, target=tvm.target.Target(resolve_target("x86").config), tir_pipeline=cpu_tir_pipeline())
+    data = np.random.default_rng(4).standard_normal((97, 257)).astype(np.float32)
+    out = tvm.runtime.tensor(np.full((97, 264), np.nan, np.float32))
+    (lib.mod if hasattr(lib, "mod") else lib)["main"](tvm.runtime.tensor(data), out)
+    np.testing.assert_array_equal(out.numpy(), np.pad(data * 2, ((0, 0), (0, 7))))

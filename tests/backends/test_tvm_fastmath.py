@@ -76,7 +76,7 @@ def test_quantize_by_one_scale_multiplies_and_corrects_to_the_divisions_integers
     import tvm
     from tvm import relax
 
-    from graphpress.backends.tvm.fastmath import exact_quantize_legalization
+    from graphpress.backends.tvm.fastmath import exact_legalization
     from graphpress.backends.tvm.schedules import schedule_injective
     from graphpress.backends.tvm.targets import resolve_target
     from graphpress.backends.tvm.tir_pipeline import cpu_tir_pipeline
@@ -88,7 +88,7 @@ def test_quantize_by_one_scale_multiplies_and_corrects_to_the_divisions_integers
         with bb.dataflow():
             y = bb.emit_output(relax.op.quantize(x, s, z, axis=0, out_dtype="uint8"))
         bb.emit_func_output(y)
-    mod, _ = schedule_injective(relax.transform.LegalizeOps(customize_legalize_map=exact_quantize_legalization())(bb.get()))
+    mod, _ = schedule_injective(relax.transform.LegalizeOps(customize_legalize_map=exact_legalization())(bb.get()))
     ex = tvm.compile(mod, target=tvm.target.Target(resolve_target("x86").config), tir_pipeline=cpu_tir_pipeline())
     asm = (ex.mod.imports[0] if ex.mod.imports else ex.mod).inspect_source("asm")
     assert re.search(r"vfmadd\w*ps", asm)
@@ -104,3 +104,22 @@ def test_quantize_by_one_scale_multiplies_and_corrects_to_the_divisions_integers
             want = np.clip(np.rint(xs / sc) + np.float32(zp), 0, 255).astype(np.uint8)
         got = vm["main"](tvm.runtime.tensor(xs), tvm.runtime.tensor(np.array(sc)), tvm.runtime.tensor(np.array(zp))).numpy()
         np.testing.assert_array_equal(got, want, err_msg=f"scale {sc}")
+
+
+def test_a_square_is_a_product_not_a_pow_call():
+    """``Pow(x, 2)`` (a spectrogram's power) as ``x * x``, ONNX Runtime's squaring: its outputs bit
+    for bit, infinities included, and no libm ``powf`` call per element; another exponent keeps
+    ``pow``."""
+    x = np.abs(np.random.default_rng(2).normal(0, 30, (97, 257))).astype(np.float32)
+    x[0, :3] = [np.inf, 1e20, 0.0]
+    for exponent, calls_pow in ((2.0, False), (1.5, True)):
+        model = gp.load(make_model([helper.make_node("Pow", ["x", "e"], ["y"])], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [97, 257])],
+                                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [97, 257])], [helper.make_tensor("e", TensorProto.FLOAT, [], [exponent])]))  # fmt: skip
+        want = ort.InferenceSession(to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        compiled = compile_model(model, "x86", shipped_databases=False)
+        if calls_pow:
+            np.testing.assert_allclose(compiled(x)[0], want, rtol=1e-6)
+        else:
+            np.testing.assert_array_equal(compiled(x)[0], want)
+        asm = compiled._executable.mod.imports[0].inspect_source("asm")
+        assert bool(re.search(r"call\w*\s+\W?powf", asm)) == calls_pow, exponent

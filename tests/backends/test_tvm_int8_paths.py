@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 
 import graphpress as gp
 from graphpress.backends.tvm import compile_model
-from graphpress.backends.tvm.int8.isa import AVX2, AVX_VNNI, VNNI, select_isa
+from graphpress.backends.tvm.int8.isa import AMX, AVX2, AVX_VNNI, VNNI, select_isa
 from graphpress.backends.tvm.targets import X86_PATHS, host_x86_paths, resolve_target
 from graphpress.passes import PassManager, build_passes
 from graphpress.passes.context import PassContext
@@ -42,11 +42,12 @@ def test_each_path_selects_its_own_isa():
 
 
 @pytest.mark.parametrize("path", list(PATHS))
-@pytest.mark.parametrize("a_shape,n,a_dtype", [((4, 64), 48, np.uint8), ((2, 5, 64), 40, np.int8), ((6, 36), 17, np.uint8), ((7, 257), 20, np.int8)])
+@pytest.mark.parametrize("a_shape,n,a_dtype", [((4, 64), 48, np.uint8), ((2, 5, 64), 40, np.int8), ((6, 36), 17, np.uint8), ((7, 257), 20, np.int8), ((9, 64), 257, np.uint8)])
 def test_matmul_integer_is_exact_on_every_path(path, a_shape, n, a_dtype):
     """MatMulInteger with an activation zero point, int8 activations moved by 128, K and N not
     multiples of the vector, K not even a multiple of 4 (zero weight rows pad it, and as many
-    activation columns): bit for bit ONNX Runtime's."""
+    activation columns), N of 17 zmm vectors (computed as 18: :func:`padded_columns`): bit for bit
+    ONNX Runtime's."""
     _skip_unless_host_runs(path)
     isa, counter = PATHS[path]
     model = _matmul_integer_model(a_shape, n, a_dtype)
@@ -57,6 +58,17 @@ def test_matmul_integer_is_exact_on_every_path(path, a_shape, n, a_dtype):
     assert report["isa"] == isa.name and report["lowered"] == 1, report
     assert report["instructions"][counter] > 0, report["instructions"]
     np.testing.assert_array_equal(compiled.run_named(a=a)["y"], _ort(model, {"a": a})[0])
+
+
+def test_a_prime_count_of_column_vectors_is_computed_one_vector_wider():
+    """The micro-tile's column blocks divide the padded columns: 17 vectors (257 mel bins) would
+    take one a tile; 18 take 3. AMX's tiles and counts with a divisor from 2 to 4 are kept.
+    (Exactness with such columns: ``test_matmul_integer_is_exact_on_every_path``.)"""
+    from graphpress.backends.tvm.int8.emit import padded_columns
+
+    assert [padded_columns(n, VNNI) for n in (16, 64, 80, 257, 260, 112, 176)] == [16, 64, 96, 288, 288, 128, 192]
+    assert padded_columns(257, AVX_VNNI) == 264  # 33 ymm vectors: 3 x 11
+    assert padded_columns(257, AMX) == 288  # whole 32-column tiles, as before
 
 
 def _exact_conv_integer(x, w, zx, pads, strides, target):

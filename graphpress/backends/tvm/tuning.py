@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from graphpress.backends.tvm.fastmath import exact_quantize_legalization, fast_math_legalization
+from graphpress.backends.tvm.fastmath import exact_legalization, fast_math_legalization
 from graphpress.backends.tvm.layout import (
     conv1d_as_conv2d,
     conv_transpose_as_conv,
@@ -253,7 +253,7 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
             steps += [tuning.int8_lowering, relax.transform.CanonicalizeBindings()]
         steps.append(fold_constants())  # constants reshaped or transposed by the steps above, in numpy
         # quantize's division exactly as a multiply and FMAs on every build; libm math as polynomials if fast
-        steps.append(relax.transform.LegalizeOps(customize_legalize_map={**exact_quantize_legalization(), **(fast_math_legalization() if fast else {})}))
+        steps.append(relax.transform.LegalizeOps(customize_legalize_map={**exact_legalization(), **(fast_math_legalization() if fast else {})}))
         lowered = tvm.transform.Sequential([*steps, relax.get_pipeline("zero")])(mod)
         if winograd:
             stats["winograd_convolutions"] = winograd

@@ -76,8 +76,20 @@ def pack_weight(w_kn: np.ndarray, multiple: int, lanes: int, depth: int = 4, dty
     return packed, w.astype(np.int32).sum(0), npad
 
 
+def padded_columns(n: int, isa: Isa) -> int:
+    """The columns ``n`` output columns are computed as: whole vectors (whole tiles on AMX), and
+    on the vector kernels one vector more where their count has no divisor from 2 to 4 (5, 7,
+    11, 13, 17, ...): the micro-tile's column blocks divide it, so such a count took one block a
+    tile, a broadcast of every row for each weight vector. A mel spectrogram's 257 frequency
+    bins: 17 vectors, 18 now (4 rows x 3 vectors a tile)."""
+    blocks = -(-n // isa.n_multiple)
+    if isa.tiles is None and blocks > 4 and all(blocks % c for c in (2, 3, 4)):
+        blocks += 1
+    return blocks * isa.n_multiple
+
+
 def _pack(w_kn: np.ndarray, isa: Isa) -> tuple[np.ndarray, np.ndarray, int]:
-    packed, colsum, npad = pack_weight(w_kn, isa.n_multiple, isa.lanes, isa.depth // isa.halves, isa.weight)
+    packed, colsum, npad = pack_weight(w_kn, padded_columns(w_kn.shape[1], isa), isa.lanes, isa.depth // isa.halves, isa.weight)
     if isa.halves > 1:  # the same bytes, `halves` blocks per step of the kernel
         packed = packed.reshape(npad // isa.lanes, w_kn.shape[0] // isa.depth, isa.halves, isa.lanes, isa.depth // isa.halves)
     return packed, colsum, npad
