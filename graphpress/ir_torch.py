@@ -654,7 +654,7 @@ def _inlined(model: ir.Model) -> ir.Model:
     import onnx.inliner
 
     from graphpress.ir.io import to_proto
-    from graphpress.ir.numeric import _materialize
+    from graphpress.ir.io import _materialize
 
     return ir.serde.deserialize_model(onnx.inliner.inline_local_functions(_materialize(to_proto(model), model)))
 
@@ -677,7 +677,8 @@ def to_torch(
 
     from graphpress.ir import load
     from graphpress.ir.io import to_proto
-    from graphpress.ir.numeric import _materialize, as_samples, make_inputs, run_samples
+    from graphpress.ir.io import _materialize
+    from graphpress.ir.numeric import as_samples, make_inputs, run_samples
 
     model = load(model) if isinstance(model, (str, os.PathLike)) else model
     if not isinstance(model, ir.Model):

@@ -760,7 +760,7 @@ def _up_to(model: ir.Model, names: list[str]):
     import onnx
 
     from graphpress.ir.io import to_proto
-    from graphpress.ir.numeric import _materialize
+    from graphpress.ir.io import _materialize
 
     proto = _materialize(to_proto(model), model)
     graph = proto.graph

@@ -33,8 +33,8 @@ import onnx
 import onnx_ir as ir
 
 from graphpress.errors import one_line
-from graphpress.ir.io import to_proto
-from graphpress.ir.numeric import _diff, _materialize, compare_outputs, first_divergence, run
+from graphpress.ir.io import _materialize, to_proto
+from graphpress.ir.numeric import _diff, compare_outputs, first_divergence, run
 
 __all__ = ["Attribution", "attribute_divergence"]
 

@@ -26,7 +26,7 @@ import onnx
 import onnx_ir as ir
 
 from graphpress.errors import GraphpressError, one_line
-from graphpress.ir.io import _materialize, to_proto  # noqa: F401 - _materialize: imported from here by other modules
+from graphpress.ir.io import _materialize, to_proto
 
 __all__ = [
     "TOLERANCES",

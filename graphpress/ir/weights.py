@@ -117,7 +117,7 @@ def _evaluate(model: ir.Model, wanted: dict[str, list[ir.Node]], proto: onnx.Mod
     import onnxruntime as ort
 
     from graphpress.ir.io import to_proto
-    from graphpress.ir.numeric import _materialize
+    from graphpress.ir.io import _materialize
 
     if not wanted:
         return {}
