@@ -105,8 +105,7 @@ def _quantize_with_ort(model, calibration, src, dst, quantize_static, quantize_d
 def _disk_bytes(model: ir.Model, packed: bool) -> tuple[int, int | None]:
     """``(bytes of the .onnx file written by graphpress, bytes packed by graphpress pack or None)``
     (packing tries every codec on every tensor: a minute for MiniLM's 91 MB, so only when asked)."""
-    from graphpress.ir.io import to_proto
-    from graphpress.ir.io import _materialize
+    from graphpress.ir.io import _materialize, to_proto
     from graphpress.ir.pack import pack_bytes
 
     data = _materialize(to_proto(model), model).SerializeToString()
@@ -382,8 +381,7 @@ def _choose_settings(model: ir.Model, feeds: Mapping[str, np.ndarray], say) -> d
 
     import onnxruntime as ort
 
-    from graphpress.ir.io import to_proto
-    from graphpress.ir.io import _materialize
+    from graphpress.ir.io import _materialize, to_proto
     from graphpress.ir.timing import ORT_SETTINGS_KEY, choose_onnxruntime_settings
 
     say("choosing ONNX Runtime's session settings")

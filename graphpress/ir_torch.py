@@ -653,8 +653,7 @@ def _inlined(model: ir.Model) -> ir.Model:
         return model
     import onnx.inliner
 
-    from graphpress.ir.io import to_proto
-    from graphpress.ir.io import _materialize
+    from graphpress.ir.io import _materialize, to_proto
 
     return ir.serde.deserialize_model(onnx.inliner.inline_local_functions(_materialize(to_proto(model), model)))
 
@@ -676,8 +675,7 @@ def to_torch(
     import os
 
     from graphpress.ir import load
-    from graphpress.ir.io import to_proto
-    from graphpress.ir.io import _materialize
+    from graphpress.ir.io import _materialize, to_proto
     from graphpress.ir.numeric import as_samples, make_inputs, run_samples
 
     model = load(model) if isinstance(model, (str, os.PathLike)) else model

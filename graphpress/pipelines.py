@@ -262,8 +262,7 @@ SHARES = (1.0, 0.7, 0.5, 0.3, 0.15, 0.0)
 
 def copy_model(model: ir.Model) -> ir.Model:
     """An independent copy of ``model`` (its weights read into memory)."""
-    from graphpress.ir.io import to_proto
-    from graphpress.ir.io import _materialize
+    from graphpress.ir.io import _materialize, to_proto
 
     return ir.serde.deserialize_model(_materialize(to_proto(model), model))
 

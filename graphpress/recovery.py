@@ -759,8 +759,7 @@ def _up_to(model: ir.Model, names: list[str]):
     outer values without naming them as inputs) is kept whole."""
     import onnx
 
-    from graphpress.ir.io import to_proto
-    from graphpress.ir.io import _materialize
+    from graphpress.ir.io import _materialize, to_proto
 
     proto = _materialize(to_proto(model), model)
     graph = proto.graph

@@ -116,8 +116,7 @@ def _evaluate(model: ir.Model, wanted: dict[str, list[ir.Node]], proto: onnx.Mod
     once, here or by the caller)."""
     import onnxruntime as ort
 
-    from graphpress.ir.io import to_proto
-    from graphpress.ir.io import _materialize
+    from graphpress.ir.io import _materialize, to_proto
 
     if not wanted:
         return {}
