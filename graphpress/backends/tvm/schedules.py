@@ -223,6 +223,8 @@ def _parallel_reduction(sch, blocks) -> bool:
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     red = [b for b in blocks if not _is_spatial(sch, b)]
     if len(red) == 1 and len(blocks) == 1:
+        if RANGES_ATTR in sch.get(red[0]).annotations:
+            return _ranges_reduction(sch, red[0])
         spatial = [iv for iv in sch.get(red[0]).iter_vars if iv.iter_type == 0]
         if all(hasattr(iv.dom.extent, "value") and int(iv.dom.extent) == 1 for iv in spatial):
             return _vector_reduction(sch, red[0])
@@ -398,6 +400,72 @@ def _vector_reduction(sch, red) -> bool:
             return True
     partial = sch.rfactor(inner, 0)
     sch.vectorize(sch.get_loops(partial)[-1])
+    return True
+
+
+#: the block annotation of a kernel computing a tensor's maximum and minus its minimum in one read
+#: (``ranges.fused_ranges``), scheduled by :func:`_ranges_reduction`
+RANGES_ATTR = "graphpress.ranges"
+
+#: partial results of each of the two reductions of a range kernel (:func:`_ranges_reduction`):
+#: 2 x 32 lanes are 4 zmm or 8 ymm registers, half of AVX2's sixteen
+RANGES_LANES = 32
+
+
+def _ranges_reduction(sch, red) -> bool:
+    """A tensor's maximum and minus its minimum, one kernel (``ranges.fused_ranges``): the
+    maximum over the pair ``(x, -x)``, the pair's axis unrolled inside the loop over
+    :data:`RANGES_LANES` lanes, so that each vector of ``x`` is loaded once for both. As in
+    :func:`_vector_reduction`, a reduction of :data:`PARALLEL_WORK` elements or more first
+    reduces :data:`REDUCTION_CHUNKS` chunks of its outer loop over the cores; the partial
+    results are laid out ``[chunk, pair, lane]`` so that each chunk's lanes stay contiguous.
+    False (nothing changed) unless the kernel has that shape."""
+    try:  # on a copy first: a step that fails leaves the schedule as it was
+        _ranges_steps(sch.copy(), red)
+    except Exception:  # noqa: BLE001 - left to the generic row schedule
+        return False
+    return _ranges_steps(sch, red)
+
+
+def _ranges_steps(sch, red) -> bool:
+    pair, *reduce_ = sch.get_loops(red)
+    if _extent(sch.get(pair).extent) != 2 or not reduce_:
+        raise ValueError("not a range kernel")
+    last = _extent(sch.get(reduce_[-1]).extent) or 0
+    if last % 16 == 0 and len(reduce_) > 1:  # lanes off the last axis alone: contiguous loads, no division
+        lanes = next(n for n in (RANGES_LANES, 16) if last % n == 0)
+        sch.split(reduce_[-1], [None, lanes])
+    else:
+        fused = sch.fuse(*reduce_) if len(reduce_) > 1 else reduce_[0]
+        extent = _extent(sch.get(fused).extent) or 0
+        if extent < 2 * RANGES_LANES or extent % 16:
+            raise ValueError("too small or ragged for whole vectors")
+        sch.split(fused, [None, next(n for n in (RANGES_LANES, 16) if extent % n == 0)])
+    outer = sch.get_loops(red)[1:-1]
+    units = 0  # leading loops of extent 1 stay outside (serial, once)
+    while units < len(outer) - 1 and _extent(sch.get(outer[units]).extent) == 1:
+        units += 1
+    outer = outer[units:]
+    chunks = 0
+    if _work(sch, red) >= 2 * PARALLEL_WORK and outer:  # its work counts the pair twice
+        def chunks_of(n: int) -> int:
+            return next((c for c in (REDUCTION_CHUNKS, REDUCTION_CHUNKS // 2, 2) if n % c == 0 and n >= 2 * c), 0)
+
+        # the first loop alone where it has chunks (no division per index), else all of them fused
+        outer = outer[0] if chunks_of(_extent(sch.get(outer[0]).extent) or 0) or len(outer) == 1 else sch.fuse(*outer)
+        chunks = chunks_of(_extent(sch.get(outer).extent) or 0)
+    if chunks:
+        chunk, _ = sch.split(outer, [chunks, None])
+        by_chunk = sch.rfactor(chunk, 0)  # [chunk, pair]
+        partial = sch.rfactor(sch.get_loops(by_chunk)[-1], 2)  # [chunk, pair, lane]
+    else:
+        partial = sch.rfactor(sch.get_loops(red)[-1], 1)  # [pair, lane]
+    pair, *body, lanes = sch.get_loops(partial)
+    sch.reorder(*body, pair, lanes)
+    if chunks:
+        sch.parallel(body[units])
+    sch.unroll(pair)
+    sch.vectorize(lanes)
     return True
 
 

@@ -39,6 +39,7 @@ from graphpress.backends.tvm.layout import (
     softmax_on_last_axis,
     unit_width_convs_along_width,
 )
+from graphpress.backends.tvm.ranges import fused_ranges
 from graphpress.backends.tvm.runtime import Remote, current_remote
 from graphpress.backends.tvm.schedules import packed_kernels, schedule_gemm, schedule_injective
 from graphpress.backends.tvm.targets import TargetSpec, vector_facts
@@ -244,9 +245,9 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
         if nhwc:  # output channels innermost: the analytic GEMM schedule vectorizes over them
             convert = convs_to_nhwc() if nhwc == "local" else relax.transform.ConvertLayout({"relax.nn.conv2d": ["NHWC", "HWIO"], **KEEP_NCHW})
             steps += [conv1d_as_conv2d(), conv_transpose_as_conv(), unit_width_convs_along_width(), scalar_constants(), positive_squeeze_axes(), convert, sink_permutes(), fold_constants(), relax.transform.DeadCodeElimination()]
-        if analytic:  # output channels in whole vectors for the register tile; softmax rows contiguous
+        if analytic:  # output channels in whole vectors for the register tile; softmax rows contiguous; a range read once
             facts = vector_facts(spec)
-            steps += [*([winograd_convs(winograd)] if nhwc and tuning.winograd else []), pad_output_channels(facts.lanes), pad_output_width(facts.lanes, facts.registers), softmax_on_last_axis()]
+            steps += [*([winograd_convs(winograd)] if nhwc and tuning.winograd else []), pad_output_channels(facts.lanes), pad_output_width(facts.lanes, facts.registers), softmax_on_last_axis(), fused_ranges()]
         if tuning.int8_lowering is not None:  # integer convolutions onto the ISA's kernels, in the layout they now have
             # the lowered call bound straight to the conv's variable: FuseOps fuses nothing across a
             # variable bound to a variable (the requantization stayed a kernel of its own)
