@@ -563,6 +563,45 @@ def test_row_reductions_run_in_vector_lanes_and_match_numpy():
     assert lane_blocks(middle) == []
 
 
+@pytest.mark.parametrize("rows", [128, 6])
+def test_rows_of_a_softmax_interleave_their_dependent_chains_and_give_the_same_bits(rows, monkeypatch):
+    """Rows of a kernel whose reductions went into lanes (softmax, layer norm) computed
+    ROW_GROUP at a time: each block's loop over the group's rows inside its reduction loops,
+    unrolled, just outside the vector lanes (innermost under the lanes reduced to one), so the
+    rows' chains of dependent maxes and adds interleave. Each row's arithmetic is unchanged:
+    the same bits as the schedule one row at a time, and the values against numpy. A row count
+    no multiple of the group keeps one row at a time."""
+    import tvm
+    from tvm import te, topi
+
+    from graphpress.backends.tvm import schedules
+    from graphpress.backends.tvm.tir_pipeline import cpu_tir_pipeline
+
+    x = (np.random.default_rng(4).standard_normal((1, 2, rows, 128)) * 4).astype(np.float32)
+
+    def build(group):
+        monkeypatch.setattr(schedules, "ROW_GROUP", group)
+        t = te.placeholder(x.shape, "float32", name="x")
+        mod, count = schedules.schedule_injective(tvm.IRModule({"main": te.create_prim_func([t, topi.nn.fast_softmax(t, -1)])}))
+        assert count == 1
+        lib = tvm.compile(mod, target=tvm.target.Target({"kind": "llvm"}), tir_pipeline=cpu_tir_pipeline())
+        out = tvm.runtime.tensor(np.zeros_like(x))
+        (lib.mod if hasattr(lib, "mod") else lib)["main"](tvm.runtime.tensor(x), out)
+        return mod["main"].script(), out.numpy()
+
+    script, grouped = build(4)
+    interleaved = {
+        "lanes": r'for \w+ in range\(8\):\n\s+for \w+ in T\.unroll\(4\):\n\s+for \w+ in T\.vectorized\(16\):\n\s+with T\.sblock\("T_softmax_maxelem_rf_update"\)',
+        "to one": r'for \w+ in range\(16\):\n\s+for \w+ in T\.unroll\(4\):\n\s+with T\.sblock\("T_softmax_expsum_update"\)',
+    }
+    for what, pattern in interleaved.items():
+        assert bool(re.search(pattern, script)) == (rows % 4 == 0), (what, script)
+    _, single = build(0)
+    np.testing.assert_array_equal(grouped, single)
+    want = np.exp(x - x.max(-1, keepdims=True))
+    np.testing.assert_allclose(grouped, want / want.sum(-1, keepdims=True), rtol=1e-5, atol=1e-7)
+
+
 def test_one_element_constants_become_scalars_so_a_hardswish_stays_nhwc_and_matches_onnxruntime():
     """Paddle's HardSwish after a convolution, ``x * clip(x + [3], 0, 6) / [6]`` with
     one-element rank-1 constants (PicoDet, PP-OCR): ``ConvertLayout`` has no layout for those,

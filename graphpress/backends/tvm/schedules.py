@@ -235,13 +235,88 @@ def _parallel_reduction(sch, blocks) -> bool:
         return False
     if _is_spatial(sch, out) and any([_row_reduction_in_lanes(sch, b) for b in blocks[:-1] if not _is_spatial(sch, b)]):
         blocks = sch.get_child_blocks(sch.get_sblock("root"))  # each such reduction now two blocks: the lanes', and theirs reduced
+    last_rows = _extent(sch.get(out_loops[n_rows - 1]).extent) or 0
     row = sch.fuse(*out_loops[:n_rows]) if n_rows > 1 else out_loops[0]
     work = sum(_work(sch, b) for b in blocks) if all(_work(sch, b) for b in blocks) else 0
+    group = _row_group(sch, blocks, last_rows)
+    if group:
+        row, _ = sch.split(row, [None, group])
     for block in reversed(blocks[:-1]):
         sch.compute_at(block, row)
     _parallel(sch, row, work)
     for block in sch.get_child_blocks(row):
-        _vectorize_last_spatial(sch, block, row)
+        if not (group and _interleave_rows(sch, block, row)):
+            _vectorize_last_spatial(sch, block, row)
+    return True
+
+
+#: rows of a kernel of row reductions in lanes (softmax, layer norm) computed together, each
+#: step of their dependent chains (the lanes' updates, the lanes reduced to one) interleaved
+ROW_GROUP = 4
+
+
+def _row_group(sch, blocks, last_rows: int) -> int:
+    """:data:`ROW_GROUP` where a reduction of the kernel went into lanes
+    (:func:`_row_reduction_in_lanes`) and the innermost row axis (``last_rows`` long) is a
+    multiple of it, so that a group's rows share their outer indices (a group across two of
+    softmax's heads had loops of no constant extent); else 0."""
+    lanes = [b for b in blocks if not _is_spatial(sch, b) and sch.get(b).name_hint.endswith("_rf")]
+    if not ROW_GROUP or not lanes or last_rows % ROW_GROUP or last_rows < 2 * ROW_GROUP:
+        return 0
+    return ROW_GROUP
+
+
+def _interleave_rows(sch, block, group_loop) -> bool:
+    """Under a group of rows (:func:`_row_group`): the block's loop over the group's rows moved
+    inside its reduction loops, unrolled, just outside the vector lanes (innermost where the
+    block reduces lanes to one), so that the rows' independent chains of max/add interleave
+    instead of each row waiting on its own latency (softmax: a row of 128 was 8 dependent
+    vector maxes, 16 dependent scalar ones, then the same in adds). False (nothing changed)
+    where the block's loops are not of that shape."""
+    try:
+        return _interleave_steps(sch.copy(), block, group_loop) and _interleave_steps(sch, block, group_loop)
+    except Exception:  # noqa: BLE001 - the rows one after the other
+        return False
+
+
+def _interleave_steps(sch, block, group_loop) -> bool:
+    loops = sch.get_loops(block)
+    at = next(i for i, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(group_loop)))
+    inner = loops[at + 1 :]
+    if not inner:
+        return False
+    realize = sch.get(inner[-1]).body
+    bindings = list(zip(realize.block.iter_vars, realize.iter_values))
+    group_var = sch.get(group_loop).loop_var
+
+    def kind(loop) -> str:
+        var = sch.get(loop).loop_var
+        used = [(iv, value) for iv, value in bindings if _reads_var_expr(value, var)]
+        if any(_reads_var_expr(value, group_var) for _, value in used):
+            return "row"
+        return "R" if any(iv.iter_type != 0 for iv, _ in used) else "S"
+
+    kinds = [kind(lp) for lp in inner]
+    if kinds.count("row") != 1:
+        return False
+    rows = inner[kinds.index("row")]
+    reduce_ = [lp for lp, k in zip(inner, kinds) if k == "R"]
+    spatial = [lp for lp, k in zip(inner, kinds) if k == "S"]
+    lanes = None
+    if spatial:
+        extent = _extent(sch.get(spatial[-1]).extent) or 0
+        if extent % 16 or extent < 16:
+            return False
+        if extent > 16:
+            spatial[-1], lanes = sch.split(spatial[-1], [None, 16])
+        else:
+            lanes = spatial.pop()
+    sch.reorder(*reduce_, *spatial, rows, *([lanes] if lanes is not None else []))
+    sch.unroll(rows)
+    if lanes is not None:
+        sch.vectorize(lanes)
+    if reduce_:
+        sch.decompose_reduction(block, reduce_[0])
     return True
 
 
