@@ -20,7 +20,9 @@ graphpress-tvm fp32 and int8 (``--no-tvm`` skips those) on every x86 ISA path th
 and graphpress-tvm on ONNX Runtime's best int8 file itself (the same work as that row)
 (``--paths``; default: the int8 paths ``amx``, ``avx512_vnni``, ``avx2_vnni``, ``avx2`` and the
 fp32 paths ``avx512``, ``avx2`` the host has; and the model quantized for the AVX2 target, with
-7-bit weights, on its ``vpmaddubsw`` kernel). ONNX Runtime picks its own kernels from the
+7-bit weights, on its ``vpmaddubsw`` kernel); MiniLM's accurate recipe (per-token activations +
+SmoothQuant 0.4) on the best path, and where that path has no int8 dot product (``--ort-isa
+avx2``) quantized for it too. ONNX Runtime picks its own kernels from the
 host's CPUID (no switch selects them): its rows are the best code it has here, so an AVX2
 row is the AVX2 code against ORT's best, not against ORT on an AVX2 machine. ``--ort-isa avx2``
 (or ``avx2_vnni``, ``avx512_vnni``) runs every ORT row on a copy of ONNX Runtime that picks its
