@@ -210,7 +210,9 @@ def test_tuning_database_is_reused(tmp_path, monkeypatch):
     # the records were timed against the analytic schedules, and the faster build shipped
     for compiled in (first, again):
         guard = compiled.meta["build"]["database_guard"]
-        assert guard["chosen"] == min(("records", "analytic"), key=lambda k: guard[f"{k}_ms"])
+        other = "analytic" if guard["chosen"] == "records" else "records"
+        # the report rounds to 0.1 us: two builds that close tie there, either way
+        assert guard[f"{guard['chosen']}_ms"] <= guard[f"{other}_ms"], guard
         shipped = compiled.meta["build"]
         assert shipped["scheduled_kernels"] == 2 and shipped["analytic_scheduled_kernels"] == (2 if guard["chosen"] == "analytic" else 0)
     # without the database the two matrix products get the analytic schedule, and the report says so
