@@ -68,11 +68,12 @@ def test_softmax_multiplies_by_each_rows_inverted_sum():
     assert "vdivss" in asm and "vdivps" not in asm
 
 
-def test_quantize_by_one_scale_multiplies_and_corrects_to_the_divisions_integers():
-    """``quantize`` by one scale as ``x * (1 / s)`` and two FMAs: the integers of the division
-    (``numpy``'s float32 ``x / s``, rounded half to even), bit for bit, on quotients that are
-    exact ties and their float neighbours, infinities, huge values and scales from 2^-30 to
-    2^30; the vector division gone from the kernel's loop."""
+_N = 1 << 16
+
+
+def _quantize_module(scale=None):
+    """``quantize`` of a float vector to uint8: by a scale and zero point given at run time, or by
+    the constant ``scale`` (a static model's requantization; zero point 0)."""
     import tvm
     from tvm import relax
 
@@ -81,29 +82,71 @@ def test_quantize_by_one_scale_multiplies_and_corrects_to_the_divisions_integers
     from graphpress.backends.tvm.targets import resolve_target
     from graphpress.backends.tvm.tir_pipeline import cpu_tir_pipeline
 
-    n = 1 << 16
     bb = relax.BlockBuilder()
-    x, s, z = relax.Var("x", relax.TensorType((n,), "float32")), relax.Var("s", relax.TensorType((), "float32")), relax.Var("z", relax.TensorType((), "uint8"))
-    with bb.function("main", [x, s, z]):
+    x = relax.Var("x", relax.TensorType((_N,), "float32"))
+    if scale is None:
+        s, z = relax.Var("s", relax.TensorType((), "float32")), relax.Var("z", relax.TensorType((), "uint8"))
+        params, args = [x, s, z], (s, z)
+    else:
+        params, args = [x], (relax.const(np.float32(scale)), relax.const(np.uint8(0)))
+    with bb.function("main", params):
         with bb.dataflow():
-            y = bb.emit_output(relax.op.quantize(x, s, z, axis=0, out_dtype="uint8"))
+            y = bb.emit_output(relax.op.quantize(x, *args, axis=0, out_dtype="uint8"))
         bb.emit_func_output(y)
     mod, _ = schedule_injective(relax.transform.LegalizeOps(customize_legalize_map=exact_legalization())(bb.get()))
     ex = tvm.compile(mod, target=tvm.target.Target(resolve_target("x86").config), tir_pipeline=cpu_tir_pipeline())
-    asm = (ex.mod.imports[0] if ex.mod.imports else ex.mod).inspect_source("asm")
+    return relax.VirtualMachine(ex, tvm.cpu()), (ex.mod.imports[0] if ex.mod.imports else ex.mod).inspect_source("asm")
+
+
+
+def _quantize_cases(scale, rng):
+    """Values whose quotients by ``scale`` are exact ties, their float neighbours, random, infinite
+    and huge."""
+    sc = np.float32(scale)
+    xs = (rng.uniform(-140, 140, _N) * sc).astype(np.float32)
+    ties = ((rng.integers(-130, 130, _N // 4) + 0.5) * sc).astype(np.float32)  # quotient k + 0.5 where representable
+    xs[: _N // 4], xs[_N // 4 : _N // 2], xs[_N // 2 : 3 * _N // 4] = ties, np.nextafter(ties, np.float32(np.inf)), np.nextafter(ties, np.float32(-np.inf))
+    xs[-4:] = [np.inf, -np.inf, 3e38, -3e38]
+    return xs
+
+
+def _divided(xs, scale, zp):
+    with np.errstate(over="ignore"):
+        return np.clip(np.rint(xs / np.float32(scale)) + np.float32(zp), 0, 255).astype(np.uint8)
+
+
+SCALES = [1 / 255, 0.1, 3.0, 0.0123, *(float(np.float32(2.0**e * 1.37)) for e in (-30, -11, 7, 30))]
+
+
+def test_quantize_by_one_scale_multiplies_and_corrects_to_the_divisions_integers():
+    """``quantize`` by one scale as ``x * (1 / s)`` and two FMAs: the integers of the division
+    (``numpy``'s float32 ``x / s``, rounded half to even), bit for bit, on quotients that are
+    exact ties and their float neighbours, infinities, huge values and scales from 2^-30 to
+    2^30; the vector division gone from the kernel's loop."""
+    import tvm
+
+    vm, asm = _quantize_module()
     assert re.search(r"vfmadd\w*ps", asm)
-    vm = relax.VirtualMachine(ex, tvm.cpu())
     rng = np.random.default_rng(0)
-    for scale in [1 / 255, 0.1, 3.0, 0.0123, *(np.float32(2.0**e * 1.37) for e in (-30, -11, 7, 30))]:
+    for scale in SCALES:
         sc, zp = np.float32(scale), np.uint8(rng.integers(0, 256))
-        xs = (rng.uniform(-140, 140, n) * sc).astype(np.float32)
-        ties = ((rng.integers(-130, 130, n // 4) + 0.5) * sc).astype(np.float32)  # quotient k + 0.5 where representable
-        xs[: n // 4], xs[n // 4 : n // 2], xs[n // 2 : 3 * n // 4] = ties, np.nextafter(ties, np.float32(np.inf)), np.nextafter(ties, np.float32(-np.inf))
-        xs[-4:] = [np.inf, -np.inf, 3e38, -3e38]
-        with np.errstate(over="ignore"):
-            want = np.clip(np.rint(xs / sc) + np.float32(zp), 0, 255).astype(np.uint8)
+        xs = _quantize_cases(sc, rng)
         got = vm["main"](tvm.runtime.tensor(xs), tvm.runtime.tensor(np.array(sc)), tvm.runtime.tensor(np.array(zp))).numpy()
-        np.testing.assert_array_equal(got, want, err_msg=f"scale {sc}")
+        np.testing.assert_array_equal(got, _divided(xs, sc, zp), err_msg=f"scale {sc}")
+
+
+@pytest.mark.parametrize("scale", [SCALES[0], SCALES[4]])
+def test_quantize_by_a_constant_scale_keeps_the_division(scale):
+    """A static model's requantization (a constant scale, which the legalization receives as a
+    ``FloatImm``) keeps the division on purpose: fused into an integer kernel's write-back, the
+    divider runs beside the dot products, and the multiply and its correction measured slower
+    (``exact_legalization``). The division's integers, bit for bit."""
+    import tvm
+
+    vm, asm = _quantize_module(scale)
+    assert "vdivps" in asm
+    xs = _quantize_cases(scale, np.random.default_rng(1))
+    np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(xs)).numpy(), _divided(xs, scale, 0), err_msg=f"scale {scale}")
 
 
 def test_a_square_is_a_product_not_a_pow_call():
