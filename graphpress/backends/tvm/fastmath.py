@@ -119,10 +119,10 @@ def exact_legalization() -> dict[str, Any]:
             return default(bb, call)
         if isinstance(scale, (tvm.tirx.FloatImm, tvm.tirx.IntImm)):
             # a constant scale (a static model's requantization, fused into an integer kernel's
-            # write-back) keeps the division: there the divider runs beside the dot products'
-            # ports, while the multiply and the correction's 5 more vector operations per vector
-            # (and their constants, in AVX2's 16 registers) slowed MobileNetV2 quantized for AVX2
-            # 3.51 -> 3.93 ms and ResNet-18 int8 11.65 -> 11.90 ms (AVX-VNNI 6.11 -> 6.25)
+            # write-back) keeps the division: there the divider runs beside the dot products, and
+            # the multiply with its correction (5 more vector operations per vector) measured level
+            # or slower (whole models, both forms timed alternately: MobileNetV2 quantized for AVX2
+            # 0.99x-1.00x, ResNet-18 int8 on AVX2 0.996x, on AMX 0.991x)
             return default(bb, call)
         if not all(int(d) == 1 for d in getattr(getattr(scale.ty, "shape", None), "values", [0])):
             return default(bb, call)  # one scale per channel (or a shape not known here)
