@@ -442,29 +442,12 @@ def _vector_reduction(sch, red) -> bool:
     reader of a tensor two cores just wrote then reads mostly its own core's half (MiniLM int8's
     24 maxes and 24 mins, AVX-512 VNNI on a 2-core Sapphire Rapids: 0.43 -> 0.31 ms a call; the
     max of 128 x 1536 29 -> 18 us)."""
-    loops = sch.get_loops(red)
-    last = sch.get(loops[-1]).extent
-    if hasattr(last, "value") and int(last) % 16 == 0 and len(loops) > 1:
-        lanes = next(n for n in (REDUCTION_LANES, 32, 16) if int(last) % n == 0)
-        _, inner = sch.split(loops[-1], [None, lanes])
-    else:
-        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-        extent = sch.get(fused).extent
-        if not hasattr(extent, "value") or int(extent) < 64 or int(extent) % 16:
-            return False
-        _, inner = sch.split(fused, [None, next(n for n in (REDUCTION_LANES, 32, 16) if int(extent) % n == 0)])
+    if not _split_lanes(sch, sch.get_loops(red), (REDUCTION_LANES, 32, 16), REDUCTION_LANES):
+        return False
     work = _work(sch, red)
-    outer = sch.get_loops(red)[:-1]
-    units = 0  # leading loops of extent 1 stay outside (serial, once)
-    while units < len(outer) - 1 and _extent(sch.get(outer[units]).extent) == 1:
-        units += 1
-    outer = outer[units:]
+    outer, units = _outer_loops(sch, sch.get_loops(red)[:-1])
     if work >= PARALLEL_WORK and outer:
-        n_outer = _extent(sch.get(outer[0]).extent) or 0
-        # the first loop alone where it has chunks (no division per index), else all of them fused
-        outer = outer[0] if n_outer % REDUCTION_CHUNKS == 0 or len(outer) == 1 else sch.fuse(*outer)
-        n_outer = _extent(sch.get(outer).extent) or 0
-        chunks = next((c for c in (REDUCTION_CHUNKS, REDUCTION_CHUNKS // 2, 2) if n_outer % c == 0 and n_outer >= 2 * c), 0)
+        outer, chunks = _chunk_loop(sch, outer)
         if chunks:
             # one partial result per chunk first (the chunks over the cores), each of them in lanes
             chunk, _ = sch.split(outer, [chunks, None])
@@ -473,9 +456,48 @@ def _vector_reduction(sch, red) -> bool:
             sch.parallel(sch.get_loops(partial)[units])
             sch.vectorize(sch.get_loops(partial)[-1])
             return True
+    inner = sch.get_loops(red)[-1]
     partial = sch.rfactor(inner, 0)
     sch.vectorize(sch.get_loops(partial)[-1])
     return True
+
+
+def _split_lanes(sch, loops, choices: tuple[int, ...], at_least: int) -> bool:
+    """Split a whole-tensor reduction's lanes (the first of ``choices`` that divides) off its last
+    loop alone where that is a multiple of 16 and there are others, so the loads stay contiguous
+    without a division per index; else off all its loops fused, if they make at least
+    ``at_least`` elements in whole vectors. False (nothing changed) where they do not."""
+    last = _extent(sch.get(loops[-1]).extent) or 0
+    if last and last % 16 == 0 and len(loops) > 1:
+        sch.split(loops[-1], [None, next(n for n in choices if last % n == 0)])
+        return True
+    extent = int(np.prod([_extent(sch.get(lp).extent) or 0 for lp in loops]))
+    if extent < at_least or extent % 16:
+        return False
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    sch.split(fused, [None, next(n for n in choices if extent % n == 0)])
+    return True
+
+
+def _outer_loops(sch, outer) -> tuple[list, int]:
+    """A whole-tensor reduction's loops outside its lanes without the leading ones of extent 1
+    (they stay outside, serial, once), and how many of those there are."""
+    units = 0
+    while units < len(outer) - 1 and _extent(sch.get(outer[units]).extent) == 1:
+        units += 1
+    return outer[units:], units
+
+
+def _chunk_loop(sch, outer) -> tuple[Any, int]:
+    """The loop whose :data:`REDUCTION_CHUNKS` (or fewer) chunks a whole-tensor reduction reduces
+    over the cores first -- the first outer loop alone where it has chunks (no division per
+    index), else all of them fused -- and the number of chunks (0: too few iterations)."""
+
+    def chunks_of(n: int) -> int:
+        return next((c for c in (REDUCTION_CHUNKS, REDUCTION_CHUNKS // 2, 2) if n % c == 0 and n >= 2 * c), 0)
+
+    loop = outer[0] if chunks_of(_extent(sch.get(outer[0]).extent) or 0) or len(outer) == 1 else sch.fuse(*outer)
+    return loop, chunks_of(_extent(sch.get(loop).extent) or 0)
 
 
 #: the block annotation of a kernel computing a tensor's maximum and minus its minimum in one read
@@ -506,29 +528,12 @@ def _ranges_steps(sch, red) -> bool:
     pair, *reduce_ = sch.get_loops(red)
     if _extent(sch.get(pair).extent) != 2 or not reduce_:
         raise ValueError("not a range kernel")
-    last = _extent(sch.get(reduce_[-1]).extent) or 0
-    if last % 16 == 0 and len(reduce_) > 1:  # lanes off the last axis alone: contiguous loads, no division
-        lanes = next(n for n in (RANGES_LANES, 16) if last % n == 0)
-        sch.split(reduce_[-1], [None, lanes])
-    else:
-        fused = sch.fuse(*reduce_) if len(reduce_) > 1 else reduce_[0]
-        extent = _extent(sch.get(fused).extent) or 0
-        if extent < 2 * RANGES_LANES or extent % 16:
-            raise ValueError("too small or ragged for whole vectors")
-        sch.split(fused, [None, next(n for n in (RANGES_LANES, 16) if extent % n == 0)])
-    outer = sch.get_loops(red)[1:-1]
-    units = 0  # leading loops of extent 1 stay outside (serial, once)
-    while units < len(outer) - 1 and _extent(sch.get(outer[units]).extent) == 1:
-        units += 1
-    outer = outer[units:]
+    if not _split_lanes(sch, reduce_, (RANGES_LANES, 16), 2 * RANGES_LANES):
+        raise ValueError("too small or ragged for whole vectors")
+    outer, units = _outer_loops(sch, sch.get_loops(red)[1:-1])
     chunks = 0
     if _work(sch, red) >= 2 * PARALLEL_WORK and outer:  # its work counts the pair twice
-        def chunks_of(n: int) -> int:
-            return next((c for c in (REDUCTION_CHUNKS, REDUCTION_CHUNKS // 2, 2) if n % c == 0 and n >= 2 * c), 0)
-
-        # the first loop alone where it has chunks (no division per index), else all of them fused
-        outer = outer[0] if chunks_of(_extent(sch.get(outer[0]).extent) or 0) or len(outer) == 1 else sch.fuse(*outer)
-        chunks = chunks_of(_extent(sch.get(outer).extent) or 0)
+        outer, chunks = _chunk_loop(sch, outer)
     if chunks:
         chunk, _ = sch.split(outer, [chunks, None])
         by_chunk = sch.rfactor(chunk, 0)  # [chunk, pair]
