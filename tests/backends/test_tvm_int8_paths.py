@@ -477,3 +477,34 @@ def test_avx_vnni_tiles_hold_twelve_accumulators_and_a_pointwise_conv_is_still_r
     assert conv1["mp"] == 3136 and pointwise(conv1)
     assert conv_geometry((1, 64, 7, 7), (64, 64, 1, 1), {}, AVX_VNNI)["mp"] == 54  # 49 pixels: no multiple of 4
     assert conv_geometry((1, 64, 56, 56), (64, 64, 3, 3), {"pads": (1, 1, 1, 1)}, VNNI)["mp"] == 3136
+
+
+@pytest.mark.parametrize("path", ["avx2", "avx512_vnni"])
+def test_per_token_write_backs_run_on_the_tiles(path):
+    """A per-token quantized MatMul (its rows' zero points computed in the kernel, broadcast over
+    the output) followed by a bias and a residual addition, and one followed by a GELU (whose
+    write-back reads the dequantized product four times): both write-backs run on the product's
+    micro-tiles (the zero points inlined; the GELU's input a block of its own on each tile), not
+    after the product as loop nests of their own over the whole output; within a quantization
+    step's worth of ONNX Runtime on the same quantized model."""
+    _skip_unless_host_runs(path)
+    rng = np.random.default_rng(3)
+    w1, w2 = (rng.standard_normal((64, 64)) * 0.1).astype(np.float32), (rng.standard_normal((64, 64)) * 0.1).astype(np.float32)
+    b = rng.standard_normal(64).astype(np.float32)
+    model = gp.load(make_model(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Add", ["h", "b"], ["hb"]), helper.make_node("Add", ["hb", "x"], ["r"]),
+         helper.make_node("MatMul", ["r", "w2"], ["g"]), helper.make_node("Gelu", ["g"], ["y"])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 64])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 64])],
+        [tensor("w1", w1), tensor("w2", w2), tensor("b", b)], opset=20,
+    ))  # fmt: skip
+    PassManager(build_passes("quantize:mode=dynamic;ops=MatMul;activations=token")).run(model)
+    compiled = compile_model(model, f"x86:{path}", int8="on", int8_guard=False, measure=False)
+    build = compiled.meta["build"]
+    assert build["int8"]["lowered"] == 2, build["int8"]
+    fused = [k for k in build["kernel_names"] if "_dense_" in k]
+    residual, gelu = [k for k in fused if "gelu" not in k], [k for k in fused if "gelu" in k]
+    assert residual and gelu, fused
+    assert not build.get("int8_write_back_apart"), (fused, build.get("int8_write_back_apart"))
+    x = rng.standard_normal((1, 32, 64)).astype(np.float32)
+    got, want = compiled.run_named(x=x)["y"], _ort(model, {"x": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=2e-3)

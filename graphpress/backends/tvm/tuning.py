@@ -259,7 +259,9 @@ def schedule_cpu(mod, spec: TargetSpec, tuning: Tuning):
         if winograd:
             stats["winograd_convolutions"] = winograd
         if tuning.int8_schedule is not None:  # scheduled before tuning or databases see them
-            lowered, stats["int8_fused_kernels"] = tuning.int8_schedule(lowered)
+            lowered, stats["int8_fused_kernels"], apart = tuning.int8_schedule(lowered)
+            if apart:  # the kernels whose write-back runs after the product, as loop nests of its own
+                stats["int8_write_back_apart"] = apart
         return lowered
 
     db = union()
