@@ -356,7 +356,7 @@ def _per_iteration(tiles: int) -> int:
     return next((f for f in (8, 4, 2) if tiles % f == 0 and tiles // f >= 32), 1)
 
 
-def schedule_dot_kernels(mod) -> tuple[Any, int]:
+def schedule_dot_kernels(mod) -> tuple[Any, int, list[str]]:
     """Schedule every kernel of ``mod`` built around a fusable dot-product block
     (:func:`dot_dense_kernel` with ``out_shape``): the block micro-tiled, and what Relax fused
     behind it (the write-back, the requantization) inlined and computed on each micro-tile; where
@@ -377,25 +377,18 @@ def schedule_dot_kernels(mod) -> tuple[Any, int]:
         dots = [b for b in blocks if sch.get(b).name_hint in _DOT_BLOCKS]
         if len(dots) != 1:
             continue
-        try:
-            _schedule_fused(sch, blocks, dots[0])
-        except Exception:  # noqa: BLE001 - tried again with what the write-back reads inlined
-            sch = tvm.s_tir.Schedule(func)
-            blocks = sch.get_child_blocks(sch.get_sblock("root"))
-            dot = next(b for b in blocks if sch.get(b).name_hint in _DOT_BLOCKS)
+        for inline_broadcasts in (False, True):
             try:
-                _schedule_fused(sch, blocks, dot, inline_broadcasts=True)
-                mod[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
-                count += 1
-                continue
-            except Exception:  # noqa: BLE001 - the write-back as its own loop nest
-                pass
-            sch = tvm.s_tir.Schedule(func)
-            blocks = sch.get_child_blocks(sch.get_sblock("root"))
-            dot = next(b for b in blocks if sch.get(b).name_hint in _DOT_BLOCKS)
-            p = _DOT_BLOCKS[sch.get(dot).name_hint]
-            others = [sch.get(b).name_hint for b in blocks if not b.same_as(dot) and sch.get(b).name_hint != p["widen"]]
-            _schedule_dot(sch, dot, p)
+                _schedule_fused(sch, blocks, dots[0], inline_broadcasts)
+                break
+            except Exception:  # noqa: BLE001 - again with what the write-back reads inlined, then apart
+                sch = tvm.s_tir.Schedule(func)
+                blocks = sch.get_child_blocks(sch.get_sblock("root"))
+                dots = [b for b in blocks if sch.get(b).name_hint in _DOT_BLOCKS]
+        else:  # the write-back as its own loop nests
+            p = _DOT_BLOCKS[sch.get(dots[0]).name_hint]
+            others = [sch.get(b).name_hint for b in blocks if not b.same_as(dots[0]) and sch.get(b).name_hint != p["widen"]]
+            _schedule_dot(sch, dots[0], p)
             for name in others:
                 parallel_rows(sch, sch.get_sblock(name))
             apart.append(gv.name_hint)
@@ -471,18 +464,11 @@ def _schedule_fused(sch, blocks, dot, inline_broadcasts: bool = False) -> None:
             sch.reverse_compute_at(block, tile)
 
     _schedule_dot(sch, dot, p, at_tile=at_tile, local=True)
-    for block in kept:
+    for block in [*kept, last]:
         inner = sch.get_loops(block)[-1]
-        if _extent(sch.get(inner).extent) and int(sch.get(inner).extent) % p["lanes"] == 0:
+        extent = sch.get(inner).extent
+        if hasattr(extent, "value") and int(extent) % p["lanes"] == 0:
             sch.vectorize(sch.split(inner, [None, p["lanes"]])[1])
-    inner = sch.get_loops(last)[-1]
-    extent = sch.get(inner).extent
-    if hasattr(extent, "value") and int(extent) % p["lanes"] == 0:
-        sch.vectorize(sch.split(inner, [None, p["lanes"]])[1])
-
-
-def _extent(extent) -> int | None:
-    return int(extent) if hasattr(extent, "value") else None
 
 
 def _loads_of(block, name: str) -> int:
