@@ -217,6 +217,43 @@ def test_a_quantized_1d_convolution_runs_on_the_integer_kernel(path, monkeypatch
 
 
 @pytest.mark.parametrize("path", list(PATHS))
+def test_convolutions_of_one_input_share_its_padded_copy(path, monkeypatch):
+    """Two static QDQ 1-D convolutions of one input (a spectrogram's cosine and sine filters),
+    padded alike around a zero point the padding must hold: the lowered module pads the input
+    once (Relax's common-subexpression elimination after the integer lowering), and both outputs
+    are still the integer sums of a numpy convolution rescaled, as ONNX Runtime's."""
+    from graphpress.backends.tvm import build
+
+    _skip_unless_host_runs(path)
+    rng = np.random.default_rng(7)
+    sx, zx = np.float32(0.02), np.uint8(131)
+    weights = [rng.integers(-63, 64, (24, 1, 64)).astype(np.int8) for _ in range(2)]
+    sw = (rng.random(24) * 0.01 + 0.001).astype(np.float32)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]), helper.make_node("DequantizeLinear", ["xq", "sx", "zx"], ["xd"])]
+    for i in range(2):
+        nodes += [helper.make_node("DequantizeLinear", [f"w{i}", "sw"], [f"wd{i}"], axis=0),
+                  helper.make_node("Conv", ["xd", f"wd{i}"], [f"y{i}"], kernel_shape=[64], strides=[16], pads=[8, 3], name=f"filter{i}")]  # fmt: skip
+    proto = make_model(
+        nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 800])], [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in range(2)],
+        [tensor("sx", np.array(sx)), tensor("zx", np.array(zx)), tensor("sw", sw), *(tensor(f"w{i}", w) for i, w in enumerate(weights))],
+    )  # fmt: skip
+    modules = []
+    real = build.compile_executable
+    monkeypatch.setattr(build, "compile_executable", lambda mod, spec: (modules.append(mod), real(mod, spec))[1])
+    compiled = compile_model(gp.load(proto), f"x86:{path}", int8="on", int8_guard=False, measure=False)
+    assert compiled.meta["build"]["int8"]["lowered"] == 2
+    assert modules[-1]["main"].script().count("graphpress_nhwc_pad") == 1
+    x = (rng.standard_normal((1, 1, 800)) * 2).astype(np.float32)
+    xq = np.clip(np.round(x / sx) + zx, 0, 255).astype(np.uint8)
+    got, ort = compiled.run_named(x=x), _ort(gp.load(proto), {"x": x})
+    for i, w in enumerate(weights):
+        sums = _conv_reference(xq[:, :, None, :], w[:, :, None, :], int(zx), [0, 8, 0, 3], [1, 16])[:, :, 0, :]
+        want = (sums * (sx * sw.astype(np.float64))[None, :, None]).astype(np.float32)
+        np.testing.assert_allclose(got[f"y{i}"], want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got[f"y{i}"], ort[i], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
 def test_a_quantized_cnn_agrees_with_ort_on_every_path(digits_cnn, path):
     """The digits CNN quantized static, every layer on the path's integer kernels in NHWC, each
     kernel writing its requantized uint8 output itself (the write-back fused into its micro-tiles):
