@@ -79,7 +79,7 @@ def cases():
             return x + self.down(nn.functional.gelu(self.up(self.norm(x))))
 
     class Projections(nn.Module):
-        """Three projections of one activation (one quantizer feeding three layers) and a sum."""
+        """Three projections of one activation (one quantizer feeding three layers), two of them added."""
 
         def __init__(self, d: int):
             super().__init__()
@@ -124,15 +124,13 @@ def run_grid(out: str, paths: list[str], only: str | None) -> None:
 
     import graphpress as gp
     from graphpress.backends.tvm import compile_model
-    from graphpress.ir import numeric
-    from graphpress.ir import to_proto
+    from graphpress.backends.tvm.targets import resolve_target, target_facts
+    from graphpress.ir import numeric, to_proto
     from graphpress.passes import PassManager, build_passes
     from graphpress.passes.context import PassContext
 
     def normal(shape, seed):
         return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-
-    from graphpress.backends.tvm.targets import resolve_target, target_facts
 
     results = {}
     for i, (name, module, shape, recipe) in enumerate(cases()):
