@@ -125,7 +125,8 @@ def run_grid(out: str, paths: list[str], only: str | None) -> None:
     import graphpress as gp
     from graphpress.backends.tvm import compile_model
     from graphpress.backends.tvm.targets import resolve_target, target_facts
-    from graphpress.ir import numeric, to_proto
+    from graphpress.ir import numeric
+    from graphpress.ir.io import clone
     from graphpress.passes import PassManager, build_passes
     from graphpress.passes.context import PassContext
 
@@ -148,7 +149,7 @@ def run_grid(out: str, paths: list[str], only: str | None) -> None:
         # and for the AVX2 path (7-bit weights, its vpmaddubsw kernels) on that path
         builds = [("", None, paths)] + ([(" for avx2", "avx2", ["avx2"])] if "avx2" in paths else [])
         for label, quantized_for, on in builds:
-            model = gp.load(to_proto(given))
+            model = clone(given)
             facts = target_facts(resolve_target(f"x86:{quantized_for}")) if quantized_for else None
             PassManager(build_passes(RECIPES[recipe]), context=PassContext(samples=calibration, target=facts)).run(model)
             key = f"{name}{label}"
@@ -179,9 +180,12 @@ def tally(one: dict[str, np.ndarray], two: dict[str, np.ndarray], max_steps: flo
         cosine = float(got.ravel() @ ref.ravel() / norms) if norms else float(np.array_equal(got, ref))
         same_as_ort += bool(np.array_equal(got, ref))
         farthest = max(farthest, (worst, key))
-        if key not in two or not np.array_equal(got, two[key]):
-            differ = f"by up to {np.abs(got - two[key]).max():.4g}" if key in two and got.shape == two[key].shape else "(no output on two)"
-            failed.append(f"{key}: one and two threads differ {differ}")
+        if key not in two:
+            failed.append(f"{key}: one and two threads differ (no output on two)")
+        elif got.shape != two[key].shape:
+            failed.append(f"{key}: one and two threads differ in shape ({got.shape} against {two[key].shape})")
+        elif not np.array_equal(got, two[key]):
+            failed.append(f"{key}: one and two threads differ by up to {np.abs(got - two[key]).max():.4g}")
         elif worst > max_steps or cosine < 0.999:
             failed.append(f"{key}: {worst:.2f} % of the output's range from ONNX Runtime, cosine {cosine:.5f}")
     return {"builds": total, "failed": failed, "same_as_onnxruntime": same_as_ort, "farthest": farthest}
