@@ -68,14 +68,34 @@ def test_convolutions_and_matmuls_get_the_analytic_schedule_and_match_torch(targ
 def test_register_tiles_fit_the_register_file_and_divide_the_output():
     for lanes, registers in ((16, 32), (8, 16), (4, 32), (4, 16)):
         for m, n in ((56, 64), (28, 128), (7, 512), (128, 1536), (112, 32), (3, 48)):
-            tile = register_tile(m, n, lanes, registers)
-            if n % lanes:
-                assert tile is None
-                continue
-            mr, v = tile
-            assert m % mr == 0 and n % (v * lanes) == 0 and mr * v + v + 1 <= registers
+            for loads in (False, True):
+                tile = register_tile(m, n, lanes, registers, loads)
+                if n % lanes:
+                    assert tile is None
+                    continue
+                mr, v = tile
+                assert m % mr == 0 and n % (v * lanes) == 0 and mr * v + v + 1 <= registers
     assert register_tile(56, 24, 16, 32) is None  # 24 channels: half vectors (8 lanes) instead
     assert register_tile(56, 24, 8, 32) is not None
+
+
+def test_a_matrix_products_tile_loads_least_per_fma_among_those_that_hide_the_latency():
+    # AVX2's 16 registers: the most accumulators is 14 rows x 1 vector, a broadcast per FMA;
+    # ranked by loads, 4 x 3 (12 accumulators, 7 loads per 12 FMAs) where the columns allow
+    assert register_tile(56, 144, 8, 16) == (14, 1)
+    assert register_tile(56, 144, 8, 16, loads=True) == (4, 3)
+
+    def per_fma(tile):
+        return sum(tile) / (tile[0] * tile[1])
+
+    for lanes, registers in ((16, 32), (8, 16)):
+        for m in (7, 14, 28, 49, 56, 112, 196):
+            for n in (32, 96, 144, 576, 1280):
+                if n % lanes:
+                    continue
+                by_loads, by_count = register_tile(m, n, lanes, registers, True), register_tile(m, n, lanes, registers)
+                if by_count[0] * by_count[1] >= 8:  # the latency is hidden by both, with no more loads
+                    assert by_loads[0] * by_loads[1] >= 8 and per_fma(by_loads) <= per_fma(by_count), (m, n, lanes)
 
 
 def test_a_conv_transpose_after_a_conv_keeps_its_layout_and_a_failed_nhwc_build_falls_back(monkeypatch):

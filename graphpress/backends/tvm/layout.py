@@ -488,10 +488,10 @@ def padded_width(m: int, n: int, lanes: int, registers: int) -> int | None:
     mel spectrogram's 97 frames) got one row per tile, an eighth of the FMA peak
     (:func:`tile_efficiency`). Among widths up to :data:`WIDTH_GROWTH` wider, the one whose tile
     does the most useful work per cycle, when that beats ``m``'s own by a tenth."""
-    from graphpress.backends.tvm.schedules import register_tile
+    from graphpress.backends.tvm import schedules
 
     def score(width: int) -> float:
-        tile = register_tile(width, n, lanes, registers)
+        tile = schedules.register_tile(width, n, lanes, registers, schedules.RANK_BY_LOADS)
         return tile_efficiency(*tile) * m / width if tile else 0.0
 
     best = max(range(m, m + max(1, int(m * WIDTH_GROWTH)) + 1), key=lambda w: (score(w), -w))

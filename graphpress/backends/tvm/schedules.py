@@ -20,8 +20,9 @@ target's vector unit alone, no tuning: a tile of ``mr`` rows by ``nr = v * lanes
 accumulated in registers over the whole reduction (one broadcast of the left operand and
 ``v`` vector loads of the right one per ``mr * v`` FMAs), written back with its epilogue
 (bias, activation) while it is hot, tiles spread over the cores. ``mr`` and ``v`` are the
-largest tile whose ``mr * v`` accumulators, ``v`` loads and one broadcast fit the register
-file (:func:`register_tile`) and divide the kernel's extents. Weights larger than
+tile whose ``mr * v`` accumulators, ``v`` loads and one broadcast fit the register file and
+divide the kernel's extents, and that loads least per FMA among those with enough accumulators
+to hide the FMA latency (:func:`register_tile`; a depthwise one, the most accumulators). Weights larger than
 :data:`PANEL_BYTES` are read one column panel at a time, and a convolution's panel that alone
 exceeds it one block of :data:`IC_BLOCK` input channels at a time for all of its rows; such a
 weight, when every caller passes it as a constant, is packed panel-major at compile time
@@ -549,15 +550,33 @@ def _ranges_steps(sch, red) -> bool:
     return True
 
 
-def register_tile(m: int, n: int, lanes: int, registers: int) -> tuple[int, int] | None:
+#: rank a matrix product's register tiles by the FMAs per load (see :func:`register_tile`); the
+#: module switch for A/B runs
+RANK_BY_LOADS = True
+
+#: the independent accumulators a tile needs to hide the FMA latency: two FMA ports, four cycles
+LATENCY_ACCUMULATORS = 8
+
+
+def register_tile(m: int, n: int, lanes: int, registers: int, loads: bool = False) -> tuple[int, int] | None:
     """``(mr, v)``: the register tile of ``mr`` rows by ``v`` vectors for an ``m`` by ``n`` output.
 
     Its ``mr * v`` accumulators, ``v`` vectors of the right operand and one broadcast of the
     left one must fit the register file, and its sizes divide ``m`` and ``n`` (at most 14 rows
     and 4 vectors). Among those, the most accumulators, then the widest. None when ``n`` is not
-    a multiple of ``lanes``. (Measured on a Zen 4, 2 cores: ResNet-18 ran in 11.1 ms with these
-    tiles for AVX-512 and 26.5 ms for AVX2, against 11.2 and 32.1 ms when ranking by FMAs per
-    load instead.)"""
+    a multiple of ``lanes``. (Measured on a Zen 4, 2 cores, before Winograd: ResNet-18 ran in
+    11.1 ms with these tiles for AVX-512 and 26.5 ms for AVX2, against 11.2 and 32.1 ms when
+    ranking every kernel's tiles by FMAs per load.)
+
+    With ``loads`` (a matrix product or a dense convolution, not a depthwise one), among the
+    tiles of at least :data:`LATENCY_ACCUMULATORS` accumulators (where there are any), the
+    most FMAs per broadcast and vector load (``mr * v / (mr + v)``), then the most
+    accumulators, then the widest: ranked by accumulators alone, AVX2's 16 registers get one
+    column vector and one broadcast per FMA (14 x 1). On a 2-core Zen 5, MobileNetV2's 56x56
+    expansion (24 -> 144 channels) took 129 us a call with 14 x 1 and 89-94 with 4 x 3; its
+    14x14 expansion to 576 channels 129 -> 101-111 with 2 x 4. Whole models on AVX2, one
+    process, alternating: MobileNetV2 0.86-0.97x the time, ResNet-18 0.94-0.95x, MiniLM level;
+    on AVX-512 (32 registers) all three level (0.93-1.03x)."""
     best = None
     for v in range(1, 5):
         if n % (v * lanes):
@@ -565,7 +584,7 @@ def register_tile(m: int, n: int, lanes: int, registers: int) -> tuple[int, int]
         for mr in range(1, 15):
             if m % mr or mr * v + v + 1 > registers:
                 continue
-            key = (mr * v, v)
+            key = (mr * v >= LATENCY_ACCUMULATORS, mr * v / (mr + v), mr * v, v) if loads else (mr * v, v)
             if best is None or key > best[0]:
                 best = (key, (mr, v))
     return best[1] if best else None
@@ -776,21 +795,22 @@ def _gemm_kernel(func, lanes: int, registers: int, constant_params: frozenset[in
     shape = _is_gemm(sch, red)
     if shape is None:
         return None
-    # a channel count that is no multiple of the vector (MobileNetV2's 24) takes half vectors
-    width = lanes
-    tile = register_tile(*shape, width, registers)
-    while tile is None and width > 4:
-        width //= 2
-        tile = register_tile(*shape, width, registers)
-    if tile is None:
-        return None
-    mr, v = tile
-    lanes = width
     written = sch.get(red).writes[0].source
     n_spatial = sum(1 for iv in sch.get(red).iter_vars if iv.iter_type == 0)
     n_var = sch.get(red).iter_vars[n_spatial - 1].var
     vector_reads = [r for r in sch.get(red).reads if not r.source.same_as(written) and _vector_read_of(r, n_var)]
     depthwise = len(vector_reads) == len([r for r in sch.get(red).reads if not r.source.same_as(written)])
+    # a channel count that is no multiple of the vector (MobileNetV2's 24) takes half vectors
+    loads = RANK_BY_LOADS and not depthwise
+    width = lanes
+    tile = register_tile(*shape, width, registers, loads)
+    while tile is None and width > 4:
+        width //= 2
+        tile = register_tile(*shape, width, registers, loads)
+    if tile is None:
+        return None
+    mr, v = tile
+    lanes = width
     if depthwise and shape[0] >= GENERIC_DEPTHWISE_WIDTH and all(_dtype(p) == "float32" for p in func.params):
         # a float depthwise convolution over a wide map: the generic schedule (each output pixel's
         # window padded in a small buffer, then its taps along all channels, pixels in parallel)
