@@ -98,6 +98,66 @@ def test_a_matrix_products_tile_loads_least_per_fma_among_those_that_hide_the_la
                     assert by_loads[0] * by_loads[1] >= 8 and per_fma(by_loads) <= per_fma(by_count), (m, n, lanes)
 
 
+def test_a_partial_tile_leaves_a_short_last_tile_only_where_no_dividing_one_hides_the_latency():
+    from graphpress.backends.tvm.schedules import LATENCY_ACCUMULATORS, tile_cycles
+
+    # MobileNetV2's 7x7 maps as one run of 49 pixels, to 1280 channels on AVX2: the dividing
+    # tiles are 7 x 1 at best (7 accumulators); 5 x 2 leaves a last tile of 4 x 2, both full
+    assert register_tile(49, 1280, 8, 16, True) == (7, 1)
+    assert register_tile(49, 1280, 8, 16, True, partial=True) == (5, 2)
+    for lanes, registers in ((16, 32), (8, 16), (4, 16)):
+        for m in (3, 7, 13, 14, 49, 56, 97, 128, 196):
+            for n in (32, 96, 160, 576, 1280):
+                if n % lanes:
+                    continue
+                whole, part = register_tile(m, n, lanes, registers, True), register_tile(m, n, lanes, registers, True, partial=True)
+                mr, v = part
+                assert n % (v * lanes) == 0 and mr * v + v + 1 <= registers and mr <= m
+                assert tile_cycles(m, *part) / v <= tile_cycles(m, *whole) / whole[1], (m, n, lanes)
+                if whole[0] * whole[1] >= LATENCY_ACCUMULATORS:  # a dividing tile hides the latency: kept
+                    assert part == whole, (m, n, lanes)
+
+
+class _Pointwise(torch.nn.Module):
+    """MobileNetV2's 7x7 stage in small: 1x1 convolutions (an expansion with ReLU6, a projection
+    with a residual add, a strided one) whose tiles span the rows of the map."""
+
+    def __init__(self):
+        super().__init__()
+        self.expand = torch.nn.Conv2d(32, 64, 1)
+        self.project = torch.nn.Conv2d(64, 32, 1)
+        self.down = torch.nn.Conv2d(32, 40, 1, stride=2)
+
+    def forward(self, x):
+        y = self.project(torch.nn.functional.relu6(self.expand(x))) + x
+        return self.down(y)
+
+
+@pytest.mark.parametrize("target", ["x86", "x86:haswell", "x86:x86-64"])
+def test_a_pointwise_convolutions_tiles_span_the_rows_of_its_map_and_match_torch(target, monkeypatch):
+    from graphpress.backends.tvm import schedules
+
+    if not _runnable(target):
+        pytest.skip(f"this host cannot run the {vector_facts(resolve_target(target)).name} code of {target}")
+    merged = []
+
+    def spy(sch, blocks, at, columns, rank):
+        merged.append(columns)
+        return merge(sch, blocks, at, columns, rank)
+
+    merge = schedules._merge_pixels
+    monkeypatch.setattr(schedules, "_merge_pixels", spy)
+    torch.manual_seed(0)
+    module = _Pointwise().eval()
+    x = torch.randn(1, 32, 7, 7)
+    compiled = compile_model(from_torch(module, x), target, verify=False)
+    with torch.no_grad():
+        want = module(x).numpy()
+    np.testing.assert_allclose(compiled(x.numpy())[0], want, rtol=1e-4, atol=1e-4)
+    if vector_facts(resolve_target(target)).registers == 16:  # AVX2 and SSE: 7 columns give no tile of 8 accumulators
+        assert 7 in merged, merged
+
+
 def test_a_conv_transpose_after_a_conv_keeps_its_layout_and_a_failed_nhwc_build_falls_back(monkeypatch):
     """An upsampling with overlapping windows (Conv then a 3x3 ConvTranspose of stride 2): TVM
     cannot lower a ConvTranspose in NHWC, so it keeps NCHW; and should the NHWC build fail

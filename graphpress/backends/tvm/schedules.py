@@ -558,7 +558,21 @@ RANK_BY_LOADS = True
 LATENCY_ACCUMULATORS = 8
 
 
-def register_tile(m: int, n: int, lanes: int, registers: int, loads: bool = False) -> tuple[int, int] | None:
+#: a matrix product's tile may leave a shorter last tile of rows (:func:`register_tile`'s ``partial``)
+PARTIAL_TILES = True
+
+
+def tile_cycles(m: int, mr: int, v: int) -> int:
+    """The FMA-port cycles, times two, that tiles of ``mr`` rows by ``v`` vectors take per step
+    along the reduction over ``m`` rows, the last tile ``m % mr`` rows when ``mr`` does not divide
+    ``m``: a tile of fewer than :data:`LATENCY_ACCUMULATORS` accumulators waits on their chains.
+    (Counting 12 as the peak instead, so that fuller tiles with a short tail replace dividing
+    tiles of 8 to 11 accumulators, made ResNet-18 on AVX2 1.18x slower on a 2-core Zen 5.)"""
+    full, tail = divmod(m, mr)
+    return full * max(mr * v, LATENCY_ACCUMULATORS) + (max(tail * v, LATENCY_ACCUMULATORS) if tail else 0)
+
+
+def register_tile(m: int, n: int, lanes: int, registers: int, loads: bool = False, partial: bool = False) -> tuple[int, int] | None:
     """``(mr, v)``: the register tile of ``mr`` rows by ``v`` vectors for an ``m`` by ``n`` output.
 
     Its ``mr * v`` accumulators, ``v`` vectors of the right operand and one broadcast of the
@@ -576,15 +590,23 @@ def register_tile(m: int, n: int, lanes: int, registers: int, loads: bool = Fals
     expansion (24 -> 144 channels) took 129 us a call with 14 x 1 and 89-94 with 4 x 3; its
     14x14 expansion to 576 channels 129 -> 101-111 with 2 x 4. Whole models on AVX2, one
     process, alternating: MobileNetV2 0.86-0.97x the time, ResNet-18 0.94-0.95x, MiniLM level;
-    on AVX-512 (32 registers) all three level (0.93-1.03x)."""
+    on AVX-512 (32 registers) all three level (0.93-1.03x).
+
+    With ``partial``, ``mr`` need not divide ``m``: the last tile is shorter. The tiles are then
+    ranked first by the cycles all of them take for the work (:func:`tile_cycles`), so a dividing
+    tile of at least :data:`LATENCY_ACCUMULATORS` accumulators keeps its place, and a width whose
+    divisors allow none (MobileNetV2's 49 pixels: 7 x 1 on AVX2, 7 accumulators) takes a fuller
+    one with a short tail (6 x 2: eight of 6 rows and one of 1)."""
     best = None
     for v in range(1, 5):
         if n % (v * lanes):
             continue
-        for mr in range(1, 15):
-            if m % mr or mr * v + v + 1 > registers:
+        for mr in range(1, min(m, 14) + 1):
+            if (m % mr and not partial) or mr * v + v + 1 > registers:
                 continue
             key = (mr * v >= LATENCY_ACCUMULATORS, mr * v / (mr + v), mr * v, v) if loads else (mr * v, v)
+            if partial:
+                key = (-tile_cycles(m, mr, v) / (m * v), m % mr == 0, *key)
             if best is None or key > best[0]:
                 best = (key, (mr, v))
     return best[1] if best else None
@@ -803,12 +825,13 @@ def _gemm_kernel(func, lanes: int, registers: int, constant_params: frozenset[in
     # a depthwise convolution keeps the most accumulators: ranked by loads, MobileNetV2's took
     # 1.2-1.7x as long on AVX2 (28x28x192 79 -> 121 us, 7x7x960 34 -> 51, 2-core Zen 5)
     loads = RANK_BY_LOADS and not depthwise
+    partial = PARTIAL_TILES and loads
     # a channel count that is no multiple of the vector (MobileNetV2's 24) takes half vectors
     width = lanes
-    tile = register_tile(*shape, width, registers, loads)
+    tile = register_tile(*shape, width, registers, loads, partial)
     while tile is None and width > 4:
         width //= 2
-        tile = register_tile(*shape, width, registers, loads)
+        tile = register_tile(*shape, width, registers, loads, partial)
     if tile is None:
         return None
     mr, v = tile
@@ -842,11 +865,26 @@ def _gemm_kernel(func, lanes: int, registers: int, constant_params: frozenset[in
         except Exception:  # noqa: BLE001 - not inlinable: the generic schedule takes the kernel
             return None
     after = tile_epilogue
+    flat = partial and _flat_pixels(sch, red, before, after, n_spatial, vector_reads)
+    if flat:
+        # a 1x1 convolution's rows and columns as one run of pixels, its tiles spanning rows
+        # (MobileNetV2's 7x7 maps: 49 pixels in 5 x 2 tiles, the last of 4 rows, instead of 7 x 1)
+        pixels = shape[0] * flat
+        wide = register_tile(pixels, shape[1], lanes, registers, loads, partial)
+        if wide is not None and tile_cycles(pixels, *wide) / wide[1] < tile_cycles(shape[0], mr, v) / v * flat:
+            flat = (n_spatial - 3, shape[0], n_spatial)
+            _merge_pixels(sch, [red, *after], *flat)
+            (mr, v), shape, n_spatial = wide, (pixels, shape[1]), n_spatial - 1
+            n_var = sch.get(red).iter_vars[n_spatial - 1].var
+        else:
+            flat = 0
     loops = sch.get_loops(red)
     spatial, reduction = loops[:n_spatial], loops[n_spatial:]
     if _gemv(sch, red, spatial, reduction, after, before, shape, lanes):
         return sch.mod["main"].with_attr("tirx.is_scheduled", True)
     acc = sch.cache_write(red, 0, "local")  # the tile's accumulators
+    if flat:
+        _merge_pixels(sch, [red, acc], *flat)
     mo, mi = sch.split(spatial[-2], [None, mr])
     no, ni = sch.split(spatial[-1], [None, v * lanes])
     # the tile order: weights (the right operand, k x n) larger than a core's share of the
@@ -857,7 +895,7 @@ def _gemm_kernel(func, lanes: int, registers: int, constant_params: frozenset[in
     k = int(np.prod([e or 1 for e in extents]))
     panels_first = k * shape[1] * 4 > PANEL_BYTES
     row_block = None
-    if panels_first and len(reduction) > 1 and len(spatial) > 2 and k * v * lanes * 4 > PANEL_BYTES:
+    if panels_first and not flat and len(reduction) > 1 and len(spatial) > 2 and k * v * lanes * 4 > PANEL_BYTES:
         rows_var = sch.get(red).iter_vars[n_spatial - 3].var
         rows = _extent(sch.get(spatial[-3]).extent) or 0
         tasks = (shape[1] // (v * lanes)) * int(np.prod([_extent(sch.get(lp).extent) or 1 for lp in spatial[:-3]]))
@@ -952,6 +990,46 @@ def _gemm_kernel(func, lanes: int, registers: int, constant_params: frozenset[in
     for name, axes in paddings:
         scheduled = _skip_padded_rows(scheduled, sch.get(red).name_hint, m_var.name, name, axes)
     return scheduled if packed is None else scheduled.with_attr(PACKED_ATTR, [packed[0], v * lanes, packed[1]])
+
+
+def _merge_pixels(sch, blocks, at: int, columns: int, rank: int) -> None:
+    """Give ``blocks`` (a 1x1 convolution's, :func:`_flat_pixels`) one pixel axis for their rows
+    (axis ``at``) and ``columns`` columns: the iteration of each and the buffer it writes where
+    the kernel allocates it (the output, a parameter, stays as it is, written at the pixel's row
+    and column). Blocks and buffers of ``rank`` axes only: the others are merged already."""
+    import tvm
+
+    def merge(ndim: int):
+        return tvm.tirx.IndexMap.from_func(lambda *x: (*x[:at], x[at] * columns + x[at + 1], *x[at + 2 :]), ndim=ndim)
+
+    for block in blocks:
+        local = sch.get(sch.get_sblock("root")).alloc_buffers
+        written = sch.get(block).writes[0].source
+        if len(written.shape) == rank and any(written.same_as(b) for b in local):
+            sch.transform_layout(block, ("write", 0), merge(rank))
+    for block in blocks:
+        ivs = sch.get(block).iter_vars
+        spatial = sum(1 for iv in ivs if iv.iter_type == 0)
+        if spatial == rank:
+            sch.transform_block_layout(block, merge(len(ivs)))
+
+
+def _flat_pixels(sch, red, before, after, n_spatial: int, vector_reads) -> int:
+    """The rows of a 1x1 convolution ``red`` whose rows and columns may be fused into one run of
+    pixels (every window loop of extent 1, the weights the same for every row, no padding to
+    skip before it: only copies, read in place, and an epilogue over the output's own shape),
+    else 0."""
+    ivs = sch.get(red).iter_vars
+    window = [_extent(iv.dom.extent) for iv in ivs[n_spatial:-1]]
+    if n_spatial < 3 or len(window) < 2 or any(e != 1 for e in window):
+        return 0
+    rows = ivs[n_spatial - 3]
+    if any(_reads_var(r, rows.var) for r in vector_reads) or not all(_is_copy(sch, b) for b in before):
+        return 0
+    output = [_extent(iv.dom.extent) for iv in ivs[:n_spatial]]
+    if any([_extent(iv.dom.extent) for iv in sch.get(b).iter_vars] != output for b in after):
+        return 0
+    return _extent(rows.dom.extent) or 0
 
 
 #: the annotation of a loop over a convolution's window rows that read the zero padding at the
