@@ -119,13 +119,13 @@ def test_a_partial_tile_leaves_a_short_last_tile_only_where_no_dividing_one_hide
 
 
 class _Pointwise(torch.nn.Module):
-    """MobileNetV2's 7x7 stage in small: 1x1 convolutions (an expansion with ReLU6, a projection
-    with a residual add, a strided one) whose tiles span the rows of the map."""
+    """MobileNetV2's 7x7 and 14x14 stages in small: 1x1 convolutions (an expansion with ReLU6, a
+    projection with a residual add, a strided one) whose tiles span the rows of the map."""
 
     def __init__(self):
         super().__init__()
-        self.expand = torch.nn.Conv2d(32, 64, 1)
-        self.project = torch.nn.Conv2d(64, 32, 1)
+        self.expand = torch.nn.Conv2d(32, 96, 1)
+        self.project = torch.nn.Conv2d(96, 32, 1)
         self.down = torch.nn.Conv2d(32, 40, 1, stride=2)
 
     def forward(self, x):
@@ -133,8 +133,9 @@ class _Pointwise(torch.nn.Module):
         return self.down(y)
 
 
+@pytest.mark.parametrize("size", [7, 14])
 @pytest.mark.parametrize("target", ["x86", "x86:haswell", "x86:x86-64"])
-def test_a_pointwise_convolutions_tiles_span_the_rows_of_its_map_and_match_torch(target, monkeypatch):
+def test_a_pointwise_convolutions_tiles_span_the_rows_of_its_map_and_match_torch(target, size, monkeypatch):
     from graphpress.backends.tvm import schedules
 
     if not _runnable(target):
@@ -149,13 +150,15 @@ def test_a_pointwise_convolutions_tiles_span_the_rows_of_its_map_and_match_torch
     monkeypatch.setattr(schedules, "_merge_pixels", spy)
     torch.manual_seed(0)
     module = _Pointwise().eval()
-    x = torch.randn(1, 32, 7, 7)
+    x = torch.randn(1, 32, size, size)
     compiled = compile_model(from_torch(module, x), target, verify=False)
     with torch.no_grad():
         want = module(x).numpy()
     np.testing.assert_allclose(compiled(x.numpy())[0], want, rtol=1e-4, atol=1e-4)
-    if vector_facts(resolve_target(target)).registers == 16:  # AVX2 and SSE: 7 columns give no tile of 8 accumulators
-        assert 7 in merged, merged
+    if vector_facts(resolve_target(target)).registers == 16:
+        # AVX2 and SSE: 7 columns give no tile of 8 accumulators, 14 columns to 96 channels
+        # 2 x 4 (8); 196 pixels 4 x 3 (12, fewer loads per FMA)
+        assert size in merged, merged
 
 
 def test_a_conv_transpose_after_a_conv_keeps_its_layout_and_a_failed_nhwc_build_falls_back(monkeypatch):

@@ -606,12 +606,17 @@ def register_tile(m: int, n: int, lanes: int, registers: int, loads: bool = Fals
         for mr in range(1, min(m, 14) + 1):
             if (m % mr and not partial) or mr * v + v + 1 > registers:
                 continue
-            key = (mr * v >= LATENCY_ACCUMULATORS, mr * v / (mr + v), mr * v, v) if loads else (mr * v, v)
-            if partial:
-                key = (-tile_cycles(m, mr, v) / (m * v), m % mr == 0, *key)
+            key = tile_key(m, mr, v, loads, partial)
             if best is None or key > best[0]:
                 best = (key, (mr, v))
     return best[1] if best else None
+
+
+def tile_key(m: int, mr: int, v: int, loads: bool = False, partial: bool = False) -> tuple:
+    """How :func:`register_tile` ranks the tile of ``mr`` rows by ``v`` vectors over ``m`` rows
+    (greater is better)."""
+    key = (mr * v >= LATENCY_ACCUMULATORS, mr * v / (mr + v), mr * v, v) if loads else (mr * v, v)
+    return (-tile_cycles(m, mr, v) / (m * v), m % mr == 0, *key) if partial else key
 
 
 def schedule_gemm(mod, lanes: int, registers: int) -> tuple[Any, int]:
@@ -856,11 +861,13 @@ def _gemm_kernel(func, lanes: int, registers: int, constant_params: frozenset[in
     after = tile_epilogue
     flat = partial and _flat_pixels(sch, red, before, after, n_spatial, vector_reads)
     if flat:
-        # a 1x1 convolution's rows and columns as one run of pixels, its tiles spanning rows
-        # (MobileNetV2's 7x7 maps: 49 pixels in 5 x 2 tiles, the last of 4 rows, instead of 7 x 1)
+        # a 1x1 convolution's rows and columns as one run of pixels, its tiles spanning rows,
+        # where that ranks a better tile: MobileNetV2's 7x7 maps are 49 pixels in 5 x 2 tiles,
+        # the last of 4 rows, instead of 7 x 1; its 14x14 ones 4 x 3 tiles (12 accumulators)
+        # instead of 2 x 4 (8), their kernels 12-14 % faster on AVX2 (a 2-core Zen 5)
         pixels = shape[0] * flat
         wide = register_tile(pixels, shape[1], lanes, registers, loads, partial)
-        if wide is not None and tile_cycles(pixels, *wide) / wide[1] < tile_cycles(shape[0], mr, v) / v * flat:
+        if wide is not None and tile_key(pixels, *wide, loads, partial) > tile_key(shape[0], mr, v, loads, partial):
             flat = (n_spatial - 3, shape[0], n_spatial)
             _merge_pixels(sch, [red, *after], *flat)
             (mr, v), shape, n_spatial = wide, (pixels, shape[1]), n_spatial - 1
