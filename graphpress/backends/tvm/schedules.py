@@ -598,7 +598,7 @@ def register_tile(m: int, n: int, lanes: int, registers: int, loads: bool = Fals
     ranked first by the cycles all of them take for the work (:func:`tile_cycles`), so a dividing
     tile of at least :data:`LATENCY_ACCUMULATORS` accumulators keeps its place, and a width whose
     divisors allow none (MobileNetV2's 49 pixels: 7 x 1 on AVX2, 7 accumulators) takes a fuller
-    one with a short tail (6 x 2: eight of 6 rows and one of 1)."""
+    one with a short tail (5 x 2: nine of 5 rows and one of 4)."""
     best = None
     for v in range(1, 5):
         if n % (v * lanes):
