@@ -864,7 +864,7 @@ def _gemm_kernel(func, lanes: int, registers: int, constant_params: frozenset[in
         # a 1x1 convolution's rows and columns as one run of pixels, its tiles spanning rows,
         # where that ranks a better tile: MobileNetV2's 7x7 maps are 49 pixels in 5 x 2 tiles,
         # the last of 4 rows, instead of 7 x 1; its 14x14 ones 4 x 3 tiles (12 accumulators)
-        # instead of 2 x 4 (8), their kernels 12-14 % faster on AVX2 (a 2-core Zen 5)
+        # instead of 2 x 4 (8), their kernels 13-14 % faster on AVX2 (a 2-core Zen 5)
         pixels = shape[0] * flat
         wide = register_tile(pixels, shape[1], lanes, registers, loads, partial)
         if wide is not None and tile_key(pixels, *wide, loads, partial) > tile_key(shape[0], mr, v, loads, partial):
