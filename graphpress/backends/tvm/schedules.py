@@ -859,21 +859,20 @@ def _gemm_kernel(func, lanes: int, registers: int, constant_params: frozenset[in
         except Exception:  # noqa: BLE001 - not inlinable: the generic schedule takes the kernel
             return None
     after = tile_epilogue
-    flat = partial and _flat_pixels(sch, red, before, after, n_spatial, vector_reads)
-    if flat:
+    flat = None  # (rows axis, columns, rank) once a 1x1 convolution's pixels are merged
+    rows = partial and _flat_pixels(sch, red, before, after, n_spatial, vector_reads)
+    if rows:
         # a 1x1 convolution's rows and columns as one run of pixels, its tiles spanning rows,
         # where that ranks a better tile: MobileNetV2's 7x7 maps are 49 pixels in 5 x 2 tiles,
         # the last of 4 rows, instead of 7 x 1; its 14x14 ones 4 x 3 tiles (12 accumulators)
         # instead of 2 x 4 (8), their kernels 13-14 % faster on AVX2 (a 2-core Zen 5)
-        pixels = shape[0] * flat
+        pixels = shape[0] * rows
         wide = register_tile(pixels, shape[1], lanes, registers, loads, partial)
         if wide is not None and tile_key(pixels, *wide, loads, partial) > tile_key(shape[0], mr, v, loads, partial):
             flat = (n_spatial - 3, shape[0], n_spatial)
             _merge_pixels(sch, [red, *after], *flat)
             (mr, v), shape, n_spatial = wide, (pixels, shape[1]), n_spatial - 1
             n_var = sch.get(red).iter_vars[n_spatial - 1].var
-        else:
-            flat = 0
     loops = sch.get_loops(red)
     spatial, reduction = loops[:n_spatial], loops[n_spatial:]
     if _gemv(sch, red, spatial, reduction, after, before, shape, lanes):
@@ -1304,14 +1303,6 @@ def _gemv(sch, red, spatial, reduction, after, before, shape: tuple[int, int], l
         except Exception:  # noqa: BLE001 - not inlinable: its own parallel loop nest
             parallel_rows(sch, block)
     return True
-
-
-def _dtype(param) -> str:
-    """The element type of a kernel parameter (a buffer), or "" for a scalar one."""
-    try:
-        return str(param.dtype)
-    except AttributeError:
-        return ""
 
 
 def _is_copy(sch, block) -> bool:
