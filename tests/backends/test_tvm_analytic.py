@@ -247,18 +247,34 @@ def test_a_transpose_to_few_channels_last_runs_along_the_width():
     np.testing.assert_array_equal(got.numpy(), want)
 
 
-def test_a_uint8_depthwise_tile_converts_each_input_vector_once_and_keeps_its_stages_local():
+@pytest.mark.parametrize("target", ["x86:avx512", "x86:avx2"])
+def test_a_uint8_depthwise_tile_converts_each_input_vector_once_and_keeps_its_stages_local(target, monkeypatch):
     """MobileNetV2 int8's depthwise kernel shape: a 3x3 window over a uint8 NHWC map, converted
     to float in the loads, then bias and ReLU. The analytic tile unrolls the window's last loop
     so that neighbouring outputs share each converted input vector (fewer conversions than
     FMAs), and what it writes between stages stays in local scope (a global intermediate is
-    a workspace the runtime allocates and frees per tile); same values as numpy."""
+    a workspace the runtime allocates and frees per tile); its tile leaves registers for the
+    conversion (:data:`CONVERTED_DEPTHWISE_REGISTERS`), where a float input's tile takes the
+    whole register file; same values as numpy."""
     import tvm
     from tvm import te, tirx
 
+    from graphpress.backends.tvm import schedules
     from graphpress.backends.tvm.schedules import schedule_gemm
 
-    h, w, c = 12, 16, 64
+    budgets = []
+    real_tile = schedules.register_tile
+
+    tiles = []
+
+    def spy(m, n, lanes, registers, *args, **kwargs):
+        budgets.append(registers)
+        tiles.append(real_tile(m, n, lanes, registers, *args, **kwargs))
+        return tiles[-1]
+
+    monkeypatch.setattr(schedules, "register_tile", spy)
+
+    h, w, c = 6, 28, 64  # 28 wide: 14 x 1 on AVX2 with the whole register file
     x = te.placeholder((1, h, w, c), "uint8", name="x")
     k = te.placeholder((3, 3, c), "float32", name="k")
     bias = te.placeholder((c,), "float32", name="bias")
@@ -274,17 +290,26 @@ def test_a_uint8_depthwise_tile_converts_each_input_vector_once_and_keeps_its_st
     biased = te.compute((1, h, w, c), lambda b, y, xx, ch: conv[b, y, xx, ch] + bias[ch], name="biased")
     out = te.compute((1, h, w, c), lambda b, y, xx, ch: tirx.max(biased[b, y, xx, ch], tirx.const(0.0, "float32")), name="relu")
     func = te.create_prim_func([x, k, bias, out]).with_attr("global_symbol", "dw")
-    facts = vector_facts(resolve_target("x86:avx512"))
+    facts = vector_facts(resolve_target(target))
     mod, count = schedule_gemm(tvm.IRModule({"dw": func}), facts.lanes, facts.registers)
     assert count == 1
+    assert budgets and set(budgets) == {facts.registers - schedules.CONVERTED_DEPTHWISE_REGISTERS}, budgets
+    mr, v = tiles[-1]  # accumulators, weight vectors and a broadcast, two registers to spare
+    assert mr * v + v + 1 <= facts.registers - 2, tiles
     script = mod["dw"].script()
     allocs = [line for line in script.splitlines() if "alloc_buffer" in line]
     assert allocs and all('scope="local"' in line for line in allocs), allocs
-    lib = tvm.compile(mod, target=resolve_target("x86:avx512").tvm_target())
+    lib = tvm.compile(mod, target=resolve_target(target).tvm_target())
     asm = lib.mod.inspect_source("asm")
     converts, fmas = asm.count("vcvtdq2ps"), asm.count("vfmadd")
     assert 0 < converts < fmas, (converts, fmas)
-    if _runnable("x86:avx512"):
+    # the same window over a float map: its tile takes the whole register file
+    budgets.clear()
+    xf = te.placeholder((1, h + 2, w + 2, c), "float32", name="xf")
+    convf = te.compute((1, h, w, c), lambda b, y, xx, ch: te.sum(xf[b, y + ry, xx + rx, ch] * k[ry, rx, ch], axis=[ry, rx]), name="dwf")
+    _, count = schedule_gemm(tvm.IRModule({"dwf": te.create_prim_func([xf, k, convf]).with_attr("global_symbol", "dwf")}), facts.lanes, facts.registers)
+    assert count == 1 and set(budgets) == {facts.registers}, budgets
+    if _runnable(target):
         rng = np.random.default_rng(0)
         xs = rng.integers(0, 256, (1, h, w, c)).astype(np.uint8)
         ks, bs = rng.standard_normal((3, 3, c)).astype(np.float32), rng.standard_normal(c).astype(np.float32)

@@ -828,6 +828,9 @@ def _gemm_kernel(func, lanes: int, registers: int, constant_params: frozenset[in
     # a depthwise convolution keeps the most accumulators: ranked by loads, MobileNetV2's took
     # 1.2-1.7x as long on AVX2 (28x28x192 79 -> 121 us, 7x7x960 34 -> 51, 2-core Zen 5)
     loads = RANK_BY_LOADS and not depthwise
+    red_at = next(i for i, b in enumerate(blocks) if b.same_as(red))
+    if depthwise and any(_converts(sch, b) for b in blocks[:red_at]):
+        registers -= CONVERTED_DEPTHWISE_REGISTERS
     partial = PARTIAL_TILES and loads
     # a channel count that is no multiple of the vector (MobileNetV2's 24) takes half vectors
     width = lanes
@@ -985,6 +988,23 @@ def _gemm_kernel(func, lanes: int, registers: int, constant_params: frozenset[in
     for name, axes in paddings:
         scheduled = _skip_padded_rows(scheduled, sch.get(red).name_hint, m_var.name, name, axes)
     return scheduled if packed is None else scheduled.with_attr(PACKED_ATTR, [packed[0], v * lanes, packed[1]])
+
+
+#: registers a depthwise tile leaves free when its input is converted in its loads (a quantized
+#: model's uint8 map, :mod:`.int8.depthwise`): the converted vector and the padding's lane mask
+#: need registers a float input, an FMA's memory operand, does not. With the whole file, AVX2's
+#: 14 x 1 tile kept half its accumulators on the stack (a load and a store around every FMA);
+#: with 14 it takes 4 x 2 or 2 x 4 (AVX-512: 8 x 3 or 8 x 2 instead of 14 x 2). MobileNetV2
+#: int8 on a 2-core Zen 5, both in one process, alternating: AVX2 (8-bit weights) 0.976-0.981x
+#: the time, quantized for AVX2 0.93-0.99x, AVX-VNNI 0.96-0.98x, AVX-512 VNNI 0.945-0.99x; its
+#: 56x56x144 depthwise kernel on AVX2 110 -> 93 us
+CONVERTED_DEPTHWISE_REGISTERS = 2
+
+
+def _converts(sch, block) -> bool:
+    """Whether ``block`` writes float from an integer input (a uint8 map's dequantization)."""
+    writes = sch.get(block).writes
+    return bool(writes) and "float" in str(writes[0].source.dtype) and any("int" in str(r.source.dtype) for r in sch.get(block).reads)
 
 
 def _merge_pixels(sch, blocks, at: int, columns: int, rank: int) -> None:
