@@ -410,13 +410,25 @@ def test_integer_winograd_takes_only_what_it_computes_exactly_and_faster():
     assert np.abs(weight_transform(w)).max() == 9 * 128 and weight_transform(w).dtype == np.int16
 
 
+@pytest.mark.parametrize("target", ["x86", "x86:avx2"])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_a_quantized_depthwise_convolution_reads_its_uint8_input(stride):
+def test_a_quantized_depthwise_convolution_reads_its_uint8_input(stride, target, monkeypatch):
     """pointwise -> depthwise -> pointwise, quantized static: the depthwise layer (float weights,
     no integer kernel) reads the uint8 map its producer quantized, dequantized in the
-    convolution's own loads (one fused kernel, padding with the zero point's float 0), and the
-    model stays within one output step of ONNX Runtime running the same QDQ model."""
+    convolution's own loads (one fused kernel, padding with the zero point's float 0; on the
+    256-bit classes from a zero-padded uint8 copy), and the model stays within one output step
+    of ONNX Runtime running the same QDQ model."""
     import re
+
+    from graphpress.backends.tvm.int8 import depthwise, emit
+
+    copies = []
+
+    def spy(*args, **kwargs):
+        copies.append(args[4] if len(args) > 4 else kwargs.get("padded_copy", False))
+        return depthwise.depthwise_call(*args, **kwargs)
+
+    monkeypatch.setattr(emit, "depthwise_call", spy)
 
     torch.manual_seed(0)
     module = torch.nn.Sequential(
@@ -428,10 +440,15 @@ def test_a_quantized_depthwise_convolution_reads_its_uint8_input(stride):
     PassManager(build_passes("cleanup,fuse")).run(model)
     calibration = [{name: torch.randn(1, 8, 14, 14).numpy()} for _ in range(16)]
     PassManager(build_passes("quantize:mode=static"), context=PassContext(samples=calibration)).run(model)
-    compiled = compile_model(model, "x86", int8="on", int8_guard=False, measure=False)
+    if target != "x86":
+        _skip_unless_host_runs("avx2")
+    compiled = compile_model(model, target, int8="on", int8_guard=False, measure=False)
     assert compiled.meta["build"]["conv_layout"] == "NHWC"
     asm = compiled._executable.mod.imports[0].inspect_source("asm")
     assert re.search(r"^\S*fused_graphpress_uint8_depthwise\S*:", asm, flags=re.M), "no uint8 depthwise kernel"
+    isa = compiled.meta["build"]["int8"]["isa"]
+    assert copies and set(copies) == {isa in depthwise.PADDED_COPY_ISAS}, (isa, copies)
+    assert target == "x86" or isa in depthwise.PADDED_COPY_ISAS
     scale = _output_scale(model)
     for seed in range(4):
         feed = torch.randn(1, 8, 14, 14, generator=torch.Generator().manual_seed(seed)).numpy()

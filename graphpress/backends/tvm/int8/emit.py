@@ -23,7 +23,7 @@ import numpy as np
 
 from graphpress.backends.tvm.int8.conv_layout import conv_geometry, conv_key, im2col_kernel, implicit, nhwc_pad_kernel, padded_shape, pointwise, to_nchw_kernel, unfolded_weight
 from graphpress.backends.tvm.int8 import winograd
-from graphpress.backends.tvm.int8.depthwise import depthwise_call, is_uint8_depthwise
+from graphpress.backends.tvm.int8.depthwise import PADDED_COPY_ISAS, depthwise_call, is_uint8_depthwise
 from graphpress.backends.tvm.int8.isa import Isa
 from graphpress.backends.tvm.layout import relax_module_pass
 
@@ -262,7 +262,7 @@ def lower_int8_convs(isa: Isa, fallback=()):
             if is_int8_conv(call, weight):
                 return _lower_conv(self.builder_, call, weight.value.numpy(), isa, fallback)
             if is_uint8_depthwise(call, data, weight):
-                return depthwise_call(self.builder_, call, data, weight)
+                return depthwise_call(self.builder_, call, data, weight, isa.name in PADDED_COPY_ISAS)
             return call
 
         def resolve(self, expr):
