@@ -411,13 +411,14 @@ def test_integer_winograd_takes_only_what_it_computes_exactly_and_faster():
 
 
 @pytest.mark.parametrize("target", ["x86", "x86:avx2"])
-@pytest.mark.parametrize("stride", [1, 2])
-def test_a_quantized_depthwise_convolution_reads_its_uint8_input(stride, target, monkeypatch):
+@pytest.mark.parametrize(("stride", "relu"), [(1, True), (2, True), (1, False)])
+def test_a_quantized_depthwise_convolution_reads_its_uint8_input(stride, relu, target, monkeypatch):
     """pointwise -> depthwise -> pointwise, quantized static: the depthwise layer (float weights,
     no integer kernel) reads the uint8 map its producer quantized, dequantized in the
     convolution's own loads (one fused kernel, padding with the zero point's float 0; on the
-    256-bit classes from a zero-padded uint8 copy), and the model stays within one output step
-    of ONNX Runtime running the same QDQ model."""
+    256-bit classes from a uint8 copy padded with the zero point), and the model stays within
+    one output step of ONNX Runtime running the same QDQ model. Without the ReLU in front, the
+    map's zero point is not 0."""
     import re
 
     from graphpress.backends.tvm.int8 import depthwise, emit
@@ -432,7 +433,8 @@ def test_a_quantized_depthwise_convolution_reads_its_uint8_input(stride, target,
 
     torch.manual_seed(0)
     module = torch.nn.Sequential(
-        torch.nn.Conv2d(8, 32, 1), torch.nn.ReLU6(), torch.nn.Conv2d(32, 32, 3, stride=stride, padding=1, groups=32), torch.nn.ReLU6(), torch.nn.Conv2d(32, 16, 1)
+        torch.nn.Conv2d(8, 32, 1), torch.nn.ReLU6() if relu else torch.nn.Identity(), torch.nn.Conv2d(32, 32, 3, stride=stride, padding=1, groups=32), torch.nn.ReLU6(),
+        torch.nn.Conv2d(32, 16, 1),
     ).eval()
     x = torch.randn(1, 8, 14, 14)
     model = gp.load(module, x)
@@ -446,6 +448,8 @@ def test_a_quantized_depthwise_convolution_reads_its_uint8_input(stride, target,
     assert compiled.meta["build"]["conv_layout"] == "NHWC"
     asm = compiled._executable.mod.imports[0].inspect_source("asm")
     assert re.search(r"^\S*fused_graphpress_uint8_depthwise\S*:", asm, flags=re.M), "no uint8 depthwise kernel"
+    zero_points = {int(z) for z in re.findall(r"uint8_depthwise_\S*?_z(\d+)", " ".join(compiled.meta["build"]["kernel_names"]))}
+    assert zero_points and (zero_points == {0}) == relu, zero_points
     isa = compiled.meta["build"]["int8"]["isa"]
     assert copies and set(copies) == {isa in depthwise.PADDED_COPY_ISAS}, (isa, copies)
     assert target == "x86" or isa in depthwise.PADDED_COPY_ISAS

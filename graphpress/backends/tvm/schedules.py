@@ -828,8 +828,9 @@ def _gemm_kernel(func, lanes: int, registers: int, constant_params: frozenset[in
     # a depthwise convolution keeps the most accumulators: ranked by loads, MobileNetV2's took
     # 1.2-1.7x as long on AVX2 (28x28x192 79 -> 121 us, 7x7x960 34 -> 51, 2-core Zen 5)
     loads = RANK_BY_LOADS and not depthwise
-    red_at = next(i for i, b in enumerate(blocks) if b.same_as(red))
-    if depthwise and any(_converts(sch, b) for b in blocks[:red_at]):
+    at = next(i for i, b in enumerate(blocks) if b.same_as(red))
+    before, after = blocks[:at], blocks[at + 1 :]
+    if depthwise and any(_converts(sch, b) for b in before):
         registers -= CONVERTED_DEPTHWISE_REGISTERS
     partial = PARTIAL_TILES and loads
     # a channel count that is no multiple of the vector (MobileNetV2's 24) takes half vectors
@@ -842,8 +843,6 @@ def _gemm_kernel(func, lanes: int, registers: int, constant_params: frozenset[in
         return None
     mr, v = tile
     lanes = width
-    at = next(i for i, b in enumerate(blocks) if b.same_as(red))
-    before, after = blocks[:at], blocks[at + 1 :]
     if not all(_is_spatial(sch, b) for b in after):
         return None
     # blocks after the product that do not read it (the cast and scale of a residual branch
