@@ -996,7 +996,9 @@ def _gemm_kernel(func, lanes: int, registers: int, constant_params: frozenset[in
 #: with 14 it takes 4 x 2 or 2 x 4 (AVX-512: 8 x 3 or 8 x 2 instead of 14 x 2). MobileNetV2
 #: int8 on a 2-core Zen 5, both in one process, alternating: AVX2 (8-bit weights) 0.976-0.981x
 #: the time, quantized for AVX2 0.93-0.99x, AVX-VNNI 0.96-0.98x, AVX-512 VNNI 0.945-0.99x; its
-#: 56x56x144 depthwise kernel on AVX2 110 -> 93 us
+#: 56x56x144 depthwise kernel on AVX2 110 -> 93 us. Again once the 256-bit classes read a padded
+#: copy (no masks, :data:`.int8.depthwise.PADDED_COPY_ISAS`): AVX-VNNI 0.955-0.97x the time, AVX2
+#: level (1.00-1.02x), AVX-512 VNNI 0.98x
 CONVERTED_DEPTHWISE_REGISTERS = 2
 
 
