@@ -12,8 +12,9 @@ ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", 
              "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm", "sve")  # fmt: skip
 
 
-def banner() -> str:
-    """One block of text naming the machine and the paths used on it."""
+def banner(target: str = "x86") -> str:
+    """One block of text naming the machine and the paths used on it (``target``: the x86
+    target the benchmark compiles for, an ``x86:PATH`` where it runs another path than the host's)."""
     model, flags = platform.processor() or platform.machine(), set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -31,9 +32,9 @@ def banner() -> str:
         from graphpress.backends.tvm.int8 import select_isa
         from graphpress.backends.tvm.targets import resolve_target
 
-        spec = resolve_target("x86")
+        spec = resolve_target(target)
         isa = select_isa(spec, "auto")
-        lines.append(f"graphpress x86 target: mcpu={spec.config.get('mcpu')} num-cores={spec.config.get('num-cores')}; int8 ISA: {isa.name if isa else 'none'}; "
+        lines.append(f"graphpress {target} target: mcpu={spec.config.get('mcpu')} num-cores={spec.config.get('num-cores')}; int8 ISA: {isa.name if isa else 'none'}; "
                      f"TVM_NUM_THREADS={os.environ.get('TVM_NUM_THREADS', 'unset')}")  # fmt: skip
     except Exception as e:  # a benchmark without the TVM backend still runs
         lines.append(f"graphpress x86 target: unavailable ({type(e).__name__})")

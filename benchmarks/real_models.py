@@ -205,7 +205,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--keep", type=Path, help="keep the outputs in this directory")
     args = ap.parse_args()
-    print(banner())
+    print(banner(row_target()))
     print(_ort_isa.describe(ORT_ISA))
     models = [BY_NAME[n] for n in args.only.split(",")] if args.only else CATALOG
     steps = (*STEPS, "aarch64") if args.arm else STEPS
