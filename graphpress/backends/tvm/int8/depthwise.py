@@ -65,7 +65,7 @@ def is_uint8_depthwise(call, dequantize, weight) -> bool:
 def depthwise_call(bb, call, dequantize, weight, padded_copy: bool = False):
     """``call`` as one TIR kernel reading the uint8 map (see the module's doc); with
     ``padded_copy`` (:data:`PADDED_COPY_ISAS`), from a zero-padded uint8 copy of it made first."""
-    from tvm import relax, te, tirx
+    from tvm import relax, te, tirx, topi
 
     q, scale, zp = dequantize.args
     n, h, wd, c = (int(d.value) for d in q.ty.shape)
@@ -95,8 +95,7 @@ def depthwise_call(bb, call, dequantize, weight, padded_copy: bool = False):
         return tirx.Select(inside, x[b, yc, xc, ch].astype("float32") - tirx.const(zero, "float32"), tirx.const(0.0, "float32"))
 
     if padded_copy and (pt or pl or pb or pr):
-        zq = tirx.const(int(zero), "uint8")
-        pad_u8 = te.compute(i64(n, h + pt + pb, wd + pl + pr, c), lambda b, y, xx, ch: tirx.if_then_else(tirx.all(y >= pt, y < h + pt, xx >= pl, xx < wd + pl), x[b, y - pt, xx - pl, ch], zq), name="pad")
+        pad_u8 = topi.nn.pad(x, [0, pt, pl, 0], [0, pb, pr, 0], pad_value=tirx.const(int(zero), "uint8"), name="pad")
         padded = te.compute(i64(n, h + pt + pb, wd + pl + pr, c), lambda b, y, xx, ch: pad_u8[b, y, xx, ch].astype("float32") - tirx.const(zero, "float32"), name="dequantize_pad")
     else:
         padded = te.compute(i64(n, h + pt + pb, wd + pl + pr, c), load, name="dequantize_pad")
