@@ -65,6 +65,27 @@ def test_every_isa_kernel_emits_its_instructions(isa):
     assert counts[isa.counters[0].key] > 0, counts
 
 
+def test_avx2_kernel_of_one_row_widens_its_byte_weight_as_it_loads_it():
+    """AVX2's int16 kernel for a product of one row (a classifier at batch 1) takes its weight
+    as int8 and sign-extends each vector in the load (``vpmovsxbw`` from memory) before
+    ``vpmaddwd``; for more rows than a micro-tile the weight comes widened (no ``vpmovsxbw``)."""
+    import re
+
+    import tvm
+
+    from graphpress.backends.tvm.int8.isa import AVX2
+    from graphpress.backends.tvm.int8.kernels_x86 import BYTE_WEIGHT_ROWS
+
+    asm = {}
+    for m in (1, 64):
+        assert AVX2.stored_weight(m) == ("int8" if m <= BYTE_WEIGHT_ROWS else "int16")
+        lib = tvm.compile(tvm.IRModule({"main": AVX2.dense(m, 64, 128)}), target=resolve_target(ISA_TARGETS["avx2"]).tvm_target())
+        asm[m] = lib.mod.inspect_source("asm")
+        assert AVX2.count(asm[m])["ymm_vpmaddwd"] > 0
+    assert re.search(r"vpmovsxbw\s+[^,]*\(", asm[1]), "no widening load in the one-row kernel"
+    assert not re.search(r"vpmovsxbw", asm[64])
+
+
 def _dense_module(m: int, n: int, k: int):
     import tvm
     from tvm import te
@@ -115,3 +136,77 @@ def test_metaschedule_tunes_the_fixed_vnni_intrinsic_exactly(tmp_path):
     out = tvm.runtime.tensor(np.zeros((m, n), "int32"), dev)
     lib(tvm.runtime.tensor(a, dev), tvm.runtime.tensor(pack_weight(b.T, 16, 16)[0], dev), out)
     np.testing.assert_array_equal(out.numpy(), a.astype(np.int32) @ b.astype(np.int32).T)
+
+
+def _requantized_dense(act: str, extra_output: bool = False):
+    """``MatMulInteger(a, W, 7) -> Cast -> Mul(S) -> Add(B) -> [act] -> QuantizeLinear(0.03, 3)``,
+    the form :func:`~graphpress.backends.tvm.int8.qdq.qdq_to_integer` gives a static QDQ layer;
+    ``extra_output``: the rescaled sums are a graph output too."""
+    import onnx_ir as ir
+    from onnx import TensorProto, helper
+
+    from tests.conftest import make_model, tensor
+
+    rng = np.random.default_rng(0)
+    k, n = 48, 24
+    nodes = [
+        helper.make_node("MatMulInteger", ["a", "W", "za"], ["sums"], name="mmi"),
+        helper.make_node("Cast", ["sums"], ["f"], to=TensorProto.FLOAT, name="cast"),
+        helper.make_node("Mul", ["f", "S"], ["scaled"], name="rescale"),
+        helper.make_node("Add", ["scaled", "B"], ["biased"], name="bias"),
+    ]
+    inits = [tensor("W", rng.integers(-128, 128, (k, n)).astype(np.int8)), tensor("za", np.array(7, np.uint8)),
+             tensor("S", rng.uniform(1e-4, 4e-4, n).astype(np.float32)), tensor("B", rng.normal(0, 0.5, n).astype(np.float32)),
+             tensor("q", np.array(0.03, np.float32)), tensor("zq", np.array(3, np.uint8))]  # fmt: skip
+    last = "biased"
+    if act == "relu":
+        nodes.append(helper.make_node("Relu", ["biased"], ["act"], name="relu"))
+        last = "act"
+    elif act == "clip":
+        nodes.append(helper.make_node("Clip", ["biased", "lo", "hi"], ["act"], name="clip"))
+        inits += [tensor("lo", np.array(0.0, np.float32)), tensor("hi", np.array(6.0, np.float32))]
+        last = "act"
+    nodes.append(helper.make_node("QuantizeLinear", [last, "q", "zq"], ["y"], name="quantize"))
+    outputs = [helper.make_tensor_value_info("y", TensorProto.UINT8, [16, n])]
+    if extra_output:
+        outputs.append(helper.make_tensor_value_info("scaled", TensorProto.FLOAT, [16, n]))
+    proto = make_model(nodes, [helper.make_tensor_value_info("a", TensorProto.UINT8, [16, k])], outputs, inits)
+    return ir.serde.deserialize_model(proto)
+
+
+@pytest.mark.parametrize("act", ["none", "relu", "clip"])
+def test_the_output_quantizers_scale_folds_into_the_rescale_within_one_step(act):
+    """``fold_requantize`` moves the quantizer's scale into the rescale, the bias and the clip's
+    bounds (the quantizer's becomes 1): ONNX Runtime on the folded graph gives the same uint8
+    values as on the one that divides, but for a rare rounding tie, by at most one step."""
+    import onnxruntime as ort
+
+    from graphpress.backends.tvm.int8.qdq import fold_requantize
+    from graphpress.ir.io import to_proto
+
+    def run(model, a):
+        return ort.InferenceSession(to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"a": a})[0]
+
+    model, folded = _requantized_dense(act), _requantized_dense(act)
+    assert fold_requantize(folded) == 1
+    nodes = {n.name: n for n in folded.graph}
+    assert float(nodes["quantize"].inputs[1].const_value.numpy()) == 1.0
+    scale = nodes["rescale"].inputs[1].const_value.numpy()
+    np.testing.assert_allclose(scale, model.graph.initializers["S"].const_value.numpy() / np.float32(0.03), rtol=1e-6)
+    if act == "clip":
+        assert [float(v.const_value.numpy()) for v in nodes["clip"].inputs[1:]] == pytest.approx([0.0, 6.0 / 0.03])
+    rng = np.random.default_rng(1)
+    steps = np.concatenate([np.abs(run(folded, a).astype(int) - run(model, a).astype(int)).ravel()
+                            for a in (rng.integers(0, 256, (16, 48)).astype(np.uint8) for _ in range(20))])  # fmt: skip
+    assert steps.max() <= 1 and (steps == 0).mean() >= 0.99, (steps.max(), (steps == 0).mean())
+    assert len(np.unique(run(model, rng.integers(0, 256, (16, 48)).astype(np.uint8)))) > 20  # not all clipped
+
+
+def test_a_rescale_read_by_another_node_keeps_the_quantizers_scale():
+    """Where the rescaled sums feed anything besides the quantizer (here a graph output), moving
+    the scale into them would change that reader: nothing is folded."""
+    from graphpress.backends.tvm.int8.qdq import fold_requantize
+
+    model = _requantized_dense("none", extra_output=True)
+    assert fold_requantize(model) == 0
+    assert float(next(n for n in model.graph if n.op_type == "QuantizeLinear").inputs[1].const_value.numpy()) == pytest.approx(0.03)

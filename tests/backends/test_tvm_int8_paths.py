@@ -117,6 +117,31 @@ def test_a_convolution_of_one_output_pixel_is_exact(path, oc):
         _exact_conv_integer(x, w, 3, [0, 0, 0, 0], [1, 1], f"x86:{path}")
 
 
+@pytest.mark.parametrize("m", [1, 3, 4, 5, 12])
+def test_a_product_of_few_rows_keeps_its_weight_in_bytes_on_avx2(m, monkeypatch):
+    """On the AVX2 int16 kernel a product of at most one micro-tile of rows (a classifier at batch
+    1) stores its 8-bit weight as int8 and widens each vector as it is loaded; more rows store it
+    widened to int16. Both bit for bit ONNX Runtime's MatMulInteger."""
+    _skip_unless_host_runs("avx2")
+    from graphpress.backends.tvm.int8 import emit, kernels_x86
+
+    stored = []
+    real = emit.pack_weight
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        stored.append(str(out[0].dtype))
+        return out
+
+    monkeypatch.setattr(emit, "pack_weight", spy)
+    model = _matmul_integer_model((m, 72), 40)
+    a = np.random.default_rng(m).integers(0, 256, (m, 72)).astype(np.uint8)
+    compiled = compile_model(model, "x86:avx2", int8="on", int8_guard=False, measure=False)
+    assert compiled.meta["build"]["int8"]["instructions"]["ymm vpmaddwd"] > 0
+    assert stored == ["int8" if m <= kernels_x86.BYTE_WEIGHT_ROWS else "int16"]
+    np.testing.assert_array_equal(compiled.run_named(a=a)["y"], _ort(model, {"a": a})[0])
+
+
 def exact_on_this_many_threads(paths: list[str]) -> None:
     """The integer kernels of few-row convolutions and of dense layers of every kind of schedule
     (rows outermost with the write-back on the tiles, column panels over the cores), each bit for

@@ -10,6 +10,8 @@ matmul no schedule tensorizes. On the backend's private copy of the model:
    get and keeps the slower ones in float;
 3. the layers without an integer kernel get float weights and lose their activation
    quantize/dequantize pairs (:func:`.qdq.fold_weight_dequantize`, :func:`.qdq.bypass_float_qdq`);
+   the quantizers behind the integer layers' rescales have their scale moved into the rescales
+   (:func:`.qdq.fold_requantize`);
 4. while the model is imported, :func:`.emit.int8_converters` emits the kernels of the ISA
    :func:`.isa.select_isa` chose from the target (:mod:`.kernels_x86`: AMX, AVX-512 VNNI,
    AVX-VNNI, AVX2; :mod:`.kernels_arm`: sdot) for dense layers, and an int8 Relax ``conv2d`` for convolutions,
@@ -34,12 +36,16 @@ from graphpress.backends.tvm.int8.dot import schedule_dot_kernels
 from graphpress.backends.tvm.int8.emit import int8_converters, lower_int8_convs
 from graphpress.backends.tvm.int8.guard import all_to_float, plan_int8
 from graphpress.backends.tvm.int8.isa import ISAS, Isa, select_isa
-from graphpress.backends.tvm.int8.qdq import bypass_float_qdq, fold_weight_dequantize, integer_max_pools, qdq_to_integer
+from graphpress.backends.tvm.int8.qdq import bypass_float_qdq, fold_requantize, fold_weight_dequantize, integer_max_pools, qdq_to_integer
 from graphpress.backends.tvm.runtime import current_remote
 from graphpress.backends.tvm.targets import TargetSpec
 from graphpress.backends.tvm.tuning import Tuning
 
 __all__ = ["ISAS", "Isa", "int8_converters", "is_quantized", "lower_int8_convs", "plan", "schedule_dot_kernels", "select_isa", "to_fp32"]
+
+#: whether :func:`plan` moves output quantizer scales into the integer layers' rescales
+#: (:func:`.qdq.fold_requantize`)
+FOLD_REQUANTIZE = True
 
 _FP32_REASON = "no integer kernel for these ops on this target yet: fp32 kernels on the dequantized weights, their activation quantize/dequantize pairs as clips to the calibrated range"
 
@@ -71,6 +77,8 @@ def plan(model: ir.Model, spec: TargetSpec, isa: Isa, tuning: Tuning, *, guard: 
     report["integer_max_pools"] = pools
     report["fp32_layers"] = fold_weight_dequantize(model)["fp32_layers"]
     report["fp32_bypassed_qdq"] = bypass_float_qdq(model, keep_depthwise=True)
+    if FOLD_REQUANTIZE:
+        report["requantize_folded"] = fold_requantize(model)
     report["fp32_reason"] = _FP32_REASON
     report["seconds"] = round(time.perf_counter() - start, 2)
     return report

@@ -88,8 +88,9 @@ def padded_columns(n: int, isa: Isa) -> int:
     return blocks * isa.n_multiple
 
 
-def _pack(w_kn: np.ndarray, isa: Isa) -> tuple[np.ndarray, np.ndarray, int]:
-    packed, colsum, npad = pack_weight(w_kn, padded_columns(w_kn.shape[1], isa), isa.lanes, isa.depth // isa.halves, isa.weight)
+def _pack(w_kn: np.ndarray, isa: Isa, m: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """The weight packed for ``isa``'s kernel of an ``m``-row product, its column sums and padded N."""
+    packed, colsum, npad = pack_weight(w_kn, padded_columns(w_kn.shape[1], isa), isa.lanes, isa.depth // isa.halves, isa.stored_weight(m))
     if isa.halves > 1:  # the same bytes, `halves` blocks per step of the kernel
         packed = packed.reshape(npad // isa.lanes, w_kn.shape[0] // isa.depth, isa.halves, isa.lanes, isa.depth // isa.halves)
     return packed, colsum, npad
@@ -129,7 +130,7 @@ def emit_matmul(bb, a, w_kn: np.ndarray, za, isa: Isa):
     k, n = w_kn.shape
     m = int(np.prod(shape[:-1]))
     isa = isa.for_shape(m, k).for_weight(w_kn)
-    packed, colsum, npad = _pack(w_kn, isa)
+    packed, colsum, npad = _pack(w_kn, isa, m)
     a2, za = _to_kernel_dtype(relax.op.reshape(a, (m, k_given)), _dtype(a.ty), za, isa)
     if k != k_given:  # columns that meet the weight's zero rows
         a2 = relax.op.nn.pad(a2, [0, 0, 0, k - k_given])
@@ -192,7 +193,7 @@ def _lower_conv(bb, call, w: np.ndarray, isa: Isa, fallback: frozenset[tuple[int
     if layout == "NHWC" and winograd.applies(g):
         return winograd.emit_winograd(bb, x, w_oihw, g)
     isa = g["isa"]
-    packed, colsum, npad = _pack(unfolded_weight(w_oihw, g["cp"], g["rp"]), isa)
+    packed, colsum, npad = _pack(unfolded_weight(w_oihw, g["cp"], g["rp"]), isa, g["mp"])
     unpadded = not any(g["pads"]) and g["c"] == g["cp"] and not g["rp"]
     in_place = implicit(g)  # the dot-product kernels read the unfolded rows from the padded input
     if layout == "NHWC" and pointwise(g) and g["c"] == g["cp"]:

@@ -61,7 +61,10 @@ class Isa:
         tiles: the tile shapes of a tile ISA (None: any ``M``, ``K`` a multiple of 4).
         fallback: the ISA used for shapes that do not fill the tiles.
         depth: products per int32 sum of one instruction (4 bytes; 2 for ``vpmaddwd``'s int16).
-        weight: the dtype the packed weight is stored in (int8; int16 for ``vpmaddwd``).
+        weight: the dtype the kernel multiplies the weight in (int8; int16 for ``vpmaddwd``), and
+            stores it in unless ``stored``.
+        stored: the dtype the packed weight of an ``m``-row product is stored in, by ``m``
+            (:meth:`stored_weight`; AVX2: int8 for a few rows, widened as it is loaded).
         narrow: the ISA that runs the layers whose ``[K, N]`` int8 weight ``narrow_fits`` accepts
             (AVX2: ``vpmaddubsw`` where no pair of weights can saturate its int16 sums; and its
             own narrow one, where no group of four can), and whose contiguous runs of K (a
@@ -89,6 +92,7 @@ class Isa:
     fallback: Isa | None = None
     depth: int = 4
     weight: str = "int8"
+    stored: Callable[[int], str] | None = None
     narrow: Isa | None = None
     narrow_fits: Callable[[Any], bool] | None = None
     implicit_conv: bool = False
@@ -98,6 +102,10 @@ class Isa:
 
     def __repr__(self) -> str:
         return f"Isa({self.name})"
+
+    def stored_weight(self, m: int) -> str:
+        """The dtype of the packed weight of an ``m``-row product on this ISA's kernel."""
+        return self.weight if self.stored is None else self.stored(m)
 
     def fits(self, m: int, k: int) -> bool:
         """True when a dense of ``M = m`` rows and depth ``k`` runs on this ISA's own kernel."""
@@ -155,6 +163,7 @@ AVX2_U8S8_QUADS = Isa("avx2_u8s8_quads", "AVX2 u8s8 quads", "uint8", 8, kernels_
 AVX2_U8S8 = Isa("avx2_u8s8", "AVX2 u8s8", "uint8", 8, kernels_x86.avx2_u8s8_dense_kernel, _AVX2_COUNTERS, has_avx2, timed=True, implicit_conv=True,
                 narrow=AVX2_U8S8_QUADS, narrow_fits=kernels_x86.fits_u8s8_quads, winograd=True)  # fmt: skip
 AVX2 = Isa("avx2", "AVX2", "uint8", 8, kernels_x86.avx2_dense_kernel, _AVX2_COUNTERS, has_avx2, timed=True, depth=2, weight="int16",
+           stored=kernels_x86.avx2_weight_dtype,
            narrow=AVX2_U8S8, narrow_fits=kernels_x86.fits_u8s8_pairs, implicit_conv=True, winograd=True)  # fmt: skip
 _SDOT = Counter("sdot", "sdot", kernels_arm.sdot_count)
 SDOT = Isa("sdot", "SDOT", "int8", 4, kernels_arm.sdot_dense_kernel, (_SDOT,), has_dotprod, timed=False, implicit_conv=True)

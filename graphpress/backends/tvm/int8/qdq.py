@@ -13,6 +13,8 @@ TVM's ONNX importer computes QDQ graphs in float and has no ``ConvInteger``. Her
 * :func:`bypass_float_qdq`: activation Quantize/Dequantize pairs that only feed float layers go.
 * :func:`integer_max_pools`: ``DQ -> MaxPool -> Q`` on one grid becomes ``MaxPool`` on the
   integers (exact: quantizing is monotone), so the layer before writes 1 byte per value.
+* :func:`fold_requantize`: the output quantizer's scale moves into the rescale and bias of the
+  integer layer in front of it, so that its write-back multiplies once instead of dividing.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import onnx_ir as ir
 
 from graphpress.ir.edit import add_initializer, graph_names, replace_value
 
-__all__ = ["bypass_float_qdq", "const", "fold_weight_dequantize", "integer_max_pools", "producer", "qdq_to_integer"]
+__all__ = ["bypass_float_qdq", "const", "fold_requantize", "fold_weight_dequantize", "integer_max_pools", "producer", "qdq_to_integer"]
 
 
 def const(value: ir.Value | None) -> np.ndarray | None:
@@ -292,3 +294,104 @@ def bypass_float_qdq(model: ir.Model, keep_depthwise: bool = False) -> int:
         bypassed += 1
     common_passes.RemoveUnusedNodesPass()(model)
     return bypassed
+
+
+#: a quantizer scale :func:`fold_requantize` moves: a positive normal float32 (its reciprocal
+#: and the products with it stay normal floats)
+_FOLDABLE_SCALE = (2.0**-60, 2.0**60)
+
+
+def _sole_consumer(value: ir.Value) -> ir.Node | None:
+    users = list(value.consumers())
+    return users[0] if len(users) == 1 and not value.is_graph_output() else None
+
+
+def _requantization_chain(q: ir.Node) -> list[ir.Node] | None:
+    """The ``[Relu | Clip], [Add], Mul`` nodes from quantizer ``q`` back to the ``Cast`` of an
+    integer layer's sums (each value read by the next node only; Add and Mul with one constant
+    input), or None."""
+    chain, value = [], q.inputs[0]
+    for ops in (("Relu", "Clip"), ("Add",), ("Mul",)):
+        node = value.producer() if value is not None else None
+        if node is None or _sole_consumer(value) is not (chain[-1] if chain else q):
+            return None
+        if node.op_type not in ops or node.domain not in ("", "ai.onnx"):
+            if ops == ("Mul",):
+                return None
+            continue  # the optional clip or bias is not there
+        if ops == ("Relu", "Clip"):
+            if "min" in node.attributes or "max" in node.attributes:
+                return None  # opset-6 Clip: its bounds are attributes
+            value = node.inputs[0]
+        else:
+            variable = [v for v in node.inputs if const(v) is None]
+            if len(variable) != 1 or len(node.inputs) != 2:
+                return None
+            value = variable[0]
+        chain.append(node)
+    cast = producer(value, "Cast")
+    if cast is None or _sole_consumer(value) is not chain[-1]:
+        return None
+    sums = cast.inputs[0].producer()
+    if sums is not None and sums.op_type == "Squeeze":  # a 1-D convolution's sums back to NCW
+        sums = sums.inputs[0].producer()
+    return chain if sums is not None and sums.op_type in ("ConvInteger", "MatMulInteger") else None
+
+
+def _scaled_constants(chain: list[ir.Node], factor: np.float64) -> list[tuple[ir.Node, int, np.ndarray]] | None:
+    """``(node, input index, constant x factor)`` for the float32 constants of a requantization
+    chain (Mul's scale, Add's bias, Clip's bounds; Relu has none), or None where one is not a
+    float32 constant."""
+    edits = []
+    for n in chain:
+        if n.op_type == "Relu":
+            continue
+        wanted = [i for i, v in enumerate(n.inputs) if v is not None and i > 0] if n.op_type == "Clip" else [i for i, v in enumerate(n.inputs) if const(v) is not None]
+        if n.op_type != "Clip" and len(wanted) != 1:
+            return None
+        for i in wanted:
+            c = const(n.inputs[i])
+            if c is None or c.dtype != np.float32:
+                return None
+            edits.append((n, i, np.asarray(c.astype(np.float64) * factor, np.float32)))
+    return edits
+
+
+def fold_requantize(model: ir.Model) -> int:
+    """Move the scale ``q`` of each ``QuantizeLinear`` behind an integer layer's rescale into that
+    rescale (in place; returns how many): ``Q(Cast(sums)·S [+ B] [-> Relu | Clip(lo, hi)], q, zp)``
+    becomes ``Q(Cast(sums)·(S/q) [+ B/q] [-> Relu | Clip(lo/q, hi/q)], 1, zp)``, so that the
+    kernel's write-back is one multiply-add per value (the division by 1 folds away) instead of a
+    multiply-add and a division -- the requantization multiplier ONNX Runtime's ``QLinearConv``
+    and every int8 runtime use. The quantized integers stay within one step of the division's,
+    and equal them but where the quotient lies within a few float ulps of a rounding tie (a
+    positive scale commutes with the ReLU and the clip). MobileNetV2's 112x112 16->96 layer on
+    AVX2: 0.90x the time (its write-back is as long as its product: K = 16).
+
+    Only chains whose every value has that one consumer, from ``ConvInteger``/``MatMulInteger``
+    (the integer kernels :func:`qdq_to_integer` made); the quantizer gets its own scale
+    initializer of 1 (the old one may be shared with the ``DequantizeLinear`` that reads it)."""
+    graph = model.graph
+    folded = 0
+    taken = graph_names(graph)
+    for q in list(graph):
+        if q.op_type != "QuantizeLinear" or q.domain not in ("", "ai.onnx") or len(q.inputs) < 2:
+            continue
+        scale = const(q.inputs[1])
+        if scale is None or scale.size != 1 or scale.dtype != np.float32 or not _FOLDABLE_SCALE[0] <= float(scale.reshape(())) <= _FOLDABLE_SCALE[1]:
+            continue
+        chain = _requantization_chain(q)
+        if chain is None:
+            continue
+        edits = _scaled_constants(chain, 1.0 / np.float64(scale.reshape(())))
+        if edits is None:
+            continue
+        for n, i, c in edits:
+            n.replace_input_with(i, add_initializer(graph, f"{n.name or 'requantize'}/requantized_{i}", c, taken))
+        q.replace_input_with(1, add_initializer(graph, f"{q.name or 'quantize'}/unit_scale", np.ones(scale.shape, np.float32), taken))
+        folded += 1
+    if folded:
+        import onnx_ir.passes.common as common_passes
+
+        common_passes.RemoveUnusedNodesPass()(model)
+    return folded
