@@ -118,11 +118,11 @@ def exact_legalization() -> dict[str, Any]:
         if not (hasattr(x.ty, "dtype") and str(x.ty.dtype.dtype) == "float32" and "int" in out_dtype):
             return default(bb, call)
         if isinstance(scale, (tvm.tirx.FloatImm, tvm.tirx.IntImm)):
-            # a constant scale (a static model's requantization, fused into an integer kernel's
-            # write-back) keeps the division: there the divider runs beside the dot products, and
-            # the multiply with its correction (5 more vector operations per vector) measured level
-            # or slower (whole models, both forms timed alternately: MobileNetV2 quantized for AVX2
-            # 0.99x-1.00x, ResNet-18 int8 on AVX2 0.996x, on AMX 0.991x)
+            # a constant scale keeps the division: the multiply with its correction (5 more vector
+            # operations per vector) measured level or slower in integer kernels' write-backs
+            # (whole models, both forms timed alternately: MobileNetV2 quantized for AVX2
+            # 0.99x-1.00x, ResNet-18 int8 on AVX2 0.996x, on AMX 0.991x); the requantization
+            # right behind an integer layer comes here with the scale 1 (int8.qdq.fold_requantize)
             return default(bb, call)
         if not all(int(d) == 1 for d in getattr(getattr(scale.ty, "shape", None), "values", [0])):
             return default(bb, call)  # one scale per channel (or a shape not known here)
