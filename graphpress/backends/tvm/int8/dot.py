@@ -142,7 +142,7 @@ def _micro_tile(m: int, blocks: int, accumulators: int, registers: int | None = 
 
 def dot_dense_kernel(
     m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, prefix: str, depth: int = 4, b_dtype: str = "int8", accumulators: int = 16,
-    widen_a: bool | str = False, conv: dict[str, Any] | None = None, out_shape: tuple[int, ...] | None = None, registers: int | None = None, max_rows: int = 4,
+    widen_a: str | None = None, conv: dict[str, Any] | None = None, out_shape: tuple[int, ...] | None = None, registers: int | None = None, max_rows: int = 4,
     halves: int = 1, batch: int = 0,
 ):
     """Scheduled TIR ``C[m, n] (int32) = A[m, k] (a_dtype) · B^T`` with ``B`` packed
@@ -152,9 +152,8 @@ def dot_dense_kernel(
     registers; 8 of AVX2's 16, which also hold the broadcast A and the products; ``registers`` and
     ``max_rows``: see :func:`_micro_tile`).
 
-    ``widen_a``: A is first converted to ``b_dtype`` (or the dtype ``widen_a`` names) in a workspace of the kernel (one vector pass),
-    so that the innermost loop broadcasts it straight from memory (``intrin`` takes A in
-    ``b_dtype`` then).
+    ``widen_a``: A is first converted to this dtype in a workspace of the kernel (one vector pass),
+    so that the innermost loop broadcasts it straight from memory (``intrin`` takes A in it then).
 
     ``conv``: the geometry of a convolution (:func:`~.conv_layout.conv_geometry`): the kernel's
     first argument is then its padded NHWC input ``XP[N, Hp, Wp, Cp]`` and A its unfolded rows
@@ -211,7 +210,7 @@ def padded_shape(g: dict[str, Any]) -> tuple[int, ...]:
 _DOT_BLOCKS: dict[str, dict[str, Any]] = {}
 
 
-def _dot_dense(m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, prefix: str, depth: int, b_dtype: str, tile: tuple, widen_a: bool | str,
+def _dot_dense(m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, prefix: str, depth: int, b_dtype: str, tile: tuple, widen_a: str | None,
                conv: dict[str, Any] | None, out_shape: tuple[int, ...] | None, halves: int = 1, batch: int = 0):  # fmt: skip
     import tvm
     from tvm import te
@@ -241,8 +240,7 @@ def _dot_dense(m: int, n: int, k: int, a_dtype: str, lanes: int, intrin: str, pr
             return b[j // lanes, r // depth, j % lanes, r % depth]
         return b[j // lanes, r // depth, r % depth // sub, j % lanes, r % sub]
 
-    wide = b_dtype if widen_a is True else widen_a
-    a_wide = te.compute(a.shape, lambda *idx: a(*idx).astype(wide), name=f"{block}_widen") if widen_a else a
+    a_wide = te.compute(a.shape, lambda *idx: a(*idx).astype(widen_a), name=f"{block}_widen") if widen_a else a
 
     def read(i, kk):
         if conv is None:

@@ -107,13 +107,13 @@ def _pmaddwd_intrinsic(weight: str = "int16") -> str:
     """``vpmaddwd`` on int16 weights, or on int8 weights sign-extended as they are loaded."""
     from tvm.script import tirx as T
 
-    if weight == "int8":
-        return register_dot_intrinsic(
-            "graphpress_dot_8x2_avx2_pmaddwd_s8", "int16", 8, lambda c, a, b: c + _llvm("llvm.x86.avx2.pmadd.wd", "int32x8", a, T.Cast("int16x16", b)), depth=2, b_dtype="int8"
-        )
+    def widen(b):
+        return b if weight == "int16" else T.Cast("int16x16", b)
+
     return register_dot_intrinsic(
-        "graphpress_dot_8x2_avx2_pmaddwd", "int16", 8, lambda c, a, b: c + _llvm("llvm.x86.avx2.pmadd.wd", "int32x8", a, b), depth=2, b_dtype="int16"
-    )
+        f"graphpress_dot_8x2_avx2_pmaddwd{'' if weight == 'int16' else '_s8'}", "int16", 8,
+        lambda c, a, b: c + _llvm("llvm.x86.avx2.pmadd.wd", "int32x8", a, widen(b)), depth=2, b_dtype=weight,
+    )  # fmt: skip
 
 
 def avx2_int16_batched_kernel(batch: int, m: int, n: int, k: int):
