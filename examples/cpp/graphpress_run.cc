@@ -7,7 +7,10 @@
 // output names, shapes, dtypes). The inputs are .npy files (numpy's np.save) in the order of
 // graphpress.json's "inputs". Each output is written to OUTPUT_DIR/<name>.npy (characters other
 // than letters, digits, '.', '_' and '-' in the name become '_') and summarized on stdout.
-// Threads: TVM_NUM_THREADS (default: the cores this process may use).
+// Threads: TVM_NUM_THREADS (default: the CPUs this process may use; TVM's own default is half
+// the logical CPUs on x86). TVM_BIND_THREADS=1 pins each worker thread to one CPU, as TVM does
+// by default; unset, the threads are left to the OS, as graphpress's Python runtime leaves them
+// (a pinned worker waits out any process that keeps its CPU busy, at every parallel kernel).
 //
 // Exit codes: 0 done, 2 bad input (one line on stderr naming the file), 1 anything else.
 
@@ -21,6 +24,7 @@
 #include <tvm/ffi/string.h>
 
 #include <fcntl.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -285,6 +289,12 @@ int Run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // before the first kernel starts TVM's thread pool, which reads both variables then
+  cpu_set_t cpus;
+  if (std::getenv("TVM_NUM_THREADS") == nullptr && sched_getaffinity(0, sizeof(cpus), &cpus) == 0) {
+    setenv("TVM_NUM_THREADS", std::to_string(CPU_COUNT(&cpus)).c_str(), 0);
+  }
+  setenv("TVM_BIND_THREADS", "0", 0);
   try {
     return Run(argc, argv);
   } catch (const UsageError& e) {

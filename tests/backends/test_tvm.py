@@ -327,6 +327,67 @@ def test_an_artifact_runs_with_tvm_runtime_alone(tmp_path, cnn_model):
         assert "TVM's CUDA runtime did not load (libcuda.so.1" in last and "run it on a machine with the device and its driver" in last
 
 
+_THREADS_PROBE = """
+import glob, importlib.util, json, os, sys
+import numpy as np
+spec = importlib.util.spec_from_file_location("rt", sys.argv[1])
+runtime = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(runtime)
+model = runtime.load(sys.argv[2])
+x = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
+for _ in range(3):
+    model.run_named(x=x)
+threads = {}
+for status in glob.glob("/proc/self/task/*/status"):
+    fields = dict(line.split(":\\t", 1) for line in open(status).read().splitlines() if ":\\t" in line)
+    threads[status.split("/")[4]] = fields["Cpus_allowed_list"].strip()
+print(json.dumps({"cpus": len(os.sched_getaffinity(0)), "pool": os.environ.get("TVM_NUM_THREADS"), "threads": threads}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2, reason="pinning shows with two CPUs or more")
+def test_the_runtime_leaves_tvm_threads_unpinned_on_every_cpu_unless_the_user_asks(tmp_path):
+    """TVM pins each worker thread to one CPU; a worker pinned to a CPU that another process keeps
+    busy stalls every parallel kernel at its join (README, Threads). The runtime, loaded as the
+    standalone runner loads it (no graphpress package), sizes the pool to the process's CPUs and
+    leaves every thread free to run on all of them; ``TVM_BIND_THREADS=1`` still pins them (which
+    is what shows that this test can see pinning)."""
+    import subprocess
+    import sys
+
+    from graphpress.backends.tvm import runtime
+
+    rng = np.random.default_rng(0)
+    proto = make_model([helper.make_node("MatMul", ["x", "W"], ["y"])], [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 256])],
+                       [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 256])],
+                       [numpy_helper.from_array(rng.standard_normal((256, 256)).astype(np.float32), "W")])  # fmt: skip
+    art = gtvm.compile_model(gp.load(proto), "x86", measure=False, verify=False).save(tmp_path / "mm.x86")
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "TVM_BIND_THREADS")}
+    cpus = os.sched_getaffinity(0)
+    free = ",".join(map(str, sorted(cpus)))
+
+    def probe(**extra):
+        out = subprocess.run([sys.executable, "-c", _THREADS_PROBE, runtime.__file__, str(art)], env={**env, **extra}, capture_output=True, text=True, check=True)
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        result["threads"] = {tid: ",".join(str(c) for c in _cpu_list(v)) for tid, v in result["threads"].items()}
+        return result
+
+    default = probe()
+    assert default["pool"] == str(len(cpus))
+    assert len(default["threads"]) >= 2 and set(default["threads"].values()) == {free}
+    pinned = probe(TVM_BIND_THREADS="1", TVM_NUM_THREADS=str(len(cpus)))
+    assert any(len(v.split(",")) == 1 for v in pinned["threads"].values()), pinned
+
+
+def _cpu_list(text: str) -> list[int]:
+    """``0-2,5`` -> [0, 1, 2, 5] (Linux's ``Cpus_allowed_list``)."""
+    cpus = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
 # ----------------------------------------------------------------------------- aarch64
 
 

@@ -35,6 +35,27 @@ ARTIFACT_LIB = "model.so"
 ARTIFACT_META = "graphpress.json"
 
 
+def default_thread_settings() -> None:
+    """graphpress's defaults for TVM's CPU thread pool, unless the user set them: run on every
+    CPU this process may use, and leave the threads to the OS. Called on import, before any
+    kernel starts the pool (which reads ``TVM_NUM_THREADS`` and ``TVM_BIND_THREADS`` then).
+
+    - TVM sizes the pool to half the logical CPUs on x86 (it assumes two hyper-threads per
+      core): one thread on a 2-vCPU machine, while ONNX Runtime and torch use both.
+    - TVM pins each worker thread to one CPU. A worker pinned to a CPU that another process
+      keeps busy cannot move, and every parallel kernel waits for it at its join: MobileNetV2
+      int8 went from 0.7 ms to 230 ms with one busy loop on the second of 2 CPUs (ONNX Runtime,
+      whose threads are not pinned: 1.0 -> 4.2 ms). Unpinned: 1.7 ms under that load, and the
+      same 0.7 ms on a quiet machine (``benchmarks/contention.py``).
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ.setdefault("TVM_NUM_THREADS", str(cpus))
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
+
+
+default_thread_settings()
+
+
 def set_num_threads(n: int) -> None:
     """Size TVM's CPU thread pool (affects every model in this process).
 
