@@ -44,9 +44,9 @@ def default_thread_settings() -> None:
       core): one thread on a 2-vCPU machine, while ONNX Runtime and torch use both.
     - TVM pins each worker thread to one CPU. A worker pinned to a CPU that another process
       keeps busy cannot move, and every parallel kernel waits for it at its join: MobileNetV2
-      int8 went from 0.7 ms to 230 ms with one busy loop on the second of 2 CPUs (ONNX Runtime,
-      whose threads are not pinned: 1.0 -> 4.2 ms). Unpinned: 1.7 ms under that load, and the
-      same 0.7 ms on a quiet machine (``benchmarks/contention.py``).
+      int8 went from 0.7 ms to 224 ms a call with a busy loop pinned to the second of 2 CPUs.
+      Unpinned: 1.4 ms under that load, and the same 0.7 ms on a quiet machine
+      (``benchmarks/contention.py``).
     """
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     os.environ.setdefault("TVM_NUM_THREADS", str(cpus))
