@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SCENARIOS = ("quiet", "busy", "pinned", "twin")
-ENGINES = {"graphpress": {}, "graphpress, TVM's pinned threads": {"TVM_BIND_THREADS": "1"}, "onnxruntime": {}}
+ENGINES = {"graphpress": {"TVM_BIND_THREADS": "0"}, "graphpress, TVM's pinned threads": {"TVM_BIND_THREADS": "1"}, "onnxruntime": {}}
 BUSY_LOOP = "while True: pass"
 
 
