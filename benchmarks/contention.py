@@ -11,11 +11,14 @@ very ONNX file graphpress compiled, each in a process of its own with one thread
 - ``twin``: a second process runs the same engine on the same model at the same time (two
   model servers on one machine); the row is the slower of the two.
 
-Three engines: graphpress as it ships (TVM's threads left to the OS), graphpress with TVM's own
-default of one CPU per worker thread (``TVM_BIND_THREADS=1``, what graphpress did before), and
-ONNX Runtime (``intra_op_num_threads`` = the CPUs). Each cell is the median latency over
-``--seconds`` of back-to-back runs, the median of ``--rounds`` such runs with the engines in
-alternating order; the ratio is graphpress over ONNX Runtime in the same scenario. Before timing, each compiled model's outputs are checked against ONNX Runtime's on the
+Four engines: graphpress as it ships (its own work-sharing parallel launcher,
+``csrc/parallel_launch.cc``), graphpress on TVM's thread pool with its threads left to the OS
+(``GRAPHPRESS_THREAD_POOL=tvm``, what graphpress shipped before the launcher), graphpress on TVM's
+pool with TVM's own default of one CPU per worker thread (``TVM_BIND_THREADS=1``, what graphpress
+shipped before that), and ONNX Runtime (``intra_op_num_threads`` = the CPUs); ``--engines`` picks
+some. Each cell is the median latency over
+``--seconds`` of back-to-back runs, and the mean (a call that stalls shows there, not in the
+median), each the median of ``--rounds`` such runs with the engines in alternating order; the ratio is graphpress over ONNX Runtime in the same scenario. Before timing, each compiled model's outputs are checked against ONNX Runtime's on the
 same input.
 
     python benchmarks/contention.py                      # both models, every scenario
@@ -38,7 +41,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 SCENARIOS = ("quiet", "busy", "pinned", "twin")
-ENGINES = {"graphpress": {"TVM_BIND_THREADS": "0"}, "graphpress, TVM's pinned threads": {"TVM_BIND_THREADS": "1"}, "onnxruntime": {}}
+ENGINES = {
+    "graphpress": {"TVM_BIND_THREADS": "0", "GRAPHPRESS_THREAD_POOL": "sharing"},
+    "graphpress, TVM's pool": {"TVM_BIND_THREADS": "0", "GRAPHPRESS_THREAD_POOL": "tvm"},
+    "graphpress, TVM's pinned threads": {"TVM_BIND_THREADS": "1", "GRAPHPRESS_THREAD_POOL": "tvm"},
+    "onnxruntime": {},
+}
+ENGINE_KEYS = {"graphpress": "graphpress", "tvm-pool": "graphpress, TVM's pool", "tvm-pinned": "graphpress, TVM's pinned threads", "onnxruntime": "onnxruntime"}
 BUSY_LOOP = "while True: pass"
 
 
@@ -67,6 +76,11 @@ def worker(engine: str, model_dir: Path, go: Path, seconds: float) -> None:
         from graphpress.backends.tvm import load
 
         compiled = load(model_dir / "artifact")
+        # the engine is what it says: graphpress's launcher, or TVM's pool
+        assert (compiled._launcher is not None) == (os.environ.get("GRAPHPRESS_THREAD_POOL") != "tvm"), engine
+        # and computes what the compile's own build computed, bit for bit, on either pool
+        got, want = compiled(x)[0], np.load(model_dir / "ours.npy")
+        assert np.array_equal(got, want), f"{engine}: the loaded artifact differs from the compiled model by {np.abs(got - want).max():.3g}"
 
         def step():
             return compiled(x)
@@ -81,14 +95,14 @@ def worker(engine: str, model_dir: Path, go: Path, seconds: float) -> None:
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    print(json.dumps({"median_ms": float(np.median(times) * 1e3), "runs": len(times)}), flush=True)
+    print(json.dumps({"median_ms": float(np.median(times) * 1e3), "mean_ms": float(np.mean(times) * 1e3), "runs": len(times)}), flush=True)
     # no interpreter teardown: TVM's pool joins its pinned workers at exit, which took minutes with
     # a busy loop on a pinned worker's CPU
     os._exit(0)
 
 
-def _time(engine: str, model_dir: Path, scenario: str, seconds: float) -> float:
-    """The median latency of ``engine`` under ``scenario`` (the slower copy for ``twin``)."""
+def _time(engine: str, model_dir: Path, scenario: str, seconds: float) -> tuple[float, float]:
+    """The median and mean latency of ``engine`` under ``scenario`` (the slower copy for ``twin``)."""
     env = {**os.environ, **ENGINES[engine]}
     copies = 2 if scenario == "twin" else 1
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,7 +125,8 @@ def _time(engine: str, model_dir: Path, scenario: str, seconds: float) -> float:
             if load is not None:
                 load.kill()
                 load.wait()
-    return max(r["median_ms"] for r in results)
+    slower = max(results, key=lambda r: r["median_ms"])
+    return slower["median_ms"], slower["mean_ms"]
 
 
 # ----------------------------------------------------------------------------- the models
@@ -142,6 +157,7 @@ def _prepare(kind: str, workdir: Path, target: str) -> Path:
     compiled.save(out / "artifact")
     # the same work: both engines' outputs on this input
     ours = compiled(x)[0]
+    np.save(out / "ours.npy", ours)
     theirs = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {name: x})[0]
     cos = float((ours * theirs).sum() / np.linalg.norm(ours) / np.linalg.norm(theirs))
     print(f"{kind}: compiled for {target}; outputs against ONNX Runtime on the same file: max diff {np.abs(ours - theirs).max():.3g}, cosine {cos:.6f}",
@@ -157,8 +173,12 @@ def main() -> None:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated: {', '.join(SCENARIOS)}")
     parser.add_argument("--seconds", type=float, default=3.0, help="timing per engine, scenario and round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds per scenario, the engines in alternating order; a cell is the median")
+    parser.add_argument("--engines", default=",".join(ENGINE_KEYS), help=f"comma-separated: {', '.join(ENGINE_KEYS)}")
     parser.add_argument("--target", default="x86")
     args = parser.parse_args()
+    engines = [ENGINE_KEYS[e] for e in args.engines.split(",") if e in ENGINE_KEYS]
+    if "onnxruntime" not in engines or len(engines) < 2:
+        raise SystemExit(f"--engines: give onnxruntime and at least one other of {', '.join(ENGINE_KEYS)}")
     scenarios = [s for s in args.scenarios.split(",") if s]
     if bad := [s for s in scenarios if s not in SCENARIOS]:
         raise SystemExit(f"--scenarios: unknown {', '.join(bad)}; expected some of {', '.join(SCENARIOS)}")
@@ -173,20 +193,22 @@ def main() -> None:
             model_dir = _prepare(kind, Path(tmp), args.target)
             rows = []
             for scenario in scenarios:
-                runs = {engine: [] for engine in ENGINES}
+                runs = {engine: [] for engine in engines}
                 for r in range(args.rounds):  # the engines in alternating order, so a slow spell of the host is shared
-                    for engine in list(ENGINES)[:: 1 if r % 2 == 0 else -1]:
+                    for engine in engines[:: 1 if r % 2 == 0 else -1]:
                         runs[engine].append(_time(engine, model_dir, scenario, args.seconds))
-                ms = {engine: float(np.median(v)) for engine, v in runs.items()}
-                rows.append((scenario, ms))
-                print(f"  {kind} {scenario}: " + ", ".join(f"{e} {v:.3f} ms" for e, v in ms.items()), flush=True)
-            print(f"\nMobileNetV2 {kind}, batch 1, median ms over {args.rounds} rounds of {args.seconds:g} s (ratio: graphpress / ONNX Runtime in the same scenario)\n")
-            print("| scenario | graphpress | ratio | graphpress, TVM's pinned threads | ratio | ONNX Runtime |")
-            print("|---|---:|---:|---:|---:|---:|")
-            for scenario, ms in rows:
-                ort_ms = ms["onnxruntime"]
-                ours, pinned = ms["graphpress"], ms["graphpress, TVM's pinned threads"]
-                print(f"| {scenario} | {ours:.3f} | {ours / ort_ms:.2f}x | {pinned:.3f} | {pinned / ort_ms:.2f}x | {ort_ms:.3f} |")
+                ms = {engine: float(np.median([m for m, _ in v])) for engine, v in runs.items()}
+                mean = {engine: float(np.median([a for _, a in v])) for engine, v in runs.items()}
+                rows.append((scenario, ms, mean))
+                print(f"  {kind} {scenario}: " + ", ".join(f"{e} {ms[e]:.3f} ms (mean {mean[e]:.3f})" for e in ms), flush=True)
+            print(f"\nMobileNetV2 {kind}, batch 1, ms a call: the median, then the mean (stalls show in the mean), each the median over "
+                  f"{args.rounds} rounds of {args.seconds:g} s; ratio: graphpress / ONNX Runtime in the same scenario\n")  # fmt: skip
+            ours = [e for e in engines if e != "onnxruntime"]
+            print("| scenario | " + " | ".join(f"{e} ms | ratio" for e in ours) + " | ONNX Runtime ms |")
+            print("|---|" + "---:|---:|" * len(ours) + "---:|")
+            for scenario, ms, mean in rows:
+                cells = [f"{ms[e]:.3f} / {mean[e]:.3f} | {ms[e] / ms['onnxruntime']:.2f}x / {mean[e] / mean['onnxruntime']:.2f}x" for e in ours]
+                print(f"| {scenario} | " + " | ".join(cells) + f" | {ms['onnxruntime']:.3f} / {mean['onnxruntime']:.3f} |")
             print(flush=True)
 
 

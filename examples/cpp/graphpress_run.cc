@@ -8,9 +8,12 @@
 // graphpress.json's "inputs". Each output is written to OUTPUT_DIR/<name>.npy (characters other
 // than letters, digits, '.', '_' and '-' in the name become '_') and summarized on stdout.
 // Threads: TVM_NUM_THREADS (default: the CPUs this process may use; TVM's own default is half
-// the logical CPUs on x86). TVM_BIND_THREADS=1 pins each worker thread to one CPU, as TVM does
-// by default; unset, the threads are left to the OS, as graphpress's Python runtime leaves them
-// (a pinned worker waits out any process that keeps its CPU busy, at every parallel kernel).
+// the logical CPUs on x86). Parallel loops run on graphpress's work-sharing launcher, linked into
+// model.so, as in graphpress's Python runtime: the caller runs every share of a loop that no
+// worker has started, so a worker whose CPU another process keeps busy delays nobody.
+// GRAPHPRESS_THREAD_POOL=tvm keeps TVM's thread pool; TVM_BIND_THREADS=1 does too, and pins each
+// of its workers to one CPU, as TVM does by default (unset here: a pinned worker waits out any
+// process that keeps its CPU busy, at every parallel kernel).
 //
 // Exit codes: 0 done, 2 bad input (one line on stderr naming the file), 1 anything else.
 
@@ -23,6 +26,7 @@
 #include <tvm/ffi/function.h>
 #include <tvm/ffi/string.h>
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <unistd.h>
@@ -181,6 +185,19 @@ void Flatten(const ffi::Any& value, std::vector<ffi::Tensor>* out) {
 
 // TVM's runtime logs a "Scope Loaded" warning per kernel group while it loads an executable;
 // this keeps stderr for errors (which arrive as exceptions anyway) while the library loads.
+// Point the loaded library's parallel loops at graphpress's launcher (graphpress_parallel_install
+// in model.so; an artifact saved before it existed has none and keeps TVM's pool), unless
+// GRAPHPRESS_THREAD_POOL=tvm or TVM_BIND_THREADS=1 asks for TVM's pool.
+void InstallLauncher(const std::string& library) {
+  const char* pool = std::getenv("GRAPHPRESS_THREAD_POOL");
+  const char* bind = std::getenv("TVM_BIND_THREADS");
+  if ((pool != nullptr && std::string(pool) == "tvm") || (bind != nullptr && std::string(bind) == "1")) return;
+  void* handle = dlopen(library.c_str(), RTLD_LAZY | RTLD_NOLOAD);  // the copy TVM loaded
+  if (handle == nullptr) return;
+  if (auto install = reinterpret_cast<int (*)(int)>(dlsym(handle, "graphpress_parallel_install"))) install(0);
+  dlclose(handle);  // TVM's reference keeps it loaded
+}
+
 class QuietStderr {
  public:
   QuietStderr() : saved_(dup(2)) {
@@ -251,6 +268,7 @@ int Run(int argc, char** argv) {
   ffi::Module vm = [&] {
     QuietStderr quiet;
     ffi::Module lib = ffi::Module::LoadFromFile(artifact + "/model.so");
+    InstallLauncher(artifact + "/model.so");
     return lib->GetFunction("vm_load_executable").value()().cast<ffi::Module>();
   }();
   vm->GetFunction("vm_initialization").value()(static_cast<int>(kDLCPU), 0, 2);

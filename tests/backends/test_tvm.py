@@ -341,7 +341,8 @@ threads = {}
 for status in glob.glob("/proc/self/task/*/status"):
     fields = dict(line.split(":\\t", 1) for line in open(status).read().splitlines() if ":\\t" in line)
     threads[status.split("/")[4]] = fields["Cpus_allowed_list"].strip()
-print(json.dumps({"pool": os.environ.get("TVM_NUM_THREADS"), "threads": threads}))
+launcher = model._launcher.graphpress_parallel_threads() if model._launcher is not None else None
+print(json.dumps({"pool": os.environ.get("TVM_NUM_THREADS"), "threads": threads, "launcher": launcher}))
 """
 
 
@@ -349,9 +350,10 @@ print(json.dumps({"pool": os.environ.get("TVM_NUM_THREADS"), "threads": threads}
 def test_the_runtime_leaves_tvm_threads_unpinned_on_every_cpu_unless_the_user_asks(tmp_path):
     """TVM pins each worker thread to one CPU; a worker pinned to a CPU that another process keeps
     busy stalls every parallel kernel at its join (README, Threads). The runtime, loaded as the
-    standalone runner loads it (no graphpress package), sizes the pool to the process's CPUs and
-    leaves every thread free to run on all of them; ``TVM_BIND_THREADS=1`` still pins them (which
-    is what shows that this test can see pinning)."""
+    standalone runner loads it (no graphpress package), runs the loops on graphpress's launcher
+    with one thread per CPU of the process, and leaves every thread free to run on all of them;
+    ``TVM_BIND_THREADS=1`` gives the loops back to TVM's pool, which pins its threads (which is
+    what shows that this test can see pinning)."""
     import subprocess
     import sys
 
@@ -373,9 +375,10 @@ def test_the_runtime_leaves_tvm_threads_unpinned_on_every_cpu_unless_the_user_as
         return result
 
     default = probe()
-    assert default["pool"] == str(len(cpus))
+    assert default["pool"] == str(len(cpus)) and default["launcher"] == len(cpus)
     assert len(default["threads"]) >= 2 and set(default["threads"].values()) == {free}
     pinned = probe(TVM_BIND_THREADS="1", TVM_NUM_THREADS=str(len(cpus)))
+    assert pinned["launcher"] is None
     assert any(len(v.split(",")) == 1 for v in pinned["threads"].values()), pinned
 
 
@@ -404,6 +407,7 @@ def test_aarch64_artifact_links_for_arm(tmp_path, cnn_model):
         pytest.skip("aarch64 cross compiler not installed (make arm-env)")
     art = gtvm.compile_model(cnn_model, "aarch64").save(tmp_path / "cnn.arm")
     assert _elf_machine(art / "model.so") == 183  # EM_AARCH64
+    assert b"graphpress_parallel_install" in (art / "model.so").read_bytes()  # the launcher, cross-compiled
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 import tempfile
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,8 +57,17 @@ def default_thread_settings() -> None:
 default_thread_settings()
 
 
+#: the C++ source of graphpress's parallel launcher, linked into every CPU artifact's library
+LAUNCHER_SOURCE = Path(__file__).resolve().parent / "csrc" / "parallel_launch.cc"
+LAUNCHER_OPTIONS = ["-O2", "-std=c++17", "-pthread"]
+
+#: the thread count set by :func:`set_num_threads` (None: the launcher's default, ``TVM_NUM_THREADS``)
+_THREADS: list[int | None] = [None]
+_LAUNCHERS: weakref.WeakSet = weakref.WeakSet()  # loaded models whose loops run on the launcher
+
+
 def set_num_threads(n: int) -> None:
-    """Size TVM's CPU thread pool (affects every model in this process).
+    """Size TVM's CPU thread pool and graphpress's parallel launcher (every model in this process).
 
     Known TVM 0.27 issue: after this call, MetaSchedule tuning databases no longer apply to
     compiles in the same process. Compile first, or set ``TVM_NUM_THREADS`` before TVM starts.
@@ -65,6 +75,56 @@ def set_num_threads(n: int) -> None:
     import tvm
 
     tvm.get_global_func("runtime.config_threadpool")(1, int(n))  # 1: big cores, no pinning preference
+    _THREADS[0] = int(n)
+    for model in list(_LAUNCHERS):
+        model._launcher.graphpress_parallel_set_threads(int(n))
+
+
+def launcher_wanted() -> bool:
+    """Whether loaded artifacts run their parallel loops on graphpress's launcher: unless
+    ``GRAPHPRESS_THREAD_POOL=tvm``, or ``TVM_BIND_THREADS=1`` (pinned threads are TVM's pool's)."""
+    pool = os.environ.get("GRAPHPRESS_THREAD_POOL", "sharing")
+    if pool not in ("sharing", "tvm"):
+        raise _error(f"GRAPHPRESS_THREAD_POOL={pool}: give 'sharing' (graphpress's launcher, the default) or 'tvm' (TVM's thread pool)")
+    return pool == "sharing" and os.environ.get("TVM_BIND_THREADS", "0") != "1"
+
+
+def export_library(executable: Any, path: str | os.PathLike, *, cross_compiler: str | None = None, launcher: bool = True) -> None:
+    """Link ``executable`` (a ``relax.Executable``) into the shared library ``path``, with the
+    target's cross compiler, and -- ``launcher`` (CPU targets) -- graphpress's parallel launcher
+    (``csrc/parallel_launch.cc``), which :func:`load` puts in place of TVM's thread pool."""
+    from tvm.support import cc
+
+    kwargs: dict[str, Any] = {}
+    if cross_compiler:
+        kwargs["fcompile"] = cc.cross_compiler(cross_compiler)
+    if launcher:
+        kwargs.update(addons=[str(LAUNCHER_SOURCE)], options=list(LAUNCHER_OPTIONS))  # a new list: TVM appends to it
+    with quiet_native_stderr():
+        executable.export_library(str(path), **kwargs)
+
+
+def _install_launcher(model: CompiledModel, path: Path) -> None:
+    """Run the loaded library's parallel loops on graphpress's launcher, where it has one (an
+    artifact saved before it existed has not) and :func:`launcher_wanted`."""
+    import ctypes
+
+    if not launcher_wanted():
+        return
+    try:  # the library TVM opened (the same path: dlopen finds the loaded copy)
+        lib = ctypes.CDLL(str(path), mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+    except OSError:
+        return
+    try:
+        install = lib.graphpress_parallel_install
+    except AttributeError:
+        return
+    finally:  # TVM's reference keeps it loaded; ours would keep it after the model is freed
+        ctypes.CDLL(None).dlclose(ctypes.c_void_p(lib._handle))
+    install.argtypes = [ctypes.c_int]
+    if install(_THREADS[0] or 0):
+        model._launcher = lib
+        _LAUNCHERS.add(model)
 
 
 class Remote:
@@ -128,16 +188,11 @@ class Remote:
 
     def load_executable(self, executable: Any) -> Any:
         """``executable`` (a ``relax.Executable``) exported here, uploaded, loaded on the device."""
-        kwargs = {}
-        if self.cross_compiler:
-            from tvm.support import cc
-
-            kwargs["fcompile"] = cc.cross_compiler(self.cross_compiler)
         self._uploads += 1
         name = f"graphpress-{os.getpid()}-{self._uploads}.so"
         with tempfile.TemporaryDirectory(prefix="graphpress-rpc-") as tmp:
-            with quiet_native_stderr():
-                executable.export_library(str(Path(tmp) / name), **kwargs)
+            # TVM's RPC server loads it with TVM's thread pool: no launcher (nothing there installs it)
+            export_library(executable, Path(tmp) / name, cross_compiler=self.cross_compiler, launcher=False)
             return self.load_file(Path(tmp) / name, name)
 
     def load_file(self, path: str | os.PathLike, name: str | None = None) -> Any:
@@ -205,6 +260,9 @@ class CompiledModel:
         self._frozen: dict[str, np.ndarray] = {}  # inputs fixed at compile time, their values (:meth:`_staged`)
         self._library = library
         self._library_file: Path | None = None  # an artifact's model.so, for a remote device
+        #: the loaded library (ctypes) when its parallel loops run on graphpress's launcher
+        #: (:func:`load`), else None: TVM's thread pool
+        self._launcher: Any = None
 
     # -- running -----------------------------------------------------------------------
 
@@ -375,19 +433,14 @@ class CompiledModel:
             raise _error(f"{dest}: exists and is not a graphpress artifact; choose another -o path")
         from graphpress.ir.atomic import write_directory_atomic
 
-        kwargs = {}
         cxx = self.meta.get("cross_compiler")
         if cxx:
-            from tvm.support import cc
-
             require_compiler(cxx)
-            kwargs["fcompile"] = cc.cross_compiler(cxx)
         # linked in the system's temporary directory (the compiler needs names); the artifact
         # directory is then assembled from anonymous copies and swapped in
         with tempfile.TemporaryDirectory(prefix="graphpress-artifact-") as build:
             lib, meta = Path(build) / ARTIFACT_LIB, Path(build) / ARTIFACT_META
-            with quiet_native_stderr():
-                self._executable.export_library(str(lib), **kwargs)
+            export_library(self._executable, lib, cross_compiler=cxx, launcher=self.meta["target"]["kind"] == "llvm")
             meta.write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
             write_directory_atomic(dest, [lib, meta])
         return dest
@@ -619,7 +672,10 @@ def load(path: str | os.PathLike, *, num_threads: int | None = None, remote: Rem
         raise _error(f"{root / ARTIFACT_LIB}: cannot load ({str(e).strip().splitlines()[-1][:200]}); was it built for this machine? target: {json.dumps(meta['target'])}") from e
     if num_threads:
         set_num_threads(num_threads)
-    return CompiledModel(None, meta, library=library)
+    model = CompiledModel(None, meta, library=library)
+    if meta["target"]["kind"] == "llvm":
+        _install_launcher(model, root / ARTIFACT_LIB)
+    return model
 
 
 def _shape_fits(shape: Sequence[int], want: Sequence[Any], sizes: dict[str, int]) -> bool:
