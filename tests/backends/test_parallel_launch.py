@@ -164,3 +164,37 @@ def test_tvms_pool_on_request_and_for_artifacts_without_the_launcher(built, tmp_
     loaded = gtvm.load(old)
     assert loaded._launcher is None
     np.testing.assert_array_equal(loaded(_x(0))[0], compiled(_x(0))[0])
+
+
+def test_an_error_raised_in_any_share_reaches_the_caller(tmp_path):
+    """A kernel that fails inside a parallel loop (here an assertion) raises its own error in the
+    calling thread, whichever thread ran the failing share (a worker's error is moved to the
+    caller: without that, TVM crashed reading the caller's empty error), and the launcher runs
+    the next call normally."""
+    import ctypes
+
+    import tvm
+    from tvm.script import tirx as T
+
+    @T.prim_func
+    def check_and_double(a: T.Buffer((2, 1 << 19), "float32"), b: T.Buffer((2, 1 << 19), "float32")):
+        T.func_attr({"global_symbol": "check_and_double"})
+        for i in T.parallel(2):  # one row a share: long enough that the worker takes the second
+            for j in range(1 << 19):
+                assert a[i, j] < T.float32(100), "graphpress-test: a value above 100"
+                b[i, j] = a[i, j] * T.float32(2)
+
+    path = tmp_path / "check.so"
+    runtime.export_library(tvm.compile(tvm.IRModule({"check_and_double": check_and_double}), target={"kind": "llvm"}), path)
+    fn = tvm.runtime.load_module(str(path))["check_and_double"]
+    lib = ctypes.CDLL(str(path), mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+    assert lib.graphpress_parallel_install(2) == 1 and lib.graphpress_parallel_installed() == 1
+    a = (np.arange(1 << 20, dtype=np.float32) % 50).reshape(2, 1 << 19)
+    out = tvm.runtime.tensor(np.zeros_like(a))
+    for call in range(40):
+        bad = a.copy()
+        bad[call % 2, (1 << 19) - 1 - call] = 1e4  # at the end of the first share or the second (a worker's)
+        with pytest.raises(Exception, match="graphpress-test: a value above 100"):
+            fn(tvm.runtime.tensor(bad), out)
+        fn(tvm.runtime.tensor(a), out)
+        np.testing.assert_array_equal(out.numpy(), a * 2)

@@ -3,7 +3,9 @@
 An artifact is a directory written whole (a temporary directory renamed into place):
 
 * ``model.so``: the shared library (``Executable.export_library``), for the target's
-  architecture (an aarch64 artifact is linked with ``aarch64-linux-gnu-g++``);
+  architecture (an aarch64 artifact is linked with ``aarch64-linux-gnu-g++``); a CPU
+  artifact's links graphpress's parallel launcher too (``csrc/parallel_launch.cc``), which
+  :func:`load` puts in place of TVM's thread pool;
 * ``graphpress.json``: input/output names, shapes and dtypes, the target dict, the
   graphpress and TVM versions, and the build report.
 

@@ -36,6 +36,11 @@ struct GraphpressParallelEnv {
 typedef int (*GraphpressParallelLambda)(int task_id, GraphpressParallelEnv* penv, void* cdata);
 // defined (weak) by TVM's code generator in a library with parallel loops; absent otherwise
 extern __attribute__((weak)) void* __TVMBackendParallelLaunch;
+// TVM-FFI's C API (libtvm_ffi, loaded before any library): a share's error is moved from the
+// thread that ran it to the caller's, where TVM reads it
+extern __attribute__((weak)) void TVMFFIErrorMoveFromRaised(void** result);
+extern __attribute__((weak)) void TVMFFIErrorSetRaised(void* error);
+extern __attribute__((weak)) int TVMFFIObjectDecRef(void* obj);
 }
 
 namespace {
@@ -74,6 +79,7 @@ struct Pool {
   std::atomic<int> active{0};  // threads (caller included) that take shares
   std::atomic<int> busy{0};    // a launch is in flight (one caller at a time)
   std::atomic<bool> stopping{false};
+  std::atomic<void*> error{nullptr};  // the first error a worker's share raised (owned)
   // the job: written by the caller before the generation is published
   GraphpressParallelLambda job = nullptr;
   void* cdata = nullptr;
@@ -101,12 +107,28 @@ int DefaultThreads() {
   return n >= 1 ? static_cast<int>(n) : 1;
 }
 
-void RunShares(uint32_t generation) {
+// A worker's share failed: its error (in this thread's TLS) kept for the caller, the first one only.
+void KeepError() {
+  if (TVMFFIErrorMoveFromRaised == nullptr) return;
+  void* error = nullptr;
+  TVMFFIErrorMoveFromRaised(&error);
+  void* none = nullptr;
+  if (error != nullptr && !pool.error.compare_exchange_strong(none, error) && TVMFFIObjectDecRef != nullptr) TVMFFIObjectDecRef(error);
+}
+
+// Take and run shares of launch `generation` until none is left; whether one of them failed.
+bool RunShares(uint32_t generation) {
+  bool failed = false;
   uint64_t t = pool.ticket.load(std::memory_order_acquire);
   for (;;) {
-    if (static_cast<uint32_t>(t >> 32) != generation || static_cast<int>(static_cast<uint32_t>(t)) >= pool.shares) return;
+    if (static_cast<uint32_t>(t >> 32) != generation || static_cast<int>(static_cast<uint32_t>(t)) >= pool.shares) return failed;
     if (pool.ticket.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel, std::memory_order_acquire)) {
-      if (pool.job(static_cast<int>(static_cast<uint32_t>(t)), &pool.env, pool.cdata) != 0) pool.failed.store(1, std::memory_order_relaxed);
+      // after a failure this thread runs no more shares (the call fails; its first error stands)
+      if (!failed && pool.job(static_cast<int>(static_cast<uint32_t>(t)), &pool.env, pool.cdata) != 0) {
+        failed = true;
+        pool.failed.store(1, std::memory_order_relaxed);
+        if (in_worker) KeepError();
+      }
       pool.done.fetch_add(1, std::memory_order_release);
       t = pool.ticket.load(std::memory_order_acquire);
     }
@@ -220,10 +242,14 @@ int Launch(GraphpressParallelLambda f, void* cdata, int num_task) {
   pool.ticket.store(static_cast<uint64_t>(g) << 32, std::memory_order_release);
   pool.generation.store(g, std::memory_order_seq_cst);
   if (pool.sleepers.load(std::memory_order_seq_cst) > 0) FutexWakeAll(&pool.generation);
-  RunShares(g);
+  bool caller_failed = RunShares(g);
   // every share is taken now; wait only for those a worker is still running
   while (pool.done.load(std::memory_order_acquire) < pool.shares) Wait();
   int rc = pool.failed.load(std::memory_order_relaxed) ? -1 : 0;
+  if (void* error = pool.error.exchange(nullptr)) {  // a worker's error, raised here (unless the caller has its own)
+    if (!caller_failed && TVMFFIErrorSetRaised != nullptr) TVMFFIErrorSetRaised(error);  // takes a reference of its own
+    if (TVMFFIObjectDecRef != nullptr) TVMFFIObjectDecRef(error);
+  }
   pool.busy.store(0, std::memory_order_release);
   return rc;
 }
