@@ -16,10 +16,12 @@ Four engines: graphpress as it ships (its own work-sharing parallel launcher,
 (``GRAPHPRESS_THREAD_POOL=tvm``, what graphpress shipped before the launcher), graphpress on TVM's
 pool with TVM's own default of one CPU per worker thread (``TVM_BIND_THREADS=1``, what graphpress
 shipped before that), and ONNX Runtime (``intra_op_num_threads`` = the CPUs); ``--engines`` picks
-some. Each cell is the median latency over
-``--seconds`` of back-to-back runs, and the mean (a call that stalls shows there, not in the
-median), each the median of ``--rounds`` such runs with the engines in alternating order; the ratio is graphpress over ONNX Runtime in the same scenario. Before timing, each compiled model's outputs are checked against ONNX Runtime's on the
-same input.
+some. Each cell is the median latency over ``--seconds`` of back-to-back runs, and the mean (a
+call that stalls shows there, not in the median), each the median of ``--rounds`` such runs with
+the engines in alternating order; the ratio is graphpress over ONNX Runtime in the same
+scenario. Before timing, each compiled model's outputs are checked against ONNX Runtime's on the
+same input, and each graphpress engine's loaded artifact against the compile's own build, bit
+for bit.
 
     python benchmarks/contention.py                      # both models, every scenario
     python benchmarks/contention.py --models int8 --scenarios quiet,pinned --seconds 3
@@ -176,7 +178,10 @@ def main() -> None:
     parser.add_argument("--engines", default=",".join(ENGINE_KEYS), help=f"comma-separated: {', '.join(ENGINE_KEYS)}")
     parser.add_argument("--target", default="x86")
     args = parser.parse_args()
-    engines = [ENGINE_KEYS[e] for e in args.engines.split(",") if e in ENGINE_KEYS]
+    picked = [e for e in args.engines.split(",") if e]
+    if bad := [e for e in picked if e not in ENGINE_KEYS]:
+        raise SystemExit(f"--engines: unknown {', '.join(bad)}; expected some of {', '.join(ENGINE_KEYS)}")
+    engines = [ENGINE_KEYS[e] for e in picked]
     if "onnxruntime" not in engines or len(engines) < 2:
         raise SystemExit(f"--engines: give onnxruntime and at least one other of {', '.join(ENGINE_KEYS)}")
     scenarios = [s for s in args.scenarios.split(",") if s]
