@@ -183,8 +183,6 @@ void Flatten(const ffi::Any& value, std::vector<ffi::Tensor>* out) {
   }
 }
 
-// TVM's runtime logs a "Scope Loaded" warning per kernel group while it loads an executable;
-// this keeps stderr for errors (which arrive as exceptions anyway) while the library loads.
 // Point the loaded library's parallel loops at graphpress's launcher (graphpress_parallel_install
 // in model.so; an artifact saved before it existed has none and keeps TVM's pool), unless
 // GRAPHPRESS_THREAD_POOL=tvm or TVM_BIND_THREADS=1 asks for TVM's pool.
@@ -198,6 +196,8 @@ void InstallLauncher(const std::string& library) {
   dlclose(handle);  // TVM's reference keeps it loaded
 }
 
+// TVM's runtime logs a "Scope Loaded" warning per kernel group while it loads an executable;
+// this keeps stderr for errors (which arrive as exceptions anyway) while the library loads.
 class QuietStderr {
  public:
   QuietStderr() : saved_(dup(2)) {

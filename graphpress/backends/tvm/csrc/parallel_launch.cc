@@ -90,7 +90,7 @@ struct Pool {
   pthread_t ids[kMaxWorkers];
   int workers = 0;
   int threads = 0;        // caller + workers wanted (0: not yet decided)
-  int64_t spin_ns = -1;   // how long an idle worker spins before it sleeps (-1: not yet read)
+  int64_t spin_ns = -1;   // how long an idle worker keeps yielding before it sleeps (-1: not yet read)
 };
 
 Pool pool;
