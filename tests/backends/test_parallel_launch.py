@@ -139,6 +139,59 @@ def test_a_forked_child_runs_the_model_on_workers_of_its_own(built):
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"child": 0, "launcher": True, "same": True}
 
 
+_REST = """
+import json, sys, time
+import numpy as np
+from graphpress.backends import tvm as gtvm
+gtvm.set_num_threads(2)  # one worker, whatever the machine
+first, again, other = gtvm.load(sys.argv[1]), gtvm.load(sys.argv[1]), gtvm.load(sys.argv[2])
+x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+ref = first(x)[0]
+
+def asleep(model, seconds):
+    end = time.time() + seconds
+    while time.time() < end:
+        if model._launcher.graphpress_parallel_sleepers() == 1:
+            return True
+        time.sleep(0.005)
+    return False
+
+def awake(model):  # a worker a launch woke runs a few ms later, then yields for a minute
+    end = time.time() + 10.0
+    while time.time() < end and model._launcher.graphpress_parallel_sleepers() != 0:
+        time.sleep(0.005)
+    return not asleep(model, 0.3)
+
+out = {"awake_after_its_call": awake(first)}
+again(x)  # the same library, so the same launcher: it keeps its worker awake
+out["awake_after_the_same_library"] = awake(first)
+other(x)  # another library: the first one's idle worker goes to sleep
+out["asleep_after_another_library"] = asleep(first, 10.0)
+out["other_awake"] = awake(other)
+out["same_result_after"] = bool(np.array_equal(first(x)[0], ref))
+out["awake_again"] = awake(first)
+print(json.dumps(out))
+"""
+
+
+def test_a_model_of_another_library_puts_the_idle_workers_of_the_last_one_to_sleep(built, tmp_path):
+    """Each library has a launcher of its own. Two models called in turn: the idle worker of
+    the one called before yields the CPU for GRAPHPRESS_SPIN_US, taking time from the running
+    model's threads, unless the runtime tells it to sleep at once. Spinning for a minute here,
+    it sleeps as soon as a model of another library runs, and not for a model of its own."""
+    art, _ = built
+    copy = tmp_path / "copy"  # a fresh copy of the artifact is a new library
+    copy.mkdir()
+    for f in art.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    env = {**os.environ, "GRAPHPRESS_SPIN_US": "60000000"}
+    out = subprocess.run([sys.executable, "-c", _REST, str(art), str(copy)], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"awake_after_its_call": True, "awake_after_the_same_library": True, "asleep_after_another_library": True,
+                   "other_awake": True, "same_result_after": True, "awake_again": True}, got
+
+
 def test_tvms_pool_on_request_and_for_artifacts_without_the_launcher(built, tmp_path, monkeypatch):
     art, refs = built
     monkeypatch.setenv("GRAPHPRESS_THREAD_POOL", "tvm")

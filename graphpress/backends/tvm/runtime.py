@@ -66,6 +66,8 @@ LAUNCHER_OPTIONS = ["-O2", "-std=c++17", "-pthread"]
 #: the thread count set by :func:`set_num_threads` (None: the launcher's default, ``TVM_NUM_THREADS``)
 _THREADS: list[int | None] = [None]
 _LAUNCHERS: weakref.WeakSet = weakref.WeakSet()  # loaded models whose loops run on the launcher
+#: the launcher model called last (a weak reference), whose idle workers rest when another runs
+_ACTIVE: list[Any] = [None]
 
 
 def set_num_threads(n: int) -> None:
@@ -126,7 +128,23 @@ def _install_launcher(model: CompiledModel, path: Path) -> None:
     install.argtypes = [ctypes.c_int]
     if install(_THREADS[0] or 0):
         model._launcher = lib
+        model._active_ref = weakref.ref(model)
         _LAUNCHERS.add(model)
+
+
+def _switch_launcher(model: CompiledModel) -> None:
+    """``model`` runs now: the idle workers of the launcher model called before it, if that is
+    another library's (each library has a launcher of its own), go to sleep at once instead of
+    taking CPU time from this one's threads while they wait for work."""
+    previous = _ACTIVE[0]() if _ACTIVE[0] is not None else None
+    _ACTIVE[0] = model._active_ref
+    if previous is None or previous._launcher is None or previous._launcher._handle == model._launcher._handle:
+        return
+    try:
+        rest = previous._launcher.graphpress_parallel_rest
+    except AttributeError:  # an artifact saved before the launcher could rest
+        return
+    rest()
 
 
 class Remote:
@@ -265,6 +283,7 @@ class CompiledModel:
         #: the loaded library (ctypes) when its parallel loops run on graphpress's launcher
         #: (:func:`load`), else None: TVM's thread pool
         self._launcher: Any = None
+        self._active_ref: Any = None  # a weak reference to itself, for :func:`_switch_launcher`
 
     # -- running -----------------------------------------------------------------------
 
@@ -360,6 +379,8 @@ class CompiledModel:
             inputs = [_cpu_view(a) if local_cpu else tvm.runtime.tensor(a, self.device) for a in self._arrays(args, kwargs)]
         if self._main is None or self._main[0] is not vm:  # looked up once: 13 us a call on a small model's 22
             self._main = (vm, vm["main"])
+        if self._active_ref is not None and _ACTIVE[0] is not self._active_ref:
+            _switch_launcher(self)
         return _flatten(self._main[1](*inputs), local_cpu)
 
     def _staged(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Any] | None:
