@@ -129,6 +129,10 @@ def _install_launcher(model: CompiledModel, path: Path) -> None:
     if install(_THREADS[0] or 0):
         model._launcher = lib
         model._active_ref = weakref.ref(model)
+        try:
+            model._rest = lib.graphpress_parallel_rest
+        except AttributeError:  # an artifact saved before the launcher could rest
+            pass
         _LAUNCHERS.add(model)
 
 
@@ -138,13 +142,8 @@ def _switch_launcher(model: CompiledModel) -> None:
     taking CPU time from this one's threads while they wait for work."""
     previous = _ACTIVE[0]() if _ACTIVE[0] is not None else None
     _ACTIVE[0] = model._active_ref
-    if previous is None or previous._launcher is None or previous._launcher._handle == model._launcher._handle:
-        return
-    try:
-        rest = previous._launcher.graphpress_parallel_rest
-    except AttributeError:  # an artifact saved before the launcher could rest
-        return
-    rest()
+    if previous is not None and previous._rest is not None and previous._launcher._handle != model._launcher._handle:
+        previous._rest()
 
 
 class Remote:
@@ -284,6 +283,7 @@ class CompiledModel:
         #: (:func:`load`), else None: TVM's thread pool
         self._launcher: Any = None
         self._active_ref: Any = None  # a weak reference to itself, for :func:`_switch_launcher`
+        self._rest: Any = None  # its launcher's graphpress_parallel_rest, where the library has it
 
     # -- running -----------------------------------------------------------------------
 
